@@ -1,0 +1,408 @@
+"""Typed, frozen run configuration: YAML in and out, validation that names the field, content-hashed run ids.
+
+A config is a tree of frozen dataclasses. ``from_dict`` checks every key and type against the dataclass
+definitions and raises :class:`ConfigError` with the dotted path of the offending field and what is allowed.
+``run_id`` hashes only result-affecting fields that differ from their defaults, so adding a new knob with a
+default never renames existing runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+# Fields marked with NOT_RESULT do not change what a run computes (where it runs, how it reports) and stay
+# out of the run id.
+NOT_RESULT = {"result": False}
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "mnist1d", "synthetic")
+ARCHS = ("vgg11_bn", "resnet18", "resnet20", "resnet56", "mlp")
+CRITERIA = ("l1", "l2", "ebn", "ebn_signed", "activation", "random")
+SIDES = ("smallest", "random", "largest")
+INTERVENTIONS = ("none", "zero", "gaussian", "zero_restore")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: Literal["fashion_mnist", "cifar10", "cifar100", "mnist1d", "synthetic"] = "fashion_mnist"
+    root: str | None = field(default=None, metadata=NOT_RESULT)  # where the files are; None: standard places
+    download: bool = field(default=False, metadata=NOT_RESULT)  # fetch (with checksum) if missing
+    train_subset: int | None = None  # use this many training examples (a seeded random subset)
+    test_subset: int | None = None  # use the first N test examples (fixed, unshuffled)
+    normalize: bool = True
+    augment: bool = False  # random crop (padding 4) + horizontal flip, on the device
+    synthetic_shape: tuple[int, ...] = (3, 32, 32)  # only for name=synthetic
+    synthetic_classes: int = 10  # only for name=synthetic
+    synthetic_train: int = 1024  # only for name=synthetic
+    synthetic_test: int = 512  # only for name=synthetic
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["vgg11_bn", "resnet18", "resnet20", "resnet56", "mlp"] = "vgg11_bn"
+    width: float = 1.0  # channel multiplier (vgg11_bn, resnet*); hidden sizes are given for mlp
+    hidden: tuple[int, ...] = (256, 256)  # mlp hidden layer widths
+    batch_norm: bool = True  # mlp: BatchNorm1d after each hidden Linear
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()  # epochs (0-based) after which lr is multiplied by gamma
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 325
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    device: str = field(default="auto", metadata=NOT_RESULT)  # auto | cpu | cuda | cuda:N
+    threads: int | None = field(default=None, metadata=NOT_RESULT)  # torch CPU threads for this run
+    checkpoint_every: int = field(default=1, metadata=NOT_RESULT)  # epochs between resume checkpoints
+    keep_checkpoints: tuple[int, ...] = field(default=(), metadata=NOT_RESULT)  # epochs whose model is kept
+    progress: bool = field(default=True, metadata=NOT_RESULT)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: Literal["auto", "on", "off"] = field(default="auto", metadata=NOT_RESULT)
+    compile: bool = field(default=False, metadata=NOT_RESULT)  # torch.compile the training forward
+
+
+@dataclass(frozen=True)
+class LayerSchedule:
+    name: str
+    fraction: float  # share of the layer's units removed by the end of its schedule, in [0, 1)
+    start: int = 0  # first pruning epoch (0-based, pruning happens after training epoch `start`)
+    end: int = 0  # last epoch that may prune (inclusive)
+    period: int | None = None  # epochs between events; None: pruning.period
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    criterion: Literal["l1", "l2", "ebn", "ebn_signed", "activation", "random"] = "l2"
+    side: Literal["smallest", "random", "largest"] = "smallest"  # Prune_S / Prune_R / Prune_L
+    period: int = 4  # retrain period: epochs between events
+    scratch: bool = False  # prune once at initialization (epoch 0 is not trained)
+    layers: tuple[LayerSchedule, ...] = ()
+    bn_masking: bool = True  # False: only conv/linear weights are masked (the Figure 5 "Prune_L" control)
+    activation_every: int = 10  # activation score: update every Nth training batch
+    activation_momentum: float = 0.9  # activation score: s <- m*s + (1-m)*new
+
+
+@dataclass(frozen=True)
+class InterventionConfig:
+    kind: Literal["none", "zero", "gaussian", "zero_restore"] = "none"
+    batches: int = 0  # N: training batches the intervention lasts
+    scale: float | None = None  # gaussian sigma; None: std of the layer's first never-targeted unit (paper)
+    count_eval_batches: bool = False  # official-code compatibility: evaluation batches count and are perturbed
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    epochs: tuple[int, ...] = ()  # epochs (0-based) after which flatness is measured
+    at_events: bool = False  # also after every pruning/intervention event
+    at_end: bool = False  # also after the last epoch
+    samples: int = 512  # probe set: the first N evaluation images
+    top_k: int = 10  # Hessian eigenpairs
+    method: Literal["lanczos", "power"] = "lanczos"
+    trace_samples: int = 0  # Hutchinson probes (0: skip)
+    grad_moment: bool = True  # trace of the per-example gradient second moment
+    eps_directions: int = 0  # eigenvectors swept for eps-flatness (0: skip)
+    eps_max: float = 0.4
+    eps_step: float = 0.01
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    pruning: PruningConfig = PruningConfig()
+    intervention: InterventionConfig = InterventionConfig()
+    probes: ProbeConfig = ProbeConfig()
+    seed: int = 0
+    name: str = field(default="", metadata=NOT_RESULT)  # a label; the run id does not depend on it
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+
+
+def _allowed(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_allowed(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of ({_allowed(typing.get_args(tp)[0])})"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    if tp is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _convert(option, value, path)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{path}: expected {_allowed(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: expected {_allowed(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected {_allowed(tp)}, got {value!r}")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{path}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain mapping, checking every key and type."""
+    where = path or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected {_allowed(cls)}, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{path + '.' if path else ''}{key}: unknown key; allowed keys: {', '.join(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        sub = f"{path}.{f.name}" if path else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{sub}: required field is missing ({_allowed(hints[f.name])})")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists), suitable for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def result_dict(cfg: Any) -> dict:
+    """The result-affecting fields that differ from their defaults (what the run id hashes)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("result", True) is False:
+            continue
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = result_dict(value)
+            if sub:
+                out[f.name] = sub
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+        if value != default:
+            out[f.name] = [result_dict(v) if dataclasses.is_dataclass(v) else v for v in value] if isinstance(
+                value, tuple
+            ) else value
+    return out
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Content hash of the result-affecting settings (12 hex digits)."""
+    blob = json.dumps(result_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------------ overrides
+
+
+def apply_override(data: dict, assignment: str) -> dict:
+    """Apply ``dotted.key=value`` (value parsed as YAML) to a nested dict, in place; returns ``data``."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({err})") from None
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[_index(node, part, parts[: i + 1])]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, parts)] = value
+    else:
+        node[last] = value
+    return data
+
+
+def _index(node: list, part: str, parts: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{'.'.join(parts)}: no list element {part} (the list has {len(node)})")
+    return int(part)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
+    """Semantic checks beyond types. ``unit_names``: the model's prunable layers, when known."""
+    _check_positive(cfg)
+    epochs = cfg.train.epochs
+    p = cfg.pruning
+    names = [layer.name for layer in p.layers]
+    for i, layer in enumerate(p.layers):
+        where = f"pruning.layers[{i}]"
+        if not 0.0 <= layer.fraction < 1.0:
+            raise ConfigError(f"{where}.fraction: must be in [0, 1), got {layer.fraction}")
+        if layer.start < 0 or layer.end < layer.start:
+            raise ConfigError(f"{where}: need 0 <= start <= end, got start={layer.start}, end={layer.end}")
+        if layer.end >= epochs:
+            raise ConfigError(
+                f"{where}.end: the schedule ends at epoch {layer.end} but training ends at epoch "
+                f"{epochs - 1} (train.epochs={epochs}); allowed: end <= {epochs - 1}"
+            )
+        if layer.period is not None and layer.period < 1:
+            raise ConfigError(f"{where}.period: must be >= 1, got {layer.period}")
+        if p.scratch and (layer.start, layer.end) != (0, 0):
+            raise ConfigError(f"{where}: scratch pruning prunes once at epoch 0; set start: 0 and end: 0")
+        if unit_names is not None and layer.name not in unit_names:
+            raise ConfigError(
+                f"{where}.name: unknown layer {layer.name!r}; allowed: {', '.join(unit_names)}"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"pruning.layers: a layer is listed twice ({', '.join(names)})")
+    iv = cfg.intervention
+    if iv.batches < 0:
+        raise ConfigError(f"intervention.batches: must be >= 0, got {iv.batches}")
+    if iv.scale is not None and iv.scale <= 0:
+        raise ConfigError(f"intervention.scale: must be > 0 (or null for the paper's rule), got {iv.scale}")
+    if iv.kind != "none" and not p.layers:
+        raise ConfigError("intervention.kind: an intervention needs pruning.layers to say what it targets")
+    if iv.kind != "none" and p.scratch:
+        raise ConfigError("intervention.kind: interventions cannot be combined with pruning.scratch")
+    for e in cfg.optim.milestones:
+        if e < 0:
+            raise ConfigError(f"optim.milestones: epochs must be >= 0, got {e}")
+    for e in cfg.probes.epochs:
+        if not 0 <= e < epochs:
+            raise ConfigError(f"probes.epochs: epoch {e} is outside training (0..{epochs - 1})")
+    if cfg.probes.eps_step <= 0 or cfg.probes.eps_max <= 0:
+        raise ConfigError("probes.eps_step and probes.eps_max: must be > 0")
+    return cfg
+
+
+def _check_positive(cfg: RunConfig) -> None:
+    checks = {
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
+        "train.checkpoint_every": cfg.train.checkpoint_every,
+        "pruning.period": cfg.pruning.period,
+        "pruning.activation_every": cfg.pruning.activation_every,
+        "probes.samples": cfg.probes.samples,
+        "probes.top_k": cfg.probes.top_k,
+    }
+    for name, value in checks.items():
+        if value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
+    if cfg.optim.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay: must be >= 0, got {cfg.optim.weight_decay}")
+    if cfg.model.width <= 0:
+        raise ConfigError(f"model.width: must be > 0, got {cfg.model.width}")
+    if not 0 <= cfg.pruning.activation_momentum < 1:
+        raise ConfigError("pruning.activation_momentum: must be in [0, 1)")
+    for name, value in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}: must be >= 1 or null, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+def load_yaml(path: str | Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return data or {}
+
+
+def parse(data: dict, overrides: list[str] = ()) -> RunConfig:
+    """Mapping + ``dotted.key=value`` overrides -> validated RunConfig (layer names checked later)."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return validate(from_dict(RunConfig, data))
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)

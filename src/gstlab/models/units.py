@@ -1,0 +1,64 @@
+"""Prunable units: which output units (conv filters / linear neurons) a layer has and what else dies with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PrunableUnit:
+    """One prunable layer. Pruning its unit ``c`` kills output channel ``c`` everywhere it could leak.
+
+    - ``module``: dotted path of the ``nn.Conv2d``/``nn.Linear``/``nn.Conv1d`` whose output units are pruned
+      (weight row ``c`` and bias ``c``).
+    - ``bn``: dotted path of the BatchNorm that normalizes that output (its gamma ``c`` and beta ``c``), if any.
+    - ``shortcut``: dotted path of the residual block whose shortcut is added into these channels. The block
+      owns a buffer ``shortcut_mask`` (ones, one entry per channel) multiplied into the shortcut term.
+    - ``activation``: dotted path of the module whose output is this unit's activation for the ``activation``
+      score (default: ``bn`` if present, else ``module``). For residual conv2 units it is the block's
+      ``residual_out`` (post-addition, pre-ReLU), as in the paper.
+    """
+
+    name: str
+    module: str
+    bn: str | None = None
+    shortcut: str | None = None
+    activation: str | None = None
+
+    @property
+    def activation_module(self) -> str:
+        return self.activation or self.bn or self.module
+
+
+def unit_count(model: nn.Module, unit: PrunableUnit) -> int:
+    """Number of output units of the unit's layer."""
+    layer = model.get_submodule(unit.module)
+    return int(layer.weight.shape[0])
+
+
+def units_from_names(model: nn.Module, names: list[str]) -> list[PrunableUnit]:
+    """Prunable units for any model: each named conv/linear, with the first BatchNorm that follows it in
+    module order and has the same number of features (if any). No shortcut masking is inferred."""
+    modules = dict(model.named_modules())
+    order = list(modules)
+    units = []
+    for name in names:
+        if name not in modules:
+            raise ValueError(f"unknown module {name!r}; modules with weights: "
+                             + ", ".join(n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))))
+        layer = modules[name]
+        if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            raise ValueError(f"{name!r} is a {type(layer).__name__}; only Conv1d/Conv2d/Linear can be pruned")
+        n_out = layer.weight.shape[0]
+        bn = None
+        for later in order[order.index(name) + 1:]:
+            m = modules[later]
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                break
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_features == n_out:
+                bn = later
+                break
+        units.append(PrunableUnit(name=name, module=name, bn=bn))
+    return units
