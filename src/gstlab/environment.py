@@ -1,0 +1,90 @@
+"""Where a run executes and how fast: device, precision, memory format, and the manifest that records them."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import gstlab
+from gstlab import config as C
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise C.ConfigError(f"train.device: {name!r} requested but CUDA is not available; allowed here: auto, cpu")
+    return device
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The fast-path choices for a device. On CPU everything stays plain fp32."""
+
+    precision: str  # fp32 | bf16 (autocast; parameters, optimizer state and curvature stay fp32)
+    channels_last: bool
+    compile: bool
+    device_type: str
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def as_dict(self) -> dict:
+        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+
+
+def resolve_speed(cfg: C.TrainConfig, device: torch.device) -> Speed:
+    cuda = device.type == "cuda"
+    precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
+    channels_last = cuda if cfg.channels_last == "auto" else cfg.channels_last == "on"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    return Speed(precision=precision, channels_last=channels_last, compile=cfg.compile, device_type=device.type)
+
+
+def git_commit() -> str | None:
+    """The commit of the gstlab source tree, if it is a git checkout."""
+    src = Path(gstlab.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def manifest(cfg: C.RunConfig, device: torch.device, speed: Speed, seeds: dict[str, int]) -> dict:
+    return {
+        "run_id": C.run_id(cfg),
+        "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished": None,
+        "seed": cfg.seed,
+        "seeds": seeds,
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "speed": speed.as_dict(),
+        "versions": {
+            "gstlab": gstlab.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0], "cuda": torch.version.cuda,
+        },
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "deterministic": device.type == "cpu",
+    }
+

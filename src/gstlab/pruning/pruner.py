@@ -1,0 +1,145 @@
+"""Pruning events: at a scheduled epoch, score the untargeted units of each layer, pick k, and act on them.
+
+The pruner only decides *which* units are targeted (schedule §7.3, scores §7.4, selection §7.5) and keeps
+the record of units targeted so far. What happens to them is the ``action``: permanent pruning by masks, or a
+non-permanent intervention (see ``gstlab.interventions``). Every decision is a :class:`PruningEvent`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from gstlab.config import PruningConfig
+from gstlab.models.units import PrunableUnit, unit_count
+from gstlab.pruning import scores as S
+from gstlab.pruning.schedule import event_epochs, units_to_remove
+from gstlab.pruning.select import select_to_prune
+
+
+@dataclass
+class PruningEvent:
+    """One layer's share of one event. Instability is a query over these records."""
+
+    epoch: int
+    layer: str
+    action: str
+    criterion: str
+    side: str
+    units_before: int
+    units_removed: int
+    units_remaining: int
+    mean_score: float
+    acc_before: float = math.nan
+    acc_after: float = math.nan
+    duration_batches: int = 0
+    indices: list[int] = field(default_factory=list)
+
+    @property
+    def instability(self) -> float:
+        return (self.acc_before - self.acc_after) / self.acc_before if self.acc_before else math.nan
+
+    def row(self) -> dict:
+        out = asdict(self)
+        out.pop("indices")
+        out["instability"] = self.instability
+        return out
+
+
+Action = Callable[[PrunableUnit, torch.Tensor], None]  # (unit, absolute unit indices) -> None
+
+
+class Pruner:
+    """Runs the configured schedule. ``action(unit, indices)`` is applied to each layer's targeted units."""
+
+    def __init__(self, model: nn.Module, units: list[PrunableUnit], cfg: PruningConfig,
+                 generator: torch.Generator, action: Action, action_name: str = "prune",
+                 tracker: S.ActivationTracker | None = None) -> None:
+        self.model, self.cfg, self.generator = model, cfg, generator
+        self.action, self.action_name, self.tracker = action, action_name, tracker
+        by_name = {u.name: u for u in units}
+        self.layers = [(by_name[s.name], s) for s in _forward_order(cfg, units)]
+        self.epochs = {
+            s.name: event_epochs(s.start, s.end, s.period or cfg.period) for _, s in self.layers
+        }
+        self.targeted = {u.name: torch.zeros(unit_count(model, u), dtype=torch.bool) for u, _ in self.layers}
+        self._check_scores()
+
+    def _check_scores(self) -> None:
+        if self.cfg.criterion in ("ebn", "ebn_signed"):
+            for unit, _ in self.layers:
+                if unit.bn is None:
+                    raise ValueError(f"pruning.criterion={self.cfg.criterion} needs a BatchNorm after layer "
+                                     f"{unit.name!r}; allowed criteria for it: l1, l2, activation, random")
+        if self.cfg.criterion == "activation" and self.tracker is None:
+            raise ValueError("pruning.criterion=activation needs an ActivationTracker")
+
+    def due(self, epoch: int) -> bool:
+        return any(epoch in eps for eps in self.epochs.values())
+
+    def step(self, epoch: int) -> list[PruningEvent]:
+        """Run this epoch's event for every scheduled layer (forward order); layers with k = 0 are skipped."""
+        events = []
+        for unit, sched in self.layers:
+            epochs = self.epochs[sched.name]
+            if epoch not in epochs:
+                continue
+            event = self._layer_event(unit, sched.fraction, epochs, epoch)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _layer_event(self, unit: PrunableUnit, fraction: float, epochs: list[int],
+                     epoch: int) -> PruningEvent | None:
+        targeted = self.targeted[unit.name]
+        n, before = targeted.numel(), int((~targeted).sum())
+        k = units_to_remove(n, fraction, len(epochs), epochs.index(epoch) + 1, n - before)
+        if k <= 0:
+            return None
+        candidates = torch.nonzero(~targeted).flatten()
+        scores = self._scores(unit)[candidates.to(self._scores_device(unit))].detach().float().cpu()
+        chosen = select_to_prune(scores, k, self.cfg.side, self.generator)
+        indices = candidates[chosen]
+        targeted[indices] = True
+        self.action(unit, indices)
+        return PruningEvent(
+            epoch=epoch, layer=unit.name, action=self.action_name, criterion=self.cfg.criterion,
+            side=self.cfg.side, units_before=before, units_removed=k, units_remaining=before - k,
+            mean_score=float(scores[chosen].mean()),
+            indices=indices.tolist(),
+        )
+
+    def _scores_device(self, unit: PrunableUnit) -> torch.device:
+        return self.model.get_submodule(unit.module).weight.device
+
+    def _scores(self, unit: PrunableUnit) -> torch.Tensor:
+        c = self.cfg.criterion
+        layer = self.model.get_submodule(unit.module)
+        if c == "l1":
+            return S.l1(layer.weight.detach())
+        if c == "l2":
+            return S.l2(layer.weight.detach())
+        if c in ("ebn", "ebn_signed"):
+            bn = self.model.get_submodule(unit.bn)
+            fn = S.ebn if c == "ebn" else S.ebn_signed
+            return fn(bn.weight.detach(), bn.bias.detach())
+        if c == "activation":
+            return self.tracker.scores(unit.name)
+        return S.random_scores(unit_count(self.model, unit), self.generator).to(layer.weight.device)
+
+    def state_dict(self) -> dict:
+        return {"targeted": {k: v.clone() for k, v in self.targeted.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state["targeted"].items():
+            self.targeted[name].copy_(value)
+
+
+def _forward_order(cfg: PruningConfig, units: list[PrunableUnit]):
+    """The configured layer schedules, in the model's forward order."""
+    order = {u.name: i for i, u in enumerate(units)}
+    return sorted(cfg.layers, key=lambda s: order[s.name])

@@ -1,0 +1,342 @@
+"""Execute one run in its directory: build everything from the config, resume if cut off, record results.
+
+``execute(cfg, out)`` is idempotent: a finished run is returned from its summary, a run cut off (even by
+``kill -9``) resumes from its last checkpoint and ends with the same results as an uninterrupted run (CPU),
+and nothing is written before the config, the data and the layer names have been checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from gstlab import config as C
+from gstlab import store
+from gstlab.analysis.summary import summarize
+from gstlab.data import TrainLoader, load_data
+from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
+from gstlab.interventions import Intervention
+from gstlab.models import build_model
+from gstlab.pruning.masks import UnitMasks
+from gstlab.pruning.pruner import Pruner, PruningEvent
+from gstlab.pruning.scores import ActivationTracker
+from gstlab.seeding import derive_seed, generator, stream_seeds
+from gstlab.train import Pass, Trainer, diverged
+
+CHECKPOINT_FORMAT = "gstlab-checkpoint-1"
+
+
+class RunDirError(RuntimeError):
+    """The output directory holds a different run."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a running experiment consists of; callbacks receive it."""
+
+    cfg: C.RunConfig
+    out: Path
+    device: torch.device
+    speed: Speed
+    model: torch.nn.Module
+    masks: UnitMasks
+    trainer: Trainer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pruner: Pruner | None
+    tracker: ActivationTracker | None
+    generators: dict[str, torch.Generator]
+    intervention: Intervention | None = None
+    callbacks: list = dataclasses.field(default_factory=list)
+    rows: dict[str, list[dict]] = dataclasses.field(
+        default_factory=lambda: {"metrics": [], "events": [], "curvature": [], "eps": []})
+    start_epoch: int = 0
+
+    @property
+    def scratch(self) -> bool:
+        return self.cfg.pruning.scratch
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def prepare(cfg: C.RunConfig, out: Path) -> Run:
+    """Build data, model, optimizer, masks and callbacks; raises ConfigError before anything is written."""
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    speed = resolve_speed(cfg.train, device)
+    data = load_data(cfg.data, seed=derive_seed(cfg.seed, "data")).to(device)
+    if speed.channels_last and data.x_train.dim() == 4:
+        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
+        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    units = model.prunable_units() if hasattr(model, "prunable_units") else []
+    C.validate(cfg, [u.name for u in units])
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    gens = {s: generator(cfg.seed, s) for s in ("order", "prune", "noise")}
+    masks = UnitMasks(model, units, bn_masking=cfg.pruning.bn_masking)
+    optimizer = _optimizer(cfg.optim, model)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
+    tracker = _tracker(cfg, model, units)
+    trainer = Trainer(
+        model=model, optimizer=optimizer,
+        train_batches=TrainLoader(data.x_train, data.y_train, cfg.train.batch_size, cfg.data.augment,
+                                  gens["order"]),
+        eval_data=(data.x_test, data.y_test), eval_batch_size=cfg.train.eval_batch_size,
+        autocast=speed.autocast,
+    )
+    if speed.compile:
+        trainer.model = torch.compile(model)
+    run = Run(cfg=cfg, out=out, device=device, speed=speed, model=model, masks=masks, trainer=trainer,
+              scheduler=scheduler, pruner=None, tracker=tracker, generators=gens)
+    _attach_pruning(run, units)
+    trainer.hooks.insert(0, _MaskHook(masks))
+    if tracker is not None:
+        trainer.hooks.insert(0, tracker)
+    from gstlab.probes import attach_probes
+
+    attach_probes(run, data)
+    return run
+
+
+def _optimizer(cfg: C.OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _tracker(cfg: C.RunConfig, model, units) -> ActivationTracker | None:
+    if cfg.pruning.criterion != "activation" or not cfg.pruning.layers:
+        return None
+    chosen = {s.name for s in cfg.pruning.layers}
+    return ActivationTracker(model, [u for u in units if u.name in chosen], cfg.pruning.activation_every,
+                             cfg.pruning.activation_momentum)
+
+
+def _attach_pruning(run: Run, units) -> None:
+    cfg = run.cfg
+    if not cfg.pruning.layers:
+        return
+    if cfg.intervention.kind != "none":
+        from gstlab.interventions import attach_intervention
+
+        attach_intervention(run, units)
+        return
+
+    def prune(unit, indices: torch.Tensor) -> None:
+        run.masks.prune(unit.name, indices, run.trainer.optimizer)
+
+    run.pruner = Pruner(run.model, units, cfg.pruning, run.generators["prune"], prune, "prune", run.tracker)
+
+
+class _MaskHook:
+    """Re-apply the masks after every optimizer step so pruned entries stay exactly zero."""
+
+    def __init__(self, masks: UnitMasks) -> None:
+        self.masks = masks
+
+    def before_batch(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        self.masks.apply_()
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_state(run: Run, next_epoch: int) -> dict:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "run_id": C.run_id(run.cfg),
+        "config": C.to_dict(run.cfg),
+        "epoch": next_epoch,
+        "model": run.model.state_dict(),
+        "optimizer": run.trainer.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "generators": {k: g.get_state() for k, g in run.generators.items()},
+        "rows": run.rows,
+        "callbacks": [cb.state_dict() for cb in run.callbacks],
+    }
+    if run.pruner is not None:
+        state["pruner"] = run.pruner.state_dict()
+    if run.tracker is not None:
+        state["tracker"] = run.tracker.state_dict()
+    if run.intervention is not None:
+        state["intervention"] = run.intervention.state_dict()
+    return state
+
+
+def restore(run: Run, state: dict) -> None:
+    run.model.load_state_dict(state["model"])
+    run.masks.refresh()
+    run.trainer.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    for k, g in run.generators.items():
+        g.set_state(state["generators"][k])
+    run.rows = state["rows"]
+    for cb, cb_state in zip(run.callbacks, state["callbacks"]):
+        cb.load_state_dict(cb_state)
+    if run.pruner is not None:
+        run.pruner.load_state_dict(state["pruner"])
+    if run.tracker is not None:
+        run.tracker.load_state_dict(state["tracker"])
+    if run.intervention is not None:
+        run.intervention.load_state_dict(state["intervention"])
+    run.start_epoch = int(state["epoch"])
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+def run_epoch(run: Run, epoch: int) -> Pass:
+    """Train, evaluate, event, evaluate, callbacks; appends the epoch's rows. Returns the training pass."""
+    t0 = time.perf_counter()
+    lr = run.trainer.optimizer.param_groups[0]["lr"]
+    skip_training = run.scratch and epoch == 0
+    train = Pass(acc=0.0, loss=math.nan) if skip_training else run.trainer.train_epoch()
+    if diverged(train) and not skip_training:
+        return train
+    pre = run.trainer.evaluate()
+    events: list[PruningEvent] = []
+    if run.pruner is not None and run.pruner.due(epoch):
+        events = run.pruner.step(epoch)
+    post = _after_events(run, events, pre)
+    for cb in run.callbacks:
+        cb.after_epoch(run, epoch, events)
+    if not skip_training:
+        run.scheduler.step()  # the official code does not step the scheduler in the scratch epoch
+    run.rows["events"].extend(ev.row() for ev in events)
+    run.rows["metrics"].append({
+        "epoch": epoch, "lr": lr, "train_acc": train.acc, "train_loss": train.loss,
+        "test_acc_pre": pre.acc, "test_acc": post.acc, "test_loss": post.loss,
+        "units_pruned": run.masks.total_pruned(), "units_removed": sum(ev.units_removed for ev in events),
+        "wall_s": time.perf_counter() - t0,
+    })
+    return train
+
+
+def _after_events(run: Run, events: list[PruningEvent], pre: Pass) -> Pass:
+    """Post-event evaluation; events get acc_before/acc_after. Without events nothing changed: reuse ``pre``.
+
+    For a non-permanent intervention the event's ``acc_after`` is that of the perturbed model, while the
+    epoch's ``test_acc`` is the model as training left it (see ``gstlab.interventions``).
+    """
+    if not events:
+        return pre
+    post = run.trainer.evaluate()
+    compat = run.cfg.intervention.count_eval_batches
+    after = run.intervention.measure_after() if run.intervention is not None and not compat else post
+    for ev in events:
+        ev.acc_before, ev.acc_after = pre.acc, after.acc
+    return post
+
+
+def write_tables(run: Run) -> None:
+    store.write_csv(run.out / "metrics.csv", run.rows["metrics"], store.METRIC_COLUMNS)
+    store.write_csv(run.out / "events.csv", run.rows["events"], store.EVENT_COLUMNS)
+    for cb in run.callbacks:
+        cb.write(run)
+
+
+def _summary(run: Run, status: str, reason: str | None = None) -> dict:
+    total, remaining = run.masks.parameter_counts()
+    summary = {"status": status, "run_id": C.run_id(run.cfg)}
+    summary.update(summarize(run.rows["metrics"], run.rows["events"], run.scratch))
+    summary.update({
+        "params_total": total, "params_remaining": remaining,
+        "params_zero": int(sum((p == 0).sum() for p in run.model.parameters())),
+    })
+    if reason:
+        summary["failure"] = reason
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------- execute
+
+
+def execute(cfg: C.RunConfig, out: str | Path, progress: bool | None = None) -> dict:
+    """Run, resume or skip the run ``cfg`` in directory ``out``; returns its summary."""
+    out = Path(out)
+    done = _finished_summary(cfg, out)
+    if done is not None:
+        return done
+    run = prepare(cfg, out)
+    show = cfg.train.progress if progress is None else progress
+    ckpt = out / store.CHECKPOINT
+    if ckpt.exists():
+        restore(run, store.load_checkpoint(ckpt))
+    out.mkdir(parents=True, exist_ok=True)
+    store.atomic_write_text(out / "config.yaml", C.dump_yaml(cfg))
+    info = manifest(cfg, run.device, run.speed, stream_seeds(cfg.seed))
+    store.write_json(out / "manifest.json", info)
+    status, reason = _loop(run, show)
+    write_tables(run)
+    summary = _summary(run, status, reason)
+    _save_final(run)
+    store.write_json(out / "summary.json", summary)
+    info.update({"status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    store.write_json(out / "manifest.json", info)
+    if status == "finished":
+        ckpt.unlink(missing_ok=True)
+    return summary
+
+
+def _loop(run: Run, show: bool) -> tuple[str, str | None]:
+    cfg = run.cfg
+    epochs = range(run.start_epoch, cfg.train.epochs)
+    label = cfg.name or C.run_id(cfg)
+    bar = tqdm(epochs, desc=label, unit="ep", disable=not show, dynamic_ncols=True)
+    if show:
+        run.trainer.progress = lambda it: tqdm(it, total=len(it), leave=False, unit="batch", disable=not show)
+    for epoch in bar:
+        train = run_epoch(run, epoch)
+        if diverged(train) and not (run.scratch and epoch == 0):
+            return "failed", f"diverged at epoch {epoch}: training loss {train.loss}"
+        last = run.rows["metrics"][-1]
+        bar.set_postfix(test=f"{last['test_acc']:.2f}", pruned=last["units_pruned"])
+        _checkpoint(run, epoch)
+    return "finished", None
+
+
+def _checkpoint(run: Run, epoch: int) -> None:
+    cfg = run.cfg.train
+    if epoch in cfg.keep_checkpoints:
+        _save_model(run, run.out / f"model_epoch{epoch}.pt", epoch)
+    if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == run.cfg.train.epochs:
+        write_tables(run)
+        store.save_checkpoint(run.out / store.CHECKPOINT, checkpoint_state(run, epoch + 1))
+
+
+def _save_model(run: Run, path: Path, epoch: int) -> None:
+    store.save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "kind": "model", "epoch": epoch,
+                                 "run_id": C.run_id(run.cfg), "config": C.to_dict(run.cfg),
+                                 "model": run.model.state_dict()})
+
+
+def _save_final(run: Run) -> None:
+    if run.rows["metrics"]:
+        _save_model(run, run.out / "model_final.pt", int(run.rows["metrics"][-1]["epoch"]))
+
+
+def _finished_summary(cfg: C.RunConfig, out: Path) -> dict | None:
+    """The summary of a finished run in ``out``; RunDirError if ``out`` holds another run."""
+    cfg_file = out / "config.yaml"
+    if cfg_file.exists():
+        existing = C.from_dict(C.RunConfig, C.load_yaml(cfg_file))
+        if C.run_id(existing) != C.run_id(cfg):
+            raise RunDirError(f"{out} holds a different run (id {C.run_id(existing)}, this config is "
+                              f"{C.run_id(cfg)}); choose another --out")
+    summary_file = out / "summary.json"
+    if summary_file.exists():
+        summary = store.read_json(summary_file)
+        if summary.get("status") in ("finished", "failed"):
+            return summary
+    return None

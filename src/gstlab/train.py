@@ -1,0 +1,102 @@
+"""The training loop, kept small: train an epoch -> evaluate -> event -> evaluate -> probes -> record.
+
+Everything that is not plain training is a hook (per batch) or a callback (per epoch) with an explicit
+schedule: masks are re-applied after each optimizer step, activation scores and interventions act before
+each training batch, pruning/intervention events and flatness probes run at scheduled epochs.
+Accuracies and losses are accumulated on the device and synchronized once per pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchHook(Protocol):
+    """Per-batch hook of the training pass (``before_batch`` before the forward, ``after_step`` after it)."""
+
+    def before_batch(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+
+@dataclass
+class Pass:
+    """Accuracy (%) and mean loss of one pass over a data set."""
+
+    acc: float
+    loss: float
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    eval_data: tuple[torch.Tensor, torch.Tensor]
+    eval_batch_size: int
+    autocast: Callable[[], AbstractContextManager] = field(default=lambda: torch.autocast("cpu", enabled=False))
+    hooks: list[BatchHook] = field(default_factory=list)
+    eval_hooks: list[Callable[[], None]] = field(default_factory=list)  # compat: before each eval batch
+    progress: Callable[[Iterable], Iterable] = field(default=lambda it: it)
+    train_step: Callable | None = None  # optional compiled forward+loss
+
+    def train_epoch(self) -> Pass:
+        """One pass over the training batches in train mode; accuracy is the running mean (paper §2)."""
+        self.model.train()
+        device = self.eval_data[0].device
+        correct = torch.zeros((), device=device)
+        loss_sum = torch.zeros((), device=device)
+        n = 0
+        for x, y in self.progress(self.train_batches):
+            for hook in self.hooks:
+                hook.before_batch()
+            with self.autocast():
+                out = self.model(x)
+                loss = F.cross_entropy(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for hook in self.hooks:
+                hook.after_step()
+            loss_sum += loss.detach().float() * y.numel()
+            correct += (out.detach().argmax(1) == y).sum()
+            n += y.numel()
+        return Pass(acc=100.0 * correct.item() / max(n, 1), loss=loss_sum.item() / max(n, 1))
+
+    @torch.no_grad()
+    def evaluate(self) -> Pass:
+        """Top-1 accuracy (%) and mean cross-entropy on the evaluation set, in eval mode."""
+        return evaluate(self.model, *self.eval_data, self.eval_batch_size, self.autocast, self.eval_hooks)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             autocast: Callable[[], AbstractContextManager] | None = None,
+             before_batch: list[Callable[[], None]] = ()) -> Pass:
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=x.device)
+    loss_sum = torch.zeros((), device=x.device)
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        for hook in before_batch:
+            hook()
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            out = model(xb)
+        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = max(len(x), 1)
+    return Pass(acc=100.0 * correct.item() / n, loss=loss_sum.item() / n)
+
+
+def diverged(p: Pass) -> bool:
+    return not math.isfinite(p.loss)

@@ -1,0 +1,66 @@
+"""Config parsing, validation messages, overrides and frozen run ids."""
+
+import pytest
+
+from gstlab import config as C
+
+VGG_SCHEDULE = {"layers": [{"name": "conv8", "fraction": 0.9, "start": 6, "end": 275}], "period": 40}
+
+
+def test_defaults_round_trip_through_yaml(tmp_path):
+    cfg = C.parse({"pruning": VGG_SCHEDULE, "seed": 3})
+    path = tmp_path / "c.yaml"
+    path.write_text(C.dump_yaml(cfg))
+    again = C.parse(C.load_yaml(path))
+    assert again == cfg and C.run_id(again) == C.run_id(cfg)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"pruning": {"critrion": "l2"}}, "pruning.critrion: unknown key; allowed keys: criterion"),
+    ({"train": {"epochs": "ten"}}, "train.epochs: expected an integer"),
+    ({"train": {"epochs": True}}, "train.epochs: expected an integer"),
+    ({"pruning": {"criterion": "l3"}}, "pruning.criterion: expected one of 'l1', 'l2'"),
+    ({"pruning": {"side": "big"}}, "pruning.side: expected one of 'smallest', 'random', 'largest'"),
+    ({"pruning": {"layers": [{"name": "conv8", "fraction": 1.0}]}}, r"pruning.layers\[0\].fraction: must be in \[0, 1\)"),
+    ({"pruning": {"layers": [{"name": "conv8", "fraction": -0.1}]}}, r"fraction: must be in \[0, 1\)"),
+    ({"pruning": {"layers": [{"name": "conv8", "fraction": 0.5, "end": 400}]}}, "ends at epoch 400 but training"),
+    ({"pruning": {"layers": [{"fraction": 0.5}]}}, r"pruning.layers\[0\].name: required field is missing"),
+    ({"intervention": {"kind": "blur"}}, "intervention.kind: expected one of 'none', 'zero'"),
+    ({"intervention": {"kind": "zero", "batches": -1}, "pruning": VGG_SCHEDULE}, "intervention.batches: must be >= 0"),
+    ({"intervention": {"kind": "gaussian", "scale": 0.0}, "pruning": VGG_SCHEDULE}, "intervention.scale: must be > 0"),
+    ({"seed": 1.5}, "seed: expected an integer"),
+    ({"extra": 1}, "extra: unknown key; allowed keys: data, model"),
+])
+def test_bad_input_names_the_field(data, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.parse(data)
+
+
+def test_unknown_layer_name_lists_allowed_layers():
+    cfg = C.parse({"pruning": {"layers": [{"name": "conv9", "fraction": 0.5}]}})
+    with pytest.raises(C.ConfigError, match=r"unknown layer 'conv9'; allowed: conv1, conv2"):
+        C.validate(cfg, ["conv1", "conv2"])
+
+
+def test_overrides_parse_yaml_values_and_list_indices():
+    cfg = C.parse({"pruning": VGG_SCHEDULE}, ["pruning.period=4", "pruning.layers.0.fraction=0.5",
+                                             "optim.milestones=[10, 20]", "data.train_subset=null"])
+    assert cfg.pruning.period == 4 and cfg.pruning.layers[0].fraction == 0.5
+    assert cfg.optim.milestones == (10, 20) and cfg.data.train_subset is None
+    with pytest.raises(C.ConfigError, match="no list element 3"):
+        C.parse({"pruning": VGG_SCHEDULE}, ["pruning.layers.3.fraction=0.5"])
+    with pytest.raises(C.ConfigError, match="expected dotted.key=value"):
+        C.parse({}, ["pruning.period"])
+
+
+def test_run_id_ignores_defaults_and_non_result_fields():
+    base = C.parse({})
+    assert C.run_id(base) == C.run_id(C.parse({"train": {"device": "cpu", "progress": False}, "name": "x"}))
+    assert C.run_id(base) == C.run_id(C.parse({"pruning": {"period": 4}}))  # 4 is the default
+    assert C.run_id(base) != C.run_id(C.parse({"seed": 1}))
+
+
+def test_run_ids_are_frozen():
+    # Regression: changing these silently renames every stored run. Update only with a migration note.
+    assert C.run_id(C.parse({})) == "44136fa355b3"
+    assert C.run_id(C.parse({"pruning": VGG_SCHEDULE, "seed": 2})) == "16165ca69a78"
