@@ -1,0 +1,41 @@
+# The README's commands, nothing hidden. PY is the virtual environment's python.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: setup data demo test test-all lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch first (GPU users: install the CUDA build of torch into $(VENV) before `make setup`)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PY) -m pip install -q -e ".[dev,ray]"
+	touch $@
+
+data:
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
+	  echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist' or see README (Data)"
+
+setup: $(VENV)/.installed data
+
+demo: setup
+	$(VENV)/bin/gst demo
+
+test: setup
+	$(PY) -m pytest -m "not slow"
+
+test-all: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
