@@ -50,7 +50,7 @@ def test_pruned_units_stay_exactly_zero_through_optimizer_steps(make_opt):
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
     masks.prune("0", PRUNED, opt)
-    for step in range(60):
+    for _ in range(60):
         opt.zero_grad()
         nn.functional.cross_entropy(net(torch.randn(16, 3, 6, 6)), y).backward()
         opt.step()

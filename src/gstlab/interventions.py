@@ -164,6 +164,7 @@ def attach_intervention(run, units: list[PrunableUnit]) -> Intervention:
     iv = Intervention(run, units)
     iv.pruner = Pruner(run.model, units, run.cfg.pruning, run.generators["prune"], iv.start,
                        run.cfg.intervention.kind, run.tracker)
+    iv.pruner.duration_batches = run.cfg.intervention.batches
     run.pruner, run.intervention = iv.pruner, iv
     run.trainer.hooks.append(iv)
     if run.cfg.intervention.count_eval_batches:

@@ -66,6 +66,7 @@ class Pruner:
         self.epochs = {
             s.name: event_epochs(s.start, s.end, s.period or cfg.period) for _, s in self.layers
         }
+        self.duration_batches = 0  # interventions: how long each event lasts, recorded with it
         self.targeted = {u.name: torch.zeros(unit_count(model, u), dtype=torch.bool) for u, _ in self.layers}
         self._check_scores()
 
@@ -109,7 +110,7 @@ class Pruner:
         return PruningEvent(
             epoch=epoch, layer=unit.name, action=self.action_name, criterion=self.cfg.criterion,
             side=self.cfg.side, units_before=before, units_removed=k, units_remaining=before - k,
-            mean_score=float(scores[chosen].mean()),
+            mean_score=float(scores[chosen].mean()), duration_batches=self.duration_batches,
             indices=indices.tolist(),
         )
 

@@ -1,0 +1,124 @@
+"""Non-permanent pruning: zeroing for exactly N training batches, bit-exact restore, Gaussian scale, regrowth."""
+
+import csv
+
+import pytest
+import torch
+
+from gstlab import config as C
+from gstlab.runner import execute, prepare
+
+BASE = {
+    "data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 256, "synthetic_test": 128},
+    "model": {"arch": "mlp", "hidden": [32, 24], "batch_norm": True},
+    "optim": {"name": "adam", "lr": 1e-2},
+    "train": {"epochs": 6, "batch_size": 32, "eval_batch_size": 64, "progress": False},
+    "pruning": {"criterion": "l2", "side": "largest", "period": 2,
+                "layers": [{"name": "fc1", "fraction": 0.5, "start": 1, "end": 5}]},
+    "seed": 0,
+}
+IDX = torch.tensor([0, 3, 5, 9])
+
+
+def make_run(tmp_path, kind: str, batches: int, **iv):
+    cfg = C.parse(BASE | {"intervention": {"kind": kind, "batches": batches, **iv}})
+    run = prepare(cfg, tmp_path / "run")
+    run.pruner.targeted["fc1"][IDX] = True
+    return run
+
+
+def record_forwards(run):
+    """(train mode?, targeted rows all zero?) for every forward of fc1."""
+    layer = run.model.get_submodule("fc1")
+    seen = []
+    layer.register_forward_hook(lambda m, i, o: seen.append((m.training, bool((m.weight[IDX] == 0).all()))))
+    return seen
+
+
+def train_steps(run, n: int):
+    batches = list(run.trainer.train_batches)[:n]
+    run.trainer.train_batches = batches
+    run.trainer.train_epoch()
+
+
+@pytest.mark.parametrize("kind", ["zero", "zero_restore"])
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_zeroed_in_exactly_n_training_batches_and_in_no_evaluation(tmp_path, kind, n):
+    run = make_run(tmp_path, kind, n)
+    train_steps(run, 2)  # some optimizer history first
+    seen = record_forwards(run)
+    run.intervention.start(run.model.prunable_units()[0], IDX)
+    run.trainer.evaluate()
+    for _ in range(n + 2):
+        train_steps(run, 1)
+        run.trainer.evaluate()
+    train = [zero for training, zero in seen if training]
+    evals = [zero for training, zero in seen if not training]
+    assert train == [True] * n + [False] * 2
+    assert not any(evals)
+
+
+def test_restore_is_bit_exact_including_bn_running_statistics(tmp_path):
+    run = make_run(tmp_path, "zero_restore", 4)
+    train_steps(run, 3)
+    unit = run.model.prunable_units()[0]
+    bn = run.model.get_submodule(unit.bn)
+    layer = run.model.get_submodule(unit.module)
+    tensors = {"w": layer.weight, "gamma": bn.weight, "beta": bn.bias, "mean": bn.running_mean,
+               "var": bn.running_var}
+    before = {k: t.detach()[IDX].clone() for k, t in tensors.items()}
+    run.intervention.start(unit, IDX)
+    train_steps(run, 4)
+    for k, t in tensors.items():
+        assert torch.equal(t.detach()[IDX], before[k]), k
+    assert not run.intervention.windows
+
+
+def test_gaussian_noise_has_the_configured_scale(tmp_path):
+    run = make_run(tmp_path, "gaussian", 1, scale=0.5)
+    weight = run.model.get_submodule("fc1").weight
+    before = weight.detach().clone()
+    run.intervention.start(run.model.prunable_units()[0], IDX)
+    run.intervention.before_batch()
+    diff = (weight.detach() - before)
+    noise = diff[IDX].flatten() / 0.5
+    assert torch.equal(diff[[1, 2, 4]], torch.zeros_like(diff[[1, 2, 4]]))  # untargeted rows untouched
+    n = noise.numel()  # 4 rows x 64 inputs = 256 draws
+    assert abs(noise.mean().item()) < 4 / n**0.5
+    assert abs(noise.std().item() - 1) < 4 / (2 * n) ** 0.5
+
+
+def test_gaussian_default_scale_is_std_of_first_untargeted_unit(tmp_path):
+    run = make_run(tmp_path, "gaussian", 1)
+    weight = run.model.get_submodule("fc1").weight
+    run.pruner.targeted["fc1"][[1]] = True  # unit 1 targeted too: the first untargeted unit is 2
+    expected = weight.detach()[2].std()
+    before = weight.detach().clone()
+    run.intervention.start(run.model.prunable_units()[0], IDX)
+    run.intervention.before_batch()
+    draws = (weight.detach() - before)[IDX].flatten() / expected
+    assert abs(draws.std().item() - 1) < 4 / (2 * draws.numel()) ** 0.5
+
+
+@pytest.mark.parametrize("kind", ["zero", "gaussian"])
+def test_regrowing_run_ends_with_no_zero_units(tmp_path, kind):
+    cfg = C.parse(BASE | {"intervention": {"kind": kind, "batches": 3}})
+    summary = execute(cfg, tmp_path / kind)
+    assert summary["status"] == "finished" and summary["n_events"] > 0
+    assert summary["params_zero"] == 0
+    assert summary["params_remaining"] == summary["params_total"]
+
+
+def test_intervention_events_record_the_perturbed_accuracy(tmp_path):
+    cfg = C.parse(BASE | {"intervention": {"kind": "zero", "batches": 10}})
+    execute(cfg, tmp_path / "z")
+    with open(tmp_path / "z" / "events.csv") as f:
+        events = list(csv.DictReader(f))
+    with open(tmp_path / "z" / "metrics.csv") as f:
+        metrics = list(csv.DictReader(f))
+    assert {e["action"] for e in events} == {"zero"}
+    assert {int(e["duration_batches"]) for e in events} == {10}
+    for e in events:
+        row = metrics[int(e["epoch"])]
+        assert float(row["test_acc"]) == float(row["test_acc_pre"])  # the event itself changes nothing
+        assert float(e["acc_after"]) != float(e["acc_before"]) or float(e["acc_before"]) == 0

@@ -1,0 +1,153 @@
+"""End-to-end runs on tiny synthetic problems: results layout, events vs schedule, resume after kill -9,
+bad input exits 2 with nothing written, divergence is recorded as a failure."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from gstlab.pruning.schedule import LayerPlan, event_epochs
+
+from gstlab import config as C
+from gstlab.cli import main
+from gstlab.runner import execute
+
+TINY = {
+    "data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 256, "synthetic_test": 128},
+    "model": {"arch": "mlp", "hidden": [32, 24], "batch_norm": True},
+    "optim": {"name": "adam", "lr": 1e-2, "milestones": [4]},
+    "train": {"epochs": 6, "batch_size": 32, "eval_batch_size": 64, "progress": False},
+    "pruning": {"criterion": "l2", "side": "largest", "period": 2,
+                "layers": [{"name": "fc1", "fraction": 0.5, "start": 1, "end": 5},
+                           {"name": "fc2", "fraction": 0.25, "start": 2, "end": 4}]},
+    "seed": 1,
+}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def cfg_of(data: dict, *overrides: str) -> C.RunConfig:
+    return C.parse(data, list(overrides))
+
+
+def test_run_writes_results_and_events_follow_the_schedule(tmp_path):
+    summary = execute(cfg_of(TINY), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "manifest.json", "metrics.csv", "events.csv", "summary.json", "model_final.pt"):
+        assert (run / name).exists(), name
+    assert not (run / "checkpoint.pt").exists()  # removed once finished
+    metrics, events = read_csv(run / "metrics.csv"), read_csv(run / "events.csv")
+    assert [int(r["epoch"]) for r in metrics] == list(range(6))
+    for layer, n_units in (("fc1", 32), ("fc2", 24)):
+        spec = next(s for s in TINY["pruning"]["layers"] if s["name"] == layer)
+        plan = LayerPlan(layer, n_units, spec["fraction"], tuple(event_epochs(spec["start"], spec["end"], 2)))
+        got = {int(e["epoch"]): int(e["units_removed"]) for e in events if e["layer"] == layer}
+        assert got == plan.removals()
+    for e in events:
+        assert float(e["instability"]) == pytest.approx(
+            (float(e["acc_before"]) - float(e["acc_after"])) / float(e["acc_before"]))
+        row = metrics[int(e["epoch"])]
+        assert float(e["acc_before"]) == float(row["test_acc_pre"]) and float(e["acc_after"]) == float(row["test_acc"])
+    assert int(metrics[-1]["units_pruned"]) == 16 + 6
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and set(manifest["seeds"]) >= {"init", "order", "prune"}
+    assert summary["status"] == "finished" and summary["n_events"] == len(events)
+    assert summary["params_remaining"] < summary["params_total"]
+
+
+def test_finished_run_is_not_rerun_and_other_run_in_dir_is_refused(tmp_path):
+    out = tmp_path / "run"
+    execute(cfg_of(TINY), out)
+    stamp = (out / "metrics.csv").stat().st_mtime_ns
+    execute(cfg_of(TINY), out)
+    assert (out / "metrics.csv").stat().st_mtime_ns == stamp
+    assert main(["run", "--config", str(_write(tmp_path, TINY | {"seed": 2})), "--out", str(out)]) == 2
+
+
+def _write(tmp_path: Path, data: dict, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _comparable(run: Path) -> tuple:
+    metrics = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_csv(run / "metrics.csv")]
+    summary = json.loads((run / "summary.json").read_text())
+    return metrics, read_csv(run / "events.csv"), summary
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["intervention.kind=zero_restore", "intervention.batches=100"],  # 64 batches/epoch: windows span epochs
+    ["intervention.kind=gaussian", "intervention.batches=100"],
+], ids=["prune", "zero_restore-window-open-at-kill", "gaussian-window-open-at-kill"])
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, extra):
+    data = C.to_dict(cfg_of(TINY, "train.epochs=8", "data.synthetic_train=2048", "pruning.layers.0.end=7",
+                            *extra))
+    cfg_path = _write(tmp_path, data)
+    reference = tmp_path / "reference"
+    execute(C.parse(data), reference)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "gstlab.cli", "run", "--config", str(cfg_path), "--out", str(killed),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not _epochs_done(killed, at_least=3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert _comparable(killed) == _comparable(reference)
+
+
+def _epochs_done(run: Path, at_least: int) -> bool:
+    try:
+        return len(read_csv(run / "metrics.csv")) >= at_least
+    except (FileNotFoundError, csv.Error):
+        return False
+
+
+@pytest.mark.parametrize("override, field", [
+    ("pruning.critrion=l2", "pruning.critrion: unknown key"),
+    ("train.epochs=many", "train.epochs: expected an integer"),
+    ("pruning.layers.0.fraction=1.5", "pruning.layers[0].fraction: must be in [0, 1)"),
+    ("pruning.layers.0.name=fc9", "unknown layer 'fc9'; allowed: fc1, fc2"),
+    ("pruning.layers.0.end=20", "pruning.layers[0].end: the schedule ends at epoch 20"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, override, field):
+    out = tmp_path / "never"
+    code = main(["run", "--config", str(_write(tmp_path, TINY)), "--out", str(out), "--set", override])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert field in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_divergence_marks_the_run_failed_and_keeps_results(tmp_path):
+    out = tmp_path / "nan"
+    data = TINY | {"optim": {"name": "sgd", "lr": 1e30, "momentum": 0.9}}
+    code = main(["run", "--config", str(_write(tmp_path, data)), "--out", str(out), "--no-progress"])
+    assert code == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "diverged" in summary["failure"]
+    assert (out / "metrics.csv").exists()
+
+
+def test_scratch_pruning_prunes_at_init_and_skips_training(tmp_path):
+    data = TINY | {"pruning": {"criterion": "l2", "side": "smallest", "scratch": True,
+                               "layers": [{"name": "fc1", "fraction": 0.5}]}}
+    summary = execute(cfg_of(data), tmp_path / "scratch")
+    metrics = read_csv(tmp_path / "scratch" / "metrics.csv")
+    assert float(metrics[0]["train_acc"]) == 0.0 and int(metrics[0]["units_pruned"]) == 16
+    assert float(metrics[0]["lr"]) == float(metrics[1]["lr"]) == 1e-2  # scheduler not stepped in epoch 0
+    assert summary["mean_stability"] == 100.0 and summary["n_prune_epochs"] == 0
