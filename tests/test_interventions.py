@@ -36,9 +36,11 @@ def record_forwards(run):
 
 
 def train_steps(run, n: int):
-    batches = list(run.trainer.train_batches)[:n]
-    run.trainer.train_batches = batches
+    """Train on the first ``n`` batches of a fresh epoch order."""
+    loader = run.trainer.train_batches
+    run.trainer.train_batches = [batch for _, batch in zip(range(n), loader)]
     run.trainer.train_epoch()
+    run.trainer.train_batches = loader
 
 
 @pytest.mark.parametrize("kind", ["zero", "zero_restore"])

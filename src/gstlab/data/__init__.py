@@ -1,0 +1,39 @@
+"""Data sets as device-resident tensors: fashion_mnist (offline default), cifar10/100, mnist1d, synthetic."""
+
+from __future__ import annotations
+
+import torch
+
+from gstlab.config import DataConfig
+from gstlab.data import cifar, fashion_mnist, generated
+from gstlab.data.download import DataMissingError
+from gstlab.data.tensor_data import TensorData, TrainLoader, augment_batch, eval_batches
+
+__all__ = ["DataMissingError", "TensorData", "TrainLoader", "augment_batch", "eval_batches", "load_data"]
+
+NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "mnist1d": 10}
+
+
+def _raw(cfg: DataConfig) -> tuple[tuple[torch.Tensor, ...], int]:
+    if cfg.name == "fashion_mnist":
+        return fashion_mnist.load(cfg.root, cfg.download, cfg.normalize), 10
+    if cfg.name in ("cifar10", "cifar100"):
+        return cifar.load(cfg.name, cfg.root, cfg.download, cfg.normalize), NUM_CLASSES[cfg.name]
+    if cfg.name == "mnist1d":
+        return generated.mnist1d(), 10
+    shape = tuple(cfg.synthetic_shape)
+    return generated.synthetic(shape, cfg.synthetic_classes, cfg.synthetic_train, cfg.synthetic_test), \
+        cfg.synthetic_classes
+
+
+def load_data(cfg: DataConfig, seed: int) -> TensorData:
+    """Load ``cfg.name`` on the CPU. ``train_subset``: a random subset chosen with ``seed`` (sorted, so the
+    batch order still comes only from the loader); ``test_subset``: the first N test examples."""
+    (x_train, y_train, x_test, y_test), classes = _raw(cfg)
+    if cfg.train_subset is not None and cfg.train_subset < len(x_train):
+        g = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(x_train), generator=g)[:cfg.train_subset].sort().values
+        x_train, y_train = x_train[keep], y_train[keep]
+    if cfg.test_subset is not None:
+        x_test, y_test = x_test[:cfg.test_subset], y_test[:cfg.test_subset]
+    return TensorData(x_train.contiguous(), y_train, x_test.contiguous(), y_test, classes, cfg.name)

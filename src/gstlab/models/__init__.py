@@ -1,0 +1,26 @@
+"""The model zoo: the paper's CIFAR networks and a small MLP, each declaring its prunable units."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from gstlab.config import ConfigError, ModelConfig
+from gstlab.models.mlp import MLP
+from gstlab.models.resnet import resnet18, resnet20, resnet56
+from gstlab.models.units import PrunableUnit, units_from_names
+from gstlab.models.vgg import vgg11_bn
+
+_CONV_NETS = {"vgg11_bn": vgg11_bn, "resnet18": resnet18, "resnet20": resnet20, "resnet56": resnet56}
+ARCHS = (*_CONV_NETS, "mlp")
+
+__all__ = ["ARCHS", "PrunableUnit", "build_model", "units_from_names"]
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build ``cfg.arch`` for inputs of ``input_shape`` (C, H, W) / (C, L) and ``num_classes`` outputs."""
+    if cfg.arch == "mlp":
+        return MLP(tuple(input_shape), num_classes, tuple(cfg.hidden), cfg.batch_norm)
+    if len(input_shape) != 3 or tuple(input_shape[1:]) != (32, 32):
+        raise ConfigError(f"model.arch: {cfg.arch} needs 32x32 images, the data has shape {tuple(input_shape)}; "
+                          "allowed for other shapes: mlp")
+    return _CONV_NETS[cfg.arch](input_shape[0], num_classes, cfg.width)

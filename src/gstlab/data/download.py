@@ -1,0 +1,45 @@
+"""Checksummed downloads and the cache directory (used only when the user asks for ``data.download``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+CACHE = Path(os.environ.get("GSTLAB_DATA", Path.home() / ".cache" / "gstlab"))
+
+
+class DataMissingError(RuntimeError):
+    """A data set is not on disk; the message says how to get it."""
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, md5: str) -> None:
+    got = md5sum(path)
+    if got != md5:
+        raise DataMissingError(f"{path}: checksum mismatch (md5 {got}, expected {md5}); delete it and retry")
+
+
+def download(url: str, dest: Path, md5: str) -> Path:
+    """Fetch ``url`` to ``dest`` via a temporary file; verify the md5 before the atomic rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    os.close(fd)
+    try:
+        urllib.request.urlretrieve(url, tmp)  # noqa: S310 (fixed https/http dataset URLs)
+        verify(Path(tmp), md5)
+        os.replace(tmp, dest)
+    except OSError as err:
+        raise DataMissingError(f"could not download {url} ({err}); fetch it by hand into {dest.parent}") from err
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest

@@ -1,0 +1,71 @@
+"""Fashion-MNIST from the official IDX files (Debian's dataset-fashion-mnist, a directory, or a download)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gstlab.data.download import CACHE, DataMissingError, download
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FILES = {  # official archive md5 sums (the Debian package recompresses; its files are read unverified)
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+MEAN, STD = 0.2860, 0.3530  # over the 60,000 training images (pixel values in [0, 1])
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (gzip or raw): magic 0x0000080D (uint8, D dims), big-endian dimension sizes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: {array.size} values for shape {shape}")
+    return array.reshape(shape)
+
+
+def find_dir(root: str | None, download_ok: bool) -> Path:
+    candidates = [Path(root)] if root else [DEBIAN_DIR, CACHE / "fashion_mnist"]
+    for d in candidates:
+        if all((d / name).exists() or (d / name[:-3]).exists() for name in FILES):
+            return d
+    if download_ok:
+        target = Path(root) if root else CACHE / "fashion_mnist"
+        for name, md5 in FILES.items():
+            if not (target / name).exists():
+                download(URL + name, target / name, md5)
+        return target
+    where = ", ".join(str(d) for d in candidates)
+    raise DataMissingError(
+        f"Fashion-MNIST not found in {where}. Install it with `sudo apt-get install dataset-fashion-mnist`, "
+        f"put the four IDX files ({', '.join(FILES)}) in a directory and set data.root, "
+        "or (online) --set data.download=true")
+
+
+def _file(d: Path, name: str) -> Path:
+    return d / name if (d / name).exists() else d / name[:-3]
+
+
+def load(root: str | None, download_ok: bool, normalize: bool) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_test, y_test): images (N, 1, 32, 32), zero-padded from 28x28 after normalization."""
+    d = find_dir(root, download_ok)
+    tensors = []
+    for split in ("train", "t10k"):
+        images = torch.from_numpy(read_idx(_file(d, f"{split}-images-idx3-ubyte.gz")).copy()).float() / 255
+        labels = torch.from_numpy(read_idx(_file(d, f"{split}-labels-idx1-ubyte.gz")).astype(np.int64))
+        if normalize:
+            images = (images - MEAN) / STD
+        tensors += [torch.nn.functional.pad(images.unsqueeze(1), (2, 2, 2, 2)), labels]
+    return tuple(tensors)

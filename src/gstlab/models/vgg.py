@@ -1,0 +1,55 @@
+"""VGG11 with batch norm, CIFAR variant (PAPER_SPEC §4.1), with a width multiplier."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gstlab.models.units import PrunableUnit
+
+CFG_A = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+class VGG11BN(nn.Module):
+    """``features`` (conv3x3 -> BN -> ReLU, max-pools) then a single Linear; needs 32x32 inputs."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for v in CFG_A:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            c_out = _scaled(v, width)
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self._init_features()
+        self.classifier = nn.Linear(c_in, num_classes)  # PyTorch default init, as in the official code
+
+    def _init_features(self) -> None:
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+    def prunable_units(self) -> list[PrunableUnit]:
+        """conv1..conv8 in forward order; the paper prunes conv5..conv8 (features 15, 18, 22, 25)."""
+        convs = [i for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)]
+        return [PrunableUnit(name=f"conv{k}", module=f"features.{i}", bn=f"features.{i + 1}")
+                for k, i in enumerate(convs, start=1)]
+
+
+def vgg11_bn(in_channels: int, num_classes: int, width: float) -> VGG11BN:
+    return VGG11BN(in_channels, num_classes, width)

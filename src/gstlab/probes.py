@@ -1,0 +1,66 @@
+"""Flatness probes as an epoch callback: at the configured epochs, after every event and/or at the end, measure
+the Hessian spectrum (surviving parameters only), traces, gradient noise and eps-flatness on a fixed probe set,
+and append rows to ``curvature.csv`` / ``eps_sweep.csv`` in the run directory."""
+
+from __future__ import annotations
+
+from gstlab import store
+from gstlab.seeding import derive_seed
+
+CURVATURE_COLUMNS = (
+    "epoch", "trigger", "seed", "samples", "method", "k", "n_hvp", "eig_sum", "eig_max", "eigenvalues",
+    "hutchinson_trace", "hutchinson_stderr", "grad_moment_trace", "grad_cov_trace", "tic", "delta_w",
+    "convention", "wall_s",
+)
+EPS_COLUMNS = ("epoch", "direction", "eps", "loss", "acc", "base_loss")
+
+
+def scheduled(cfg) -> bool:
+    p = cfg.probes
+    return bool(p.epochs or p.at_events or p.at_end)
+
+
+class FlatnessProbe:
+    """Epoch callback: decides when to measure and keeps the rows (they also live in the checkpoint)."""
+
+    def __init__(self, run, data) -> None:
+        self.cfg = run.cfg.probes
+        self.x_eval, self.y_eval = data.x_test, data.y_test
+
+    def trigger(self, run, epoch: int, events: list) -> str | None:
+        if epoch in self.cfg.epochs:
+            return "epoch"
+        if self.cfg.at_events and events:
+            return "event"
+        if self.cfg.at_end and epoch == run.cfg.train.epochs - 1:
+            return "end"
+        return None
+
+    def after_epoch(self, run, epoch: int, events: list) -> None:
+        trigger = self.trigger(run, epoch, events)
+        if trigger is None:
+            return
+        from gstlab.flatness import measure  # noqa: PLC0415 (curvature code loads only when probing)
+
+        row, eps_rows = measure(run.model, run.masks, self.x_eval, self.y_eval, self.cfg,
+                                seed=derive_seed(run.cfg.seed, "probe"), eval_batch_size=run.cfg.train.eval_batch_size)
+        row.update(epoch=epoch, trigger=trigger)
+        run.rows["curvature"].append(row)
+        run.rows["eps"].extend(dict(r, epoch=epoch) for r in eps_rows)
+
+    def write(self, run) -> None:
+        if run.rows["curvature"]:
+            store.write_csv(run.out / "curvature.csv", run.rows["curvature"], CURVATURE_COLUMNS)
+        if run.rows["eps"]:
+            store.write_csv(run.out / "eps_sweep.csv", run.rows["eps"], EPS_COLUMNS)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def attach_probes(run, data) -> None:
+    if scheduled(run.cfg):
+        run.callbacks.append(FlatnessProbe(run, data))
