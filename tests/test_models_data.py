@@ -1,0 +1,141 @@
+"""Models (paper parameter counts, dead residual channels) and data (parsers, loader, missing-data messages)."""
+
+import gzip
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from gstlab.config import DataConfig, ModelConfig
+from gstlab.data import DataMissingError, TrainLoader, augment_batch, cifar, fashion_mnist, load_data
+from gstlab.data.download import verify
+from gstlab.models import build_model
+from gstlab.pruning.masks import UnitMasks
+
+
+@pytest.mark.parametrize("arch, classes, params", [
+    ("vgg11_bn", 10, 9_231_114), ("resnet18", 10, 11_173_962), ("resnet18", 100, 11_220_132),
+    ("resnet20", 10, 269_722), ("resnet56", 10, 853_018),
+])
+def test_parameter_counts_match_the_paper_models(arch, classes, params):
+    model = build_model(ModelConfig(arch=arch), (3, 32, 32), classes)
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+@pytest.mark.parametrize("arch, unit", [("resnet18", "layer2.0.conv2"), ("resnet20", "layer1.1.conv2")])
+def test_pruned_conv2_channel_is_dead_including_its_shortcut(arch, unit):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, width=0.25), (3, 32, 32), 10).eval()
+    block = model.get_submodule(unit.rsplit(".", 1)[0])
+    masks = UnitMasks(model, model.prunable_units())
+    masks.prune(unit, torch.tensor([0, 2]))
+    seen = {}
+    block.residual_out.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    model(torch.randn(4, 3, 32, 32))
+    assert seen["out"][:, [0, 2]].abs().max() == 0  # post-addition, pre-ReLU: nothing leaks via the shortcut
+    assert seen["out"][:, 1].abs().max() > 0
+
+
+def test_build_model_rejects_inputs_the_conv_nets_cannot_take():
+    with pytest.raises(Exception, match="32"):
+        build_model(ModelConfig(arch="vgg11_bn"), (1, 28, 28), 10)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion(tmp_path, n_train=20, n_test=10):
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
+              "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train),
+              "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
+              "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test)}
+    for name, array in arrays.items():
+        write_idx(tmp_path / name, array)
+    return arrays
+
+
+def test_idx_parser_and_fashion_mnist_layout(tmp_path):
+    arrays = fake_fashion(tmp_path)
+    assert np.array_equal(fashion_mnist.read_idx(tmp_path / "train-images-idx3-ubyte.gz"),
+                          arrays["train-images-idx3-ubyte.gz"])
+    x, y, xt, yt = fashion_mnist.load(str(tmp_path), download_ok=False, normalize=False)
+    assert x.shape == (20, 1, 32, 32) and xt.shape == (10, 1, 32, 32)
+    assert torch.equal(x[:, 0, 2:30, 2:30] * 255, torch.from_numpy(arrays["train-images-idx3-ubyte.gz"]).float())
+    assert x[:, :, :2].abs().max() == 0  # zero padding to 32x32
+    assert y.tolist() == arrays["train-labels-idx1-ubyte.gz"].tolist()
+
+
+def test_corrupt_idx_file_is_rejected(tmp_path):
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x01\x02\x03\x04rest"))
+    with pytest.raises(ValueError, match="IDX"):
+        fashion_mnist.read_idx(tmp_path / "bad.gz")
+
+
+def test_cifar_archive_is_read_from_a_tarball(tmp_path):
+    rng = np.random.default_rng(1)
+    src = tmp_path / "src" / "cifar-10-batches-py"
+    src.mkdir(parents=True)
+    data = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data[name] = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 4))}
+        (src / name).write_bytes(pickle.dumps(data[name]))
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    x, y, xt, yt = cifar.load("cifar10", str(tmp_path), download_ok=False, normalize=False)
+    assert x.shape == (20, 3, 32, 32) and xt.shape == (4, 3, 32, 32)
+    first = torch.from_numpy(data["data_batch_1"][b"data"][0].reshape(3, 32, 32)).float() / 255
+    assert torch.equal(x[0], first) and yt.tolist() == data["test_batch"][b"labels"]
+
+
+def test_missing_data_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataMissingError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist.load(str(tmp_path), download_ok=False, normalize=True)
+    with pytest.raises(DataMissingError, match="cifar-10-python.tar.gz"):
+        cifar.load("cifar10", str(tmp_path), download_ok=False, normalize=True)
+
+
+def test_checksum_mismatch_is_an_error(tmp_path):
+    (tmp_path / "f").write_bytes(b"abc")
+    verify(tmp_path / "f", "900150983cd24fb0d6963f7d28e17f72")  # md5("abc")
+    with pytest.raises(Exception, match="md5|checksum"):
+        verify(tmp_path / "f", "0" * 32)
+
+
+def test_subset_is_seeded_and_loader_covers_every_example_once(tmp_path):
+    cfg = DataConfig(name="synthetic", synthetic_train=50, synthetic_test=10, train_subset=30)
+    a, b = load_data(cfg, seed=1), load_data(cfg, seed=1)
+    assert torch.equal(a.x_train, b.x_train) and len(a.x_train) == 30
+    assert not torch.equal(a.x_train, load_data(cfg, seed=2).x_train)
+    x = torch.arange(30.0).view(30, 1, 1, 1)
+    loader = TrainLoader(x, torch.arange(30), 8, augment=False, generator=torch.Generator().manual_seed(0))
+    seen = torch.cat([xb.flatten() for xb, _ in loader])
+    assert len(loader) == 4 and sorted(seen.tolist()) == list(range(30))
+
+
+def test_loader_order_resumes_from_generator_state():
+    x, y = torch.randn(20, 1, 4, 4), torch.arange(20)
+    gen = torch.Generator().manual_seed(5)
+    list(TrainLoader(x, y, 6, augment=True, generator=gen))
+    state = gen.get_state()
+    after = [yb for _, yb in TrainLoader(x, y, 6, augment=True, generator=gen)]
+    gen.set_state(state)
+    again = [yb for _, yb in TrainLoader(x, y, 6, augment=True, generator=gen)]
+    assert all(torch.equal(p, q) for p, q in zip(after, again))
+
+
+def test_augmentation_is_a_shifted_crop_and_flip():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4) + 1
+    same = augment_batch(x, torch.tensor([[2, 2], [2, 2]]), torch.tensor([False, True]), padding=2)
+    assert torch.equal(same[0], x[0]) and torch.equal(same[1], x[1].flip(2))
+    shifted = augment_batch(x, torch.tensor([[0, 0], [4, 4]]), torch.tensor([False, False]), padding=2)
+    assert torch.equal(shifted[0, 0, 2:, 2:], x[0, 0, :2, :2]) and shifted[0, 0, :2].abs().max() == 0
+    assert torch.equal(shifted[1, 0, :2, :2], x[1, 0, 2:, 2:])

@@ -1,0 +1,135 @@
+"""Schedule arithmetic against PAPER_SPEC §7.3/§7.7, E[BN] against sampling, and selection ties (§7.5)."""
+
+import math
+
+import pytest
+import torch
+
+from gstlab.experiments.presets import RN_LAYERS, VGG_LAYERS
+from gstlab.pruning.schedule import LayerPlan, event_epochs, iterative_rate
+from gstlab.pruning.scores import ebn, ebn_signed, l1, l2
+from gstlab.pruning.select import select_to_prune
+
+
+def plan(n, frac, start, end, period) -> LayerPlan:
+    return LayerPlan("layer", n, frac, tuple(event_epochs(start, end, period)))
+
+
+def paper_formula_total(n, frac) -> int:
+    return n - math.ceil((1 - frac) * n)
+
+
+# (period, conv8 event epochs, conv8 k range, conv5-7 event count, conv5-7 ks, Figure 3 rate) from §7.7
+VGG_TABLE = [
+    (4, (6, 274, 68), (6, 7), 37, None, 1.32),
+    (20, (6, 266, 14), (32, 33), 8, None, 6.43),
+    (40, (6, 246, 7), (65, 66), 4, [38, 38, 38, 39], 12.86),
+    (60, (6, 246, 5), (92, 92), 3, [51, 51, 51], 18.0),
+    (100, (6, 206, 3), (153, 154), 2, [76, 77], 30.0),
+    (200, (6, 206, 2), (230, 230), 1, [153], 45.0),
+    (300, (6, 6, 1), (460, 460), 1, [153], 90.0),
+]
+
+
+@pytest.mark.parametrize("period, conv8_epochs, conv8_k, n_mid, mid_ks, rate", VGG_TABLE)
+def test_vgg_schedule_matches_the_derived_table(period, conv8_epochs, conv8_k, n_mid, mid_ks, rate):
+    (_, frac5, start5, end5), *_, (_, frac8, start8, end8) = VGG_LAYERS
+    conv8 = plan(512, frac8, start8, end8, period).removals()
+    first, last, count = conv8_epochs
+    assert (min(conv8), max(conv8), len(conv8)) == (first, last, count)
+    assert (min(conv8.values()), max(conv8.values())) == conv8_k
+    assert sum(conv8.values()) == 460 == paper_formula_total(512, 0.9)
+    conv5 = plan(512, frac5, start5, end5, period).removals()
+    assert len(conv5) == n_mid and sum(conv5.values()) == 153
+    if mid_ks is not None:
+        assert list(conv5.values()) == mid_ks
+    else:
+        assert set(conv5.values()) <= {4, 5, 19, 20}
+    assert iterative_rate(frac8, start8, end8, period) == pytest.approx(rate, abs=0.01)
+
+
+def test_resnet18_schedule_matches_the_derived_table():
+    kept = {name: 512 - paper_formula_total(512, frac) for name, frac, _, _ in RN_LAYERS}
+    assert list(kept.values()) == [384, 308, 384, 26]
+    period4 = {name: plan(512, f, s, e, 4).removals() for name, f, s, e in RN_LAYERS}
+    assert [len(r) for r in period4.values()] == [36, 36, 41, 67]
+    # §7.7 lists layer4.1.conv1 as "3 each", but 41 events x 3 < 128 pruned: the formula gives 3-4
+    assert [(min(r.values()), max(r.values())) for r in period4.values()] == [(3, 4), (5, 6), (3, 4), (7, 8)]
+    assert [sum(r.values()) for r in period4.values()] == [128, 204, 128, 486]
+    last = plan(512, *RN_LAYERS[3][1:], 40).removals()
+    assert list(last) == [10, 50, 90, 130, 170, 210, 250]
+    assert {min(last.values()), max(last.values())} == {69, 70}
+
+
+def test_table_f1_and_figure_4_schedules():
+    f1 = plan(512, 0.7, 2500, 3999, 750).removals()
+    assert f1 == {2500: 179, 3250: 179}
+    for width, total in zip((16, 32, 64, 128, 256, 512), (1, 3, 6, 12, 25, 51)):
+        assert sum(plan(width, 0.1, 40, 100, 30).removals().values()) == total
+    assert list(plan(16, 0.1, 40, 100, 30).removals().items()) == [(100, 1)]  # prunes 0, 0, 1
+    assert list(plan(64, 0.1, 40, 100, 30).removals().values()) == [2, 2, 2]
+
+
+def test_zero_fraction_layer_never_prunes():
+    assert plan(512, 0.0, 0, 100, 10).removals() == {}
+
+
+# ------------------------------------------------------------------------------------------------- scores
+
+
+@pytest.mark.parametrize("gamma, beta", [(1.0, 0.0), (0.5, 1.2), (2.0, -1.5), (-0.7, 0.3), (-1.3, -0.4)])
+def test_ebn_equals_monte_carlo_expectation_of_relu(gamma, beta):
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sampled = torch.relu(gamma * z + beta)
+    expected = ebn(torch.tensor([gamma]), torch.tensor([beta])).item()
+    assert expected == pytest.approx(sampled.mean().item(), abs=4 * sampled.std().item() / 2_000_000**0.5)
+
+
+def test_ebn_signed_differs_only_for_negative_gamma():
+    gamma, beta = torch.tensor([0.8, -0.8]), torch.tensor([0.2, 0.2])
+    assert ebn_signed(gamma, beta)[0] == ebn(gamma, beta)[0]
+    assert ebn_signed(gamma, beta)[1] != ebn(gamma, beta)[1]
+
+
+def test_ebn_edge_cases_follow_the_official_code():
+    # gamma = beta = 0 (a dead channel) scores 0, far-negative beta (Z underflow) scores 0, no NaN anywhere
+    out = ebn(torch.tensor([0.0, 1e-3, 1.0]), torch.tensor([0.0, -50.0, 3.0]))
+    assert out[0] == 0 and out[1] == 0 and torch.isfinite(out).all()
+    assert out[2] == pytest.approx(3.0, rel=1e-3)
+
+
+def test_norm_scores_per_output_unit():
+    w = torch.tensor([[[[1.0, -2.0]]], [[[3.0, 4.0]]]])
+    assert l1(w).tolist() == [3.0, 7.0]
+    assert l2(w).tolist() == pytest.approx([5**0.5, 5.0])
+
+
+# ------------------------------------------------------------------------------------------------ selection
+
+
+def test_smallest_and_largest_pick_the_extremes():
+    scores = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7])
+    assert torch.nonzero(select_to_prune(scores, 2, "smallest")).flatten().tolist() == [1, 3]
+    assert torch.nonzero(select_to_prune(scores, 2, "largest")).flatten().tolist() == [2, 4]
+
+
+def test_ties_and_all_equal_scores_resolve_by_index_order():
+    tied = torch.tensor([0.2, 0.1, 0.1, 0.1, 0.5])
+    assert torch.nonzero(select_to_prune(tied, 2, "smallest")).flatten().tolist() == [1, 2]
+    equal = torch.ones(6)
+    for side in ("smallest", "largest"):
+        assert torch.nonzero(select_to_prune(equal, 3, side)).flatten().tolist() == [0, 1, 2]
+
+
+def test_random_side_prunes_exactly_k_uniformly_and_reproducibly():
+    scores = torch.arange(10.0)
+    gen = torch.Generator().manual_seed(3)
+    counts = torch.zeros(10)
+    for _ in range(3000):
+        picked = select_to_prune(scores, 3, "random", gen)
+        assert picked.sum() == 3
+        counts += picked
+    assert (counts / 3000 - 0.3).abs().max() < 0.04  # each unit picked with probability 3/10
+    a = select_to_prune(scores, 3, "random", torch.Generator().manual_seed(7))
+    b = select_to_prune(scores, 3, "random", torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
