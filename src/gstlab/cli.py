@@ -7,6 +7,7 @@ the field and what is allowed; nothing is written).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,85 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if all(s.get("status") == "finished" for _, s in results) else EXIT_FAILED
 
 
+def _study_from_args(args: argparse.Namespace):
+    from gstlab.experiments.studies import study_dict  # noqa: PLC0415
+    from gstlab.study import load_study, study_from_dict  # noqa: PLC0415
+
+    if bool(args.study_file) == bool(args.study):
+        raise UsageError("give exactly one of STUDY_FILE or --study NAME")
+    if args.study_file:
+        return load_study(args.study_file, seeds=args.seeds)
+    raw = study_dict(args.study, args.scale)
+    return study_from_dict(raw, seeds=args.seeds), raw
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from gstlab.executors import Resources, detect_gpus  # noqa: PLC0415
+    from gstlab.study import expand, sweep  # noqa: PLC0415
+
+    study, raw = _study_from_args(args)
+    out = Path(args.out) if args.out else Path("studies") / study.name.replace("@", "-")
+    if args.dry_run:
+        runs = expand(study)
+        print(f"{study.name}: {len(runs)} runs ({len(study.settings)} settings x {len(study.seeds)} seeds"
+              f"{' x grid' if study.grid else ''}) -> {out}")
+        for r in runs:
+            same = f"  (same run as {', '.join(r.aliases)})" if r.aliases else ""
+            print(f"  {r.run_id}  {r.setting:12s} {r.label:22s} seed {r.seed}  {r.grid or ''}{same}")
+        return EXIT_OK
+    gpus = detect_gpus() if args.executor == "local" else int(args.gpus)
+    res = Resources(workers=args.workers, threads=args.threads_per_worker, runs_per_gpu=args.runs_per_gpu,
+                    gpus=gpus)
+    outcomes = sweep(study, raw, out, args.executor, res, address=args.address,
+                     store_dir=Path(args.store) if args.store else None, progress=not args.no_progress)
+    failed = [o for o in outcomes if o.status != "finished"]
+    print(f"{study.name}: {len(outcomes)} runs executed now, {len(failed)} failed; index: {out / 'index.csv'}")
+    for o in failed:
+        print(f"  FAILED {o.run_id}: {o.detail}")
+    print(f"next: gst report {out}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gstlab.analysis.report import write_report  # noqa: PLC0415
+
+    study_dir = Path(args.study_dir)
+    if not (study_dir / "index.csv").exists():
+        raise UsageError(f"{study_dir}: not a study directory (no index.csv); run `gst sweep` first")
+    path = write_report(study_dir)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+def cmd_flatness(args: argparse.Namespace) -> int:
+    from gstlab import store  # noqa: PLC0415
+    from gstlab.flatness import measure_checkpoint  # noqa: PLC0415
+    from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS  # noqa: PLC0415
+
+    run_dir = Path(args.run_dir)
+    overrides = {k: v for k, v in (("top_k", args.top_k), ("samples", args.samples), ("method", args.method),
+                                   ("trace_samples", args.trace_samples),
+                                   ("eps_directions", args.eps_directions)) if v is not None}
+    row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress)
+    _append_csv(run_dir / "flatness.csv", [row], CURVATURE_COLUMNS, store)
+    if eps_rows:
+        _append_csv(run_dir / "flatness_eps.csv", eps_rows, EPS_COLUMNS, store)
+    print(f"epoch {row['epoch']}: top-{row['k']} eigenvalues ({row['method']}, {row['n_hvp']} HVPs, "
+          f"seed {row['seed']}): max {row['eig_max']:.4g}, sum {row['eig_sum']:.4g}")
+    print(f"  gradient second-moment trace {row['grad_moment_trace']:.4g}   TIC {row['tic']:.4g}   "
+          f"Hutchinson trace {row['hutchinson_trace']:.4g} +- {row['hutchinson_stderr']:.2g}   "
+          f"delta_w(0.1) {row['delta_w']:.3g}   [{row['wall_s']:.1f} s]")
+    print(f"  rows appended to {run_dir / 'flatness.csv'}")
+    return EXIT_OK
+
+
+def _append_csv(path: Path, rows: list[dict], columns, store) -> None:
+    import csv  # noqa: PLC0415
+
+    old = list(csv.DictReader(path.open())) if path.exists() else []
+    store.write_csv(path, old + rows, columns)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gst", description="Train while pruning on a schedule and measure the generalization-stability "
@@ -120,6 +200,55 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
+    sweep = sub.add_parser(
+        "sweep", help="run a study: settings x grid x seeds, locally or on Ray (resumable)",
+        description="Run every run of a study (a YAML of settings, grid and seeds; or a study preset per figure, "
+                    "see `gst presets --studies`). Runs are identified by a hash of their settings: finished runs "
+                    "are skipped, cut-off runs resume, and a run that crashes fails alone. Layout: docs/studies.md.")
+    sweep.add_argument("study_file", nargs="?", metavar="STUDY_FILE", help="study YAML")
+    sweep.add_argument("--study", metavar="NAME", help="a study preset, e.g. fig2_vgg (see `gst presets --studies`)")
+    sweep.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"),
+                       help="scale of a study preset (default: cpu)")
+    sweep.add_argument("--seeds", type=int, metavar="N", help="use seeds 0..N-1 instead of the study's")
+    sweep.add_argument("--out", metavar="DIR", help="study directory (default: studies/<name>-<scale>)")
+    sweep.add_argument("--store", metavar="DIR", help="keep run directories in DIR/runs (share runs between studies)")
+    sweep.add_argument("--executor", default="local", choices=("local", "ray"))
+    sweep.add_argument("--workers", type=int, default=1, metavar="N", help="local: runs at a time (default 1)")
+    sweep.add_argument("--threads-per-worker", type=int, default=max(1, (os.cpu_count() or 1)), metavar="T",
+                       help="CPU threads per run (default: all cores; use cores/workers)")
+    sweep.add_argument("--runs-per-gpu", type=int, default=1, metavar="R",
+                       help="pack R runs onto each GPU (local: R*GPUs workers are useful; ray: num_gpus=1/R)")
+    sweep.add_argument("--address", metavar="ADDR", help="ray: cluster address (default: start a local instance)")
+    sweep.add_argument("--gpus", type=int, default=0, metavar="G",
+                       help="ray: request GPUs for the runs (G > 0) or not (0, default)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their ids; run nothing")
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.set_defaults(func=cmd_sweep)
+
+    flat = sub.add_parser(
+        "flatness", help="Hessian spectrum, traces, gradient noise and eps-flatness of a saved model",
+        description="Measure flatness of a run's saved model (model_final.pt, or model_epoch{E}.pt kept with "
+                    "train.keep_checkpoints): top-k Hessian eigenvalues over the surviving parameters, the "
+                    "gradient second-moment trace, TIC and eps-flatness along the top eigenvectors, with the "
+                    "run's probe settings unless overridden. Appends a row to RUN_DIR/flatness.csv.")
+    flat.add_argument("run_dir", metavar="RUN_DIR")
+    flat.add_argument("--epoch", type=int, metavar="E", help="use model_epoch{E}.pt (default: model_final.pt)")
+    flat.add_argument("--top-k", type=int, metavar="K", help="number of eigenvalues (default: the run's probes)")
+    flat.add_argument("--samples", type=int, metavar="N", help="probe set size: first N evaluation examples")
+    flat.add_argument("--method", choices=("lanczos", "power"), help="eigen-solver (default: the run's)")
+    flat.add_argument("--trace-samples", type=int, metavar="M", help="Hutchinson probes (0: skip)")
+    flat.add_argument("--eps-directions", type=int, metavar="D", help="eigenvectors to sweep (0: skip)")
+    flat.add_argument("--seed", type=int, help="probe seed (default: derived from the run's seed)")
+    flat.add_argument("--no-progress", action="store_true")
+    flat.set_defaults(func=cmd_flatness)
+
+    report = sub.add_parser("report", help="figures, tables and claim verdicts of a study",
+                            description="Read a study directory and write STUDY_DIR/report/: the study's figure(s) "
+                                        "as PNG and PDF, tidy tables (runs.csv, epochs.csv, events.csv) and "
+                                        "report.md with statistics and a verdict per claim.")
+    report.add_argument("study_dir", metavar="STUDY_DIR")
+    report.set_defaults(func=cmd_report)
+
     return parser
 
 
@@ -136,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: reported in one line with exit status 2."""
     from gstlab.data import DataMissingError  # noqa: PLC0415
+    from gstlab.executors import ExecutorError  # noqa: PLC0415
+    from gstlab.flatness import ProbeError  # noqa: PLC0415
     from gstlab.runner import RunDirError  # noqa: PLC0415
 
-    return (C.ConfigError, UsageError, DataMissingError, RunDirError)
+    return (C.ConfigError, UsageError, DataMissingError, RunDirError, ExecutorError, ProbeError)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,22 @@ from pathlib import Path
 from gstlab import config as C
 from gstlab.runner import execute
 
-DEMO_EPOCHS = 12
+DEMO_EPOCHS = 16
 METHODS = (("No Pruning", None), ("Prune_S", "smallest"), ("Prune_L", "largest"))
 
 
 def demo_config(side: str | None, seed: int = 0) -> dict:
     cfg = {
-        "data": {"name": "fashion_mnist", "train_subset": 5000, "test_subset": 2000},
+        "data": {"name": "fashion_mnist", "train_subset": 10000, "test_subset": 2000},
         "model": {"arch": "vgg11_bn", "width": 0.125},
-        "optim": {"name": "adam", "lr": 1e-3, "milestones": [8]},
+        "optim": {"name": "adam", "lr": 1e-3, "milestones": [13]},
         "train": {"epochs": DEMO_EPOCHS, "batch_size": 128, "eval_batch_size": 500},
         "seed": seed,
     }
     if side is not None:
         layers = [{"name": n, "fraction": f, "start": s, "end": e}
-                  for n, f, s, e in (("conv5", 0.3, 1, 6), ("conv6", 0.3, 1, 6), ("conv7", 0.3, 2, 6),
-                                     ("conv8", 0.9, 2, 8))]
+                  for n, f, s, e in (("conv5", 0.3, 1, 7), ("conv6", 0.3, 1, 7), ("conv7", 0.3, 2, 7),
+                                     ("conv8", 0.9, 2, 9))]
         cfg["pruning"] = {"criterion": "l2", "side": side, "period": 2, "layers": layers}
     return cfg
 

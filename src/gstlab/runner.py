@@ -268,7 +268,14 @@ def execute(cfg: C.RunConfig, out: str | Path, progress: bool | None = None) -> 
     done = _finished_summary(cfg, out)
     if done is not None:
         return done
-    run = prepare(cfg, out)
+    run = prepare(cfg, out)  # bad input fails here, before anything is written
+    with store.dir_lock(out):  # another process (a second study sharing this run) may hold it
+        done = _finished_summary(cfg, out)
+        return done if done is not None else _execute(run, progress)
+
+
+def _execute(run: Run, progress: bool | None) -> dict:
+    cfg, out = run.cfg, run.out
     show = cfg.train.progress if progress is None else progress
     ckpt = out / store.CHECKPOINT
     if ckpt.exists():

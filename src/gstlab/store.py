@@ -7,11 +7,15 @@ makes resume exact: the rows come back from the checkpoint, not from a possibly 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
+import numbers
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,19 @@ EVENT_COLUMNS = (
     "mean_score", "acc_before", "acc_after", "instability", "duration_batches",
 )
 CHECKPOINT = "checkpoint.pt"
+
+
+@contextlib.contextmanager
+def dir_lock(directory: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``directory`` (a sibling ``.<name>.lock`` file), held until exit: two
+    processes that would execute the same run (e.g. two studies sharing a store) take turns."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -70,8 +87,10 @@ def csv_text(rows: list[dict], columns: tuple[str, ...] | list[str]) -> str:
 
 
 def _fmt(value: Any) -> Any:
-    if isinstance(value, float):
-        return repr(value)  # round-trips exactly
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # numpy scalars too
+        return repr(float(value))  # round-trips exactly
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
     if isinstance(value, (list, tuple)):
         return " ".join(repr(float(v)) for v in value)
     return "" if value is None else value

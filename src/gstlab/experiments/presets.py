@@ -161,12 +161,14 @@ def _build() -> dict[str, Preset]:
 # ---------------------------------------------------------------------------------------------- scaling
 # Per family and scale: data/model/train overrides and the number of epochs. The time factor is
 # epochs_scaled / epochs_paper; intervention windows also scale by the training batches per epoch.
-_CPU_DATA = {"name": "fashion_mnist", "train_subset": 10000, "augment": False}
+_CPU_DATA = {"name": "fashion_mnist", "train_subset": 8000, "test_subset": 5000, "augment": False}
+# flatness at cpu scale: Lanczos top-20 on 256 probe images (paper: power iteration, top-100, 512 images)
+_CPU_PROBES = {"top_k": 20, "method": "lanczos", "samples": 256, "eps_directions": 5}
 SCALE_RULES: dict[str, dict[str, dict]] = {
     "vgg": {
-        "cpu": {"data": _CPU_DATA, "model": {"width": 0.125}, "train": {"epochs": 40}},
+        "cpu": {"data": _CPU_DATA, "model": {"width": 0.125}, "train": {"epochs": 30}, "probes": _CPU_PROBES},
         "smoke": {"data": {**_CPU_DATA, "train_subset": 512, "test_subset": 512}, "model": {"width": 0.0625},
-                  "train": {"epochs": 3}},
+                  "train": {"epochs": 3}, "probes": {**_CPU_PROBES, "top_k": 5, "samples": 64}},
     },
     "resnet18": {
         "cpu": {"data": _CPU_DATA, "model": {"width": 0.125}, "train": {"epochs": 40}},
@@ -194,7 +196,10 @@ def _t(epoch: int, f: float, last: int) -> int:
 def scale_config(paper: dict, rule: dict) -> dict:
     """Apply a scale rule: overrides, then every epoch quantity mapped by the time factor."""
     e_paper = paper["train"]["epochs"]
-    out = _merge(paper, rule)
+    probe_rule = rule.get("probes", {})
+    out = _merge(paper, {k: v for k, v in rule.items() if k != "probes"})
+    if "probes" in out:  # probe settings scale only where the paper measures flatness
+        out["probes"] = _merge(out["probes"], probe_rule)
     e_new = out["train"]["epochs"]
     f, last = e_new / e_paper, e_new - 1
     optim = out.setdefault("optim", {})
@@ -209,7 +214,10 @@ def scale_config(paper: dict, rule: dict) -> dict:
         probes["epochs"] = sorted({_t(e, f, last) for e in probes["epochs"]})
     iv = out.get("intervention")
     if iv and iv.get("batches"):
-        iv["batches"] = max(1, round(iv["batches"] * f * _batches_per_epoch(out) / _batches_per_epoch(paper)))
+        # same share of training (hence of the retrain period); a paper window > 1 batch stays > 1 batch so
+        # that Figure 5's "1" and "50" remain different runs at small scales
+        scaled = round(iv["batches"] * f * _batches_per_epoch(out) / _batches_per_epoch(paper))
+        iv["batches"] = max(1 if iv["batches"] == 1 else 2, scaled)
     return out
 
 

@@ -1,0 +1,394 @@
+"""``gst report``: turn a study directory into the paper's figure(s), tables and ``report/report.md``.
+
+The study file's ``figure`` key picks the panels (PAPER_SPEC §12); every number in the report (statistics,
+verdicts) is computed from the study's own runs. Failed and unfinished runs are listed and left out of the
+analysis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from gstlab.analysis import figures as F
+from gstlab.analysis.results import load_curvature, load_epochs, load_eps, load_events, load_study
+from gstlab.analysis.stats import correlation, group_table, ttest
+
+KINDS = ("figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2", "figureE",
+         "tableC1", "tableF1", "generic")
+SPEC_SECTION = {"figure2": "§12.1", "figure3": "§12.2", "figure4": "§12.3", "figure5": "§12.4", "figure6": "§12.5",
+                "figureB2": "§12.7", "figureC3": "§12.8", "tableC1": "§12.9", "figureD2": "§12.10",
+                "figureE": "§12.11", "tableF1": "§12.12"}
+ALPHA = 0.05
+FLATNESS_COLUMNS = ("eig_sum", "grad_moment_trace", "tic", "delta_w")
+# (name, statement, x, y, expected sign of Pearson r)
+TRADEOFF = ("Tradeoff", "less stable pruning → higher best test accuracy", "mean_stability", "best_test_acc", -1)
+GAP = ("Generalization gap", "less stable pruning → smaller generalization gap", "mean_stability",
+       "generalization_gap", 1)
+FLATNESS = ("Flatness", "less stable pruning → flatter minimum (smaller Σ top-k Hessian eigenvalues)",
+            "mean_stability", "eig_sum", 1)
+
+
+# ------------------------------------------------------------------------------------------------ selections
+
+
+def _text(runs: pd.DataFrame, col: str) -> pd.Series:
+    if col not in runs:
+        return pd.Series("", index=runs.index)
+    return runs[col].astype(object).where(runs[col].notna(), "").astype(str).str.strip()
+
+
+def pruned(runs: pd.DataFrame) -> pd.Series:
+    """Runs that prune (a ``side`` is set); the others are the no-pruning baselines."""
+    return _text(runs, "side") != ""
+
+
+def scratch(runs: pd.DataFrame) -> pd.Series:
+    return runs["scratch"].fillna(False).astype(bool) if "scratch" in runs else pd.Series(False, index=runs.index)
+
+
+def random_side(runs: pd.DataFrame) -> pd.Series:
+    return _text(runs, "side") == "random"
+
+
+def intervention(runs: pd.DataFrame) -> pd.Series:
+    """The intervention kind, '' for permanent pruning and for baselines."""
+    kind = _text(runs, "intervention")
+    return kind.where(kind != "none", "")
+
+
+def arch_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(arch, runs) per architecture, or one ('', runs) group when the study has a single one."""
+    archs = list(dict.fromkeys(_text(runs, "arch")))
+    if len(archs) <= 1:
+        return [("", runs)]
+    return [(a, runs[_text(runs, "arch") == a]) for a in archs]
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+
+
+def _f(x, nd: int = 2) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{nd}f}"
+
+
+def _p(x) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.3g}"
+
+
+def _ci(lo, hi, nd: int = 2) -> str:
+    return "n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.{nd}f}, {hi:.{nd}f}]"
+
+
+def corr_verdict(r: float, p: float, sign: int) -> str:
+    """supported (expected sign, p < 0.05) / consistent but not significant / not supported / not testable."""
+    if not math.isfinite(r):
+        return "not testable"
+    if r * sign > 0:
+        return "supported" if p < ALPHA else "consistent but not significant"
+    return "not supported"
+
+
+def ttest_verdict(t: dict) -> str:
+    """Group A better than group B: supported when mean A > mean B with p < 0.05."""
+    if not math.isfinite(t["p"]):
+        return "not testable"
+    if t["mean_a"] > t["mean_b"]:
+        return "supported" if t["p"] < ALPHA else "consistent but not significant"
+    return "not supported"
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    kind: str
+    out: Path
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    curvature: pd.DataFrame
+    eps: pd.DataFrame
+    figures: list[tuple[str, Path]] = field(default_factory=list)
+    correlations: list[dict] = field(default_factory=list)
+    claims: list[str] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)
+    colors: dict = field(default_factory=dict)
+
+    def add_figure(self, title: str, png: Path) -> None:
+        self.figures.append((title, png))
+
+    def corr(self, runs: pd.DataFrame, x: str, y: str, scope: str) -> dict:
+        """Correlation of x and y over ``runs``, recorded once per (scope, x, y) for the correlations table."""
+        for row in self.correlations:
+            if (row["runs"], row["x"], row["y"]) == (scope, x, y):
+                return row
+        c = correlation(runs[x], runs[y]) if x in runs and y in runs else correlation([], [])
+        self.correlations.append({"runs": scope, "x": x, "y": y, **c})
+        return c
+
+    def corr_claim(self, claim: tuple, runs: pd.DataFrame, scope: str) -> dict:
+        name, statement, x, y, sign = claim
+        c = self.corr(runs, x, y, scope)
+        verdict = corr_verdict(c["pearson_r"], c["pearson_p"], sign)
+        if verdict == "not testable":
+            detail = f"n = {c['n']} runs (needs at least 3 runs with varying values)"
+        else:
+            detail = (f"Pearson r = {c['pearson_r']:.3f} {_ci(c['pearson_ci_low'], c['pearson_ci_high'], 3)}, "
+                      f"p = {_p(c['pearson_p'])}; Kendall τ = {c['kendall_tau']:.3f}, p = {_p(c['kendall_p'])}; "
+                      f"n = {c['n']} runs")
+        self.claims.append(f"**{name}** ({statement}; expected sign of r: {'+' if sign > 0 else '−'}), {scope}: "
+                           f"{detail} → verdict: **{verdict}**.")
+        return c
+
+    def ttest_claim(self, name: str, a_name: str, a: pd.Series, b_name: str, b: pd.Series) -> dict:
+        t = ttest(a, b)
+        verdict = ttest_verdict(t)
+        self.claims.append(
+            f"**{name}** ({a_name} reaches a higher best test accuracy than {b_name}; Student t-test, equal "
+            f"variances): mean {_f(t['mean_a'])}% vs {_f(t['mean_b'])}%, t = {_f(t['t'], 3)}, df = {t['df']}, "
+            f"p = {_p(t['p'])}, n = {t['n_a']} vs {t['n_b']} runs → verdict: **{verdict}**.")
+        return t
+
+    # ---- panels
+    def dynamics(self, runs: pd.DataFrame, stem: str, title: str, rename: dict | None = None) -> None:
+        epochs = self.epochs[self.epochs["run_id"].isin(runs["run_id"])]
+        if len(epochs):
+            self.add_figure(title, F.dynamics(epochs, runs, self.out / stem, title, rename=rename,
+                                              colors=self.colors))
+
+    def scatter(self, runs: pd.DataFrame, x: str, y: str, stem: str, title: str, corr: dict | None = None) -> None:
+        if x in runs and y in runs and runs[[x, y]].notna().all(axis=1).any():
+            self.add_figure(title, F.scatter(runs, x, y, self.out / stem, title, corr=corr, colors=self.colors))
+
+    def tradeoff(self, runs: pd.DataFrame, tag: str, scope: str, gap_panel: bool = False) -> None:
+        """Stability vs best accuracy scatter (and gap), correlations and the tradeoff and gap claims."""
+        c = self.corr_claim(TRADEOFF, runs, scope)
+        self.scatter(runs, "mean_stability", "best_test_acc", f"stability_accuracy{tag}",
+                     f"Stability vs best test accuracy\n{scope}", corr=c)
+        g = self.corr_claim(GAP, runs, scope)
+        if gap_panel:
+            self.scatter(runs, "mean_stability", "generalization_gap", f"stability_gap{tag}",
+                         f"Stability vs generalization gap\n{scope}", corr=g)
+
+
+def _tag(arch: str) -> tuple[str, str]:
+    """File-name suffix and title/scope prefix of an architecture group."""
+    return (f"_{arch}", f"{arch}: ") if arch else ("", "")
+
+
+# ------------------------------------------------------------------------------------------ figure builders
+
+
+def _figure2(rep: Report, include_random: bool = False) -> None:
+    """Per arch: dynamics (no Prune_R, no scratch) and stability vs accuracy over the pruned runs."""
+    for arch, runs in arch_groups(rep.runs):
+        tag, prefix = _tag(arch)
+        rep.dynamics(runs[~random_side(runs) & ~scratch(runs)], f"dynamics{tag}", f"{prefix}Test accuracy")
+        keep = pruned(runs) & ~scratch(runs) & (include_random | ~random_side(runs))
+        kinds = "pruned runs, no scratch" + ("" if include_random else ", no Prune_R")
+        rep.tradeoff(runs[keep], tag, f"{prefix}{kinds}")
+
+
+def _figure3(rep: Report) -> None:
+    runs = rep.runs[pruned(rep.runs)]
+    rows = []
+    for rate, g in runs.groupby("iterative_rate"):
+        c = rep.corr(g, "mean_stability", "best_test_acc", f"iterative rate {rate:.2f}%")
+        rows.append({"iterative_rate": rate, **c})
+        rep.scatter(g, "mean_stability", "best_test_acc", f"stability_accuracy_rate_{rate:.2f}",
+                    f"Stability vs best test accuracy at iterative rate {rate:.2f}% (Figure C1)", corr=c)
+    if rows:
+        rep.add_figure("Figure 3", F.rate_panels(runs, pd.DataFrame(rows), rep.out / "figure3",
+                                                 "Iterative pruning rate"))
+    rep.tradeoff(runs, "", "all pruned runs, all rates pooled")
+
+
+def _figure4(rep: Report) -> None:
+    for arch, runs in arch_groups(rep.runs):
+        tag, prefix = _tag(arch)
+        rep.tradeoff(runs[pruned(runs)], tag, f"{prefix}pruned runs", gap_panel=True)
+
+
+def _noise(rep: Report, panels: tuple[tuple[str, str], ...]) -> None:
+    """Figure 5 / D2: dynamics of each intervention kind with the permanent Prune_L control and the baseline."""
+    runs = rep.runs
+    base, kind = ~pruned(runs), intervention(runs)
+    rename = dict.fromkeys(runs.loc[base, "label"], "No Noise")
+    control = pruned(runs) & (kind == "") & ~scratch(runs)
+    for k, title in panels:
+        rep.dynamics(runs[base | control | (kind == k)], f"dynamics_{k}", f"Test accuracy: {title}", rename=rename)
+    baseline = runs.loc[base, "best_test_acc"]
+    for label, g in runs[kind != ""].groupby("label", sort=False):
+        rep.ttest_claim("Noise", str(label), g["best_test_acc"], "No Noise (no pruning)", baseline)
+    rep.tradeoff(runs[pruned(runs) & ~scratch(runs)], "", "pruned and intervention runs")
+
+
+def _last_probe(rep: Report) -> pd.DataFrame:
+    """Runs with the flatness statistics of their last probe row."""
+    curv = rep.curvature.sort_values(["run_id", "epoch"], kind="stable").groupby("run_id").tail(1)
+    cols = [c for c in FLATNESS_COLUMNS if c in curv]
+    return rep.runs.merge(curv[["run_id", *cols]], on="run_id", how="left")
+
+
+def _flatness(rep: Report) -> None:
+    """Figure 6 / E: flatness vs stability and accuracy over all runs, E1 bars, E2 spectrum, E4 eps curves."""
+    runs = _last_probe(rep)
+    for col in FLATNESS_COLUMNS:
+        name = F.LABELS[col]
+        scope = "all runs, last probe"
+        rep.scatter(runs, "mean_stability", col, f"stability_{col}", f"Stability vs {name}\n{scope}",
+                    corr=rep.corr(runs, "mean_stability", col, "all runs"))
+        rep.scatter(runs, col, "best_test_acc", f"{col}_accuracy", f"{name} vs best test accuracy\n{scope}",
+                    corr=rep.corr(runs, col, "best_test_acc", "all runs"))
+    rep.corr_claim(FLATNESS, runs, "all runs")
+    rep.tradeoff(runs, "", "all runs (Figure E6)")
+    last = rep.curvature.sort_values(["run_id", "epoch"], kind="stable").groupby("run_id").tail(1)
+    if "eigenvalues" in last and last["eigenvalues"].notna().any():
+        rep.add_figure("E1: top-10 eigenvalues", F.eigen_bars(last, rep.out / "E1_eigenvalues",
+                                                              "Top-10 Hessian eigenvalues (mean over runs)",
+                                                              colors=rep.colors))
+        rep.add_figure("E2: spectrum", F.spectrum(last, rep.out / "E2_spectrum",
+                                                  "Hessian spectrum (mean, 10-90% of runs)", colors=rep.colors))
+    if len(rep.eps):
+        last_epoch = rep.eps.groupby("run_id")["epoch"].transform("max")
+        rep.add_figure("E4: loss along eigenvectors",
+                       F.eps_curves(rep.eps[rep.eps["epoch"] == last_epoch], rep.out / "E4_eps",
+                                    "Test loss increase along the top Hessian eigenvectors v_i", colors=rep.colors))
+
+
+def _figure_c3(rep: Report) -> None:
+    rep.dynamics(rep.runs, "dynamics", "Test accuracy")
+    rep.tradeoff(rep.runs[pruned(rep.runs)], "", "pruned runs", gap_panel=True)
+
+
+def _table_c1(rep: Report) -> None:
+    rep.tradeoff(rep.runs[pruned(rep.runs) & ~scratch(rep.runs)], "", "pruned runs, no scratch")
+
+
+def _table_f1(rep: Report) -> None:
+    runs = rep.runs
+    side, perm = _text(runs, "side"), (intervention(runs) == "") & ~scratch(runs)
+    acc = runs["best_test_acc"]
+    large, small, scr = acc[perm & (side == "largest")], acc[perm & (side == "smallest")], acc[scratch(runs)]
+    rows = []
+    for b_name, b in (("Prune_S", small), ("Scratch", scr)):
+        t = rep.ttest_claim("Prune_L advantage", "Prune_L", large, b_name, b)
+        rows.append(f"| Prune_L vs {b_name} | {t['n_a']} vs {t['n_b']} | {_f(t['mean_a'])} vs {_f(t['mean_b'])} "
+                    f"| {_f(t['t'], 3)} | {t['df']} | {_p(t['p'])} |")
+    rep.sections.append("## t-tests on best test accuracy (Student, equal variances)\n\n"
+                        "| comparison | n | mean best acc (%) | t | df | p |\n|---|---|---|---|---|---|\n"
+                        + "\n".join(rows) + "\n")
+    rep.tradeoff(runs[pruned(runs) & ~scratch(runs)], "", "pruned runs, no scratch")
+
+
+BUILDERS = {
+    "figure2": _figure2, "figureB2": _figure2, "generic": lambda rep: _figure2(rep, include_random=True),
+    "figure3": _figure3, "figure4": _figure4,
+    "figure5": lambda rep: _noise(rep, (("zero", "Zeroing"), ("gaussian", "Gaussian"))),
+    "figureD2": lambda rep: _noise(rep, (("zero_restore", "Zeroing with exact restoration"),)),
+    "figure6": _flatness, "figureE": _flatness, "figureC3": _figure_c3, "tableC1": _table_c1, "tableF1": _table_f1,
+}
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+
+def _label_table(runs: pd.DataFrame) -> str:
+    by = ["arch", "label"] if len(arch_groups(runs)) > 1 else ["label"]
+    cols = ["mean_stability", "best_test_acc", "generalization_gap", "params_remaining_pct"]
+    table = group_table(runs, by, cols)
+    head = (f"| {' | '.join(by)} | n | mean stability (%) | stability std | best test acc (%) mean [95% CI] | std "
+            f"| gap (%) | params remaining (%) |\n|{'---|' * (len(by) + 7)}\n")
+    lines = [
+        f"| {' | '.join(str(r[b]) for b in by)} | {r['n']} | {_f(r['mean_stability_mean'])} | "
+        f"{_f(r['mean_stability_std'])} | "
+        f"{_f(r['best_test_acc_mean'])} {_ci(r['best_test_acc_ci_low'], r['best_test_acc_ci_high'])} | "
+        f"{_f(r['best_test_acc_std'])} | {_f(r['generalization_gap_mean'])} | {_f(r['params_remaining_pct_mean'])} |"
+        for _, r in table.iterrows()]
+    return head + "\n".join(lines) + "\n"
+
+
+def _corr_table(rows: list[dict]) -> str:
+    head = ("| runs | x | y | n | Pearson r [95% CI] | p | Kendall τ [95% CI] | p |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(
+        f"| {c['runs']} | {c['x']} | {c['y']} | {c['n']} | {_f(c['pearson_r'], 3)} "
+        f"{_ci(c['pearson_ci_low'], c['pearson_ci_high'], 3)} | {_p(c['pearson_p'])} | {_f(c['kendall_tau'], 3)} "
+        f"{_ci(c['kendall_ci_low'], c['kendall_ci_high'], 3)} | {_p(c['kendall_p'])} |" for c in rows) + "\n"
+
+
+def _status_lines(all_runs: pd.DataFrame) -> list[str]:
+    counts = all_runs["status"].value_counts()
+    n_ok, n_failed = int(counts.get("finished", 0)), int(counts.get("failed", 0))
+    lines = [f"- runs: {len(all_runs)} in index.csv; {n_ok} finished, {n_failed} failed, "
+             f"{len(all_runs) - n_ok - n_failed} not finished. The analysis uses the {n_ok} finished runs."]
+    bad = all_runs[all_runs["status"] != "finished"]
+    if len(bad):
+        lines += ["", "Excluded runs:", "", "| run_id | label | seed | status | reason |", "|---|---|---|---|---|"]
+        reason = _text(bad, "failure")
+        lines += [f"| {r['run_id']} | {r['label']} | {r['seed']} | {r['status']} | {reason[i] or '-'} |"
+                  for i, r in bad.iterrows()]
+    return lines
+
+
+def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
+    lines = [f"# Study report: {name}", "",
+             f"- figure: `{rep.kind}` (PAPER_SPEC {SPEC_SECTION.get(rep.kind, '§12')}); "
+             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), "",
+             "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
+             "## Claims", "", *(f"- {c}" for c in rep.claims or ["No claim can be tested with these runs."]), "",
+             "## Correlations", "", _corr_table(rep.correlations) if rep.correlations else "None.\n", *rep.sections,
+             "## Figures", "", *(f"![{title.replace(chr(10), ' — ')}]({png.name})\n" for title, png in rep.figures),
+             "Tables: `runs.csv`, `epochs.csv`, `events.csv` (and `curvature.csv`, `eps_sweep.csv` with probes).", ""]
+    return "\n".join(lines)
+
+
+def grid_labels(runs: pd.DataFrame, keys) -> pd.Series:
+    """Labels that also name the grid point (``label (key=value, ...)``) for the grid keys that vary."""
+    keys = [k for k in keys if k in runs and runs[k].nunique(dropna=False) > 1]
+    if not keys:
+        return runs["label"]
+    return runs.apply(lambda r: f"{r['label']} ({', '.join(f'{k}={r[k]}' for k in keys)})", axis=1)
+
+
+def _read_spec(study_dir: Path) -> dict:
+    path = study_dir / "study.yaml"
+    spec = yaml.safe_load(path.read_text()) if path.exists() else None
+    return spec if isinstance(spec, dict) else {}
+
+
+def write_report(study_dir: str | Path) -> Path:
+    """Write ``report/`` of a study (tables, the figure's panels, report.md); returns the report.md path."""
+    study_dir = Path(study_dir)
+    spec = _read_spec(study_dir)
+    asked = str(spec.get("figure") or "generic")
+    kind = asked if asked in BUILDERS else "generic"
+    out = study_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    all_runs = load_study(study_dir)
+    tables = {"epochs": load_epochs(study_dir, all_runs), "events": load_events(study_dir, all_runs),
+              "curvature": load_curvature(study_dir, all_runs), "eps_sweep": load_eps(study_dir, all_runs)}
+    all_runs.to_csv(out / "runs.csv", index=False)
+    for key, table in tables.items():
+        if key in ("epochs", "events") or len(table):
+            table.to_csv(out / f"{key}.csv", index=False)
+    ok = all_runs[all_runs["status"] == "finished"].reset_index(drop=True)
+    ok["label"] = grid_labels(ok, spec.get("grid") or {})  # runs of one setting at two grid points differ
+    labels = dict(zip(ok["run_id"], ok["label"]))
+    keep = {k: t[t["run_id"].isin(ok["run_id"])].assign(label=lambda df: df["run_id"].map(labels))
+            for k, t in tables.items()}
+    rep = Report(kind, out, ok, keep["epochs"], keep["curvature"], keep["eps_sweep"], colors=F.palette(ok["label"]))
+    if len(ok):
+        BUILDERS[kind](rep)
+    path = out / "report.md"
+    text = _markdown(rep, spec, all_runs, str(spec.get("name") or study_dir.name))
+    if asked != kind:
+        text = text.replace("\n- figure:", f"\n- study.yaml asks for figure `{asked}`, which is not one of "
+                            f"{', '.join(KINDS)}: drawing the generic report\n- figure:", 1)
+    path.write_text(text)
+    return path

@@ -1,0 +1,126 @@
+"""Load a study directory (docs/studies.md) into pandas tables.
+
+- :func:`load_study`: one row per run, ``index.csv`` joined with the run's ``summary.json`` (plus
+  ``params_remaining_pct`` and ``scratch``);
+- :func:`load_epochs`, :func:`load_events`, :func:`load_curvature`, :func:`load_eps`: long tables, the rows of
+  every run's ``metrics.csv`` / ``events.csv`` / ``curvature.csv`` / ``eps_sweep.csv`` with ``run_id``,
+  ``setting``, ``label`` and ``seed`` prepended. Missing files are skipped. A file column that clashes with
+  these is renamed (curvature.csv's probe ``seed`` becomes ``probe_seed``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
+from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS
+
+ID_COLUMNS = ("run_id", "setting", "label", "seed")
+SUMMARY_COLUMNS = (
+    "mean_stability", "best_test_acc", "best_epoch", "final_test_acc", "generalization_gap", "n_events",
+    "n_prune_epochs", "last_pruned_epoch", "epochs_done", "params_total", "params_remaining", "params_zero",
+)
+
+
+def _run_dir(study_dir: Path, row: pd.Series) -> Path:
+    value = row.get("run_dir")
+    if isinstance(value, str) and value.strip():
+        path = Path(value)
+        return path if path.is_absolute() else study_dir / path
+    return study_dir / "runs" / str(row["run_id"])
+
+
+def _scratch(row: pd.Series, run_dir: Path) -> bool:
+    """Scratch pruning: from index.csv if it says, else the run's config.yaml, else the label."""
+    if "scratch" in row and pd.notna(row["scratch"]):
+        return str(row["scratch"]).strip().lower() in ("1", "true", "yes")
+    cfg = run_dir / "config.yaml"
+    if cfg.exists():
+        try:
+            pruning = (yaml.safe_load(cfg.read_text()) or {}).get("pruning") or {}
+            return bool(pruning.get("scratch", False))
+        except (yaml.YAMLError, AttributeError):
+            pass
+    return "scratch" in str(row.get("label", "")).lower()
+
+
+def load_study(study_dir: str | Path) -> pd.DataFrame:
+    """One row per run of ``index.csv``, joined with its ``summary.json`` (NaN where there is none)."""
+    study_dir = Path(study_dir)
+    index = pd.read_csv(study_dir / "index.csv", dtype={"run_id": str, "setting": str, "label": str})
+    rows = []
+    for _, row in index.iterrows():
+        run_dir = _run_dir(study_dir, row)
+        rec = row.to_dict()
+        rec["run_dir"] = str(run_dir)
+        summary_file = run_dir / "summary.json"
+        if summary_file.exists():
+            summary = json.loads(summary_file.read_text())
+            summary.pop("run_id", None)
+            rec.update(summary)
+        rec["scratch"] = _scratch(row, run_dir)
+        rows.append(rec)
+    df = pd.DataFrame(rows, columns=list(dict.fromkeys([*index.columns, *SUMMARY_COLUMNS,
+                                                         *(k for r in rows for k in r)])))
+    for col in SUMMARY_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["params_remaining_pct"] = 100.0 * df["params_remaining"] / df["params_total"]
+    if "status" not in df:
+        df["status"] = "pending"
+    df["status"] = df["status"].fillna("pending").astype(str)
+    return df
+
+
+def _long(study_dir: str | Path, filename: str, columns: tuple[str, ...], runs: pd.DataFrame | None) -> pd.DataFrame:
+    runs = load_study(study_dir) if runs is None else runs
+    parts = []
+    for _, run in runs.iterrows():
+        path = Path(run["run_dir"]) / filename
+        if not path.exists() or path.stat().st_size == 0:
+            continue
+        table = pd.read_csv(path)
+        table = table.rename(columns={c: f"probe_{c}" if c == "seed" else f"file_{c}" for c in ID_COLUMNS
+                                      if c in table})
+        for i, col in enumerate(ID_COLUMNS):
+            table.insert(i, col, run[col])
+        parts.append(table)
+    if not parts:
+        return pd.DataFrame(columns=[*ID_COLUMNS, *columns])
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_epochs(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of every run's ``metrics.csv`` (``runs``: a :func:`load_study` table, to avoid reading it again)."""
+    return _long(study_dir, "metrics.csv", METRIC_COLUMNS, runs)
+
+
+def load_events(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of every run's ``events.csv``."""
+    return _long(study_dir, "events.csv", EVENT_COLUMNS, runs)
+
+
+def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of every run's ``curvature.csv`` (flatness probes)."""
+    columns = tuple("probe_seed" if c == "seed" else c for c in CURVATURE_COLUMNS)
+    return _long(study_dir, "curvature.csv", columns, runs)
+
+
+def load_eps(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of every run's ``eps_sweep.csv`` (loss along Hessian eigenvectors)."""
+    return _long(study_dir, "eps_sweep.csv", EPS_COLUMNS, runs)
+
+
+def parse_eigenvalues(value) -> np.ndarray:
+    """The ``eigenvalues`` cell of curvature.csv (space-separated floats; commas/brackets tolerated)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return np.asarray(value, dtype=float)
+    if not isinstance(value, str):
+        return np.array([])
+    text = value.replace(",", " ").replace("[", " ").replace("]", " ")
+    return np.array([float(v) for v in text.split()], dtype=float)

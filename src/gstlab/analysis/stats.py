@@ -1,0 +1,117 @@
+"""Statistics of a study, all from scipy (PAPER_SPEC §11): t confidence intervals of means, Pearson and Kendall
+correlations with 95% CIs, Student's t-test (Table F1). Degenerate input (too few points, constant values) gives
+NaN, never an exception."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+NAN = math.nan
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def _clean(values) -> np.ndarray:
+    arr = np.asarray(values, dtype=float).ravel()
+    return arr[np.isfinite(arr)]
+
+
+def mean_ci(values, confidence: float = 0.95) -> dict:
+    """Mean, sample std (ddof=1) and the t interval of the mean; NaN CI when n < 2."""
+    x = _clean(values)
+    n = int(x.size)
+    if n == 0:
+        return {"mean": NAN, "std": NAN, "n": 0, "ci_low": NAN, "ci_high": NAN}
+    mean = float(np.mean(x))
+    if n < 2:
+        return {"mean": mean, "std": NAN, "n": 1, "ci_low": NAN, "ci_high": NAN}
+    sem = float(stats.sem(x))
+    if sem == 0.0:
+        low = high = mean
+    else:
+        low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sem)
+    return {"mean": mean, "std": float(np.std(x, ddof=1)), "n": n, "ci_low": float(low), "ci_high": float(high)}
+
+
+def _pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def _kendall_ci(x: np.ndarray, y: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Paired bootstrap CI of Kendall's tau (BCa, percentile if BCa is undefined), fixed seed.
+
+    A resample whose x or y values are all tied has no ordering information; its tau (undefined) counts as 0.
+    """
+    def tau(a, b):
+        value = stats.kendalltau(a, b).statistic
+        return value if np.isfinite(value) else 0.0
+
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap((x, y), tau, paired=True, vectorized=False, confidence_level=confidence,
+                                  n_resamples=BOOTSTRAP_RESAMPLES, method=method,
+                                  rng=np.random.default_rng(BOOTSTRAP_SEED))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if np.isfinite(low) and np.isfinite(high):
+            return low, high
+    return NAN, NAN
+
+
+def correlation(x, y, confidence: float = 0.95) -> dict:
+    """Pearson r (CI from scipy) and Kendall tau (paired bootstrap CI) of paired samples (NaN pairs dropped)."""
+    x, y = _pairs(x, y)
+    out = dict.fromkeys(("pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high",
+                         "kendall_tau", "kendall_p", "kendall_ci_low", "kendall_ci_high"), NAN)
+    out = {"n": int(x.size), **out}
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pr = stats.pearsonr(x, y)
+        ci = pr.confidence_interval(confidence_level=confidence)
+        kt = stats.kendalltau(x, y)
+    out.update(pearson_r=float(pr.statistic), pearson_p=float(pr.pvalue), pearson_ci_low=float(ci.low),
+               pearson_ci_high=float(ci.high), kendall_tau=float(kt.statistic), kendall_p=float(kt.pvalue))
+    out["kendall_ci_low"], out["kendall_ci_high"] = _kendall_ci(x, y, confidence)
+    return out
+
+
+def ttest(a, b) -> dict:
+    """Student's two-sample t-test, equal variances (``scipy.stats.ttest_ind(equal_var=True)``, Table F1)."""
+    a, b = _clean(a), _clean(b)
+    out = {"t": NAN, "p": NAN, "df": a.size + b.size - 2,
+           "mean_a": float(np.mean(a)) if a.size else NAN, "mean_b": float(np.mean(b)) if b.size else NAN,
+           "n_a": int(a.size), "n_b": int(b.size)}
+    if a.size < 1 or b.size < 1 or a.size + b.size < 3:
+        return out
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        res = stats.ttest_ind(a, b, equal_var=True)
+    out.update(t=float(res.statistic), p=float(res.pvalue))
+    return out
+
+
+def group_table(df: pd.DataFrame, by: str | Sequence[str], columns: Sequence[str],
+                confidence: float = 0.95) -> pd.DataFrame:
+    """Per group (in order of first appearance): ``n`` and ``<col>_mean/_std/_ci_low/_ci_high`` per column."""
+    keys = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for key, group in df.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key))
+        row["n"] = len(group)
+        for col in columns:
+            ci = mean_ci(pd.to_numeric(group[col], errors="coerce"), confidence)
+            row.update({f"{col}_{k}": ci[k] for k in ("mean", "std", "ci_low", "ci_high")})
+        rows.append(row)
+    cols = [*keys, "n", *(f"{c}_{k}" for c in columns for k in ("mean", "std", "ci_low", "ci_high"))]
+    return pd.DataFrame(rows, columns=cols)

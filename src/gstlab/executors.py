@@ -1,0 +1,184 @@
+"""Where a study's runs execute: ``local`` worker processes or ``ray`` tasks. Both land results in the same
+layout (``STORE/runs/<run_id>``); a run that crashes fails alone and the study goes on.
+
+- local: N slots, each a ``gst run`` subprocess with its own thread budget (``OMP_NUM_THREADS`` and
+  ``train.threads``); with CUDA, ``--runs-per-gpu R`` packs R slots onto each visible GPU
+  (``CUDA_VISIBLE_DEVICES`` per slot). The process log of each run goes to ``STUDY_DIR/logs/<run_id>.log``.
+- ray: each run is a Ray task requesting ``num_cpus=threads`` and ``num_gpus=1/R`` when GPUs are used; the
+  task executes the run in the Ray worker, so the store must be on a file system every node sees.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from gstlab import config as C
+from gstlab.study import StudyRun
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot start (e.g. an unreachable Ray address); raised before any run starts."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    status: str  # finished | failed
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers: int = 1
+    threads: int = 1  # per worker
+    runs_per_gpu: int = 1
+    gpus: int = 0  # GPUs visible to this machine (local) or wanted per cluster (ray: >0 means request GPUs)
+
+
+def detect_gpus() -> int:
+    import torch  # noqa: PLC0415
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _summary_status(run_dir: Path) -> str:
+    from gstlab import store  # noqa: PLC0415
+
+    path = run_dir / "summary.json"
+    return str(store.read_json(path).get("status", "missing")) if path.exists() else "missing"
+
+
+# ---------------------------------------------------------------------------------------------------- local
+
+
+def _command(config_path: Path, run_dir: Path, threads: int) -> list[str]:
+    return [sys.executable, "-m", "gstlab.cli", "run", "--config", str(config_path), "--out", str(run_dir),
+            "--no-progress", "--set", f"train.threads={threads}"]
+
+
+def _slot_env(slot: int, res: Resources) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(res.threads), MKL_NUM_THREADS=str(res.threads))
+    if res.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str((slot // res.runs_per_gpu) % res.gpus)
+    return env
+
+
+def run_local(runs: list[StudyRun], store_dir: Path, study_dir: Path, res: Resources,
+              progress: bool = True) -> list[Outcome]:
+    """Execute ``runs`` in at most ``res.workers`` subprocesses at a time."""
+    pending = list(runs)
+    active: dict[int, tuple[StudyRun, subprocess.Popen, object]] = {}
+    outcomes: list[Outcome] = []
+    (study_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (study_dir / "configs").mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
+    while pending or active:
+        for slot in range(res.workers):
+            if slot not in active and pending:
+                active[slot] = _start(pending.pop(0), slot, store_dir, study_dir, res)
+        time.sleep(0.2)
+        for slot, (run, proc, log) in list(active.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            outcomes.append(_local_outcome(run, proc.returncode, store_dir, study_dir))
+            del active[slot]
+            bar.update(1)
+    bar.close()
+    return outcomes
+
+
+def _start(run: StudyRun, slot: int, store_dir: Path, study_dir: Path, res: Resources):
+    from gstlab import store  # noqa: PLC0415
+
+    config_path = study_dir / "configs" / f"{run.run_id}.yaml"
+    store.atomic_write_text(config_path, C.dump_yaml(run.cfg))
+    log = open(study_dir / "logs" / f"{run.run_id}.log", "ab")  # noqa: SIM115 (closed when the process ends)
+    proc = subprocess.Popen(_command(config_path, store_dir / "runs" / run.run_id, res.threads),
+                            stdout=log, stderr=subprocess.STDOUT, env=_slot_env(slot, res))
+    return run, proc, log
+
+
+def _local_outcome(run: StudyRun, code: int, store_dir: Path, study_dir: Path) -> Outcome:
+    if code == 0:
+        return Outcome(run.run_id, "finished")
+    log = study_dir / "logs" / f"{run.run_id}.log"
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    if code == 1 and _summary_status(store_dir / "runs" / run.run_id) == "failed":
+        return Outcome(run.run_id, "failed", "diverged; see its summary.json")
+    return Outcome(run.run_id, "failed", f"worker exited with status {code}: {' '.join(tail)} (log: {log})")
+
+
+# ------------------------------------------------------------------------------------------------------ ray
+
+
+def connect_ray(address: str | None, threads: int):
+    """Connect to the cluster at ``address`` (or start a local instance); ExecutorError if unreachable."""
+    try:
+        import ray  # noqa: PLC0415
+    except ImportError as err:
+        raise ExecutorError("--executor ray needs Ray: pip install 'gstlab[ray]'") from err
+    if not ray.is_initialized():
+        if address and address != "auto":
+            _check_reachable(address)
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(threads, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        except Exception as err:  # noqa: BLE001 (Ray raises several types for an unreachable cluster)
+            raise ExecutorError(f"--address {address}: cannot reach a Ray cluster ({err})") from None
+    return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """TCP-connect to ``[ray://]host:port`` first: ray.init retries an unreachable address for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorError(f"--address {address}: expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ExecutorError(f"--address {address}: cannot reach a Ray cluster ({err})") from None
+
+
+def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> str:
+    """Body of a Ray task: execute one run in this worker."""
+    import torch  # noqa: PLC0415
+
+    from gstlab.runner import execute  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    cfg = C.validate(C.from_dict(C.RunConfig, cfg_dict))
+    return str(execute(cfg, Path(run_dir), progress=False).get("status", "failed"))
+
+
+def run_ray(runs: list[StudyRun], store_dir: Path, res: Resources, address: str | None,
+            progress: bool = True) -> list[Outcome]:
+    ray = connect_ray(address, res.threads)
+    gpu_share = 1.0 / res.runs_per_gpu if res.gpus else 0
+    task = ray.remote(_ray_task).options(num_cpus=res.threads, num_gpus=gpu_share, max_retries=0)
+    refs = {task.remote(C.to_dict(r.cfg), str((store_dir / "runs" / r.run_id).resolve()), res.threads): r
+            for r in runs}
+    outcomes: list[Outcome] = []
+    bar = tqdm(total=len(runs), desc="runs (ray)", unit="run", disable=not progress, dynamic_ncols=True)
+    waiting = list(refs)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        run = refs[done[0]]
+        try:
+            status = ray.get(done[0])
+            outcomes.append(Outcome(run.run_id, status, "" if status == "finished" else "diverged"))
+        except Exception as err:  # noqa: BLE001 (a crashed task fails its run only)
+            outcomes.append(Outcome(run.run_id, "failed", f"{type(err).__name__}: {str(err).splitlines()[0]}"))
+        bar.update(1)
+    bar.close()
+    return outcomes

@@ -1,0 +1,72 @@
+"""Study presets: every figure and table of the paper (PAPER_SPEC §12) as a study of run presets.
+
+Seeds per scale: ``paper`` uses the official replicate counts (10; 5 for Figure 3); ``cpu`` uses as many as
+fit the "whole figure in under an hour on 2 cores" budget (estimated from measured throughput, see
+``estimate_minutes``); ``smoke`` uses 1-2. Figure 6 and E1-E6 reuse Figure 2's VGG runs (same run ids, so a
+shared ``--store`` trains them once); the Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper
+took them from.
+"""
+
+from __future__ import annotations
+
+from gstlab.config import ConfigError
+from gstlab.experiments.presets import PRESETS, SCALES, preset_config
+
+F2_VGG = [f"F2_VGG_{i}" for i in range(6)]
+F3 = [f"F3_{s}_{p}" for s in "SRL" for p in (4, 20, 40, 60, 100, 200, 300)]
+
+STUDIES: dict[str, dict] = {
+    "fig2_vgg": {"figure": "figure2", "settings": F2_VGG, "seeds": {"paper": 10, "cpu": 3, "smoke": 2}},
+    "fig2_resnet": {"figure": "figure2", "settings": [f"F2_RN_{i}" for i in range(4)],
+                    "seeds": {"paper": 10, "cpu": 2, "smoke": 2}},
+    "fig3": {"figure": "figure3", "settings": F3, "seeds": {"paper": 5, "cpu": 1, "smoke": 1}},
+    "fig4": {"figure": "figure4", "settings": [f"F4_{d}_{i}" for d in (18, 20, 56) for i in (0, 1)],
+             "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+    "fig5": {"figure": "figure5", "settings": ["F2_VGG_0"] + [f"F5_{i}" for i in range(7)],
+             "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+    "fig6": {"figure": "figure6", "settings": F2_VGG, "seeds": {"paper": 10, "cpu": 3, "smoke": 2}},
+    "figB2_vgg": {"figure": "figureB2", "settings": ["F2_VGG_0"] + [f"FB2_VGG_{i}" for i in (1, 2, 3)],
+                  "seeds": {"paper": 10, "cpu": 3, "smoke": 1}},
+    "figB2_resnet": {"figure": "figureB2", "settings": ["F2_RN_0"] + [f"FB2_RN_{i}" for i in (1, 2, 3)],
+                     "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+    "figC3": {"figure": "figureC3", "settings": [f"FC3_{i}" for i in range(3)],
+              "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+    "figD2": {"figure": "figureD2", "settings": ["F2_VGG_0", "F5_0"] + [f"FD2_{i}" for i in range(4)],
+              "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+    "figE": {"figure": "figureE", "settings": F2_VGG, "seeds": {"paper": 10, "cpu": 3, "smoke": 2}},
+    "tableC1": {"figure": "tableC1", "settings": [f"TC1_{i}" for i in (1, 2, 3)],
+                "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+    "tableF1": {"figure": "tableF1", "settings": [f"TF1_{i}" for i in range(4)],
+                "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+}
+
+# Measured training throughput on the reference 2-core CPU (images per second, fp32, incl. evaluation share),
+# by architecture at the cpu-scale width; used only for the cost estimate printed by `gst presets`.
+CPU_IMAGES_PER_S = {"vgg11_bn": 2600.0, "resnet18": 900.0, "resnet20": 700.0, "resnet56": 250.0}
+
+
+def study_dict(name: str, scale: str) -> dict:
+    """The study mapping of study preset ``name`` at ``scale`` (what a study YAML would hold)."""
+    if name not in STUDIES:
+        raise ConfigError(f"--study: unknown study preset {name!r}; allowed: {', '.join(STUDIES)}")
+    if scale not in SCALES:
+        raise ConfigError(f"--scale: unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
+    spec = STUDIES[name]
+    return {"name": f"{name}@{scale}", "figure": spec["figure"], "scale": scale, "seeds": spec["seeds"][scale],
+            "settings": [{"preset": p} for p in spec["settings"]]}
+
+
+def training_images(preset: str, scale: str) -> int:
+    """Images passed through training in one run of ``preset`` at ``scale`` (epochs x training set size)."""
+    cfg = preset_config(preset, scale)
+    data = cfg.get("data", {})
+    size = data.get("train_subset") or {"cifar10": 50000, "cifar100": 50000}.get(data.get("name"), 60000)
+    return cfg["train"]["epochs"] * size
+
+
+def estimate_minutes(name: str, scale: str) -> float:
+    """Estimated wall minutes of study ``name`` at ``scale`` on the reference 2-core CPU (one worker)."""
+    spec = STUDIES[name]
+    seconds = sum(training_images(p, scale) / CPU_IMAGES_PER_S[PRESETS[p].paper["model"]["arch"]]
+                  for p in spec["settings"])
+    return seconds * spec["seeds"][scale] / 60

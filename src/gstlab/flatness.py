@@ -1,0 +1,163 @@
+"""One flatness measurement of a model (PAPER_SPEC §10): the quantities of Figures 6 and E1-E6 in one row.
+
+Convention (recorded in every row): mean cross-entropy over a fixed probe set (the first ``samples`` evaluation
+examples, the paper's 512 test images by default), model in eval mode (BatchNorm running statistics), fp32,
+derivatives w.r.t. the surviving parameters only (pruned units' weights, BN affine and biases are excluded).
+
+- ``eig_sum`` (the paper's "sum of the top-100 eigenvalues", Figure 6's curvature axis) and ``eigenvalues``;
+- ``grad_moment_trace``: (1/n) sum_i ||grad l_i||^2, the paper's uncentered "gradient covariance trace" on the
+  probe set; ``grad_cov_trace`` subtracts ||mean gradient||^2 (the centered covariance);
+- ``tic``: grad_moment_trace / eig_sum, the paper's TIC proxy (Figure E5);
+- ``hutchinson_trace`` +- ``hutchinson_stderr`` when ``trace_samples`` > 0 (not in the paper);
+- eps-flatness: loss and accuracy at w + eps * v_i for the top ``eps_directions`` eigenvectors, eps in
+  [-eps_max, eps_max] with step ``eps_step``, on the probe set (the paper used the full test set: raise
+  ``samples`` to match); ``delta_w`` = the smallest |eps| whose worst-case loss increase (over directions and
+  signs) reaches 0.1 (Figure E3), NaN if none does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from gstlab import curvature
+from gstlab.config import ProbeConfig
+
+CONVENTION = "mean CE, eval mode, fp32, surviving params, first N eval examples"
+POWER_STEPS = 20  # the paper's per-eigenpair cap (hessian-eigenthings power_iter_steps)
+DELTA_LOSS = 0.1
+
+
+class ProbeError(ValueError):
+    """The probe cannot be measured as configured (empty probe set, k larger than the surviving parameters)."""
+
+
+def _probe_set(x: torch.Tensor, y: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if samples <= 0 or len(x) == 0:
+        raise ProbeError(f"probes.samples: the probe set is empty ({samples} of {len(x)} evaluation examples)")
+    return x[:samples].float(), y[:samples]
+
+
+def spectrum(op: curvature.HessianOperator, cfg: ProbeConfig, gen: torch.Generator):
+    if cfg.method == "power":
+        return curvature.power_iteration(op, cfg.top_k, gen, max_iter=POWER_STEPS)
+    return curvature.lanczos(op, cfg.top_k, gen)
+
+
+def eps_grid(eps_max: float, eps_step: float) -> list[float]:
+    n = int(round(eps_max / eps_step))
+    return [round(i * eps_step, 10) for i in range(-n, n + 1)]
+
+
+def delta_w(eps_rows: list[dict], base_loss: float, threshold: float = DELTA_LOSS) -> float:
+    """Smallest |eps| whose worst-case loss increase over directions and signs is >= threshold."""
+    worst: dict[float, float] = {}
+    for r in eps_rows:
+        key = abs(r["eps"])
+        worst[key] = max(worst.get(key, -math.inf), r["loss"] - base_loss)
+    hits = [e for e, inc in sorted(worst.items()) if inc >= threshold]
+    return hits[0] if hits else math.nan
+
+
+def measure(model: nn.Module, masks, x_eval: torch.Tensor, y_eval: torch.Tensor, cfg: ProbeConfig, seed: int,
+            eval_batch_size: int = 256, progress: bool = False) -> tuple[dict, list[dict]]:
+    """(curvature row, eps-sweep rows) for ``model`` as it is now; ``masks`` a UnitMasks or None."""
+    start = time.perf_counter()
+    say = tqdm.write if progress else (lambda _msg: None)
+    x, y = _probe_set(x_eval, y_eval, cfg.samples)
+    param_masks = masks.param_masks() if masks is not None else None
+    gen = torch.Generator().manual_seed(seed)
+    op = curvature.HessianOperator(model, F.cross_entropy, x, y, param_masks, batch_size=eval_batch_size)
+    if cfg.top_k > op.dim:
+        raise ProbeError(f"probes.top_k: {cfg.top_k} eigenvalues asked, but only {op.dim} parameters survive")
+    say(f"top-{cfg.top_k} Hessian eigenvalues by {cfg.method} over {op.dim:,} surviving parameters, {len(x)} "
+        "probe examples")
+    values, vectors = spectrum(op, cfg, gen)
+    say(f"  {op.n_hvp} Hessian-vector products; traces and gradient noise")
+    row = {"seed": seed, "samples": len(x), "method": cfg.method, "k": cfg.top_k,
+           "eig_sum": float(values.sum()), "eig_max": float(values.max()),
+           "eigenvalues": " ".join(f"{v:.6g}" for v in values.tolist()), "convention": CONVENTION}
+    row.update(_traces(model, op, x, y, param_masks, cfg, gen, eval_batch_size, row["eig_sum"]))
+    eps_rows = _eps_rows(model, op, vectors, x, y, cfg, eval_batch_size, progress)
+    base = eps_rows[0]["base_loss"] if eps_rows else math.nan
+    row["delta_w"] = delta_w(eps_rows, base) if eps_rows else math.nan
+    row["n_hvp"] = op.n_hvp
+    row["wall_s"] = time.perf_counter() - start
+    return row, eps_rows
+
+
+def _traces(model, op, x, y, param_masks, cfg: ProbeConfig, gen, batch_size: int, eig_sum: float) -> dict:
+    out = {"hutchinson_trace": math.nan, "hutchinson_stderr": math.nan, "grad_moment_trace": math.nan,
+           "grad_cov_trace": math.nan, "tic": math.nan}
+    if cfg.trace_samples > 0:
+        out["hutchinson_trace"], out["hutchinson_stderr"] = curvature.hutchinson_trace(op, cfg.trace_samples, gen)
+    if cfg.grad_moment:
+        moment, cov, _ = curvature.per_example_grad_moment(model, F.cross_entropy, x, y, param_masks, batch_size)
+        out.update(grad_moment_trace=moment, grad_cov_trace=cov, tic=curvature.tic(moment, eig_sum))
+    return out
+
+
+def _eps_rows(model, op, vectors, x, y, cfg: ProbeConfig, batch_size: int, progress: bool) -> list[dict]:
+    n_dirs = min(cfg.eps_directions, vectors.shape[1])
+    if n_dirs <= 0:
+        return []
+    base_loss, _ = curvature.evaluate(model, F.cross_entropy, x, y, batch_size)
+    rows = []
+    for i in tqdm(range(n_dirs), desc="eps sweep", unit="direction", disable=not progress, leave=False):
+        direction = op.flat_to_params(vectors[:, i].float())
+        for r in curvature.eps_sweep(model, F.cross_entropy, x, y, direction, eps_grid(cfg.eps_max, cfg.eps_step),
+                                     batch_size):
+            rows.append({"direction": i, **r, "base_loss": base_loss})
+    return rows
+
+
+# --------------------------------------------------------------------------------------- saved checkpoints
+
+
+class CheckpointError(ProbeError):
+    """The file is missing or is not a gstlab model checkpoint."""
+
+
+def load_model_checkpoint(run_dir: Path, epoch: int | None) -> dict:
+    """The saved model of ``run_dir`` (``model_epoch{E}.pt`` or ``model_final.pt``), loaded weights-only."""
+    from gstlab import store  # noqa: PLC0415
+    from gstlab.runner import CHECKPOINT_FORMAT  # noqa: PLC0415
+
+    path = run_dir / ("model_final.pt" if epoch is None else f"model_epoch{epoch}.pt")
+    if not path.exists():
+        saved = sorted(p.name for p in run_dir.glob("model_*.pt"))
+        raise CheckpointError(f"{path}: no such checkpoint (saved models: {', '.join(saved) or 'none'}; keep more "
+                              "with train.keep_checkpoints=[...])")
+    try:
+        state = store.load_checkpoint(path)
+    except Exception as err:  # noqa: BLE001 (unpickling refuses anything that is not plain tensors/containers)
+        raise CheckpointError(f"{path}: not a gstlab checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("kind") != "model":
+        raise CheckpointError(f"{path}: not a gstlab model checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return state
+
+
+def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: int | None = None,
+                       progress: bool = True):
+    """Rebuild the run's model and data, load the checkpoint and measure; returns (row, eps_rows)."""
+    from gstlab import config as C  # noqa: PLC0415
+    from gstlab.runner import prepare  # noqa: PLC0415
+    from gstlab.seeding import derive_seed  # noqa: PLC0415
+
+    state = load_model_checkpoint(run_dir, epoch)
+    cfg = C.from_dict(C.RunConfig, state["config"])
+    cfg = C.validate(C.replace(cfg, probes=C.replace(cfg.probes, **overrides)))
+    run = prepare(cfg, run_dir)
+    run.model.load_state_dict(state["model"])
+    run.masks.refresh()
+    x, y = run.trainer.eval_data
+    seed = derive_seed(cfg.seed, "probe") if seed is None else seed
+    row, eps_rows = measure(run.model, run.masks, x, y, cfg.probes, seed, cfg.train.eval_batch_size, progress)
+    row.update(epoch=state["epoch"], trigger="cli")
+    return row, [dict(r, epoch=state["epoch"]) for r in eps_rows]

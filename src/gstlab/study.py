@@ -1,0 +1,243 @@
+"""Studies: a YAML of settings x grid x seeds expanded into validated runs with content-hashed ids.
+
+Every run is checked (config, grid keys, layer names are checked when it starts) before any run starts, so a
+typo in the 40th setting does not surface an hour into the study. The layout is documented in docs/studies.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gstlab import config as C
+from gstlab import store
+
+STUDY_KEYS = ("name", "figure", "scale", "seeds", "settings", "grid", "set")
+SETTING_KEYS = ("preset", "config", "inline", "label", "set")
+FIGURES = ("generic", "figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2",
+           "figureE", "tableC1", "tableF1")
+INDEX_COLUMNS = ("run_id", "setting", "label", "seed", "arch", "criterion", "side", "period", "iterative_rate",
+                 "intervention", "batches")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # preset name, or the label of a file/inline setting
+    label: str
+    data: dict  # the config mapping before study overrides
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    figure: str
+    scale: str
+    seeds: tuple[int, ...]
+    settings: tuple[Setting, ...]
+    grid: dict[str, list] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    run_id: str
+    setting: str
+    label: str
+    seed: int
+    grid: dict[str, Any]
+    cfg: C.RunConfig
+    aliases: tuple[str, ...] = ()  # other settings that resolve to this same run (e.g. at a small scale)
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+
+
+def _overrides(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise C.ConfigError(f"{where}: expected a mapping of dotted.key: value")
+    return tuple(_assignment(k, v) for k, v in value.items())
+
+
+def _assignment(key: str, value: Any) -> str:
+    """``key=value`` with the value written as (flow) YAML, the form ``--set`` parses."""
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        return tuple(value)
+    raise C.ConfigError(f"seeds: expected a positive int n (seeds 0..n-1) or a non-empty list of ints, got {value!r}")
+
+
+def _setting(item: Any, i: int, scale: str, base: Path) -> Setting:
+    from gstlab.experiments.presets import PRESETS, preset_config  # noqa: PLC0415
+
+    where = f"settings[{i}]"
+    if not isinstance(item, dict) or not item:
+        raise C.ConfigError(f"{where}: expected a mapping with one of preset, config, inline")
+    unknown = set(item) - set(SETTING_KEYS)
+    if unknown:
+        raise C.ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(SETTING_KEYS)}")
+    sources = [k for k in ("preset", "config", "inline") if k in item]
+    if len(sources) != 1:
+        raise C.ConfigError(f"{where}: give exactly one of preset, config, inline")
+    if "preset" in item:
+        data = preset_config(item["preset"], scale)
+        key, label = item["preset"], item.get("label", PRESETS[item["preset"]].label)
+    elif "config" in item:
+        data = C.load_yaml(base / item["config"])
+        key = label = item.get("label", Path(item["config"]).stem)
+    else:
+        if not isinstance(item["inline"], dict):
+            raise C.ConfigError(f"{where}.inline: expected a config mapping")
+        data, key = item["inline"], item.get("label", f"setting{i}")
+        label = key
+    return Setting(str(key), str(label), data, _overrides(item.get("set"), f"{where}.set"))
+
+
+def _grid(value: Any) -> dict[str, list]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise C.ConfigError("grid: expected a non-empty mapping of dotted.key: [values]")
+    for key, values in value.items():
+        if not isinstance(values, list) or not values:
+            raise C.ConfigError(f"grid.{key}: expected a non-empty list of values")
+    return dict(value)
+
+
+def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None) -> Study:
+    """Validate a study mapping (``seeds`` overrides the file's seeds with 0..seeds-1)."""
+    if not isinstance(data, dict):
+        raise C.ConfigError("study: expected a mapping")
+    unknown = set(data) - set(STUDY_KEYS)
+    if unknown:
+        raise C.ConfigError(f"study: unknown key(s) {sorted(unknown)}; allowed: {', '.join(STUDY_KEYS)}")
+    scale = data.get("scale", "cpu")
+    if scale not in ("smoke", "cpu", "paper"):
+        raise C.ConfigError(f"scale: unknown scale {scale!r}; allowed: smoke, cpu, paper")
+    figure = data.get("figure", "generic")
+    if figure not in FIGURES:
+        raise C.ConfigError(f"figure: unknown figure {figure!r}; allowed: {', '.join(FIGURES)}")
+    items = data.get("settings")
+    if not isinstance(items, list) or not items:
+        raise C.ConfigError("settings: expected a non-empty list of settings (preset, config or inline)")
+    return Study(
+        name=str(data.get("name", "study")), figure=figure, scale=scale,
+        seeds=_seeds(seeds if seeds is not None else data.get("seeds", 1)),
+        settings=tuple(_setting(item, i, scale, base) for i, item in enumerate(items)),
+        grid=_grid(data.get("grid")), overrides=_overrides(data.get("set"), "set"),
+    )
+
+
+def load_study(path: str | Path, seeds: int | None = None) -> tuple[Study, dict]:
+    """The validated study in ``path`` and its raw mapping."""
+    data = C.load_yaml(path)
+    return study_from_dict(data, Path(path).parent, seeds), data
+
+
+# ------------------------------------------------------------------------------------------------ expansion
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def expand(study: Study) -> list[StudyRun]:
+    """Every run of the study, validated; identical configs appear once (the first occurrence)."""
+    runs: dict[str, StudyRun] = {}
+    for setting in study.settings:
+        for point in grid_points(study.grid):
+            for seed in study.seeds:
+                overrides = [*study.overrides, *setting.overrides, *(_assignment(k, v) for k, v in point.items()),
+                             f"seed={seed}"]
+                try:
+                    cfg = C.parse(setting.data, overrides)
+                except C.ConfigError as err:
+                    raise C.ConfigError(f"setting {setting.key!r}: {err}") from None
+                rid = C.run_id(cfg)
+                if rid in runs:
+                    first = runs[rid]
+                    runs[rid] = dataclasses.replace(first, aliases=(*first.aliases, setting.key))
+                else:
+                    runs[rid] = StudyRun(rid, setting.key, setting.label, seed, point, cfg)
+    return list(runs.values())
+
+
+# --------------------------------------------------------------------------------------------------- index
+
+
+def _largest_layer_rate(cfg: C.RunConfig) -> float:
+    """Percent of the most-pruned layer removed per event (Figure 3's iterative pruning rate)."""
+    from gstlab.pruning.schedule import event_epochs  # noqa: PLC0415
+
+    layers = cfg.pruning.layers
+    if not layers:
+        return math.nan
+    layer = max(layers, key=lambda lay: lay.fraction)
+    period = layer.period or cfg.pruning.period
+    return 100.0 * layer.fraction / len(event_epochs(layer.start, layer.end, period))
+
+
+def index_row(run: StudyRun, run_dir: Path, status: str) -> dict:
+    cfg = run.cfg
+    prunes = bool(cfg.pruning.layers)
+    return {
+        "run_id": run.run_id, "setting": run.setting, "label": run.label, "seed": run.seed,
+        "arch": cfg.model.arch, "criterion": cfg.pruning.criterion if prunes else "",
+        "side": cfg.pruning.side if prunes else "", "period": cfg.pruning.period if prunes else "",
+        "iterative_rate": _largest_layer_rate(cfg) if prunes and not cfg.pruning.scratch else "",
+        "intervention": cfg.intervention.kind, "batches": cfg.intervention.batches,
+        **run.grid, "run_dir": str(run_dir.resolve()), "status": status,
+    }
+
+
+def run_status(run_dir: Path) -> str:
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        return str(store.read_json(summary).get("status", "pending"))
+    return "running" if (run_dir / store.CHECKPOINT).exists() else "pending"
+
+
+def write_index(study_dir: Path, study: Study, runs: list[StudyRun], store_dir: Path) -> list[dict]:
+    rows = [index_row(r, store_dir / "runs" / r.run_id, run_status(store_dir / "runs" / r.run_id)) for r in runs]
+    columns = [*INDEX_COLUMNS, *study.grid, "run_dir", "status"]
+    store.write_csv(study_dir / "index.csv", rows, columns)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- sweep
+
+
+def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, address: str | None = None,
+          store_dir: Path | None = None, progress: bool = True) -> list:
+    """Run every unfinished run of ``study``; returns the outcomes of the runs executed now."""
+    from gstlab import executors  # noqa: PLC0415
+
+    runs = expand(study)  # every config is validated before anything starts
+    if executor == "ray":
+        executors.connect_ray(address, resources.threads)
+    store_dir = Path(store_dir or study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    store.atomic_write_text(study_dir / "study.yaml", yaml.safe_dump({**raw, "seeds": list(study.seeds)},
+                                                                     sort_keys=False))
+    write_index(study_dir, study, runs, store_dir)
+    todo = [r for r in runs if run_status(store_dir / "runs" / r.run_id) not in ("finished", "failed")]
+    if executor == "ray":
+        outcomes = executors.run_ray(todo, store_dir, resources, address, progress)
+    else:
+        outcomes = executors.run_local(todo, store_dir, study_dir, resources, progress)
+    write_index(study_dir, study, runs, store_dir)
+    return outcomes

@@ -1,0 +1,310 @@
+"""Study loading, statistics and reports on a synthetic study directory (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats as sps
+
+from gstlab import analysis
+from gstlab.analysis import figures, stats
+from gstlab.analysis.report import corr_verdict, write_report
+from gstlab.analysis.results import load_curvature, load_epochs, load_eps, load_events, load_study
+from gstlab.analysis.summary import summarize
+from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
+from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS, write_csv, write_json
+
+EPOCHS = 12
+PRUNE_EPOCHS = (2, 4, 6)
+INDEX_COLUMNS = ("run_id", "setting", "label", "seed", "arch", "criterion", "side", "period", "iterative_rate",
+                 "intervention", "batches", "run_dir", "status")
+
+# (setting, label, side, intervention, instability % per event, scratch)
+FIG2 = [("F2_VGG_0", "No Pruning", "", "none", 0.0, False), ("F2_VGG_1", "Prune_S 1%", "smallest", "none", 0.3, False),
+        ("F2_VGG_2", "Prune_S 13%", "smallest", "none", 1.5, False),
+        ("F2_VGG_3", "Prune_R 13%", "random", "none", 2.5, False),
+        ("F2_VGG_4", "Prune_L 13%", "largest", "none", 5.0, False),
+        ("F2_VGG_5", "Scratch Pruning", "smallest", "none", 0.0, True)]
+FIG5 = [("F2_VGG_0", "No Pruning", "", "none", 0.0, False), ("F5_0", "Prune_L", "largest", "none", 5.0, False),
+        ("F5_1", "Zeroing 1", "largest", "zero", 3.0, False), ("F5_2", "Zeroing 50", "largest", "zero", 6.0, False),
+        ("F5_4", "Gaussian 1", "largest", "gaussian", 3.5, False),
+        ("F5_5", "Gaussian 50", "largest", "gaussian", 6.5, False)]
+
+FIG3 = [(f"F3_{t}_{r}", f"Prune_{t} {r}%", side, "none", instab * r / 13, False, r)
+        for t, side, instab in (("S", "smallest", 0.5), ("R", "random", 1.5), ("L", "largest", 4.0))
+        for r in (1.32, 12.86, 45.0)]
+
+
+@pytest.fixture(autouse=True)
+def _fast(monkeypatch):
+    """Fewer bootstrap resamples and PNG only (one test checks the PDFs): keeps the file under 20 s."""
+    monkeypatch.setattr(stats, "BOOTSTRAP_RESAMPLES", 40)
+    monkeypatch.setattr(figures, "FORMATS", ("png",))
+
+
+def _run(rng, instab: float, slope: float, scratch: bool, pruning: bool) -> tuple[list, list, dict]:
+    """metrics/events rows of one synthetic run; best accuracy = 85 + slope * (100 - stability) + noise."""
+    drop = max(instab + rng.normal(0, 0.05 * (instab > 0)), 0.0)
+    events = [{"epoch": e, "layer": "features.8", "action": "prune", "units_removed": 4, "acc_before": 80.0,
+               "acc_after": float(80.0 * (1 - drop / 100))} for e in PRUNE_EPOCHS] if pruning and not scratch else []
+    if scratch:
+        events = [{"epoch": 0, "layer": "features.8", "action": "prune", "units_removed": 4, "acc_before": 10.0,
+                   "acc_after": 10.0}]
+    best = 85.0 + slope * drop + rng.normal(0, 0.05)
+    gap = 8.0 - 0.5 * drop + rng.normal(0, 0.05)
+    test = np.minimum(np.linspace(70, best, EPOCHS) + rng.normal(0, 0.2, EPOCHS), best)
+    test[9] = best
+    metrics = [{"epoch": e, "lr": 1e-3, "train_acc": float(t + gap), "train_loss": 0.5, "test_acc_pre": float(t),
+                "test_acc": float(t), "test_loss": 0.6, "units_pruned": 0, "units_removed": 0, "wall_s": 0.1}
+               for e, t in enumerate(test)]
+    return metrics, events, summarize(metrics, events, scratch)
+
+
+def _probes(rng, stability: float) -> tuple[list, list]:
+    eig_sum = float(200.0 + 30.0 * (stability - 90.0) + rng.normal(0, 2))
+    eig = np.sort(np.append(rng.dirichlet(np.ones(19)) * eig_sum * 1.01, -0.01 * eig_sum))[::-1].tolist()
+    curv = [{"epoch": epoch, "trigger": "epoch", "seed": 7, "eig_sum": eig_sum * (1 + epoch / 100),
+             "eig_max": eig[0], "eigenvalues": eig, "grad_moment_trace": 10 * eig_sum, "tic": 10.0,
+             "delta_w": 1 / eig_sum} for epoch in (5, EPOCHS - 1)]
+    eps = [{"epoch": EPOCHS - 1, "direction": d, "eps": x, "loss": 0.5 + eig[d] * x * x, "acc": 80.0,
+            "base_loss": 0.5} for d in range(4) for x in np.round(np.linspace(-0.2, 0.2, 9), 2).tolist()]
+    return curv, eps
+
+
+@pytest.fixture
+def no_draw(monkeypatch):
+    """Build the figures but do not render them (for tests about the numbers, not the pictures)."""
+    def save(fig, stem):
+        png = stem.with_name(f"{stem.name}.png")
+        png.write_bytes(b"")
+        return png
+
+    monkeypatch.setattr(figures, "save", save)
+
+
+def make_study(root, figure: str, settings=FIG2, slope: float = 0.8, seeds: int = 4, probes: bool = False,
+               archs=("vgg11_bn",), failed: bool = True):
+    """A study directory with one run per setting x arch x seed (+ one failed and one pending run)."""
+    rng = np.random.default_rng(1234)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "study.yaml").write_text(yaml.safe_dump({"name": f"synthetic_{figure}", "figure": figure,
+                                                     "scale": "smoke", "seeds": seeds}))
+    index = []
+    for arch in archs:
+        for i, (setting, label, side, kind, instab, scratch, *extra) in enumerate(settings):
+            for seed in range(seeds):
+                run_id = f"{arch}_{i}s{seed}"
+                run_dir = root / "runs" / run_id
+                metrics, events, summary = _run(rng, instab, slope, scratch, pruning=side != "")
+                write_csv(run_dir / "metrics.csv", metrics, METRIC_COLUMNS)
+                write_csv(run_dir / "events.csv", events, EVENT_COLUMNS)
+                remaining = 1000 if side == "" else 700
+                write_json(run_dir / "summary.json", {"status": "finished", "run_id": run_id, **summary,
+                                                      "params_total": 1000, "params_remaining": remaining})
+                (run_dir / "config.yaml").write_text(yaml.safe_dump({"pruning": {"scratch": scratch}}))
+                if probes:
+                    curv, eps = _probes(rng, summary["mean_stability"])
+                    write_csv(run_dir / "curvature.csv", curv, CURVATURE_COLUMNS)
+                    write_csv(run_dir / "eps_sweep.csv", eps, EPS_COLUMNS)
+                rate = (extra[0] if extra else 90 / (1 + i)) if side else ""
+                index.append({"run_id": run_id, "setting": setting, "label": label, "seed": seed, "arch": arch,
+                              "criterion": "l2" if side else "", "side": side, "period": 40 if side else "",
+                              "iterative_rate": rate, "intervention": kind, "batches": 0, "run_dir": str(run_dir),
+                              "status": "finished"})
+    if failed:
+        bad = root / "runs" / "failed0"
+        write_csv(bad / "metrics.csv", [], METRIC_COLUMNS)
+        write_json(bad / "summary.json", {"status": "failed", "run_id": "failed0", "failure": "loss diverged (nan)",
+                                          **summarize([], [], False)})
+        index.append({**index[-1], "run_id": "failed0", "seed": 99, "run_dir": str(bad), "status": "failed"})
+        index.append({**index[-1], "run_id": "pending0", "seed": 98, "run_dir": str(root / "runs" / "pending0"),
+                      "status": "pending"})
+    pd.DataFrame(index, columns=INDEX_COLUMNS).to_csv(root / "index.csv", index=False)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def test_load_study_one_row_per_run_with_summary(tmp_path):
+    study = make_study(tmp_path / "s", "figure2", probes=True)
+    df = analysis.load_study(study)
+    n = len(FIG2) * 4 + 2
+    assert len(df) == n and df["run_id"].is_unique
+    for col in ("mean_stability", "best_test_acc", "generalization_gap", "params_remaining_pct", "status", "scratch"):
+        assert col in df
+    ok = df[df["status"] == "finished"]
+    assert len(ok) == n - 2 and ok["best_test_acc"].notna().all()
+    assert df.set_index("run_id").loc["failed0", "status"] == "failed"
+    assert df.set_index("run_id").loc["pending0", "status"] == "pending"
+    assert math.isnan(df.set_index("run_id").loc["pending0", "best_test_acc"])
+    assert df.loc[df["label"] == "Scratch Pruning", "scratch"].all() and not df.loc[df["label"] != "Scratch Pruning",
+                                                                                    "scratch"].any()
+    summary = json.loads((study / "runs" / ok["run_id"].iloc[3] / "summary.json").read_text())
+    assert ok["mean_stability"].iloc[3] == pytest.approx(summary["mean_stability"])
+    assert (df.loc[df["label"] == "No Pruning", "mean_stability"] == 100).all()
+
+
+def test_long_tables_prepend_run_columns(tmp_path):
+    study = make_study(tmp_path / "s", "figure6", probes=True)
+    runs = load_study(study)
+    epochs, events = load_epochs(study), load_events(study, runs)
+    curv, eps = load_curvature(study, runs), load_eps(study)
+    assert list(epochs.columns[:4]) == ["run_id", "setting", "label", "seed"]
+    assert len(epochs) == len(FIG2) * 4 * EPOCHS  # the failed run's metrics.csv is empty, pending has none
+    assert set(METRIC_COLUMNS) <= set(epochs.columns) and set(EVENT_COLUMNS) <= set(events.columns)
+    assert len(curv) == len(FIG2) * 4 * 2 and "eig_sum" in curv and (curv["probe_seed"] == 7).all()
+    assert len(eps) == len(FIG2) * 4 * 4 * 9
+    assert load_curvature(make_study(tmp_path / "t", "figure2")).empty
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+X = np.array([98.1, 99.0, 97.2, 99.6, 96.4, 98.8, 97.9, 99.3, 96.9, 98.4])
+Y = np.array([85.6, 85.1, 85.9, 84.8, 86.3, 85.0, 85.4, 85.2, 85.7, 85.5])
+
+
+def test_mean_ci_is_the_t_interval():
+    ci = stats.mean_ci(X)
+    low, high = sps.t.interval(0.95, len(X) - 1, loc=X.mean(), scale=sps.sem(X))
+    assert ci["n"] == 10 and ci["mean"] == pytest.approx(X.mean()) and ci["std"] == pytest.approx(X.std(ddof=1))
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((low, high))
+    one = stats.mean_ci([3.0])
+    assert one["mean"] == 3.0 and math.isnan(one["ci_low"]) and math.isnan(one["std"])
+    assert stats.mean_ci([np.nan, 2.0, 4.0])["n"] == 2 and stats.mean_ci([])["n"] == 0
+
+
+def test_correlation_matches_scipy(monkeypatch):
+    monkeypatch.setattr(stats, "BOOTSTRAP_RESAMPLES", 400)
+    c = stats.correlation(X, Y)
+    pr, kt = sps.pearsonr(X, Y), sps.kendalltau(X, Y)
+    ci = pr.confidence_interval()
+    assert c["n"] == 10
+    assert (c["pearson_r"], c["pearson_p"]) == pytest.approx((pr.statistic, pr.pvalue))
+    assert (c["pearson_ci_low"], c["pearson_ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert (c["kendall_tau"], c["kendall_p"]) == pytest.approx((kt.statistic, kt.pvalue))
+    boot = sps.bootstrap((X, Y), lambda a, b: sps.kendalltau(a, b).statistic, paired=True, vectorized=False,
+                         n_resamples=stats.BOOTSTRAP_RESAMPLES, rng=np.random.default_rng(stats.BOOTSTRAP_SEED))
+    assert (c["kendall_ci_low"], c["kendall_ci_high"]) == pytest.approx(
+        (boot.confidence_interval.low, boot.confidence_interval.high))
+    assert -1 <= c["kendall_ci_low"] <= c["kendall_tau"] <= c["kendall_ci_high"] <= 1
+
+
+@pytest.mark.parametrize("x,y", [([1.0, 2.0], [3.0, 4.0]), ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]), ([], [])])
+def test_correlation_degenerate_gives_nan(x, y):
+    c = stats.correlation(x, y)
+    assert c["n"] == len(x) and all(math.isnan(v) for k, v in c.items() if k != "n")
+
+
+def test_ttest_matches_scipy_student():
+    t = stats.ttest(X, Y)
+    ref = sps.ttest_ind(X, Y, equal_var=True)
+    assert (t["t"], t["p"], t["df"]) == pytest.approx((ref.statistic, ref.pvalue, 18))
+    assert (t["mean_a"], t["mean_b"]) == pytest.approx((X.mean(), Y.mean()))
+    assert math.isnan(stats.ttest([1.0], [2.0])["p"])
+
+
+def test_group_table():
+    df = pd.DataFrame({"label": ["a"] * 10 + ["b"], "v": [*X, 5.0]})
+    table = stats.group_table(df, "label", ["v"])
+    assert list(table["label"]) == ["a", "b"] and list(table["n"]) == [10, 1]
+    assert table.loc[0, "v_ci_low"] == pytest.approx(stats.mean_ci(X)["ci_low"])
+    assert math.isnan(table.loc[1, "v_ci_low"]) and table.loc[1, "v_mean"] == 5.0
+
+
+def test_verdicts():
+    assert corr_verdict(-0.8, 0.001, -1) == "supported"
+    assert corr_verdict(-0.2, 0.4, -1) == "consistent but not significant"
+    assert corr_verdict(0.0, 0.9, -1) == "not supported" and corr_verdict(0.5, 0.01, -1) == "not supported"
+    assert corr_verdict(math.nan, math.nan, -1) == "not testable"
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+def _pngs(report_dir):
+    return sorted(p.name for p in report_dir.glob("*.png"))
+
+
+def test_report_figure2_supported(tmp_path, monkeypatch):
+    monkeypatch.setattr(figures, "FORMATS", ("png", "pdf"))
+    md = write_report(make_study(tmp_path / "s", "figure2", slope=0.8))
+    text, out = md.read_text(), md.parent
+    assert md.name == "report.md" and "synthetic_figure2" in text
+    for name in ("runs.csv", "epochs.csv", "events.csv", "dynamics.png", "dynamics.pdf", "stability_accuracy.png"):
+        assert (out / name).exists(), name
+    assert not (out / "curvature.csv").exists()
+    assert "**Tradeoff**" in text and "verdict: **supported**" in text
+    assert "n = 12 runs" in text  # Prune_S 1%, Prune_S 13%, Prune_L 13% x 4 seeds (no Prune_R, scratch, baseline)
+    assert "**Generalization gap**" in text and "1 failed" in text and "failed0" in text and "loss diverged" in text
+    assert "![" in text and "(dynamics.png)" in text
+    assert len(pd.read_csv(out / "runs.csv")) == len(FIG2) * 4 + 2
+
+
+def test_report_figure2_not_supported_when_positive(tmp_path, no_draw):
+    text = write_report(make_study(tmp_path / "s", "figure2", slope=-0.8)).read_text()
+    tradeoff = next(line for line in text.splitlines() if "**Tradeoff**" in line)
+    assert "verdict: **not supported**" in tradeoff
+
+
+def test_report_figure5_noise(tmp_path):
+    md = write_report(make_study(tmp_path / "s", "figure5", settings=FIG5))
+    text = md.read_text()
+    assert {"dynamics_zero.png", "dynamics_gaussian.png"} <= set(_pngs(md.parent))
+    noise = [line for line in text.splitlines() if "**Noise**" in line]
+    assert len(noise) == 4 and all("verdict: **supported**" in line for line in noise)
+    assert "Zeroing 50" in text and "n = 4 vs 4 runs" in text
+
+
+def test_report_figure6_flatness(tmp_path):
+    md = write_report(make_study(tmp_path / "s", "figure6", probes=True))
+    text, pngs = md.read_text(), set(_pngs(md.parent))
+    assert {"stability_eig_sum.png", "eig_sum_accuracy.png", "stability_grad_moment_trace.png",
+            "E1_eigenvalues.png", "E2_spectrum.png", "E4_eps.png"} <= pngs
+    assert (md.parent / "curvature.csv").exists()
+    flat = next(line for line in text.splitlines() if "**Flatness**" in line)
+    assert "verdict: **supported**" in flat and "n = 24 runs" in flat
+
+
+@pytest.mark.parametrize("kind", ["figure3", "figure4", "figureD2", "figureC3", "tableC1", "tableF1", "generic"])
+def test_report_other_kinds(tmp_path, kind, request):
+    request.getfixturevalue("no_draw")  # the figures are built, not rendered
+    settings = {"figureD2": [*FIG5[:2], ("FD2_0", "Zeroing 89", "largest", "zero_restore", 4.0, False)],
+                "tableF1": [FIG2[0], ("TF1_1", "Prune_L 15%", "largest", "none", 4.0, False),
+                            ("TF1_2", "Prune_S 15%", "smallest", "none", 0.5, False),
+                            ("TF1_3", "Scratch 15%", "largest", "none", 0.0, True)],
+                "figure3": FIG3}.get(kind, FIG2)
+    archs = ("resnet18", "resnet20") if kind == "figure4" else ("vgg11_bn",)
+    md = write_report(make_study(tmp_path / kind, kind, settings=settings, seeds=2, archs=archs, failed=False))
+    text = md.read_text()
+    assert "verdict:" in text and "## Runs per label" in text and _pngs(md.parent)
+    if kind == "tableF1":
+        assert "Prune_L vs Prune_S" in text and "Prune_L vs Scratch" in text
+    if kind == "figure4":
+        assert {"stability_accuracy_resnet18.png", "stability_gap_resnet20.png"} <= set(_pngs(md.parent))
+    if kind == "figure3":
+        assert "figure3.png" in _pngs(md.parent)
+
+
+def test_report_single_seed_and_missing_study_yaml(tmp_path, no_draw):
+    study = make_study(tmp_path / "s", "figure2", seeds=1, failed=False)
+    (study / "study.yaml").unlink()
+    text = write_report(study).read_text()
+    assert "`generic`" in text and "n/a" in text  # single seed: no CI
+
+
+def test_report_labels_name_varying_grid_points(tmp_path, no_draw):
+    study = make_study(tmp_path / "s", "figure2", seeds=2, failed=False)
+    index = pd.read_csv(study / "index.csv")
+    index.insert(11, "optim.lr", np.where(index["seed"] == 0, 0.001, 0.0003))
+    index.to_csv(study / "index.csv", index=False)
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    (study / "study.yaml").write_text(yaml.safe_dump({**spec, "grid": {"optim.lr": [0.001, 0.0003]}}))
+    text = write_report(study).read_text()
+    assert "| Prune_L 13% (optim.lr=0.001) | 1 |" in text and "| Prune_L 13% (optim.lr=0.0003) | 1 |" in text
+    assert "optim.lr" in pd.read_csv(study / "report" / "runs.csv")

@@ -1,0 +1,123 @@
+"""Flatness in a run and on a saved checkpoint: values against the dense Hessian, masks, seeds, bad input."""
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gstlab import config as C
+from gstlab.cli import main
+from gstlab.flatness import delta_w, eps_grid, measure
+from gstlab.models.units import units_from_names
+from gstlab.pruning.masks import UnitMasks
+from gstlab.runner import execute
+from test_runner import TINY
+
+PROBES = {"top_k": 4, "samples": 48, "grad_moment": True, "eps_directions": 2, "eps_max": 0.2, "eps_step": 0.05,
+          "trace_samples": 8}
+
+
+def tiny_pruned_mlp():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    masks = UnitMasks(net, units_from_names(net, ["0"]))
+    masks.prune("0", torch.tensor([1, 4]))
+    x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
+    return net, masks, x, y
+
+
+def dense_surviving_hessian(net, masks, x, y) -> torch.Tensor:
+    params = list(net.parameters())
+    shapes = [p.shape for p in params]
+    flat = torch.cat([p.detach().flatten() for p in params])
+
+    def loss(theta):
+        chunks, i = [], 0
+        for s in shapes:
+            chunks.append(theta[i:i + s.numel()].view(s))
+            i += s.numel()
+        out = torch.func.functional_call(net, dict(zip([n for n, _ in net.named_parameters()], chunks)), (x,))
+        return F.cross_entropy(out, y)
+
+    h = torch.autograd.functional.hessian(loss, flat)
+    keep = torch.cat([masks.param_masks().get(n, torch.ones_like(p, dtype=torch.bool)).flatten()
+                      for n, p in net.named_parameters()])
+    return h[keep][:, keep]
+
+
+def test_measure_matches_the_dense_hessian_of_the_surviving_parameters():
+    net, masks, x, y = tiny_pruned_mlp()
+    cfg = C.ProbeConfig(top_k=3, samples=30, trace_samples=0, eps_directions=0)
+    row, eps_rows = measure(net, masks, x, y, cfg, seed=0, eval_batch_size=16)
+    exact = torch.linalg.eigvalsh(dense_surviving_hessian(net, masks, x, y).double()).flip(0)[:3]
+    got = torch.tensor([float(v) for v in row["eigenvalues"].split()], dtype=torch.float64)
+    assert torch.allclose(got, exact, rtol=1e-4, atol=1e-6)
+    assert row["eig_sum"] == pytest.approx(float(exact.sum()), rel=1e-4)
+    assert row["n_hvp"] > 0 and eps_rows == []
+    grads = [torch.autograd.grad(F.cross_entropy(net(x[i:i + 1]), y[i:i + 1]), list(net.parameters()))
+             for i in range(len(x))]
+    keep = [masks.param_masks().get(n, torch.ones_like(p, dtype=torch.bool)) for n, p in net.named_parameters()]
+    moment = sum(sum(float((g[k] ** 2).sum()) for g, k in zip(gs, keep)) for gs in grads) / len(x)
+    assert row["grad_moment_trace"] == pytest.approx(moment, rel=1e-5)  # surviving entries only
+    assert row["tic"] == pytest.approx(row["grad_moment_trace"] / row["eig_sum"], rel=1e-12)
+
+
+def test_same_seed_same_row_and_eps_sweep_restores_the_model():
+    net, masks, x, y = tiny_pruned_mlp()
+    before = [p.detach().clone() for p in net.parameters()]
+    cfg = C.ProbeConfig(top_k=2, samples=30, trace_samples=4, eps_directions=2, eps_max=0.1, eps_step=0.05)
+    a, eps_a = measure(net, masks, x, y, cfg, seed=3)
+    b, eps_b = measure(net, masks, x, y, cfg, seed=3)
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b and eps_a == eps_b
+    assert all(torch.equal(p, q) for p, q in zip(before, net.parameters()))
+    assert len(eps_a) == 2 * 5 and {r["eps"] for r in eps_a} == set(eps_grid(0.1, 0.05))
+
+
+def test_delta_w_is_the_smallest_eps_with_worst_case_increase_of_point_one():
+    rows = [{"eps": e, "loss": 1.0 + inc} for e, inc in [(-0.1, 0.05), (0.1, 0.02), (-0.2, 0.08), (0.2, 0.12),
+                                                         (0.3, 0.3)]]
+    assert delta_w(rows, base_loss=1.0) == 0.2
+    assert delta_w(rows[:3], base_loss=1.0) != delta_w(rows[:3], base_loss=1.0)  # NaN: never reached
+
+
+def probing_config(tmp_path):
+    data = C.to_dict(C.parse(TINY, ["train.epochs=4", "pruning.layers.0.end=3", "pruning.layers.1.end=3"]))
+    data["probes"] = {**PROBES, "epochs": [1], "at_end": True}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(C.dump_yaml(C.parse(data)))
+    return path
+
+
+def test_run_writes_curvature_rows_at_scheduled_epochs_and_cli_measures_the_checkpoint(tmp_path, capsys):
+    cfg_path = probing_config(tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    rows = list(csv.DictReader((out / "curvature.csv").open()))
+    assert [(r["epoch"], r["trigger"]) for r in rows] == [("1", "epoch"), ("3", "end")]
+    assert all(int(r["n_hvp"]) > 0 and len(r["eigenvalues"].split()) == 4 for r in rows)
+    eps = list(csv.DictReader((out / "eps_sweep.csv").open()))
+    assert len(eps) == 2 * 2 * 9  # 2 probes x 2 directions x 9 eps values
+    assert main(["flatness", str(out), "--top-k", "4", "--no-progress"]) == 0
+    again = list(csv.DictReader((out / "flatness.csv").open()))[0]
+    # the CLI on the final model reproduces the in-run measurement at the end (same seed, same probe set)
+    for key in ("eig_sum", "grad_moment_trace", "delta_w", "n_hvp"):
+        assert float(again[key]) == pytest.approx(float(rows[-1][key]), rel=1e-6, nan_ok=True)
+
+
+def test_flatness_bad_input_exits_2(tmp_path, capsys):
+    cfg_path = probing_config(tmp_path)
+    out = tmp_path / "run"
+    execute(C.parse(C.load_yaml(cfg_path)), out)
+    assert main(["flatness", str(out), "--top-k", "100000"]) == 2
+    assert "probes.top_k" in capsys.readouterr().err
+    assert main(["flatness", str(out), "--epoch", "2"]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(2)}, out / "model_final.pt")
+    assert main(["flatness", str(out)]) == 2
+    assert "not a gstlab" in capsys.readouterr().err
+    (out / "model_final.pt").write_bytes(b"not a checkpoint")
+    assert main(["flatness", str(out)]) == 2
+    assert main(["flatness", str(tmp_path / "run"), "--samples", "0"]) == 2

@@ -1,0 +1,177 @@
+"""Studies: grid expansion and frozen ids, bad input before any run, skip/resume after a killed sweep, two
+studies sharing a store, a crashing run fails alone, and the Ray executor on a local Ray instance."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gstlab import config as C
+from gstlab.cli import main
+from gstlab.runner import execute
+from gstlab.study import expand, grid_points, study_from_dict
+from test_runner import TINY
+
+SMALL = C.to_dict(C.parse(TINY, ["train.epochs=4", "pruning.layers.0.end=3", "pruning.layers.1.end=3"]))
+
+
+def study(**extra) -> dict:
+    return {"name": "t", "seeds": 2, "settings": [{"inline": SMALL, "label": "L"},
+                                                 {"inline": SMALL, "label": "S", "set": {"pruning.side": "smallest"}}],
+            **extra}
+
+
+def write_study(tmp_path: Path, data: dict, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def index(study_dir: Path) -> list[dict]:
+    with open(study_dir / "index.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def results(run_dir: Path) -> tuple:
+    """What must not depend on how the run was executed (no timings)."""
+    metrics = [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return metrics, (run_dir / "events.csv").read_text(), summary
+
+
+@pytest.fixture
+def one_thread():
+    """References run with the workers' thread count: float reductions depend on it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def reference_run(run, out: Path) -> Path:
+    execute(C.replace(run.cfg, train=C.replace(run.cfg.train, threads=1)), out)
+    return out
+
+
+def test_grid_expansion_and_run_ids_are_stable():
+    s = study_from_dict(study(grid={"optim.lr": [0.01, 0.001], "pruning.period": [1, 2]}))
+    assert grid_points(s.grid)[:2] == [{"optim.lr": 0.01, "pruning.period": 1}, {"optim.lr": 0.01,
+                                                                               "pruning.period": 2}]
+    runs = expand(s)
+    assert len(runs) == 2 * 4 * 2
+    assert [r.run_id for r in runs[:3]] == ["25be0f38f72c", "207b0c399208", "f1cfe3605004"]
+    assert [r.run_id for r in expand(s)] == [r.run_id for r in runs]  # expansion is deterministic
+    assert {(r.label, r.seed) for r in runs} == {(lab, seed) for lab in "LS" for seed in (0, 1)}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"grid": {"pruning.perod": [1, 2]}}, "pruning.perod: unknown key"),
+    ({"grid": {"pruning.period": []}}, "grid.pruning.period: expected a non-empty list"),
+    ({"grid": {}}, "grid: expected a non-empty mapping"),
+    ({"seeds": 0}, "seeds: expected a positive int"),
+    ({"figure": "figure9"}, "figure: unknown figure 'figure9'"),
+    ({"setings": []}, "study: unknown key(s) ['setings']"),
+])
+def test_bad_study_is_refused_before_any_run(tmp_path, capsys, extra, message):
+    out = tmp_path / "s"
+    assert main(["sweep", str(write_study(tmp_path, study(**extra))), "--out", str(out), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unreachable_ray_address_is_refused_before_any_run(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["sweep", str(write_study(tmp_path, study())), "--out", str(out), "--executor", "ray",
+            "--address", "127.0.0.1:9", "--no-progress"]
+    assert main(args) == 2
+    assert "cannot reach a Ray cluster" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def sweep_cmd(study_file: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gstlab.cli", "sweep", str(study_file), "--out", str(out), "--no-progress",
+            "--threads-per-worker", "1", *extra]
+
+
+def test_killed_sweep_resumes_and_skips_finished_runs(tmp_path, one_thread):
+    data = study(seeds=1, set={"train.epochs": 8, "data.synthetic_train": 2048, "pruning.layers.0.end": 7})
+    study_file, out = write_study(tmp_path, data), tmp_path / "s"
+    proc = subprocess.Popen(sweep_cmd(study_file, out), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _second_run_started(out):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker die together, as on a lost machine
+    proc.wait()
+    statuses = [r["status"] for r in index(out)]
+    assert statuses == ["pending", "pending"]  # the index is rewritten at the end only
+    first, second = (Path(r["run_dir"]) for r in index(out))
+    assert (first / "summary.json").exists() and not (second / "summary.json").exists()
+    finished_at = (first / "summary.json").stat().st_mtime_ns
+    assert subprocess.run(sweep_cmd(study_file, out), capture_output=True).returncode == 0
+    assert [r["status"] for r in index(out)] == ["finished", "finished"]
+    assert (first / "summary.json").stat().st_mtime_ns == finished_at  # skipped, not re-run
+    for run in expand(study_from_dict(data)):
+        assert results(out / "runs" / run.run_id) == results(reference_run(run, tmp_path / "ref" / run.run_id))
+
+
+def _second_run_started(out: Path) -> bool:
+    try:
+        rows = index(out)
+    except (FileNotFoundError, csv.Error):
+        return False
+    if len(rows) < 2:
+        return False
+    try:
+        return sum(1 for _ in open(Path(rows[1]["run_dir"]) / "metrics.csv")) >= 3
+    except FileNotFoundError:
+        return False
+
+
+def test_two_studies_sharing_a_store_do_not_corrupt_each_other(tmp_path, one_thread):
+    a = write_study(tmp_path, study(seeds=[0, 1]), "a.yaml")
+    b = write_study(tmp_path, study(seeds=[1, 2]), "b.yaml")
+    store = tmp_path / "store"
+    procs = [subprocess.Popen(sweep_cmd(f, tmp_path / f.stem, "--store", str(store)), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for f in (a, b)]
+    assert [p.wait() for p in procs] == [0, 0]
+    shared = {r["run_id"] for r in index(tmp_path / "a")} & {r["run_id"] for r in index(tmp_path / "b")}
+    assert len(shared) == 2 and len([d for d in (store / "runs").iterdir() if d.is_dir()]) == 6
+    for run in expand(study_from_dict(study(seeds=[1]))):
+        assert results(store / "runs" / run.run_id) == results(reference_run(run, tmp_path / "ref" / run.run_id))
+
+
+def test_a_crashing_run_fails_alone_and_is_reported(tmp_path, capsys):
+    data = study(seeds=1)
+    broken = {**SMALL, "data": {"name": "fashion_mnist", "root": str(tmp_path / "nowhere")}}
+    data["settings"].append({"inline": broken, "label": "broken"})
+    out = tmp_path / "s"
+    assert main(["sweep", str(write_study(tmp_path, data)), "--out", str(out), "--workers", "2",
+                 "--threads-per-worker", "1", "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert "1 failed" in printed and "Fashion-MNIST not found" in printed
+    assert [r["status"] for r in index(out)] == ["finished", "finished", "pending"]
+
+
+@pytest.mark.ray
+def test_ray_executor_lands_the_same_results_as_local(tmp_path):
+    data = study(seeds=1)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    ray = pytest.importorskip("ray")
+    common = ["--threads-per-worker", "1", "--no-progress"]
+    assert main(["sweep", str(write_study(tmp_path, data)), "--out", str(local), *common]) == 0
+    try:
+        assert main(["sweep", str(write_study(tmp_path, data)), "--out", str(remote), "--executor", "ray",
+                     *common]) == 0
+    finally:
+        ray.shutdown()
+    assert [r["status"] for r in index(remote)] == ["finished", "finished"]
+    for row in index(local):
+        assert results(Path(row["run_dir"])) == results(remote / "runs" / row["run_id"])
