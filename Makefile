@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup data demo test test-all lint bench clean
+.PHONY: setup data demo test test-all lint bench bench-gpu clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/bench_lanczos.py
+
+bench-gpu: setup
+	$(PY) benchmarks/bench_throughput.py --device cuda
 
 clean:
 	rm -rf $(VENV) .pytest_cache

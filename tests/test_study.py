@@ -175,3 +175,33 @@ def test_ray_executor_lands_the_same_results_as_local(tmp_path):
     assert [r["status"] for r in index(remote)] == ["finished", "finished"]
     for row in index(local):
         assert results(Path(row["run_dir"])) == results(remote / "runs" / row["run_id"])
+
+
+def test_every_study_preset_expands_at_every_scale(capsys):
+    from gstlab.experiments.studies import STUDIES, study_dict
+
+    for name in STUDIES:
+        for scale in ("smoke", "cpu", "paper"):
+            runs = expand(study_from_dict(study_dict(name, scale)))
+            assert runs and all(r.cfg.name.endswith(f"@{scale}") for r in runs)
+    assert main(["presets", "--studies"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in STUDIES)
+
+
+def test_sweep_set_overrides_every_run_and_is_validated(tmp_path, capsys):
+    assert main(["sweep", "--study", "fig5", "--scale", "smoke", "--set", "model.width=0.25", "--dry-run"]) == 0
+    assert main(["sweep", "--study", "fig5", "--scale", "smoke", "--set", "model.widht=1", "--dry-run"]) == 2
+    assert "model.widht: unknown key" in capsys.readouterr().err
+
+
+def test_runs_are_packed_onto_gpus():
+    from gstlab.executors import Resources, _slot_env, ray_options
+
+    res = Resources(workers=6, threads=2, runs_per_gpu=3, gpus=2)
+    assert [_slot_env(slot, res)["CUDA_VISIBLE_DEVICES"] for slot in range(6)] == ["0", "0", "0", "1", "1", "1"]
+    assert _slot_env(0, res)["OMP_NUM_THREADS"] == "2"
+    assert ray_options(res) == {"num_cpus": 2, "num_gpus": 1 / 3, "max_retries": 0}
+    assert "CUDA_VISIBLE_DEVICES" not in _slot_env(0, Resources(workers=2, gpus=0)) or os.environ.get(
+        "CUDA_VISIBLE_DEVICES") is not None
+    assert ray_options(Resources(threads=1))["num_gpus"] == 0

@@ -63,11 +63,31 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.show:
         print(C.dump_yaml(C.parse(preset_config(args.show, args.scale))), end="")
         return EXIT_OK
+    if args.studies:
+        return _list_studies()
     print(f"{'preset':12s} {'figure':10s} {'label':20s} {'arch':9s} epochs (smoke/cpu/paper)")
     for name, p in PRESETS.items():
         epochs = "/".join(str(preset_config(name, s)["train"]["epochs"]) for s in ("smoke", "cpu", "paper"))
         print(f"{name:12s} {p.figure:10s} {p.label:20s} {p.paper['model']['arch']:9s} {epochs}")
     print("\nshow one: gst presets --show NAME --scale cpu;   run one: gst run --preset NAME --scale cpu")
+    return EXIT_OK
+
+
+def _list_studies() -> int:
+    from gstlab.experiments.presets import preset_config  # noqa: PLC0415
+    from gstlab.experiments.studies import STUDIES, estimate_minutes, study_dict  # noqa: PLC0415
+    from gstlab.study import expand, study_from_dict  # noqa: PLC0415
+
+    print(f"{'study':13s} {'figure':9s} {'runs smoke/cpu/paper':>21s} {'est. CPU min (smoke/cpu)':>25s}  "
+          f"paper training epochs")
+    for name, spec in STUDIES.items():
+        runs = [len(expand(study_from_dict(study_dict(name, s)))) for s in ("smoke", "cpu", "paper")]
+        epochs = sum(preset_config(p, "paper")["train"]["epochs"] for p in spec["settings"])
+        minutes = "/".join(f"{estimate_minutes(name, s):.0f}" for s in ("smoke", "cpu"))
+        print(f"{name:13s} {spec['figure']:9s} {'/'.join(map(str, runs)):>21s} {minutes:>25s}  "
+              f"{epochs * spec['seeds']['paper']:,}")
+    print("\nCPU minutes: one worker on the reference 2-core CPU (docs/studies.md); paper scale wants GPUs "
+          "(PAPER_SPEC §13).\nrun one: gst sweep --study NAME --scale cpu;   see its runs: add --dry-run")
     return EXIT_OK
 
 
@@ -89,9 +109,22 @@ def _study_from_args(args: argparse.Namespace):
     if bool(args.study_file) == bool(args.study):
         raise UsageError("give exactly one of STUDY_FILE or --study NAME")
     if args.study_file:
-        return load_study(args.study_file, seeds=args.seeds)
-    raw = study_dict(args.study, args.scale)
-    return study_from_dict(raw, seeds=args.seeds), raw
+        study, raw = load_study(args.study_file, seeds=args.seeds)
+        base = Path(args.study_file).parent
+    else:
+        raw, base = study_dict(args.study, args.scale), Path(".")
+    if args.set:
+        raw = {**raw, "set": {**(raw.get("set") or {}), **dict(_key_value(a) for a in args.set)}}
+    return study_from_dict(raw, base, seeds=args.seeds), raw
+
+
+def _key_value(assignment: str) -> tuple[str, object]:
+    import yaml  # noqa: PLC0415
+
+    if "=" not in assignment:
+        raise UsageError(f"--set {assignment!r}: expected dotted.key=value")
+    key, value = assignment.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -109,8 +142,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  {r.run_id}  {r.setting:12s} {r.label:22s} seed {r.seed}  {r.grid or ''}{same}")
         return EXIT_OK
     gpus = detect_gpus() if args.executor == "local" else int(args.gpus)
-    res = Resources(workers=args.workers, threads=args.threads_per_worker, runs_per_gpu=args.runs_per_gpu,
-                    gpus=gpus)
+    workers = args.workers or (gpus * args.runs_per_gpu if gpus else 1)
+    res = Resources(workers=workers, threads=args.threads_per_worker, runs_per_gpu=args.runs_per_gpu, gpus=gpus)
     outcomes = sweep(study, raw, out, args.executor, res, address=args.address,
                      store_dir=Path(args.store) if args.store else None, progress=not args.no_progress)
     failed = [o for o in outcomes if o.status != "finished"]
@@ -188,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "label and epochs per scale, or print one as YAML.")
     presets.add_argument("--show", metavar="NAME", help="print the resolved config of preset NAME")
     presets.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"))
+    presets.add_argument("--studies", action="store_true",
+                         help="list the study presets (one per figure/table) with run counts and estimated cost")
     presets.set_defaults(func=cmd_presets)
 
     demo = sub.add_parser("demo", help="No Pruning vs Prune_S vs Prune_L on Fashion-MNIST (minutes on a CPU)",
@@ -210,10 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"),
                        help="scale of a study preset (default: cpu)")
     sweep.add_argument("--seeds", type=int, metavar="N", help="use seeds 0..N-1 instead of the study's")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field in every run, e.g. --set model.width=0.25 (repeatable)")
     sweep.add_argument("--out", metavar="DIR", help="study directory (default: studies/<name>-<scale>)")
     sweep.add_argument("--store", metavar="DIR", help="keep run directories in DIR/runs (share runs between studies)")
     sweep.add_argument("--executor", default="local", choices=("local", "ray"))
-    sweep.add_argument("--workers", type=int, default=1, metavar="N", help="local: runs at a time (default 1)")
+    sweep.add_argument("--workers", type=int, metavar="N",
+                       help="local: runs at a time (default: GPUs x runs-per-gpu with CUDA, else 1)")
     sweep.add_argument("--threads-per-worker", type=int, default=max(1, (os.cpu_count() or 1)), metavar="T",
                        help="CPU threads per run (default: all cores; use cores/workers)")
     sweep.add_argument("--runs-per-gpu", type=int, default=1, metavar="R",

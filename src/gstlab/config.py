@@ -168,6 +168,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 errors.append(err)
         raise ConfigError(f"{path}: expected {_allowed(tp)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(tp)):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in typing.get_args(tp):
             raise ConfigError(f"{path}: expected {_allowed(tp)}, got {value!r}")
         return value

@@ -199,7 +199,8 @@ def lanczos(op: LinearOperator, k: int, generator: torch.Generator, max_iter: in
     (beta ~ 0: the basis spans an invariant subspace, e.g. an exactly repeated eigenvalue) it restarts from a fresh
     random vector orthogonal to the basis, so missing multiplicities can still be found; the convergence test is
     skipped on such steps. Returns (eigenvalues [k] descending, eigenvectors [dim, k]), both float64; ``info`` (if
-    given) receives iterations, converged and the Ritz residuals.
+    given) receives iterations, converged, the Ritz residuals and ``ritz_history`` (top-k Ritz values after each
+    step m >= k, to measure convergence without re-running).
     """
     dim = op.dim
     _check_k(k, dim)
@@ -220,6 +221,8 @@ def lanczos(op: LinearOperator, k: int, generator: torch.Generator, max_iter: in
         anorm = max(anorm, abs(alpha) + beta + (betas[-1] if betas else 0.0))
         m = j + 1
         theta, s = _ritz(alphas, betas)
+        if info is not None and m >= k:
+            info.setdefault("ritz_history", []).append(theta[:k].tolist())  # top-k Ritz values after m steps
         exhausted = beta <= 1e3 * _EPS64 * max(anorm, 1e-300)
         if m == m_max:
             break

@@ -161,11 +161,15 @@ def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> str:
     return str(execute(cfg, Path(run_dir), progress=False).get("status", "failed"))
 
 
+def ray_options(res: Resources) -> dict:
+    """Per-run Ray resource request: ``threads`` CPUs and, with GPUs, a 1/runs_per_gpu share of one."""
+    return {"num_cpus": res.threads, "num_gpus": 1.0 / res.runs_per_gpu if res.gpus else 0, "max_retries": 0}
+
+
 def run_ray(runs: list[StudyRun], store_dir: Path, res: Resources, address: str | None,
             progress: bool = True) -> list[Outcome]:
     ray = connect_ray(address, res.threads)
-    gpu_share = 1.0 / res.runs_per_gpu if res.gpus else 0
-    task = ray.remote(_ray_task).options(num_cpus=res.threads, num_gpus=gpu_share, max_retries=0)
+    task = ray.remote(_ray_task).options(**ray_options(res))
     refs = {task.remote(C.to_dict(r.cfg), str((store_dir / "runs" / r.run_id).resolve()), res.threads): r
             for r in runs}
     outcomes: list[Outcome] = []

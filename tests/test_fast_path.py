@@ -1,0 +1,87 @@
+"""The GPU fast path (channels_last, bf16 autocast, tensor-resident batches) changes speed, not results: on a
+CPU-sized problem it makes the same pruning decisions with the same accuracies (to numerical tolerance) as the
+plain path, and gstlab's training epoch equals a plain PyTorch DataLoader loop over the same batch order."""
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from gstlab import config as C
+from gstlab.data import load_data
+from gstlab.models import build_model
+from gstlab.runner import execute, prepare
+from gstlab.seeding import derive_seed, generator
+from gstlab.store import load_checkpoint
+
+CONV = {
+    "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_train": 384, "synthetic_test": 256},
+    "model": {"arch": "vgg11_bn", "width": 0.0625},
+    "optim": {"name": "adam", "lr": 2e-3},
+    "train": {"epochs": 4, "batch_size": 64, "eval_batch_size": 128, "progress": False, "threads": 1},
+    "pruning": {"criterion": "l2", "side": "largest", "period": 1,
+                "layers": [{"name": "conv6", "fraction": 0.5, "start": 1, "end": 3},
+                           {"name": "conv8", "fraction": 0.75, "start": 1, "end": 3}]},
+    "seed": 2,
+}
+
+
+def run(tmp_path, name, *overrides):
+    out = tmp_path / name
+    summary = execute(C.parse(CONV, list(overrides)), out)
+    masks = {k: v for k, v in load_checkpoint(out / "model_final.pt")["model"].items() if k.endswith("unit_mask")}
+    with open(out / "metrics.csv") as f:
+        metrics = list(csv.DictReader(f))
+    return summary, masks, metrics, json.loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_channels_last_gives_the_same_decisions_and_accuracies(tmp_path):
+    plain = run(tmp_path, "plain", "train.channels_last=off")
+    fast = run(tmp_path, "fast", "train.channels_last=on")
+    assert fast[3]["speed"]["channels_last"] and not plain[3]["speed"]["channels_last"]
+    assert all(torch.equal(plain[1][k], fast[1][k]) for k in plain[1])  # the same units were pruned
+    for a, b in zip(plain[2], fast[2]):
+        assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=1.0)
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
+
+
+def test_bf16_autocast_keeps_pruning_decisions_and_accuracy_close(tmp_path):
+    plain = run(tmp_path, "plain", "train.precision=fp32")
+    fast = run(tmp_path, "bf16", "train.precision=bf16", "train.channels_last=on")
+    assert fast[3]["speed"]["precision"] == "bf16"
+    agree = sum(int((plain[1][k] == fast[1][k]).sum()) for k in plain[1])
+    total = sum(v.numel() for v in plain[1].values())
+    assert agree / total >= 0.9  # bf16 rounding may flip near-tied L2 norms, not the bulk of the selection
+    assert abs(plain[0]["best_test_acc"] - fast[0]["best_test_acc"]) <= 5.0
+
+
+def test_gstlab_epoch_equals_a_plain_dataloader_loop():
+    cfg = C.parse(CONV, ["pruning.layers=[]", "train.epochs=1"])
+    torch.set_num_threads(cfg.train.threads)  # the same thread count as the run: reductions depend on it
+    data = load_data(cfg.data, seed=derive_seed(cfg.seed, "data"))
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    order = torch.randperm(len(data.x_train), generator=generator(cfg.seed, "order"))
+    loader = DataLoader(TensorDataset(data.x_train[order], data.y_train[order]), batch_size=64, shuffle=False)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for xb, yb in loader:
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    run_ = prepare(cfg, None)
+    assert all(torch.equal(reference[k], v) for k, v in run_.model.state_dict().items() if k in reference)
+    run_.trainer.train_epoch()
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v.float(), run_.model.state_dict()[k].float(), rtol=1e-5, atol=1e-6), k
