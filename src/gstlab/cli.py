@@ -86,8 +86,9 @@ def _list_studies() -> int:
         minutes = "/".join(f"{estimate_minutes(name, s):.0f}" for s in ("smoke", "cpu"))
         print(f"{name:13s} {spec['figure']:9s} {'/'.join(map(str, runs)):>21s} {minutes:>25s}  "
               f"{epochs * spec['seeds']['paper']:,}")
-    print("\nCPU minutes: one worker on the reference 2-core CPU (docs/studies.md); paper scale wants GPUs "
-          "(PAPER_SPEC §13).\nrun one: gst sweep --study NAME --scale cpu;   see its runs: add --dry-run")
+    print("\nCPU minutes: the reference 2-core CPU running --workers 2 --threads-per-worker 1 (measured rates in "
+          "gstlab/experiments/studies.py); paper scale wants GPUs (PAPER_SPEC §13).\n"
+          "run one: gst sweep --study NAME --scale cpu;   see its runs: add --dry-run")
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ took them from.
 from __future__ import annotations
 
 from gstlab.config import ConfigError
-from gstlab.experiments.presets import PRESETS, SCALES, preset_config
+from gstlab.experiments.presets import SCALES, preset_config
 
 F2_VGG = [f"F2_VGG_{i}" for i in range(6)]
 F3 = [f"F3_{s}_{p}" for s in "SRL" for p in (4, 20, 40, 60, 100, 200, 300)]
@@ -40,9 +40,13 @@ STUDIES: dict[str, dict] = {
                 "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
 }
 
-# Measured training throughput on the reference 2-core CPU (images per second, fp32, incl. evaluation share),
-# by architecture at the cpu-scale width; used only for the cost estimate printed by `gst presets`.
-CPU_IMAGES_PER_S = {"vgg11_bn": 2600.0, "resnet18": 900.0, "resnet20": 700.0, "resnet56": 250.0}
+# Training throughput of the whole reference machine (2-core x86-64 CPU, torch 2.13 CPU, fp32; two workers of
+# one thread), in training images per second *including* the epoch's evaluations, at each family's cpu-scale
+# width; measured from cpu-scale runs (VGG: Figure 2 study) and `benchmarks/bench_throughput.py` (ResNets).
+CPU_IMAGES_PER_S = {"vgg11_bn": 2000.0, "resnet18": 900.0, "resnet20": 700.0, "resnet56": 250.0}
+CPU_WIDTH = {"vgg11_bn": 0.125, "resnet18": 0.125, "resnet20": 0.25, "resnet56": 0.25}
+RUN_OVERHEAD_S = 10.0  # process start and data loading
+PROBE_S = 60.0  # one cpu-scale flatness probe (Lanczos top-20 on 256 images, 5 eps directions), measured
 
 
 def study_dict(name: str, scale: str) -> dict:
@@ -56,17 +60,18 @@ def study_dict(name: str, scale: str) -> dict:
             "settings": [{"preset": p} for p in spec["settings"]]}
 
 
-def training_images(preset: str, scale: str) -> int:
-    """Images passed through training in one run of ``preset`` at ``scale`` (epochs x training set size)."""
+def run_seconds(preset: str, scale: str) -> float:
+    """Estimated seconds of one run on the reference CPU (throughput scaled by width squared off the cpu width)."""
     cfg = preset_config(preset, scale)
-    data = cfg.get("data", {})
-    size = data.get("train_subset") or {"cifar10": 50000, "cifar100": 50000}.get(data.get("name"), 60000)
-    return cfg["train"]["epochs"] * size
+    arch = cfg["model"]["arch"]
+    size = cfg.get("data", {}).get("train_subset") or 50000
+    rate = CPU_IMAGES_PER_S[arch] * (CPU_WIDTH[arch] / cfg["model"].get("width", 1.0)) ** 2
+    probes = cfg.get("probes", {})
+    probe_s = PROBE_S * probes.get("samples", 512) / 256 * (cfg["model"].get("width", 1.0) / CPU_WIDTH[arch]) ** 2
+    return cfg["train"]["epochs"] * size / rate + RUN_OVERHEAD_S + len(probes.get("epochs", [])) * probe_s
 
 
 def estimate_minutes(name: str, scale: str) -> float:
-    """Estimated wall minutes of study ``name`` at ``scale`` on the reference 2-core CPU (one worker)."""
+    """Estimated wall minutes of study ``name`` at ``scale`` on the reference 2-core CPU."""
     spec = STUDIES[name]
-    seconds = sum(training_images(p, scale) / CPU_IMAGES_PER_S[PRESETS[p].paper["model"]["arch"]]
-                  for p in spec["settings"])
-    return seconds * spec["seeds"][scale] / 60
+    return sum(run_seconds(p, scale) for p in spec["settings"]) * spec["seeds"][scale] / 60
