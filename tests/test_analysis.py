@@ -308,3 +308,14 @@ def test_report_labels_name_varying_grid_points(tmp_path, no_draw):
     text = write_report(study).read_text()
     assert "| Prune_L 13% (optim.lr=0.001) | 1 |" in text and "| Prune_L 13% (optim.lr=0.0003) | 1 |" in text
     assert "optim.lr" in pd.read_csv(study / "report" / "runs.csv")
+
+
+def test_dynamics_band_is_the_t_interval_from_three_seeds_and_the_range_below():
+    two = figures._per_epoch(pd.DataFrame({"epoch": [0, 0], "test_acc": [80.0, 90.0]}), "test_acc")
+    low, high, kind = figures._band(two)
+    assert (low.iloc[0], high.iloc[0], kind) == (80.0, 90.0, "range over seeds")
+    three = figures._per_epoch(pd.DataFrame({"epoch": [0, 0, 0], "test_acc": [80.0, 85.0, 90.0]}), "test_acc")
+    low, high, kind = figures._band(three)
+    expected = sps.t.interval(0.95, 2, loc=85.0, scale=sps.sem([80.0, 85.0, 90.0]))
+    assert kind == "95% CI over seeds"
+    assert low.iloc[0] == pytest.approx(max(expected[0], 0.0)) and high.iloc[0] == pytest.approx(min(expected[1], 100))

@@ -64,26 +64,47 @@ def _label_order(runs: pd.DataFrame, table: pd.DataFrame) -> list:
 
 
 def _per_epoch(group: pd.DataFrame, column: str) -> pd.DataFrame:
-    rows = [{"epoch": e, **mean_ci(g[column])} for e, g in group.groupby("epoch")]
+    rows = [{"epoch": e, **mean_ci(g[column]), "min": g[column].min(), "max": g[column].max()}
+            for e, g in group.groupby("epoch")]
     return pd.DataFrame(rows)
+
+
+def _band(per: pd.DataFrame) -> tuple[pd.Series, pd.Series, str]:
+    """95% t interval over seeds from 3 seeds on; with 2 seeds (t = 12.7) the interval says nothing readable,
+    so the band is the range of the seeds instead. Accuracy lies in [0, 100]."""
+    if per["n"].min() >= 3:
+        return per["ci_low"].clip(lower=0.0), per["ci_high"].clip(upper=100.0), "95% CI over seeds"
+    return per["min"], per["max"], "range over seeds"
+
+
+def _zoom_to_means(ax, means: list[pd.Series]) -> None:
+    """Like the paper's fixed y-limits: show every mean line after the first epoch, bands may be cut."""
+    values = pd.concat(means).dropna() if means else pd.Series(dtype=float)
+    if not values.empty:
+        ax.set_ylim(max(values.min() - 1.0, 0.0), min(values.max() + 1.0, 100.0))
 
 
 def dynamics(epochs: pd.DataFrame, runs: pd.DataFrame, stem, title: str, rename: dict | None = None,
              colors: dict | None = None) -> Path:
-    """Test accuracy (post-prune) vs epoch per label: mean line, 95% t band; legend 'xx.xx% Stable (label)'."""
+    """Test accuracy (post-prune) vs epoch per label: mean line and band (see ``_band``); legend
+    'xx.xx% Stable (label)'."""
     rename = rename or {}
     fig, ax = subplots(figsize=(6.4, 4.2))
     colors = _colors(colors, runs["label"])
+    kinds, means = set(), []
     for label in _label_order(runs, epochs):
         per = _per_epoch(epochs[epochs["label"] == label], "test_acc")
         stab = runs.loc[runs["label"] == label, "mean_stability"].mean()
         name = f"{stab:.2f}% Stable ({rename.get(label, label)})"
         ax.plot(per["epoch"], per["mean"], color=colors[label], lw=1.4, label=name)
-        low, high = per["ci_low"].clip(lower=0.0), per["ci_high"].clip(upper=100.0)  # accuracy lies in [0, 100]
+        means.append(per.loc[per["epoch"] > per["epoch"].min(), "mean"])
+        low, high, kind = _band(per)
+        kinds.add(kind)
         ax.fill_between(per["epoch"], low, high, color=colors[label], alpha=0.2, lw=0)
+    _zoom_to_means(ax, means)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="Epoch", ylabel="Test accuracy (%, after the epoch's event)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(f"{title}\n(line: mean; band: {' / '.join(sorted(kinds))})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save(fig, stem)

@@ -176,7 +176,7 @@ SCALE_RULES: dict[str, dict[str, dict]] = {
                   "train": {"epochs": 3}},
     },
     "resnet_sgd": {
-        "cpu": {"data": {**_CPU_DATA, "augment": True}, "model": {"width": 0.25}, "train": {"epochs": 20}},
+        "cpu": {"data": {**_CPU_DATA, "augment": True}, "model": {"width": 0.25}, "train": {"epochs": 15}},
         "smoke": {"data": {**_CPU_DATA, "train_subset": 512, "test_subset": 512}, "model": {"width": 0.125},
                   "train": {"epochs": 3}},
     },

@@ -41,12 +41,13 @@ STUDIES: dict[str, dict] = {
 }
 
 # Training throughput of the whole reference machine (2-core x86-64 CPU, torch 2.13 CPU, fp32; two workers of
-# one thread), in training images per second *including* the epoch's evaluations, at each family's cpu-scale
-# width; measured from cpu-scale runs (VGG: Figure 2 study) and `benchmarks/bench_throughput.py` (ResNets).
-CPU_IMAGES_PER_S = {"vgg11_bn": 2000.0, "resnet18": 900.0, "resnet20": 700.0, "resnet56": 250.0}
-CPU_WIDTH = {"vgg11_bn": 0.125, "resnet18": 0.125, "resnet20": 0.25, "resnet56": 0.25}
+# one thread each), in training images per second *including* the epoch's evaluations, by (architecture, width),
+# on 8,000 Fashion-MNIST images with 5,000 test images. Measured: VGG from the Figure 2 cpu study, ResNets from
+# 2-epoch cpu-scale runs, two at a time. Other widths scale from the first entry by width squared.
+CPU_IMAGES_PER_S = {("vgg11_bn", 0.125): 2000.0, ("resnet18", 0.125): 750.0, ("resnet18", 0.25): 290.0,
+                    ("resnet20", 0.25): 1290.0, ("resnet56", 0.25): 460.0}
 RUN_OVERHEAD_S = 10.0  # process start and data loading
-PROBE_S = 60.0  # one cpu-scale flatness probe (Lanczos top-20 on 256 images, 5 eps directions), measured
+PROBE_S = 60.0  # one cpu-scale VGG flatness probe (Lanczos top-20 on 256 images, 5 eps directions), measured
 
 
 def study_dict(name: str, scale: str) -> dict:
@@ -63,12 +64,20 @@ def study_dict(name: str, scale: str) -> dict:
 def run_seconds(preset: str, scale: str) -> float:
     """Estimated seconds of one run on the reference CPU (throughput scaled by width squared off the cpu width)."""
     cfg = preset_config(preset, scale)
-    arch = cfg["model"]["arch"]
+    arch, width = cfg["model"]["arch"], cfg["model"].get("width", 1.0)
     size = cfg.get("data", {}).get("train_subset") or 50000
-    rate = CPU_IMAGES_PER_S[arch] * (CPU_WIDTH[arch] / cfg["model"].get("width", 1.0)) ** 2
+    rate = cpu_images_per_s(arch, width)
     probes = cfg.get("probes", {})
-    probe_s = PROBE_S * probes.get("samples", 512) / 256 * (cfg["model"].get("width", 1.0) / CPU_WIDTH[arch]) ** 2
+    probe_s = PROBE_S * probes.get("samples", 512) / 256 * cpu_images_per_s("vgg11_bn", 0.125) / rate
     return cfg["train"]["epochs"] * size / rate + RUN_OVERHEAD_S + len(probes.get("epochs", [])) * probe_s
+
+
+def cpu_images_per_s(arch: str, width: float) -> float:
+    """Measured rate at (arch, width), else the arch's first measured rate scaled by width squared."""
+    if (arch, width) in CPU_IMAGES_PER_S:
+        return CPU_IMAGES_PER_S[arch, width]
+    (_, ref_width), rate = next((key, r) for key, r in CPU_IMAGES_PER_S.items() if key[0] == arch)
+    return rate * (ref_width / width) ** 2
 
 
 def estimate_minutes(name: str, scale: str) -> float:
