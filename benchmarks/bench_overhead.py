@@ -3,7 +3,8 @@ against a plain PyTorch loop over the same model, data and batch order, in one r
 
 Each variant runs in its own subprocess (so peak memory is its own), alternating A/B for ``--repeats``
 rounds; we report medians of epoch time and the ratio gstlab / plain, plus peak resident memory.
-The gstlab model has 50% of conv5-7 and 90% of conv8 pruned, so the masks are active on every step.
+Both loops start from the same model with 50% of conv5-7 and 90% of conv8 pruned (zero); gstlab re-applies
+the masks after every step, the plain loop does not.
 
     python benchmarks/bench_overhead.py            # ~2-4 minutes on 2 cores
 """
@@ -70,22 +71,29 @@ class _FixedOrder:
             yield self.x[idx], self.y[idx]
 
 
+def pruned(model, opt):
+    """50% of conv5-7 and 90% of conv8 pruned: their weights, BN and optimizer state zeroed. The plain loop
+    trains this same model without re-applying the masks (its dead units may regrow); gstlab keeps them dead."""
+    from gstlab.pruning.masks import UnitMasks
+
+    masks = UnitMasks(model, model.prunable_units())
+    for name, frac in (("conv5", 0.5), ("conv6", 0.5), ("conv7", 0.5), ("conv8", 0.9)):
+        masks.prune(name, torch.arange(int(frac * masks.mask(name).numel())), opt)
+    return masks
+
+
 def worker(variant: str, width: float, n: int, batch: int, epochs: int) -> dict:
     torch.set_num_threads(2)
     model, x, y = build(width, n)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    masks = pruned(model, opt)  # both loops start from the same weights, pruned units zero
     if variant == "plain":
         times = [plain_epoch(model, opt, x, y, batch, order) for _ in range(epochs)]
     else:
-        from gstlab.pruning.masks import UnitMasks
         from gstlab.runner import _MaskHook
         from gstlab.train import Trainer
 
-        masks = UnitMasks(model, model.prunable_units())
-        for name, frac in (("conv5", 0.5), ("conv6", 0.5), ("conv7", 0.5), ("conv8", 0.9)):
-            n_units = masks.mask(name).numel()
-            masks.prune(name, torch.arange(int(frac * n_units)), opt)
         trainer = Trainer(model=model, optimizer=opt, train_batches=_FixedOrder(x, y, batch, order),
                           eval_data=(x[:batch], y[:batch]), eval_batch_size=batch, hooks=[_MaskHook(masks)])
         times = [gstlab_epoch(trainer) for _ in range(epochs)]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gstlab.pruning.schedule import LayerPlan, event_epochs
 
 from gstlab import config as C
 from gstlab.cli import main
+from gstlab.pruning.schedule import LayerPlan, event_epochs
 from gstlab.runner import execute
 
 TINY = {
