@@ -189,6 +189,18 @@ def test_every_study_preset_expands_at_every_scale(capsys):
     assert all(name in listed for name in STUDIES)
 
 
+def test_example_study_files_expand():
+    from gstlab.study import load_study
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        runs = expand(load_study(path)[0])
+        assert runs, path
+    w025 = expand(load_study(examples[0].with_name("fig2_vgg_width025.yaml"))[0])
+    assert len(w025) == 12 and {r.cfg.model.width for r in w025} == {0.25}
+
+
 def test_sweep_set_overrides_every_run_and_is_validated(tmp_path, capsys):
     assert main(["sweep", "--study", "fig5", "--scale", "smoke", "--set", "model.width=0.25", "--dry-run"]) == 0
     assert main(["sweep", "--study", "fig5", "--scale", "smoke", "--set", "model.widht=1", "--dry-run"]) == 2
