@@ -18,9 +18,13 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from gstlab.pruning.masks import UnitMasks
 
 
 def build(width: float, n: int, seed: int = 0):
@@ -71,7 +75,7 @@ class _FixedOrder:
             yield self.x[idx], self.y[idx]
 
 
-def pruned(model, opt):
+def pruned(model: torch.nn.Module, opt: torch.optim.Optimizer) -> UnitMasks:
     """50% of conv5-7 and 90% of conv8 pruned: their weights, BN and optimizer state zeroed. The plain loop
     trains this same model without re-applying the masks (its dead units may regrow); gstlab keeps them dead."""
     from gstlab.pruning.masks import UnitMasks
