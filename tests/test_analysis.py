@@ -209,6 +209,16 @@ def test_ttest_matches_scipy_student():
     assert math.isnan(stats.ttest([1.0], [2.0])["p"])
 
 
+def test_ttest_effect_size_by_hand():
+    """[1, 2, 3] vs [4, 5, 6, 7]: difference -3.5, pooled variance (2 + 5) / 5 = 1.4, df 5."""
+    t = stats.ttest([1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0])
+    half = 2.5705818366147395 * math.sqrt(1.4 * (1 / 3 + 1 / 4))  # t_{0.975, 5}
+    assert t["diff"] == pytest.approx(-3.5)
+    assert (t["diff_ci_low"], t["diff_ci_high"]) == pytest.approx((-3.5 - half, -3.5 + half))
+    assert t["cohens_d"] == pytest.approx(-3.5 / math.sqrt(1.4))
+    assert t["t"] == pytest.approx(-3.5 / math.sqrt(1.4 * (1 / 3 + 1 / 4)))
+
+
 def test_group_table():
     df = pd.DataFrame({"label": ["a"] * 10 + ["b"], "v": [*X, 5.0]})
     table = stats.group_table(df, "label", ["v"])

@@ -16,6 +16,7 @@ import yaml
 
 from gstlab import config as C
 from gstlab.cli import main
+from gstlab.experiments.presets import SCALES
 from gstlab.runner import execute
 from gstlab.study import expand, grid_points, load_study, study_from_dict
 from test_runner import TINY
@@ -181,7 +182,7 @@ def test_every_study_preset_expands_at_every_scale(capsys):
     from gstlab.experiments.studies import STUDIES, study_dict
 
     for name in STUDIES:
-        for scale in ("smoke", "cpu", "paper"):
+        for scale in SCALES:
             runs = expand(study_from_dict(study_dict(name, scale)))
             assert runs and all(r.cfg.name.endswith(f"@{scale}") for r in runs)
     assert main(["presets", "--studies"]) == 0
@@ -193,8 +194,8 @@ def test_example_study_files_expand():
     folder = Path(__file__).parents[1] / "examples"
     runs = {path.name: expand(load_study(path)[0]) for path in folder.glob("*.yaml")}
     assert [name for name, expanded in runs.items() if not expanded] == []
-    w025 = runs["fig2_vgg_width025.yaml"]
-    assert len(w025) == 12 and {r.cfg.model.width for r in w025} == {0.25}
+    e1 = runs["explore_e1_fig2_vgg.yaml"]
+    assert len(e1) == 8 and {r.seed for r in e1} == {1000, 1001} and {r.cfg.data.image_size for r in e1} == {16}
 
 
 def test_sweep_set_overrides_every_run_and_is_validated(tmp_path, capsys):

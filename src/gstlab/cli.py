@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from gstlab import config as C
+from gstlab.experiments.presets import SCALES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -58,18 +59,22 @@ def _print_summary(out: Path, s: dict) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from gstlab.experiments.presets import PRESETS, preset_config  # noqa: PLC0415
+    from gstlab.experiments.presets import INVARIANT_EXCEPTIONS, PRESETS, preset_config  # noqa: PLC0415
 
     if args.show:
         print(C.dump_yaml(C.parse(preset_config(args.show, args.scale))), end="")
         return EXIT_OK
     if args.studies:
         return _list_studies()
-    print(f"{'preset':12s} {'figure':10s} {'label':20s} {'arch':9s} epochs (smoke/cpu/paper)")
+    print(f"{'preset':12s} {'figure':10s} {'label':20s} {'arch':9s} epochs ({'/'.join(SCALES)})")
     for name, p in PRESETS.items():
-        epochs = "/".join(str(preset_config(name, s)["train"]["epochs"]) for s in ("smoke", "cpu", "paper"))
+        epochs = "/".join(str(preset_config(name, s)["train"]["epochs"]) for s in SCALES)
         print(f"{name:12s} {p.figure:10s} {p.label:20s} {p.paper['model']['arch']:9s} {epochs}")
-    print("\nshow one: gst presets --show NAME --scale cpu;   run one: gst run --preset NAME --scale cpu")
+    print("\nschedule invariants (event epochs, non-empty events, staggered layers, milestones between events, "
+          "distinct runs) not kept:")
+    for scale in SCALES:
+        print(f"  {scale:6s} {', '.join(INVARIANT_EXCEPTIONS[scale]) or 'none'}")
+    print("\nshow one: gst presets --show NAME --scale mini;   run one: gst run --preset NAME --scale mini")
     return EXIT_OK
 
 
@@ -78,28 +83,29 @@ def _list_studies() -> int:
     from gstlab.experiments.studies import STUDIES, estimate_minutes, study_dict  # noqa: PLC0415
     from gstlab.study import expand, study_from_dict  # noqa: PLC0415
 
-    print(f"{'study':13s} {'figure':9s} {'runs smoke/cpu/paper':>21s} {'est. CPU min (smoke/cpu)':>25s}  "
+    print(f"{'study':13s} {'figure':9s} {'runs smoke/mini/paper':>22s} {'est. CPU min (smoke/mini)':>26s}  "
           f"paper training epochs")
     for name, spec in STUDIES.items():
-        runs = [len(expand(study_from_dict(study_dict(name, s)))) for s in ("smoke", "cpu", "paper")]
+        runs = [len(expand(study_from_dict(study_dict(name, s)))) for s in SCALES]
         epochs = sum(preset_config(p, "paper")["train"]["epochs"] for p in spec["settings"])
-        minutes = "/".join(f"{estimate_minutes(name, s):.0f}" for s in ("smoke", "cpu"))
-        print(f"{name:13s} {spec['figure']:9s} {'/'.join(map(str, runs)):>21s} {minutes:>25s}  "
+        minutes = "/".join(f"{estimate_minutes(name, s):.0f}" for s in ("smoke", "mini"))
+        print(f"{name:13s} {spec['figure']:9s} {'/'.join(map(str, runs)):>22s} {minutes:>26s}  "
               f"{epochs * spec['seeds']['paper']:,}")
     print("\nCPU minutes: the reference 2-core CPU running --workers 2 --threads-per-worker 1 (measured rates in "
           "gstlab/experiments/studies.py); paper scale wants GPUs (PAPER_SPEC §13).\n"
-          "run one: gst sweep --study NAME --scale cpu;   see its runs: add --dry-run")
+          "run one: gst sweep --study NAME --scale mini;   see its runs: add --dry-run")
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gstlab.demo import DEMO_EPOCHS, format_table, run_demo  # noqa: PLC0415
+    from gstlab.demo import format_table, run_demo  # noqa: PLC0415
 
-    print(f"gstlab demo: No Pruning vs Prune_S vs Prune_L, VGG11 (width 1/8) on Fashion-MNIST, "
-          f"{DEMO_EPOCHS} epochs each\n")
+    print("gstlab demo: Figure 2's No Pruning, Prune_S 13% and Prune_L 13% at mini scale (325 epochs, VGG11 on "
+          "2,000 Fashion-MNIST images at 16x16), on 2 worker processes\n")
     results = run_demo(Path(args.out), seed=args.seed, progress=not args.no_progress)
     print("\n" + format_table(results))
-    print(f"\nper-run results (metrics.csv, events.csv, summary.json): {args.out}/*/")
+    print(f"\nper-run results (metrics.csv, events.csv, summary.json): {args.out}/runs/*/;  "
+          f"report: gst report {args.out}")
     return EXIT_OK if all(s.get("status") == "finished" for _, s in results) else EXIT_FAILED
 
 
@@ -209,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="YAML config (sections data, model, optim, train, "
                                                         "pruning, intervention, probes, seed)")
     run.add_argument("--preset", metavar="NAME", help="a paper configuration, e.g. F2_VGG_4 (see `gst presets`)")
-    run.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"),
-                     help="preset scale (default: cpu)")
+    run.add_argument("--scale", default="mini", choices=SCALES,
+                     help="preset scale: smoke (pipeline check) | mini (the paper's clock, minutes on a CPU core) | "
+                          "paper (default: mini)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config field, e.g. --set pruning.period=40 (repeatable)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-<run id>)")
@@ -221,17 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
                              description="List run presets (every configuration of the paper) with their figure, "
                                          "label and epochs per scale, or print one as YAML.")
     presets.add_argument("--show", metavar="NAME", help="print the resolved config of preset NAME")
-    presets.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"))
+    presets.add_argument("--scale", default="mini", choices=SCALES)
     presets.add_argument("--studies", action="store_true",
                          help="list the study presets (one per figure/table) with run counts and estimated cost")
     presets.set_defaults(func=cmd_presets)
 
     demo = sub.add_parser("demo", help="No Pruning vs Prune_S vs Prune_L on Fashion-MNIST (minutes on a CPU)",
-                          description="Train a narrow VGG11 on a Fashion-MNIST subset three times: without "
-                                      "pruning, pruning the smallest-norm filters (Prune_S) and the "
-                                      "largest-norm filters (Prune_L) on the same schedule; print mean "
-                                      "stability and best test accuracy per method.")
-    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="where the three runs go")
+                          description="Run Figure 2's No Pruning, Prune_S 13%% and Prune_L 13%% presets at mini "
+                                      "scale (the paper's 325-epoch schedule on a narrow VGG11 and 2,000 "
+                                      "Fashion-MNIST images at 16x16) on two worker processes; print mean "
+                                      "stability and best test accuracy per method. Re-running resumes.")
+    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="the demo's study directory")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -243,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "are skipped, cut-off runs resume, and a run that crashes fails alone. Layout: docs/studies.md.")
     sweep.add_argument("study_file", nargs="?", metavar="STUDY_FILE", help="study YAML")
     sweep.add_argument("--study", metavar="NAME", help="a study preset, e.g. fig2_vgg (see `gst presets --studies`)")
-    sweep.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"),
-                       help="scale of a study preset (default: cpu)")
+    sweep.add_argument("--scale", default="mini", choices=SCALES,
+                       help="scale of a study preset (default: mini)")
     sweep.add_argument("--seeds", type=int, metavar="N", help="use seeds 0..N-1 instead of the study's")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field in every run, e.g. --set model.width=0.25 (repeatable)")

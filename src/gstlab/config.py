@@ -43,6 +43,7 @@ class DataConfig:
     test_subset: int | None = None  # use the first N test examples (fixed, unshuffled)
     normalize: bool = True
     augment: bool = False  # random crop (padding 4) + horizontal flip, on the device
+    image_size: int | None = None  # downsample square images to this side by average pooling (None: native)
     synthetic_shape: tuple[int, ...] = (3, 32, 32)  # only for name=synthetic
     synthetic_classes: int = 10  # only for name=synthetic
     synthetic_train: int = 1024  # only for name=synthetic
@@ -53,6 +54,7 @@ class DataConfig:
 class ModelConfig:
     arch: Literal["vgg11_bn", "resnet18", "resnet20", "resnet56", "mlp"] = "vgg11_bn"
     width: float = 1.0  # channel multiplier (vgg11_bn, resnet*); hidden sizes are given for mlp
+    channels: tuple[int, ...] = ()  # vgg11_bn: the 8 conv widths, overriding width (empty: paper's x width)
     hidden: tuple[int, ...] = (256, 256)  # mlp hidden layer widths
     batch_norm: bool = True  # mlp: BatchNorm1d after each hidden Linear
 
@@ -370,9 +372,15 @@ def _check_positive(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.weight_decay: must be >= 0, got {cfg.optim.weight_decay}")
     if cfg.model.width <= 0:
         raise ConfigError(f"model.width: must be > 0, got {cfg.model.width}")
+    if cfg.model.channels and cfg.model.arch != "vgg11_bn":
+        raise ConfigError(f"model.channels: only for vgg11_bn (arch is {cfg.model.arch}); use model.width")
+    if cfg.model.channels and (len(cfg.model.channels) != 8 or min(cfg.model.channels) < 1):
+        raise ConfigError(f"model.channels: need 8 positive conv widths (vgg11_bn) or [], "
+                          f"got {list(cfg.model.channels)}")
     if not 0 <= cfg.pruning.activation_momentum < 1:
         raise ConfigError("pruning.activation_momentum: must be in [0, 1)")
-    for name, value in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)):
+    for name, value in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset),
+                        ("data.image_size", cfg.data.image_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{name}: must be >= 1 or null, got {value}")
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from gstlab import config as C
 from gstlab import store
 from gstlab.analysis.summary import summarize
-from gstlab.data import TrainLoader, load_data
+from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
 from gstlab.interventions import Intervention
 from gstlab.models import build_model
@@ -88,7 +88,7 @@ def prepare(cfg: C.RunConfig, out: Path) -> Run:
     trainer = Trainer(
         model=model, optimizer=optimizer,
         train_batches=TrainLoader(data.x_train, data.y_train, cfg.train.batch_size, cfg.data.augment,
-                                  gens["order"]),
+                                  gens["order"], crop_padding(data.input_shape)),
         eval_data=(data.x_test, data.y_test), eval_batch_size=cfg.train.eval_batch_size,
         autocast=speed.autocast,
     )

@@ -17,6 +17,7 @@ import yaml
 
 from gstlab import config as C
 from gstlab import store
+from gstlab.experiments.presets import SCALES
 
 STUDY_KEYS = ("name", "figure", "scale", "seeds", "settings", "grid", "set")
 SETTING_KEYS = ("preset", "config", "inline", "label", "set")
@@ -124,9 +125,9 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
     unknown = set(data) - set(STUDY_KEYS)
     if unknown:
         raise C.ConfigError(f"study: unknown key(s) {sorted(unknown)}; allowed: {', '.join(STUDY_KEYS)}")
-    scale = data.get("scale", "cpu")
-    if scale not in ("smoke", "cpu", "paper"):
-        raise C.ConfigError(f"scale: unknown scale {scale!r}; allowed: smoke, cpu, paper")
+    scale = data.get("scale", "mini")
+    if scale not in SCALES:
+        raise C.ConfigError(f"scale: unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
     figure = data.get("figure", "generic")
     if figure not in FIGURES:
         raise C.ConfigError(f"figure: unknown figure {figure!r}; allowed: {', '.join(FIGURES)}")

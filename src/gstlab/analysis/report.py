@@ -150,8 +150,9 @@ class Report:
         verdict = ttest_verdict(t)
         self.claims.append(
             f"**{name}** ({a_name} reaches a higher best test accuracy than {b_name}; Student t-test, equal "
-            f"variances): mean {_f(t['mean_a'])}% vs {_f(t['mean_b'])}%, t = {_f(t['t'], 3)}, df = {t['df']}, "
-            f"p = {_p(t['p'])}, n = {t['n_a']} vs {t['n_b']} runs → verdict: **{verdict}**.")
+            f"variances): mean {_f(t['mean_a'])}% vs {_f(t['mean_b'])}%, difference {_f(t['diff'])} points "
+            f"{_ci(t['diff_ci_low'], t['diff_ci_high'])}, Cohen's d = {_f(t['cohens_d'])}, t = {_f(t['t'], 3)}, "
+            f"df = {t['df']}, p = {_p(t['p'])}, n = {t['n_a']} vs {t['n_b']} runs → verdict: **{verdict}**.")
         return t
 
     # ---- panels
@@ -192,6 +193,9 @@ def _figure2(rep: Report, include_random: bool = False) -> None:
         keep = pruned(runs) & ~scratch(runs) & (include_random | ~random_side(runs))
         kinds = "pruned runs, no scratch" + ("" if include_random else ", no Prune_R")
         rep.tradeoff(runs[keep], tag, f"{prefix}{kinds}")
+        baseline = runs.loc[~pruned(runs), "best_test_acc"]
+        for label, g in runs[keep].groupby("label", sort=False):
+            rep.ttest_claim("Benefit", f"{prefix}{label}", g["best_test_acc"], "No Pruning", baseline)
 
 
 def _figure3(rep: Report) -> None:
@@ -342,6 +346,8 @@ def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str
              f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
              "## Claims", "", *(f"- {c}" for c in rep.claims or ["No claim can be tested with these runs."]), "",
+             f"{len(rep.claims)} claim tests in this report, each at α = {ALPHA} without correction for multiple "
+             f"testing; the correlations table below lists {len(rep.correlations)} correlations in all.", "",
              "## Correlations", "", _corr_table(rep.correlations) if rep.correlations else "None.\n", *rep.sections,
              "## Figures", "", *(f"![{title.replace(chr(10), ' — ')}]({png.name})\n" for title, png in rep.figures),
              "Tables: `runs.csv`, `epochs.csv`, `events.csv` (and `curvature.csv`, `eps_sweep.csv` with probes).", ""]

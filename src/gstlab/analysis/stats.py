@@ -85,18 +85,25 @@ def correlation(x, y, confidence: float = 0.95) -> dict:
     return out
 
 
-def ttest(a, b) -> dict:
-    """Student's two-sample t-test, equal variances (``scipy.stats.ttest_ind(equal_var=True)``, Table F1)."""
+def ttest(a, b, confidence: float = 0.95) -> dict:
+    """Student's two-sample t-test, equal variances (``scipy.stats.ttest_ind(equal_var=True)``, Table F1), with
+    the effect size: the difference of means ``diff = mean_a - mean_b``, its pooled-variance t interval
+    (``diff_ci_low``, ``diff_ci_high``) and Cohen's d (difference over the pooled standard deviation)."""
     a, b = _clean(a), _clean(b)
     out = {"t": NAN, "p": NAN, "df": a.size + b.size - 2,
            "mean_a": float(np.mean(a)) if a.size else NAN, "mean_b": float(np.mean(b)) if b.size else NAN,
-           "n_a": int(a.size), "n_b": int(b.size)}
+           "n_a": int(a.size), "n_b": int(b.size), "diff": NAN, "diff_ci_low": NAN, "diff_ci_high": NAN,
+           "cohens_d": NAN}
     if a.size < 1 or b.size < 1 or a.size + b.size < 3:
         return out
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         res = stats.ttest_ind(a, b, equal_var=True)
-    out.update(t=float(res.statistic), p=float(res.pvalue))
+        diff = out["mean_a"] - out["mean_b"]
+        pooled_var = (((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / out["df"]
+        half = stats.t.ppf(0.5 + confidence / 2, out["df"]) * math.sqrt(pooled_var * (1 / a.size + 1 / b.size))
+    out.update(t=float(res.statistic), p=float(res.pvalue), diff=float(diff), diff_ci_low=float(diff - half),
+               diff_ci_high=float(diff + half), cohens_d=float(diff / math.sqrt(pooled_var)) if pooled_var else NAN)
     return out
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from gstlab.config import DataConfig
+from gstlab.config import ConfigError, DataConfig
 from gstlab.data import cifar, fashion_mnist, generated
 from gstlab.data.download import DataMissingError
-from gstlab.data.tensor_data import TensorData, TrainLoader, augment_batch, eval_batches
+from gstlab.data.tensor_data import TensorData, TrainLoader, augment_batch, crop_padding, eval_batches
 
-__all__ = ["DataMissingError", "TensorData", "TrainLoader", "augment_batch", "eval_batches", "load_data"]
+__all__ = ["DataMissingError", "TensorData", "TrainLoader", "augment_batch", "crop_padding", "downsample",
+           "eval_batches", "load_data"]
 
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "mnist1d": 10}
 
@@ -26,6 +27,15 @@ def _raw(cfg: DataConfig) -> tuple[tuple[torch.Tensor, ...], int]:
         cfg.synthetic_classes
 
 
+def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Square images (N, C, H, H) averaged over ``H/size`` x ``H/size`` blocks to (N, C, size, size)."""
+    side = x.shape[-1]
+    if x.dim() != 4 or x.shape[-2] != side or side % size:
+        raise ConfigError(f"data.image_size: {size} must divide the side of square images; "
+                          f"the data has shape {tuple(x.shape[1:])}")
+    return x if side == size else torch.nn.functional.avg_pool2d(x, side // size)
+
+
 def load_data(cfg: DataConfig, seed: int) -> TensorData:
     """Load ``cfg.name`` on the CPU. ``train_subset``: a random subset chosen with ``seed`` (sorted, so the
     batch order still comes only from the loader); ``test_subset``: the first N test examples."""
@@ -36,4 +46,6 @@ def load_data(cfg: DataConfig, seed: int) -> TensorData:
         x_train, y_train = x_train[keep], y_train[keep]
     if cfg.test_subset is not None:
         x_test, y_test = x_test[:cfg.test_subset], y_test[:cfg.test_subset]
+    if cfg.image_size is not None:
+        x_train, x_test = downsample(x_train, cfg.image_size), downsample(x_test, cfg.image_size)
     return TensorData(x_train.contiguous(), y_train, x_test.contiguous(), y_test, classes, cfg.name)

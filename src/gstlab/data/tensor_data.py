@@ -58,6 +58,11 @@ class TrainLoader:
             yield xb, yb
 
 
+def crop_padding(input_shape: tuple[int, ...]) -> int:
+    """The paper's 4-pixel crop padding on 32x32 images, kept in proportion for smaller ones (2 at 16x16)."""
+    return max(1, round(4 * input_shape[-1] / 32))
+
+
 def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
     """Random crop (zero padding ``padding``; ``shifts`` (B, 2) in [0, 2*padding]) and horizontal flip."""
     b, _, h, w = x.shape

@@ -1,12 +1,13 @@
 """Run presets: every configuration of the paper (PAPER_SPEC §8) at three scales.
 
 - ``paper``: the exact setting of the official scripts (CIFAR-10/100, full width, 325/165/4000 epochs).
-- ``cpu``: the same experiment shrunk to run in minutes on a 2-core CPU: Fashion-MNIST (the offline
-  default), a narrow network, fewer epochs. Every epoch quantity (pruning start/end/period, LR milestones,
-  probe epochs) and every intervention length is mapped by the same time factor ``f = E_cpu / E_paper``
-  (rounded; periods and windows at least 1), so the *number* of pruning events and their place in training
-  follow the paper's as closely as integer epochs allow.
+- ``mini``: a faithful miniature that keeps the paper's clock: the same epochs, LR milestones, pruning
+  starts, ends, periods, fractions and event epochs (Table F1 alone runs a 10x shorter clock that keeps every
+  invariant), made cheap per epoch instead: Fashion-MNIST at 16x16 (the offline default), 2,000 training and
+  2,000 test images, narrower networks. Intervention windows keep their share of a retrain period in batches.
+  A Figure 2 VGG run takes about 3 minutes on one CPU core.
 - ``smoke``: a pipeline check in well under a minute: a few hundred images, a very narrow network, 3 epochs.
+  It keeps no invariant of the paper's schedule (by design; ``gst presets`` says so).
 
 Presets are Python data (not YAML) because the two smaller scales are *derived* from the paper scale by one
 rule; ``gst presets --show NAME --scale S`` prints the resolved YAML.
@@ -20,7 +21,14 @@ from dataclasses import dataclass
 
 from gstlab.config import ConfigError
 
-SCALES = ("smoke", "cpu", "paper")
+SCALES = ("smoke", "mini", "paper")
+# the schedule invariants a scale does not keep (tests/test_scale_invariants.py checks the rest)
+INVARIANTS = ("event epochs", "non-empty events", "staggered layers", "milestones between events", "distinct runs")
+INVARIANT_EXCEPTIONS: dict[str, tuple[str, ...]] = {
+    "smoke": INVARIANTS,  # 3 epochs: a pipeline check, not a miniature
+    "mini": (),  # the paper's clock (Table F1: a 10x shorter clock with the same events)
+    "paper": (),
+}
 
 # ------------------------------------------------------------------------------------------- paper bases
 _ADAM_325 = {
@@ -159,33 +167,43 @@ def _build() -> dict[str, Preset]:
 
 
 # ---------------------------------------------------------------------------------------------- scaling
-# Per family and scale: data/model/train overrides and the number of epochs. The time factor is
-# epochs_scaled / epochs_paper; intervention windows also scale by the training batches per epoch.
-_CPU_DATA = {"name": "fashion_mnist", "train_subset": 8000, "test_subset": 5000, "augment": False}
-# flatness at cpu scale: Lanczos top-20 on 256 probe images (paper: power iteration, top-100, 512 images)
-_CPU_PROBES = {"top_k": 20, "method": "lanczos", "samples": 256, "eps_directions": 5}
+# Per family and scale: data/model/train/probe overrides. A rule that sets train.epochs changes the clock by the
+# time factor f = epochs_scaled / epochs_paper; `mini` keeps f = 1 (the paper's clock) except for Table F1's
+# 4,000 epochs (f = 1/10, every invariant of tests/test_scale_invariants.py still holds). Intervention windows
+# keep their share of training in batches. Choices and measurements: docs/decisions.md ("Scales").
+_SMALL_DATA = {"name": "fashion_mnist", "image_size": 16, "augment": False}
+_MINI_DATA = {**_SMALL_DATA, "train_subset": 2000, "test_subset": 2000}
+_SMOKE_DATA = {**_SMALL_DATA, "train_subset": 256, "test_subset": 256}
+# mini VGG: conv1-4 at 1/8 of the paper's widths (most of the compute at 16x16), conv5-8 (the pruned layers)
+# at 1/4, so that every event of the 1% schedules removes at least one filter and conv8 keeps 13 of 128.
+MINI_VGG_CHANNELS = [8, 16, 32, 32, 128, 128, 128, 128]
+# flatness at mini scale: the paper's 512 Hessian images and 10 eps directions; Lanczos top-20 instead of
+# power iteration top-100 (top-100 on a 0.5M-parameter model needs ~100x the memory of the network per run)
+_MINI_PROBES = {"top_k": 20, "method": "lanczos", "samples": 512, "eps_directions": 10}
 SCALE_RULES: dict[str, dict[str, dict]] = {
     "vgg": {
-        "cpu": {"data": _CPU_DATA, "model": {"width": 0.125}, "train": {"epochs": 30}, "probes": _CPU_PROBES},
-        "smoke": {"data": {**_CPU_DATA, "train_subset": 512, "test_subset": 512}, "model": {"width": 0.0625},
-                  "train": {"epochs": 3}, "probes": {**_CPU_PROBES, "top_k": 5, "samples": 64}},
+        "mini": {"data": _MINI_DATA, "model": {"channels": MINI_VGG_CHANNELS},
+                 "train": {"eval_batch_size": 1000}, "probes": _MINI_PROBES},
+        "smoke": {"data": _SMOKE_DATA, "model": {"width": 0.0625}, "train": {"epochs": 3},
+                  "probes": {**_MINI_PROBES, "top_k": 5, "samples": 64, "eps_directions": 2}},
     },
-    "resnet18": {
-        "cpu": {"data": _CPU_DATA, "model": {"width": 0.125}, "train": {"epochs": 40}},
-        "smoke": {"data": {**_CPU_DATA, "train_subset": 512, "test_subset": 512}, "model": {"width": 0.0625},
-                  "train": {"epochs": 3}},
+    "resnet18": {  # width 3/8: layer4.1.conv1 (25% over 41 events) still removes a channel at every event
+        "mini": {"data": _MINI_DATA, "model": {"width": 0.375}, "train": {"eval_batch_size": 1000}},
+        "smoke": {"data": _SMOKE_DATA, "model": {"width": 0.0625}, "train": {"epochs": 3}},
     },
-    "resnet_sgd": {
-        "cpu": {"data": {**_CPU_DATA, "augment": True}, "model": {"width": 0.25}, "train": {"epochs": 15}},
-        "smoke": {"data": {**_CPU_DATA, "train_subset": 512, "test_subset": 512}, "model": {"width": 0.125},
-                  "train": {"epochs": 3}},
+    "resnet_sgd": {  # full width: 10% of a 16-channel layer is one channel, as in the paper (width set per preset)
+        "mini": {"data": {**_MINI_DATA, "augment": True}, "model": {"width": 1.0},
+                 "train": {"eval_batch_size": 1000}},
+        "smoke": {"data": {**_SMOKE_DATA, "augment": True}, "model": {"width": 0.125}, "train": {"epochs": 3}},
     },
-    "long": {
-        "cpu": {"data": {**_CPU_DATA, "augment": True}, "model": {"width": 0.125}, "train": {"epochs": 40}},
-        "smoke": {"data": {**_CPU_DATA, "train_subset": 512, "test_subset": 512}, "model": {"width": 0.0625},
-                  "train": {"epochs": 4}},
+    "long": {  # Table F1: 4,000 epochs -> 400 (events 2500/3250 -> 250/325, milestone 2000 -> 200)
+        "mini": {"data": {**_MINI_DATA, "augment": True}, "model": {"width": 0.125},
+                 "train": {"epochs": 400, "eval_batch_size": 1000}},
+        "smoke": {"data": {**_SMOKE_DATA, "augment": True}, "model": {"width": 0.0625}, "train": {"epochs": 4}},
     },
 }
+# per-preset exceptions to a family's mini rule (the smallest width that keeps every invariant)
+MINI_OVERRIDES = {"F4_18_0": {"model": {"width": 0.5}}, "F4_18_1": {"model": {"width": 0.5}}}
 PAPER_TRAIN_SIZE = {"cifar10": 50000, "cifar100": 50000, "fashion_mnist": 60000}
 
 
@@ -194,7 +212,8 @@ def _t(epoch: int, f: float, last: int) -> int:
 
 
 def scale_config(paper: dict, rule: dict) -> dict:
-    """Apply a scale rule: overrides, then every epoch quantity mapped by the time factor."""
+    """Apply a scale rule: overrides, then (if the rule changes train.epochs) every epoch quantity mapped by
+    the time factor; intervention windows keep their share of training in batches."""
     e_paper = paper["train"]["epochs"]
     probe_rule = rule.get("probes", {})
     out = _merge(paper, {k: v for k, v in rule.items() if k != "probes"})
@@ -202,16 +221,8 @@ def scale_config(paper: dict, rule: dict) -> dict:
         out["probes"] = _merge(out["probes"], probe_rule)
     e_new = out["train"]["epochs"]
     f, last = e_new / e_paper, e_new - 1
-    optim = out.setdefault("optim", {})
-    optim["milestones"] = sorted({_t(m, f, e_new) for m in optim.get("milestones", []) if _t(m, f, e_new) > 0})
-    pruning = out.get("pruning")
-    if pruning:
-        pruning["period"] = _scaled_period(pruning, f, last)
-        for layer in pruning["layers"]:
-            layer["start"], layer["end"] = _t(layer["start"], f, last), _t(layer["end"], f, last)
-    probes = out.get("probes")
-    if probes and probes.get("epochs"):
-        probes["epochs"] = sorted({_t(e, f, last) for e in probes["epochs"]})
+    if f != 1:
+        _rescale_clock(out, f, last)
     iv = out.get("intervention")
     if iv and iv.get("batches"):
         # same share of training (hence of the retrain period); a paper window > 1 batch stays > 1 batch so
@@ -221,14 +232,33 @@ def scale_config(paper: dict, rule: dict) -> dict:
     return out
 
 
+def _rescale_clock(out: dict, f: float, last: int) -> None:
+    """Map milestones, pruning start/end/period and probe epochs onto a clock ``f`` times the paper's."""
+    optim = out.setdefault("optim", {})
+    optim["milestones"] = sorted({_t(m, f, last + 1) for m in optim.get("milestones", []) if _t(m, f, last + 1) > 0})
+    pruning = out.get("pruning")
+    if pruning:
+        pruning["period"] = _scaled_period(pruning, f, last)
+        for layer in pruning["layers"]:
+            layer["start"], layer["end"] = _t(layer["start"], f, last), _t(layer["end"], f, last)
+    probes = out.get("probes")
+    if probes and probes.get("epochs"):
+        probes["epochs"] = sorted({_t(e, f, last) for e in probes["epochs"]})
+
+
 def _scaled_period(pruning: dict, f: float, last: int) -> int:
-    """The period that keeps the paper's number of events on the most-pruned layer (as far as epochs allow)."""
+    """``period * f`` if it keeps the paper's number of events on the most-pruned layer, else the period that
+    keeps it as far as epochs allow."""
     main = max(pruning["layers"], key=lambda layer: layer["fraction"])
-    n_events = len(range(main["start"], main["end"] + 1, pruning.get("period", 4)))
-    span = _t(main["end"], f, last) - _t(main["start"], f, last)
+    period = pruning.get("period", 4)
+    n_events = len(range(main["start"], main["end"] + 1, period))
+    start, end = _t(main["start"], f, last), _t(main["end"], f, last)
+    proportional = max(1, round(period * f))
+    if len(range(start, end + 1, proportional)) == n_events:
+        return proportional
     if n_events <= 1:
         return last + 1
-    return max(1, span // (n_events - 1))
+    return max(1, (end - start) // (n_events - 1))
 
 
 def _batches_per_epoch(cfg: dict) -> int:
@@ -250,6 +280,9 @@ def preset_config(name: str, scale: str = "paper") -> dict:
     if scale == "paper":
         cfg = copy.deepcopy(preset.paper)
     else:
-        cfg = scale_config(preset.paper, SCALE_RULES[preset.family][scale])
+        rule = SCALE_RULES[preset.family][scale]
+        if scale == "mini":
+            rule = _merge(rule, MINI_OVERRIDES.get(name, {}))
+        cfg = scale_config(preset.paper, rule)
     cfg["name"] = f"{name}@{scale}"
     return cfg

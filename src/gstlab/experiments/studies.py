@@ -1,10 +1,9 @@
 """Study presets: every figure and table of the paper (PAPER_SPEC §12) as a study of run presets.
 
-Seeds per scale: ``paper`` uses the official replicate counts (10; 5 for Figure 3); ``cpu`` uses as many as
-fit the "whole figure in under an hour on 2 cores" budget (estimated from measured throughput, see
-``estimate_minutes``); ``smoke`` uses 1-2. Figure 6 and E1-E6 reuse Figure 2's VGG runs (same run ids, so a
-shared ``--store`` trains them once); the Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper
-took them from.
+Seeds per scale: ``paper`` and ``mini`` use the official replicate counts (10; 5 for Figure 3); ``smoke``
+uses 1-2. ``estimate_minutes`` says what a study costs on the reference CPU, from measured throughput.
+Figure 6 and E1-E6 reuse Figure 2's VGG runs (same run ids, so a shared ``--store`` trains them once); the
+Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper took them from.
 """
 
 from __future__ import annotations
@@ -16,38 +15,42 @@ F2_VGG = [f"F2_VGG_{i}" for i in range(6)]
 F3 = [f"F3_{s}_{p}" for s in "SRL" for p in (4, 20, 40, 60, 100, 200, 300)]
 
 STUDIES: dict[str, dict] = {
-    "fig2_vgg": {"figure": "figure2", "settings": F2_VGG, "seeds": {"paper": 10, "cpu": 3, "smoke": 2}},
+    "fig2_vgg": {"figure": "figure2", "settings": F2_VGG, "seeds": {"paper": 10, "mini": 10, "smoke": 2}},
     "fig2_resnet": {"figure": "figure2", "settings": [f"F2_RN_{i}" for i in range(4)],
-                    "seeds": {"paper": 10, "cpu": 2, "smoke": 2}},
-    "fig3": {"figure": "figure3", "settings": F3, "seeds": {"paper": 5, "cpu": 1, "smoke": 1}},
+                    "seeds": {"paper": 10, "mini": 10, "smoke": 2}},
+    "fig3": {"figure": "figure3", "settings": F3, "seeds": {"paper": 5, "mini": 5, "smoke": 1}},
     "fig4": {"figure": "figure4", "settings": [f"F4_{d}_{i}" for d in (18, 20, 56) for i in (0, 1)],
-             "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+             "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
     "fig5": {"figure": "figure5", "settings": ["F2_VGG_0"] + [f"F5_{i}" for i in range(7)],
-             "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
-    "fig6": {"figure": "figure6", "settings": F2_VGG, "seeds": {"paper": 10, "cpu": 3, "smoke": 2}},
+             "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
+    "fig6": {"figure": "figure6", "settings": F2_VGG, "seeds": {"paper": 10, "mini": 10, "smoke": 2}},
     "figB2_vgg": {"figure": "figureB2", "settings": ["F2_VGG_0"] + [f"FB2_VGG_{i}" for i in (1, 2, 3)],
-                  "seeds": {"paper": 10, "cpu": 3, "smoke": 1}},
+                  "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
     "figB2_resnet": {"figure": "figureB2", "settings": ["F2_RN_0"] + [f"FB2_RN_{i}" for i in (1, 2, 3)],
-                     "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+                     "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
     "figC3": {"figure": "figureC3", "settings": [f"FC3_{i}" for i in range(3)],
-              "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+              "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
     "figD2": {"figure": "figureD2", "settings": ["F2_VGG_0", "F5_0"] + [f"FD2_{i}" for i in range(4)],
-              "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
-    "figE": {"figure": "figureE", "settings": F2_VGG, "seeds": {"paper": 10, "cpu": 3, "smoke": 2}},
+              "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
+    "figE": {"figure": "figureE", "settings": F2_VGG, "seeds": {"paper": 10, "mini": 10, "smoke": 2}},
     "tableC1": {"figure": "tableC1", "settings": [f"TC1_{i}" for i in (1, 2, 3)],
-                "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+                "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
     "tableF1": {"figure": "tableF1", "settings": [f"TF1_{i}" for i in range(4)],
-                "seeds": {"paper": 10, "cpu": 2, "smoke": 1}},
+                "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
 }
 
-# Training throughput of the whole reference machine (2-core x86-64 CPU, torch 2.13 CPU, fp32; two workers of
-# one thread each), in training images per second *including* the epoch's evaluations, by (architecture, width),
-# on 8,000 Fashion-MNIST images with 5,000 test images. Measured: VGG from the Figure 2 cpu study, ResNets from
-# 2-epoch cpu-scale runs, two at a time. Other widths scale from the first entry by width squared.
-CPU_IMAGES_PER_S = {("vgg11_bn", 0.125): 2000.0, ("resnet18", 0.125): 750.0, ("resnet18", 0.25): 290.0,
-                    ("resnet20", 0.25): 1290.0, ("resnet56", 0.25): 460.0}
+# Images per CPU second on one core of the reference machine (2-core x86-64 VM, torch 2.13 CPU, fp32, one
+# thread), (training, evaluation), by (architecture, width) of the mini models at 16x16 on Fashion-MNIST:
+# `python benchmarks/bench_mini.py --rates` (the vgg11_bn entry is the mini channels [8,16,32,32,128x4]).
+# Measured with the machine shared (CPU seconds, not wall). Other widths scale from the arch's first entry by
+# width squared (smoke scale, Table F1's ResNet18 at width 1/8).
+MINI_IMAGES_PER_CPU_S: dict[tuple[str, float], tuple[float, float]] = {
+    ("vgg11_bn", 1.0): (5000.0, 19960.0), ("resnet18", 0.375): (498.0, 1380.0), ("resnet18", 0.5): (354.0, 989.0),
+    ("resnet18", 1.0): (97.0, 265.0), ("resnet20", 1.0): (965.0, 2488.0), ("resnet56", 1.0): (346.0, 932.0),
+}
 RUN_OVERHEAD_S = 10.0  # process start and data loading
-PROBE_S = 60.0  # one cpu-scale VGG flatness probe (Lanczos top-20 on 256 images, 5 eps directions), measured
+GSTLAB_OVERHEAD = 1.0  # gstlab run / plain loop, CPU time (benchmarks/bench_mini.py)
+PROBE_S = 50.0  # CPU s of one mini VGG probe (Lanczos top-20 on 512 images, 10 eps directions), measured
 
 
 def study_dict(name: str, scale: str) -> dict:
@@ -62,25 +65,33 @@ def study_dict(name: str, scale: str) -> dict:
 
 
 def run_seconds(preset: str, scale: str) -> float:
-    """Estimated seconds of one run on the reference CPU (throughput scaled by width squared off the cpu width)."""
+    """Estimated CPU seconds of one run on one core of the reference CPU, from measured images/s."""
     cfg = preset_config(preset, scale)
-    arch, width = cfg["model"]["arch"], cfg["model"].get("width", 1.0)
-    size = cfg.get("data", {}).get("train_subset") or 50000
-    rate = cpu_images_per_s(arch, width)
+    data, model = cfg.get("data", {}), cfg["model"]
+    train_rate, eval_rate = images_per_cpu_s(model["arch"], model.get("width", 1.0))
+    epochs = cfg["train"]["epochs"]
+    layers = cfg.get("pruning", {}).get("layers", [])
+    period = cfg.get("pruning", {}).get("period", 4)
+    event_epochs = {e for layer in layers for e in range(layer["start"], layer["end"] + 1, period)}
+    evaluations = epochs + len(event_epochs)  # a second evaluation after every event
+    train_s = epochs * (data.get("train_subset") or 50000) / train_rate
+    eval_s = evaluations * (data.get("test_subset") or 10000) / eval_rate
     probes = cfg.get("probes", {})
-    probe_s = PROBE_S * probes.get("samples", 512) / 256 * cpu_images_per_s("vgg11_bn", 0.125) / rate
-    return cfg["train"]["epochs"] * size / rate + RUN_OVERHEAD_S + len(probes.get("epochs", [])) * probe_s
+    probe_s = PROBE_S * len(probes.get("epochs", [])) * probes.get("samples", 512) / 512
+    return (train_s + eval_s) * GSTLAB_OVERHEAD + RUN_OVERHEAD_S + probe_s
 
 
-def cpu_images_per_s(arch: str, width: float) -> float:
-    """Measured rate at (arch, width), else the arch's first measured rate scaled by width squared."""
-    if (arch, width) in CPU_IMAGES_PER_S:
-        return CPU_IMAGES_PER_S[arch, width]
-    (_, ref_width), rate = next((key, r) for key, r in CPU_IMAGES_PER_S.items() if key[0] == arch)
-    return rate * (ref_width / width) ** 2
+def images_per_cpu_s(arch: str, width: float) -> tuple[float, float]:
+    """Measured (training, evaluation) rates at (arch, width), else the arch's first entry scaled by width²."""
+    if (arch, width) in MINI_IMAGES_PER_CPU_S:
+        return MINI_IMAGES_PER_CPU_S[arch, width]
+    (_, ref_width), (train, evaluate) = next((k, r) for k, r in MINI_IMAGES_PER_CPU_S.items() if k[0] == arch)
+    factor = (ref_width / width) ** 2
+    return train * factor, evaluate * factor
 
 
-def estimate_minutes(name: str, scale: str) -> float:
-    """Estimated wall minutes of study ``name`` at ``scale`` on the reference 2-core CPU."""
+def estimate_minutes(name: str, scale: str, workers: int = 2) -> float:
+    """Estimated wall minutes of study ``name`` at ``scale`` on the reference CPU with ``workers`` one-thread
+    workers (runs shared between settings, e.g. Figure 5's baseline, are counted once)."""
     spec = STUDIES[name]
-    return sum(run_seconds(p, scale) for p in spec["settings"]) * spec["seeds"][scale] / 60
+    return sum(run_seconds(p, scale) for p in dict.fromkeys(spec["settings"])) * spec["seeds"][scale] / 60 / workers

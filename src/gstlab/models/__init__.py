@@ -8,10 +8,11 @@ from gstlab.config import ConfigError, ModelConfig
 from gstlab.models.mlp import MLP
 from gstlab.models.resnet import resnet18, resnet20, resnet56
 from gstlab.models.units import PrunableUnit, units_from_names
-from gstlab.models.vgg import vgg11_bn
+from gstlab.models.vgg import IMAGE_SIZES, vgg11_bn
 
 _CONV_NETS = {"vgg11_bn": vgg11_bn, "resnet18": resnet18, "resnet20": resnet20, "resnet56": resnet56}
 ARCHS = (*_CONV_NETS, "mlp")
+RESNET_IMAGE_SIZES = (32, 16)  # three stride-2 stages and global average pooling
 
 __all__ = ["ARCHS", "PrunableUnit", "build_model", "units_from_names"]
 
@@ -20,7 +21,11 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     """Build ``cfg.arch`` for inputs of ``input_shape`` (C, H, W) / (C, L) and ``num_classes`` outputs."""
     if cfg.arch == "mlp":
         return MLP(tuple(input_shape), num_classes, tuple(cfg.hidden), cfg.batch_norm)
-    if len(input_shape) != 3 or tuple(input_shape[1:]) != (32, 32):
-        raise ConfigError(f"model.arch: {cfg.arch} needs 32x32 images, the data has shape {tuple(input_shape)}; "
-                          "allowed for other shapes: mlp")
+    sizes = IMAGE_SIZES if cfg.arch == "vgg11_bn" else RESNET_IMAGE_SIZES
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2] or input_shape[1] not in sizes:
+        allowed = ", ".join(f"{s}x{s}" for s in sizes)
+        raise ConfigError(f"model.arch: {cfg.arch} needs square images of side {allowed}, the data has shape "
+                          f"{tuple(input_shape)}; allowed for other shapes: mlp (or set data.image_size)")
+    if cfg.arch == "vgg11_bn":
+        return vgg11_bn(input_shape[0], num_classes, cfg.width, input_shape[1], tuple(cfg.channels))
     return _CONV_NETS[cfg.arch](input_shape[0], num_classes, cfg.width)

@@ -1,4 +1,9 @@
-"""VGG11 with batch norm, CIFAR variant (PAPER_SPEC §4.1), with a width multiplier."""
+"""VGG11 with batch norm, CIFAR variant (PAPER_SPEC §4.1), with a width multiplier.
+
+On 32x32 inputs it is the paper's network. For the ``mini`` scale's 16x16 (or 8x8) inputs the trailing
+max-pools that would shrink the map below 1x1 are left out: the eight convolutions, their names, their
+BatchNorms and the single linear classifier on the last conv's channels stay as in the paper.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from torch import nn
 from gstlab.models.units import PrunableUnit
 
 CFG_A = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+IMAGE_SIZES = {32: 5, 16: 4, 8: 3}  # input side -> max-pools kept (the first ones); the map ends at 1x1
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -15,17 +21,25 @@ def _scaled(channels: int, width: float) -> int:
 
 
 class VGG11BN(nn.Module):
-    """``features`` (conv3x3 -> BN -> ReLU, max-pools) then a single Linear; needs 32x32 inputs."""
+    """``features`` (conv3x3 -> BN -> ReLU, max-pools) then a single Linear, for 32x32, 16x16 or 8x8 inputs;
+    ``channels`` (8 widths) overrides ``width`` times the paper's widths."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> None:
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
+                 image_size: int = 32, channels: tuple[int, ...] = ()) -> None:
         super().__init__()
+        if image_size not in IMAGE_SIZES:
+            raise ValueError(f"VGG11BN: image_size must be one of {IMAGE_SIZES}, got {image_size}")
+        pools = IMAGE_SIZES[image_size]
+        widths = iter(channels or [_scaled(v, width) for v in CFG_A if v != "M"])
         layers: list[nn.Module] = []
         c_in = in_channels
         for v in CFG_A:
             if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                if pools > 0:
+                    layers.append(nn.MaxPool2d(2, 2))
+                    pools -= 1
                 continue
-            c_out = _scaled(v, width)
+            c_out = next(widths)
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
@@ -51,5 +65,6 @@ class VGG11BN(nn.Module):
                 for k, i in enumerate(convs, start=1)]
 
 
-def vgg11_bn(in_channels: int, num_classes: int, width: float) -> VGG11BN:
-    return VGG11BN(in_channels, num_classes, width)
+def vgg11_bn(in_channels: int, num_classes: int, width: float, image_size: int = 32,
+             channels: tuple[int, ...] = ()) -> VGG11BN:
+    return VGG11BN(in_channels, num_classes, width, image_size, channels)
