@@ -51,7 +51,9 @@ def test_channels_last_gives_the_same_decisions_and_accuracies(tmp_path):
     assert fast[3]["speed"]["channels_last"] and not plain[3]["speed"]["channels_last"]
     assert all(torch.equal(plain[1][k], fast[1][k]) for k in plain[1])  # the same units were pruned
     for a, b in zip(plain[2], fast[2]):
-        assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=1.0)
+        # this 4-epoch model sits at 9-19% accuracy, where most predictions are near ties: layout-dependent
+        # rounding (which oneDNN kernel runs depends on the CPU) flips up to a few of the 256 test images
+        assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=2.0)
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
 
 
