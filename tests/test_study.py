@@ -214,3 +214,12 @@ def test_runs_are_packed_onto_gpus():
     assert "CUDA_VISIBLE_DEVICES" not in _slot_env(0, Resources(workers=2, gpus=0)) or os.environ.get(
         "CUDA_VISIBLE_DEVICES") is not None
     assert ray_options(Resources(threads=1))["num_gpus"] == 0
+
+
+def test_demo_is_three_figure2_presets_at_mini_scale():
+    from gstlab.demo import METHODS, demo_study
+
+    runs = expand(study_from_dict(demo_study(seed=7)))
+    assert [r.setting for r in runs] == [preset for _, preset in METHODS]
+    assert all(r.seed == 7 and r.cfg.train.epochs == 325 and r.cfg.data.image_size == 16 for r in runs)
+    assert [r.cfg.pruning.side for r in runs[1:]] == ["smallest", "largest"] and not runs[0].cfg.pruning.layers
