@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ INTERVENTIONS = ("none", "zero", "gaussian", "zero_restore")
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the field and what is allowed."""
+
+
+class _NotFinite(ConfigError):
+    """A number that is nan or infinite (reported as such, also for ``float | None`` fields)."""
 
 
 @dataclass(frozen=True)
@@ -162,12 +167,13 @@ def _allowed(tp: Any) -> str:
 def _convert(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _convert(option, value, path)
-            except ConfigError as err:
-                errors.append(err)
+            except _NotFinite:
+                raise
+            except ConfigError:
+                pass
         raise ConfigError(f"{path}: expected {_allowed(tp)}, got {value!r}")
     if origin is Literal:
         if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(tp)):
@@ -195,14 +201,27 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        return _number(value, path)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def _number(value: Any, path: str) -> float:
+    """A finite float from a YAML number or any string Python's ``float`` reads (YAML 1.1 reads ``1e-3`` as a
+    string); nan and inf are refused."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise _NotFinite(f"{path}: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
@@ -274,10 +293,7 @@ def apply_override(data: dict, assignment: str) -> dict:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
     key, raw = assignment.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({err})") from None
+    value = parse_value(key, raw)
     parts = key.strip().split(".")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
@@ -296,6 +312,18 @@ def apply_override(data: dict, assignment: str) -> dict:
     return data
 
 
+def parse_value(key: str, raw: str) -> Any:
+    """The YAML value of ``--set KEY=RAW`` (empty: null); ConfigError naming the key if it is not YAML."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key.strip()}: value {raw!r} is not valid YAML ({_one_line(err)})") from None
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
 def _index(node: list, part: str, parts: list[str]) -> int:
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(f"{'.'.join(parts)}: no list element {part} (the list has {len(node)})")
@@ -308,6 +336,7 @@ def _index(node: list, part: str, parts: list[str]) -> int:
 def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     """Semantic checks beyond types. ``unit_names``: the model's prunable layers, when known."""
     _check_positive(cfg)
+    _check_bounds(cfg)
     epochs = cfg.train.epochs
     p = cfg.pruning
     names = [layer.name for layer in p.layers]
@@ -352,6 +381,36 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     return cfg
 
 
+# Upper bounds on size fields: far above every paper setting (325 epochs, width 1, batch 128), low enough that a
+# typo (train.epochs=1000000000000) is refused instead of training forever or exhausting memory.
+MAX_EPOCHS = 10_000
+LIMITS = {
+    "train.epochs": MAX_EPOCHS, "train.batch_size": 65_536, "train.eval_batch_size": 65_536,
+    "train.threads": 4_096, "data.synthetic_train": 1_000_000, "data.synthetic_test": 1_000_000,
+    "data.synthetic_classes": 100_000, "model.width": 16.0, "probes.samples": 1_000_000,
+    "probes.top_k": 10_000, "probes.trace_samples": 100_000, "probes.eps_directions": 10_000,
+}
+MAX_UNITS = 65_536  # model.hidden widths and data.synthetic_shape sides
+MAX_EPS_POINTS = 10_000  # probes.eps_max / probes.eps_step
+
+
+def _check_bounds(cfg: RunConfig) -> None:
+    for name, limit in LIMITS.items():
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and value > limit:
+            raise ConfigError(f"{name}: must be <= {limit:,}, got {value:,}")
+    for name, sizes in (("model.hidden", cfg.model.hidden), ("data.synthetic_shape", cfg.data.synthetic_shape)):
+        if any(not 1 <= n <= MAX_UNITS for n in sizes):
+            raise ConfigError(f"{name}: every entry must be in [1, {MAX_UNITS:,}], got {list(sizes)}")
+    if cfg.train.threads is not None and cfg.train.threads < 1:
+        raise ConfigError(f"train.threads: must be >= 1 or null (all cores), got {cfg.train.threads}")
+    p = cfg.probes
+    if p.eps_step > 0 and p.eps_max / p.eps_step > MAX_EPS_POINTS:
+        raise ConfigError(f"probes.eps_step: the grid 0..eps_max={p.eps_max} in steps of {p.eps_step} has more "
+                          f"than {MAX_EPS_POINTS:,} points; use a larger eps_step")
+
+
 def _check_positive(cfg: RunConfig) -> None:
     checks = {
         "train.epochs": cfg.train.epochs,
@@ -389,17 +448,25 @@ def _check_positive(cfg: RunConfig) -> None:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """The mapping in YAML file ``path``; ConfigError if it is unreadable, not UTF-8, not YAML or empty (an
+    empty file would silently train the defaults: full-width VGG11 for 325 epochs)."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}); a config is a YAML text file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+        raise ConfigError(f"config file {path}: not valid YAML ({_one_line(err)})") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    return data or {}
+    if not data:
+        raise ConfigError(f"config file {path}: is empty; give at least one field (e.g. model.arch), the "
+                          f"defaults alone train a full-width VGG11 for 325 epochs")
+    return data
 
 
 def parse(data: dict, overrides: list[str] = ()) -> RunConfig:
