@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab import store
+from gstlab import recovery, store
 from gstlab.analysis.summary import summarize
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
@@ -32,7 +32,7 @@ CHECKPOINT_FORMAT = "gstlab-checkpoint-1"
 
 
 class RunDirError(RuntimeError):
-    """The output directory holds a different run."""
+    """The output directory holds a different run (or a damaged one that cannot be told apart)."""
 
 
 @dataclasses.dataclass
@@ -264,36 +264,87 @@ def _summary(run: Run, status: str, reason: str | None = None) -> dict:
 
 def execute(cfg: C.RunConfig, out: str | Path, progress: bool | None = None) -> dict:
     """Run, resume or skip the run ``cfg`` in directory ``out``; returns its summary."""
+    return run_or_skip(cfg, out, progress)[0]
+
+
+def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None) -> tuple[dict, bool]:
+    """(summary, executed): ``executed`` is False when ``out`` already held the finished (or failed) run.
+
+    Damaged files are repaired on the way (docs/reliability.md): a damaged config.yaml is rewritten, damaged
+    results of a finished run are redone, a damaged checkpoint falls back to the previous one or to scratch.
+    """
     out = Path(out)
-    done = _finished_summary(cfg, out)
+    done = _settled_summary(cfg, out)  # the common case, without loading data or taking the lock
     if done is not None:
-        return done
+        return done, False
     run = prepare(cfg, out)  # bad input fails here, before anything is written
+    store.make_dir(out, "--out")
     with store.dir_lock(out):  # another process (a second study sharing this run) may hold it
-        done = _finished_summary(cfg, out)
-        return done if done is not None else _execute(run, progress)
+        notes = _repair_config(cfg, out)
+        summary, problem = recovery.verify_finished(out)
+        if summary is not None:
+            recovery.settle(out, summary, notes)
+            return summary, False
+        if problem is not None:
+            recovery.warn(f"{out}/{problem}; running it again")
+            notes.append(recovery.note(problem.split()[0], problem, "ran the run again"))
+            recovery.discard_summary(out)
+        return _execute(run, progress, notes), True
 
 
-def _execute(run: Run, progress: bool | None) -> dict:
+def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
     cfg, out = run.cfg, run.out
     show = cfg.train.progress if progress is None else progress
-    ckpt = out / store.CHECKPOINT
-    if ckpt.exists():
-        restore(run, store.load_checkpoint(ckpt))
-    out.mkdir(parents=True, exist_ok=True)
+    for path in store.leftovers(out):  # half-written files of a killed write
+        path.unlink()
+    run = _resume(run, notes)
     store.atomic_write_text(out / "config.yaml", C.dump_yaml(cfg))
     info = manifest(cfg, run.device, run.speed, stream_seeds(cfg.seed))
+    recovered = [*recovery.previous_notes(out), *notes]
+    if recovered:
+        info["recovered"] = recovered
     store.write_json(out / "manifest.json", info)
     status, reason = _loop(run, show)
     write_tables(run)
     summary = _summary(run, status, reason)
     _save_final(run)
     store.write_json(out / "summary.json", summary)
-    info.update({"status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    recovery.remove_transient(out)  # a final run keeps no checkpoint (finished or diverged)
+    info.update({"status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "files": recovery.checksums(out)})
     store.write_json(out / "manifest.json", info)
-    if status == "finished":
-        ckpt.unlink(missing_ok=True)
     return summary
+
+
+def _resume(run: Run, notes: list[dict]) -> Run:
+    """Restore the newest loadable checkpoint of ``run.out``; damaged ones are reported, noted and removed.
+    Returns the run to continue (a fresh one when a checkpoint failed half-way through restoring)."""
+    problems = []
+    for name in (store.CHECKPOINT, store.PREVIOUS_CHECKPOINT):
+        path = run.out / name
+        if not path.exists():
+            continue
+        try:
+            state = store.load_checkpoint(path)
+            if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != C.run_id(run.cfg):
+                raise ValueError("not a checkpoint of this run")
+            restore(run, state)
+        except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
+            problems.append(f"{name} is damaged ({recovery.one_line(err)})")
+            path.unlink()
+            run = prepare(run.cfg, run.out)  # a partial restore leaves the run half-loaded
+            continue
+        if problems:
+            _report(run, problems, f"resuming at epoch {run.start_epoch} from {name}", notes)
+        return run
+    if problems:
+        _report(run, problems, "restarting from scratch", notes)
+    return run
+
+
+def _report(run: Run, problems: list[str], action: str, notes: list[dict]) -> None:
+    recovery.warn(f"{run.out}/{'; '.join(problems)}; {action}")
+    notes.append(recovery.note(store.CHECKPOINT, "; ".join(problems), action))
 
 
 def _loop(run: Run, show: bool) -> tuple[str, str | None]:
@@ -319,7 +370,8 @@ def _checkpoint(run: Run, epoch: int) -> None:
         _save_model(run, run.out / f"model_epoch{epoch}.pt", epoch)
     if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == run.cfg.train.epochs:
         write_tables(run)
-        store.save_checkpoint(run.out / store.CHECKPOINT, checkpoint_state(run, epoch + 1))
+        store.save_checkpoint(run.out / store.CHECKPOINT, checkpoint_state(run, epoch + 1),
+                              previous=run.out / store.PREVIOUS_CHECKPOINT)
 
 
 def _save_model(run: Run, path: Path, epoch: int) -> None:
@@ -333,17 +385,43 @@ def _save_final(run: Run) -> None:
         _save_model(run, run.out / "model_final.pt", int(run.rows["metrics"][-1]["epoch"]))
 
 
-def _finished_summary(cfg: C.RunConfig, out: Path) -> dict | None:
-    """The summary of a finished run in ``out``; RunDirError if ``out`` holds another run."""
-    cfg_file = out / "config.yaml"
-    if cfg_file.exists():
-        existing = C.from_dict(C.RunConfig, C.load_yaml(cfg_file))
-        if C.run_id(existing) != C.run_id(cfg):
-            raise RunDirError(f"{out} holds a different run (id {C.run_id(existing)}, this config is "
-                              f"{C.run_id(cfg)}); choose another --out")
-    summary_file = out / "summary.json"
-    if summary_file.exists():
-        summary = store.read_json(summary_file)
-        if summary.get("status") in ("finished", "failed"):
-            return summary
-    return None
+def _settled_summary(cfg: C.RunConfig, out: Path) -> dict | None:
+    """The summary of the run in ``out`` if it is final, intact and settled (nothing to repair or tidy);
+    RunDirError if ``out`` holds another run."""
+    if _identity_problem(cfg, out) is not None:
+        return None
+    summary, _ = recovery.verify_finished(out)
+    return summary if summary is not None and recovery.settled(out, summary) else None
+
+
+def _identity_problem(cfg: C.RunConfig, out: Path) -> str | None:
+    """None when ``out`` is new or its config.yaml is this run's; a problem when config.yaml is damaged but
+    manifest.json or summary.json say this run; RunDirError when ``out`` holds another run or nothing tells."""
+    path = out / "config.yaml"
+    if not path.exists():
+        return None
+    want = C.run_id(cfg)
+    try:
+        have, problem = C.run_id(C.from_dict(C.RunConfig, C.load_yaml(path))), None
+    except (C.ConfigError, TypeError) as err:
+        have, problem = None, f"config.yaml is damaged ({recovery.one_line(err, 80)})"
+    if have == want:
+        return None
+    recorded = recovery.recorded_ids(out)
+    if want in recorded:
+        return problem or f"config.yaml is damaged (it describes run {have}, manifest.json says {want})"
+    if have is not None or recorded:
+        raise RunDirError(f"{out} holds a different run (id {have or recorded[0]}, this config is {want}); "
+                          f"choose another --out")
+    raise RunDirError(f"{out}/{problem} and no other file says which run it holds: remove the directory "
+                      f"(rm -r {out}) to run here, or choose another --out")
+
+
+def _repair_config(cfg: C.RunConfig, out: Path) -> list[dict]:
+    """Rewrite a damaged config.yaml of this run; returns the repair notes."""
+    problem = _identity_problem(cfg, out)
+    if problem is None:
+        return []
+    recovery.warn(f"{out}/{problem}; rewriting it from this run's config")
+    store.atomic_write_text(out / "config.yaml", C.dump_yaml(cfg))
+    return [recovery.note("config.yaml", problem, "rewritten from the config of this run")]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
+import math
 import numbers
 import os
 import tempfile
@@ -30,14 +32,34 @@ EVENT_COLUMNS = (
     "mean_score", "acc_before", "acc_after", "instability", "duration_batches",
 )
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the last good one, kept until a new checkpoint is complete
+
+
+class OutDirError(OSError):
+    """An output directory cannot be created or written (a file in its place, a read-only file system)."""
+
+
+def make_dir(path: Path, flag: str) -> None:
+    """Create directory ``path`` (and parents); OutDirError naming ``flag`` if that is impossible."""
+    if path.exists() and not path.is_dir():
+        raise OutDirError(f"{flag} {path}: exists and is not a directory; choose another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutDirError(f"{flag} {path}: cannot create the directory ({err.strerror})") from None
 
 
 @contextlib.contextmanager
 def dir_lock(directory: Path) -> Iterator[None]:
     """Exclusive advisory lock on ``directory`` (a sibling ``.<name>.lock`` file), held until exit: two
     processes that would execute the same run (e.g. two studies sharing a store) take turns."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with open(directory.parent / f".{directory.name}.lock", "a") as handle:
+    make_dir(directory.parent, "directory")
+    lock = directory.parent / f".{directory.name}.lock"
+    try:
+        handle = open(lock, "a")  # noqa: SIM115 (closed below)
+    except OSError as err:
+        raise OutDirError(f"{directory}: cannot create its lock file {lock} ({err.strerror})") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -45,14 +67,21 @@ def dir_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+TMP_SUFFIX = ".tmp"  # atomic writes go through ``.<name>.<random>.tmp``; a kill can leave one behind
+
+
+def atomic_write_bytes(path: Path, data: bytes, previous: Path | None = None) -> None:
+    """Write ``path`` via a temporary file and a rename. ``previous``: first move the old ``path`` there, so
+    the last complete version survives until the new one is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,7 +93,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    """Strict JSON: NaN and infinities are written as null (bare NaN is not JSON)."""
+    text = json.dumps(_finite(data), indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -75,6 +116,28 @@ def _jsonable(value: Any) -> Any:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    """The JSON object in ``path``; None if it is missing, unreadable, not JSON or not an object."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode())
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def leftovers(directory: Path) -> list[Path]:
+    """Temporary files of atomic writes that a kill left behind in ``directory``."""
+    return sorted(p for p in directory.glob(f".*{TMP_SUFFIX}") if p.is_file())
 
 
 def csv_text(rows: list[dict], columns: tuple[str, ...] | list[str]) -> str:
@@ -100,10 +163,10 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | list[str]
     atomic_write_text(path, csv_text(rows, columns))
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict, previous: Path | None = None) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), previous)
 
 
 def load_checkpoint(path: Path) -> dict:

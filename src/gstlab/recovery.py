@@ -1,0 +1,157 @@
+"""Damaged or inconsistent run directories: verify a finished run's files, pick a loadable checkpoint, and bring
+the directory to its final state (docs/reliability.md).
+
+A finished run's ``manifest.json`` lists a SHA-256 of every result file (``files``). A run that finished before
+its manifest was final (killed in between, or written by an older gstlab) is checked by structure instead:
+``summary.json`` is a JSON object, ``metrics.csv`` has one row per epoch done, ``events.csv`` parses, and
+``model_final.pt`` loads. Every repair is recorded in the manifest's ``recovered`` list.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+from gstlab import store
+
+FINAL = ("finished", "failed")
+UNCHECKED = ("manifest.json", "config.yaml", store.CHECKPOINT, store.PREVIOUS_CHECKPOINT)  # config: run identity
+
+
+def warn(message: str) -> None:
+    print(f"gst: warning: {message}", file=sys.stderr)
+
+
+def note(file: str, problem: str, action: str) -> dict:
+    return {"file": file, "problem": problem, "action": action, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def one_line(err: BaseException, limit: int = 120) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------- finished runs
+
+
+def checksums(run_dir: Path) -> dict[str, str]:
+    """SHA-256 of every result file of ``run_dir`` (not the manifest, config or checkpoints)."""
+    return {p.name: store.sha256(p) for p in sorted(run_dir.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.name not in UNCHECKED}
+
+
+def verify_finished(run_dir: Path) -> tuple[dict | None, str | None]:
+    """(summary, None) for a finished or failed run whose files are intact; (None, problem) when one is
+    damaged; (None, None) when the run has not finished."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None, None
+    summary = store.read_json_or_none(path)
+    if summary is None or "status" not in summary:
+        return None, "summary.json is damaged (not a JSON object with a status)"
+    if summary["status"] not in FINAL:
+        return None, None
+    manifest = store.read_json_or_none(run_dir / "manifest.json") or {}
+    files = manifest.get("files")
+    problem = _check_sums(run_dir, files) if isinstance(files, dict) else _check_structure(run_dir, summary)
+    return (None, problem) if problem else (summary, None)
+
+
+def _check_sums(run_dir: Path, files: dict) -> str | None:
+    for name, digest in files.items():
+        path = run_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if store.sha256(path) != digest:
+            return f"{name} is damaged (checksum mismatch)"
+    return None
+
+
+def _check_structure(run_dir: Path, summary: dict) -> str | None:
+    rows = _csv_rows(run_dir / "metrics.csv", store.METRIC_COLUMNS)
+    if rows is None or rows != summary.get("epochs_done", rows):
+        return "metrics.csv is damaged (missing, unreadable or not one row per epoch done)"
+    if _csv_rows(run_dir / "events.csv", store.EVENT_COLUMNS) is None:
+        return "events.csv is damaged (missing or unreadable)"
+    model = run_dir / "model_final.pt"
+    if rows and not _loads(model):
+        return "model_final.pt is damaged (missing or not loadable)"
+    return None
+
+
+def _csv_rows(path: Path, columns: tuple[str, ...]) -> int | None:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            if tuple(next(reader, ())) != columns:
+                return None
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None if any(len(r) != len(columns) for r in rows) else len(rows)
+
+
+def _loads(path: Path) -> bool:
+    try:
+        store.load_checkpoint(path)
+    except Exception:  # noqa: BLE001 (a damaged file raises many types)
+        return False
+    return True
+
+
+def discard_summary(run_dir: Path) -> None:
+    """Remove a damaged finished run's summary, so it is re-run (and cannot look finished if that re-run is
+    cut off)."""
+    (run_dir / "summary.json").unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- final state
+
+
+def settled(run_dir: Path, summary: dict) -> bool:
+    """True when the manifest agrees with the summary and no checkpoint or temporary file is left."""
+    manifest = store.read_json_or_none(run_dir / "manifest.json") or {}
+    return (manifest.get("status") == summary["status"] and isinstance(manifest.get("files"), dict)
+            and not _transient(run_dir))
+
+
+def _transient(run_dir: Path) -> list[Path]:
+    ckpts = [run_dir / store.CHECKPOINT, run_dir / store.PREVIOUS_CHECKPOINT]
+    return [p for p in ckpts if p.exists()] + store.leftovers(run_dir)
+
+
+def remove_transient(run_dir: Path) -> None:
+    """Checkpoints and temporary files: a final run keeps neither."""
+    for path in _transient(run_dir):
+        path.unlink(missing_ok=True)
+
+
+def settle(run_dir: Path, summary: dict, notes: list[dict]) -> None:
+    """Bring a verified final run to its final state: the manifest's status, finish time and checksums agree
+    with the summary; checkpoints and temporary files are gone."""
+    manifest = store.read_json_or_none(run_dir / "manifest.json")
+    if manifest is None:
+        manifest = {"run_id": summary.get("run_id")}
+        notes.append(note("manifest.json", "damaged or missing", "rebuilt from summary.json (environment lost)"))
+    remove_transient(run_dir)
+    manifest.update(status=summary["status"], finished=manifest.get("finished") or time.strftime(
+        "%Y-%m-%dT%H:%M:%S%z"), files=checksums(run_dir))
+    if notes:
+        manifest["recovered"] = [*manifest.get("recovered", []), *notes]
+    store.write_json(run_dir / "manifest.json", manifest)
+
+
+def previous_notes(run_dir: Path) -> list[dict]:
+    """The repairs recorded in ``run_dir``'s manifest so far."""
+    manifest = store.read_json_or_none(run_dir / "manifest.json") or {}
+    notes = manifest.get("recovered")
+    return notes if isinstance(notes, list) else []
+
+
+def recorded_ids(run_dir: Path) -> list[str]:
+    """Run ids that manifest.json and summary.json of ``run_dir`` record (the readable ones)."""
+    ids = [(store.read_json_or_none(run_dir / name) or {}).get("run_id") for name in ("manifest.json",
+                                                                                      "summary.json")]
+    return [i for i in ids if isinstance(i, str)]

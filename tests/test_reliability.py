@@ -1,0 +1,321 @@
+"""Issue 15: every bad input gets exit 2 and one line naming the field, with nothing written; every damaged
+file is repaired from what survives or reported with the command that fixes it; nothing gets stuck.
+One test per item of the issue (docs/reliability.md has the table)."""
+
+import errno
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gstlab import config as C
+from gstlab import executors, runner, store
+from gstlab import study as S
+from gstlab.cli import main
+from gstlab.data import DataMissingError, cifar
+from gstlab.runner import execute
+from test_runner import TINY, _comparable, _write, cfg_of
+
+
+def _bad(tmp_path: Path, capsys, argv: list[str], field: str) -> None:
+    """``gst ARGV`` exits 2 with one line naming ``field``; nothing is written under tmp_path/never."""
+    out = tmp_path / "never"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert field in err and err.count("\n") == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def _run_cfg(tmp_path: Path, *overrides: str) -> list[str]:
+    return ["run", "--config", str(_write(tmp_path, TINY)), "--no-progress",
+            *(a for o in overrides for a in ("--set", o))]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("text", ["1e-3", "1E-3", "1.e-3", "10e-4", "0.1e-1", "1_0e-4"])
+def test_1_every_python_float_form_is_a_number(tmp_path, text):
+    value = float(text)
+    assert C.parse(TINY, [f"optim.lr={text}"]).optim.lr == value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(TINY).replace("lr: 0.01", f"lr: {text}"))
+    assert C.parse(C.load_yaml(path)).optim.lr == value
+    study = S.study_from_dict({"settings": [{"inline": TINY}], "grid": {"optim.lr": [text]},
+                               "set": {"intervention.scale": text}})
+    (run,) = S.expand(study)
+    assert run.cfg.optim.lr == value and run.cfg.intervention.scale == value
+
+
+@pytest.mark.parametrize("text", ["", "# nothing here\n", "{}\n"])
+def test_2_an_empty_config_file_is_refused(tmp_path, capsys, text):
+    (tmp_path / "empty.yaml").write_text(text)
+    _bad(tmp_path, capsys, ["run", "--config", str(tmp_path / "empty.yaml")], "is empty")
+
+
+def test_3_a_binary_config_file_is_refused(tmp_path, capsys):
+    (tmp_path / "bin.yaml").write_bytes(b"\x80\x04\x95\xff\xfe binary \x00\x01")
+    _bad(tmp_path, capsys, ["run", "--config", str(tmp_path / "bin.yaml")], "not UTF-8 text")
+
+
+@pytest.mark.parametrize("override, field", [
+    ("optim.lr=.nan", "optim.lr"), ("optim.weight_decay=.nan", "optim.weight_decay"),
+    ("model.width=.nan", "model.width"), ("optim.gamma=.nan", "optim.gamma"), ("optim.lr=.inf", "optim.lr"),
+    ("optim.lr=nan", "optim.lr"), ("intervention.scale=-inf", "intervention.scale"),
+    ("optim.milestones=[1, .inf]", "optim.milestones"),
+])
+def test_4_non_finite_numbers_are_refused(tmp_path, capsys, override, field):
+    _bad(tmp_path, capsys, _run_cfg(tmp_path, override), f"{field}")
+    with pytest.raises(C.ConfigError, match="finite|integer"):
+        C.parse(TINY, [override])
+
+
+@pytest.mark.parametrize("override, field", [
+    ("train.epochs=1000000000000", "train.epochs: must be <= "),
+    ("data.synthetic_train=10000000000", "data.synthetic_train: must be <= "),
+    ("train.batch_size=100000000", "train.batch_size: must be <= "),
+    ("probes.eps_step=1e-12", "probes.eps_step"),
+    ("model.width=1e6", "model.width: must be <= "),
+])
+def test_5_size_fields_are_bounded(tmp_path, capsys, override, field):
+    _bad(tmp_path, capsys, _run_cfg(tmp_path, override), field)
+
+
+def test_6_an_out_that_is_a_file_or_read_only_is_refused_without_leftovers(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("not a directory")
+    assert main([*_run_cfg(tmp_path), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "not a directory" in err and err.count("\n") == 1
+    assert not list(tmp_path.glob(".file*.lock"))
+    assert main(["sweep", "--study", "fig2_vgg", "--scale", "smoke", "--out", str(tmp_path / "file")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main([*_run_cfg(tmp_path), "--out", str(tmp_path / "ro" / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and err.count("\n") == 1
+
+
+def test_7_a_bad_yaml_value_in_sweep_set_is_refused(tmp_path, capsys):
+    _bad(tmp_path, capsys, ["sweep", "--study", "fig2_vgg", "--scale", "smoke", "--set", "train.epochs=[1"],
+         "--set train.epochs")
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "-1"), ("--workers", "0"), ("--threads-per-worker", "0"),
+                                         ("--runs-per-gpu", "0"), ("--seeds", "0")])
+def test_8_non_positive_worker_counts_are_refused(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--study", "fig2_vgg", "--scale", "smoke", "--out", str(tmp_path / "never"), flag, value])
+    assert exit_.value.code == 2
+    assert f"{flag}: expected an integer >= 1, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("text", ["", "run_id,setting,label,seed,run_dir,status\n"])
+def test_9_report_on_an_empty_index_says_so(tmp_path, capsys, text):
+    (tmp_path / "index.csv").write_text(text)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "index.csv" in err and "gst sweep" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------- damaged files
+
+
+class _Killed(Exception):
+    pass
+
+
+def _killed_after(monkeypatch, epoch: int) -> None:
+    """Make the next run stop (as if killed) right after the checkpoint of ``epoch``."""
+    original = runner._checkpoint
+
+    def checkpoint(run, e):
+        original(run, e)
+        if e == epoch:
+            raise _Killed
+
+    monkeypatch.setattr(runner, "_checkpoint", checkpoint)
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "random": os.urandom(len(data)), "empty": b""}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "random", "empty"])
+def test_10_a_damaged_checkpoint_resumes_from_the_previous_one(tmp_path, capsys, monkeypatch, how):
+    cfg = cfg_of(TINY)
+    execute(cfg, tmp_path / "reference")
+    out = tmp_path / "run"
+    _killed_after(monkeypatch, 3)
+    with pytest.raises(_Killed):
+        execute(cfg, out)
+    monkeypatch.undo()
+    assert (out / store.PREVIOUS_CHECKPOINT).exists()
+    _damage(out / store.CHECKPOINT, how)
+    execute(cfg, out)
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is damaged" in err and "epoch 3" in err and err.count("\n") == 1
+    assert _comparable(out) == _comparable(tmp_path / "reference")
+    (note,) = json.loads((out / "manifest.json").read_text())["recovered"]
+    assert note["file"] == "checkpoint.pt" and "epoch 3" in note["action"]
+    assert not (out / store.CHECKPOINT).exists() and not (out / store.PREVIOUS_CHECKPOINT).exists()
+
+
+def test_10_without_a_good_checkpoint_the_run_restarts_from_scratch(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / store.CHECKPOINT).write_bytes(b"garbage")
+    execute(cfg_of(TINY), out)
+    assert "restarting from scratch" in capsys.readouterr().err
+    assert _comparable(out) == _comparable(_reference(tmp_path))
+
+
+def _reference(tmp_path: Path) -> Path:
+    execute(cfg_of(TINY), tmp_path / "reference")
+    return tmp_path / "reference"
+
+
+@pytest.mark.parametrize("name, how", [("summary.json", "truncated"), ("metrics.csv", "truncated"),
+                                       ("metrics.csv", "empty"), ("events.csv", "random"),
+                                       ("model_final.pt", "truncated")])
+def test_11_damaged_results_of_a_finished_run_are_redone(tmp_path, capsys, name, how):
+    out = _reference(tmp_path)
+    expected = _comparable(out)
+    _damage(out / name, how)
+    execute(cfg_of(TINY), out)
+    assert f"{name} is damaged" in capsys.readouterr().err
+    assert _comparable(out) == expected
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["recovered"][0]["file"] == name
+    assert S.run_status(out) == "finished"
+
+
+@pytest.mark.parametrize("text", [b"\xff\x00binary", b"data: [unclosed\n", b"seed: 7\n", b"- a list\n"])
+def test_12_a_damaged_config_yaml_is_rewritten_from_the_run_it_belongs_to(tmp_path, capsys, text):
+    out = _reference(tmp_path)
+    expected = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_bytes(text)
+    execute(cfg_of(TINY), out)
+    assert "config.yaml is damaged" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == expected
+    if text == b"seed: 7\n":
+        return  # a valid config of another run: with no manifest it is another run
+    (out / "config.yaml").write_bytes(text)
+    (out / "manifest.json").write_text("{")
+    (out / "summary.json").write_text("")
+    assert main([*_run_cfg(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml is damaged" in err and f"rm -r {out}" in err and "holds a different run" not in err
+
+
+def test_13_a_run_killed_after_its_summary_is_made_consistent(tmp_path):
+    out = _reference(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "files": None}))
+    shutil.copy(out / "model_final.pt", out / store.CHECKPOINT)
+    (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")
+    execute(cfg_of(TINY), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and set(manifest["files"]) >= {"summary.json", "metrics.csv"}
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "events.csv", "manifest.json", "metrics.csv",
+                                                     "model_final.pt", "summary.json"]
+
+
+def test_13_a_diverged_run_keeps_no_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    cfg = cfg_of(TINY, "optim.name=sgd", "optim.lr=1e12")  # diverges after a few epochs
+    assert execute(cfg, out)["status"] == "failed"
+    assert not (out / store.CHECKPOINT).exists() and not (out / store.PREVIOUS_CHECKPOINT).exists()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_14_summary_json_of_a_diverged_run_is_strict_json(tmp_path):
+    out = tmp_path / "nan"
+    data = TINY | {"optim": {"name": "sgd", "lr": 1e30, "momentum": 0.9}}
+    assert main(["run", "--config", str(_write(tmp_path, data)), "--out", str(out), "--no-progress"]) == 1
+
+    def refuse(name):
+        raise ValueError(f"bare {name} in strict JSON")
+
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["status"] == "failed" and summary["mean_stability"] is None
+
+
+def test_15_the_index_is_true_after_a_killed_sweep_and_counts_runs_executed_elsewhere(tmp_path, monkeypatch):
+    study = S.study_from_dict({"settings": [{"inline": TINY}], "seeds": 2})
+    res = executors.Resources(workers=1, threads=1)
+    started = []
+    original = executors._start
+
+    def start(run, *args):
+        if started:
+            raise KeyboardInterrupt  # the sweep is killed while its second run starts
+        started.append(run.run_id)
+        return original(run, *args)
+
+    monkeypatch.setattr(executors, "_start", start)
+    with pytest.raises(KeyboardInterrupt):
+        S.sweep(study, {}, tmp_path / "a", "local", res, progress=False)
+    status = {r["run_id"]: r["status"] for r in _index(tmp_path / "a")}
+    assert status[started[0]] == "finished" and list(status.values()).count("pending") == 1
+    monkeypatch.undo()
+    runs = S.expand(study)
+    outcomes = executors.run_local(runs, tmp_path / "a", tmp_path / "b", res, progress=False)
+    executed = {o.run_id: o.executed for o in outcomes}
+    assert executed == {started[0]: False, next(r.run_id for r in runs if r.run_id != started[0]): True}
+
+
+def _index(study_dir: Path) -> list[dict]:
+    import csv
+
+    with open(study_dir / "index.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------------ security
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _cifar_dir(base: Path, marker: Path) -> Path:
+    directory = base / "cifar-10-batches-py"
+    directory.mkdir(parents=True)
+    batch = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1], b"payload": _Payload(marker)}
+    for name in [*cifar.SPECS["cifar10"]["train"], *cifar.SPECS["cifar10"]["test"]]:
+        (directory / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return directory
+
+
+def test_16_cifar_batches_are_checked_and_never_run_code(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cifar, "CACHE", tmp_path / "cache")
+    directory = _cifar_dir(tmp_path / "data", marker)
+    with pytest.raises(DataMissingError, match="not found"):  # ./data is searched only when asked
+        cifar.load("cifar10", None, False, True)
+    with pytest.raises(DataMissingError, match="checksum mismatch"):
+        cifar.load("cifar10", "data", False, True)
+    with pytest.raises(DataMissingError, match="refused"):
+        cifar.unpickle(directory / "data_batch_1")
+    assert not marker.exists()
+    clean = tmp_path / "clean.pkl"
+    clean.write_bytes(pickle.dumps({b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [3, 4],
+                                    b"filenames": [b"a.png", b"b.png"], b"batch_label": b"x"}, protocol=2))
+    batch = cifar.unpickle(clean)
+    assert batch[b"labels"] == [3, 4] and batch[b"data"].tolist() == [[0, 1, 2], [3, 4, 5]]
