@@ -112,7 +112,7 @@ def test_killed_sweep_resumes_and_skips_finished_runs(tmp_path, one_thread):
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker die together, as on a lost machine
     proc.wait()
     statuses = [r["status"] for r in index(out)]
-    assert statuses == ["pending", "pending"]  # the index is rewritten at the end only
+    assert statuses == ["finished", "pending"]  # the index is rewritten as each run ends
     first, second = (Path(r["run_dir"]) for r in index(out))
     assert (first / "summary.json").exists() and not (second / "summary.json").exists()
     finished_at = (first / "summary.json").stat().st_mtime_ns

@@ -39,21 +39,26 @@ def _default_out(cfg: C.RunConfig) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gstlab.runner import execute  # noqa: PLC0415
+    from gstlab import store  # noqa: PLC0415
+    from gstlab.runner import run_or_skip  # noqa: PLC0415
 
     cfg = _config_from_args(args)
     out = Path(args.out) if args.out else _default_out(cfg)
-    summary = execute(cfg, out)
-    _print_summary(out, summary)
+    summary, executed = run_or_skip(cfg, out)
+    if args.outcome_file:  # for the local executor: did this process execute the run?
+        store.write_json(Path(args.outcome_file), {"status": summary.get("status"), "executed": executed})
+    _print_summary(out, summary, executed)
     return EXIT_OK if summary.get("status") == "finished" else EXIT_FAILED
 
 
-def _print_summary(out: Path, s: dict) -> None:
-    print(f"run {s.get('run_id')} -> {out}  [{s.get('status')}]")
+def _print_summary(out: Path, s: dict, executed: bool = True) -> None:
+    print(f"run {s.get('run_id')} -> {out}  [{s.get('status')}{'' if executed else ', earlier'}]")
     if s.get("failure"):
         print(f"  failure: {s['failure']}")
-    print(f"  mean stability {s['mean_stability']:.2f}%   best test acc {s['best_test_acc']:.2f}% "
-          f"(epoch {s['best_epoch']})   final {s['final_test_acc']:.2f}%   gap {s['generalization_gap']:.2f}")
+    f = {k: "n/a" if s.get(k) is None else f"{s[k]:.2f}" for k in ("mean_stability", "best_test_acc",
+                                                                  "final_test_acc", "generalization_gap")}
+    print(f"  mean stability {f['mean_stability']}%   best test acc {f['best_test_acc']}% "
+          f"(epoch {s['best_epoch']})   final {f['final_test_acc']}%   gap {f['generalization_gap']}")
     print(f"  events {s['n_events']} over {s['n_prune_epochs']} epochs   "
           f"params {s['params_remaining']:,}/{s['params_total']:,}")
 
@@ -126,12 +131,10 @@ def _study_from_args(args: argparse.Namespace):
 
 
 def _key_value(assignment: str) -> tuple[str, object]:
-    import yaml  # noqa: PLC0415
-
     if "=" not in assignment:
         raise UsageError(f"--set {assignment!r}: expected dotted.key=value")
     key, value = assignment.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), C.parse_value(key, value)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -154,7 +157,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcomes = sweep(study, raw, out, args.executor, res, address=args.address,
                      store_dir=Path(args.store) if args.store else None, progress=not args.no_progress)
     failed = [o for o in outcomes if o.status != "finished"]
-    print(f"{study.name}: {len(outcomes)} runs executed now, {len(failed)} failed; index: {out / 'index.csv'}")
+    executed = sum(o.executed for o in outcomes)
+    elsewhere = f", {len(outcomes) - executed} finished meanwhile by another process" if executed < len(outcomes) \
+        else ""
+    print(f"{study.name}: {executed} runs executed now{elsewhere}, {len(failed)} failed; index: {out / 'index.csv'}")
     for o in failed:
         print(f"  FAILED {o.run_id}: {o.detail}")
     print(f"next: gst report {out}")
@@ -165,11 +171,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gstlab.analysis.report import write_report  # noqa: PLC0415
 
     study_dir = Path(args.study_dir)
-    if not (study_dir / "index.csv").exists():
+    index = study_dir / "index.csv"
+    if not index.exists():
         raise UsageError(f"{study_dir}: not a study directory (no index.csv); run `gst sweep` first")
+    if not _has_rows(index):
+        raise UsageError(f"{index}: lists no runs (empty or damaged); run `gst sweep` on the study again to "
+                         f"rewrite it (finished runs are not re-run)")
     path = write_report(study_dir)
     print(f"report: {path}")
     return EXIT_OK
+
+
+def _has_rows(index: Path) -> bool:
+    """True when ``index`` is a CSV with a run_id column and at least one run."""
+    import csv  # noqa: PLC0415
+
+    try:
+        with index.open(newline="", encoding="utf-8") as f:
+            return any(row.get("run_id") for row in csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+
+
+def _count(least: int):
+    """argparse type: an integer >= ``least`` (the message names the flag and the allowed values)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
 
 
 def cmd_flatness(args: argparse.Namespace) -> int:
@@ -204,7 +241,10 @@ def _append_csv(path: Path, rows: list[dict], columns, store) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gst", description="Train while pruning on a schedule and measure the generalization-stability "
-                                "tradeoff (Bartoldson et al., NeurIPS 2020).")
+                                "tradeoff (Bartoldson et al., NeurIPS 2020).",
+        epilog="exit status: 0 finished; 1 a run failed (diverged) or a study has failed runs; 2 bad input "
+               "(one line naming the field and what is allowed; nothing is written). Damaged files are repaired "
+               "or reported with the command that fixes them: docs/reliability.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train one run (resumes if cut off, skips if finished)",
@@ -222,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config field, e.g. --set pruning.period=40 (repeatable)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-<run id>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--outcome-file", help=argparse.SUPPRESS)  # the local executor's channel
     run.set_defaults(func=cmd_run)
 
     presets = sub.add_parser("presets", help="list the paper's configurations",
@@ -252,20 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--study", metavar="NAME", help="a study preset, e.g. fig2_vgg (see `gst presets --studies`)")
     sweep.add_argument("--scale", default="mini", choices=SCALES,
                        help="scale of a study preset (default: mini)")
-    sweep.add_argument("--seeds", type=int, metavar="N", help="use seeds 0..N-1 instead of the study's")
+    sweep.add_argument("--seeds", type=_count(1), metavar="N", help="use seeds 0..N-1 instead of the study's")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field in every run, e.g. --set model.width=0.25 (repeatable)")
     sweep.add_argument("--out", metavar="DIR", help="study directory (default: studies/<name>-<scale>)")
     sweep.add_argument("--store", metavar="DIR", help="keep run directories in DIR/runs (share runs between studies)")
     sweep.add_argument("--executor", default="local", choices=("local", "ray"))
-    sweep.add_argument("--workers", type=int, metavar="N",
+    sweep.add_argument("--workers", type=_count(1), metavar="N",
                        help="local: runs at a time (default: GPUs x runs-per-gpu with CUDA, else 1)")
-    sweep.add_argument("--threads-per-worker", type=int, default=max(1, (os.cpu_count() or 1)), metavar="T",
+    sweep.add_argument("--threads-per-worker", type=_count(1), default=max(1, (os.cpu_count() or 1)), metavar="T",
                        help="CPU threads per run (default: all cores; use cores/workers)")
-    sweep.add_argument("--runs-per-gpu", type=int, default=1, metavar="R",
+    sweep.add_argument("--runs-per-gpu", type=_count(1), default=1, metavar="R",
                        help="pack R runs onto each GPU (local: R*GPUs workers are useful; ray: num_gpus=1/R)")
     sweep.add_argument("--address", metavar="ADDR", help="ray: cluster address (default: start a local instance)")
-    sweep.add_argument("--gpus", type=int, default=0, metavar="G",
+    sweep.add_argument("--gpus", type=_count(0), default=0, metavar="G",
                        help="ray: request GPUs for the runs (G > 0) or not (0, default)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their ids; run nothing")
     sweep.add_argument("--no-progress", action="store_true")
@@ -278,12 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "gradient second-moment trace, TIC and eps-flatness along the top eigenvectors, with the "
                     "run's probe settings unless overridden. Appends a row to RUN_DIR/flatness.csv.")
     flat.add_argument("run_dir", metavar="RUN_DIR")
-    flat.add_argument("--epoch", type=int, metavar="E", help="use model_epoch{E}.pt (default: model_final.pt)")
-    flat.add_argument("--top-k", type=int, metavar="K", help="number of eigenvalues (default: the run's probes)")
-    flat.add_argument("--samples", type=int, metavar="N", help="probe set size: first N evaluation examples")
+    flat.add_argument("--epoch", type=_count(0), metavar="E", help="use model_epoch{E}.pt (default: model_final.pt)")
+    flat.add_argument("--top-k", type=_count(1), metavar="K", help="number of eigenvalues (default: the run's probes)")
+    flat.add_argument("--samples", type=_count(1), metavar="N", help="probe set size: first N evaluation examples")
     flat.add_argument("--method", choices=("lanczos", "power"), help="eigen-solver (default: the run's)")
-    flat.add_argument("--trace-samples", type=int, metavar="M", help="Hutchinson probes (0: skip)")
-    flat.add_argument("--eps-directions", type=int, metavar="D", help="eigenvectors to sweep (0: skip)")
+    flat.add_argument("--trace-samples", type=_count(0), metavar="M", help="Hutchinson probes (0: skip)")
+    flat.add_argument("--eps-directions", type=_count(0), metavar="D", help="eigenvectors to sweep (0: skip)")
     flat.add_argument("--seed", type=int, help="probe seed (default: derived from the run's seed)")
     flat.add_argument("--no-progress", action="store_true")
     flat.set_defaults(func=cmd_flatness)
@@ -314,8 +355,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from gstlab.executors import ExecutorError  # noqa: PLC0415
     from gstlab.flatness import ProbeError  # noqa: PLC0415
     from gstlab.runner import RunDirError  # noqa: PLC0415
+    from gstlab.store import OutDirError  # noqa: PLC0415
 
-    return (C.ConfigError, UsageError, DataMissingError, RunDirError, ExecutorError, ProbeError)
+    return (C.ConfigError, UsageError, DataMissingError, RunDirError, ExecutorError, ProbeError, OutDirError)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Only the side differs between the two pruned runs, so any difference in stabilit
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from gstlab.executors import Resources
@@ -36,10 +37,11 @@ def run_demo(out: Path = Path("runs/demo"), seed: int = 0, workers: int = 2,
 def format_table(results: list[tuple[str, dict]]) -> str:
     lines = [f"{'method':12s} {'mean stability':>15s} {'best test acc':>14s} {'final acc':>10s} "
              f"{'gap':>6s} {'params kept':>12s}"]
-    for label, s in results:
-        if s.get("status") != "finished":
-            lines.append(f"{label:12s} {s.get('status', 'failed')} (see its log under logs/)")
+    for label, summary in results:
+        if summary.get("status") != "finished":
+            lines.append(f"{label:12s} {summary.get('status', 'failed')} (see its log under logs/)")
             continue
+        s = {k: math.nan if v is None else v for k, v in summary.items()}  # summary.json writes NaN as null
         kept = s["params_remaining"] / s["params_total"]
         lines.append(f"{label:12s} {s['mean_stability']:14.2f}% {s['best_test_acc']:13.2f}% "
                      f"{s['final_test_acc']:9.2f}% {s['generalization_gap']:6.2f} {kept:11.1%}")

@@ -33,6 +33,7 @@ class Outcome:
     run_id: str
     status: str  # finished | failed
     detail: str = ""
+    executed: bool = True  # False: another process (a study sharing the store) finished it meanwhile
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,19 @@ def detect_gpus() -> int:
 def _summary_status(run_dir: Path) -> str:
     from gstlab import store  # noqa: PLC0415
 
-    path = run_dir / "summary.json"
-    return str(store.read_json(path).get("status", "missing")) if path.exists() else "missing"
+    return str((store.read_json_or_none(run_dir / "summary.json") or {}).get("status", "missing"))
 
 
 # ---------------------------------------------------------------------------------------------------- local
 
 
-def _command(config_path: Path, run_dir: Path, threads: int) -> list[str]:
+def _command(config_path: Path, run_dir: Path, threads: int, outcome: Path) -> list[str]:
     return [sys.executable, "-m", "gstlab.cli", "run", "--config", str(config_path), "--out", str(run_dir),
-            "--no-progress", "--set", f"train.threads={threads}"]
+            "--no-progress", "--set", f"train.threads={threads}", "--outcome-file", str(outcome)]
+
+
+def _outcome_file(study_dir: Path, run: StudyRun) -> Path:
+    return study_dir / "logs" / f"{run.run_id}.outcome.json"
 
 
 def _slot_env(slot: int, res: Resources) -> dict[str, str]:
@@ -72,8 +76,8 @@ def _slot_env(slot: int, res: Resources) -> dict[str, str]:
 
 
 def run_local(runs: list[StudyRun], store_dir: Path, study_dir: Path, res: Resources,
-              progress: bool = True) -> list[Outcome]:
-    """Execute ``runs`` in at most ``res.workers`` subprocesses at a time."""
+              progress: bool = True, on_done=lambda outcome: None) -> list[Outcome]:
+    """Execute ``runs`` in at most ``res.workers`` subprocesses at a time; ``on_done(outcome)`` after each."""
     pending = list(runs)
     active: dict[int, tuple[StudyRun, subprocess.Popen, object]] = {}
     outcomes: list[Outcome] = []
@@ -90,6 +94,7 @@ def run_local(runs: list[StudyRun], store_dir: Path, study_dir: Path, res: Resou
                 continue
             log.close()
             outcomes.append(_local_outcome(run, proc.returncode, store_dir, study_dir))
+            on_done(outcomes[-1])
             del active[slot]
             bar.update(1)
     bar.close()
@@ -101,19 +106,23 @@ def _start(run: StudyRun, slot: int, store_dir: Path, study_dir: Path, res: Reso
 
     config_path = study_dir / "configs" / f"{run.run_id}.yaml"
     store.atomic_write_text(config_path, C.dump_yaml(run.cfg))
+    _outcome_file(study_dir, run).unlink(missing_ok=True)
     log = open(study_dir / "logs" / f"{run.run_id}.log", "ab")  # noqa: SIM115 (closed when the process ends)
-    proc = subprocess.Popen(_command(config_path, store_dir / "runs" / run.run_id, res.threads),
-                            stdout=log, stderr=subprocess.STDOUT, env=_slot_env(slot, res))
+    command = _command(config_path, store_dir / "runs" / run.run_id, res.threads, _outcome_file(study_dir, run))
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_slot_env(slot, res))
     return run, proc, log
 
 
 def _local_outcome(run: StudyRun, code: int, store_dir: Path, study_dir: Path) -> Outcome:
+    from gstlab import store  # noqa: PLC0415
+
+    executed = (store.read_json_or_none(_outcome_file(study_dir, run)) or {}).get("executed", True)
     if code == 0:
-        return Outcome(run.run_id, "finished")
+        return Outcome(run.run_id, "finished", executed=bool(executed))
     log = study_dir / "logs" / f"{run.run_id}.log"
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
     if code == 1 and _summary_status(store_dir / "runs" / run.run_id) == "failed":
-        return Outcome(run.run_id, "failed", "diverged; see its summary.json")
+        return Outcome(run.run_id, "failed", "diverged; see its summary.json", executed=bool(executed))
     return Outcome(run.run_id, "failed", f"worker exited with status {code}: {' '.join(tail)} (log: {log})")
 
 
@@ -150,15 +159,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ExecutorError(f"--address {address}: cannot reach a Ray cluster ({err})") from None
 
 
-def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> str:
-    """Body of a Ray task: execute one run in this worker."""
+def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool]:
+    """Body of a Ray task: execute one run in this worker; returns (status, executed)."""
     import torch  # noqa: PLC0415
 
-    from gstlab.runner import execute  # noqa: PLC0415
+    from gstlab.runner import run_or_skip  # noqa: PLC0415
 
     torch.set_num_threads(threads)
     cfg = C.validate(C.from_dict(C.RunConfig, cfg_dict))
-    return str(execute(cfg, Path(run_dir), progress=False).get("status", "failed"))
+    summary, executed = run_or_skip(cfg, Path(run_dir), progress=False)
+    return str(summary.get("status", "failed")), executed
 
 
 def ray_options(res: Resources) -> dict:
@@ -167,7 +177,7 @@ def ray_options(res: Resources) -> dict:
 
 
 def run_ray(runs: list[StudyRun], store_dir: Path, res: Resources, address: str | None,
-            progress: bool = True) -> list[Outcome]:
+            progress: bool = True, on_done=lambda outcome: None) -> list[Outcome]:
     ray = connect_ray(address, res.threads)
     task = ray.remote(_ray_task).options(**ray_options(res))
     refs = {task.remote(C.to_dict(r.cfg), str((store_dir / "runs" / r.run_id).resolve()), res.threads): r
@@ -179,10 +189,11 @@ def run_ray(runs: list[StudyRun], store_dir: Path, res: Resources, address: str 
         done, waiting = ray.wait(waiting, num_returns=1)
         run = refs[done[0]]
         try:
-            status = ray.get(done[0])
-            outcomes.append(Outcome(run.run_id, status, "" if status == "finished" else "diverged"))
+            status, executed = ray.get(done[0])
+            outcomes.append(Outcome(run.run_id, status, "" if status == "finished" else "diverged", executed))
         except Exception as err:  # noqa: BLE001 (a crashed task fails its run only)
             outcomes.append(Outcome(run.run_id, "failed", f"{type(err).__name__}: {str(err).splitlines()[0]}"))
+        on_done(outcomes[-1])
         bar.update(1)
     bar.close()
     return outcomes

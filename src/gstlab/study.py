@@ -206,14 +206,25 @@ def index_row(run: StudyRun, run_dir: Path, status: str) -> dict:
 
 
 def run_status(run_dir: Path) -> str:
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        return str(store.read_json(summary).get("status", "pending"))
-    return "running" if (run_dir / store.CHECKPOINT).exists() else "pending"
+    """finished | failed (files verified), damaged (a result file is damaged: the next sweep redoes it),
+    running (a checkpoint exists) or pending."""
+    from gstlab import recovery  # noqa: PLC0415
+
+    summary, problem = recovery.verify_finished(run_dir)
+    if summary is not None:
+        return str(summary["status"])
+    if problem is not None:
+        return "damaged"
+    checkpoints = (run_dir / store.CHECKPOINT, run_dir / store.PREVIOUS_CHECKPOINT)
+    return "running" if any(p.exists() for p in checkpoints) else "pending"
 
 
-def write_index(study_dir: Path, study: Study, runs: list[StudyRun], store_dir: Path) -> list[dict]:
-    rows = [index_row(r, store_dir / "runs" / r.run_id, run_status(store_dir / "runs" / r.run_id)) for r in runs]
+def write_index(study_dir: Path, study: Study, runs: list[StudyRun], store_dir: Path,
+                statuses: dict[str, str] | None = None) -> list[dict]:
+    """Write index.csv; ``statuses``: run id -> status where known (the others are looked up)."""
+    known = statuses or {}
+    rows = [index_row(r, store_dir / "runs" / r.run_id,
+                      known.get(r.run_id) or run_status(store_dir / "runs" / r.run_id)) for r in runs]
     columns = [*INDEX_COLUMNS, *study.grid, "run_dir", "status"]
     store.write_csv(study_dir / "index.csv", rows, columns)
     return rows
@@ -230,15 +241,23 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     runs = expand(study)  # every config is validated before anything starts
     if executor == "ray":
         executors.connect_ray(address, resources.threads)
+    store.make_dir(study_dir, "--out")
+    if store_dir is not None:
+        store.make_dir(Path(store_dir), "--store")
     store_dir = Path(store_dir or study_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
     store.atomic_write_text(study_dir / "study.yaml", yaml.safe_dump({**raw, "seeds": list(study.seeds)},
                                                                      sort_keys=False))
-    write_index(study_dir, study, runs, store_dir)
-    todo = [r for r in runs if run_status(store_dir / "runs" / r.run_id) not in ("finished", "failed")]
-    if executor == "ray":
-        outcomes = executors.run_ray(todo, store_dir, resources, address, progress)
-    else:
-        outcomes = executors.run_local(todo, store_dir, study_dir, resources, progress)
-    write_index(study_dir, study, runs, store_dir)
-    return outcomes
+    rows = write_index(study_dir, study, runs, store_dir)
+    final = {row["run_id"]: row["status"] for row in rows if row["status"] in ("finished", "failed")}
+    todo = [r for r in runs if r.run_id not in final]
+
+    def on_done(outcome) -> None:  # keep index.csv true while the sweep runs (and if it is killed)
+        final[outcome.run_id] = run_status(store_dir / "runs" / outcome.run_id)
+        write_index(study_dir, study, runs, store_dir, final)
+
+    try:
+        if executor == "ray":
+            return executors.run_ray(todo, store_dir, resources, address, progress, on_done)
+        return executors.run_local(todo, store_dir, study_dir, resources, progress, on_done)
+    finally:
+        write_index(study_dir, study, runs, store_dir, final)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 import yaml
 
 from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
-from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS
+from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS, read_json_or_none
 
 ID_COLUMNS = ("run_id", "setting", "label", "seed")
 SUMMARY_COLUMNS = (
@@ -58,9 +57,8 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
         run_dir = _run_dir(study_dir, row)
         rec = row.to_dict()
         rec["run_dir"] = str(run_dir)
-        summary_file = run_dir / "summary.json"
-        if summary_file.exists():
-            summary = json.loads(summary_file.read_text())
+        summary = read_json_or_none(run_dir / "summary.json")  # damaged: the run shows its index status
+        if summary is not None:
             summary.pop("run_id", None)
             rec.update(summary)
         rec["scratch"] = _scratch(row, run_dir)
