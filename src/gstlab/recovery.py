@@ -38,7 +38,7 @@ def one_line(err: BaseException, limit: int = 120) -> str:
 
 def checksums(run_dir: Path) -> dict[str, str]:
     """SHA-256 of every result file of ``run_dir`` (not the manifest, config or checkpoints)."""
-    return {p.name: store.sha256(p) for p in sorted(run_dir.iterdir())
+    return {p.name: store.file_digest(p) for p in sorted(run_dir.iterdir())
             if p.is_file() and not p.name.startswith(".") and p.name not in UNCHECKED}
 
 
@@ -64,7 +64,7 @@ def _check_sums(run_dir: Path, files: dict) -> str | None:
         path = run_dir / name
         if not path.is_file():
             return f"{name} is missing"
-        if store.sha256(path) != digest:
+        if store.file_digest(path) != digest:
             return f"{name} is damaged (checksum mismatch)"
     return None
 

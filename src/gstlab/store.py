@@ -127,8 +127,9 @@ def read_json_or_none(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes (``algorithm``: any hashlib name), read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)

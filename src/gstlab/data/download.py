@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.request
 from pathlib import Path
+
+from gstlab.store import file_digest
 
 CACHE = Path(os.environ.get("GSTLAB_DATA", Path.home() / ".cache" / "gstlab"))
 
@@ -15,12 +16,8 @@ class DataMissingError(RuntimeError):
     """A data set is not on disk; the message says how to get it."""
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def md5sum(path: Path) -> str:
+    return file_digest(path, "md5")
 
 
 def verify(path: Path, md5: str) -> None:
