@@ -83,6 +83,7 @@ def test_4_non_finite_numbers_are_refused(tmp_path, capsys, override, field):
     ("train.batch_size=100000000", "train.batch_size: must be <= "),
     ("probes.eps_step=0.000000000001", "probes.eps_step: the grid"),
     ("model.width=1e6", "model.width: must be <= "),
+    ("data.image_size=1000000", "data.image_size: must be <= "),
 ])
 def test_5_size_fields_are_bounded(tmp_path, capsys, override, field):
     _bad(tmp_path, capsys, _run_cfg(tmp_path, override), field)

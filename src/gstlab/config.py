@@ -386,11 +386,12 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
 MAX_EPOCHS = 10_000
 LIMITS = {
     "train.epochs": MAX_EPOCHS, "train.batch_size": 65_536, "train.eval_batch_size": 65_536,
-    "train.threads": 4_096, "data.synthetic_train": 1_000_000, "data.synthetic_test": 1_000_000,
+    "train.threads": 4_096, "data.image_size": 4_096, "data.synthetic_train": 1_000_000,
+    "data.synthetic_test": 1_000_000,
     "data.synthetic_classes": 100_000, "model.width": 16.0, "probes.samples": 1_000_000,
     "probes.top_k": 10_000, "probes.trace_samples": 100_000, "probes.eps_directions": 10_000,
 }
-MAX_UNITS = 65_536  # model.hidden widths and data.synthetic_shape sides
+MAX_UNITS = 65_536  # model.hidden and model.channels widths, data.synthetic_shape sides
 MAX_EPS_POINTS = 10_000  # probes.eps_max / probes.eps_step
 
 
@@ -400,7 +401,9 @@ def _check_bounds(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), key)
         if value is not None and value > limit:
             raise ConfigError(f"{name}: must be <= {limit:,}, got {value:,}")
-    for name, sizes in (("model.hidden", cfg.model.hidden), ("data.synthetic_shape", cfg.data.synthetic_shape)):
+    sizes_of = {"model.hidden": cfg.model.hidden, "model.channels": cfg.model.channels,
+                "data.synthetic_shape": cfg.data.synthetic_shape}
+    for name, sizes in sizes_of.items():
         if any(not 1 <= n <= MAX_UNITS for n in sizes):
             raise ConfigError(f"{name}: every entry must be in [1, {MAX_UNITS:,}], got {list(sizes)}")
     if cfg.train.threads is not None and cfg.train.threads < 1:
