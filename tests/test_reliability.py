@@ -261,6 +261,7 @@ def test_14_summary_json_of_a_diverged_run_is_strict_json(tmp_path):
     assert summary["status"] == "failed" and summary["mean_stability"] is None
 
 
+@pytest.mark.slow  # three `gst run` subprocesses
 def test_15_the_index_is_true_after_a_killed_sweep_and_counts_runs_executed_elsewhere(tmp_path, monkeypatch):
     study = S.study_from_dict({"settings": [{"inline": TINY}], "seeds": 2})
     res = executors.Resources(workers=1, threads=1)
