@@ -105,6 +105,11 @@ def test_6_an_out_that_is_a_file_or_read_only_is_refused_without_leftovers(tmp_p
     assert main([*_run_cfg(tmp_path), "--out", str(tmp_path / "ro" / "run")]) == 2
     err = capsys.readouterr().err
     assert "Read-only file system" in err and err.count("\n") == 1
+    monkeypatch.undo()
+    (tmp_path / "mounted").mkdir()
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # an existing directory on a read-only mount
+    assert main(["sweep", "--study", "fig2_vgg", "--scale", "smoke", "--out", str(tmp_path / "mounted")]) == 2
+    assert "not writable" in capsys.readouterr().err and not list((tmp_path / "mounted").iterdir())
 
 
 def test_7_a_bad_yaml_value_in_sweep_set_is_refused(tmp_path, capsys):

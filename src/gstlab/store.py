@@ -47,6 +47,8 @@ def make_dir(path: Path, flag: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutDirError(f"{flag} {path}: cannot create the directory ({err.strerror})") from None
+    if not os.access(path, os.W_OK):  # also false on a read-only file system, even for root
+        raise OutDirError(f"{flag} {path}: the directory is not writable")
 
 
 @contextlib.contextmanager
