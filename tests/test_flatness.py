@@ -120,4 +120,6 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
     assert "not a gstlab" in capsys.readouterr().err
     (out / "model_final.pt").write_bytes(b"not a checkpoint")
     assert main(["flatness", str(out)]) == 2
-    assert main(["flatness", str(tmp_path / "run"), "--samples", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses a non-positive count (exit status 2)
+        main(["flatness", str(tmp_path / "run"), "--samples", "0"])
+    assert exit_.value.code == 2 and "--samples: expected an integer >= 1" in capsys.readouterr().err
