@@ -28,7 +28,8 @@ def test_mini_vgg_keeps_the_papers_units_and_ends_at_1x1():
     assert [unit_count(model, u) for u in units] == MINI_VGG_CHANNELS
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 4
     assert model.features(torch.randn(2, 1, 16, 16)).shape == (2, 128, 1, 1)
-    assert build_model(ModelConfig(arch="vgg11_bn", width=0.25), (1, 8, 8), 10)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    tiny = build_model(ModelConfig(arch="vgg11_bn", width=0.25), (1, 8, 8), 10)
+    assert tiny(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_build_model_names_the_sizes_it_takes():
