@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gstlab.config import ConfigError, DataConfig, ModelConfig
-from gstlab.data import crop_padding, downsample, load_data
+from gstlab.data import Images, crop_padding, downsample, load_data
 from gstlab.experiments.presets import MINI_VGG_CHANNELS
 from gstlab.models import build_model
 from gstlab.models.units import unit_count
@@ -85,8 +85,8 @@ def test_l2_scores_of_the_mini_vgg_are_filter_norms():
 
 
 def test_downsample_averages_2x2_blocks_exactly():
-    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
-    out = downsample(x, 2)
+    x = Images(torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4))
+    out = downsample(x, 2)[:]  # decoded per batch
     assert out.shape == (2, 1, 2, 2)
     assert out[0, 0, 0, 0] == (0 + 1 + 4 + 5) / 4 and out[1, 0, 1, 1] == (26 + 27 + 30 + 31) / 4
     assert downsample(x, 4) is x
@@ -98,9 +98,10 @@ def test_fashion_mnist_at_16x16_is_the_28x28_image_at_14x14_with_one_pixel_of_pa
     data = load_data(DataConfig(name="fashion_mnist", image_size=16, train_subset=64, test_subset=32), seed=0)
     full = load_data(DataConfig(name="fashion_mnist", train_subset=64, test_subset=32), seed=0)
     assert data.input_shape == (1, 16, 16) and len(data.x_train) == 64 and len(data.x_test) == 32
-    inner = full.x_test[:, :, 2:30, 2:30]  # the 28x28 image (normalized) inside its zero padding
-    torch.testing.assert_close(data.x_test[:, :, 1:15, 1:15], nn.functional.avg_pool2d(inner, 2))
-    assert torch.all(data.x_test[:, :, 0] == 0) and torch.all(data.x_test[:, :, :, 15] == 0)
+    inner = full.x_test[:][:, :, 2:30, 2:30]  # the 28x28 image (normalized) inside its zero padding
+    small = data.x_test[:]
+    torch.testing.assert_close(small[:, :, 1:15, 1:15], nn.functional.avg_pool2d(inner, 2))
+    assert torch.all(small[:, :, 0] == 0) and torch.all(small[:, :, :, 15] == 0)
 
 
 def test_crop_padding_keeps_its_share_of_the_image():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gstlab.config import DataConfig, ModelConfig
-from gstlab.data import DataMissingError, TrainLoader, augment_batch, cifar, fashion_mnist, load_data
+from gstlab.data import DataMissingError, Images, TrainLoader, augment_batch, cifar, fashion_mnist, load_data
 from gstlab.data.download import md5sum, verify
 from gstlab.models import build_model
 from gstlab.pruning.masks import UnitMasks
@@ -67,11 +67,36 @@ def test_idx_parser_and_fashion_mnist_layout(tmp_path):
     arrays = fake_fashion(tmp_path)
     assert np.array_equal(fashion_mnist.read_idx(tmp_path / "train-images-idx3-ubyte.gz"),
                           arrays["train-images-idx3-ubyte.gz"])
-    x, y, xt, yt = fashion_mnist.load(str(tmp_path), download_ok=False, normalize=False)
-    assert x.shape == (20, 1, 32, 32) and xt.shape == (10, 1, 32, 32)
+    images, y, xt, yt = fashion_mnist.load(str(tmp_path), download_ok=False, normalize=False)
+    assert images.raw.dtype == torch.uint8 and images.raw.shape == (20, 1, 28, 28)  # stored as on disk
+    assert images.shape == (20, 1, 32, 32) and xt.shape == (10, 1, 32, 32)
+    x = images[:]
     assert torch.equal(x[:, 0, 2:30, 2:30] * 255, torch.from_numpy(arrays["train-images-idx3-ubyte.gz"]).float())
     assert x[:, :, :2].abs().max() == 0  # zero padding to 32x32
     assert y.tolist() == arrays["train-labels-idx1-ubyte.gz"].tolist()
+
+
+def test_per_batch_decoding_equals_normalizing_the_whole_set_first(tmp_path):
+    arrays = fake_fashion(tmp_path)
+    images = fashion_mnist.load(str(tmp_path), download_ok=False, normalize=True)[0]
+    whole = (torch.from_numpy(arrays["train-images-idx3-ubyte.gz"]).float() / 255 - fashion_mnist.MEAN) \
+        / fashion_mnist.STD  # the former pipeline: the whole set in float32, then padded
+    whole = torch.nn.functional.pad(whole.unsqueeze(1), (2, 2, 2, 2))
+    idx = torch.tensor([7, 0, 19])
+    assert torch.equal(images[idx], whole[idx]) and torch.equal(images[3:5], whole[3:5])
+    assert images.fill().tolist() == [pytest.approx(-fashion_mnist.MEAN / fashion_mnist.STD)]
+
+
+def test_crop_pads_black_pixels_before_normalization():
+    raw = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    images = Images(raw, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    assert torch.equal(images.fill(), torch.tensor([-1.0, -1.0, 0.0]))
+    loader = TrainLoader(images, torch.arange(2), 2, augment=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loader.fill, images.fill())
+    out = augment_batch(images[:], torch.tensor([[0, 0], [4, 4]]), torch.tensor([False, False]), 2, loader.fill)
+    assert torch.equal(out[0, :, :2, :2], torch.tensor([-1.0, -1.0, 0.0]).view(3, 1, 1).expand(3, 2, 2))
+    assert torch.equal(out[0, :, 2:, 2:], images[:1][0, :, :2, :2])  # the image itself: (1 - mean) / std
+    assert torch.equal(out[1, :, 2:, 2:], torch.tensor([-1.0, -1.0, 0.0]).view(3, 1, 1).expand(3, 2, 2))
 
 
 def test_corrupt_idx_file_is_rejected(tmp_path):
@@ -115,8 +140,8 @@ def test_checksum_mismatch_is_an_error(tmp_path):
 def test_subset_is_seeded_and_loader_covers_every_example_once(tmp_path):
     cfg = DataConfig(name="synthetic", synthetic_train=50, synthetic_test=10, train_subset=30)
     a, b = load_data(cfg, seed=1), load_data(cfg, seed=1)
-    assert torch.equal(a.x_train, b.x_train) and len(a.x_train) == 30
-    assert not torch.equal(a.x_train, load_data(cfg, seed=2).x_train)
+    assert torch.equal(a.x_train[:], b.x_train[:]) and len(a.x_train) == 30
+    assert not torch.equal(a.x_train[:], load_data(cfg, seed=2).x_train[:])
     x = torch.arange(30.0).view(30, 1, 1, 1)
     loader = TrainLoader(x, torch.arange(30), 8, augment=False, generator=torch.Generator().manual_seed(0))
     seen = torch.cat([xb.flatten() for xb, _ in loader])

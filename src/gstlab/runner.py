@@ -71,9 +71,9 @@ def prepare(cfg: C.RunConfig, out: Path) -> Run:
         torch.set_num_threads(cfg.train.threads)
     speed = resolve_speed(cfg.train, device)
     data = load_data(cfg.data, seed=derive_seed(cfg.seed, "data")).to(device)
-    if speed.channels_last and data.x_train.dim() == 4:
-        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
-        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
+    if speed.channels_last:
+        data.x_train = dataclasses.replace(data.x_train, channels_last=True)
+        data.x_test = dataclasses.replace(data.x_test, channels_last=True)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
     units = model.prunable_units() if hasattr(model, "prunable_units") else []

@@ -2,50 +2,57 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from gstlab.config import ConfigError, DataConfig
 from gstlab.data import cifar, fashion_mnist, generated
 from gstlab.data.download import DataMissingError
-from gstlab.data.tensor_data import TensorData, TrainLoader, augment_batch, crop_padding, eval_batches
+from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_batch, crop_padding, eval_batches
 
-__all__ = ["DataMissingError", "TensorData", "TrainLoader", "augment_batch", "crop_padding", "downsample",
+__all__ = ["DataMissingError", "Images", "TensorData", "TrainLoader", "augment_batch", "crop_padding", "downsample",
            "eval_batches", "load_data"]
 
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "mnist1d": 10}
 
 
-def _raw(cfg: DataConfig) -> tuple[tuple[torch.Tensor, ...], int]:
+def _raw(cfg: DataConfig) -> tuple[tuple, int]:
     if cfg.name == "fashion_mnist":
         return fashion_mnist.load(cfg.root, cfg.download, cfg.normalize), 10
     if cfg.name in ("cifar10", "cifar100"):
         return cifar.load(cfg.name, cfg.root, cfg.download, cfg.normalize), NUM_CLASSES[cfg.name]
     if cfg.name == "mnist1d":
-        return generated.mnist1d(), 10
-    shape = tuple(cfg.synthetic_shape)
-    return generated.synthetic(shape, cfg.synthetic_classes, cfg.synthetic_train, cfg.synthetic_test), \
-        cfg.synthetic_classes
+        x_train, y_train, x_test, y_test = generated.mnist1d()
+    else:
+        x_train, y_train, x_test, y_test = generated.synthetic(
+            tuple(cfg.synthetic_shape), cfg.synthetic_classes, cfg.synthetic_train, cfg.synthetic_test)
+    classes = 10 if cfg.name == "mnist1d" else cfg.synthetic_classes
+    return (Images(x_train), y_train, Images(x_test), y_test), classes
 
 
-def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Square images (N, C, H, H) averaged over ``H/size`` x ``H/size`` blocks to (N, C, size, size)."""
-    side = x.shape[-1]
-    if x.dim() != 4 or x.shape[-2] != side or side % size:
+def downsample(x: Images, size: int) -> Images:
+    """Square images (N, C, H, H) averaged over ``H/size`` x ``H/size`` blocks to (N, C, size, size), as the last
+    step of decoding each batch."""
+    shape = x.shape
+    side = shape[-1]
+    if len(shape) != 4 or shape[-2] != side or side % size:
         raise ConfigError(f"data.image_size: {size} must divide the side of square images; "
-                          f"the data has shape {tuple(x.shape[1:])}")
-    return x if side == size else torch.nn.functional.avg_pool2d(x, side // size)
+                          f"the data has shape {tuple(shape[1:])}")
+    return x if side == size else dataclasses.replace(x, pool=x.pool * (side // size))
 
 
 def load_data(cfg: DataConfig, seed: int) -> TensorData:
-    """Load ``cfg.name`` on the CPU. ``train_subset``: a random subset chosen with ``seed`` (sorted, so the
-    batch order still comes only from the loader); ``test_subset``: the first N test examples."""
+    """Load ``cfg.name`` on the CPU, as stored (see :class:`Images`). ``train_subset``: a random subset chosen
+    with ``seed`` (sorted, so the batch order still comes only from the loader); ``test_subset``: the first N
+    test examples. Subsets are taken before anything is decoded."""
     (x_train, y_train, x_test, y_test), classes = _raw(cfg)
     if cfg.train_subset is not None and cfg.train_subset < len(x_train):
         g = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(x_train), generator=g)[:cfg.train_subset].sort().values
-        x_train, y_train = x_train[keep], y_train[keep]
+        x_train, y_train = x_train.select(keep), y_train[keep]
     if cfg.test_subset is not None:
-        x_test, y_test = x_test[:cfg.test_subset], y_test[:cfg.test_subset]
+        x_test, y_test = x_test.select(slice(0, cfg.test_subset)), y_test[:cfg.test_subset]
     if cfg.image_size is not None:
         x_train, x_test = downsample(x_train, cfg.image_size), downsample(x_test, cfg.image_size)
-    return TensorData(x_train.contiguous(), y_train, x_test.contiguous(), y_test, classes, cfg.name)
+    return TensorData(x_train, y_train, x_test, y_test, classes, cfg.name)

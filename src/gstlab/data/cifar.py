@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gstlab.data.download import CACHE, DataMissingError, download, verify
+from gstlab.data.tensor_data import Images
 
 SPECS = {
     "cifar10": {"archive": "cifar-10-python.tar.gz", "md5": "c58f30108f718f92721af3b95e74349a",
@@ -97,14 +98,13 @@ def _read(directory: Path, files: list[str], spec: dict) -> tuple[np.ndarray, np
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def load(name: str, root: str | None, download_ok: bool, normalize: bool) -> tuple[torch.Tensor, ...]:
+def load(name: str, root: str | None, download_ok: bool, normalize: bool) -> tuple:
+    """(x_train, y_train, x_test, y_test): images as stored, uint8 (N, 3, 32, 32), normalized per batch."""
     spec = SPECS[name]
     directory = _locate(name, root, download_ok)
-    mean = torch.tensor(spec["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(spec["std"]).view(1, 3, 1, 1)
+    stats = {"mean": spec["mean"], "std": spec["std"]} if normalize else {}
     out = []
     for split in ("train", "test"):
         x, y = _read(directory, spec[split], spec)
-        images = torch.from_numpy(x).float() / 255
-        out += [(images - mean) / std if normalize else images, torch.from_numpy(y)]
+        out += [Images(torch.from_numpy(x), **stats), torch.from_numpy(y)]
     return tuple(out)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from gstlab.data.download import CACHE, DataMissingError, download
+from gstlab.data.tensor_data import Images
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -58,14 +59,14 @@ def _file(d: Path, name: str) -> Path:
     return d / name if (d / name).exists() else d / name[:-3]
 
 
-def load(root: str | None, download_ok: bool, normalize: bool) -> tuple[torch.Tensor, ...]:
-    """(x_train, y_train, x_test, y_test): images (N, 1, 32, 32), zero-padded from 28x28 after normalization."""
+def load(root: str | None, download_ok: bool, normalize: bool) -> tuple:
+    """(x_train, y_train, x_test, y_test): images as stored, uint8 (N, 1, 28, 28), decoded per batch to
+    (N, 1, 32, 32): normalized, then zero-padded (in normalized space) to the CIFAR networks' size."""
     d = find_dir(root, download_ok)
+    stats = {"mean": (MEAN,), "std": (STD,)} if normalize else {}
     tensors = []
     for split in ("train", "t10k"):
-        images = torch.from_numpy(read_idx(_file(d, f"{split}-images-idx3-ubyte.gz")).copy()).float() / 255
+        images = torch.from_numpy(read_idx(_file(d, f"{split}-images-idx3-ubyte.gz")).copy()).unsqueeze(1)
         labels = torch.from_numpy(read_idx(_file(d, f"{split}-labels-idx1-ubyte.gz")).astype(np.int64))
-        if normalize:
-            images = (images - MEAN) / STD
-        tensors += [torch.nn.functional.pad(images.unsqueeze(1), (2, 2, 2, 2)), labels]
+        tensors += [Images(images, frame=2, **stats), labels]
     return tuple(tensors)

@@ -1,20 +1,90 @@
-"""A data set held as tensors (whole set on one device), with index-based batches and on-device augmentation."""
+"""A data set held as tensors (whole set on one device), decoded per batch, with index-based batches and
+on-device augmentation.
+
+Data flow: a loader returns the pixels as stored on disk (uint8 for images; float for generated sets) and how
+to turn them into model input. :class:`Images` keeps the stored pixels (4x smaller than float32) and does that
+turning, in one place, for every batch it is indexed with: ``float / 255`` (uint8 only), per-channel
+``(x - mean) / std``, then a zero frame (in normalized space) up to the model's input size (Fashion-MNIST:
+28 -> 32), then with ``data.image_size`` an average over pool x pool blocks (32 -> 16). Subsets are taken on
+the stored pixels, so the full set is never converted.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 
+@dataclass(frozen=True)
+class Images:
+    """Stored examples (N, C, H, W) or (N, C, L) and their per-batch decoding; ``images[index]`` is the decoded
+    float32 model input of those examples (any index a tensor takes)."""
+
+    raw: torch.Tensor  # uint8 pixels, or float values that are already model input (generated sets)
+    mean: tuple[float, ...] = ()  # per channel, of the [0, 1] pixel values; (): no normalization
+    std: tuple[float, ...] = ()
+    frame: int = 0  # pixels of zero (in normalized space) added on each side of H and W after normalizing
+    pool: int = 1  # then averaged over pool x pool blocks (data.image_size)
+    channels_last: bool = False  # decoded batches in channels_last memory format
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, int):
+            return self.decode(self.raw[index:index + 1 or None])[0]
+        return self.decode(self.raw[index])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The decoded shape (N, C, H + 2 frame, W + 2 frame)."""
+        n, c, *size = self.raw.shape
+        return (n, c, *((s + 2 * self.frame) // self.pool for s in size))
+
+    @property
+    def device(self) -> torch.device:
+        return self.raw.device
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._normalize(x)
+        if self.frame:
+            x = F.pad(x, (self.frame,) * 4)
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def fill(self) -> torch.Tensor:
+        """The decoded value of a black pixel per channel, shape (C,): what crop padding adds."""
+        black = torch.zeros(1, *self.raw.shape[1:2], *([1] * (self.raw.dim() - 2)), dtype=self.raw.dtype,
+                            device=self.device)
+        return self._normalize(black).flatten()
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return (x - self._channels(self.mean)) / self._channels(self.std) if self.mean else x
+
+    def _channels(self, values: tuple[float, ...]) -> torch.Tensor | float:
+        if len(values) == 1:
+            return values[0]
+        return torch.tensor(values, device=self.device).view(1, -1, *([1] * (self.raw.dim() - 2)))
+
+    def select(self, index: torch.Tensor | slice) -> Images:
+        """The stored examples at ``index``, still encoded."""
+        return replace(self, raw=self.raw[index].contiguous())
+
+    def to(self, device: torch.device | str) -> Images:
+        return replace(self, raw=self.raw.to(device))
+
+
 @dataclass
 class TensorData:
-    x_train: torch.Tensor  # float32 (N, C, H, W) or (N, C, L), normalized
+    x_train: Images
     y_train: torch.Tensor  # int64 (N,)
-    x_test: torch.Tensor
+    x_test: Images
     y_test: torch.Tensor
     num_classes: int
     name: str
@@ -31,13 +101,15 @@ class TensorData:
 class TrainLoader:
     """Shuffled batches by index. Randomness comes only from ``generator`` (CPU), whose state the caller saves
     for exact resume: a permutation per epoch and, with ``augment``, per-sample crop offsets and flips. The
-    crop pads the *normalized* image with zeros (4 pixels) and cuts the original size back out; it runs on the
-    data's device, vectorized over the batch."""
+    crop pads the image with black pixels (4 on each side, as torchvision's ``RandomCrop`` before normalization
+    in the official code) and cuts the original size back out; it runs on the data's device, vectorized over
+    the batch. ``x`` is :class:`Images` (decoded per batch) or a float tensor (padded with 0)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, augment: bool,
+    def __init__(self, x: Images | torch.Tensor, y: torch.Tensor, batch_size: int, augment: bool,
                  generator: torch.Generator, padding: int = 4) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.augment, self.generator, self.padding = augment, generator, padding
+        self.fill = x.fill() if isinstance(x, Images) and augment else None
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
@@ -54,7 +126,7 @@ class TrainLoader:
             xb, yb = self.x[idx], self.y[idx]
             if self.augment:
                 sl = slice(start, start + self.batch_size)
-                xb = augment_batch(xb, shifts[sl].to(xb.device), flips[sl].to(xb.device), self.padding)
+                xb = augment_batch(xb, shifts[sl].to(xb.device), flips[sl].to(xb.device), self.padding, self.fill)
             yield xb, yb
 
 
@@ -63,18 +135,25 @@ def crop_padding(input_shape: tuple[int, ...]) -> int:
     return max(1, round(4 * input_shape[-1] / 32))
 
 
-def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
-    """Random crop (zero padding ``padding``; ``shifts`` (B, 2) in [0, 2*padding]) and horizontal flip."""
-    b, _, h, w = x.shape
+def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int,
+                  fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Random crop (padding ``padding`` of value ``fill`` per channel, default 0; ``shifts`` (B, 2) in
+    [0, 2*padding]) and horizontal flip."""
+    b, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
+    if fill is not None:
+        inside = torch.zeros(1, 1, h + 2 * padding, w + 2 * padding, dtype=torch.bool, device=x.device)
+        inside[..., padding:padding + h, padding:padding + w] = True
+        padded = torch.where(inside, padded, fill.to(x.dtype).view(1, c, 1, 1))
     rows = (shifts[:, 0:1] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
     cols = (shifts[:, 1:2] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
     batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-    chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    chan = torch.arange(c, device=x.device).view(1, -1, 1, 1)
     out = padded[batch, chan, rows, cols]
     return torch.where(flips.view(b, 1, 1, 1), out.flip(3), out)
 
 
-def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(x: Images | torch.Tensor, y: torch.Tensor,
+                 batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for start in range(0, len(x), batch_size):
         yield x[start:start + batch_size], y[start:start + batch_size]
