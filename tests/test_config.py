@@ -65,3 +65,26 @@ def test_run_ids_are_frozen():
     # Regression: changing these silently renames every stored run. Update only with a migration note.
     assert C.run_id(C.parse({})) == "44136fa355b3"
     assert C.run_id(C.parse({"pruning": VGG_SCHEDULE, "seed": 2})) == "16165ca69a78"
+
+
+def test_run_id_hashes_the_resolved_precision_and_fp32_as_absent():
+    fp32 = {"train": {"device": "cpu", "precision": "fp32"}}
+    auto_cpu = {"train": {"device": "cpu", "precision": "auto"}}
+    bf16 = {"train": {"device": "cpu", "precision": "bf16"}}
+    auto_cuda = {"train": {"device": "cuda", "precision": "auto"}}
+    assert C.run_id(C.parse(fp32)) == C.run_id(C.parse(auto_cpu)) == "44136fa355b3"  # the id fp32 runs always had
+    assert C.run_id(C.parse(bf16)) == C.run_id(C.parse(auto_cuda)) == "84ffc6542dcf"  # auto on CUDA is bf16
+    assert C.resolved_precision(C.parse(auto_cpu).train) == "fp32"
+    assert C.resolved_precision(C.parse({}).train, "cuda") == "bf16"
+    assert C.resolved_precision(C.parse(fp32).train, "cuda") == "fp32"
+
+
+def test_paper_presets_train_in_fp32_on_cuda_unless_asked():
+    from gstlab.experiments.presets import PRESETS, preset_config
+
+    for name in PRESETS:
+        cfg = C.parse(preset_config(name, "paper"))
+        assert C.resolved_precision(cfg.train, "cuda") == "fp32", name
+    asked = C.parse(preset_config("F2_VGG_4", "paper"), ["train.precision=bf16"])
+    assert C.resolved_precision(asked.train, "cuda") == "bf16"
+    assert C.run_id(asked) != C.run_id(C.parse(preset_config("F2_VGG_4", "paper")))

@@ -16,6 +16,7 @@ from gstlab.models import build_model
 from gstlab.runner import execute, prepare
 from gstlab.seeding import derive_seed, generator
 from gstlab.store import load_checkpoint
+from gstlab.train import Trainer, evaluate
 
 CONV = {
     "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_train": 384, "synthetic_test": 256},
@@ -60,7 +61,7 @@ def test_channels_last_gives_the_same_decisions_and_accuracies(tmp_path):
 def test_bf16_autocast_keeps_pruning_decisions_and_accuracy_close(tmp_path):
     plain = run(tmp_path, "plain", "train.precision=fp32")
     fast = run(tmp_path, "bf16", "train.precision=bf16", "train.channels_last=on")
-    assert fast[3]["speed"]["precision"] == "bf16"
+    assert fast[3]["speed"]["precision"] == "bf16" and fast[3]["speed"]["eval_precision"] == "fp32"
     agree = sum(int((plain[1][k] == fast[1][k]).sum()) for k in plain[1])
     total = sum(v.numel() for v in plain[1].values())
     assert agree / total >= 0.9  # bf16 rounding may flip near-tied L2 norms, not the bulk of the selection
@@ -87,3 +88,15 @@ def test_gstlab_epoch_equals_a_plain_dataloader_loop():
     run_.trainer.train_epoch()
     for k, v in model.state_dict().items():
         assert torch.allclose(v.float(), run_.model.state_dict()[k].float(), rtol=1e-5, atol=1e-6), k
+
+
+def test_evaluation_is_fp32_when_training_runs_in_bf16():
+    torch.manual_seed(0)
+    model = build_model(C.ModelConfig(arch="vgg11_bn", width=0.0625), (3, 32, 32), 10)
+    x, y = torch.randn(96, 3, 32, 32), torch.randint(0, 10, (96,))
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    trainer = Trainer(model=model, optimizer=torch.optim.Adam(model.parameters()), train_batches=[],
+                      eval_data=(x, y), eval_batch_size=32, autocast=bf16)
+    fp32 = evaluate(model, x, y, 32)
+    assert trainer.evaluate() == fp32
+    assert evaluate(model, x, y, 32, bf16).loss != fp32.loss  # bf16 evaluation would differ

@@ -9,6 +9,7 @@ default never renames existing runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -84,7 +85,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=1, metadata=NOT_RESULT)  # epochs between resume checkpoints
     keep_checkpoints: tuple[int, ...] = field(default=(), metadata=NOT_RESULT)  # epochs whose model is kept
     progress: bool = field(default=True, metadata=NOT_RESULT)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast for training on CUDA, fp32 on CPU. The run id hashes the *resolved* value (fp32 as
+    # absent), see run_id; evaluations are fp32 whatever this says
+    precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=NOT_RESULT)
     channels_last: Literal["auto", "on", "off"] = field(default="auto", metadata=NOT_RESULT)
     compile: bool = field(default=False, metadata=NOT_RESULT)  # torch.compile the training forward
 
@@ -260,7 +263,8 @@ def to_dict(cfg: Any) -> dict:
 
 
 def result_dict(cfg: Any) -> dict:
-    """The result-affecting fields that differ from their defaults (what the run id hashes)."""
+    """The result-affecting fields that differ from their defaults (what the run id hashes, with the resolved
+    precision)."""
     out = {}
     for f in dataclasses.fields(cfg):
         if f.metadata.get("result", True) is False:
@@ -279,9 +283,32 @@ def result_dict(cfg: Any) -> dict:
     return out
 
 
+def resolved_precision(train: TrainConfig, device_type: str | None = None) -> str:
+    """The training precision a run uses: ``fp32`` or ``bf16``. ``auto`` means bf16 on CUDA; the device is
+    ``device_type`` or, when not given, where ``train.device`` resolves in this process."""
+    if train.precision != "auto":
+        return train.precision
+    if device_type is None:
+        device_type = "cuda" if train.device.startswith("cuda") or (train.device == "auto" and _cuda()) else "cpu"
+    return "bf16" if device_type == "cuda" else "fp32"
+
+
+@functools.cache
+def _cuda() -> bool:
+    import torch  # noqa: PLC0415 (only for train.device=auto with train.precision=auto)
+
+    return torch.cuda.is_available()
+
+
 def run_id(cfg: RunConfig) -> str:
-    """Content hash of the result-affecting settings (12 hex digits)."""
-    blob = json.dumps(result_dict(cfg), sort_keys=True, separators=(",", ":"))
+    """Content hash of the result-affecting settings (12 hex digits). The precision enters resolved (see
+    ``resolved_precision``) and only when it is not fp32, so fp32 runs keep the ids they had before the field
+    was hashed, and an fp32 and a bf16 run of one config never share an id."""
+    fields = result_dict(cfg)
+    precision = resolved_precision(cfg.train)
+    if precision != "fp32":
+        fields.setdefault("train", {})["precision"] = precision
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -30,7 +30,7 @@ def resolve_device(name: str) -> torch.device:
 class Speed:
     """The fast-path choices for a device. On CPU everything stays plain fp32."""
 
-    precision: str  # fp32 | bf16 (autocast; parameters, optimizer state and curvature stay fp32)
+    precision: str  # of training: fp32 | bf16 (autocast); parameters, optimizer state, evaluations, curvature: fp32
     channels_last: bool
     compile: bool
     device_type: str
@@ -39,12 +39,13 @@ class Speed:
         return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def as_dict(self) -> dict:
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+        return {"precision": self.precision, "eval_precision": "fp32", "channels_last": self.channels_last,
+                "compile": self.compile}
 
 
 def resolve_speed(cfg: C.TrainConfig, device: torch.device) -> Speed:
     cuda = device.type == "cuda"
-    precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
+    precision = C.resolved_precision(cfg, device.type)
     channels_last = cuda if cfg.channels_last == "auto" else cfg.channels_last == "on"
     if cuda:
         torch.backends.cudnn.benchmark = True

@@ -33,16 +33,16 @@ INVARIANT_EXCEPTIONS: dict[str, tuple[str, ...]] = {
 # ------------------------------------------------------------------------------------------- paper bases
 _ADAM_325 = {
     "optim": {"name": "adam", "lr": 1e-3, "milestones": [150, 300]},
-    "train": {"epochs": 325, "batch_size": 128, "eval_batch_size": 256},
+    "train": {"epochs": 325, "batch_size": 128, "eval_batch_size": 256, "precision": "fp32"},
 }
 _SGD_165 = {
     "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "milestones": [83, 125]},
-    "train": {"epochs": 165, "batch_size": 128, "eval_batch_size": 256},
+    "train": {"epochs": 165, "batch_size": 128, "eval_batch_size": 256, "precision": "fp32"},
     "data": {"augment": True},
 }
 _ADAM_4000 = {
     "optim": {"name": "adam", "lr": 1e-4, "milestones": [2000]},
-    "train": {"epochs": 4000, "batch_size": 128, "eval_batch_size": 256},
+    "train": {"epochs": 4000, "batch_size": 128, "eval_batch_size": 256, "precision": "fp32"},
     "data": {"name": "cifar100", "augment": True},
 }
 
