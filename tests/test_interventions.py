@@ -124,3 +124,28 @@ def test_intervention_events_record_the_perturbed_accuracy(tmp_path):
         row = metrics[int(e["epoch"])]
         assert float(row["test_acc"]) == float(row["test_acc_pre"])  # the event itself changes nothing
         assert float(e["acc_after"]) != float(e["acc_before"]) or float(e["acc_before"]) == 0
+
+
+@pytest.mark.parametrize(("kind", "passes"), [("zero", 6), ("gaussian", 6), ("zero_restore", 5)])
+def test_compatibility_mode_perturbs_as_many_passes_as_the_official_variant(tmp_path, kind, passes):
+    # official iter_5_zeroing / iter_5_gaussian: 5 + 1 passes (counter checked before it is incremented);
+    # cumu_5_zeroing_restore: 5 passes, restored before the 6th is computed. Eval and training passes count.
+    run = make_run(tmp_path, kind, 5, count_eval_batches=True)
+    train_steps(run, 2)
+    calls = []
+    perturb = run.intervention._perturb
+    run.intervention._perturb = lambda w: (calls.append(1), perturb(w))
+    layer = run.model.get_submodule("fc1")
+    seen = []  # per forward pass of fc1: (perturbed before it?, targeted rows)
+    layer.register_forward_hook(lambda m, i, o: seen.append((len(calls), m.weight[IDX].clone())))
+    before = layer.weight[IDX].clone()
+    run.intervention.start(run.model.prunable_units()[0], IDX)
+    run.trainer.evaluate()  # 2 evaluation batches
+    for _ in range(3):
+        train_steps(run, 1)
+        run.trainer.evaluate()
+    counts = [c for c, _ in seen]
+    perturbed = [c > (counts[i - 1] if i else 0) for i, c in enumerate(counts)]
+    assert len(seen) == 11 and perturbed == [True] * passes + [False] * (11 - passes)
+    if kind == "zero_restore":  # the pass after the window sees the restored weights
+        assert torch.equal(seen[passes][1], before)

@@ -14,7 +14,8 @@ Interventions act only on training batches: evaluations never count towards N an
 so every evaluation and probe sees the model as training left it. The event record's ``acc_after`` is
 measured on the perturbed model (the perturbation applied once, evaluated, then undone exactly), so
 instability of a non-permanent event is the same query as for pruning. ``count_eval_batches: true``
-reproduces the official code instead: evaluation batches then count towards N and are perturbed too.
+reproduces the official code instead: evaluation batches then count towards N and are perturbed too, and
+``zero``/``gaussian`` perturb N + 1 passes as the official ``iter_N_*`` (``zero_restore`` N, as ``cumu_N``).
 """
 
 from __future__ import annotations
@@ -72,11 +73,18 @@ class Intervention:
         if self.cfg.kind == "zero_restore":
             indices = torch.nonzero(self.pruner.targeted[unit.name]).flatten()  # all targeted so far
         indices = indices.to(self._weight(unit.name).device)
-        window = Window(unit.name, indices, self.cfg.batches)
+        window = Window(unit.name, indices, self._passes())
         if self.cfg.kind == "zero_restore":
             window.saved = {k: t[indices].clone() for k, t in self._slices(unit.name).items()}
         if window.remaining > 0 or self.cfg.count_eval_batches:
             self.windows[unit.name] = window
+
+    def _passes(self) -> int:
+        """Passes a window perturbs. Official compatibility: ``iter_N_*`` (zero, gaussian) checks its counter
+        before incrementing it and perturbs N + 1 passes; ``cumu_N_*_restore`` perturbs N and restores at the
+        (N + 1)-th, before it is computed (PAPER_SPEC §9.2)."""
+        iter_variant = self.cfg.count_eval_batches and self.cfg.kind in ("zero", "gaussian")
+        return self.cfg.batches + 1 if iter_variant else self.cfg.batches
 
     @torch.no_grad()
     def _perturb(self, w: Window) -> None:
