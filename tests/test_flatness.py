@@ -76,6 +76,23 @@ def test_same_seed_same_row_and_eps_sweep_restores_the_model():
     assert len(eps_a) == 2 * 5 and {r["eps"] for r in eps_a} == set(eps_grid(0.1, 0.05))
 
 
+def test_eps_sweep_has_its_own_evaluation_set_the_whole_one_by_default():
+    net, masks, x, y = tiny_pruned_mlp()
+    cfg = C.ProbeConfig(top_k=2, samples=10, trace_samples=0, grad_moment=False, eps_directions=1, eps_max=0.1,
+                        eps_step=0.1)
+    row, eps_rows = measure(net, masks, x, y, cfg, seed=0)
+    exact = torch.linalg.eigvalsh(dense_surviving_hessian(net, masks, x[:10], y[:10]).double()).flip(0)[:2]
+    got = torch.tensor([float(v) for v in row["eigenvalues"].split()], dtype=torch.float64)
+    assert torch.allclose(got, exact, rtol=1e-4, atol=1e-6)  # the Hessian: the first 10 examples
+    assert (row["samples"], row["eps_samples"]) == (10, 30)
+    assert eps_rows[0]["base_loss"] == pytest.approx(float(F.cross_entropy(net(x), y).detach()), rel=1e-6)  # all 30
+    at_zero = next(r for r in eps_rows if r["eps"] == 0.0)
+    assert at_zero["loss"] == pytest.approx(eps_rows[0]["base_loss"], rel=1e-12)
+    row20, eps20 = measure(net, masks, x, y, C.replace(cfg, eps_samples=20), seed=0)
+    assert row20["eps_samples"] == 20 and row20["eigenvalues"] == row["eigenvalues"]
+    assert eps20[0]["base_loss"] == pytest.approx(float(F.cross_entropy(net(x[:20]), y[:20]).detach()), rel=1e-6)
+
+
 def test_delta_w_is_the_smallest_eps_with_worst_case_increase_of_point_one():
     rows = [{"eps": e, "loss": 1.0 + inc} for e, inc in [(-0.1, 0.05), (0.1, 0.02), (-0.2, 0.08), (0.2, 0.12),
                                                          (0.3, 0.3)]]

@@ -217,7 +217,8 @@ def cmd_flatness(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     overrides = {k: v for k, v in (("top_k", args.top_k), ("samples", args.samples), ("method", args.method),
                                    ("trace_samples", args.trace_samples),
-                                   ("eps_directions", args.eps_directions)) if v is not None}
+                                   ("eps_directions", args.eps_directions), ("eps_samples", args.eps_samples))
+                 if v is not None}
     row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress)
     _append_csv(run_dir / "flatness.csv", [row], CURVATURE_COLUMNS, store)
     if eps_rows:
@@ -323,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--top-k", type=_count(1), metavar="K", help="number of eigenvalues (default: the run's probes)")
     flat.add_argument("--samples", type=_count(1), metavar="N", help="probe set size: first N evaluation examples")
     flat.add_argument("--method", choices=("lanczos", "power"), help="eigen-solver (default: the run's)")
+    flat.add_argument("--eps-samples", type=_count(1), metavar="N",
+                      help="eps-sweep set: first N evaluation examples (default: all, as the paper)")
     flat.add_argument("--trace-samples", type=_count(0), metavar="M", help="Hutchinson probes (0: skip)")
     flat.add_argument("--eps-directions", type=_count(0), metavar="D", help="eigenvectors to sweep (0: skip)")
     flat.add_argument("--seed", type=int, help="probe seed (default: derived from the run's seed)")

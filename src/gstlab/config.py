@@ -132,6 +132,7 @@ class ProbeConfig:
     trace_samples: int = 0  # Hutchinson probes (0: skip)
     grad_moment: bool = True  # trace of the per-example gradient second moment
     eps_directions: int = 0  # eigenvectors swept for eps-flatness (0: skip)
+    eps_samples: int | None = None  # the sweep's evaluation set: the first N evaluation images; None: all (paper)
     eps_max: float = 0.4
     eps_step: float = 0.01
 
@@ -469,7 +470,7 @@ def _check_positive(cfg: RunConfig) -> None:
     if not 0 <= cfg.pruning.activation_momentum < 1:
         raise ConfigError("pruning.activation_momentum: must be in [0, 1)")
     for name, value in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset),
-                        ("data.image_size", cfg.data.image_size)):
+                        ("data.image_size", cfg.data.image_size), ("probes.eps_samples", cfg.probes.eps_samples)):
         if value is not None and value < 1:
             raise ConfigError(f"{name}: must be >= 1 or null, got {value}")
 

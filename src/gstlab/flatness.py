@@ -10,9 +10,9 @@ derivatives w.r.t. the surviving parameters only (pruned units' weights, BN affi
 - ``tic``: grad_moment_trace / eig_sum, the paper's TIC proxy (Figure E5);
 - ``hutchinson_trace`` +- ``hutchinson_stderr`` when ``trace_samples`` > 0 (not in the paper);
 - eps-flatness: loss and accuracy at w + eps * v_i for the top ``eps_directions`` eigenvectors, eps in
-  [-eps_max, eps_max] with step ``eps_step``, on the probe set (the paper used the full test set: raise
-  ``samples`` to match); ``delta_w`` = the smallest |eps| whose worst-case loss increase (over directions and
-  signs) reaches 0.1 (Figure E3), NaN if none does.
+  [-eps_max, eps_max] with step ``eps_step``, on its own evaluation set: the first ``eps_samples`` evaluation
+  examples, by default all of them (the paper's full test set); ``delta_w`` = the smallest |eps| whose
+  worst-case loss increase (over directions and signs) reaches 0.1 (Figure E3), NaN if none does.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from gstlab import curvature
 from gstlab.config import ProbeConfig
+from gstlab.data.tensor_data import Images
 
 CONVENTION = "mean CE, eval mode, fp32, surviving params, first N eval examples"
 POWER_STEPS = 20  # the paper's per-eigenpair cap (hessian-eigenthings power_iter_steps)
@@ -42,6 +43,14 @@ def _probe_set(x: torch.Tensor, y: torch.Tensor, samples: int) -> tuple[torch.Te
     if samples <= 0 or len(x) == 0:
         raise ProbeError(f"probes.samples: the probe set is empty ({samples} of {len(x)} evaluation examples)")
     return x[:samples].float(), y[:samples]
+
+
+def _sweep_set(x: Images | torch.Tensor, y: torch.Tensor, samples: int | None):
+    """The eps-sweep's evaluation set: the first ``samples`` examples (all when None), still encoded."""
+    n = len(x) if samples is None else min(samples, len(x))
+    if n == len(x):
+        return x, y
+    return (x.select(slice(0, n)) if isinstance(x, Images) else x[:n]), y[:n]
 
 
 def spectrum(op: curvature.HessianOperator, cfg: ProbeConfig, gen: torch.Generator):
@@ -84,7 +93,9 @@ def measure(model: nn.Module, masks, x_eval: torch.Tensor, y_eval: torch.Tensor,
            "eig_sum": float(values.sum()), "eig_max": float(values.max()),
            "eigenvalues": " ".join(f"{v:.6g}" for v in values.tolist()), "convention": CONVENTION}
     row.update(_traces(model, op, x, y, param_masks, cfg, gen, eval_batch_size, row["eig_sum"]))
-    eps_rows = _eps_rows(model, op, vectors, x, y, cfg, eval_batch_size, progress)
+    x_sweep, y_sweep = _sweep_set(x_eval, y_eval, cfg.eps_samples)
+    row["eps_samples"] = len(x_sweep) if cfg.eps_directions > 0 else 0
+    eps_rows = _eps_rows(model, op, vectors, x_sweep, y_sweep, cfg, eval_batch_size, progress)
     base = eps_rows[0]["base_loss"] if eps_rows else math.nan
     row["delta_w"] = delta_w(eps_rows, base) if eps_rows else math.nan
     row["n_hvp"] = op.n_hvp

@@ -8,7 +8,7 @@ from gstlab import store
 from gstlab.seeding import derive_seed
 
 CURVATURE_COLUMNS = (
-    "epoch", "trigger", "seed", "samples", "method", "k", "n_hvp", "eig_sum", "eig_max", "eigenvalues",
+    "epoch", "trigger", "seed", "samples", "eps_samples", "method", "k", "n_hvp", "eig_sum", "eig_max", "eigenvalues",
     "hutchinson_trace", "hutchinson_stderr", "grad_moment_trace", "grad_cov_trace", "tic", "delta_w",
     "convention", "wall_s",
 )
