@@ -138,8 +138,8 @@ def _key_value(assignment: str) -> tuple[str, object]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from gstlab.executors import Resources, detect_gpus  # noqa: PLC0415
-    from gstlab.study import expand, sweep  # noqa: PLC0415
+    from gstlab.executors import Resources, detect_gpus, sweep  # noqa: PLC0415
+    from gstlab.study import expand  # noqa: PLC0415
 
     study, raw = _study_from_args(args)
     out = Path(args.out) if args.out else Path("studies") / study.name.replace("@", "-")
@@ -211,8 +211,8 @@ def _count(least: int):
 
 def cmd_flatness(args: argparse.Namespace) -> int:
     from gstlab import store  # noqa: PLC0415
-    from gstlab.flatness import measure_checkpoint  # noqa: PLC0415
     from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS  # noqa: PLC0415
+    from gstlab.remeasure import measure_checkpoint  # noqa: PLC0415
 
     run_dir = Path(args.run_dir)
     overrides = {k: v for k, v in (("top_k", args.top_k), ("samples", args.samples), ("method", args.method),

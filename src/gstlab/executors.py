@@ -4,6 +4,7 @@ layout (``STORE/runs/<run_id>``); a run that crashes fails alone and the study g
 - local: N slots, each a ``gst run`` subprocess with its own thread budget (``OMP_NUM_THREADS`` and
   ``train.threads``); with CUDA, ``--runs-per-gpu R`` packs R slots onto each visible GPU
   (``CUDA_VISIBLE_DEVICES`` per slot). The process log of each run goes to ``STUDY_DIR/logs/<run_id>.log``.
+- ``sweep`` expands a study (``gstlab.study``), writes its index and runs what is unfinished here.
 - ray: each run is a Ray task requesting ``num_cpus=threads`` and ``num_gpus=1/R`` when GPUs are used; the
   task executes the run in the Ray worker, so the store must be on a file system every node sees.
 """
@@ -18,10 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab.study import StudyRun
+from gstlab import store
+from gstlab.study import Study, StudyRun, expand, run_status, write_index
 
 
 class ExecutorError(RuntimeError):
@@ -51,8 +54,6 @@ def detect_gpus() -> int:
 
 
 def _summary_status(run_dir: Path) -> str:
-    from gstlab import store  # noqa: PLC0415
-
     return str((store.read_json_or_none(run_dir / "summary.json") or {}).get("status", "missing"))
 
 
@@ -102,8 +103,6 @@ def run_local(runs: list[StudyRun], store_dir: Path, study_dir: Path, res: Resou
 
 
 def _start(run: StudyRun, slot: int, store_dir: Path, study_dir: Path, res: Resources):
-    from gstlab import store  # noqa: PLC0415
-
     config_path = study_dir / "configs" / f"{run.run_id}.yaml"
     store.atomic_write_text(config_path, C.dump_yaml(run.cfg))
     _outcome_file(study_dir, run).unlink(missing_ok=True)
@@ -114,8 +113,6 @@ def _start(run: StudyRun, slot: int, store_dir: Path, study_dir: Path, res: Reso
 
 
 def _local_outcome(run: StudyRun, code: int, store_dir: Path, study_dir: Path) -> Outcome:
-    from gstlab import store  # noqa: PLC0415
-
     executed = (store.read_json_or_none(_outcome_file(study_dir, run)) or {}).get("executed", True)
     if code == 0:
         return Outcome(run.run_id, "finished", executed=bool(executed))
@@ -200,3 +197,34 @@ def run_ray(runs: list[StudyRun], store_dir: Path, res: Resources, address: str 
         bar.update(1)
     bar.close()
     return outcomes
+
+
+# --------------------------------------------------------------------------------------------------- sweep
+
+
+def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, address: str | None = None,
+          store_dir: Path | None = None, progress: bool = True) -> list:
+    """Run every unfinished run of ``study``; returns the outcomes of the runs executed now."""
+    runs = expand(study)  # every config is validated before anything starts
+    if executor == "ray":
+        connect_ray(address, resources.threads)
+    store.make_dir(study_dir, "--out")
+    if store_dir is not None:
+        store.make_dir(Path(store_dir), "--store")
+    store_dir = Path(store_dir or study_dir)
+    store.atomic_write_text(study_dir / "study.yaml", yaml.safe_dump({**raw, "seeds": list(study.seeds)},
+                                                                     sort_keys=False))
+    rows = write_index(study_dir, study, runs, store_dir)
+    final = {row["run_id"]: row["status"] for row in rows if row["status"] in ("finished", "failed")}
+    todo = [r for r in runs if r.run_id not in final]
+
+    def on_done(outcome) -> None:  # keep index.csv true while the sweep runs (and if it is killed)
+        final[outcome.run_id] = run_status(store_dir / "runs" / outcome.run_id)
+        write_index(study_dir, study, runs, store_dir, final)
+
+    try:
+        if executor == "ray":
+            return run_ray(todo, store_dir, resources, address, progress, on_done)
+        return run_local(todo, store_dir, study_dir, resources, progress, on_done)
+    finally:
+        write_index(study_dir, study, runs, store_dir, final)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -126,49 +125,3 @@ def _eps_rows(model, op, vectors, x, y, cfg: ProbeConfig, batch_size: int, progr
                                      batch_size):
             rows.append({"direction": i, **r, "base_loss": base_loss})
     return rows
-
-
-# --------------------------------------------------------------------------------------- saved checkpoints
-
-
-class CheckpointError(ProbeError):
-    """The file is missing or is not a gstlab model checkpoint."""
-
-
-def load_model_checkpoint(run_dir: Path, epoch: int | None) -> dict:
-    """The saved model of ``run_dir`` (``model_epoch{E}.pt`` or ``model_final.pt``), loaded weights-only."""
-    from gstlab import store  # noqa: PLC0415
-    from gstlab.runner import CHECKPOINT_FORMAT  # noqa: PLC0415
-
-    path = run_dir / ("model_final.pt" if epoch is None else f"model_epoch{epoch}.pt")
-    if not path.exists():
-        saved = sorted(p.name for p in run_dir.glob("model_*.pt"))
-        raise CheckpointError(f"{path}: no such checkpoint (saved models: {', '.join(saved) or 'none'}; keep more "
-                              "with train.keep_checkpoints=[...])")
-    try:
-        state = store.load_checkpoint(path)
-    except Exception as err:  # noqa: BLE001 (unpickling refuses anything that is not plain tensors/containers)
-        raise CheckpointError(f"{path}: not a gstlab checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("kind") != "model":
-        raise CheckpointError(f"{path}: not a gstlab model checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return state
-
-
-def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: int | None = None,
-                       progress: bool = True):
-    """Rebuild the run's model and data, load the checkpoint and measure; returns (row, eps_rows)."""
-    from gstlab import config as C  # noqa: PLC0415
-    from gstlab.runner import prepare  # noqa: PLC0415
-    from gstlab.seeding import derive_seed  # noqa: PLC0415
-
-    state = load_model_checkpoint(run_dir, epoch)
-    cfg = C.from_dict(C.RunConfig, state["config"])
-    cfg = C.validate(C.replace(cfg, probes=C.replace(cfg.probes, **overrides)))
-    run = prepare(cfg, run_dir)
-    run.model.load_state_dict(state["model"])
-    run.masks.refresh()
-    x, y = run.trainer.eval_data
-    seed = derive_seed(cfg.seed, "probe") if seed is None else seed
-    row, eps_rows = measure(run.model, run.masks, x, y, cfg.probes, seed, cfg.train.eval_batch_size, progress)
-    row.update(epoch=state["epoch"], trigger="cli")
-    return row, [dict(r, epoch=state["epoch"]) for r in eps_rows]

@@ -28,8 +28,6 @@ from gstlab.pruning.scores import ActivationTracker
 from gstlab.seeding import derive_seed, generator, stream_seeds
 from gstlab.train import Pass, Trainer, diverged
 
-CHECKPOINT_FORMAT = "gstlab-checkpoint-1"
-
 
 class RunDirError(RuntimeError):
     """The output directory holds a different run (or a damaged one that cannot be told apart)."""
@@ -154,7 +152,7 @@ class _MaskHook:
 
 def checkpoint_state(run: Run, next_epoch: int) -> dict:
     state = {
-        "format": CHECKPOINT_FORMAT,
+        "format": store.CHECKPOINT_FORMAT,
         "run_id": C.run_id(run.cfg),
         "config": C.to_dict(run.cfg),
         "epoch": next_epoch,
@@ -326,7 +324,7 @@ def _resume(run: Run, notes: list[dict]) -> Run:
             continue
         try:
             state = store.load_checkpoint(path)
-            if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != C.run_id(run.cfg):
+            if state.get("format") != store.CHECKPOINT_FORMAT or state.get("run_id") != C.run_id(run.cfg):
                 raise ValueError("not a checkpoint of this run")
             restore(run, state)
         except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
@@ -375,7 +373,7 @@ def _checkpoint(run: Run, epoch: int) -> None:
 
 
 def _save_model(run: Run, path: Path, epoch: int) -> None:
-    store.save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "kind": "model", "epoch": epoch,
+    store.save_checkpoint(path, {"format": store.CHECKPOINT_FORMAT, "kind": "model", "epoch": epoch,
                                  "run_id": C.run_id(run.cfg), "config": C.to_dict(run.cfg),
                                  "model": run.model.state_dict()})
 

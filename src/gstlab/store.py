@@ -32,6 +32,7 @@ EVENT_COLUMNS = (
     "mean_score", "acc_before", "acc_after", "instability", "duration_batches",
 )
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "gstlab-checkpoint-1"  # the "format" entry of every checkpoint and saved model
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the last good one, kept until a new checkpoint is complete
 
 

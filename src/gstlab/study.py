@@ -228,36 +228,3 @@ def write_index(study_dir: Path, study: Study, runs: list[StudyRun], store_dir: 
     columns = [*INDEX_COLUMNS, *study.grid, "run_dir", "status"]
     store.write_csv(study_dir / "index.csv", rows, columns)
     return rows
-
-
-# --------------------------------------------------------------------------------------------------- sweep
-
-
-def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, address: str | None = None,
-          store_dir: Path | None = None, progress: bool = True) -> list:
-    """Run every unfinished run of ``study``; returns the outcomes of the runs executed now."""
-    from gstlab import executors  # noqa: PLC0415
-
-    runs = expand(study)  # every config is validated before anything starts
-    if executor == "ray":
-        executors.connect_ray(address, resources.threads)
-    store.make_dir(study_dir, "--out")
-    if store_dir is not None:
-        store.make_dir(Path(store_dir), "--store")
-    store_dir = Path(store_dir or study_dir)
-    store.atomic_write_text(study_dir / "study.yaml", yaml.safe_dump({**raw, "seeds": list(study.seeds)},
-                                                                     sort_keys=False))
-    rows = write_index(study_dir, study, runs, store_dir)
-    final = {row["run_id"]: row["status"] for row in rows if row["status"] in ("finished", "failed")}
-    todo = [r for r in runs if r.run_id not in final]
-
-    def on_done(outcome) -> None:  # keep index.csv true while the sweep runs (and if it is killed)
-        final[outcome.run_id] = run_status(store_dir / "runs" / outcome.run_id)
-        write_index(study_dir, study, runs, store_dir, final)
-
-    try:
-        if executor == "ray":
-            return executors.run_ray(todo, store_dir, resources, address, progress, on_done)
-        return executors.run_local(todo, store_dir, study_dir, resources, progress, on_done)
-    finally:
-        write_index(study_dir, study, runs, store_dir, final)
