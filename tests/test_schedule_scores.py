@@ -133,3 +133,29 @@ def test_random_side_prunes_exactly_k_uniformly_and_reproducibly():
     a = select_to_prune(scores, 3, "random", torch.Generator().manual_seed(7))
     b = select_to_prune(scores, 3, "random", torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+
+
+def test_activation_scores_update_on_batches_every_2every_counted_from_one():
+    from torch import nn
+
+    from gstlab.models.units import units_from_names
+    from gstlab.pruning.scores import ActivationTracker
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3))
+    tracker = ActivationTracker(net, units_from_names(net, ["0"]), every=3, momentum=0.5)
+    batches = [torch.randn(5, 4) for _ in range(7)]
+    expected, history = torch.zeros(3), []
+    for i, x in enumerate(batches):
+        tracker.before_batch()
+        out = net(x)
+        if i in (2, 5):  # the 3rd and 6th training batch, as the official counter (incremented, then % 3 == 0)
+            expected = 0.5 * expected + 0.5 * out.detach().abs().sum(0)
+        history.append(tracker._scores.get("0"))
+    assert history[0] is None and history[1] is None
+    assert torch.allclose(tracker.scores("0"), expected, rtol=1e-6)
+    assert history[2] is history[4] and history[5] is history[6] and history[2] is not history[5]
+    net.eval()
+    tracker.before_batch(), tracker.before_batch()  # the 9th batch would update ...
+    net(torch.randn(5, 4))  # ... but an evaluation forward never does
+    assert tracker.scores("0") is history[6]

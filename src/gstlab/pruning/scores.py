@@ -59,7 +59,8 @@ def random_scores(n: int, generator: torch.Generator) -> torch.Tensor:
 
 class ActivationTracker:
     """EMA of per-channel sum over (batch, H, W) of |activation| (PAPER_SPEC §7.4), on every ``every``-th
-    training batch (batch indices 0, every, 2*every, ...): ``s <- m*s + (1-m)*new``, starting at 0.
+    training batch, counted from 1 over the whole run as the official counter (batches every, 2*every, ...;
+    0-based indices every-1, 2*every-1, ...): ``s <- m*s + (1-m)*new``, starting at 0.
 
     ``step()`` is the training loop's per-batch hook (``before_batch``); forward hooks act only in train mode
     and only on counted batches, and stay on the device (no synchronization).
@@ -76,7 +77,7 @@ class ActivationTracker:
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            if not module.training or self.batch % self.every != 0:
+            if not module.training or (self.batch + 1) % self.every != 0:
                 return
             dims = [d for d in range(output.dim()) if d != 1]
             new = output.detach().abs().sum(dim=dims).float()
