@@ -5,8 +5,8 @@ The config is explicit (it does not depend on any preset scale): Fashion-MNIST, 
 seeded subset), the first 5,000 test images, VGG11-bn width 1/8, Adam 1e-3, batch 128, evaluation batch 256,
 ``--epochs`` epochs, ``--threads`` torch threads, CPU. The plain loop reads the IDX files with numpy, keeps the
 subset as normalized, padded float32 tensors, and per epoch trains and evaluates once on the test set. Peak
-memory is each child's ``ru_maxrss`` (from ``os.wait4``), time its wall time; the two alternate for
-``--repeats`` rounds and we report medians and the ratio gstlab / plain.
+memory is each child's ``ru_maxrss`` (from ``os.wait4``), time its wall and CPU (user + system) time; the two
+alternate for ``--repeats`` rounds and we report medians and the ratio gstlab / plain.
 
     python benchmarks/bench_process.py            # ~5 minutes on 2 idle cores
 """
@@ -86,8 +86,8 @@ def plain(epochs: int, threads: int, root: Path) -> None:
         print(f"test acc {100 * correct / len(xt):.2f}")
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child process."""
+def measure(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds (user + system), peak RSS MiB) of one child process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -95,7 +95,7 @@ def measure(cmd: list[str]) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024  # Linux: KiB
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> None:
@@ -111,7 +111,7 @@ def main() -> None:
         return
     import yaml
 
-    results: dict[str, dict[str, list[float]]] = {v: {"t": [], "m": []} for v in ("plain", "gstlab")}
+    results: dict[str, dict[str, list[float]]] = {v: {"wall": [], "cpu": [], "peak": []} for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(yaml.safe_dump(run_config(args.epochs, args.threads, args.root)))
@@ -121,22 +121,35 @@ def main() -> None:
             "gstlab": [sys.executable, "-m", "gstlab.cli", "run", "--config", str(cfg), "--out"],
         }
         for r in range(args.repeats):
-            for variant in (("plain", "gstlab") if r % 2 == 0 else ("gstlab", "plain")):
+            for variant in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
                 out = [str(Path(tmp) / f"run{r}")] if variant == "gstlab" else []
-                wall, peak = measure(commands[variant] + out)
-                results[variant]["t"].append(wall)
-                results[variant]["m"].append(peak)
-                print(json.dumps({"round": r, "variant": variant, "wall_s": round(wall, 2),
-                                  "peak_mib": round(peak)}), file=sys.stderr)
-    t_plain, t_gst = (statistics.median(results[v]["t"]) for v in ("plain", "gstlab"))
-    m_plain, m_gst = (statistics.median(results[v]["m"]) for v in ("plain", "gstlab"))
-    print(f"VGG11-bn width 1/8, Fashion-MNIST 8,000 train / 5,000 test, {args.epochs} epochs, "
-          f"{args.threads} thread(s), {args.repeats} A/B rounds (medians)\n")
-    print("| process | wall time (s) | peak RSS (MiB) |")
-    print("| --- | --- | --- |")
-    print(f"| plain PyTorch loop | {t_plain:.1f} | {m_plain:.0f} |")
-    print(f"| `gst run` | {t_gst:.1f} | {m_gst:.0f} |")
-    print(f"| **ratio gstlab / plain** | **{t_gst / t_plain:.2f}x** | **{m_gst / m_plain:.2f}x** |")
+                row = dict(zip(("wall", "cpu", "peak"), measure(commands[variant] + out)))
+                for key, value in row.items():
+                    results[variant][key].append(value)
+                print(json.dumps({"round": r, "variant": variant, **{k: round(v, 2) for k, v in row.items()}}),
+                      file=sys.stderr)
+    print(report(results, args))
+
+
+VARIANTS = ("plain", "gstlab")
+
+
+def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> str:
+    """Markdown table: medians per process, the ratio of medians and the median of the per-round ratios."""
+    med = {v: {k: statistics.median(xs) for k, xs in results[v].items()} for v in VARIANTS}
+    paired = {k: statistics.median(g / p for g, p in zip(results["gstlab"][k], results["plain"][k]))
+              for k in ("wall", "cpu", "peak")}
+    ratio = {k: med["gstlab"][k] / med["plain"][k] for k in ("wall", "cpu", "peak")}
+    lines = [f"VGG11-bn width 1/8, Fashion-MNIST 8,000 train / 5,000 test, {args.epochs} epochs, "
+             f"{args.threads} thread(s), {args.repeats} A/B rounds (medians)", "",
+             "| process | wall time (s) | CPU time (s) | peak RSS (MiB) |", "| --- | --- | --- | --- |",
+             f"| plain PyTorch loop | {med['plain']['wall']:.1f} | {med['plain']['cpu']:.1f} | "
+             f"{med['plain']['peak']:.0f} |",
+             f"| `gst run` | {med['gstlab']['wall']:.1f} | {med['gstlab']['cpu']:.1f} | {med['gstlab']['peak']:.0f} |",
+             f"| **ratio of medians gstlab / plain** | **{ratio['wall']:.2f}x** | **{ratio['cpu']:.2f}x** | "
+             f"**{ratio['peak']:.2f}x** |",
+             f"| median of per-round ratios | {paired['wall']:.2f}x | {paired['cpu']:.2f}x | {paired['peak']:.2f}x |"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
