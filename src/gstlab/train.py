@@ -40,7 +40,7 @@ class Trainer:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-    eval_data: tuple[torch.Tensor, torch.Tensor]
+    eval_data: tuple[torch.Tensor, torch.Tensor]  # x may be a gstlab.data.Images (decoded per batch)
     eval_batch_size: int
     autocast: Callable[[], AbstractContextManager] = field(default=lambda: torch.autocast("cpu", enabled=False))
     hooks: list[BatchHook] = field(default_factory=list)
