@@ -23,11 +23,11 @@ def _raw(cfg: DataConfig) -> tuple[tuple, int]:
     if cfg.name in ("cifar10", "cifar100"):
         return cifar.load(cfg.name, cfg.root, cfg.download, cfg.normalize), NUM_CLASSES[cfg.name]
     if cfg.name == "mnist1d":
-        x_train, y_train, x_test, y_test = generated.mnist1d()
+        parts, classes = generated.mnist1d(), 10
     else:
-        x_train, y_train, x_test, y_test = generated.synthetic(
-            tuple(cfg.synthetic_shape), cfg.synthetic_classes, cfg.synthetic_train, cfg.synthetic_test)
-    classes = 10 if cfg.name == "mnist1d" else cfg.synthetic_classes
+        parts, classes = generated.synthetic(tuple(cfg.synthetic_shape), cfg.synthetic_classes,
+                                             cfg.synthetic_train, cfg.synthetic_test), cfg.synthetic_classes
+    x_train, y_train, x_test, y_test = parts  # float values that are already model input
     return (Images(x_train), y_train, Images(x_test), y_test), classes
 
 
