@@ -31,6 +31,10 @@ class Images:
     pool: int = 1  # then averaged over pool x pool blocks (data.image_size)
     channels_last: bool = False  # decoded batches in channels_last memory format
 
+    def __post_init__(self) -> None:
+        if self.mean and self.raw.dtype != torch.uint8:
+            raise ValueError("Images: mean/std apply to uint8 pixels; float values are already model input")
+
     def __len__(self) -> int:
         return len(self.raw)
 
@@ -64,8 +68,10 @@ class Images:
         return self._normalize(black).flatten()
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        return (x - self._channels(self.mean)) / self._channels(self.std) if self.mean else x
+        if x.dtype != torch.uint8:
+            return x.float()
+        x = x.float().div_(255)  # in place on the new float copy: the same values as out of place
+        return x.sub_(self._channels(self.mean)).div_(self._channels(self.std)) if self.mean else x
 
     def _channels(self, values: tuple[float, ...]) -> torch.Tensor | float:
         if len(values) == 1:
