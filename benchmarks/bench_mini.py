@@ -72,6 +72,7 @@ def plain_training(preset: str, epochs: int | None) -> dict:
 
     cfg = C.parse(preset_config(preset, "mini"))
     data = load_data(cfg.data, seed=0)
+    x_train, x_test = data.x_train[:], data.x_test[:]  # decoded once: float tensors, as a plain loop holds them
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     opt = torch.optim.Adam(model.parameters(), cfg.optim.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.optim.milestones), cfg.optim.gamma)
@@ -79,14 +80,14 @@ def plain_training(preset: str, epochs: int | None) -> dict:
     t0, c0 = time.perf_counter(), _cpu_seconds()
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(len(data.x_train)).split(cfg.train.batch_size):
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        for idx in torch.randperm(len(x_train)).split(cfg.train.batch_size):
+            loss = F.cross_entropy(model(x_train[idx]), data.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            for xb in data.x_test.split(cfg.train.eval_batch_size):
+            for xb in x_test.split(cfg.train.eval_batch_size):
                 model(xb)
         sched.step()
     return {"wall": time.perf_counter() - t0, "cpu": _cpu_seconds() - c0, "epochs": epochs}
@@ -105,19 +106,20 @@ from gstlab.models import build_model
 from benchmarks.bench_mini import _cpu_seconds
 cfg = C.parse(preset_config("{preset}", "mini"))
 data = load_data(cfg.data, seed=0)
+x_train, x_test = data.x_train[:], data.x_test[:]
 model = build_model(cfg.model, data.input_shape, data.num_classes)
 opt = torch.optim.Adam(model.parameters())
 c0 = _cpu_seconds()
 for _ in range({epochs}):
-    for idx in torch.randperm(len(data.x_train)).split(128):
-        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+    for idx in torch.randperm(len(x_train)).split(128):
+        loss = F.cross_entropy(model(x_train[idx]), data.y_train[idx])
         opt.zero_grad(); loss.backward(); opt.step()
-train = {epochs} * len(data.x_train) / (_cpu_seconds() - c0)
+train = {epochs} * len(x_train) / (_cpu_seconds() - c0)
 model.eval(); c0 = _cpu_seconds()
 with torch.no_grad():
-    for xb in data.x_test.split(1000):
+    for xb in x_test.split(1000):
         model(xb)
-evaluate = len(data.x_test) / (_cpu_seconds() - c0)
+evaluate = len(x_test) / (_cpu_seconds() - c0)
 print(json.dumps({{"arch": cfg.model.arch, "width": cfg.model.width, "train": train, "eval": evaluate}}))
 """)
 
