@@ -12,8 +12,8 @@ import json
 import math
 from pathlib import Path
 
-from gstlab.executors import Resources
-from gstlab.study import expand, study_from_dict, sweep
+from gstlab.executors import Resources, sweep
+from gstlab.study import expand, study_from_dict
 
 METHODS = (("No Pruning", "F2_VGG_0"), ("Prune_S 13%", "F2_VGG_2"), ("Prune_L 13%", "F2_VGG_4"))
 
