@@ -102,6 +102,9 @@ def test_fashion_mnist_at_16x16_is_the_28x28_image_at_14x14_with_one_pixel_of_pa
     small = data.x_test[:]
     torch.testing.assert_close(small[:, :, 1:15, 1:15], nn.functional.avg_pool2d(inner, 2))
     assert torch.all(small[:, :, 0] == 0) and torch.all(small[:, :, :, 15] == 0)
+    # decoded once (as large as the uint8 28x28 pixels); crop padding is still a black pixel, normalized
+    assert data.x_test.raw.dtype == torch.float32 and torch.equal(data.x_test.raw, small)
+    assert torch.equal(data.x_train.fill(), full.x_train.fill()) and float(data.x_train.fill()) < -0.8
 
 
 def test_crop_padding_keeps_its_share_of_the_image():

@@ -31,15 +31,22 @@ def _raw(cfg: DataConfig) -> tuple[tuple, int]:
     return (Images(x_train), y_train, Images(x_test), y_test), classes
 
 
+DECODE_CHUNK = 4096  # examples decoded at a time by downsample (bounds its temporary float32 copy)
+
+
 def downsample(x: Images, size: int) -> Images:
-    """Square images (N, C, H, H) averaged over ``H/size`` x ``H/size`` blocks to (N, C, size, size), as the last
-    step of decoding each batch."""
+    """Square images (N, C, H, H), decoded, averaged over ``H/size`` x ``H/size`` blocks to (N, C, size, size)
+    and kept in that float form (the same size in memory as uint8 at twice the side)."""
     shape = x.shape
     side = shape[-1]
     if len(shape) != 4 or shape[-2] != side or side % size:
         raise ConfigError(f"data.image_size: {size} must divide the side of square images; "
                           f"the data has shape {tuple(shape[1:])}")
-    return x if side == size else dataclasses.replace(x, pool=x.pool * (side // size))
+    if side == size:
+        return x
+    chunks = [torch.nn.functional.avg_pool2d(x[i:i + DECODE_CHUNK], side // size)
+              for i in range(0, len(x), DECODE_CHUNK)]
+    return dataclasses.replace(x, raw=torch.cat(chunks), frame=0)
 
 
 def load_data(cfg: DataConfig, seed: int) -> TensorData:

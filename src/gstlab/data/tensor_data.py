@@ -5,8 +5,9 @@ Data flow: a loader returns the pixels as stored on disk (uint8 for images; floa
 to turn them into model input. :class:`Images` keeps the stored pixels (4x smaller than float32) and does that
 turning, in one place, for every batch it is indexed with: ``float / 255`` (uint8 only), per-channel
 ``(x - mean) / std``, then a zero frame (in normalized space) up to the model's input size (Fashion-MNIST:
-28 -> 32), then with ``data.image_size`` an average over pool x pool blocks (32 -> 16). Subsets are taken on
-the stored pixels, so the full set is never converted.
+28 -> 32). Subsets are taken on the stored pixels, so the full set is never converted. With ``data.image_size``
+the subset is decoded once, in chunks, and averaged over blocks (``gstlab.data.downsample``; 32 -> 16): at half
+the side its float32 form is as large as the uint8 pixels, and its batches need no decoding.
 """
 
 from __future__ import annotations
@@ -24,16 +25,11 @@ class Images:
     """Stored examples (N, C, H, W) or (N, C, L) and their per-batch decoding; ``images[index]`` is the decoded
     float32 model input of those examples (any index a tensor takes)."""
 
-    raw: torch.Tensor  # uint8 pixels, or float values that are already model input (generated sets)
+    raw: torch.Tensor  # uint8 pixels, or float values that are already model input (decoded or generated)
     mean: tuple[float, ...] = ()  # per channel, of the [0, 1] pixel values; (): no normalization
-    std: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()  # (float raw: already applied; mean/std then only say what black is)
     frame: int = 0  # pixels of zero (in normalized space) added on each side of H and W after normalizing
-    pool: int = 1  # then averaged over pool x pool blocks (data.image_size)
     channels_last: bool = False  # decoded batches in channels_last memory format
-
-    def __post_init__(self) -> None:
-        if self.mean and self.raw.dtype != torch.uint8:
-            raise ValueError("Images: mean/std apply to uint8 pixels; float values are already model input")
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -47,7 +43,7 @@ class Images:
     def shape(self) -> tuple[int, ...]:
         """The decoded shape (N, C, H + 2 frame, W + 2 frame)."""
         n, c, *size = self.raw.shape
-        return (n, c, *((s + 2 * self.frame) // self.pool for s in size))
+        return (n, c, *(s + 2 * self.frame for s in size))
 
     @property
     def device(self) -> torch.device:
@@ -57,13 +53,11 @@ class Images:
         x = self._normalize(x)
         if self.frame:
             x = F.pad(x, (self.frame,) * 4)
-        if self.pool > 1:
-            x = F.avg_pool2d(x, self.pool)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def fill(self) -> torch.Tensor:
         """The decoded value of a black pixel per channel, shape (C,): what crop padding adds."""
-        black = torch.zeros(1, *self.raw.shape[1:2], *([1] * (self.raw.dim() - 2)), dtype=self.raw.dtype,
+        black = torch.zeros(1, *self.raw.shape[1:2], *([1] * (self.raw.dim() - 2)), dtype=torch.uint8,
                             device=self.device)
         return self._normalize(black).flatten()
 
