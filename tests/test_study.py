@@ -228,8 +228,9 @@ def test_demo_is_three_figure2_presets_at_mini_scale():
 def test_a_ray_worker_refuses_a_run_whose_id_it_resolves_differently(tmp_path):
     from gstlab.executors import _ray_task
 
+    threads = torch.get_num_threads()
     cfg = C.parse(TINY, ["train.device=cuda", "train.precision=auto"])  # bf16 wherever it runs: id names bf16
     planned_fp32 = C.run_id(C.replace(cfg, train=C.replace(cfg.train, precision="fp32")))
     with pytest.raises(RuntimeError, match="precision bf16"):
         _ray_task(C.to_dict(cfg), str(tmp_path / planned_fp32), 1)
-    assert not (tmp_path / planned_fp32).exists()
+    assert not (tmp_path / planned_fp32).exists() and torch.get_num_threads() == threads  # nothing touched

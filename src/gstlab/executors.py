@@ -162,11 +162,11 @@ def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool]:
 
     from gstlab.runner import run_or_skip  # noqa: PLC0415
 
-    torch.set_num_threads(threads)
     cfg = C.validate(C.from_dict(C.RunConfig, cfg_dict))
     if C.run_id(cfg) != Path(run_dir).name:  # e.g. train.precision=auto resolves differently on this worker
         raise RuntimeError(f"run {Path(run_dir).name} has id {C.run_id(cfg)} on this worker (precision "
                            f"{C.resolved_precision(cfg.train)}); set train.precision explicitly")
+    torch.set_num_threads(threads)
     summary, executed = run_or_skip(cfg, Path(run_dir), progress=False)
     return str(summary.get("status", "failed")), executed
 
