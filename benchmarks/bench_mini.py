@@ -35,9 +35,8 @@ def _child(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def gstlab_run(preset: str, epochs: int | None) -> dict:
+def gstlab_run(preset: str) -> dict:
     """One mini run of ``preset`` through gstlab's runner (masks, events, evaluations, checkpoints)."""
-    extra = f'"train.epochs={epochs}", ' if epochs else ""
     return _child(f"""
 import json, tempfile, time, torch
 torch.set_num_threads(1)
@@ -45,7 +44,7 @@ from gstlab import config as C
 from gstlab.experiments.presets import preset_config
 from gstlab.runner import execute
 from benchmarks.bench_mini import _cpu_seconds
-cfg = C.parse(preset_config("{preset}", "mini"), [{extra}"train.progress=false", "probes.epochs=[]"])
+cfg = C.parse(preset_config("{preset}", "mini"), ["train.progress=false", "probes.epochs=[]"])
 t0, c0 = time.perf_counter(), _cpu_seconds()
 summary = execute(cfg, tempfile.mkdtemp() + "/run", progress=False)
 print(json.dumps({{"wall": time.perf_counter() - t0, "cpu": _cpu_seconds() - c0,
@@ -54,16 +53,16 @@ print(json.dumps({{"wall": time.perf_counter() - t0, "cpu": _cpu_seconds() - c0,
 """)
 
 
-def plain_loop(preset: str, epochs: int | None) -> dict:
+def plain_loop(preset: str) -> dict:
     return _child(f"""
 import json, torch
 torch.set_num_threads(1)
 from benchmarks.bench_mini import plain_training
-print(json.dumps(plain_training("{preset}", {epochs})))
+print(json.dumps(plain_training("{preset}")))
 """)
 
 
-def plain_training(preset: str, epochs: int | None) -> dict:
+def plain_training(preset: str) -> dict:
     """The same model, data, optimizer, LR schedule and epochs in a hand-written loop; one evaluation per epoch."""
     from gstlab import config as C
     from gstlab.data import load_data
@@ -76,7 +75,7 @@ def plain_training(preset: str, epochs: int | None) -> dict:
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     opt = torch.optim.Adam(model.parameters(), cfg.optim.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.optim.milestones), cfg.optim.gamma)
-    epochs = epochs or cfg.train.epochs
+    epochs = cfg.train.epochs
     t0, c0 = time.perf_counter(), _cpu_seconds()
     for _ in range(epochs):
         model.train()
@@ -127,7 +126,6 @@ print(json.dumps({{"arch": cfg.model.arch, "width": cfg.model.width, "train": tr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="F2_VGG_4", help="a Figure 2 VGG preset (default: Prune_L 13%%)")
-    parser.add_argument("--epochs", type=int, default=None, help="shorten the run (default: the paper's 325)")
     parser.add_argument("--rates", action="store_true", help="images/s of every mini architecture instead")
     args = parser.parse_args()
     if args.rates:
@@ -136,8 +134,8 @@ def main() -> None:
             print(f"{preset:9s} {r['arch']:9s} width {r['width']:<6} train {r['train']:7.0f} img/s  "
                   f"eval {r['eval']:7.0f} img/s (one core)", flush=True)
         return
-    g = gstlab_run(args.preset, args.epochs)
-    p = plain_loop(args.preset, args.epochs)
+    g = gstlab_run(args.preset)
+    p = plain_loop(args.preset)
     print(f"{args.preset} at mini, {g['epochs']} epochs, one thread (best test acc {g['best_test_acc']:.2f}%, "
           f"gap {g['gap']:.2f})")
     print(f"{'loop':8s} {'wall (s)':>9s} {'CPU (s)':>8s}")

@@ -32,6 +32,21 @@ def test_mini_vgg_keeps_the_papers_units_and_ends_at_1x1():
     assert tiny(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_vgg_pools_choose_where_the_map_shrinks():
+    """Pools 1, 2, 3, 5 at 16x16: conv5-6 at 2x2 and conv7-8 at 2x2 (as the paper's conv7-8), then 1x1."""
+    model = build_model(ModelConfig(arch="vgg11_bn", channels=tuple(MINI_VGG_CHANNELS), vgg_pools=(1, 2, 3, 5)),
+                        (1, 16, 16), 10)
+    sizes, x = {}, torch.randn(2, 1, 16, 16)
+    for i, m in enumerate(model.features):
+        x = m(x)
+        if isinstance(m, nn.Conv2d):
+            sizes[f"features.{i}"] = x.shape[-1]
+    assert [sizes[u.module] for u in model.prunable_units()] == [16, 8, 4, 4, 2, 2, 2, 2]
+    assert x.shape == (2, 128, 1, 1) and model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="model.vgg_pools"):
+        build_model(ModelConfig(arch="vgg11_bn", vgg_pools=(1, 2, 3)), (1, 16, 16), 10)
+
+
 def test_build_model_names_the_sizes_it_takes():
     with pytest.raises(ConfigError, match="16x16"):
         build_model(ModelConfig(arch="vgg11_bn"), (1, 12, 12), 10)

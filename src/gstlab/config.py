@@ -61,6 +61,7 @@ class ModelConfig:
     arch: Literal["vgg11_bn", "resnet18", "resnet20", "resnet56", "mlp"] = "vgg11_bn"
     width: float = 1.0  # channel multiplier (vgg11_bn, resnet*); hidden sizes are given for mlp
     channels: tuple[int, ...] = ()  # vgg11_bn: the 8 conv widths, overriding width (empty: paper's x width)
+    vgg_pools: tuple[int, ...] = ()  # vgg11_bn: which of the paper's 5 max-pools (1-5) to keep (empty: first ones)
     hidden: tuple[int, ...] = (256, 256)  # mlp hidden layer widths
     batch_norm: bool = True  # mlp: BatchNorm1d after each hidden Linear
 
@@ -464,6 +465,8 @@ def _check_positive(cfg: RunConfig) -> None:
         raise ConfigError(f"model.width: must be > 0, got {cfg.model.width}")
     if cfg.model.channels and cfg.model.arch != "vgg11_bn":
         raise ConfigError(f"model.channels: only for vgg11_bn (arch is {cfg.model.arch}); use model.width")
+    if cfg.model.vgg_pools and cfg.model.arch != "vgg11_bn":
+        raise ConfigError(f"model.vgg_pools: only for vgg11_bn (arch is {cfg.model.arch})")
     if cfg.model.channels and (len(cfg.model.channels) != 8 or min(cfg.model.channels) < 1):
         raise ConfigError(f"model.channels: need 8 positive conv widths (vgg11_bn) or [], "
                           f"got {list(cfg.model.channels)}")

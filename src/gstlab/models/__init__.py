@@ -27,5 +27,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         raise ConfigError(f"model.arch: {cfg.arch} needs square images of side {allowed}, the data has shape "
                           f"{tuple(input_shape)}; allowed for other shapes: mlp (or set data.image_size)")
     if cfg.arch == "vgg11_bn":
-        return vgg11_bn(input_shape[0], num_classes, cfg.width, input_shape[1], tuple(cfg.channels))
+        try:
+            return vgg11_bn(input_shape[0], num_classes, cfg.width, input_shape[1], tuple(cfg.channels),
+                            tuple(cfg.vgg_pools))
+        except ValueError as err:
+            raise ConfigError(f"model.vgg_pools: {err}") from None
     return _CONV_NETS[cfg.arch](input_shape[0], num_classes, cfg.width)

@@ -22,22 +22,24 @@ def _scaled(channels: int, width: float) -> int:
 
 class VGG11BN(nn.Module):
     """``features`` (conv3x3 -> BN -> ReLU, max-pools) then a single Linear, for 32x32, 16x16 or 8x8 inputs;
-    ``channels`` (8 widths) overrides ``width`` times the paper's widths."""
+    ``channels`` (8 widths) overrides ``width`` times the paper's widths; ``pools`` names which of the paper's
+    five max-pools (1-5) are kept (default: the first ones, as many as the image size allows)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
-                 image_size: int = 32, channels: tuple[int, ...] = ()) -> None:
+                 image_size: int = 32, channels: tuple[int, ...] = (), pools: tuple[int, ...] = ()) -> None:
         super().__init__()
-        if image_size not in IMAGE_SIZES:
-            raise ValueError(f"VGG11BN: image_size must be one of {IMAGE_SIZES}, got {image_size}")
-        pools = IMAGE_SIZES[image_size]
+        keep = set(pools or range(1, IMAGE_SIZES.get(image_size, 0) + 1))
+        if image_size not in IMAGE_SIZES or len(keep) != IMAGE_SIZES[image_size] or not keep <= {1, 2, 3, 4, 5}:
+            raise ValueError(f"VGG11BN: image_size {image_size} needs {IMAGE_SIZES.get(image_size, '?')} of the "
+                             f"max-pools 1-5 (sizes: {', '.join(map(str, IMAGE_SIZES))}), got pools {sorted(keep)}")
         widths = iter(channels or [_scaled(v, width) for v in CFG_A if v != "M"])
         layers: list[nn.Module] = []
-        c_in = in_channels
+        c_in, pool = in_channels, 0
         for v in CFG_A:
             if v == "M":
-                if pools > 0:
+                pool += 1
+                if pool in keep:
                     layers.append(nn.MaxPool2d(2, 2))
-                    pools -= 1
                 continue
             c_out = next(widths)
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -66,5 +68,5 @@ class VGG11BN(nn.Module):
 
 
 def vgg11_bn(in_channels: int, num_classes: int, width: float, image_size: int = 32,
-             channels: tuple[int, ...] = ()) -> VGG11BN:
-    return VGG11BN(in_channels, num_classes, width, image_size, channels)
+             channels: tuple[int, ...] = (), pools: tuple[int, ...] = ()) -> VGG11BN:
+    return VGG11BN(in_channels, num_classes, width, image_size, channels, pools)
