@@ -194,7 +194,7 @@ def _figure2(rep: Report, include_random: bool = False) -> None:
         kinds = "pruned runs, no scratch" + ("" if include_random else ", no Prune_R")
         rep.tradeoff(runs[keep], tag, f"{prefix}{kinds}")
         baseline = runs.loc[~pruned(runs), "best_test_acc"]
-        for label, g in runs[keep].groupby("label", sort=False):
+        for label, g in runs[keep].groupby("label", sort=False) if len(baseline) else ():
             rep.ttest_claim("Benefit", f"{prefix}{label}", g["best_test_acc"], "No Pruning", baseline)
 
 
