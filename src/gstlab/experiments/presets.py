@@ -178,7 +178,8 @@ _SMOKE_DATA = {**_SMALL_DATA, "train_subset": 256, "test_subset": 256}
 # at 1/4, so that every event of the 1% schedules removes at least one filter and conv8 keeps 13 of 128.
 MINI_VGG_CHANNELS = [8, 16, 32, 32, 128, 128, 128, 128]
 # flatness at mini scale: the paper's 512 Hessian images and 10 eps directions; Lanczos top-20 instead of
-# power iteration top-100 (top-100 on a 0.5M-parameter model needs ~100x the memory of the network per run)
+# power iteration top-100 (Lanczos top-20 took 59 Hessian-vector products; top-100 needs several hundred
+# stored Lanczos vectors and as many products per probe)
 _MINI_PROBES = {"top_k": 20, "method": "lanczos", "samples": 512, "eps_directions": 10}
 SCALE_RULES: dict[str, dict[str, dict]] = {
     "vgg": {
