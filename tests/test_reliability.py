@@ -9,6 +9,8 @@ import math
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +337,15 @@ def test_16_cifar_batches_are_checked_and_never_run_code(tmp_path, monkeypatch):
                                     b"filenames": [b"a.png", b"b.png"], b"batch_label": b"x"}, protocol=2))
     batch = cifar.unpickle(clean)
     assert batch[b"labels"] == [3, 4] and batch[b"data"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_reader_that_closes_the_output_early_gets_no_traceback(tmp_path):
+    # 10,500 dry-run lines overflow the pipe buffer, so gst is still printing when the reader leaves
+    cmd = [sys.executable, "-m", "gstlab.cli", "sweep", "--study", "fig3", "--seeds", "500", "--dry-run",
+           "--out", str(tmp_path / "study")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"fig3@mini: 10500 runs")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (141, b"")  # 128 + SIGPIPE, as a shell reports `yes | head`
+    assert not (tmp_path / "study").exists()

@@ -1,7 +1,7 @@
 """The ``gst`` command line: run, presets, demo, flatness, sweep, report.
 
 Exit status: 0 success, 1 a run failed (diverged) or a study had failed runs, 2 bad input (the message names
-the field and what is allowed; nothing is written).
+the field and what is allowed; nothing is written), 141 the output was closed early (``gst ... | head``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from gstlab import config as C
 from gstlab.experiments.presets import SCALES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 
 
 class UsageError(Exception):
@@ -244,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gst", description="Train while pruning on a schedule and measure the generalization-stability "
                                 "tradeoff (Bartoldson et al., NeurIPS 2020).",
         epilog="exit status: 0 finished; 1 a run failed (diverged) or a study has failed runs; 2 bad input "
-               "(one line naming the field and what is allowed; nothing is written). Damaged files are repaired "
+               "(one line naming the field and what is allowed; nothing is written); 141 the output was closed early "
+               "(e.g. by head). Damaged files are repaired "
                "or reported with the command that fixes them: docs/reliability.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -350,6 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"gst: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader left early (`gst ... | head`): stop quietly, as a SIGPIPE'd tool does
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
