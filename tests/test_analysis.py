@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -329,3 +331,20 @@ def test_dynamics_band_is_the_t_interval_from_three_seeds_and_the_range_below():
     expected = sps.t.interval(0.95, 2, loc=85.0, scale=sps.sem([80.0, 85.0, 90.0]))
     assert kind == "95% CI over seeds"
     assert low.iloc[0] == pytest.approx(max(expected[0], 0.0)) and high.iloc[0] == pytest.approx(min(expected[1], 100))
+
+
+def test_posthoc_common_window_scores_every_run_after_the_latest_last_pruning_epoch():
+    posthoc = _load_example("posthoc_fig2_fig6.py")
+    runs = pd.DataFrame({"run_id": ["np", "pl"], "last_pruned_epoch": [0, 2]})
+    epochs = pd.DataFrame({"run_id": ["np"] * 4 + ["pl"] * 4, "epoch": [0, 1, 2, 3] * 2,
+                           "test_acc": [90.0, 80.0, 70.0, 75.0, 95.0, 60.0, 65.0, 62.0]})
+    start, best = posthoc.common_window_best(runs, epochs)
+    assert start == 2 and best.to_dict() == {"np": 75.0, "pl": 65.0}  # No Pruning's 90 at epoch 0 is outside
+
+
+def _load_example(name: str):
+    path = Path(__file__).parents[1] / "examples" / name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
