@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gstlab.analysis.results import last_probes
 from gstlab.analysis.stats import correlation, ttest
 
 PRUNED = ("Prune_S 1%", "Prune_S 13%", "Prune_R 13%", "Prune_L 13%")
@@ -25,8 +26,7 @@ FIGURE2_PANEL = ("Prune_S 1%", "Prune_S 13%", "Prune_L 13%")
 
 
 def flatness_within_pruned(runs: pd.DataFrame, curvature: pd.DataFrame) -> None:
-    last = curvature.sort_values(["run_id", "epoch"]).groupby("run_id").tail(1)
-    data = runs.merge(last[["run_id", "eig_sum", "grad_moment_trace"]], on="run_id")
+    data = runs.merge(last_probes(curvature)[["run_id", "eig_sum", "grad_moment_trace"]], on="run_id")
     print(data.groupby("label", sort=False)[["mean_stability", "eig_sum", "grad_moment_trace"]].mean().round(2))
     for y in ("eig_sum", "grad_moment_trace"):
         for labels in (FIGURE2_PANEL, PRUNED):

@@ -16,7 +16,7 @@ from scipy import stats as sps
 from gstlab import analysis
 from gstlab.analysis import figures, stats
 from gstlab.analysis.report import corr_verdict, write_report
-from gstlab.analysis.results import load_curvature, load_epochs, load_eps, load_events, load_study
+from gstlab.analysis.results import last_probes, load_curvature, load_epochs, load_eps, load_events, load_study
 from gstlab.analysis.summary import summarize
 from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
 from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS, write_csv, write_json
@@ -348,3 +348,10 @@ def _load_example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_last_probes_keeps_each_runs_highest_epoch_whatever_the_row_order():
+    curvature = pd.DataFrame({"run_id": ["b", "a", "a", "b"], "epoch": [314, 314, 100, 50],
+                              "eig_sum": [4.0, 2.0, 1.0, 3.0]})
+    last = last_probes(curvature)
+    assert dict(zip(last["run_id"], last["eig_sum"])) == {"a": 2.0, "b": 4.0}

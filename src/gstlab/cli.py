@@ -245,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gst", description="Train while pruning on a schedule and measure the generalization-stability "
                                 "tradeoff (Bartoldson et al., NeurIPS 2020).",
         epilog="exit status: 0 finished; 1 a run failed (diverged) or a study has failed runs; 2 bad input "
-               "(one line naming the field and what is allowed; nothing is written); 141 the output was closed early "
-               "(e.g. by head). Damaged files are repaired "
-               "or reported with the command that fixes them: docs/reliability.md.")
+               "(one line naming the field and what is allowed; nothing is written); 141 the output was closed "
+               "early (e.g. by head). Damaged files are repaired or reported with the command that fixes them: "
+               "docs/reliability.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train one run (resumes if cut off, skips if finished)",

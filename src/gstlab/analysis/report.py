@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from gstlab.analysis import figures as F
-from gstlab.analysis.results import load_curvature, load_epochs, load_eps, load_events, load_study
+from gstlab.analysis.results import last_probes, load_curvature, load_epochs, load_eps, load_events, load_study
 from gstlab.analysis.stats import correlation, group_table, ttest
 
 KINDS = ("figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2", "figureE",
@@ -232,16 +232,16 @@ def _noise(rep: Report, panels: tuple[tuple[str, str], ...]) -> None:
     rep.tradeoff(runs[pruned(runs) & ~scratch(runs)], "", "pruned and intervention runs")
 
 
-def _last_probe(rep: Report) -> pd.DataFrame:
-    """Runs with the flatness statistics of their last probe row."""
-    curv = rep.curvature.sort_values(["run_id", "epoch"], kind="stable").groupby("run_id").tail(1)
-    cols = [c for c in FLATNESS_COLUMNS if c in curv]
-    return rep.runs.merge(curv[["run_id", *cols]], on="run_id", how="left")
+def _with_flatness(runs: pd.DataFrame, last: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the flatness statistics of their last probe row (``last``, from ``last_probes``)."""
+    cols = [c for c in FLATNESS_COLUMNS if c in last]
+    return runs.merge(last[["run_id", *cols]], on="run_id", how="left")
 
 
 def _flatness(rep: Report) -> None:
     """Figure 6 / E: flatness vs stability and accuracy over all runs, E1 bars, E2 spectrum, E4 eps curves."""
-    runs = _last_probe(rep)
+    last = last_probes(rep.curvature)
+    runs = _with_flatness(rep.runs, last)
     for col in FLATNESS_COLUMNS:
         name = F.LABELS[col]
         scope = "all runs, last probe"
@@ -251,7 +251,6 @@ def _flatness(rep: Report) -> None:
                     corr=rep.corr(runs, col, "best_test_acc", "all runs"))
     rep.corr_claim(FLATNESS, runs, "all runs")
     rep.tradeoff(runs, "", "all runs (Figure E6)")
-    last = rep.curvature.sort_values(["run_id", "epoch"], kind="stable").groupby("run_id").tail(1)
     if "eigenvalues" in last and last["eigenvalues"].notna().any():
         rep.add_figure("E1: top-10 eigenvalues", F.eigen_bars(last, rep.out / "E1_eigenvalues",
                                                               "Top-10 Hessian eigenvalues (mean over runs)",

@@ -109,6 +109,11 @@ def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> p
     return _long(study_dir, "curvature.csv", columns, runs)
 
 
+def last_probes(curvature: pd.DataFrame) -> pd.DataFrame:
+    """Each run's last flatness probe: the curvature row with the highest epoch per run_id."""
+    return curvature.sort_values(["run_id", "epoch"], kind="stable").groupby("run_id").tail(1)
+
+
 def load_eps(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows of every run's ``eps_sweep.csv`` (loss along Hessian eigenvectors)."""
     return _long(study_dir, "eps_sweep.csv", EPS_COLUMNS, runs)
