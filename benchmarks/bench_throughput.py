@@ -5,8 +5,9 @@ DataLoader, on the same device, model and data, in one run; plus peak memory and
 - plain: CPU-resident uint8->float tensors in a ``TensorDataset`` + ``DataLoader`` (shuffle, ``--workers``
   processes, pinned memory on CUDA), fp32, contiguous layout, per-batch ``.item()`` of the loss (what typical
   training scripts do), crop+flip augmentation on the host;
-- gstlab: ``gstlab.train.Trainer`` with the data set on the device, on-device augmentation, bf16 autocast and
-  channels_last on CUDA (fp32/contiguous on CPU), no per-batch host synchronization; optional torch.compile.
+- gstlab: ``gstlab.train.Trainer`` with the data set on the device, on-device augmentation, bf16 autocast,
+  channels_last and a fused Adam on CUDA (fp32/contiguous/foreach on CPU), no per-batch host synchronization;
+  optional torch.compile (``--compile``, ``--compile-mode reduce-overhead`` for CUDA graphs).
 
     python benchmarks/bench_throughput.py --device cuda                       # paper width, CIFAR-sized data
     python benchmarks/bench_throughput.py --device cpu --width 0.125 --n 4096 # a quick CPU check
@@ -120,15 +121,18 @@ def bench_arch(arch: str, args, data, device) -> dict:
     plain_mem = peak_mb(device)
     del plain, opt
 
-    speed = resolve_speed(TrainConfig(compile=args.compile), device)
+    speed = resolve_speed(TrainConfig(compile=args.compile, compile_mode=args.compile_mode,
+                                      precision=args.precision), device)
     model = model_for(arch, args.width, device, speed.channels_last)
     xd, yd, xtd, ytd = (t.to(device) for t in data)
     if speed.channels_last:
         xd, xtd = xd.contiguous(memory_format=torch.channels_last), xtd.contiguous(memory_format=torch.channels_last)
-    trainer = Trainer(model=torch.compile(model) if speed.compile else model,
-                      optimizer=torch.optim.Adam(model.parameters(), 1e-3),
+    forward, step_hooks = speed.compiled(model)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3, **({"fused": True} if speed.fused_optimizer else {}))
+    trainer = Trainer(model=forward, optimizer=optimizer,
                       train_batches=TrainLoader(xd, yd, 128, True, torch.Generator().manual_seed(0)),
-                      eval_data=(xtd, ytd), eval_batch_size=256, autocast=speed.autocast)
+                      eval_data=(xtd, ytd), eval_batch_size=256, autocast=speed.autocast,
+                      hooks=list(step_hooks), eval_hooks=list(step_hooks))
     reset_peak(device)
     fast_train = [timed_gstlab(trainer, device, trainer.train_epoch) for _ in range(args.epochs)]
     fast_test = [timed_gstlab(trainer, device, trainer.evaluate) for _ in range(args.epochs)]
@@ -166,6 +170,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs per variant (first is warm-up)")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes of the baseline")
     parser.add_argument("--compile", action="store_true", help="torch.compile the gstlab model")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile mode (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="gstlab's training precision (auto: bf16 on CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     data = fake_cifar(args.n, args.n_test)

@@ -100,3 +100,48 @@ def test_evaluation_is_fp32_when_training_runs_in_bf16():
     fp32 = evaluate(model, x, y, 32)
     assert trainer.evaluate() == fp32
     assert evaluate(model, x, y, 32, bf16).loss != fp32.loss  # bf16 evaluation would differ
+
+
+def test_fused_optimizer_keeps_pruning_decisions_and_accuracies(tmp_path):
+    plain = run(tmp_path, "plain", "train.fused_optimizer=off")
+    fused = run(tmp_path, "fused", "train.fused_optimizer=on")
+    assert fused[3]["speed"]["fused_optimizer"] and not plain[3]["speed"]["fused_optimizer"]
+    assert all(torch.equal(plain[1][k], fused[1][k]) for k in plain[1])
+    for a, b in zip(plain[2], fused[2]):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
+
+
+def test_fused_optimizer_is_on_only_with_cuda_by_default():
+    from gstlab.environment import resolve_speed  # noqa: PLC0415
+
+    assert not resolve_speed(C.TrainConfig(), torch.device("cpu")).fused_optimizer
+    assert resolve_speed(C.TrainConfig(fused_optimizer="on"), torch.device("cpu")).fused_optimizer
+    from gstlab.runner import _optimizer  # noqa: PLC0415
+
+    model = torch.nn.Linear(3, 2)
+    assert _optimizer(C.OptimConfig(), model, fused=True).param_groups[0]["fused"]
+    assert not _optimizer(C.OptimConfig(name="sgd"), model).param_groups[0].get("fused")
+
+
+def test_reduce_overhead_compile_marks_each_step_for_cuda_graphs():
+    from gstlab.environment import CudaGraphStep, resolve_speed  # noqa: PLC0415
+
+    model = torch.nn.Linear(3, 2)
+    plain = resolve_speed(C.TrainConfig(), torch.device("cpu"))
+    assert plain.compiled(model) == (model, [])
+    graphs = resolve_speed(C.TrainConfig(compile=True, compile_mode="reduce-overhead"), torch.device("cpu"))
+    forward, hooks = graphs.compiled(model)
+    assert forward is not model and [type(h) for h in hooks] == [CudaGraphStep]
+    assert graphs.as_dict()["compile_mode"] == "reduce-overhead" and plain.as_dict()["compile_mode"] is None
+    assert resolve_speed(C.TrainConfig(compile=True), torch.device("cpu")).compiled(model)[1] == []
+
+
+@pytest.mark.slow
+def test_compiled_run_gives_the_same_decisions_and_accuracies(tmp_path):
+    plain = run(tmp_path, "plain")
+    compiled = run(tmp_path, "compiled", "train.compile=true", "train.compile_mode=reduce-overhead")
+    assert compiled[3]["speed"]["compile_mode"] == "reduce-overhead"
+    assert all(torch.equal(plain[1][k], compiled[1][k]) for k in plain[1])
+    for a, b in zip(plain[2], compiled[2]):
+        assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=2.0)
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-2)

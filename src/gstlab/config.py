@@ -90,7 +90,13 @@ class TrainConfig:
     # absent), see run_id; evaluations are fp32 whatever this says
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=NOT_RESULT)
     channels_last: Literal["auto", "on", "off"] = field(default="auto", metadata=NOT_RESULT)
-    compile: bool = field(default=False, metadata=NOT_RESULT)  # torch.compile the training forward
+    compile: bool = field(default=False, metadata=NOT_RESULT)  # torch.compile the model (training and evaluation)
+    # torch.compile's mode; reduce-overhead replays CUDA graphs, which removes the per-kernel launch cost that bounds
+    # a paper-width step at batch 128 (benchmarks/README.md, GPU)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(default="default", metadata=NOT_RESULT)
+    # the optimizer's single-kernel (fused) update; auto: on with CUDA. Not bit-identical to the per-tensor update,
+    # like every GPU kernel choice here (GPU runs are not bit-deterministic anyway)
+    fused_optimizer: Literal["auto", "on", "off"] = field(default="auto", metadata=NOT_RESULT)
 
 
 @dataclass(frozen=True)

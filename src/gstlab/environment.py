@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 import gstlab
 from gstlab import config as C
@@ -34,22 +35,49 @@ class Speed:
     channels_last: bool
     compile: bool
     device_type: str
+    compile_mode: str = "default"
+    fused_optimizer: bool = False
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def as_dict(self) -> dict:
         return {"precision": self.precision, "eval_precision": "fp32", "channels_last": self.channels_last,
-                "compile": self.compile}
+                "compile": self.compile, "compile_mode": self.compile_mode if self.compile else None,
+                "fused_optimizer": self.fused_optimizer}
+
+    def compiled(self, model: nn.Module) -> tuple[nn.Module, list[CudaGraphStep]]:
+        """The model a trainer calls, and the per-batch hooks it needs (CUDA graphs need a step marker)."""
+        if not self.compile:
+            return model, []
+        hooks = [CudaGraphStep()] if self.compile_mode == "reduce-overhead" else []
+        return torch.compile(model, mode=self.compile_mode), hooks
+
+
+class CudaGraphStep:
+    """Tells torch.compile's CUDA graphs (mode reduce-overhead) that a new step begins, so a replay may reuse the
+    memory of the previous step's outputs: the loop keeps only values computed from them. A training hook
+    (``before_batch``) and an evaluation hook (called)."""
+
+    def before_batch(self) -> None:
+        torch.compiler.cudagraph_mark_step_begin()
+
+    def after_step(self) -> None:
+        pass
+
+    def __call__(self) -> None:
+        self.before_batch()
 
 
 def resolve_speed(cfg: C.TrainConfig, device: torch.device) -> Speed:
     cuda = device.type == "cuda"
     precision = C.resolved_precision(cfg, device.type)
     channels_last = cuda if cfg.channels_last == "auto" else cfg.channels_last == "on"
+    fused = cuda if cfg.fused_optimizer == "auto" else cfg.fused_optimizer == "on"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    return Speed(precision=precision, channels_last=channels_last, compile=cfg.compile, device_type=device.type)
+    return Speed(precision=precision, channels_last=channels_last, compile=cfg.compile, device_type=device.type,
+                 compile_mode=cfg.compile_mode, fused_optimizer=fused)
 
 
 def git_commit() -> str | None:

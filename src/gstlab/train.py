@@ -46,7 +46,6 @@ class Trainer:
     hooks: list[BatchHook] = field(default_factory=list)
     eval_hooks: list[Callable[[], None]] = field(default_factory=list)  # compat: before each eval batch
     progress: Callable[[Iterable], Iterable] = field(default=lambda it: it)
-    train_step: Callable | None = None  # optional compiled forward+loss
 
     def train_epoch(self) -> Pass:
         """One pass over the training batches in train mode; accuracy is the running mean (paper §2)."""
