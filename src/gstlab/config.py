@@ -119,6 +119,10 @@ class PruningConfig:
     activation_every: int = 10  # activation score: update every Nth training batch
     activation_momentum: float = 0.9  # activation score: s <- m*s + (1-m)*new
 
+    def period_of(self, layer: LayerSchedule) -> int:
+        """A layer's retrain period: its own where it has one, else the schedule's."""
+        return layer.period or self.period
+
 
 @dataclass(frozen=True)
 class InterventionConfig:

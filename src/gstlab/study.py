@@ -188,8 +188,7 @@ def _largest_layer_rate(cfg: C.RunConfig) -> float:
     if not layers:
         return math.nan
     layer = max(layers, key=lambda lay: lay.fraction)
-    period = layer.period or cfg.pruning.period
-    return 100.0 * layer.fraction / len(event_epochs(layer.start, layer.end, period))
+    return 100.0 * layer.fraction / len(event_epochs(layer.start, layer.end, cfg.pruning.period_of(layer)))
 
 
 def index_row(run: StudyRun, run_dir: Path, status: str) -> dict:

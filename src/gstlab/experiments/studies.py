@@ -8,7 +8,7 @@ Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper took them f
 
 from __future__ import annotations
 
-from gstlab.config import ConfigError
+from gstlab.config import ConfigError, parse
 from gstlab.experiments.presets import SCALES, preset_config
 from gstlab.pruning.schedule import event_epochs
 
@@ -70,9 +70,8 @@ def run_seconds(preset: str, scale: str) -> float:
     data, model = cfg.get("data", {}), cfg["model"]
     train_rate, eval_rate = images_per_cpu_s(model["arch"], model.get("width", 1.0))
     epochs = cfg["train"]["epochs"]
-    pruning = cfg.get("pruning", {})
-    events = {e for layer in pruning.get("layers", [])
-              for e in event_epochs(layer["start"], layer["end"], layer.get("period") or pruning.get("period", 4))}
+    pruning = parse(cfg).pruning
+    events = {e for layer in pruning.layers for e in event_epochs(layer.start, layer.end, pruning.period_of(layer))}
     evaluations = epochs + len(events)  # a second evaluation after every event
     train_s = epochs * (data.get("train_subset") or 50000) / train_rate
     eval_s = evaluations * (data.get("test_subset") or 10000) / eval_rate

@@ -64,7 +64,7 @@ class Pruner:
         by_name = {u.name: u for u in units}
         self.layers = [(by_name[s.name], s) for s in _forward_order(cfg, units)]
         self.epochs = {
-            s.name: event_epochs(s.start, s.end, s.period or cfg.period) for _, s in self.layers
+            s.name: event_epochs(s.start, s.end, cfg.period_of(s)) for _, s in self.layers
         }
         self.duration_batches = 0  # interventions: how long each event lasts, recorded with it
         self.targeted = {u.name: torch.zeros(unit_count(model, u), dtype=torch.bool) for u, _ in self.layers}
