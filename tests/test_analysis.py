@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +256,11 @@ def test_report_figure2_supported(tmp_path, monkeypatch):
     assert "n = 12 runs" in text  # Prune_S 1%, Prune_S 13%, Prune_L 13% x 4 seeds (no Prune_R, scratch, baseline)
     assert "**Generalization gap**" in text and "1 failed" in text and "failed0" in text and "loss diverged" in text
     assert "![" in text and "(dynamics.png)" in text
-    assert len(pd.read_csv(out / "runs.csv")) == len(FIG2) * 4 + 2
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == len(FIG2) * 4 + 2
+    index = pd.read_csv(tmp_path / "s" / "index.csv").set_index("run_id")["run_dir"]
+    for run_id, run_dir in zip(runs["run_id"], runs["run_dir"]):  # relative to the report, pointing at the run
+        assert not os.path.isabs(run_dir) and (out / run_dir).resolve() == Path(index[run_id]).resolve()
 
 
 def test_report_figure2_not_supported_when_positive(tmp_path, no_draw):

@@ -8,6 +8,7 @@ analysis.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,6 +368,15 @@ def _read_spec(study_dir: Path) -> dict:
     return spec if isinstance(spec, dict) else {}
 
 
+def _with_relative_run_dirs(runs: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """``run_dir`` relative to the report folder, so that runs.csv stays true when study and store move together
+    (and names no machine's absolute paths when a report is committed)."""
+    if "run_dir" not in runs:
+        return runs
+    relative = [os.path.relpath(d, out.resolve()) if isinstance(d, str) and d else d for d in runs["run_dir"]]
+    return runs.assign(run_dir=relative)
+
+
 def write_report(study_dir: str | Path) -> Path:
     """Write ``report/`` of a study (tables, the figure's panels, report.md); returns the report.md path."""
     study_dir = Path(study_dir)
@@ -378,7 +388,7 @@ def write_report(study_dir: str | Path) -> Path:
     all_runs = load_study(study_dir)
     tables = {"epochs": load_epochs(study_dir, all_runs), "events": load_events(study_dir, all_runs),
               "curvature": load_curvature(study_dir, all_runs), "eps_sweep": load_eps(study_dir, all_runs)}
-    all_runs.to_csv(out / "runs.csv", index=False)
+    _with_relative_run_dirs(all_runs, out).to_csv(out / "runs.csv", index=False)
     for key, table in tables.items():
         if key in ("epochs", "events") or len(table):
             table.to_csv(out / f"{key}.csv", index=False)
