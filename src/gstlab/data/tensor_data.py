@@ -115,18 +115,20 @@ class TrainLoader:
         return math.ceil(len(self.x) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.x)
-        order = torch.randperm(n, generator=self.generator)
+        n, device = len(self.x), self.x.device
+        # the epoch's random numbers are drawn on the CPU as always, then copied to the device once: a copy from
+        # pageable memory per batch would make the host wait for the GPU at every step
+        order = torch.randperm(n, generator=self.generator).to(device)
         if self.augment:
             p = self.padding
-            shifts = torch.randint(0, 2 * p + 1, (n, 2), generator=self.generator)
-            flips = torch.rand(n, generator=self.generator) < 0.5
+            shifts = torch.randint(0, 2 * p + 1, (n, 2), generator=self.generator).to(device)
+            flips = (torch.rand(n, generator=self.generator) < 0.5).to(device)
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size].to(self.x.device)
+            idx = order[start:start + self.batch_size]
             xb, yb = self.x[idx], self.y[idx]
             if self.augment:
                 sl = slice(start, start + self.batch_size)
-                xb = augment_batch(xb, shifts[sl].to(xb.device), flips[sl].to(xb.device), self.padding, self.fill)
+                xb = augment_batch(xb, shifts[sl], flips[sl], self.padding, self.fill)
             yield xb, yb
 
 
