@@ -30,7 +30,7 @@ def markdown(df: pd.DataFrame, digits: int = 2) -> str:
 
 def _step_kind(speed: dict) -> str:
     """eager, or the torch.compile mode, with fused when the optimizer update is one kernel."""
-    kind = speed.get("compile_mode") or "default" if speed.get("compile") else "eager"
+    kind = (speed.get("compile_mode") or "default") if speed.get("compile") else "eager"
     return kind + (" + fused" if speed.get("fused_optimizer") else "")
 
 
