@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from gstlab.analysis.results import last_probes
-from gstlab.analysis.stats import correlation, ttest
+from gstlab.analysis.stats import correlation, correlation_line, ttest, ttest_line
 
 PRUNED = ("Prune_S 1%", "Prune_S 13%", "Prune_R 13%", "Prune_L 13%")
 FIGURE2_PANEL = ("Prune_S 1%", "Prune_S 13%", "Prune_L 13%")
@@ -52,14 +52,11 @@ def benefit_in_a_common_window(runs: pd.DataFrame, epochs: pd.DataFrame) -> None
 
 
 def _print_corr(name: str, c: dict) -> None:
-    print(f"{name}: n = {c['n']}, Pearson r = {c['pearson_r']:.3f} [{c['pearson_ci_low']:.3f}, "
-          f"{c['pearson_ci_high']:.3f}], p = {c['pearson_p']:.3g}; Kendall tau = {c['kendall_tau']:.3f}, "
-          f"p = {c['kendall_p']:.3g}")
+    print(correlation_line(name, c))
 
 
 def _print_ttest(name: str, t: dict) -> None:
-    print(f"{name}: difference {t['diff']:.2f} [{t['diff_ci_low']:.2f}, {t['diff_ci_high']:.2f}], "
-          f"Cohen's d = {t['cohens_d']:.2f}, t = {t['t']:.3f}, df = {t['df']}, p = {t['p']:.3g}")
+    print(ttest_line(name, t))
 
 
 def main(fig2: Path, fig6: Path) -> None:

@@ -347,6 +347,23 @@ def test_posthoc_common_window_scores_every_run_after_the_latest_last_pruning_ep
     assert start == 2 and best.to_dict() == {"np": 75.0, "pl": 65.0}  # No Pruning's 90 at epoch 0 is outside
 
 
+def test_posthoc_fig5_groups_leave_out_the_baseline_and_split_the_noise_kinds():
+    posthoc = _load_example("posthoc_fig5.py")
+    labels = ["No Pruning", "Prune_L", "Zeroing 1", "Zeroing 50", "Gaussian 1", "Gaussian 1105"]
+    groups = posthoc.subsets(pd.DataFrame({"label": labels}))
+    assert [sorted(g["label"]) for g in groups.values()] == [
+        sorted(labels[1:]), sorted(labels[2:]), ["Zeroing 1", "Zeroing 50"], ["Gaussian 1", "Gaussian 1105"]]
+
+
+def test_stats_lines_print_the_numbers_they_are_given():
+    c = {"n": 30, "pearson_r": 0.5, "pearson_ci_low": 0.1, "pearson_ci_high": 0.8, "pearson_p": 0.004,
+         "kendall_tau": 0.3, "kendall_p": 0.02}
+    assert stats.correlation_line("x", c) == ("x: n = 30, Pearson r = 0.500 [0.100, 0.800], p = 0.004; "
+                                              "Kendall tau = 0.300, p = 0.02")
+    t = stats.ttest([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+    assert stats.ttest_line("d", t).startswith("d: difference -1.00 [") and "df = 4" in stats.ttest_line("d", t)
+
+
 def _load_example(name: str):
     path = Path(__file__).parents[1] / "examples" / name
     spec = importlib.util.spec_from_file_location(path.stem, path)

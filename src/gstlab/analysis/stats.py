@@ -122,3 +122,16 @@ def group_table(df: pd.DataFrame, by: str | Sequence[str], columns: Sequence[str
         rows.append(row)
     cols = [*keys, "n", *(f"{c}_{k}" for c in columns for k in ("mean", "std", "ci_low", "ci_high"))]
     return pd.DataFrame(rows, columns=cols)
+
+
+def correlation_line(name: str, c: dict) -> str:
+    """One line for a :func:`correlation` result (post-hoc scripts print these)."""
+    return (f"{name}: n = {c['n']}, Pearson r = {c['pearson_r']:.3f} [{c['pearson_ci_low']:.3f}, "
+            f"{c['pearson_ci_high']:.3f}], p = {c['pearson_p']:.3g}; Kendall tau = {c['kendall_tau']:.3f}, "
+            f"p = {c['kendall_p']:.3g}")
+
+
+def ttest_line(name: str, t: dict) -> str:
+    """One line for a :func:`ttest` result: the difference with its CI, Cohen's d, t, df, p."""
+    return (f"{name}: difference {t['diff']:.2f} [{t['diff_ci_low']:.2f}, {t['diff_ci_high']:.2f}], "
+            f"Cohen's d = {t['cohens_d']:.2f}, t = {t['t']:.3f}, df = {t['df']}, p = {t['p']:.3g}")
