@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from gstlab.config import ModelConfig, TrainConfig
+from gstlab.config import ModelConfig, OptimConfig, TrainConfig
 from gstlab.data import TrainLoader, augment_batch
 from gstlab.environment import resolve_speed
 from gstlab.models import build_model
+from gstlab.runner import build_optimizer
 from gstlab.train import Trainer
 
 
@@ -128,7 +129,7 @@ def bench_arch(arch: str, args, data, device) -> dict:
     if speed.channels_last:
         xd, xtd = xd.contiguous(memory_format=torch.channels_last), xtd.contiguous(memory_format=torch.channels_last)
     forward, step_hooks = speed.compiled(model)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3, **({"fused": True} if speed.fused_optimizer else {}))
+    optimizer = build_optimizer(OptimConfig(name="adam", lr=1e-3), model, fused=speed.fused_optimizer)
     trainer = Trainer(model=forward, optimizer=optimizer,
                       train_batches=TrainLoader(xd, yd, 128, True, torch.Generator().manual_seed(0)),
                       eval_data=(xtd, ytd), eval_batch_size=256, autocast=speed.autocast,

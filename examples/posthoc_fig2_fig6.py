@@ -31,9 +31,10 @@ def flatness_within_pruned(runs: pd.DataFrame, curvature: pd.DataFrame) -> None:
     for y in ("eig_sum", "grad_moment_trace"):
         for labels in (FIGURE2_PANEL, PRUNED):
             group = data[data["label"].isin(labels)]
-            _print_corr(f"stability vs {y} over {', '.join(labels)}", correlation(group["mean_stability"], group[y]))
-    _print_ttest("Σ top-20 eigenvalues, Prune_L 13% - Prune_S 13%",
-                 ttest(*(data.loc[data["label"] == label, "eig_sum"] for label in ("Prune_L 13%", "Prune_S 13%"))))
+            print(correlation_line(f"stability vs {y} over {', '.join(labels)}",
+                                   correlation(group["mean_stability"], group[y])))
+    print(ttest_line("Σ top-20 eigenvalues, Prune_L 13% - Prune_S 13%",
+                     ttest(*(data.loc[data["label"] == label, "eig_sum"] for label in ("Prune_L 13%", "Prune_S 13%")))))
 
 
 def common_window_best(runs: pd.DataFrame, epochs: pd.DataFrame) -> tuple[int, pd.Series]:
@@ -48,15 +49,7 @@ def benefit_in_a_common_window(runs: pd.DataFrame, epochs: pd.DataFrame) -> None
     baseline = data.loc[data["label"] == "No Pruning", "best_window"]
     print(f"\nbest test accuracy over epochs >= {start} for every run")
     for label in (*FIGURE2_PANEL, "Scratch Pruning"):
-        _print_ttest(f"{label} - No Pruning", ttest(data.loc[data["label"] == label, "best_window"], baseline))
-
-
-def _print_corr(name: str, c: dict) -> None:
-    print(correlation_line(name, c))
-
-
-def _print_ttest(name: str, t: dict) -> None:
-    print(ttest_line(name, t))
+        print(ttest_line(f"{label} - No Pruning", ttest(data.loc[data["label"] == label, "best_window"], baseline)))
 
 
 def main(fig2: Path, fig6: Path) -> None:

@@ -116,11 +116,11 @@ def test_fused_optimizer_is_on_only_with_cuda_by_default():
 
     assert not resolve_speed(C.TrainConfig(), torch.device("cpu")).fused_optimizer
     assert resolve_speed(C.TrainConfig(fused_optimizer="on"), torch.device("cpu")).fused_optimizer
-    from gstlab.runner import _optimizer  # noqa: PLC0415
+    from gstlab.runner import build_optimizer  # noqa: PLC0415
 
     model = torch.nn.Linear(3, 2)
-    assert _optimizer(C.OptimConfig(), model, fused=True).param_groups[0]["fused"]
-    assert not _optimizer(C.OptimConfig(name="sgd"), model).param_groups[0].get("fused")
+    assert build_optimizer(C.OptimConfig(), model, fused=True).param_groups[0]["fused"]
+    assert not build_optimizer(C.OptimConfig(name="sgd"), model).param_groups[0].get("fused")
 
 
 def test_reduce_overhead_compile_marks_each_step_for_cuda_graphs():

@@ -81,7 +81,7 @@ def prepare(cfg: C.RunConfig, out: Path) -> Run:
         model = model.to(memory_format=torch.channels_last)
     gens = {s: generator(cfg.seed, s) for s in ("order", "prune", "noise")}
     masks = UnitMasks(model, units, bn_masking=cfg.pruning.bn_masking)
-    optimizer = _optimizer(cfg.optim, model, fused=speed.fused_optimizer)
+    optimizer = build_optimizer(cfg.optim, model, fused=speed.fused_optimizer)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
     tracker = _tracker(cfg, model, units)
     trainer = Trainer(
@@ -106,7 +106,7 @@ def prepare(cfg: C.RunConfig, out: Path) -> Run:
     return run
 
 
-def _optimizer(cfg: C.OptimConfig, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(cfg: C.OptimConfig, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     """The paper's optimizer; ``fused``: one kernel for the whole update where this torch has one (Adam since 2.0,
     SGD since 2.4), else PyTorch's default."""
     cls = torch.optim.SGD if cfg.name == "sgd" else torch.optim.Adam

@@ -373,7 +373,8 @@ def _with_relative_run_dirs(runs: pd.DataFrame, out: Path) -> pd.DataFrame:
     (and names no machine's absolute paths when a report is committed)."""
     if "run_dir" not in runs:
         return runs
-    relative = [os.path.relpath(d, out.resolve()) if isinstance(d, str) and d else d for d in runs["run_dir"]]
+    base = out.resolve()
+    relative = [os.path.relpath(d, base) if isinstance(d, str) and d else d for d in runs["run_dir"]]
     return runs.assign(run_dir=relative)
 
 
