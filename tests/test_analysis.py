@@ -355,6 +355,14 @@ def test_posthoc_fig5_groups_leave_out_the_baseline_and_split_the_noise_kinds():
         sorted(labels[1:]), sorted(labels[2:]), ["Zeroing 1", "Zeroing 50"], ["Gaussian 1", "Gaussian 1105"]]
 
 
+def test_posthoc_fig3_keeps_runs_fit_at_their_best_epoch_by_train_accuracy_there():
+    posthoc = _load_example("posthoc_fig3.py")
+    # train accuracy at the best epoch = best test accuracy + gap: 100.0, 99.5 (kept, the bound), 94.0 (left out)
+    runs = pd.DataFrame({"best_test_acc": [81.0, 80.0, 81.0], "generalization_gap": [19.0, 19.5, 13.0]})
+    all_runs, fit = posthoc.subsets(runs).values()
+    assert len(all_runs) == 3 and list(fit.index) == [0, 1]
+
+
 def test_stats_lines_print_the_numbers_they_are_given():
     c = {"n": 30, "pearson_r": 0.5, "pearson_ci_low": 0.1, "pearson_ci_high": 0.8, "pearson_p": 0.004,
          "kendall_tau": 0.3, "kendall_p": 0.02}
