@@ -3,8 +3,8 @@ of the preregistration, no verdict rests on it). T11 (pooled stability vs best t
 T12 (stability vs gap) nominally positive; this asks what a few unusual runs contribute:
 
 1. both pooled correlations without the runs whose training accuracy at their best epoch was below
-   ``SATURATED`` % (a run that never recovered from its last pruning event, and runs whose best test accuracy
-   came a few epochs after their single early event, before the training set was fit);
+   ``SATURATED`` % (a run that never recovered from its last pruning events, and runs whose best test accuracy
+   came a few epochs after their early events at epochs 3-6, before the training set was fit);
 2. Prune_L against Prune_S over all rates (best test accuracy), the side comparison Figure 3's first panel draws,
    with and without those runs.
 
