@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gstlab.analysis.report import REPORT_DIR, report_runs
 from gstlab.analysis.results import last_probes
 from gstlab.analysis.stats import correlation, correlation_line, ttest, ttest_line
 
@@ -53,9 +54,9 @@ def benefit_in_a_common_window(runs: pd.DataFrame, epochs: pd.DataFrame) -> None
 
 
 def main(fig2: Path, fig6: Path) -> None:
-    runs = pd.read_csv(fig2 / "report" / "runs.csv")
-    flatness_within_pruned(runs, pd.read_csv(fig6 / "report" / "curvature.csv"))
-    benefit_in_a_common_window(runs, pd.read_csv(fig2 / "report" / "epochs.csv"))
+    runs = report_runs(fig2)
+    flatness_within_pruned(runs, pd.read_csv(fig6 / REPORT_DIR / "curvature.csv"))
+    benefit_in_a_common_window(runs, pd.read_csv(fig2 / REPORT_DIR / "epochs.csv"))
 
 
 if __name__ == "__main__":

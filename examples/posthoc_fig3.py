@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gstlab.analysis.report import report_runs
 from gstlab.analysis.stats import correlation, correlation_line, ttest, ttest_line
 
 SATURATED = 99.5  # % training accuracy at the best epoch
@@ -37,8 +38,7 @@ def subsets(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def main(path: Path) -> None:
-    runs = pd.read_csv(path if path.suffix == ".csv" else path / "report" / "runs.csv")
-    runs = runs[runs["status"] == "finished"]
+    runs = report_runs(path)
     train = train_acc_at_best(runs)
     for i in runs.index[train < SATURATED]:
         r = runs.loc[i]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gstlab.analysis.report import report_runs
 from gstlab.analysis.stats import correlation, correlation_line, ttest, ttest_line
 
 BASELINE, PERMANENT = "No Pruning", "Prune_L"
@@ -34,8 +35,7 @@ def subsets(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def main(path: Path) -> None:
-    runs = pd.read_csv(path if path.suffix == ".csv" else path / "report" / "runs.csv")
-    runs = runs[runs["status"] == "finished"]
+    runs = report_runs(path)
     for name, group in subsets(runs).items():
         print(correlation_line(f"stability vs best test accuracy, {name}",
                                correlation(group["mean_stability"], group["best_test_acc"])))

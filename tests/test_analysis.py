@@ -16,7 +16,7 @@ from scipy import stats as sps
 
 from gstlab import analysis
 from gstlab.analysis import figures, stats
-from gstlab.analysis.report import corr_verdict, write_report
+from gstlab.analysis.report import corr_verdict, report_runs, write_report
 from gstlab.analysis.results import last_probes, load_curvature, load_epochs, load_eps, load_events, load_study
 from gstlab.analysis.summary import summarize
 from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
@@ -261,6 +261,13 @@ def test_report_figure2_supported(tmp_path, monkeypatch):
     index = pd.read_csv(tmp_path / "s" / "index.csv").set_index("run_id")["run_dir"]
     for run_id, run_dir in zip(runs["run_id"], runs["run_dir"]):  # relative to the report, pointing at the run
         assert not os.path.isabs(run_dir) and (out / run_dir).resolve() == Path(index[run_id]).resolve()
+
+
+def test_report_runs_reads_the_finished_runs_from_the_study_or_its_runs_csv(tmp_path, no_draw):
+    md = write_report(make_study(tmp_path / "s", "figure2"))
+    from_dir, from_csv = report_runs(tmp_path / "s"), report_runs(md.parent / "runs.csv")
+    assert len(from_dir) == len(FIG2) * 4 and set(from_dir["status"]) == {"finished"}  # not the failed, pending
+    assert from_dir.equals(from_csv)
 
 
 def test_report_figure2_not_supported_when_positive(tmp_path, no_draw):

@@ -25,6 +25,7 @@ SPEC_SECTION = {"figure2": "§12.1", "figure3": "§12.2", "figure4": "§12.3", "
                 "figureB2": "§12.7", "figureC3": "§12.8", "tableC1": "§12.9", "figureD2": "§12.10",
                 "figureE": "§12.11", "tableF1": "§12.12"}
 ALPHA = 0.05
+REPORT_DIR = "report"  # a study's report folder, beside its index.csv
 FLATNESS_COLUMNS = ("eig_sum", "grad_moment_trace", "tic", "delta_w")
 # (name, statement, x, y, expected sign of Pearson r)
 TRADEOFF = ("Tradeoff", "less stable pruning → higher best test accuracy", "mean_stability", "best_test_acc", -1)
@@ -378,13 +379,21 @@ def _with_relative_run_dirs(runs: pd.DataFrame, out: Path) -> pd.DataFrame:
     return runs.assign(run_dir=relative)
 
 
+def report_runs(path: str | Path) -> pd.DataFrame:
+    """The finished runs of a written report, for post-hoc analysis: ``path`` is its runs.csv or the study
+    directory."""
+    path = Path(path)
+    runs = pd.read_csv(path if path.suffix == ".csv" else path / REPORT_DIR / "runs.csv")
+    return runs[runs["status"] == "finished"]
+
+
 def write_report(study_dir: str | Path) -> Path:
     """Write ``report/`` of a study (tables, the figure's panels, report.md); returns the report.md path."""
     study_dir = Path(study_dir)
     spec = _read_spec(study_dir)
     asked = str(spec.get("figure") or "generic")
     kind = asked if asked in BUILDERS else "generic"
-    out = study_dir / "report"
+    out = study_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     all_runs = load_study(study_dir)
     tables = {"epochs": load_epochs(study_dir, all_runs), "events": load_events(study_dir, all_runs),
