@@ -50,6 +50,9 @@ class DataConfig:
     normalize: bool = True
     augment: bool = False  # random crop (padding 4) + horizontal flip, on the device
     image_size: int | None = None  # downsample square images to this side by average pooling (None: native)
+    # symmetric label noise: this fraction of the training labels (exactly round(p * N) examples, drawn by the data
+    # seed) is replaced by a uniformly drawn *different* class; the test set is untouched
+    label_noise: float = 0.0
     synthetic_shape: tuple[int, ...] = (3, 32, 32)  # only for name=synthetic
     synthetic_classes: int = 10  # only for name=synthetic
     synthetic_train: int = 1024  # only for name=synthetic
@@ -482,6 +485,9 @@ def _check_positive(cfg: RunConfig) -> None:
                           f"got {list(cfg.model.channels)}")
     if not 0 <= cfg.pruning.activation_momentum < 1:
         raise ConfigError("pruning.activation_momentum: must be in [0, 1)")
+    if not 0 <= cfg.data.label_noise < 1:
+        raise ConfigError(f"data.label_noise: must be in [0, 1) (a fraction of the training labels), "
+                          f"got {cfg.data.label_noise}")
     for name, value in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset),
                         ("data.image_size", cfg.data.image_size), ("probes.eps_samples", cfg.probes.eps_samples)):
         if value is not None and value < 1:

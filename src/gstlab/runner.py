@@ -20,6 +20,7 @@ from gstlab import config as C
 from gstlab import recovery, store
 from gstlab.analysis.summary import summarize
 from gstlab.data import TrainLoader, crop_padding, load_data
+from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
 from gstlab.interventions import Intervention
 from gstlab.models import build_model
@@ -28,6 +29,9 @@ from gstlab.pruning.pruner import Pruner, PruningEvent
 from gstlab.pruning.scores import ActivationTracker
 from gstlab.seeding import derive_seed, generator, stream_seeds
 from gstlab.train import Pass, Trainer, diverged
+
+
+LABEL_NOISE_FILE = "label_noise.csv"  # the noisy training examples of a run with data.label_noise > 0
 
 
 class RunDirError(RuntimeError):
@@ -50,6 +54,7 @@ class Run:
     tracker: ActivationTracker | None
     generators: dict[str, torch.Generator]
     intervention: Intervention | None = None
+    label_noise: LabelNoise | None = None
     callbacks: list = dataclasses.field(default_factory=list)
     rows: dict[str, list[dict]] = dataclasses.field(
         default_factory=lambda: {"metrics": [], "events": [], "curvature": [], "eps": []})
@@ -87,15 +92,18 @@ def prepare(cfg: C.RunConfig, out: Path) -> Run:
     trainer = Trainer(
         model=model, optimizer=optimizer,
         train_batches=TrainLoader(data.x_train, data.y_train, cfg.train.batch_size, cfg.data.augment,
-                                  gens["order"], crop_padding(data.input_shape)),
+                                  gens["order"], crop_padding(data.input_shape),
+                                  indexed=data.label_noise is not None),
         eval_data=(data.x_test, data.y_test), eval_batch_size=cfg.train.eval_batch_size,
         autocast=speed.autocast,
     )
     trainer.model, step_hooks = speed.compiled(model)
     trainer.hooks += step_hooks
     trainer.eval_hooks += step_hooks
+    if data.label_noise is not None:
+        trainer.train_hits = torch.zeros(len(data.y_train), dtype=torch.bool, device=device)
     run = Run(cfg=cfg, out=out, device=device, speed=speed, model=model, masks=masks, trainer=trainer,
-              scheduler=scheduler, pruner=None, tracker=tracker, generators=gens)
+              scheduler=scheduler, pruner=None, tracker=tracker, generators=gens, label_noise=data.label_noise)
     _attach_pruning(run, units)
     trainer.hooks.insert(0, _MaskHook(masks))
     if tracker is not None:
@@ -218,12 +226,15 @@ def run_epoch(run: Run, epoch: int) -> Pass:
     if not skip_training:
         run.scheduler.step()  # the official code does not step the scheduler in the scratch epoch
     run.rows["events"].extend(ev.row() for ev in events)
-    run.rows["metrics"].append({
+    row = {
         "epoch": epoch, "lr": lr, "train_acc": train.acc, "train_loss": train.loss,
         "test_acc_pre": pre.acc, "test_acc": post.acc, "test_loss": post.loss,
         "units_pruned": run.masks.total_pruned(), "units_removed": sum(ev.units_removed for ev in events),
-        "wall_s": time.perf_counter() - t0,
-    })
+    }
+    if run.label_noise is not None:
+        row.update(dict.fromkeys(NOISE_COLUMNS, math.nan) if skip_training
+                   else run.label_noise.split(run.trainer.train_hits))
+    run.rows["metrics"].append({**row, "wall_s": time.perf_counter() - t0})
     return train
 
 
@@ -243,8 +254,15 @@ def _after_events(run: Run, events: list[PruningEvent], pre: Pass) -> Pass:
     return post
 
 
+def metric_columns(run: Run) -> tuple[str, ...]:
+    """metrics.csv's columns: the standard ones, with the clean/noisy training accuracy under label noise."""
+    if run.label_noise is None:
+        return store.METRIC_COLUMNS
+    return (*store.METRIC_COLUMNS[:-1], *NOISE_COLUMNS, store.METRIC_COLUMNS[-1])
+
+
 def write_tables(run: Run) -> None:
-    store.write_csv(run.out / "metrics.csv", run.rows["metrics"], store.METRIC_COLUMNS)
+    store.write_csv(run.out / "metrics.csv", run.rows["metrics"], metric_columns(run))
     store.write_csv(run.out / "events.csv", run.rows["events"], store.EVENT_COLUMNS)
     for cb in run.callbacks:
         cb.write(run)
@@ -308,6 +326,8 @@ def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
     if recovered:
         info["recovered"] = recovered
     store.write_json(out / "manifest.json", info)
+    if run.label_noise is not None:
+        store.write_csv(out / LABEL_NOISE_FILE, run.label_noise.rows(), LABEL_COLUMNS)
     status, reason = _loop(run, show)
     write_tables(run)
     summary = _summary(run, status, reason)

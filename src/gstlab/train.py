@@ -39,13 +39,15 @@ class Pass:
 class Trainer:
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    train_batches: Iterable[tuple[torch.Tensor, ...]]  # (x, y) or (x, y, example indices)
     eval_data: tuple[torch.Tensor, torch.Tensor]  # x may be a gstlab.data.Images (decoded per batch)
     eval_batch_size: int
     autocast: Callable[[], AbstractContextManager] = field(default=lambda: torch.autocast("cpu", enabled=False))
     hooks: list[BatchHook] = field(default_factory=list)
     eval_hooks: list[Callable[[], None]] = field(default_factory=list)  # compat: before each eval batch
     progress: Callable[[Iterable], Iterable] = field(default=lambda it: it)
+    # per training example, whether the last epoch predicted its label (needs batches with indices); None: not kept
+    train_hits: torch.Tensor | None = None
 
     def train_epoch(self) -> Pass:
         """One pass over the training batches in train mode; accuracy is the running mean (paper §2)."""
@@ -54,7 +56,7 @@ class Trainer:
         correct = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
         n = 0
-        for x, y in self.progress(self.train_batches):
+        for x, y, *index in self.progress(self.train_batches):
             for hook in self.hooks:
                 hook.before_batch()
             with self.autocast():
@@ -66,7 +68,10 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_step()
             loss_sum += loss.detach().float() * y.numel()
-            correct += (out.detach().argmax(1) == y).sum()
+            hits = out.detach().argmax(1) == y
+            correct += hits.sum()
+            if self.train_hits is not None:
+                self.train_hits[index[0]] = hits
             n += y.numel()
         return Pass(acc=100.0 * correct.item() / max(n, 1), loss=loss_sum.item() / max(n, 1))
 

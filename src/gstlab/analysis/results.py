@@ -23,6 +23,7 @@ ID_COLUMNS = ("run_id", "setting", "label", "seed")
 SUMMARY_COLUMNS = (
     "mean_stability", "best_test_acc", "best_epoch", "final_test_acc", "generalization_gap", "n_events",
     "n_prune_epochs", "last_pruned_epoch", "epochs_done", "params_total", "params_remaining", "params_zero",
+    "peak_test_acc", "peak_epoch", "memorization",
 )
 
 

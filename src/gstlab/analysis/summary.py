@@ -8,7 +8,11 @@
 - mean stability: unweighted mean of stability over the pruning epochs; 100 when there are none;
 - post-pruning phase: epochs ``>= last_pruned_epoch`` (0 when never pruned or only at scratch);
 - best test accuracy: max ``test_acc`` over the post-pruning phase (first epoch reaching it);
-- generalization gap: ``train_acc - test_acc`` at that epoch.
+- generalization gap: ``train_acc - test_acc`` at that epoch;
+- peak test accuracy: max ``test_acc`` over *all* epochs (first epoch reaching it): the early-stopping
+  baseline, which under label noise can lie long before the post-pruning phase;
+- memorization (label noise only): ``train_acc_noisy`` at the best epoch, the share (%) of noisy training
+  examples predicted as their given, wrong label during that epoch's training pass.
 """
 
 from __future__ import annotations
@@ -43,11 +47,14 @@ def summarize(metrics: list[dict], events: list[dict], scratch: bool) -> dict:
     if not metrics:
         return {"mean_stability": math.nan, "best_test_acc": math.nan, "best_epoch": None,
                 "final_test_acc": math.nan, "generalization_gap": math.nan, "n_events": 0,
-                "n_prune_epochs": 0, "last_pruned_epoch": 0, "epochs_done": 0}
+                "n_prune_epochs": 0, "last_pruned_epoch": 0, "epochs_done": 0,
+                "peak_test_acc": math.nan, "peak_epoch": None}
     pruned = event_epochs(events, scratch)
     last = max(pruned) if pruned else 0
     phase = [row for row in metrics if int(row["epoch"]) >= last] or metrics
     best = max(phase, key=lambda row: float(row["test_acc"]))  # max() keeps the first maximum
+    peak = max(metrics, key=lambda row: float(row["test_acc"]))
+    noise = {"memorization": float(best["train_acc_noisy"])} if "train_acc_noisy" in best else {}
     return {
         "mean_stability": mean_stability(events, scratch),
         "best_test_acc": float(best["test_acc"]),
@@ -58,4 +65,7 @@ def summarize(metrics: list[dict], events: list[dict], scratch: bool) -> dict:
         "n_prune_epochs": len(pruned),
         "last_pruned_epoch": last,
         "epochs_done": len(metrics),
+        "peak_test_acc": float(peak["test_acc"]),
+        "peak_epoch": int(peak["epoch"]),
+        **noise,
     }

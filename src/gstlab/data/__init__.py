@@ -8,6 +8,7 @@ import torch
 
 from gstlab.config import ConfigError, DataConfig
 from gstlab.data import cifar, fashion_mnist, generated
+from gstlab.data.label_noise import LabelNoise, corrupt_labels
 from gstlab.data.download import DataMissingError
 from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_batch, crop_padding, eval_batches
 
@@ -52,7 +53,8 @@ def downsample(x: Images, size: int) -> Images:
 def load_data(cfg: DataConfig, seed: int) -> TensorData:
     """Load ``cfg.name`` on the CPU, as stored (see :class:`Images`). ``train_subset``: a random subset chosen
     with ``seed`` (sorted, so the batch order still comes only from the loader); ``test_subset``: the first N
-    test examples. Subsets are taken before anything is decoded."""
+    test examples. Subsets are taken before anything is decoded. ``label_noise``: see
+    :mod:`gstlab.data.label_noise` (applied to the subset; ``TensorData.label_noise`` keeps the clean labels and which are noisy)."""
     (x_train, y_train, x_test, y_test), classes = _raw(cfg)
     if cfg.train_subset is not None and cfg.train_subset < len(x_train):
         g = torch.Generator().manual_seed(seed)
@@ -62,4 +64,8 @@ def load_data(cfg: DataConfig, seed: int) -> TensorData:
         x_test, y_test = x_test.select(slice(0, cfg.test_subset)), y_test[:cfg.test_subset]
     if cfg.image_size is not None:
         x_train, x_test = downsample(x_train, cfg.image_size), downsample(x_test, cfg.image_size)
-    return TensorData(x_train, y_train, x_test, y_test, classes, cfg.name)
+    noise = None
+    if cfg.label_noise > 0:
+        given, noisy = corrupt_labels(y_train, classes, cfg.label_noise, seed)
+        noise, y_train = LabelNoise(noisy, y_train, given), given
+    return TensorData(x_train, y_train, x_test, y_test, classes, cfg.name, noise)

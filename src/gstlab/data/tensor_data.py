@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from gstlab.data.label_noise import LabelNoise
+
 
 @dataclass(frozen=True)
 class Images:
@@ -88,14 +90,15 @@ class TensorData:
     y_test: torch.Tensor
     num_classes: int
     name: str
+    label_noise: LabelNoise | None = None  # which training labels were replaced (data.label_noise > 0)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
     def to(self, device: torch.device | str) -> TensorData:
-        return TensorData(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                          self.y_test.to(device), self.num_classes, self.name)
+        return replace(self, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
+                       x_test=self.x_test.to(device), y_test=self.y_test.to(device))
 
 
 class TrainLoader:
@@ -106,15 +109,15 @@ class TrainLoader:
     the batch. ``x`` is :class:`Images` (decoded per batch) or a float tensor (padded with 0)."""
 
     def __init__(self, x: Images | torch.Tensor, y: torch.Tensor, batch_size: int, augment: bool,
-                 generator: torch.Generator, padding: int = 4) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
+                 generator: torch.Generator, padding: int = 4, indexed: bool = False) -> None:
+        self.x, self.y, self.batch_size, self.indexed = x, y, batch_size, indexed
         self.augment, self.generator, self.padding = augment, generator, padding
         self.fill = x.fill() if isinstance(x, Images) and augment else None
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         n, device = len(self.x), self.x.device
         # the epoch's random numbers are drawn on the CPU as always, then copied to the device once: a copy from
         # pageable memory per batch would make the host wait for the GPU at every step
@@ -129,7 +132,7 @@ class TrainLoader:
             if self.augment:
                 sl = slice(start, start + self.batch_size)
                 xb = augment_batch(xb, shifts[sl], flips[sl], self.padding, self.fill)
-            yield xb, yb
+            yield (xb, yb, idx) if self.indexed else (xb, yb)
 
 
 def crop_padding(input_shape: tuple[int, ...]) -> int:
