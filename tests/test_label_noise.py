@@ -14,7 +14,6 @@ from gstlab.data import TrainLoader, load_data
 from gstlab.data.label_noise import LabelNoise, corrupt_labels, split_accuracy
 from gstlab.runner import execute
 from gstlab.train import Trainer
-
 from test_runner import TINY
 
 

@@ -30,7 +30,6 @@ from gstlab.pruning.scores import ActivationTracker
 from gstlab.seeding import derive_seed, generator, stream_seeds
 from gstlab.train import Pass, Trainer, diverged
 
-
 LABEL_NOISE_FILE = "label_noise.csv"  # the noisy training examples of a run with data.label_noise > 0
 
 

@@ -8,8 +8,8 @@ import torch
 
 from gstlab.config import ConfigError, DataConfig
 from gstlab.data import cifar, fashion_mnist, generated
-from gstlab.data.label_noise import LabelNoise, corrupt_labels
 from gstlab.data.download import DataMissingError
+from gstlab.data.label_noise import LabelNoise, corrupt_labels
 from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_batch, crop_padding, eval_batches
 
 __all__ = ["DataMissingError", "Images", "TensorData", "TrainLoader", "augment_batch", "crop_padding", "downsample",
@@ -54,7 +54,8 @@ def load_data(cfg: DataConfig, seed: int) -> TensorData:
     """Load ``cfg.name`` on the CPU, as stored (see :class:`Images`). ``train_subset``: a random subset chosen
     with ``seed`` (sorted, so the batch order still comes only from the loader); ``test_subset``: the first N
     test examples. Subsets are taken before anything is decoded. ``label_noise``: see
-    :mod:`gstlab.data.label_noise` (applied to the subset; ``TensorData.label_noise`` keeps the clean labels and which are noisy)."""
+    :mod:`gstlab.data.label_noise`, applied to the subset; ``TensorData.label_noise`` keeps the clean labels
+    and which are noisy."""
     (x_train, y_train, x_test, y_test), classes = _raw(cfg)
     if cfg.train_subset is not None and cfg.train_subset < len(x_train):
         g = torch.Generator().manual_seed(seed)
