@@ -17,9 +17,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+
+from gstlab.errors import ConfigError
+from gstlab.registry import Registry, architectures, criteria, datasets
 
 # Fields marked with NOT_RESULT do not change what a run computes (where it runs, how it reports) and stay
 # out of the run id.
@@ -32,17 +35,13 @@ SIDES = ("smallest", "random", "largest")
 INTERVENTIONS = ("none", "zero", "gaussian", "zero_restore")
 
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the field and what is allowed."""
-
-
 class _NotFinite(ConfigError):
     """A number that is nan or infinite (reported as such, also for ``float | None`` fields)."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["fashion_mnist", "cifar10", "cifar100", "mnist1d", "synthetic"] = "fashion_mnist"
+    name: Annotated[str, datasets] = "fashion_mnist"  # a registered data set (gstlab.registry.datasets)
     root: str | None = field(default=None, metadata=NOT_RESULT)  # where the files are; None: standard places
     download: bool = field(default=False, metadata=NOT_RESULT)  # fetch (with checksum) if missing
     train_subset: int | None = None  # use this many training examples (a seeded random subset)
@@ -61,7 +60,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["vgg11_bn", "resnet18", "resnet20", "resnet56", "mlp"] = "vgg11_bn"
+    arch: Annotated[str, architectures] = "vgg11_bn"  # a registered architecture (gstlab.registry.architectures)
     width: float = 1.0  # channel multiplier (vgg11_bn, resnet*); hidden sizes are given for mlp
     channels: tuple[int, ...] = ()  # vgg11_bn: the 8 conv widths, overriding width (empty: paper's x width)
     vgg_pools: tuple[int, ...] = ()  # vgg11_bn: which of the paper's 5 max-pools (1-5) to keep (empty: first ones)
@@ -113,7 +112,7 @@ class LayerSchedule:
 
 @dataclass(frozen=True)
 class PruningConfig:
-    criterion: Literal["l1", "l2", "ebn", "ebn_signed", "activation", "random"] = "l2"
+    criterion: Annotated[str, criteria] = "l2"  # a registered score criterion (gstlab.registry.criteria)
     side: Literal["smallest", "random", "largest"] = "smallest"  # Prune_S / Prune_R / Prune_L
     period: int = 4  # retrain period: epochs between events
     scratch: bool = False  # prune once at initialization (epoch 0 is not trained)
@@ -169,6 +168,8 @@ class RunConfig:
 
 def _allowed(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _registry(tp).allowed()
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
@@ -193,6 +194,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{path}: expected {_allowed(tp)}, got {value!r}")
+    if origin is Annotated:  # a name in a registry
+        if not isinstance(value, str) or value not in _registry(tp):
+            raise ConfigError(f"{path}: expected {_allowed(tp)}, got {value!r}")
+        return value
     if origin is Literal:
         if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(tp)):
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
@@ -227,6 +232,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported config type {tp} at {path}")
 
 
+def _registry(tp: Any) -> Registry:
+    return next(m for m in typing.get_args(tp)[1:] if isinstance(m, Registry))
+
+
 def _number(value: Any, path: str) -> float:
     """A finite float from a YAML number or any string Python's ``float`` reads (YAML 1.1 reads ``1e-3`` as a
     string); nan and inf are refused."""
@@ -249,7 +258,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected {_allowed(cls)}, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:

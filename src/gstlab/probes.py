@@ -4,7 +4,10 @@ and append rows to ``curvature.csv`` / ``eps_sweep.csv`` in the run directory.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gstlab import store
+from gstlab.callbacks import RunView
 from gstlab.seeding import derive_seed
 
 CURVATURE_COLUMNS = (
@@ -21,13 +24,14 @@ def scheduled(cfg) -> bool:
 
 
 class FlatnessProbe:
-    """Epoch callback: decides when to measure and keeps the rows (they also live in the checkpoint)."""
+    """Epoch callback (``gstlab.callbacks.EpochCallback``): decides when to measure and keeps the rows (they
+    also live in the checkpoint)."""
 
     def __init__(self, run, data) -> None:
         self.cfg = run.cfg.probes
         self.x_eval, self.y_eval = data.x_test, data.y_test
 
-    def trigger(self, run, epoch: int, events: list) -> str | None:
+    def trigger(self, run: RunView, epoch: int, events: Sequence) -> str | None:
         if epoch in self.cfg.epochs:
             return "epoch"
         if self.cfg.at_events and events:
@@ -36,7 +40,7 @@ class FlatnessProbe:
             return "end"
         return None
 
-    def after_epoch(self, run, epoch: int, events: list) -> None:
+    def after_epoch(self, run: RunView, epoch: int, events: Sequence) -> None:
         trigger = self.trigger(run, epoch, events)
         if trigger is None:
             return
@@ -48,7 +52,7 @@ class FlatnessProbe:
         run.rows["curvature"].append(row)
         run.rows["eps"].extend(dict(r, epoch=epoch) for r in eps_rows)
 
-    def write(self, run) -> None:
+    def write(self, run: RunView) -> None:
         if run.rows["curvature"]:
             store.write_csv(run.out / "curvature.csv", run.rows["curvature"], CURVATURE_COLUMNS)
         if run.rows["eps"]:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from gstlab import config as C
 from gstlab import recovery, store
 from gstlab.analysis.summary import summarize
+from gstlab.callbacks import EpochCallback, RunView
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
@@ -27,6 +28,7 @@ from gstlab.models import build_model
 from gstlab.pruning.masks import UnitMasks
 from gstlab.pruning.pruner import Pruner, PruningEvent
 from gstlab.pruning.scores import ActivationTracker
+from gstlab.registry import criteria
 from gstlab.seeding import derive_seed, generator, stream_seeds
 from gstlab.train import Pass, Trainer, diverged
 
@@ -54,7 +56,7 @@ class Run:
     generators: dict[str, torch.Generator]
     intervention: Intervention | None = None
     label_noise: LabelNoise | None = None
-    callbacks: list = dataclasses.field(default_factory=list)
+    callbacks: list[EpochCallback] = dataclasses.field(default_factory=list)
     rows: dict[str, list[dict]] = dataclasses.field(
         default_factory=lambda: {"metrics": [], "events": [], "curvature": [], "eps": []})
     start_epoch: int = 0
@@ -62,6 +64,10 @@ class Run:
     @property
     def scratch(self) -> bool:
         return self.cfg.pruning.scratch
+
+    def view(self) -> RunView:
+        """What epoch callbacks see of this run."""
+        return RunView(self.cfg, self.out, self.model, self.masks, self.rows)
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -124,7 +130,7 @@ def build_optimizer(cfg: C.OptimConfig, model: torch.nn.Module, fused: bool = Fa
 
 
 def _tracker(cfg: C.RunConfig, model, units) -> ActivationTracker | None:
-    if cfg.pruning.criterion != "activation" or not cfg.pruning.layers:
+    if not criteria.get(cfg.pruning.criterion).needs_activations or not cfg.pruning.layers:
         return None
     chosen = {s.name for s in cfg.pruning.layers}
     return ActivationTracker(model, [u for u in units if u.name in chosen], cfg.pruning.activation_every,
@@ -221,7 +227,7 @@ def run_epoch(run: Run, epoch: int) -> Pass:
         events = run.pruner.step(epoch)
     post = _after_events(run, events, pre)
     for cb in run.callbacks:
-        cb.after_epoch(run, epoch, events)
+        cb.after_epoch(run.view(), epoch, events)
     if not skip_training:
         run.scheduler.step()  # the official code does not step the scheduler in the scratch epoch
     run.rows["events"].extend(ev.row() for ev in events)
@@ -264,7 +270,7 @@ def write_tables(run: Run) -> None:
     store.write_csv(run.out / "metrics.csv", run.rows["metrics"], metric_columns(run))
     store.write_csv(run.out / "events.csv", run.rows["events"], store.EVENT_COLUMNS)
     for cb in run.callbacks:
-        cb.write(run)
+        cb.write(run.view())
 
 
 def _summary(run: Run, status: str, reason: str | None = None) -> dict:

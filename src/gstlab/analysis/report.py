@@ -341,10 +341,20 @@ def _status_lines(all_runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _criteria_lines(runs: pd.DataFrame) -> list[str]:
+    """The score criteria of the pruned runs, described as their registry entries describe them."""
+    from gstlab.registry import criteria  # noqa: PLC0415
+
+    used = [c for c in dict.fromkeys(_text(runs, "criterion")) if c]
+    described = [f"`{c}` ({criteria.get(c).description})" if c in criteria else f"`{c}` (not registered here)"
+                 for c in used]
+    return [f"- score criteria: {'; '.join(described)}"] if described else []
+
+
 def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
     lines = [f"# Study report: {name}", "",
              f"- figure: `{rep.kind}` (PAPER_SPEC {SPEC_SECTION.get(rep.kind, '§12')}); "
-             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), "",
+             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
              "## Claims", "", *(f"- {c}" for c in rep.claims or ["No claim can be tested with these runs."]), "",
              f"{len(rep.claims)} claim tests in this report, each at α = {ALPHA} without correction for multiple "

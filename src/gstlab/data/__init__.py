@@ -11,6 +11,7 @@ from gstlab.data import cifar, fashion_mnist, generated
 from gstlab.data.download import DataMissingError
 from gstlab.data.label_noise import LabelNoise, corrupt_labels
 from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_batch, crop_padding, eval_batches
+from gstlab.registry import datasets
 
 __all__ = ["DataMissingError", "Images", "TensorData", "TrainLoader", "augment_batch", "crop_padding", "downsample",
            "eval_batches", "load_data"]
@@ -19,17 +20,29 @@ NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "mnist1d": 1
 
 
 def _raw(cfg: DataConfig) -> tuple[tuple, int]:
-    if cfg.name == "fashion_mnist":
-        return fashion_mnist.load(cfg.root, cfg.download, cfg.normalize), 10
-    if cfg.name in ("cifar10", "cifar100"):
-        return cifar.load(cfg.name, cfg.root, cfg.download, cfg.normalize), NUM_CLASSES[cfg.name]
-    if cfg.name == "mnist1d":
-        parts, classes = generated.mnist1d(), 10
-    else:
-        parts, classes = generated.synthetic(tuple(cfg.synthetic_shape), cfg.synthetic_classes,
-                                             cfg.synthetic_train, cfg.synthetic_test), cfg.synthetic_classes
-    x_train, y_train, x_test, y_test = parts  # float values that are already model input
-    return (Images(x_train), y_train, Images(x_test), y_test), classes
+    (x_train, y_train, x_test, y_test), classes = datasets.get(cfg.name)(cfg)
+    as_images = [x if isinstance(x, Images) else Images(x) for x in (x_train, x_test)]  # float: model input
+    return (as_images[0], y_train, as_images[1], y_test), classes
+
+
+# the registered data sets (gstlab.registry.datasets): DataConfig -> ((x_train, y_train, x_test, y_test), classes)
+
+
+def load_fashion_mnist(cfg: DataConfig) -> tuple[tuple, int]:
+    return fashion_mnist.load(cfg.root, cfg.download, cfg.normalize), 10
+
+
+def load_cifar(cfg: DataConfig) -> tuple[tuple, int]:
+    return cifar.load(cfg.name, cfg.root, cfg.download, cfg.normalize), NUM_CLASSES[cfg.name]
+
+
+def load_mnist1d(cfg: DataConfig) -> tuple[tuple, int]:
+    return generated.mnist1d(), 10
+
+
+def load_synthetic(cfg: DataConfig) -> tuple[tuple, int]:
+    return generated.synthetic(tuple(cfg.synthetic_shape), cfg.synthetic_classes, cfg.synthetic_train,
+                               cfg.synthetic_test), cfg.synthetic_classes
 
 
 DECODE_CHUNK = 4096  # examples decoded at a time by downsample (bounds its temporary float32 copy)

@@ -9,6 +9,7 @@ from gstlab.models.mlp import MLP
 from gstlab.models.resnet import resnet18, resnet20, resnet56
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.models.vgg import IMAGE_SIZES, vgg11_bn
+from gstlab.registry import architectures
 
 _CONV_NETS = {"vgg11_bn": vgg11_bn, "resnet18": resnet18, "resnet20": resnet20, "resnet56": resnet56}
 ARCHS = (*_CONV_NETS, "mlp")
@@ -18,9 +19,17 @@ __all__ = ["ARCHS", "PrunableUnit", "build_model", "units_from_names"]
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build ``cfg.arch`` for inputs of ``input_shape`` (C, H, W) / (C, L) and ``num_classes`` outputs."""
-    if cfg.arch == "mlp":
-        return MLP(tuple(input_shape), num_classes, tuple(cfg.hidden), cfg.batch_norm)
+    """Build ``cfg.arch`` (any registered architecture, ``gstlab.registry.architectures``) for inputs of
+    ``input_shape`` (C, H, W) / (C, L) and ``num_classes`` outputs."""
+    return architectures.get(cfg.arch)(cfg, tuple(input_shape), num_classes)
+
+
+def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return MLP(tuple(input_shape), num_classes, tuple(cfg.hidden), cfg.batch_norm)
+
+
+def build_conv_net(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """vgg11_bn and the ResNets, for the square image sizes each supports."""
     sizes = IMAGE_SIZES if cfg.arch == "vgg11_bn" else RESNET_IMAGE_SIZES
     if len(input_shape) != 3 or input_shape[1] != input_shape[2] or input_shape[1] not in sizes:
         allowed = ", ".join(f"{s}x{s}" for s in sizes)

@@ -17,8 +17,10 @@ from torch import nn
 from gstlab.config import PruningConfig
 from gstlab.models.units import PrunableUnit, unit_count
 from gstlab.pruning import scores as S
+from gstlab.pruning.criteria import Layer
 from gstlab.pruning.schedule import event_epochs, units_to_remove
 from gstlab.pruning.select import select_to_prune
+from gstlab.registry import criteria
 
 
 @dataclass
@@ -68,16 +70,18 @@ class Pruner:
         }
         self.duration_batches = 0  # interventions: how long each event lasts, recorded with it
         self.targeted = {u.name: torch.zeros(unit_count(model, u), dtype=torch.bool) for u, _ in self.layers}
+        self.criterion = criteria.get(cfg.criterion)
         self._check_scores()
 
     def _check_scores(self) -> None:
-        if self.cfg.criterion in ("ebn", "ebn_signed"):
+        if self.criterion.needs_bn:
             for unit, _ in self.layers:
                 if unit.bn is None:
+                    allowed = ", ".join(name for name, c in criteria.items() if not c.needs_bn)
                     raise ValueError(f"pruning.criterion={self.cfg.criterion} needs a BatchNorm after layer "
-                                     f"{unit.name!r}; allowed criteria for it: l1, l2, activation, random")
-        if self.cfg.criterion == "activation" and self.tracker is None:
-            raise ValueError("pruning.criterion=activation needs an ActivationTracker")
+                                     f"{unit.name!r}; allowed criteria for it: {allowed}")
+        if self.criterion.needs_activations and self.tracker is None:
+            raise ValueError(f"pruning.criterion={self.cfg.criterion} needs an ActivationTracker")
 
     def due(self, epoch: int) -> bool:
         return any(epoch in eps for eps in self.epochs.values())
@@ -118,19 +122,9 @@ class Pruner:
         return self.model.get_submodule(unit.module).weight.device
 
     def _scores(self, unit: PrunableUnit) -> torch.Tensor:
-        c = self.cfg.criterion
-        layer = self.model.get_submodule(unit.module)
-        if c == "l1":
-            return S.l1(layer.weight.detach())
-        if c == "l2":
-            return S.l2(layer.weight.detach())
-        if c in ("ebn", "ebn_signed"):
-            bn = self.model.get_submodule(unit.bn)
-            fn = S.ebn if c == "ebn" else S.ebn_signed
-            return fn(bn.weight.detach(), bn.bias.detach())
-        if c == "activation":
-            return self.tracker.scores(unit.name)
-        return S.random_scores(unit_count(self.model, unit), self.generator).to(layer.weight.device)
+        bn = self.model.get_submodule(unit.bn) if unit.bn is not None else None
+        layer = Layer(unit, self.model.get_submodule(unit.module), bn, self.generator, self.tracker)
+        return self.criterion.scores(layer)
 
     def state_dict(self) -> dict:
         return {"targeted": {k: v.clone() for k, v in self.targeted.items()}}

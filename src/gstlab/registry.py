@@ -1,0 +1,93 @@
+"""Extension points: architectures, data sets and score criteria are registered objects, looked up by name.
+
+The zoo, the data sets and the paper's criteria are registered here under the names a config uses
+(``model.arch``, ``data.name``, ``pruning.criterion``). Built-ins are registered by ``module:attribute``, so
+naming them (config validation, ``--help``) imports nothing; the object is loaded on first use. A user's own
+entry is one registration::
+
+    from gstlab.registry import criteria
+    criteria.register("taylor", TaylorCriterion())   # now pruning.criterion: taylor is valid
+
+Config validation, the pruner and the report then know it like a built-in. What each registry holds:
+
+- ``architectures``: ``build(cfg: ModelConfig, input_shape, num_classes) -> nn.Module`` (``gstlab.models``);
+  a model that declares ``prunable_units()`` names its own prunable layers.
+- ``datasets``: ``load(cfg: DataConfig) -> ((x_train, y_train, x_test, y_test), num_classes)`` with the inputs
+  as :class:`gstlab.data.Images` or float tensors that are already model input (``gstlab.data``).
+- ``criteria``: :class:`gstlab.pruning.criteria.Criterion` instances.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
+
+from gstlab.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class RegistryError(ValueError):
+    """A name is registered twice."""
+
+
+class Registry(Generic[T]):
+    """Named objects for one config field (``field``, e.g. ``pruning.criterion``), in registration order."""
+
+    def __init__(self, field: str, builtins: dict[str, str]) -> None:
+        self.field = field
+        self._entries: dict[str, T | str] = dict(builtins)  # a str is a not yet imported "module:attribute"
+
+    def register(self, name: str, obj: T, replace: bool = False) -> T:
+        """Make ``obj`` the entry ``name``; RegistryError if the name is taken (unless ``replace``)."""
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"{self.field}: a registered name is a non-empty string, got {name!r}")
+        if name in self._entries and not replace:
+            raise RegistryError(f"{self.field}: {name!r} is already registered (pass replace=True to replace it)")
+        self._entries[name] = obj
+        return obj
+
+    def unregister(self, name: str) -> None:
+        del self._entries[name]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def allowed(self) -> str:
+        """What the field accepts, as config error messages say it."""
+        return "one of " + ", ".join(repr(n) for n in self._entries)
+
+    def get(self, name: str) -> T:
+        """The entry ``name``; ConfigError naming the field and the registered names if there is none."""
+        if name not in self._entries:
+            raise ConfigError(f"{self.field}: expected {self.allowed()}, got {name!r}")
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module, attribute = entry.split(":")
+            entry = self._entries[name] = getattr(importlib.import_module(module), attribute)
+        return entry
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(name, self.get(name)) for name in self.names()]
+
+
+def _builtins(module: str, names: dict[str, str]) -> dict[str, str]:
+    return {name: f"{module}:{attribute}" for name, attribute in names.items()}
+
+
+datasets: Registry[Any] = Registry("data.name", _builtins("gstlab.data", {
+    "fashion_mnist": "load_fashion_mnist", "cifar10": "load_cifar", "cifar100": "load_cifar",
+    "mnist1d": "load_mnist1d", "synthetic": "load_synthetic"}))
+architectures: Registry[Any] = Registry("model.arch", _builtins("gstlab.models", {
+    "vgg11_bn": "build_conv_net", "resnet18": "build_conv_net", "resnet20": "build_conv_net",
+    "resnet56": "build_conv_net", "mlp": "build_mlp"}))
+criteria: Registry[Any] = Registry("pruning.criterion", _builtins("gstlab.pruning.criteria", {
+    "l1": "L1", "l2": "L2", "ebn": "EBN", "ebn_signed": "EBN_SIGNED", "activation": "ACTIVATION",
+    "random": "RANDOM"}))

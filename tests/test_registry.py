@@ -1,0 +1,153 @@
+"""Extension points: a criterion, an architecture and a data set added in this file (one class or function and
+one registration each) are accepted by config validation, used by the pruner and described by the report;
+epoch callbacks see a RunView."""
+
+import csv
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from gstlab import config as C
+from gstlab.analysis.report import _criteria_lines
+from gstlab.callbacks import RunView
+from gstlab.models.units import PrunableUnit
+from gstlab.pruning.criteria import Criterion, Layer
+from gstlab.registry import Registry, RegistryError, architectures, criteria, datasets
+from gstlab.runner import execute, prepare, run_epoch
+
+
+class ReverseIndex(Criterion):
+    """The test criterion: unit c scores -c, so Prune_S removes the units with the highest indices."""
+
+    description = "minus the unit's index (a test criterion)"
+
+    def scores(self, layer: Layer) -> torch.Tensor:
+        return -torch.arange(layer.n_units, dtype=torch.float32)
+
+
+class TwoLayerNet(nn.Module):
+    def __init__(self, n_in: int, classes: int) -> None:
+        super().__init__()
+        self.hidden, self.out = nn.Linear(n_in, 16), nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x.flatten(1))))
+
+    def prunable_units(self) -> list[PrunableUnit]:
+        return [PrunableUnit(name="hidden", module="hidden")]
+
+
+def build_two_layer(cfg: C.ModelConfig, input_shape: tuple[int, ...], classes: int) -> nn.Module:
+    return TwoLayerNet(int(torch.tensor(input_shape).prod()), classes)
+
+
+def load_blobs(cfg: C.DataConfig):
+    """Two Gaussian blobs in 6 dimensions, float tensors (already model input)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(96) % 2
+    x = torch.randn(96, 6, generator=g) + 2.0 * y[:, None]
+    return (x[:64], y[:64], x[64:], y[64:]), 2
+
+
+@pytest.fixture
+def registered():
+    criteria.register("reverse_index", ReverseIndex())
+    architectures.register("two_layer", build_two_layer)
+    datasets.register("blobs", load_blobs)
+    yield
+    for registry, name in ((criteria, "reverse_index"), (architectures, "two_layer"), (datasets, "blobs")):
+        registry.unregister(name)
+
+
+CFG = {
+    "data": {"name": "blobs"}, "model": {"arch": "two_layer"},
+    "train": {"epochs": 3, "batch_size": 16, "progress": False},
+    "pruning": {"criterion": "reverse_index", "side": "smallest", "period": 1,
+                "layers": [{"name": "hidden", "fraction": 0.5, "start": 0, "end": 1}]},
+}
+
+
+def test_config_validation_knows_the_registered_names(registered):
+    cfg = C.parse(CFG)
+    assert (cfg.pruning.criterion, cfg.model.arch, cfg.data.name) == ("reverse_index", "two_layer", "blobs")
+    with pytest.raises(C.ConfigError) as err:
+        C.parse({"pruning": {"criterion": "l3"}})
+    assert str(err.value) == ("pruning.criterion: expected one of 'l1', 'l2', 'ebn', 'ebn_signed', 'activation', "
+                              "'random', 'reverse_index', got 'l3'")
+    with pytest.raises(C.ConfigError, match=r"^model.arch: expected one of 'vgg11_bn', .*'two_layer', got 7$"):
+        C.parse({"model": {"arch": 7}})
+
+
+def test_unregistered_names_are_refused_with_the_builtin_list():
+    with pytest.raises(C.ConfigError) as err:
+        C.parse({"data": {"name": "blobs"}})
+    assert str(err.value) == ("data.name: expected one of 'fashion_mnist', 'cifar10', 'cifar100', 'mnist1d', "
+                              "'synthetic', got 'blobs'")
+
+
+def test_a_run_prunes_with_the_registered_criterion_architecture_and_data(registered, tmp_path):
+    summary = execute(C.parse(CFG), tmp_path / "run")
+    assert summary["status"] == "finished"
+    with open(tmp_path / "run" / "events.csv") as f:
+        events = list(csv.DictReader(f))
+    assert [(e["epoch"], e["criterion"], e["units_removed"]) for e in events] == [
+        ("0", "reverse_index", "4"), ("1", "reverse_index", "4")]
+    state = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)["model"]
+    assert state["hidden.unit_mask"].tolist() == [1.0] * 8 + [0.0] * 8  # the highest indices, as scored
+
+
+def test_the_report_describes_criteria_from_the_registry(registered):
+    runs = pd.DataFrame({"criterion": ["reverse_index", "l2", "", "reverse_index"]})
+    assert _criteria_lines(runs) == [
+        "- score criteria: `reverse_index` (minus the unit's index (a test criterion)); "
+        "`l2` (L2 norm of the unit's weights)"]
+    assert _criteria_lines(pd.DataFrame({"criterion": [""]})) == []
+
+
+def test_registry_refuses_a_name_twice_and_loads_builtins_lazily():
+    reg = Registry("x.kind", {"sum": "builtins:sum"})
+    assert reg.names() == ("sum",) and reg.get("sum") is sum
+    with pytest.raises(RegistryError, match="'sum' is already registered"):
+        reg.register("sum", max)
+    reg.register("sum", max, replace=True)
+    assert reg.get("sum") is max
+    with pytest.raises(C.ConfigError, match=r"^x.kind: expected one of 'sum', got 'mean'$"):
+        reg.get("mean")
+
+
+def test_a_criterion_that_needs_batchnorm_names_the_criteria_allowed_instead(registered, tmp_path):
+    with pytest.raises(ValueError, match="pruning.criterion=ebn needs a BatchNorm after layer 'hidden'; allowed "
+                                         "criteria for it: l1, l2, activation, random, reverse_index"):
+        prepare(C.parse(CFG, ["pruning.criterion=ebn"]), tmp_path / "run")
+
+
+class Recorder:
+    """An epoch callback that records what it was shown."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def after_epoch(self, run, epoch, events) -> None:
+        self.seen.append((type(run), epoch, [e.units_removed for e in events], len(run.rows["metrics"])))
+
+    def write(self, run) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_epoch_callbacks_see_a_run_view(registered, tmp_path):
+    run = prepare(C.parse(CFG), tmp_path / "run")
+    recorder = Recorder()
+    run.callbacks.append(recorder)
+    for epoch in range(2):
+        run_epoch(run, epoch)
+    assert recorder.seen == [(RunView, 0, [4], 0), (RunView, 1, [4], 1)]  # before the epoch's metrics row
+    with pytest.raises(AttributeError):
+        run.view().trainer  # noqa: B018 (a callback cannot reach the trainer)
