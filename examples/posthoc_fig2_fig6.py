@@ -21,6 +21,7 @@ import pandas as pd
 from gstlab.analysis.report import REPORT_DIR, report_runs
 from gstlab.analysis.results import last_probes
 from gstlab.analysis.stats import correlation, correlation_line, ttest, ttest_line
+from gstlab.analysis.window import common_window_start, with_window
 
 PRUNED = ("Prune_S 1%", "Prune_S 13%", "Prune_R 13%", "Prune_L 13%")
 FIGURE2_PANEL = ("Prune_S 1%", "Prune_S 13%", "Prune_L 13%")
@@ -40,8 +41,9 @@ def flatness_within_pruned(runs: pd.DataFrame, curvature: pd.DataFrame) -> None:
 
 def common_window_best(runs: pd.DataFrame, epochs: pd.DataFrame) -> tuple[int, pd.Series]:
     """The first epoch of the common window and each run's best test accuracy in it (indexed by run_id)."""
-    start = int(runs["last_pruned_epoch"].max())
-    return start, epochs[epochs["epoch"] >= start].groupby("run_id")["test_acc"].max().rename("best_window")
+    start = common_window_start(runs, pd.Series(True, index=runs.index))
+    scored = with_window(runs, epochs, start)
+    return start, scored.set_index("run_id")["window_best_test_acc"].rename("best_window")
 
 
 def benefit_in_a_common_window(runs: pd.DataFrame, epochs: pd.DataFrame) -> None:

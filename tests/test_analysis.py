@@ -392,3 +392,52 @@ def test_last_probes_keeps_each_runs_highest_epoch_whatever_the_row_order():
                               "eig_sum": [4.0, 2.0, 1.0, 3.0]})
     last = last_probes(curvature)
     assert dict(zip(last["run_id"], last["eig_sum"])) == {"a": 2.0, "b": 4.0}
+
+
+def test_paired_ttest_by_hand_and_pairs_only_shared_seeds():
+    a = pd.Series([1.0, 2.0, 3.0, 4.0, 9.0], index=[10, 11, 12, 13, 14])
+    b = pd.Series([0.0, 1.0, 1.0, 3.0, 5.0], index=[10, 11, 12, 13, 99])  # seed 14 / 99 have no partner
+    t = stats.paired_ttest(a, b)
+    # differences 1, 1, 2, 1: mean 1.25, sd 0.5, t = 1.25 / (0.5 / 2) = 5, d_z = 2.5
+    assert (t["n_a"], t["df"]) == (4, 3)
+    assert t["diff"] == pytest.approx(1.25) and t["t"] == pytest.approx(5.0) and t["cohens_d"] == pytest.approx(2.5)
+    half = sps.t.ppf(0.975, 3) * 0.5 / 2
+    assert (t["diff_ci_low"], t["diff_ci_high"]) == (pytest.approx(1.25 - half), pytest.approx(1.25 + half))
+    assert t["p"] == pytest.approx(sps.ttest_rel([1, 2, 3, 4], [0, 1, 1, 3]).pvalue)
+
+
+def test_common_window_scores_every_run_from_the_latest_last_pruning_epoch():
+    from gstlab.analysis.window import common_window_start, with_window
+
+    runs = pd.DataFrame({"run_id": ["np", "s", "l"], "last_pruned_epoch": [0, 2, 1], "side": ["", "s", "l"]})
+    assert common_window_start(runs, runs["side"] != "") == 2
+    assert common_window_start(runs, runs["side"] == "x") == 0
+    epochs = pd.DataFrame({"run_id": ["np"] * 4 + ["s"] * 4 + ["l"] * 4, "epoch": [0, 1, 2, 3] * 3,
+                           "test_acc": [90, 80, 70, 75, 60, 61, 66, 66, 50, 55, 52, 51.0],
+                           "train_acc": [95, 99, 100, 100, 90, 91, 92, 93, 80, 81, 82, 83.0]})
+    scored = with_window(runs, epochs, 2).set_index("run_id")
+    assert scored["window_best_test_acc"].to_dict() == {"np": 75.0, "s": 66.0, "l": 52.0}  # 90 is outside
+    assert scored["window_best_epoch"].to_dict() == {"np": 3, "s": 2, "l": 2}  # the first epoch reaching it
+    assert scored["window_gap"].to_dict() == {"np": 25.0, "s": 26.0, "l": 30.0}
+
+
+def test_report_figure2_scores_no_pruning_over_the_pruned_runs_window_and_shows_its_early_peak(tmp_path, no_draw):
+    study = make_study(tmp_path / "s", "figure2", failed=False)
+    for run_dir in (study / "runs").iterdir():  # No Pruning peaks early (label-noise-like), far above its window
+        if run_dir.name.startswith("vgg11_bn_0s"):
+            metrics = pd.read_csv(run_dir / "metrics.csv")
+            metrics.loc[0, "test_acc"] = 99.0
+            metrics.to_csv(run_dir / "metrics.csv", index=False)
+            summary = json.loads((run_dir / "summary.json").read_text())
+            summary.update(summarize(metrics.to_dict("records"), [], False))
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+    text = write_report(study).read_text()
+    own = [line for line in text.splitlines() if line.startswith("- **Benefit** (") and "Prune_L 13%" in line]
+    window = [line for line in text.splitlines() if "**Benefit, common window**" in line and "Prune_L 13%" in line]
+    paired = [line for line in text.splitlines() if "**Benefit, common window, paired**" in line]
+    assert "mean 99.00%" not in own[0] and "vs 99.00%" in own[0]  # own window: No Pruning's early peak
+    assert "vs 99.00%" not in window[0] and "common window (epochs ≥ 6)" in window[0]
+    assert len(paired) == 3 and all("n = 4 pairs" in line for line in paired)
+    assert "peak test accuracy over all epochs is 99.00%" in text
+    runs = pd.read_csv(study / "report" / "runs.csv")
+    assert set(runs["window_start"]) == {6}

@@ -17,7 +17,8 @@ import yaml
 
 from gstlab.analysis import figures as F
 from gstlab.analysis.results import last_probes, load_curvature, load_epochs, load_eps, load_events, load_study
-from gstlab.analysis.stats import correlation, group_table, ttest
+from gstlab.analysis.stats import correlation, group_table, paired_ttest, ttest
+from gstlab.analysis.window import common_window_start, with_window
 
 KINDS = ("figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2", "figureE",
          "tableC1", "tableF1", "generic")
@@ -147,15 +148,42 @@ class Report:
                            f"{detail} → verdict: **{verdict}**.")
         return c
 
-    def ttest_claim(self, name: str, a_name: str, a: pd.Series, b_name: str, b: pd.Series) -> dict:
-        t = ttest(a, b)
+    def ttest_claim(self, name: str, a_name: str, a: pd.Series, b_name: str, b: pd.Series,
+                    paired: bool = False, measure: str = "best test accuracy") -> dict:
+        """``a`` beats ``b``: Student t-test, or with ``paired`` a paired t-test over the seeds (the index of
+        ``a`` and ``b``) that both have."""
+        t = paired_ttest(a, b) if paired else ttest(a, b)
         verdict = ttest_verdict(t)
+        test = "paired t-test over seeds, Cohen's d_z" if paired else "Student t-test, equal variances"
+        count = f"n = {t['n_a']} pairs" if paired else f"n = {t['n_a']} vs {t['n_b']} runs"
         self.claims.append(
-            f"**{name}** ({a_name} reaches a higher best test accuracy than {b_name}; Student t-test, equal "
-            f"variances): mean {_f(t['mean_a'])}% vs {_f(t['mean_b'])}%, difference {_f(t['diff'])} points "
+            f"**{name}** ({a_name} reaches a higher {measure} than {b_name}; {test}): "
+            f"mean {_f(t['mean_a'])}% vs {_f(t['mean_b'])}%, difference {_f(t['diff'])} points "
             f"{_ci(t['diff_ci_low'], t['diff_ci_high'])}, Cohen's d = {_f(t['cohens_d'])}, t = {_f(t['t'], 3)}, "
-            f"df = {t['df']}, p = {_p(t['p'])}, n = {t['n_a']} vs {t['n_b']} runs → verdict: **{verdict}**.")
+            f"df = {t['df']}, p = {_p(t['p'])}, {count} → verdict: **{verdict}**.")
         return t
+
+    def window_benefits(self, runs: pd.DataFrame, baseline: pd.DataFrame, base_name: str, prefix: str = "",
+                        name: str = "Benefit") -> None:
+        """Each label of ``runs`` against ``baseline`` over the common window (both Student and paired over
+        seeds), with the baseline's early-stopping peak alongside (a separate number, no test)."""
+        if not len(baseline) or "window_best_test_acc" not in runs:
+            return
+        start = int(baseline["window_start"].iloc[0])
+        measure = f"best test accuracy over the common window (epochs ≥ {start})"
+        base = baseline.set_index("seed")["window_best_test_acc"]
+        for label, g in runs.groupby("label", sort=False):
+            a = g.set_index("seed")["window_best_test_acc"]
+            self.ttest_claim(f"{name}, common window", f"{prefix}{label}", a, base_name, base, measure=measure)
+            if a.index.is_unique and base.index.is_unique:
+                self.ttest_claim(f"{name}, common window, paired", f"{prefix}{label}", a, base_name, base,
+                                 paired=True, measure=measure)
+        peak = baseline["peak_test_acc"] if "peak_test_acc" in baseline else pd.Series(dtype=float)
+        if peak.notna().any():
+            self.claims.append(
+                f"Early-stopping baseline (descriptive): {base_name}'s peak test accuracy over all epochs is "
+                f"{_f(peak.mean())}% (mean of {int(peak.notna().sum())} runs, median epoch "
+                f"{_f(baseline['peak_epoch'].median(), 0)}), against {_f(base.mean())}% over the common window.")
 
     # ---- panels
     def dynamics(self, runs: pd.DataFrame, stem: str, title: str, rename: dict | None = None) -> None:
@@ -198,6 +226,7 @@ def _figure2(rep: Report, include_random: bool = False) -> None:
         baseline = runs.loc[~pruned(runs), "best_test_acc"]
         for label, g in runs[keep].groupby("label", sort=False) if len(baseline) else ():
             rep.ttest_claim("Benefit", f"{prefix}{label}", g["best_test_acc"], "No Pruning", baseline)
+        rep.window_benefits(runs[keep], runs[~pruned(runs)], "No Pruning", prefix)
 
 
 def _figure3(rep: Report) -> None:
@@ -231,6 +260,7 @@ def _noise(rep: Report, panels: tuple[tuple[str, str], ...]) -> None:
     baseline = runs.loc[base, "best_test_acc"]
     for label, g in runs[kind != ""].groupby("label", sort=False):
         rep.ttest_claim("Noise", str(label), g["best_test_acc"], "No Noise (no pruning)", baseline)
+    rep.window_benefits(runs[kind != ""], runs[base], "No Noise (no pruning)", name="Noise")
     rep.tradeoff(runs[pruned(runs) & ~scratch(runs)], "", "pruned and intervention runs")
 
 
@@ -408,6 +438,9 @@ def write_report(study_dir: str | Path) -> Path:
     all_runs = load_study(study_dir)
     tables = {"epochs": load_epochs(study_dir, all_runs), "events": load_events(study_dir, all_runs),
               "curvature": load_curvature(study_dir, all_runs), "eps_sweep": load_eps(study_dir, all_runs)}
+    finished = all_runs["status"] == "finished"
+    start = common_window_start(all_runs, finished & pruned(all_runs) & ~scratch(all_runs))
+    all_runs = with_window(all_runs, tables["epochs"], start)
     _with_relative_run_dirs(all_runs, out).to_csv(out / "runs.csv", index=False)
     for key, table in tables.items():
         if key in ("epochs", "events") or len(table):

@@ -107,6 +107,32 @@ def ttest(a, b, confidence: float = 0.95) -> dict:
     return out
 
 
+def paired_ttest(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> dict:
+    """Paired t-test over the keys (seeds) that ``a`` and ``b`` share with finite values
+    (``scipy.stats.ttest_rel``): the mean difference ``diff = mean(a - b)``, its t interval and Cohen's d_z
+    (mean difference over the standard deviation of the differences). Same keys as :func:`ttest`; ``n_a`` and
+    ``n_b`` are the number of pairs."""
+    joined = pd.concat([pd.to_numeric(a, errors="coerce"), pd.to_numeric(b, errors="coerce")], axis=1,
+                       join="inner").dropna()
+    x, y = joined.iloc[:, 0].to_numpy(float), joined.iloc[:, 1].to_numpy(float)
+    n = len(x)
+    out = {"t": NAN, "p": NAN, "df": n - 1, "mean_a": float(x.mean()) if n else NAN,
+           "mean_b": float(y.mean()) if n else NAN, "n_a": n, "n_b": n, "diff": NAN, "diff_ci_low": NAN,
+           "diff_ci_high": NAN, "cohens_d": NAN}
+    if n < 2:
+        return out
+    d = x - y
+    sd = float(np.std(d, ddof=1))
+    diff = float(d.mean())
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        res = stats.ttest_rel(x, y)
+        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    out.update(t=float(res.statistic), p=float(res.pvalue), diff=diff, diff_ci_low=diff - half,
+               diff_ci_high=diff + half, cohens_d=diff / sd if sd else NAN)
+    return out
+
+
 def group_table(df: pd.DataFrame, by: str | Sequence[str], columns: Sequence[str],
                 confidence: float = 0.95) -> pd.DataFrame:
     """Per group (in order of first appearance): ``n`` and ``<col>_mean/_std/_ci_low/_ci_high`` per column."""
