@@ -56,6 +56,8 @@ class DataConfig:
     synthetic_classes: int = 10  # only for name=synthetic
     synthetic_train: int = 1024  # only for name=synthetic
     synthetic_test: int = 512  # only for name=synthetic
+    # fingerprint of data given to gstlab.api.run (sizes, sha256 of the tensors); "": the registered data set `name`
+    supplied: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class ModelConfig:
     vgg_pools: tuple[int, ...] = ()  # vgg11_bn: which of the paper's 5 max-pools (1-5) to keep (empty: first ones)
     hidden: tuple[int, ...] = (256, 256)  # mlp hidden layer widths
     batch_norm: bool = True  # mlp: BatchNorm1d after each hidden Linear
+    # fingerprint of a model given to gstlab.api.run (class, architecture, initial state, prunable units);
+    # "": the registered architecture `arch`
+    supplied: str = ""
 
 
 @dataclass(frozen=True)
@@ -388,6 +393,7 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     """Semantic checks beyond types. ``unit_names``: the model's prunable layers, when known."""
     _check_positive(cfg)
     _check_bounds(cfg)
+    _check_supplied(cfg)
     epochs = cfg.train.epochs
     p = cfg.pruning
     names = [layer.name for layer in p.layers]
@@ -463,6 +469,24 @@ def _check_bounds(cfg: RunConfig) -> None:
     if p.eps_step > 0 and p.eps_max / p.eps_step > MAX_EPS_POINTS:
         raise ConfigError(f"probes.eps_step: the grid 0..eps_max={p.eps_max} in steps of {p.eps_step} has more "
                           f"than {MAX_EPS_POINTS:,} points; use a larger eps_step")
+
+
+# what only the registries' providers read: unused (and refused when set) for a model or data set the user gave
+NOT_FOR_SUPPLIED = {"model": ("arch", "width", "channels", "vgg_pools", "hidden", "batch_norm"),
+                    "data": ("name", "root", "download", "normalize", "synthetic_shape", "synthetic_classes",
+                             "synthetic_train", "synthetic_test")}
+
+
+def _check_supplied(cfg: RunConfig) -> None:
+    for section, names in NOT_FOR_SUPPLIED.items():
+        sub = getattr(cfg, section)
+        if not sub.supplied:
+            continue
+        default = type(sub)()
+        for name in names:
+            if getattr(sub, name) != getattr(default, name):
+                raise ConfigError(f"{section}.{name}: not used for a {section} given to gstlab.api.run "
+                                  f"({section}.supplied is set); remove it")
 
 
 def _check_positive(cfg: RunConfig) -> None:

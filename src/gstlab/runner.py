@@ -25,6 +25,7 @@ from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
 from gstlab.interventions import Intervention
 from gstlab.models import build_model
+from gstlab.parts import DEFAULT_PARTS, Parts
 from gstlab.pruning.masks import UnitMasks
 from gstlab.pruning.pruner import Pruner, PruningEvent
 from gstlab.pruning.scores import ActivationTracker
@@ -60,6 +61,7 @@ class Run:
     rows: dict[str, list[dict]] = dataclasses.field(
         default_factory=lambda: {"metrics": [], "events": [], "curvature": [], "eps": []})
     start_epoch: int = 0
+    parts: Parts = DEFAULT_PARTS  # where the model, data and units came from (to rebuild the run)
 
     @property
     def scratch(self) -> bool:
@@ -73,19 +75,21 @@ class Run:
 # ------------------------------------------------------------------------------------------------ building
 
 
-def prepare(cfg: C.RunConfig, out: Path) -> Run:
-    """Build data, model, optimizer, masks and callbacks; raises ConfigError before anything is written."""
+def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
+    """Build data, model, optimizer, masks and callbacks; raises ConfigError before anything is written.
+    ``parts``: where the model, data and prunable units come from (default: the registries)."""
+    parts.check(cfg)
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     speed = resolve_speed(cfg.train, device)
-    data = load_data(cfg.data, seed=derive_seed(cfg.seed, "data")).to(device)
+    data = load_data(cfg.data, seed=derive_seed(cfg.seed, "data"), source=parts.data).to(device)
     if speed.channels_last:
         data.x_train = dataclasses.replace(data.x_train, channels_last=True)
         data.x_test = dataclasses.replace(data.x_test, channels_last=True)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
-    units = model.prunable_units() if hasattr(model, "prunable_units") else []
+    model = build_model(cfg.model, data.input_shape, data.num_classes, parts.model).to(device)
+    units = parts.units_of(cfg, model)
     C.validate(cfg, [u.name for u in units])
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -108,7 +112,8 @@ def prepare(cfg: C.RunConfig, out: Path) -> Run:
     if data.label_noise is not None:
         trainer.train_hits = torch.zeros(len(data.y_train), dtype=torch.bool, device=device)
     run = Run(cfg=cfg, out=out, device=device, speed=speed, model=model, masks=masks, trainer=trainer,
-              scheduler=scheduler, pruner=None, tracker=tracker, generators=gens, label_noise=data.label_noise)
+              scheduler=scheduler, pruner=None, tracker=tracker, generators=gens, label_noise=data.label_noise,
+              parts=parts)
     _attach_pruning(run, units)
     trainer.hooks.insert(0, _MaskHook(masks))
     if tracker is not None:
@@ -289,12 +294,14 @@ def _summary(run: Run, status: str, reason: str | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------- execute
 
 
-def execute(cfg: C.RunConfig, out: str | Path, progress: bool | None = None) -> dict:
-    """Run, resume or skip the run ``cfg`` in directory ``out``; returns its summary."""
-    return run_or_skip(cfg, out, progress)[0]
+def execute(cfg: C.RunConfig, out: str | Path, progress: bool | None = None, parts: Parts = DEFAULT_PARTS) -> dict:
+    """Run, resume or skip the run ``cfg`` in directory ``out``; returns its summary. ``parts``: see
+    :class:`gstlab.parts.Parts` (``gstlab.api.run`` fills it with a user's model and data)."""
+    return run_or_skip(cfg, out, progress, parts)[0]
 
 
-def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None) -> tuple[dict, bool]:
+def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None,
+                parts: Parts = DEFAULT_PARTS) -> tuple[dict, bool]:
     """(summary, executed): ``executed`` is False when ``out`` already held the finished (or failed) run.
 
     Damaged files are repaired on the way (docs/reliability.md): a damaged config.yaml is rewritten, damaged
@@ -304,7 +311,7 @@ def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None)
     done = _settled_summary(cfg, out)  # the common case, without loading data or taking the lock
     if done is not None:
         return done, False
-    run = prepare(cfg, out)  # bad input fails here, before anything is written
+    run = prepare(cfg, out, parts)  # bad input fails here, before anything is written
     store.make_dir(out, "--out")
     with store.dir_lock(out):  # another process (a second study sharing this run) may hold it
         notes = _repair_config(cfg, out)
@@ -361,7 +368,7 @@ def _resume(run: Run, notes: list[dict]) -> Run:
         except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
             problems.append(f"{name} is damaged ({recovery.one_line(err)})")
             path.unlink()
-            run = prepare(run.cfg, run.out)  # a partial restore leaves the run half-loaded
+            run = prepare(run.cfg, run.out, run.parts)  # a partial restore leaves the run half-loaded
             continue
         if problems:
             _report(run, problems, f"resuming at epoch {run.start_epoch} from {name}", notes)

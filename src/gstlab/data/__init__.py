@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -19,8 +20,8 @@ __all__ = ["DataMissingError", "Images", "TensorData", "TrainLoader", "augment_b
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "mnist1d": 10}
 
 
-def _raw(cfg: DataConfig) -> tuple[tuple, int]:
-    (x_train, y_train, x_test, y_test), classes = datasets.get(cfg.name)(cfg)
+def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | None) -> tuple[tuple, int]:
+    (x_train, y_train, x_test, y_test), classes = (source or datasets.get(cfg.name))(cfg)
     as_images = [x if isinstance(x, Images) else Images(x) for x in (x_train, x_test)]  # float: model input
     return (as_images[0], y_train, as_images[1], y_test), classes
 
@@ -63,13 +64,15 @@ def downsample(x: Images, size: int) -> Images:
     return dataclasses.replace(x, raw=torch.cat(chunks), frame=0)
 
 
-def load_data(cfg: DataConfig, seed: int) -> TensorData:
-    """Load ``cfg.name`` on the CPU, as stored (see :class:`Images`). ``train_subset``: a random subset chosen
+def load_data(cfg: DataConfig, seed: int, source: Callable[[DataConfig], tuple[tuple, int]] | None = None
+              ) -> TensorData:
+    """Load ``cfg.name`` (or what ``source``, a loader shaped as a registered one, returns) on the CPU, as
+    stored (see :class:`Images`). ``train_subset``: a random subset chosen
     with ``seed`` (sorted, so the batch order still comes only from the loader); ``test_subset``: the first N
     test examples. Subsets are taken before anything is decoded. ``label_noise``: see
     :mod:`gstlab.data.label_noise`, applied to the subset; ``TensorData.label_noise`` keeps the clean labels
     and which are noisy."""
-    (x_train, y_train, x_test, y_test), classes = _raw(cfg)
+    (x_train, y_train, x_test, y_test), classes = _raw(cfg, source)
     if cfg.train_subset is not None and cfg.train_subset < len(x_train):
         g = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(x_train), generator=g)[:cfg.train_subset].sort().values

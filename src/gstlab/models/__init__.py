@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from gstlab.config import ConfigError, ModelConfig
@@ -18,10 +20,11 @@ RESNET_IMAGE_SIZES = (32, 16)  # three stride-2 stages and global average poolin
 __all__ = ["ARCHS", "PrunableUnit", "build_model", "units_from_names"]
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build ``cfg.arch`` (any registered architecture, ``gstlab.registry.architectures``) for inputs of
-    ``input_shape`` (C, H, W) / (C, L) and ``num_classes`` outputs."""
-    return architectures.get(cfg.arch)(cfg, tuple(input_shape), num_classes)
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
+                builder: Callable[[ModelConfig, tuple[int, ...], int], nn.Module] | None = None) -> nn.Module:
+    """Build ``cfg.arch`` (any registered architecture, ``gstlab.registry.architectures``), or with ``builder``
+    (shaped as a registered one), for inputs of ``input_shape`` (C, H, W) / (C, L) and ``num_classes`` outputs."""
+    return (builder or architectures.get(cfg.arch))(cfg, tuple(input_shape), num_classes)
 
 
 def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -1,0 +1,184 @@
+"""The Python API: one call runs a config, on the zoo and a registered data set or on your own model and data.
+
+    from gstlab import api
+
+    summary = api.run({"train": {"epochs": 12}, "pruning": {...}}, "runs/mine",
+                      model=MyNet(), data=(x_train, y_train, x_test, y_test))
+
+It is the CLI's path (``gst run``): the same schedule, events, probes, run directory, skip of a finished run
+and resume of an interrupted one. What you give replaces the registered piece it stands for
+(``gstlab.parts``); the config then records its fingerprint (``model.supplied``, ``data.supplied``), which
+enters the run id, so a different model or data set never reuses a run directory. Your objects are not changed:
+the run trains a copy of the model; the trained weights are in ``out/model_final.pt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from gstlab import config as C
+from gstlab.models.units import PrunableUnit, units_from_names
+from gstlab.parts import Parts
+from gstlab.runner import execute
+from gstlab.seeding import derive_seed
+
+ModelLike = nn.Module | Callable[[], nn.Module]
+Split = Dataset | DataLoader
+DataLike = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | tuple[Split, Split]
+
+
+def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: ModelLike | None = None,
+        data: DataLike | None = None, units: Sequence[str | PrunableUnit] | None = None,
+        progress: bool | None = None) -> dict:
+    """Run, resume or skip the run in directory ``out``; returns its summary (as ``summary.json``).
+
+    - ``config``: a RunConfig, a mapping as in a YAML config, or the path of a YAML config.
+    - ``model``: an ``nn.Module`` (trained as a copy, from its current weights) or a function that builds one
+      (called after seeding torch with the run's init stream, so ``seed`` varies the initialization as for
+      the zoo). None: ``model.arch`` from the zoo.
+    - ``data``: ``(x_train, y_train, x_test, y_test)`` tensors (float inputs are used as given, uint8 pixels are
+      scaled to [0, 1]; labels are class indices) or ``(train, test)`` datasets or DataLoaders of ``(x, y)``
+      pairs, read once in index order (a loader's batching and shuffling are replaced by the config's). None:
+      ``data.name`` from the data registry. ``data.train_subset``, ``test_subset``, ``augment``,
+      ``image_size`` and ``label_noise`` apply to your data as to a registered set.
+    - ``units``: the prunable layers (module names, each with the BatchNorm that follows it, or
+      ``PrunableUnit`` objects); None: the model's ``prunable_units()`` if it has one, else the modules that
+      ``pruning.layers`` names.
+    """
+    cfg = _config(config)
+    if units is not None and model is None:
+        raise C.ConfigError("units: give them with model=...; a zoo model declares its own prunable units")
+    parts = Parts(units=None if units is None else _units_of(units))
+    if model is not None:
+        builder, fingerprint = _supplied_model(model, cfg, parts)
+        parts = dataclasses.replace(parts, model=builder)
+        cfg = C.replace(cfg, model=C.replace(cfg.model, supplied=fingerprint))
+    if data is not None:
+        source, fingerprint = _supplied_data(data)
+        parts = dataclasses.replace(parts, data=source)
+        cfg = C.replace(cfg, data=C.replace(cfg.data, supplied=fingerprint))
+    return execute(C.validate(cfg), out, progress, parts)
+
+
+def _config(config: C.RunConfig | dict | str | Path) -> C.RunConfig:
+    if isinstance(config, C.RunConfig):
+        return C.validate(config)
+    return C.parse(config if isinstance(config, dict) else C.load_yaml(config))
+
+
+# ------------------------------------------------------------------------------------------------- model
+
+
+def _units_of(units: Sequence[str | PrunableUnit]) -> Callable[[nn.Module], list[PrunableUnit]]:
+    def of(model: nn.Module) -> list[PrunableUnit]:
+        out = []
+        for i, u in enumerate(units):
+            try:
+                out += [u] if isinstance(u, PrunableUnit) else units_from_names(model, [u])
+            except ValueError as err:
+                raise C.ConfigError(f"units[{i}]: {err}") from None
+        return out
+
+    return of
+
+
+def _supplied_model(model: ModelLike, cfg: C.RunConfig, parts: Parts):
+    """(builder shaped as a registered architecture, fingerprint) of the user's model or model function."""
+    if isinstance(model, nn.Module):
+        initial = copy.deepcopy(model)
+    elif callable(model):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "init"))  # as runner.prepare seeds it before building
+            initial = model()
+        if not isinstance(initial, nn.Module):
+            raise C.ConfigError(f"model: the model function returned a {type(initial).__name__}, not an nn.Module")
+    else:
+        raise C.ConfigError(f"model: expected an nn.Module or a function that builds one, got {type(model).__name__}")
+    fingerprint = model_fingerprint(initial, parts.units_of(cfg, initial))
+
+    def build(model_cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        return copy.deepcopy(initial)
+
+    return build, fingerprint
+
+
+def model_fingerprint(model: nn.Module, units: list[PrunableUnit]) -> str:
+    """``Class:hex``: a hash of the module tree (repr), the source of its non-torch module classes where Python
+    has it, every state entry's name, shape, dtype and value, and the prunable units."""
+    h = hashlib.sha256(repr(model).encode())
+    for cls in dict.fromkeys(type(m) for m in model.modules()):
+        h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+        if not cls.__module__.startswith("torch."):
+            try:
+                h.update(inspect.getsource(cls).encode())
+            except (OSError, TypeError):  # defined where Python keeps no source (an interactive session)
+                pass
+    for name, value in model.state_dict().items():
+        _update(h, name, value)
+    h.update(repr(units).encode())
+    return f"{type(model).__name__}:{h.hexdigest()[:16]}"
+
+
+def _update(h: hashlib._Hash, name: str, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def _supplied_data(data: DataLike):
+    """(loader shaped as a registered data set, fingerprint) of the user's tensors, datasets or loaders."""
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 4):
+        raise C.ConfigError("data: expected (x_train, y_train, x_test, y_test) tensors or (train, test) datasets "
+                            f"or DataLoaders, got {type(data).__name__}"
+                            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
+    parts = tuple(data) if len(data) == 4 else (*_read(data[0], "train"), *_read(data[1], "test"))
+    x_train, y_train, x_test, y_test = (torch.as_tensor(t).detach().cpu() for t in parts)
+    y_train, y_test = _labels(y_train, "y_train"), _labels(y_test, "y_test")
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if len(x) != len(y) or not len(x):
+            raise C.ConfigError(f"data: the {name} split has {len(x)} inputs and {len(y)} labels; need as many, "
+                                f"at least one")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise C.ConfigError(f"data: train inputs have shape {tuple(x_train.shape[1:])}, test inputs "
+                            f"{tuple(x_test.shape[1:])}; need the same")
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    h = hashlib.sha256(f"classes:{classes}".encode())
+    for name, t in zip(("x_train", "y_train", "x_test", "y_test"), (x_train, y_train, x_test, y_test)):
+        _update(h, name, t)
+    shape = "x".join(str(s) for s in x_train.shape[1:])
+    fingerprint = f"{len(x_train)}+{len(x_test)} of {shape}, {classes} classes:{h.hexdigest()[:16]}"
+
+    def load(data_cfg: C.DataConfig) -> tuple[tuple, int]:
+        return (x_train, y_train, x_test, y_test), classes
+
+    return load, fingerprint
+
+
+def _read(split: Split, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset of (x, y) pairs (a DataLoader: its dataset) as stacked tensors, in index order."""
+    dataset = split.dataset if isinstance(split, DataLoader) else split
+    try:
+        pairs = [dataset[i] for i in range(len(dataset))]
+        return torch.stack([torch.as_tensor(x) for x, _ in pairs]), torch.tensor([int(y) for _, y in pairs])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise C.ConfigError(f"data: the {name} split is not a dataset of (input, label) pairs of one shape "
+                            f"({err})") from None
+
+
+def _labels(y: torch.Tensor, name: str) -> torch.Tensor:
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or (len(y) and int(y.min()) < 0):
+        raise C.ConfigError(f"data: {name} must be class indices (a 1-d integer tensor, >= 0), got "
+                            f"{y.dtype} of shape {tuple(y.shape)}")
+    return y.long()

@@ -1,0 +1,65 @@
+"""Where a run's pieces come from: the model, the data and the prunable units.
+
+Each piece has the shape of its registry entry (``gstlab.registry``): a model is built by an architecture
+builder ``(ModelConfig, input_shape, num_classes) -> nn.Module``, data come from a data-set loader
+``DataConfig -> ((x_train, y_train, x_test, y_test), num_classes)``. By default the registered ones named by
+``model.arch`` and ``data.name`` provide them (the zoo and the data registry); ``gstlab.api.run`` passes the
+user's own instead, and the config then records their fingerprints (``model.supplied``, ``data.supplied``), so
+the run id tells two different user models or data sets apart. Everything after these pieces (subsets, label
+noise, masks, schedule, events, probes, the run directory, resume) is the same path for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from gstlab import config as C
+from gstlab.models.units import PrunableUnit, units_from_names
+
+ModelBuilder = Callable[[C.ModelConfig, tuple[int, ...], int], nn.Module]
+DataSource = Callable[[C.DataConfig], tuple[tuple, int]]
+UnitsOf = Callable[[nn.Module], list[PrunableUnit]]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The providers of a run's pieces; None: the default (registered architecture, registered data set, the
+    model's own ``prunable_units()`` or else the layers ``pruning.layers`` names)."""
+
+    model: ModelBuilder | None = None
+    data: DataSource | None = None
+    units: UnitsOf | None = None
+
+    def check(self, cfg: C.RunConfig) -> None:
+        """A config that records a supplied model or data needs them supplied (the CLI cannot rebuild them)."""
+        pieces = (("model", cfg.model.supplied, self.model), ("data", cfg.data.supplied, self.data))
+        for what, recorded, given in pieces:
+            if recorded and given is None:
+                raise C.ConfigError(f"{what}.supplied: this run's {what} was given to gstlab.api.run ({recorded}) and "
+                                    f"cannot be rebuilt from the config; run it through the Python API with the same "
+                                    f"{what}, or remove {what}.supplied")
+
+    def units_of(self, cfg: C.RunConfig, model: nn.Module) -> list[PrunableUnit]:
+        if self.units is not None:
+            return list(self.units(model))
+        if hasattr(model, "prunable_units"):
+            return model.prunable_units()
+        return named_units(cfg, model)
+
+
+DEFAULT_PARTS = Parts()
+
+
+def named_units(cfg: C.RunConfig, model: nn.Module) -> list[PrunableUnit]:
+    """The units ``pruning.layers`` names, found by module name (``units_from_names``); ConfigError naming the
+    layer entry when a name is not a Conv/Linear of the model."""
+    units = []
+    for i, layer in enumerate(cfg.pruning.layers):
+        try:
+            units += units_from_names(model, [layer.name])
+        except ValueError as err:
+            raise C.ConfigError(f"pruning.layers[{i}].name: {err}") from None
+    return units

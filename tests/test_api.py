@@ -1,0 +1,143 @@
+"""The Python API (gstlab.api.run): the example with a model outside the zoo on in-memory tensors runs; user
+models and data take the CLI's path (run directory, skip, resume) under run ids that fingerprint them; the zoo
+path keeps its run ids."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from gstlab import api, runner
+from gstlab import config as C
+from gstlab.cli import main as cli_main
+
+spec = importlib.util.spec_from_file_location("custom_model", Path(__file__).parents[1] / "examples/custom_model.py")
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)
+
+SHORT = {**example.CONFIG, "train": {"epochs": 3, "batch_size": 64, "progress": False},
+         "pruning": {**example.CONFIG["pruning"], "layers": [{"name": "conv1", "fraction": 0.5, "start": 0, "end": 2}]}}
+DATA = example.make_data(128, 64)
+
+
+def net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return example.SmallCNN()
+
+
+def results(out: Path) -> tuple[list[dict], dict]:
+    """metrics.csv without the wall-clock column, and summary.json."""
+    with open(out / "metrics.csv") as f:
+        metrics = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+    return metrics, json.loads((out / "summary.json").read_text())
+
+
+def test_the_example_runs_and_a_second_call_finds_the_finished_run(tmp_path, capsys):
+    summary = example.main(str(tmp_path / "run"))
+    assert summary["status"] == "finished" and summary["n_events"] == 8
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["supplied"].startswith("SmallCNN:")
+    assert saved["data"]["supplied"].startswith("512+256 of 1x12x12, 4 classes:")
+    cfg = C.from_dict(C.RunConfig, saved)
+    assert summary["run_id"] == C.run_id(cfg) != C.run_id(C.parse(example.CONFIG))
+    stamp = (tmp_path / "run" / "manifest.json").stat().st_mtime_ns
+    assert example.main(str(tmp_path / "run")) == summary
+    assert (tmp_path / "run" / "manifest.json").stat().st_mtime_ns == stamp  # not run again
+    assert "finished, 8 pruning events" in capsys.readouterr().out
+
+
+def test_user_objects_are_not_changed_and_a_different_model_is_another_run(tmp_path):
+    model = net(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    api.run(SHORT, tmp_path / "run", model=model, data=DATA)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(runner.RunDirError, match="holds a different run"):
+        api.run(SHORT, tmp_path / "run", model=net(1), data=DATA)
+    with pytest.raises(runner.RunDirError, match="holds a different run"):
+        api.run(SHORT, tmp_path / "run", model=model, data=example.make_data(128, 64, seed=1))
+
+
+def test_a_model_function_is_seeded_by_the_run_seed():
+    ids = [_run_id(model=example.SmallCNN, seed=s) for s in (0, 0, 1)]
+    assert ids[0] == ids[1] != ids[2]
+
+
+def _run_id(model, seed: int = 0, data=DATA, units=None) -> str:
+    cfg = C.parse(SHORT, [f"seed={seed}"])
+    parts = api.Parts(units=None if units is None else api._units_of(units))
+    _, fingerprint = api._supplied_model(model, cfg, parts)
+    _, data_fingerprint = api._supplied_data(data)
+    return C.run_id(C.replace(cfg, model=C.replace(cfg.model, supplied=fingerprint),
+                              data=C.replace(cfg.data, supplied=data_fingerprint)))
+
+
+def test_datasets_and_loaders_fingerprint_as_their_tensors():
+    x_train, y_train, x_test, y_test = DATA
+    as_sets = (TensorDataset(x_train, y_train), DataLoader(TensorDataset(x_test, y_test), batch_size=7))
+    assert _run_id(net, data=as_sets) == _run_id(net, data=DATA)
+    assert _run_id(net, units=["conv1", "conv2"]) != _run_id(net)  # the prunable units are part of the model
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch):
+    api.run(SHORT, tmp_path / "whole", model=net(), data=DATA)
+    real = runner.run_epoch
+
+    def stop_at_epoch_2(run, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(run, epoch)
+
+    monkeypatch.setattr(runner, "run_epoch", stop_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        api.run(SHORT, tmp_path / "cut", model=net(), data=DATA)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    epochs = []
+    monkeypatch.setattr(runner, "run_epoch", lambda run, epoch: epochs.append(epoch) or real(run, epoch))
+    api.run(SHORT, tmp_path / "cut", model=net(), data=DATA)
+    assert epochs == [2]  # resumed from the checkpoint after epoch 1
+    assert results(tmp_path / "cut") == results(tmp_path / "whole")
+    assert torch.equal(torch.load(tmp_path / "cut" / "model_final.pt")["model"]["conv1.weight"],
+                       torch.load(tmp_path / "whole" / "model_final.pt")["model"]["conv1.weight"])
+
+
+def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys):
+    api.run(SHORT, tmp_path / "run", model=net(), data=DATA)
+    assert cli_main(["run", "--config", str(tmp_path / "run" / "config.yaml"), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "model.supplied: this run's model was given to gstlab.api.run (SmallCNN:" in err
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"units": ["conv1"]}, "units: give them with model=..."),
+    ({"model": net, "data": DATA, "units": ["bn1"]}, "units[0]: 'bn1' is a BatchNorm2d; only Conv1d/Conv2d/Linear"),
+    ({"model": net, "data": DATA[:3]}, "data: expected (x_train, y_train, x_test, y_test) tensors"),
+    ({"model": net, "data": (DATA[0], DATA[1][:5], DATA[2], DATA[3])}, "data: the train split has 128 inputs and 5"),
+    ({"model": net, "data": (DATA[0], DATA[1].float(), DATA[2], DATA[3])}, "data: y_train must be class indices"),
+    ({"model": net, "data": DATA, "config": ["model.width=0.5"]}, "model.width: not used for a model given to"),
+    ({"model": net, "data": DATA, "config": ["data.name=cifar10"]}, "data.name: not used for a data given to"),
+    ({"model": net, "data": DATA, "config": ["pruning.layers.0.name=head.x"]}, "pruning.layers[0].name: unknown"),
+    ({"model": 3}, "model: expected an nn.Module or a function that builds one, got int"),
+])
+def test_bad_input_names_what_is_wrong(tmp_path, kwargs, message):
+    cfg = C.parse(SHORT, kwargs.pop("config", []))
+    with pytest.raises(C.ConfigError) as err:
+        api.run(cfg, tmp_path / "run", **kwargs)
+    assert message in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_zoo_path_is_the_cli_path(tmp_path):
+    tiny = {"data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 64, "synthetic_test": 32},
+            "model": {"arch": "mlp", "hidden": [16]}, "train": {"epochs": 2, "batch_size": 32, "progress": False},
+            "pruning": {"layers": [{"name": "fc1", "fraction": 0.5, "start": 0, "end": 1}], "period": 1}}
+    summary = api.run(tiny, tmp_path / "api")
+    assert summary["run_id"] == C.run_id(C.parse(tiny)) == "6f83af5ee082"  # as main computed it before the API
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    assert cli_main(["run", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "cli")]) == 0
+    assert results(tmp_path / "api") == results(tmp_path / "cli")
