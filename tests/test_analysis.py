@@ -441,3 +441,22 @@ def test_report_figure2_scores_no_pruning_over_the_pruned_runs_window_and_shows_
     assert "peak test accuracy over all epochs is 99.00%" in text
     runs = pd.read_csv(study / "report" / "runs.csv")
     assert set(runs["window_start"]) == {6}
+
+
+def test_report_figure2_tests_memorization_at_the_common_window_best_epoch_under_label_noise(tmp_path, no_draw):
+    study = make_study(tmp_path / "s", "figure2", failed=False)
+    for run_dir in (study / "runs").iterdir():
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        # less stable runs memorize fewer noisy labels; the baseline memorizes most
+        metrics["train_acc_noisy"] = summary["mean_stability"] - 10.0 + 0.01 * metrics["epoch"]
+        metrics.to_csv(run_dir / "metrics.csv", index=False)
+    md = write_report(study)
+    text = md.read_text()
+    line = next(t for t in text.splitlines() if "**Memorization**" in t)
+    assert "n = 12 runs" in line and "verdict: **supported**" in line
+    less = [t for t in text.splitlines() if "**Less memorization" in t]
+    assert len(less) == 6 and all("No Pruning reaches a higher memorization" in t for t in less)
+    runs = pd.read_csv(md.parent / "runs.csv")
+    best = runs["window_best_epoch"]
+    assert runs["window_memorization"].to_numpy() == pytest.approx(runs["mean_stability"] - 10 + 0.01 * best)

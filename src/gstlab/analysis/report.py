@@ -32,6 +32,8 @@ FLATNESS_COLUMNS = ("eig_sum", "grad_moment_trace", "tic", "delta_w")
 TRADEOFF = ("Tradeoff", "less stable pruning → higher best test accuracy", "mean_stability", "best_test_acc", -1)
 GAP = ("Generalization gap", "less stable pruning → smaller generalization gap", "mean_stability",
        "generalization_gap", 1)
+MEMORIZATION = ("Memorization", "less stable pruning → fewer noisy training labels memorized (at the common-window "
+                "best epoch)", "mean_stability", "window_memorization", 1)
 FLATNESS = ("Flatness", "less stable pruning → flatter minimum (smaller Σ top-k Hessian eigenvalues)",
             "mean_stability", "eig_sum", 1)
 
@@ -227,6 +229,22 @@ def _figure2(rep: Report, include_random: bool = False) -> None:
         for label, g in runs[keep].groupby("label", sort=False) if len(baseline) else ():
             rep.ttest_claim("Benefit", f"{prefix}{label}", g["best_test_acc"], "No Pruning", baseline)
         rep.window_benefits(runs[keep], runs[~pruned(runs)], "No Pruning", prefix)
+        _memorization(rep, runs[keep], runs[~pruned(runs)], f"{prefix}{kinds}", prefix)
+
+
+def _memorization(rep: Report, runs: pd.DataFrame, baseline: pd.DataFrame, scope: str, prefix: str = "") -> None:
+    """Under label noise: stability vs memorization over ``runs``, and the baseline memorizing more than each
+    label (Student and paired over seeds), all at each run's common-window best epoch."""
+    if "window_memorization" not in runs or runs["window_memorization"].isna().all():
+        return
+    rep.corr_claim(MEMORIZATION, runs, scope)
+    measure = "memorization (% of noisy training labels predicted as given, at the common-window best epoch)"
+    base = baseline.set_index("seed")["window_memorization"]
+    for label, g in runs.groupby("label", sort=False) if len(baseline) else ():
+        a = g.set_index("seed")["window_memorization"]
+        for paired in (False, True) if a.index.is_unique and base.index.is_unique else (False,):
+            rep.ttest_claim(f"Less memorization{', paired' if paired else ''}", "No Pruning", base,
+                            f"{prefix}{label}", a, paired=paired, measure=measure)
 
 
 def _figure3(rep: Report) -> None:

@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-WINDOW_COLUMNS = ("window_start", "window_best_test_acc", "window_best_epoch", "window_gap")
+WINDOW_COLUMNS = ("window_start", "window_best_test_acc", "window_best_epoch", "window_gap", "window_memorization")
 
 
 def common_window_start(runs: pd.DataFrame, pruned: pd.Series) -> int:
@@ -25,14 +25,19 @@ def common_window_start(runs: pd.DataFrame, pruned: pd.Series) -> int:
 
 def with_window(runs: pd.DataFrame, epochs: pd.DataFrame, start: int) -> pd.DataFrame:
     """``runs`` with each run's best test accuracy over epochs ``>= start`` (first epoch reaching it), that
-    epoch, and the train - test gap there (NaN for a run without epochs in the window, or without train_acc)."""
+    epoch, the train - test gap there and, under label noise, the memorization there (``train_acc_noisy``);
+    NaN for a run without epochs in the window, or without the column."""
     scored = []
     window = epochs[pd.to_numeric(epochs["epoch"]) >= start] if len(epochs) else epochs
     for run_id, rows in window.groupby("run_id", sort=False):
         best = rows.loc[pd.to_numeric(rows["test_acc"]).idxmax()]  # idxmax keeps the first maximum
         scored.append({"run_id": run_id, "window_start": start, "window_best_test_acc": float(best["test_acc"]),
                        "window_best_epoch": int(best["epoch"]),
-                       "window_gap": float(best["train_acc"]) - float(best["test_acc"]) if "train_acc" in best
-                       else math.nan})
+                       "window_gap": _value(best, "train_acc") - float(best["test_acc"]),
+                       "window_memorization": _value(best, "train_acc_noisy")})
     table = pd.DataFrame(scored, columns=["run_id", *WINDOW_COLUMNS])
     return runs.drop(columns=[c for c in WINDOW_COLUMNS if c in runs]).merge(table, on="run_id", how="left")
+
+
+def _value(row: pd.Series, column: str) -> float:
+    return float(row[column]) if column in row and pd.notna(row[column]) else math.nan
