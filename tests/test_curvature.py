@@ -13,9 +13,9 @@ from torch.func import functional_call
 from gstlab.curvature import (
     HessianOperator,
     eps_sweep,
-    evaluate,
     hutchinson_trace,
     lanczos,
+    loss_and_fraction_correct,
     per_example_grad_moment,
     power_iteration,
     tic,
@@ -265,13 +265,13 @@ def test_eps_sweep_restores_weights(setup):
     assert [r["eps"] for r in rows] == [0.0, 0.5, -0.5]
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)
-    base_loss, base_acc = evaluate(model, F.cross_entropy, x, y, batch_size=8)
+    base_loss, base_acc = loss_and_fraction_correct(model, F.cross_entropy, x, y, batch_size=8)
     assert rows[0]["loss"] == pytest.approx(base_loss) and rows[0]["acc"] == base_acc
     assert rows[1]["loss"] + rows[2]["loss"] > 2 * rows[0]["loss"]  # positive curvature along the top direction
     with torch.no_grad():
         for p, d in zip(model.parameters(), direction):
             p.add_(0.5 * d)
-        expected = evaluate(model, F.cross_entropy, x, y, batch_size=8)[0]
+        expected = loss_and_fraction_correct(model, F.cross_entropy, x, y, batch_size=8)[0]
         for p, b in zip(model.parameters(), before):
             p.copy_(b)
     assert rows[1]["loss"] == pytest.approx(expected, rel=1e-12)

@@ -18,7 +18,7 @@ from gstlab import config as C
 from gstlab.cli import main
 from gstlab.experiments.presets import SCALES
 from gstlab.runner import execute
-from gstlab.study import expand, grid_points, load_study, study_from_dict
+from gstlab.study import expand, grid_points, load_study_file, study_from_dict
 from test_runner import TINY
 
 SMALL = C.to_dict(C.parse(TINY, ["train.epochs=4", "pruning.layers.0.end=3", "pruning.layers.1.end=3"]))
@@ -192,7 +192,7 @@ def test_every_study_preset_expands_at_every_scale(capsys):
 
 def test_example_study_files_expand():
     folder = Path(__file__).parents[1] / "examples"
-    runs = {path.name: expand(load_study(path)[0]) for path in folder.glob("*.yaml")}
+    runs = {path.name: expand(load_study_file(path)[0]) for path in folder.glob("*.yaml")}
     assert [name for name, expanded in runs.items() if not expanded] == []
     e1 = runs["explore_e1_fig2_vgg.yaml"]
     assert len(e1) == 8 and {r.seed for r in e1} == {1000, 1001} and {r.cfg.data.image_size for r in e1} == {16}

@@ -117,12 +117,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _study_from_args(args: argparse.Namespace):
     from gstlab.experiments.studies import study_dict  # noqa: PLC0415
-    from gstlab.study import load_study, study_from_dict  # noqa: PLC0415
+    from gstlab.study import load_study_file, study_from_dict  # noqa: PLC0415
 
     if bool(args.study_file) == bool(args.study):
         raise UsageError("give exactly one of STUDY_FILE or --study NAME")
     if args.study_file:
-        study, raw = load_study(args.study_file, seeds=args.seeds)
+        study, raw = load_study_file(args.study_file, seeds=args.seeds)
         base = Path(args.study_file).parent
     else:
         raw, base = study_dict(args.study, args.scale), Path(".")

@@ -28,12 +28,6 @@ from gstlab.registry import Registry, architectures, criteria, datasets
 # out of the run id.
 NOT_RESULT = {"result": False}
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "mnist1d", "synthetic")
-ARCHS = ("vgg11_bn", "resnet18", "resnet20", "resnet56", "mlp")
-CRITERIA = ("l1", "l2", "ebn", "ebn_signed", "activation", "random")
-SIDES = ("smallest", "random", "largest")
-INTERVENTIONS = ("none", "zero", "gaussian", "zero_restore")
-
 
 class _NotFinite(ConfigError):
     """A number that is nan or infinite (reported as such, also for ``float | None`` fields)."""

@@ -356,8 +356,9 @@ def tic(cov_trace: float, hessian_trace: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
-    """(mean loss, accuracy) over (x, y) in eval mode."""
+def loss_and_fraction_correct(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
+                              batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy as a fraction in [0, 1]) over (x, y) in eval mode (``train.evaluate``: percent)."""
     device = next(model.parameters()).device
     loss, correct = 0.0, 0
     with eval_mode(model):
@@ -385,7 +386,7 @@ def eps_sweep(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, direction
         for eps in eps_values:
             for p, w0, d in zip(params, originals, direction_params):
                 p.copy_(w0 + eps * d.to(device=p.device, dtype=p.dtype))
-            loss, acc = evaluate(model, loss_fn, x, y, batch_size)
+            loss, acc = loss_and_fraction_correct(model, loss_fn, x, y, batch_size)
             rows.append({"eps": float(eps), "loss": loss, "acc": acc})
     finally:
         for p, w0 in zip(params, originals):

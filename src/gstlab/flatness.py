@@ -117,7 +117,7 @@ def _eps_rows(model, op, vectors, x, y, cfg: ProbeConfig, batch_size: int, progr
     n_dirs = min(cfg.eps_directions, vectors.shape[1])
     if n_dirs <= 0:
         return []
-    base_loss, _ = curvature.evaluate(model, F.cross_entropy, x, y, batch_size)
+    base_loss, _ = curvature.loss_and_fraction_correct(model, F.cross_entropy, x, y, batch_size)
     rows = []
     for i in tqdm(range(n_dirs), desc="eps sweep", unit="direction", disable=not progress, leave=False):
         direction = op.flat_to_params(vectors[:, i].float())

@@ -117,10 +117,6 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def read_json_or_none(path: Path) -> dict | None:
     """The JSON object in ``path``; None if it is missing, unreadable, not JSON or not an object."""
     try:

@@ -142,7 +142,7 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
     )
 
 
-def load_study(path: str | Path, seeds: int | None = None) -> tuple[Study, dict]:
+def load_study_file(path: str | Path, seeds: int | None = None) -> tuple[Study, dict]:
     """The validated study in ``path`` and its raw mapping."""
     data = C.load_yaml(path)
     return study_from_dict(data, Path(path).parent, seeds), data
@@ -182,13 +182,13 @@ def expand(study: Study) -> list[StudyRun]:
 
 def _largest_layer_rate(cfg: C.RunConfig) -> float:
     """Percent of the most-pruned layer removed per event (Figure 3's iterative pruning rate)."""
-    from gstlab.pruning.schedule import event_epochs  # noqa: PLC0415
+    from gstlab.pruning.schedule import iterative_rate  # noqa: PLC0415
 
     layers = cfg.pruning.layers
     if not layers:
         return math.nan
     layer = max(layers, key=lambda lay: lay.fraction)
-    return 100.0 * layer.fraction / len(event_epochs(layer.start, layer.end, cfg.pruning.period_of(layer)))
+    return iterative_rate(layer.fraction, layer.start, layer.end, cfg.pruning.period_of(layer))
 
 
 def index_row(run: StudyRun, run_dir: Path, status: str) -> dict:

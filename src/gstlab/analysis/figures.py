@@ -203,7 +203,7 @@ def eigen_bars(curv: pd.DataFrame, stem, title: str, k: int = 10, colors: dict |
     return save(fig, stem)
 
 
-def spectrum(curv: pd.DataFrame, stem, title: str, colors: dict | None = None) -> Path:
+def spectrum_bands(curv: pd.DataFrame, stem, title: str, colors: dict | None = None) -> Path:
     """E2: eigenvalue vs magnitude index (mean, 10-90% band over runs) and |λ| vs index (log y)."""
     k = max((parse_eigenvalues(v).size for v in curv["eigenvalues"]), default=0)
     spectra = _spectra(curv, max(k, 1))

@@ -305,7 +305,7 @@ def _flatness(rep: Report) -> None:
         rep.add_figure("E1: top-10 eigenvalues", F.eigen_bars(last, rep.out / "E1_eigenvalues",
                                                               "Top-10 Hessian eigenvalues (mean over runs)",
                                                               colors=rep.colors))
-        rep.add_figure("E2: spectrum", F.spectrum(last, rep.out / "E2_spectrum",
+        rep.add_figure("E2: spectrum", F.spectrum_bands(last, rep.out / "E2_spectrum",
                                                   "Hessian spectrum (mean, 10-90% of runs)", colors=rep.colors))
     if len(rep.eps):
         last_epoch = rep.eps.groupby("run_id")["epoch"].transform("max")

@@ -25,7 +25,7 @@ def instability(acc_before: float, acc_after: float) -> float:
     return (acc_before - acc_after) / acc_before if acc_before else math.nan
 
 
-def event_epochs(events: list[dict], scratch: bool) -> dict[int, tuple[float, float]]:
+def pruning_epoch_accuracies(events: list[dict], scratch: bool) -> dict[int, tuple[float, float]]:
     """epoch -> (acc_before, acc_after) for every pruning epoch (units removed > 0; scratch excluded)."""
     out: dict[int, tuple[float, float]] = {}
     for ev in events:
@@ -36,7 +36,7 @@ def event_epochs(events: list[dict], scratch: bool) -> dict[int, tuple[float, fl
 
 
 def mean_stability(events: list[dict], scratch: bool) -> float:
-    epochs = event_epochs(events, scratch)
+    epochs = pruning_epoch_accuracies(events, scratch)
     if not epochs:
         return 100.0
     return sum(100.0 * (1.0 - instability(b, a)) for b, a in epochs.values()) / len(epochs)
@@ -49,7 +49,7 @@ def summarize(metrics: list[dict], events: list[dict], scratch: bool) -> dict:
                 "final_test_acc": math.nan, "generalization_gap": math.nan, "n_events": 0,
                 "n_prune_epochs": 0, "last_pruned_epoch": 0, "epochs_done": 0,
                 "peak_test_acc": math.nan, "peak_epoch": None}
-    pruned = event_epochs(events, scratch)
+    pruned = pruning_epoch_accuracies(events, scratch)
     last = max(pruned) if pruned else 0
     phase = [row for row in metrics if int(row["epoch"]) >= last] or metrics
     best = max(phase, key=lambda row: float(row["test_acc"]))  # max() keeps the first maximum

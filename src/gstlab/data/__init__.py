@@ -11,11 +11,11 @@ from gstlab.config import ConfigError, DataConfig
 from gstlab.data import cifar, fashion_mnist, generated
 from gstlab.data.download import DataMissingError
 from gstlab.data.label_noise import LabelNoise, corrupt_labels
-from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_batch, crop_padding, eval_batches
+from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_batch, crop_padding
 from gstlab.registry import datasets
 
 __all__ = ["DataMissingError", "Images", "TensorData", "TrainLoader", "augment_batch", "crop_padding", "downsample",
-           "eval_batches", "load_data"]
+           "load_data"]
 
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "mnist1d": 10}
 

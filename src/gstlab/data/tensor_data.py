@@ -156,9 +156,3 @@ def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pa
     chan = torch.arange(c, device=x.device).view(1, -1, 1, 1)
     out = padded[batch, chan, rows, cols]
     return torch.where(flips.view(b, 1, 1, 1), out.flip(3), out)
-
-
-def eval_batches(x: Images | torch.Tensor, y: torch.Tensor,
-                 batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(x), batch_size):
-        yield x[start:start + batch_size], y[start:start + batch_size]
