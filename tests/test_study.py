@@ -210,10 +210,29 @@ def test_runs_are_packed_onto_gpus():
     res = Resources(workers=6, threads=2, runs_per_gpu=3, gpus=2)
     assert [_slot_env(slot, res)["CUDA_VISIBLE_DEVICES"] for slot in range(6)] == ["0", "0", "0", "1", "1", "1"]
     assert _slot_env(0, res)["OMP_NUM_THREADS"] == "2"
-    assert ray_options(res) == {"num_cpus": 2, "num_gpus": 1 / 3, "max_retries": 0}
+    assert ray_options(res) == {"num_cpus": 2, "num_gpus": 1 / 3, "max_retries": 3, "retry_exceptions": False}
     assert "CUDA_VISIBLE_DEVICES" not in _slot_env(0, Resources(workers=2, gpus=0)) or os.environ.get(
         "CUDA_VISIBLE_DEVICES") is not None
     assert ray_options(Resources(threads=1))["num_gpus"] == 0
+
+
+def test_a_ray_request_must_fit_one_node_and_defaults_to_one_thread():
+    from gstlab.executors import Resources, default_threads, ray_options, unmet_request
+
+    def node(cpus, gpus=0):  # a live node, as ray.nodes() lists it
+        return {"Alive": True, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+    assert default_threads("ray") == 1 and default_threads("local") == max(1, os.cpu_count() or 1)
+    two_small = [node(1), node(1)]
+    assert unmet_request(ray_options(Resources(threads=1)), two_small) is None
+    assert unmet_request(ray_options(Resources(threads=2)), two_small) == (
+        "--threads-per-worker 2: each run asks for 2 CPUs, which no node of the Ray cluster has (nodes: "
+        "1 CPUs/0 GPUs, 1 CPUs/0 GPUs); ask for less or add a node that has them")
+    assert unmet_request(ray_options(Resources(threads=2)), [node(1), node(4)]) is None
+    gpu_share = ray_options(Resources(threads=2, runs_per_gpu=4, gpus=1))
+    assert unmet_request(gpu_share, [node(8, gpus=1)]) is None
+    assert "and 0.25 GPU (--gpus, --runs-per-gpu)" in unmet_request(gpu_share, [node(8), node(1, gpus=1)])
+    assert "(nodes: none alive)" in unmet_request(ray_options(Resources()), [])
 
 
 def test_demo_is_three_figure2_presets_at_mini_scale():

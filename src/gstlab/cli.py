@@ -139,7 +139,7 @@ def _key_value(assignment: str) -> tuple[str, object]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from gstlab.executors import Resources, detect_gpus, sweep  # noqa: PLC0415
+    from gstlab.executors import Resources, default_threads, detect_gpus, sweep  # noqa: PLC0415
     from gstlab.study import expand  # noqa: PLC0415
 
     study, raw = _study_from_args(args)
@@ -154,7 +154,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_OK
     gpus = detect_gpus() if args.executor == "local" else int(args.gpus)
     workers = args.workers or (gpus * args.runs_per_gpu if gpus else 1)
-    res = Resources(workers=workers, threads=args.threads_per_worker, runs_per_gpu=args.runs_per_gpu, gpus=gpus)
+    threads = args.threads_per_worker or default_threads(args.executor)
+    res = Resources(workers=workers, threads=threads, runs_per_gpu=args.runs_per_gpu, gpus=gpus)
     outcomes = sweep(study, raw, out, args.executor, res, address=args.address,
                      store_dir=Path(args.store) if args.store else None, progress=not args.no_progress)
     failed = [o for o in outcomes if o.status != "finished"]
@@ -304,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--executor", default="local", choices=("local", "ray"))
     sweep.add_argument("--workers", type=_count(1), metavar="N",
                        help="local: runs at a time (default: GPUs x runs-per-gpu with CUDA, else 1)")
-    sweep.add_argument("--threads-per-worker", type=_count(1), default=max(1, (os.cpu_count() or 1)), metavar="T",
-                       help="CPU threads per run (default: all cores; use cores/workers)")
+    sweep.add_argument("--threads-per-worker", type=_count(1), metavar="T",
+                       help="CPU threads per run (default: local: all cores, use cores/workers; ray: 1)")
     sweep.add_argument("--runs-per-gpu", type=_count(1), default=1, metavar="R",
                        help="pack R runs onto each GPU (local: R*GPUs workers are useful; ray: num_gpus=1/R)")
     sweep.add_argument("--address", metavar="ADDR", help="ray: cluster address (default: start a local instance)")

@@ -5,12 +5,16 @@ layout (``STORE/runs/<run_id>``); a run that crashes fails alone and the study g
   ``train.threads``); with CUDA, ``--runs-per-gpu R`` packs R slots onto each visible GPU
   (``CUDA_VISIBLE_DEVICES`` per slot). The process log of each run goes to ``STUDY_DIR/logs/<run_id>.log``.
 - ``sweep`` expands a study (``gstlab.study``), writes its index and runs what is unfinished here.
-- ray: each run is a Ray task requesting ``num_cpus=threads`` and ``num_gpus=1/R`` when GPUs are used; the
-  task executes the run in the Ray worker, so the store must be on a file system every node sees.
+- ray: each run is a Ray task requesting ``num_cpus=threads`` (default 1) and ``num_gpus=1/R`` when GPUs are used;
+  the task executes the run in the Ray worker, so the store must be on a file system every node sees. Before any
+  run is submitted, the address must answer as a Ray cluster (token authentication named when it refuses) and some
+  node must hold one run's request. A run whose node or worker process dies is resubmitted (``RAY_RETRIES``) and
+  resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -24,6 +28,7 @@ from tqdm.auto import tqdm
 
 from gstlab import config as C
 from gstlab import store
+from gstlab.recovery import one_line
 from gstlab.study import Study, StudyRun, expand, run_status, write_index
 
 
@@ -45,6 +50,12 @@ class Resources:
     threads: int = 1  # per worker
     runs_per_gpu: int = 1
     gpus: int = 0  # GPUs visible to this machine (local) or wanted per cluster (ray: >0 means request GPUs)
+
+
+def default_threads(executor: str) -> int:
+    """Threads per run without --threads-per-worker: all cores locally (one run at a time by default); 1 on Ray,
+    which every node holds, so the numbers of a CPU study do not depend on the sizes of the cluster's nodes."""
+    return 1 if executor == "ray" else max(1, os.cpu_count() or 1)
 
 
 def detect_gpus() -> int:
@@ -126,8 +137,15 @@ def _local_outcome(run: StudyRun, code: int, store_dir: Path, study_dir: Path) -
 # ------------------------------------------------------------------------------------------------------ ray
 
 
-def connect_ray(address: str | None, threads: int):
-    """Connect to the cluster at ``address`` (or start a local instance); ExecutorError if unreachable."""
+RAY_RETRIES = 3  # resubmissions of a run whose node or worker process died (it resumes from its checkpoint)
+RAY_CHECK_S = 10.0  # while waiting: how often to check that a live node can still hold the pending runs
+TOKEN_HINT = ("clusters started by `ray start` with Ray 2.60 use token authentication: export RAY_AUTH_MODE=token "
+              "and give the cluster's token (~/.ray/auth_token on this machine, or RAY_AUTH_TOKEN)")
+
+
+def connect_ray(address: str | None, res: Resources):
+    """Connect to the cluster at ``address`` (or start a local instance); ExecutorError if it does not answer as a
+    Ray cluster or no node can hold one run's request."""
     try:
         import ray  # noqa: PLC0415
     except ImportError as err:
@@ -135,13 +153,20 @@ def connect_ray(address: str | None, threads: int):
     if not ray.is_initialized():
         if address and address != "auto":
             _check_reachable(address)
+            if not address.startswith("ray://"):
+                _check_gcs(address)
         try:
             if address:
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             else:
-                ray.init(num_cpus=max(threads, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=max(res.threads, os.cpu_count() or 1), include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.WARNING)
         except Exception as err:  # noqa: BLE001 (Ray raises several types for an unreachable cluster)
-            raise ExecutorError(f"--address {address}: cannot reach a Ray cluster ({err})") from None
+            hint = f"; {TOKEN_HINT}" if os.environ.get("RAY_AUTH_MODE") != "token" else ""
+            raise ExecutorError(f"--address {address}: cannot reach a Ray cluster ({one_line(err)}){hint}") from None
+    unmet = unmet_request(ray_options(res), _alive_nodes(ray))
+    if unmet:
+        raise ExecutorError(unmet)
     return ray
 
 
@@ -154,6 +179,51 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
         raise ExecutorError(f"--address {address}: cannot reach a Ray cluster ({err})") from None
+
+
+# Asks the GCS at argv[1] for its cluster id and prints the error, if any. It runs in a child process: Ray's
+# client logs every retry on stderr and reads its timeouts from the environment once per process.
+_GCS_PROBE = """
+import sys
+from ray._raylet import InnerGcsClient
+try:
+    InnerGcsClient.standalone(sys.argv[1], None, 3000)
+except Exception as err:
+    print(type(err).__name__ + ": " + (str(err).strip().splitlines() or [""])[0])
+"""
+
+
+def _check_gcs(address: str, timeout: float = 30.0) -> None:
+    """Fail in seconds, in one line, when ``address`` does not answer as a Ray cluster (ray.init would retry for
+    20 s or more, logging each try) or refuses us (token authentication)."""
+    env = {**os.environ, "RAY_gcs_rpc_server_connect_timeout_s": "2"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _GCS_PROBE, address], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ExecutorError(f"--address {address}: no Ray cluster answered within {timeout:.0f} s") from None
+    answer = done.stdout.strip() or (done.stderr.strip().splitlines() or [""])[-1]
+    if answer.startswith("AuthenticationError"):
+        raise ExecutorError(f"--address {address}: the Ray cluster refused the connection; {TOKEN_HINT}")
+    if answer or done.returncode:
+        raise ExecutorError(f"--address {address}: no Ray cluster answers there ({answer or done.returncode})")
+
+
+def _alive_nodes(ray) -> list[dict]:
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def unmet_request(options: dict, nodes: list[dict]) -> str | None:
+    """None when one of ``nodes`` (``ray.nodes()`` entries) holds a run's request (``ray_options``); else one line
+    naming the request and the nodes."""
+    want = {"CPU": options["num_cpus"], "GPU": options["num_gpus"]}
+    if any(all(node["Resources"].get(key, 0) >= need for key, need in want.items()) for node in nodes):
+        return None
+    gpus = f" and {want['GPU']:g} GPU (--gpus, --runs-per-gpu)" if want["GPU"] else ""
+    have = ", ".join(f"{n['Resources'].get('CPU', 0):g} CPUs/{n['Resources'].get('GPU', 0):g} GPUs"
+                     for n in nodes) or "none alive"
+    return (f"--threads-per-worker {want['CPU']:g}: each run asks for {want['CPU']:g} CPUs{gpus}, which no node of "
+            f"the Ray cluster has (nodes: {have}); ask for less or add a node that has them")
 
 
 def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool]:
@@ -172,13 +242,15 @@ def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool]:
 
 
 def ray_options(res: Resources) -> dict:
-    """Per-run Ray resource request: ``threads`` CPUs and, with GPUs, a 1/runs_per_gpu share of one."""
-    return {"num_cpus": res.threads, "num_gpus": 1.0 / res.runs_per_gpu if res.gpus else 0, "max_retries": 0}
+    """Per-run Ray task options: ``threads`` CPUs and, with GPUs, a 1/runs_per_gpu share of one; a run whose node
+    or worker dies is resubmitted (an exception raised by the run itself is not: it would fail again)."""
+    return {"num_cpus": res.threads, "num_gpus": 1.0 / res.runs_per_gpu if res.gpus else 0,
+            "max_retries": RAY_RETRIES, "retry_exceptions": False}
 
 
 def run_ray(runs: list[StudyRun], store_dir: Path, res: Resources, address: str | None,
             progress: bool = True, on_done=lambda outcome: None) -> list[Outcome]:
-    ray = connect_ray(address, res.threads)
+    ray = connect_ray(address, res)
     task = ray.remote(_ray_task).options(**ray_options(res))
     refs = {task.remote(C.to_dict(r.cfg), str((store_dir / "runs" / r.run_id).resolve()), res.threads): r
             for r in runs}
@@ -186,17 +258,36 @@ def run_ray(runs: list[StudyRun], store_dir: Path, res: Resources, address: str 
     bar = tqdm(total=len(runs), desc="runs (ray)", unit="run", disable=not progress, dynamic_ncols=True)
     waiting = list(refs)
     while waiting:
-        done, waiting = ray.wait(waiting, num_returns=1)
-        run = refs[done[0]]
-        try:
-            status, executed = ray.get(done[0])
-            outcomes.append(Outcome(run.run_id, status, "" if status == "finished" else "diverged", executed))
-        except Exception as err:  # noqa: BLE001 (a crashed task fails its run only)
-            outcomes.append(Outcome(run.run_id, "failed", f"{type(err).__name__}: {str(err).splitlines()[0]}"))
-        on_done(outcomes[-1])
-        bar.update(1)
+        done, waiting = ray.wait(waiting, num_returns=1, timeout=RAY_CHECK_S)
+        stranded = [] if done else _stranded(ray, waiting, res)
+        for ref in done or stranded:
+            outcomes.append(_ray_outcome(ray, ref, refs[ref], stranded))
+            on_done(outcomes[-1])
+            bar.update(1)
+        waiting = [ref for ref in waiting if ref not in stranded]
     bar.close()
     return outcomes
+
+
+def _stranded(ray, waiting: list, res: Resources) -> list:
+    """``waiting`` when no live node can hold a run's request any more (a node died): cancelled, else []."""
+    if unmet_request(ray_options(res), _alive_nodes(ray)) is None:
+        return []
+    for ref in waiting:
+        ray.cancel(ref, force=True)
+    return waiting
+
+
+def _ray_outcome(ray, ref, run: StudyRun, stranded: list) -> Outcome:
+    if ref in stranded:
+        return Outcome(run.run_id, "failed", "no live node of the Ray cluster can hold it any more; rerun the sweep "
+                                             "when one can (it resumes from its checkpoint)")
+    try:
+        status, executed = ray.get(ref)
+        return Outcome(run.run_id, status, "" if status == "finished" else "diverged", executed)
+    except Exception as err:  # noqa: BLE001 (a crashed task fails its run only)
+        return Outcome(run.run_id, "failed", f"{type(err).__name__}: {one_line(err)} (after up to "
+                                             f"{RAY_RETRIES} retries; rerun the sweep to resume it)")
 
 
 # --------------------------------------------------------------------------------------------------- sweep
@@ -207,7 +298,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     """Run every unfinished run of ``study``; returns the outcomes of the runs executed now."""
     runs = expand(study)  # every config is validated before anything starts
     if executor == "ray":
-        connect_ray(address, resources.threads)
+        connect_ray(address, resources)
     store.make_dir(study_dir, "--out")
     if store_dir is not None:
         store.make_dir(Path(store_dir), "--store")

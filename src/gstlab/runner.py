@@ -334,6 +334,8 @@ def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
     run = _resume(run, notes)
     store.atomic_write_text(out / "config.yaml", C.dump_yaml(cfg))
     info = manifest(cfg, run.device, run.speed, stream_seeds(cfg.seed))
+    if run.start_epoch:
+        info["resumed_at_epoch"] = run.start_epoch  # the run was cut off; its last resume started here
     recovered = [*recovery.previous_notes(out), *notes]
     if recovered:
         info["recovered"] = recovered
