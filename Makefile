@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup data demo test test-all lint bench bench-gpu clean
+.PHONY: setup data demo test test-ray test-all lint bench bench-gpu clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -m "not slow"
+
+test-ray: setup  # a real two-node `ray start` cluster on 127.0.0.1 loses a node mid-study (~3 min on 2 busy cores)
+	$(PY) -m pytest tests/test_ray_cluster.py
 
 test-all: setup
 	$(PY) -m pytest

@@ -235,6 +235,40 @@ def test_a_ray_request_must_fit_one_node_and_defaults_to_one_thread():
     assert "(nodes: none alive)" in unmet_request(ray_options(Resources()), [])
 
 
+def test_ray_runs_no_live_node_can_hold_any_more_fail_instead_of_waiting(tmp_path, monkeypatch):
+    from gstlab import executors
+
+    class Task:
+        def options(self, **_):
+            return self
+
+        def remote(self, *_):
+            return object()  # a reference to a task that never starts
+
+    class LostNode:  # Ray after the only node that held the request died: tasks wait, no live node fits
+        def __init__(self):
+            self.cancelled = []
+
+        def remote(self, _fn):
+            return Task()
+
+        def wait(self, refs, num_returns, timeout):
+            return [], refs
+
+        def nodes(self):
+            return [{"Alive": False, "Resources": {"CPU": 4}}, {"Alive": True, "Resources": {"CPU": 1}}]
+
+        def cancel(self, ref, force):
+            self.cancelled.append(ref)
+
+    ray = LostNode()
+    monkeypatch.setattr(executors, "connect_ray", lambda address, res: ray)
+    runs = expand(study_from_dict(study(seeds=1)))
+    outcomes = executors.run_ray(runs, tmp_path, executors.Resources(threads=2), "h:1", progress=False)
+    assert [(o.run_id, o.status) for o in outcomes] == [(r.run_id, "failed") for r in runs] and len(ray.cancelled) == 2
+    assert outcomes[0].detail.startswith("no live node of the Ray cluster can hold it any more; rerun the sweep")
+
+
 def test_demo_is_three_figure2_presets_at_mini_scale():
     from gstlab.demo import METHODS, demo_study
 

@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads per run (default: local: all cores, use cores/workers; ray: 1)")
     sweep.add_argument("--runs-per-gpu", type=_count(1), default=1, metavar="R",
                        help="pack R runs onto each GPU (local: R*GPUs workers are useful; ray: num_gpus=1/R)")
-    sweep.add_argument("--address", metavar="ADDR", help="ray: cluster address (default: start a local instance)")
+    sweep.add_argument("--address", metavar="ADDR",
+                       help="ray: cluster address (default: start a local instance); clusters started by "
+                            "`ray start` need RAY_AUTH_MODE=token (README, Studies)")
     sweep.add_argument("--gpus", type=_count(0), default=0, metavar="G",
                        help="ray: request GPUs for the runs (G > 0) or not (0, default)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their ids; run nothing")
