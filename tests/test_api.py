@@ -120,7 +120,7 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": net, "data": (DATA[0], DATA[1][:5], DATA[2], DATA[3])}, "data: the train split has 128 inputs and 5"),
     ({"model": net, "data": (DATA[0], DATA[1].float(), DATA[2], DATA[3])}, "data: y_train must be class indices"),
     ({"model": net, "data": DATA, "config": ["model.width=0.5"]}, "model.width: not used for a model given to"),
-    ({"model": net, "data": DATA, "config": ["data.name=cifar10"]}, "data.name: not used for a data given to"),
+    ({"model": net, "data": DATA, "config": ["data.name=cifar10"]}, "data.name: not used for data given to"),
     ({"model": net, "data": DATA, "config": ["pruning.layers.0.name=head.x"]}, "pruning.layers[0].name: unknown"),
     ({"model": 3}, "model: expected an nn.Module or a function that builds one, got int"),
 ])

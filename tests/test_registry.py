@@ -3,6 +3,7 @@ one registration each) are accepted by config validation, used by the pruner and
 epoch callbacks see a RunView."""
 
 import csv
+import importlib.metadata
 
 import pandas as pd
 import pytest
@@ -115,6 +116,14 @@ def test_registry_refuses_a_name_twice_and_loads_builtins_lazily():
     assert reg.get("sum") is max
     with pytest.raises(C.ConfigError, match=r"^x.kind: expected one of 'sum', got 'mean'$"):
         reg.get("mean")
+
+
+def test_installed_packages_register_through_entry_points(monkeypatch):
+    plugin = importlib.metadata.EntryPoint(name="biggest", value="builtins:max", group="gstlab.test")
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [plugin] if group == "gstlab.test" else [])
+    reg = Registry("x.kind", {"sum": "builtins:sum"}, group="gstlab.test")
+    assert reg.names() == ("sum", "biggest") and reg.get("biggest") is max
 
 
 def test_a_criterion_that_needs_batchnorm_names_the_criteria_allowed_instead(registered, tmp_path):

@@ -479,7 +479,8 @@ def _check_supplied(cfg: RunConfig) -> None:
         default = type(sub)()
         for name in names:
             if getattr(sub, name) != getattr(default, name):
-                raise ConfigError(f"{section}.{name}: not used for a {section} given to gstlab.api.run "
+                what = "a model" if section == "model" else "data"
+                raise ConfigError(f"{section}.{name}: not used for {what} given to gstlab.api.run "
                                   f"({section}.supplied is set); remove it")
 
 

@@ -8,7 +8,10 @@ entry is one registration::
     from gstlab.registry import criteria
     criteria.register("taylor", TaylorCriterion())   # now pruning.criterion: taylor is valid
 
-Config validation, the pruner and the report then know it like a built-in. What each registry holds:
+Config validation, the pruner and the report of that Python process then know it like a built-in. An installed
+package makes its entries known to every process, the ``gst`` command and sweep workers included, by entry points
+in the groups ``gstlab.architectures``, ``gstlab.datasets`` and ``gstlab.criteria`` (name = the config value,
+value = ``module:attribute``), read on the first lookup. What each registry holds:
 
 - ``architectures``: ``build(cfg: ModelConfig, input_shape, num_classes) -> nn.Module`` (``gstlab.models``);
   a model that declares ``prunable_units()`` names its own prunable layers.
@@ -19,7 +22,9 @@ Config validation, the pruner and the report then know it like a built-in. What 
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
@@ -35,9 +40,17 @@ class RegistryError(ValueError):
 class Registry(Generic[T]):
     """Named objects for one config field (``field``, e.g. ``pruning.criterion``), in registration order."""
 
-    def __init__(self, field: str, builtins: dict[str, str]) -> None:
-        self.field = field
+    def __init__(self, field: str, builtins: dict[str, str], group: str | None = None) -> None:
+        self.field, self.group = field, group  # group: the entry-point group of installed packages' entries
         self._entries: dict[str, T | str] = dict(builtins)  # a str is a not yet imported "module:attribute"
+        self._plugins_read = group is None
+
+    def _read_plugins(self) -> None:
+        if self._plugins_read:
+            return
+        self._plugins_read = True
+        for ep in importlib.metadata.entry_points(group=self.group):
+            self._entries.setdefault(ep.name, ep.value)  # a built-in or a registered entry keeps its name
 
     def register(self, name: str, obj: T, replace: bool = False) -> T:
         """Make ``obj`` the entry ``name``; RegistryError if the name is taken (unless ``replace``)."""
@@ -52,9 +65,11 @@ class Registry(Generic[T]):
         del self._entries[name]
 
     def names(self) -> tuple[str, ...]:
+        self._read_plugins()
         return tuple(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._read_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -62,16 +77,17 @@ class Registry(Generic[T]):
 
     def allowed(self) -> str:
         """What the field accepts, as config error messages say it."""
-        return "one of " + ", ".join(repr(n) for n in self._entries)
+        return "one of " + ", ".join(repr(n) for n in self.names())
 
     def get(self, name: str) -> T:
         """The entry ``name``; ConfigError naming the field and the registered names if there is none."""
-        if name not in self._entries:
+        if name not in self:
             raise ConfigError(f"{self.field}: expected {self.allowed()}, got {name!r}")
         entry = self._entries[name]
         if isinstance(entry, str):
             module, attribute = entry.split(":")
-            entry = self._entries[name] = getattr(importlib.import_module(module), attribute)
+            entry = functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
+            self._entries[name] = entry
         return entry
 
     def items(self) -> list[tuple[str, T]]:
@@ -84,10 +100,10 @@ def _builtins(module: str, names: dict[str, str]) -> dict[str, str]:
 
 datasets: Registry[Any] = Registry("data.name", _builtins("gstlab.data", {
     "fashion_mnist": "load_fashion_mnist", "cifar10": "load_cifar", "cifar100": "load_cifar",
-    "mnist1d": "load_mnist1d", "synthetic": "load_synthetic"}))
+    "mnist1d": "load_mnist1d", "synthetic": "load_synthetic"}), "gstlab.datasets")
 architectures: Registry[Any] = Registry("model.arch", _builtins("gstlab.models", {
     "vgg11_bn": "build_conv_net", "resnet18": "build_conv_net", "resnet20": "build_conv_net",
-    "resnet56": "build_conv_net", "mlp": "build_mlp"}))
+    "resnet56": "build_conv_net", "mlp": "build_mlp"}), "gstlab.architectures")
 criteria: Registry[Any] = Registry("pruning.criterion", _builtins("gstlab.pruning.criteria", {
     "l1": "L1", "l2": "L2", "ebn": "EBN", "ebn_signed": "EBN_SIGNED", "activation": "ACTIVATION",
-    "random": "RANDOM"}))
+    "random": "RANDOM"}), "gstlab.criteria")
