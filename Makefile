@@ -28,7 +28,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -m "not slow"
 
-test-ray: setup  # a real two-node `ray start` cluster on 127.0.0.1 loses a node mid-study (~3 min on 2 busy cores)
+test-ray: setup  # a real two-node `ray start` cluster on 127.0.0.1 loses a node mid-study (2-3 min on 2 shared cores)
 	$(PY) -m pytest tests/test_ray_cluster.py
 
 test-all: setup

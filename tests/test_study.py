@@ -87,6 +87,28 @@ def test_bad_study_is_refused_before_any_run(tmp_path, capsys, extra, message):
     assert not out.exists()
 
 
+def test_a_ray_cluster_that_refuses_or_does_not_answer_is_named_in_one_line(monkeypatch):
+    from gstlab import executors
+
+    def probe(answer: str) -> str | None:  # what the child process asking the GCS printed -> the error line
+        monkeypatch.setattr(executors.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
+            command, 0, stdout=answer, stderr="[W gcs_client.cc] one of Ray's retry lines\n"))
+        try:
+            executors._check_gcs("h:6379")
+        except executors.ExecutorError as err:
+            return str(err)
+        return None
+
+    assert probe("AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing\n") == (
+        "--address h:6379: the Ray cluster refused the connection; clusters started by `ray start` with Ray 2.60 "
+        "use token authentication: export RAY_AUTH_MODE=token and give the cluster's token (~/.ray/auth_token on "
+        "this machine, or RAY_AUTH_TOKEN)")
+    assert probe("RpcError: Timed out while waiting for GCS to become available.\n") == (
+        "--address h:6379: no Ray cluster answers there (RpcError: Timed out while waiting for GCS to become "
+        "available.)")
+    assert probe("") is None  # the cluster id came back
+
+
 def test_unreachable_ray_address_is_refused_before_any_run(tmp_path, capsys):
     out = tmp_path / "s"
     args = ["sweep", str(write_study(tmp_path, study())), "--out", str(out), "--executor", "ray",

@@ -202,11 +202,13 @@ def _check_gcs(address: str, timeout: float = 30.0) -> None:
                               timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise ExecutorError(f"--address {address}: no Ray cluster answered within {timeout:.0f} s") from None
-    answer = done.stdout.strip() or (done.stderr.strip().splitlines() or [""])[-1]
+    answer = done.stdout.strip()  # stderr holds Ray's log lines, also when the cluster answered
+    if done.returncode and not answer:  # the probe itself failed (e.g. Ray does not import)
+        answer = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
     if answer.startswith("AuthenticationError"):
         raise ExecutorError(f"--address {address}: the Ray cluster refused the connection; {TOKEN_HINT}")
-    if answer or done.returncode:
-        raise ExecutorError(f"--address {address}: no Ray cluster answers there ({answer or done.returncode})")
+    if answer:
+        raise ExecutorError(f"--address {address}: no Ray cluster answers there ({answer})")
 
 
 def _alive_nodes(ray) -> list[dict]:
