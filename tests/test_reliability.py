@@ -238,8 +238,8 @@ def test_13_a_run_killed_after_its_summary_is_made_consistent(tmp_path):
     execute(cfg_of(TINY), out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and set(manifest["files"]) >= {"summary.json", "metrics.csv"}
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "events.csv", "manifest.json", "metrics.csv",
-                                                     "model_final.pt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "events.csv", "events_classes.csv",
+                                                     "manifest.json", "metrics.csv", "model_final.pt", "summary.json"]
 
 
 def test_13_a_diverged_run_keeps_no_checkpoint(tmp_path, monkeypatch):

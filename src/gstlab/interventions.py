@@ -146,7 +146,7 @@ class Intervention:
                   for name, w in self.windows.items()}
         for w in self.windows.values():
             self._perturb(w)
-        result = self.run.trainer.evaluate()
+        result = self.run.trainer.evaluate(predictions=True)  # class detail of the event
         for name, w in self.windows.items():
             slices = self._slices(name)
             for k, value in backup[name].items():

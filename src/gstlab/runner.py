@@ -20,6 +20,7 @@ from gstlab import config as C
 from gstlab import recovery, store
 from gstlab.analysis.summary import summarize
 from gstlab.callbacks import EpochCallback, RunView
+from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
@@ -59,7 +60,7 @@ class Run:
     label_noise: LabelNoise | None = None
     callbacks: list[EpochCallback] = dataclasses.field(default_factory=list)
     rows: dict[str, list[dict]] = dataclasses.field(
-        default_factory=lambda: {"metrics": [], "events": [], "curvature": [], "eps": []})
+        default_factory=lambda: {"metrics": [], "events": [], "curvature": [], "eps": [], "classes": []})
     start_epoch: int = 0
     parts: Parts = DEFAULT_PARTS  # where the model, data and units came from (to rebuild the run)
 
@@ -226,9 +227,10 @@ def run_epoch(run: Run, epoch: int) -> Pass:
     train = Pass(acc=0.0, loss=math.nan) if skip_training else run.trainer.train_epoch()
     if diverged(train) and not skip_training:
         return train
-    pre = run.trainer.evaluate()
+    due = run.pruner is not None and run.pruner.due(epoch)
+    pre = run.trainer.evaluate(predictions=due)  # predictions on event epochs only: class detail
     events: list[PruningEvent] = []
-    if run.pruner is not None and run.pruner.due(epoch):
+    if due:
         events = run.pruner.step(epoch)
     post = _after_events(run, events, pre)
     for cb in run.callbacks:
@@ -256,11 +258,12 @@ def _after_events(run: Run, events: list[PruningEvent], pre: Pass) -> Pass:
     """
     if not events:
         return pre
-    post = run.trainer.evaluate()
+    post = run.trainer.evaluate(predictions=True)
     compat = run.cfg.intervention.count_eval_batches
     after = run.intervention.measure_after() if run.intervention is not None and not compat else post
     for ev in events:
         ev.acc_before, ev.acc_after = pre.acc, after.acc
+    run.rows.setdefault("classes", []).extend(event_rows(events, run.trainer.eval_data[1], pre.pred, after.pred))
     return post
 
 
@@ -274,6 +277,7 @@ def metric_columns(run: Run) -> tuple[str, ...]:
 def write_tables(run: Run) -> None:
     store.write_csv(run.out / "metrics.csv", run.rows["metrics"], metric_columns(run))
     store.write_csv(run.out / "events.csv", run.rows["events"], store.EVENT_COLUMNS)
+    store.write_csv(run.out / "events_classes.csv", run.rows.get("classes", []), CLASS_COLUMNS)
     for cb in run.callbacks:
         cb.write(run.view())
 
@@ -282,6 +286,7 @@ def _summary(run: Run, status: str, reason: str | None = None) -> dict:
     total, remaining = run.masks.parameter_counts()
     summary = {"status": status, "run_id": C.run_id(run.cfg)}
     summary.update(summarize(run.rows["metrics"], run.rows["events"], run.scratch))
+    summary.update(summarize_classes(run.rows.get("classes", []), run.rows["events"], run.scratch))
     summary.update({
         "params_total": total, "params_remaining": remaining,
         "params_zero": int(sum((p == 0).sum() for p in run.model.parameters())),

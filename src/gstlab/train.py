@@ -29,10 +29,12 @@ class BatchHook(Protocol):
 
 @dataclass
 class Pass:
-    """Accuracy (%) and mean loss of one pass over a data set."""
+    """Accuracy (%) and mean loss of one pass over a data set; ``pred``: the predicted class of every example,
+    when the evaluation was asked for it (event epochs: per-class recall and prediction flips)."""
 
     acc: float
     loss: float
+    pred: torch.Tensor | None = None
 
 
 @dataclass
@@ -76,20 +78,22 @@ class Trainer:
         return Pass(acc=100.0 * correct.item() / max(n, 1), loss=loss_sum.item() / max(n, 1))
 
     @torch.no_grad()
-    def evaluate(self) -> Pass:
+    def evaluate(self, predictions: bool = False) -> Pass:
         """Top-1 accuracy (%) and mean cross-entropy on the evaluation set, in eval mode, in fp32 whatever the
         training precision (instability is a small difference of two such accuracies)."""
-        return evaluate(self.model, *self.eval_data, self.eval_batch_size, before_batch=self.eval_hooks)
+        return evaluate(self.model, *self.eval_data, self.eval_batch_size, before_batch=self.eval_hooks,
+                        predictions=predictions)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              autocast: Callable[[], AbstractContextManager] | None = None,
-             before_batch: list[Callable[[], None]] = ()) -> Pass:
+             before_batch: list[Callable[[], None]] = (), predictions: bool = False) -> Pass:
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=x.device)
     loss_sum = torch.zeros((), device=x.device)
+    preds: list[torch.Tensor] = []
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         for hook in before_batch:
@@ -97,10 +101,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             out = model(xb)
         loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-        correct += (out.argmax(1) == yb).sum()
+        pred = out.argmax(1)
+        correct += (pred == yb).sum()
+        if predictions:
+            preds.append(pred)
     model.train(was_training)
     n = max(len(x), 1)
-    return Pass(acc=100.0 * correct.item() / n, loss=loss_sum.item() / n)
+    return Pass(acc=100.0 * correct.item() / n, loss=loss_sum.item() / n,
+                pred=torch.cat(preds) if predictions and preds else None)
 
 
 def diverged(p: Pass) -> bool:
