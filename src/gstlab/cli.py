@@ -219,7 +219,10 @@ def cmd_flatness(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     overrides = {k: v for k, v in (("top_k", args.top_k), ("samples", args.samples), ("method", args.method),
                                    ("trace_samples", args.trace_samples),
-                                   ("eps_directions", args.eps_directions), ("eps_samples", args.eps_samples))
+                                   ("eps_directions", args.eps_directions), ("eps_samples", args.eps_samples),
+                                   ("prunability", args.prunability or None),
+                                   ("prunability_delta", args.prunability_delta),
+                                   ("prunability_samples", args.prunability_samples))
                  if v is not None}
     row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress)
     _append_csv(run_dir / "flatness.csv", [row], CURVATURE_COLUMNS, store)
@@ -230,6 +233,9 @@ def cmd_flatness(args: argparse.Namespace) -> int:
     print(f"  gradient second-moment trace {row['grad_moment_trace']:.4g}   TIC {row['tic']:.4g}   "
           f"Hutchinson trace {row['hutchinson_trace']:.4g} +- {row['hutchinson_stderr']:.2g}   "
           f"delta_w(0.1) {row['delta_w']:.3g}   [{row['wall_s']:.1f} s]")
+    prunable = (f"   prunability {row['prunability']:.4g} (delta {row['prunability_delta']:g}, "
+                f"{row['prunability_samples']} training examples)" if "prunability" in row else "")
+    print(f"  distance from init {row['distance_init']:.4g}{prunable}")
     print(f"  rows appended to {run_dir / 'flatness.csv'}")
     return EXIT_OK
 
@@ -322,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         "flatness", help="Hessian spectrum, traces, gradient noise and eps-flatness of a saved model",
         description="Measure flatness of a run's saved model (model_final.pt, or model_epoch{E}.pt kept with "
                     "train.keep_checkpoints): top-k Hessian eigenvalues over the surviving parameters, the "
-                    "gradient second-moment trace, TIC and eps-flatness along the top eigenvectors, with the "
+                    "gradient second-moment trace, TIC and eps-flatness along the top eigenvectors, the distance "
+                    "from initialization (surviving parameters) and, with --prunability, prunability, with the "
                     "run's probe settings unless overridden. Appends a row to RUN_DIR/flatness.csv.")
     flat.add_argument("run_dir", metavar="RUN_DIR")
     flat.add_argument("--epoch", type=_count(0), metavar="E", help="use model_epoch{E}.pt (default: model_final.pt)")
@@ -333,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="eps-sweep set: first N evaluation examples (default: all, as the paper)")
     flat.add_argument("--trace-samples", type=_count(0), metavar="M", help="Hutchinson probes (0: skip)")
     flat.add_argument("--eps-directions", type=_count(0), metavar="D", help="eigenvectors to sweep (0: skip)")
+    flat.add_argument("--prunability", action="store_true",
+                      help="also measure prunability: the smallest kept fraction of the surviving weights (global "
+                           "magnitude, no retraining) whose training loss stays within (1 + delta) x the model's")
+    flat.add_argument("--prunability-delta", type=float, metavar="D", help="prunability's loss tolerance (default 0.1)")
+    flat.add_argument("--prunability-samples", type=_count(1), metavar="N",
+                      help="prunability's training subset: the first N training examples (default 2048)")
     flat.add_argument("--seed", type=int, help="probe seed (default: derived from the run's seed)")
     flat.add_argument("--no-progress", action="store_true")
     flat.set_defaults(func=cmd_flatness)

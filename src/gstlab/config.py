@@ -147,6 +147,9 @@ class ProbeConfig:
     eps_samples: int | None = None  # the sweep's evaluation set: the first N evaluation images; None: all (paper)
     eps_max: float = 0.4
     eps_step: float = 0.01
+    prunability: bool = False  # also measure prunability (Kuhn et al. 2021; gstlab/measures.py)
+    prunability_delta: float = 0.1  # training loss may grow by this factor: <= (1 + delta) x unpruned
+    prunability_samples: int = 2048  # its fixed training subset: the first N training examples
 
 
 @dataclass(frozen=True)
@@ -429,6 +432,8 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
             raise ConfigError(f"probes.epochs: epoch {e} is outside training (0..{epochs - 1})")
     if cfg.probes.eps_step <= 0 or cfg.probes.eps_max <= 0:
         raise ConfigError("probes.eps_step and probes.eps_max: must be > 0")
+    if cfg.probes.prunability_delta <= 0:
+        raise ConfigError(f"probes.prunability_delta: must be > 0, got {cfg.probes.prunability_delta}")
     return cfg
 
 
@@ -494,6 +499,7 @@ def _check_positive(cfg: RunConfig) -> None:
         "pruning.activation_every": cfg.pruning.activation_every,
         "probes.samples": cfg.probes.samples,
         "probes.top_k": cfg.probes.top_k,
+        "probes.prunability_samples": cfg.probes.prunability_samples,
     }
     for name, value in checks.items():
         if value < 1:

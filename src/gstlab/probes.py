@@ -1,9 +1,11 @@
 """Flatness probes as an epoch callback: at the configured epochs, after every event and/or at the end, measure
 the Hessian spectrum (surviving parameters only), traces, gradient noise and eps-flatness on a fixed probe set,
-and append rows to ``curvature.csv`` / ``eps_sweep.csv`` in the run directory."""
+distance from initialization and, with ``probes.prunability``, prunability (``gstlab.measures``), and append
+rows to ``curvature.csv`` / ``eps_sweep.csv`` in the run directory."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from gstlab import store
@@ -13,7 +15,8 @@ from gstlab.seeding import derive_seed
 CURVATURE_COLUMNS = (
     "epoch", "trigger", "seed", "samples", "eps_samples", "method", "k", "n_hvp", "eig_sum", "eig_max", "eigenvalues",
     "hutchinson_trace", "hutchinson_stderr", "grad_moment_trace", "grad_cov_trace", "tic", "delta_w",
-    "convention", "wall_s",
+    "convention", "distance_init", "prunability", "prunability_delta", "prunability_samples", "prunability_loss",
+    "wall_s",
 )
 EPS_COLUMNS = ("epoch", "direction", "eps", "loss", "acc", "base_loss")
 
@@ -28,8 +31,12 @@ class FlatnessProbe:
     also live in the checkpoint)."""
 
     def __init__(self, run, data) -> None:
+        from gstlab.measures import initial_parameters  # noqa: PLC0415
+
         self.cfg = run.cfg.probes
         self.x_eval, self.y_eval = data.x_test, data.y_test
+        self.x_train, self.y_train = data.x_train, data.y_train
+        self.init = initial_parameters(run.model)  # attached by prepare, while the model is as initialized
 
     def trigger(self, run: RunView, epoch: int, events: Sequence) -> str | None:
         if epoch in self.cfg.epochs:
@@ -48,6 +55,12 @@ class FlatnessProbe:
 
         row, eps_rows = measure(run.model, run.masks, self.x_eval, self.y_eval, self.cfg,
                                 seed=derive_seed(run.cfg.seed, "probe"), eval_batch_size=run.cfg.train.eval_batch_size)
+        from gstlab.measures import end_measures  # noqa: PLC0415
+
+        start = time.perf_counter()
+        row.update(end_measures(run.model, run.masks, self.init, self.x_train, self.y_train, self.cfg,
+                                run.cfg.train.eval_batch_size))
+        row["wall_s"] += time.perf_counter() - start
         row.update(epoch=epoch, trigger=trigger)
         run.rows["curvature"].append(row)
         run.rows["eps"].extend(dict(r, epoch=epoch) for r in eps_rows)

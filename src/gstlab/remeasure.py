@@ -1,5 +1,6 @@
 """Flatness of a saved model (``gst flatness RUN_DIR``): rebuild the run from the config in its checkpoint, load
-the weights and masks, and measure as a probe during training would (``gstlab.flatness.measure``)."""
+the weights and masks, and measure as a probe during training would (``gstlab.flatness.measure``; and
+``gstlab.measures``: distance from the initialization that prepare rebuilds from the run's seed, prunability)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from gstlab import config as C
 from gstlab import store
 from gstlab.flatness import ProbeError, measure
+from gstlab.measures import end_measures, initial_parameters
 from gstlab.runner import prepare
 from gstlab.seeding import derive_seed
 
@@ -39,10 +41,13 @@ def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: 
     cfg = C.from_dict(C.RunConfig, state["config"])
     cfg = C.validate(C.replace(cfg, probes=C.replace(cfg.probes, **overrides)))
     run = prepare(cfg, run_dir)
+    init = initial_parameters(run.model)  # prepare builds the model as the run was initialized
     run.model.load_state_dict(state["model"])
     run.masks.refresh()
     x, y = run.trainer.eval_data
     seed = derive_seed(cfg.seed, "probe") if seed is None else seed
     row, eps_rows = measure(run.model, run.masks, x, y, cfg.probes, seed, cfg.train.eval_batch_size, progress)
+    train = run.trainer.train_batches
+    row.update(end_measures(run.model, run.masks, init, train.x, train.y, cfg.probes, cfg.train.eval_batch_size))
     row.update(epoch=state["epoch"], trigger="cli")
     return row, [dict(r, epoch=state["epoch"]) for r in eps_rows]
