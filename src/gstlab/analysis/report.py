@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from gstlab.analysis import figures as F
+from gstlab.analysis import measures
 from gstlab.analysis.results import last_probes, load_curvature, load_epochs, load_eps, load_events, load_study
 from gstlab.analysis.stats import correlation, group_table, paired_ttest, ttest
 from gstlab.analysis.window import common_window_start, with_window
@@ -409,7 +410,8 @@ def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str
              f"testing; the correlations table below lists {len(rep.correlations)} correlations in all.", "",
              "## Correlations", "", _corr_table(rep.correlations) if rep.correlations else "None.\n", *rep.sections,
              "## Figures", "", *(f"![{title.replace(chr(10), ' — ')}]({png.name})\n" for title, png in rep.figures),
-             "Tables: `runs.csv`, `epochs.csv`, `events.csv` (and `curvature.csv`, `eps_sweep.csv` with probes).", ""]
+             "Tables: `runs.csv`, `epochs.csv`, `events.csv` (and `events_classes.csv` with class detail, "
+             "`curvature.csv`, `eps_sweep.csv` with probes, `flatness.csv` from `gst flatness`).", ""]
     return "\n".join(lines)
 
 
@@ -455,7 +457,8 @@ def write_report(study_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     all_runs = load_study(study_dir)
     tables = {"epochs": load_epochs(study_dir, all_runs), "events": load_events(study_dir, all_runs),
-              "curvature": load_curvature(study_dir, all_runs), "eps_sweep": load_eps(study_dir, all_runs)}
+              "curvature": load_curvature(study_dir, all_runs), "eps_sweep": load_eps(study_dir, all_runs),
+              **measures.load_tables(study_dir, all_runs)}
     finished = all_runs["status"] == "finished"
     start = common_window_start(all_runs, finished & pruned(all_runs) & ~scratch(all_runs))
     all_runs = with_window(all_runs, tables["epochs"], start)
@@ -471,6 +474,8 @@ def write_report(study_dir: str | Path) -> Path:
     rep = Report(kind, out, ok, keep["epochs"], keep["curvature"], keep["eps_sweep"], colors=F.palette(ok["label"]))
     if len(ok):
         BUILDERS[kind](rep)
+        measures.add_to_report(rep, keep["events"], keep["events_classes"],
+                               pd.concat([keep["curvature"], keep["flatness"]], ignore_index=True), spec.get("grid"))
     path = out / "report.md"
     text = _markdown(rep, spec, all_runs, str(spec.get("name") or study_dir.name))
     if asked != kind:

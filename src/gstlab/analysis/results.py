@@ -2,8 +2,9 @@
 
 - :func:`load_study`: one row per run, ``index.csv`` joined with the run's ``summary.json`` (plus
   ``params_remaining_pct`` and ``scratch``);
-- :func:`load_epochs`, :func:`load_events`, :func:`load_curvature`, :func:`load_eps`: long tables, the rows of
-  every run's ``metrics.csv`` / ``events.csv`` / ``curvature.csv`` / ``eps_sweep.csv`` with ``run_id``,
+- :func:`load_epochs`, :func:`load_events`, :func:`load_curvature`, :func:`load_eps`, :func:`load_event_classes`,
+  :func:`load_flatness`: long tables, the rows of every run's ``metrics.csv`` / ``events.csv`` /
+  ``curvature.csv`` / ``eps_sweep.csv`` / ``events_classes.csv`` / ``flatness.csv`` with ``run_id``,
   ``setting``, ``label`` and ``seed`` prepended. Missing files are skipped. A file column that clashes with
   these is renamed (curvature.csv's probe ``seed`` becomes ``probe_seed``).
 """
@@ -113,6 +114,19 @@ def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> p
 def last_probes(curvature: pd.DataFrame) -> pd.DataFrame:
     """Each run's last flatness probe: the curvature row with the highest epoch per run_id."""
     return curvature.sort_values(["run_id", "epoch"], kind="stable").groupby("run_id").tail(1)
+
+
+def load_event_classes(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of every run's ``events_classes.csv`` (per-class recall before/after each event)."""
+    from gstlab.class_detail import CLASS_COLUMNS  # noqa: PLC0415
+
+    return _long(study_dir, "events_classes.csv", CLASS_COLUMNS, runs)
+
+
+def load_flatness(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of every run's ``flatness.csv`` (``gst flatness`` on its saved models)."""
+    columns = tuple("probe_seed" if c == "seed" else c for c in CURVATURE_COLUMNS)
+    return _long(study_dir, "flatness.csv", columns, runs)
 
 
 def load_eps(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:

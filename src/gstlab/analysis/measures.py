@@ -1,0 +1,215 @@
+"""Which measure of a run predicts its generalization: the "Generalization measures" section of every report.
+
+Per measure available in a study's finished runs, against the generalization gap and against the best test
+accuracy: Kendall τ and Pearson r with 95% CIs (``stats.correlation``), and the granulated τ Ψ of Jiang et al.
+("Fantastic Generalization Measures and Where to Find Them", ICLR 2020): for each axis of the study's grid, the
+mean of τ over the groups of runs that agree on every other axis (seeds are replicates inside a group), then the
+mean over the axes. Rows are sorted by |τ| and give their n. Plus the class-detail figure: per-class recall
+before and after the least stable events.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from gstlab.analysis import figures as F
+from gstlab.analysis.results import load_event_classes, load_flatness
+from gstlab.analysis.stats import correlation
+
+# (column, name); the run's summary.json, else its last probe row (curvature.csv, else gst flatness's flatness.csv)
+MEASURES = (
+    ("mean_stability", "mean stability (%)"), ("mean_flips", "mean prediction flips (%)"),
+    ("worst_class_drop", "worst per-class recall drop (points)"), ("recall_distortion", "recall distortion"),
+    ("eig_sum", "Σ top-k Hessian eigenvalues"), ("hutchinson_trace", "Hessian trace (Hutchinson)"),
+    ("grad_moment_trace", "gradient-noise trace"), ("prunability", "prunability (kept fraction)"),
+    ("distance_init", "distance from initialization"), ("memorization", "memorization (%)"),
+)
+PROBE_MEASURES = ("eig_sum", "hutchinson_trace", "grad_moment_trace", "prunability", "distance_init")
+TARGETS = (("generalization_gap", "generalization gap"), ("best_test_acc", "best test accuracy"))
+AXES = ("arch", "criterion", "side", "period", "iterative_rate", "intervention", "batches", "scratch")
+MIN_RUNS = 3  # a measure needs this many runs with a value to be ranked
+CLASS_PANELS = 6  # events in the class-detail figure
+
+
+def last_measures(probes: pd.DataFrame) -> pd.DataFrame:
+    """run_id -> the probe measures of its last row (highest epoch; a later file's row wins a tie)."""
+    cols = [c for c in PROBE_MEASURES if c in probes]
+    if not len(probes) or not cols:
+        return pd.DataFrame(columns=["run_id"])
+    ordered = probes.assign(_order=range(len(probes))).sort_values(["run_id", "epoch", "_order"], kind="stable")
+    return ordered.groupby("run_id").tail(1)[["run_id", *cols]]
+
+
+def with_measures(runs: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with every measure column (numeric, NaN where a run has none)."""
+    last = last_measures(probes)
+    out = runs.drop(columns=[c for c in last.columns if c != "run_id" and c in runs]).merge(last, on="run_id",
+                                                                                             how="left")
+    for col, _ in (*MEASURES, *TARGETS):
+        out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else math.nan
+    return out
+
+
+def study_axes(runs: pd.DataFrame, grid: dict | list | None = ()) -> list[str]:
+    """The grid axes that vary over ``runs``: the settings' own (index.csv's side, rate, ...) and the grid's."""
+    axes = [*AXES, *(k for k in (grid or ()) if k not in AXES)]
+    return [a for a in axes if a in runs and runs[a].astype(str).nunique() > 1]
+
+
+def _tau(x, y) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(sps.kendalltau(x, y).statistic)
+
+
+def granulated_tau(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> tuple[float, dict[str, float]]:
+    """(Ψ, axis -> ψ_axis): ψ_axis is the mean τ(x, y) over the groups of runs equal on every other axis in which
+    ``axis`` varies (groups where τ is undefined are left out); Ψ the mean of the defined ψ."""
+    keys = runs[axes].astype(str) if axes else pd.DataFrame(index=runs.index)
+    per_axis = {}
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        groups = [g.index for _, g in keys.groupby(others, sort=False)] if others else [keys.index]
+        taus = [_tau(runs.loc[idx, x], runs.loc[idx, y]) for idx in groups if keys.loc[idx, axis].nunique() > 1]
+        taus = [t for t in taus if math.isfinite(t)]
+        if taus:
+            per_axis[axis] = float(np.mean(taus))
+    return (float(np.mean(list(per_axis.values()))) if per_axis else math.nan), per_axis
+
+
+def measure_rows(runs: pd.DataFrame, axes: list[str], target: str) -> list[dict]:
+    """One row per measure with at least MIN_RUNS values: correlation with ``target`` and granulated τ; sorted by
+    |τ| (undefined last)."""
+    rows = []
+    for col, name in MEASURES:
+        if col not in runs or runs[col].notna().sum() < MIN_RUNS or col == target:
+            continue
+        psi, per_axis = granulated_tau(runs, col, target, axes)
+        rows.append({"measure": name, "column": col, **correlation(runs[col], runs[target]), "psi": psi,
+                     "per_axis": per_axis})
+    return sorted(rows, key=lambda r: -abs(r["kendall_tau"]) if math.isfinite(r["kendall_tau"]) else math.inf)
+
+
+def _num(x, nd: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{nd}f}"
+
+
+def _p(x) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.3g}"
+
+
+def _with_ci(value, low, high) -> str:
+    ci = f" [{low:.3f}, {high:.3f}]" if math.isfinite(low) and math.isfinite(high) else ""
+    return _num(value) + ci
+
+
+def _psi(row: dict) -> str:
+    if not math.isfinite(row["psi"]):
+        return "n/a"
+    return f"{row['psi']:.3f} ({', '.join(f'{a} {t:.2f}' for a, t in row['per_axis'].items())})"
+
+
+def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
+    """The markdown of the "Generalization measures" section for a study's finished ``runs``."""
+    runs = with_measures(runs, probes)
+    axes = study_axes(runs, grid)
+    lines = ["## Generalization measures", "",
+             f"Which measure of a run predicts how it generalizes, over this study's {len(runs)} finished runs: "
+             "Kendall τ and Pearson r with 95% CIs (τ: paired bootstrap; r: Fisher z), and the granulated τ Ψ of "
+             "Jiang et al. (ICLR 2020): per grid axis, the mean τ over the groups of runs that agree on every other "
+             "axis (ψ per axis in brackets), then the mean over axes. Grid axes of this study: "
+             f"{', '.join(axes) or 'none vary'}. Sorted by |τ|; n = runs with both values. Probe measures come from "
+             "each run's last probe row (curvature.csv, else `gst flatness`'s flatness.csv).", ""]
+    for target, name in TARGETS:
+        rows = measure_rows(runs, axes, target)
+        lines += [f"### vs {name}", ""]
+        if not rows:
+            lines += [f"No measure has values in {MIN_RUNS} or more runs.", ""]
+            continue
+        lines += ["| measure | n | Kendall τ [95% CI] | p | Pearson r [95% CI] | granulated τ Ψ (ψ per axis) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['measure']} | {r['n']} | "
+                  f"{_with_ci(r['kendall_tau'], r['kendall_ci_low'], r['kendall_ci_high'])} | "
+                  f"{_p(r['kendall_p'])} | {_with_ci(r['pearson_r'], r['pearson_ci_low'], r['pearson_ci_high'])}"
+                  f" | {_psi(r)} |" for r in rows]
+        lines.append("")
+    missing = [name for col, name in MEASURES if runs[col].notna().sum() < MIN_RUNS]
+    if missing:
+        lines += [f"Not available in {MIN_RUNS} or more runs: {', '.join(missing)} (probe measures need `probes` "
+                  "in the runs' configs or `gst flatness RUN_DIR --prunability` on their saved models; "
+                  "memorization needs `data.label_noise`; class detail needs pruning events).", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the figure
+
+
+def least_stable(events: pd.DataFrame, classes: pd.DataFrame, runs: pd.DataFrame,
+                 k: int = CLASS_PANELS) -> list[tuple[dict, pd.DataFrame]]:
+    """The ``k`` least stable pruning epochs (largest instability) that have class detail, at most one per run
+    (its least stable): (event, its class rows)."""
+    if not len(events) or not len(classes):
+        return []
+    ev = events[pd.to_numeric(events["units_removed"], errors="coerce") > 0].copy()
+    scratch = dict(zip(runs["run_id"], runs["scratch"])) if "scratch" in runs else {}
+    ev = ev[~((ev["epoch"] == 0) & ev["run_id"].map(scratch).fillna(False).astype(bool))]
+    before = pd.to_numeric(ev["acc_before"])
+    ev["instability"] = (before - pd.to_numeric(ev["acc_after"])) / before
+    ev = ev.sort_values("instability", ascending=False, kind="stable").drop_duplicates("run_id")
+    out = []
+    for _, e in ev[ev["run_id"].isin(classes["run_id"])].iterrows():
+        rows = classes[(classes["run_id"] == e["run_id"]) & (classes["epoch"] == e["epoch"])]
+        rows = rows[rows["layer"] == rows["layer"].iloc[0]] if len(rows) else rows
+        if len(rows):
+            out.append((e.to_dict(), rows))
+        if len(out) == k:
+            break
+    return out
+
+
+def class_figure(panels: list[tuple[dict, pd.DataFrame]], stem, title: str):
+    """Per-class test recall before and after each of the least stable events (one panel each)."""
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = F.subplots(nrows, cols, figsize=(4.6 * cols, 3.2 * nrows + 0.4), squeeze=False)
+    for ax, (event, rows) in zip(axes.flat, panels):
+        k = np.arange(len(rows))
+        ax.bar(k - 0.2, rows["recall_before"], 0.4, label="before", color="#9ecae1")
+        ax.bar(k + 0.2, rows["recall_after"], 0.4, label="after", color="#08519c")
+        flips = float((rows["count"] * rows["flips"]).sum() / rows["count"].sum())
+        ax.set_title(f"{event['label']} seed {event['seed']}, epoch {event['epoch']}\n"
+                     f"acc {float(event['acc_before']):.1f} → {float(event['acc_after']):.1f}%, "
+                     f"flips {flips:.1f}%", fontsize=8)
+        ax.set_xticks(k, [str(c) for c in rows["class"]], fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("class", fontsize=8)
+        ax.set_ylabel("test recall (%)", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    return F.save(fig, stem)
+
+
+def load_tables(study_dir, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The study tables this section reads beyond the report's own: class detail and ``gst flatness`` rows."""
+    return {"events_classes": load_event_classes(study_dir, runs), "flatness": load_flatness(study_dir, runs)}
+
+
+def add_to_report(rep, events: pd.DataFrame, classes: pd.DataFrame, probes: pd.DataFrame, grid=()) -> None:
+    """Append the section and the class-detail figure to a ``report.Report``."""
+    rep.sections.append(section(rep.runs, probes, grid))
+    panels = least_stable(events, classes, rep.runs)
+    if panels:
+        title = f"Per-class test recall before and after the {len(panels)} least stable events (one per run)"
+        rep.add_figure("Class detail of the least stable events", class_figure(panels, rep.out / "class_detail", title))

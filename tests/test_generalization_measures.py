@@ -1,0 +1,92 @@
+"""The report's "Generalization measures" section: granulated τ against a hand example, τ of a measure against
+itself, and the section and class-detail figure in the report of a synthetic study (no training; a real `mini`
+Figure 2 study takes hours, so the report is tested on synthetic runs)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gstlab.analysis import figures, stats
+from gstlab.analysis.measures import granulated_tau, least_stable, measure_rows, study_axes
+from gstlab.analysis.report import write_report
+from gstlab.class_detail import CLASS_COLUMNS
+from gstlab.store import read_json, write_csv, write_json
+from test_analysis import make_study  # the synthetic study of the report tests
+
+
+@pytest.fixture(autouse=True)
+def _fast(monkeypatch):
+    monkeypatch.setattr(stats, "BOOTSTRAP_RESAMPLES", 40)
+    monkeypatch.setattr(figures, "FORMATS", ("png",))
+
+
+def test_granulated_tau_by_hand_and_of_a_measure_against_itself():
+    runs = pd.DataFrame({"side": ["smallest", "largest", "smallest", "largest"], "iterative_rate": [1, 1, 13, 13],
+                         "x": [1.0, 2.0, 3.0, 4.0], "y": [1.0, 2.0, 1.0, 0.0]})
+    axes = study_axes(runs)
+    assert axes == ["side", "iterative_rate"]
+    # side varies within rate 1: tau(+1) and rate 13: tau(-1) -> psi_side = 0; rate varies within smallest:
+    # y constant (tau undefined, left out) and largest: tau(-1) -> psi_rate = -1; Psi = -1/2
+    psi, per_axis = granulated_tau(runs, "x", "y", axes)
+    assert per_axis == {"side": 0.0, "iterative_rate": -1.0} and psi == -0.5
+    assert granulated_tau(runs, "x", "x", axes) == (1.0, {"side": 1.0, "iterative_rate": 1.0})
+    assert math.isnan(granulated_tau(runs, "x", "y", [])[0])
+
+
+def test_measure_rows_sorted_by_abs_tau_with_n():
+    rng = np.random.default_rng(0)
+    gap = rng.normal(size=12)
+    runs = pd.DataFrame({"generalization_gap": gap, "mean_stability": gap + rng.normal(0, 0.1, 12),
+                         "distance_init": -gap + rng.normal(0, 2.0, 12), "mean_flips": [np.nan] * 10 + [1.0, 2.0],
+                         "side": ["smallest", "largest"] * 6})
+    rows = measure_rows(runs, ["side"], "generalization_gap")
+    assert [r["column"] for r in rows] == ["mean_stability", "distance_init"]  # flips: only 2 runs
+    assert abs(rows[0]["kendall_tau"]) >= abs(rows[1]["kendall_tau"]) and rows[0]["n"] == 12
+    assert rows[0]["kendall_tau"] == pytest.approx(stats.correlation(runs["mean_stability"], gap)["kendall_tau"])
+
+
+def _add_class_detail(runs: pd.DataFrame) -> None:
+    """events_classes.csv per pruned run (class 0 loses what the event costs), and summary measures."""
+    for i, run_dir in enumerate(runs["run_dir"]):
+        events = pd.read_csv(f"{run_dir}/events.csv")
+        rows = [{"epoch": int(e["epoch"]), "layer": e["layer"], "class": k, "count": 50,
+                 "recall_before": float(e["acc_before"]),
+                 "recall_after": float(e["acc_after"]) - (5.0 if k == 0 else -5.0) * (e["acc_before"] > e["acc_after"]),
+                 "flips": 3.0} for _, e in events.iterrows() for k in (0, 1)]
+        write_csv(Path(run_dir) / "events_classes.csv", rows, CLASS_COLUMNS)
+        summary_path = Path(run_dir) / "summary.json"
+        summary = read_json(summary_path)
+        write_json(summary_path, {**summary, "mean_flips": 1.0 + i % 5, "memorization": float(i)})
+
+
+def test_report_has_the_generalization_measures_section_and_class_figure(tmp_path):
+    study = make_study(tmp_path / "s", "figure2", probes=True)
+    index = pd.read_csv(study / "index.csv")
+    finished = index[index["status"] == "finished"]
+    _add_class_detail(finished)
+    text = write_report(study).read_text()
+    assert "## Generalization measures" in text
+    body = text.split("## Generalization measures")[1].split("\n## ")[0]
+    assert "### vs generalization gap" in body and "### vs best test accuracy" in body
+    for name in ("mean stability (%)", "mean prediction flips (%)", "Σ top-k Hessian eigenvalues",
+                 "gradient-noise trace", "memorization (%)"):
+        assert f"| {name} | {len(finished)} |" in body, name
+    assert "prunability (kept fraction)" in body.split("Not available")[1]  # the synthetic probes have none
+    assert (study / "report" / "class_detail.png").stat().st_size > 0
+    assert "class_detail.png" in text
+
+
+def test_least_stable_events_first_one_per_run_and_scratch_left_out():
+    events = pd.DataFrame({"run_id": ["a", "a", "b", "s"], "epoch": [2, 4, 2, 0], "layer": ["l"] * 4,
+                           "units_removed": [1, 1, 1, 1], "acc_before": [80.0, 80.0, 80.0, 80.0],
+                           "acc_after": [79.0, 70.0, 75.0, 10.0]})
+    classes = pd.DataFrame([{"run_id": r, "epoch": e, "layer": "l", "class": 0, "count": 1, "recall_before": 1.0,
+                             "recall_after": 1.0, "flips": 0.0} for r, e in (("a", 2), ("a", 4), ("b", 2), ("s", 0))])
+    runs = pd.DataFrame({"run_id": ["a", "b", "s"], "scratch": [False, False, True]})
+    got = [(e["run_id"], e["epoch"]) for e, _ in least_stable(events, classes, runs, k=3)]
+    assert got == [("a", 4), ("b", 2)]  # one event per run, its worst; the scratch event is not a pruning epoch
