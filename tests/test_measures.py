@@ -16,27 +16,19 @@ from gstlab.measures import MagnitudePruning, distance_from_init, initial_parame
 from gstlab.probes import FlatnessProbe
 from gstlab.runner import execute, prepare
 from gstlab.train import evaluate
+from test_runner import TINY
 
-TINY = {
-    "data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 256, "synthetic_test": 128},
-    "model": {"arch": "mlp", "hidden": [32, 24], "batch_norm": True},
-    "optim": {"name": "adam", "lr": 1e-2},
-    "train": {"epochs": 4, "batch_size": 32, "eval_batch_size": 64, "progress": False},
-    "pruning": {"criterion": "l2", "side": "smallest", "period": 1,
-                "layers": [{"name": "fc1", "fraction": 0.5, "start": 1, "end": 2}]},
-    "probes": {"at_end": True, "samples": 64, "top_k": 2, "grad_moment": False, "prunability": True,
-               "prunability_samples": 100},
-    "seed": 5,
-}
+PROBED = {**TINY, "probes": {"at_end": True, "samples": 64, "top_k": 2, "grad_moment": False, "prunability": True,
+                             "prunability_samples": 100}}
 
 
 def test_distance_from_init_is_zero_for_an_untrained_model_rebuilt_from_the_seed(tmp_path):
-    run = prepare(C.parse(TINY), tmp_path / "a")
+    run = prepare(C.parse(PROBED), tmp_path / "a")
     probe = next(cb for cb in run.callbacks if isinstance(cb, FlatnessProbe))
     assert distance_from_init(run.model, probe.init) == 0.0
-    again = prepare(C.parse(TINY), tmp_path / "b")  # the init is a function of the seed alone
+    again = prepare(C.parse(PROBED), tmp_path / "b")  # the init is a function of the seed alone
     assert distance_from_init(again.model, probe.init, run.masks.param_masks()) == 0.0
-    other = prepare(C.parse(TINY, ["seed=6"]), tmp_path / "c")
+    other = prepare(C.parse(PROBED, ["seed=6"]), tmp_path / "c")
     assert distance_from_init(other.model, probe.init) > 0
 
 
@@ -122,7 +114,7 @@ def read_csv(path):
 @pytest.mark.slow
 def test_end_probe_and_gst_flatness_agree_on_the_final_model(tmp_path):
     out = tmp_path / "run"
-    execute(C.parse(TINY), out)
+    execute(C.parse(PROBED), out)
     probe = read_csv(out / "curvature.csv")[-1]
     assert float(probe["distance_init"]) > 0 and 0 < float(probe["prunability"]) <= 1
     assert float(probe["prunability_delta"]) == 0.1 and int(probe["prunability_samples"]) == 100
