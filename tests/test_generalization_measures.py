@@ -15,7 +15,7 @@ from gstlab.analysis import figures, stats
 from gstlab.analysis.measures import granulated_tau, least_stable, measure_rows, study_axes
 from gstlab.analysis.report import write_report
 from gstlab.class_detail import CLASS_COLUMNS
-from gstlab.store import read_json, write_csv, write_json
+from gstlab.store import read_json_or_none, write_csv, write_json
 from test_analysis import make_study  # the synthetic study of the report tests
 
 
@@ -60,7 +60,7 @@ def _add_class_detail(runs: pd.DataFrame) -> None:
                  "flips": 3.0} for _, e in events.iterrows() for k in (0, 1)]
         write_csv(Path(run_dir) / "events_classes.csv", rows, CLASS_COLUMNS)
         summary_path = Path(run_dir) / "summary.json"
-        summary = read_json(summary_path)
+        summary = read_json_or_none(summary_path)
         write_json(summary_path, {**summary, "mean_flips": 1.0 + i % 5, "memorization": float(i)})
 
 

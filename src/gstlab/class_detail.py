@@ -7,9 +7,9 @@ Built from the two evaluations every event already has (``acc_before``, ``acc_af
   examples), ``recall_before`` / ``recall_after`` (% of them predicted right) and ``flips`` (% of them whose
   predicted class changed across the event, right or wrong). The count-weighted mean of the recalls is the
   event's accuracy; the count-weighted mean of ``flips`` is the event's flips (>= its net accuracy change).
-- Per run (``summary.json``), over the pruning epochs of ``analysis.summary.event_epochs`` (scratch excluded):
-  ``mean_flips`` (%), ``worst_class_drop`` (the largest ``recall_before - recall_after``, points) and
-  ``recall_distortion`` (after Good et al., NeurIPS 2022; definition in docs/decisions.md).
+- Per run (``summary.json``), over the pruning epochs (``analysis.summary.pruning_epoch_accuracies``, scratch
+  excluded): ``mean_flips`` (%), ``worst_class_drop`` (the largest ``recall_before - recall_after``, points)
+  and ``recall_distortion`` (after Good et al., NeurIPS 2022; definition in docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from gstlab.analysis.summary import event_epochs
+from gstlab.analysis.summary import pruning_epoch_accuracies
 
 CLASS_COLUMNS = ("epoch", "layer", "class", "count", "recall_before", "recall_after", "flips")
 
@@ -81,7 +81,7 @@ def summarize_classes(rows: list[dict], events: list[dict], scratch: bool) -> di
         first = by_epoch.setdefault(key[0], [])
         if not first or first[0]["layer"] == key[1]:
             first.append(r)
-    tables = [by_epoch[e] for e in event_epochs(events, scratch) if e in by_epoch]
+    tables = [by_epoch[e] for e in pruning_epoch_accuracies(events, scratch) if e in by_epoch]
     if not tables:
         return {"mean_flips": math.nan, "worst_class_drop": math.nan, "recall_distortion": math.nan}
     terms = [t for table in tables for t in distortion_terms(table)]
