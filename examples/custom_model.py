@@ -5,7 +5,7 @@
 A small CNN and a 4-class image task are defined here; gstlab trains the CNN while pruning its two conv layers
 on the config's schedule (Prune_L: the largest-L2 filters), records each pruning event, and writes the run
 directory as `gst run` does. Run it twice: the second call finds the finished run and only returns its
-summary. About 10 seconds on one CPU core.
+summary. About 4 seconds of CPU time (one core).
 """
 
 from __future__ import annotations

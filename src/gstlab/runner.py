@@ -43,7 +43,7 @@ class RunDirError(RuntimeError):
 
 @dataclasses.dataclass
 class Run:
-    """Everything a running experiment consists of; callbacks receive it."""
+    """Everything a running experiment consists of (epoch callbacks see a ``RunView`` of it)."""
 
     cfg: C.RunConfig
     out: Path
