@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from gstlab import config as C
+from gstlab import portable
 from gstlab.experiments.presets import SCALES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -255,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
                "(one line naming the field and what is allowed; nothing is written); 141 the output was closed "
                "early (e.g. by head). Damaged files are repaired or reported with the command that fixes them: "
                "docs/reliability.md.")
+    parser.add_argument("--portable", action="store_true",
+                        help="pin the CPU kernels to AVX2 and every run to one thread (also GSTLAB_PORTABLE=1), so "
+                             "that AVX2 and AVX-512 machines compute the same bits; slower on AVX-512. What "
+                             "reproduces where: docs/decisions.md")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train one run (resumes if cut off, skips if finished)",
@@ -364,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.portable or portable.requested():
+            portable.pin()  # before any command imports torch
         return args.func(args)
     except _user_errors() as err:
         print(f"gst: error: {err}", file=sys.stderr)
@@ -388,7 +395,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from gstlab.runner import RunDirError  # noqa: PLC0415
     from gstlab.store import OutDirError  # noqa: PLC0415
 
-    return (C.ConfigError, UsageError, DataMissingError, RunDirError, ExecutorError, ProbeError, OutDirError)
+    return (C.ConfigError, UsageError, DataMissingError, RunDirError, ExecutorError, ProbeError, OutDirError,
+            portable.PortableError)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from torch import nn
 
 import gstlab
 from gstlab import config as C
+from gstlab import portable
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,7 +95,45 @@ def git_commit() -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_isa() -> str:
+    """The best x86 vector instruction set this CPU offers to PyTorch's kernels, whatever is pinned."""
+    flags = cpu_flags()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        return "AVX512"
+    return "AVX2" if {"avx2", "fma"} <= flags else (platform.machine() or "unknown")
+
+
+def machine() -> dict:
+    """The hardware and kernels that computed a run: where its numbers reproduce (docs/decisions.md)."""
+    return {"cpu_model": cpu_model(), "cpu_isa": native_isa(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's best)"),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            **portable.describe()}
 
 
 def manifest(cfg: C.RunConfig, device: torch.device, speed: Speed, seeds: dict[str, int]) -> dict:
@@ -115,5 +155,6 @@ def manifest(cfg: C.RunConfig, device: torch.device, speed: Speed, seeds: dict[s
         "platform": platform.platform(),
         "git_commit": git_commit(),
         "deterministic": device.type == "cpu",
+        "machine": machine(),
     }
 

@@ -27,7 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab import store
+from gstlab import portable, store
 from gstlab.recovery import one_line
 from gstlab.study import Study, StudyRun, expand, run_status, write_index
 
@@ -151,16 +151,19 @@ def connect_ray(address: str | None, res: Resources):
     except ImportError as err:
         raise ExecutorError("--executor ray needs Ray: pip install 'gstlab[ray]'") from err
     if not ray.is_initialized():
+        # portable mode: Ray's workers are not our children, so they get the pinned environment explicitly
+        env = {"runtime_env": {"env_vars": {**portable.PINNED_ENV, portable.SWITCH: "1"}}} if portable.requested() \
+            else {}
         if address and address != "auto":
             _check_reachable(address)
             if not address.startswith("ray://"):
                 _check_gcs(address)
         try:
             if address:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **env)
             else:
                 ray.init(num_cpus=max(res.threads, os.cpu_count() or 1), include_dashboard=False,
-                         log_to_driver=False, logging_level=logging.WARNING)
+                         log_to_driver=False, logging_level=logging.WARNING, **env)
         except Exception as err:  # noqa: BLE001 (Ray raises several types for an unreachable cluster)
             hint = f"; {TOKEN_HINT}" if os.environ.get("RAY_AUTH_MODE") != "token" else ""
             raise ExecutorError(f"--address {address}: cannot reach a Ray cluster ({one_line(err)}){hint}") from None

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab import recovery, store
+from gstlab import portable, recovery, store
 from gstlab.analysis.summary import summarize
 from gstlab.callbacks import EpochCallback, RunView
 from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
@@ -81,8 +81,8 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     ``parts``: where the model, data and prunable units come from (default: the registries)."""
     parts.check(cfg)
     device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.threads or portable.requested():
+        torch.set_num_threads(1 if portable.requested() else cfg.train.threads)  # portable: one thread
     speed = resolve_speed(cfg.train, device)
     data = load_data(cfg.data, seed=derive_seed(cfg.seed, "data"), source=parts.data).to(device)
     if speed.channels_last:
@@ -129,7 +129,7 @@ def build_optimizer(cfg: C.OptimConfig, model: torch.nn.Module, fused: bool = Fa
     """The paper's optimizer; ``fused``: one kernel for the whole update where this torch has one (Adam since 2.0,
     SGD since 2.4), else PyTorch's default."""
     cls = torch.optim.SGD if cfg.name == "sgd" else torch.optim.Adam
-    kind = {"fused": True} if fused and "fused" in inspect.signature(cls).parameters else {}
+    kind = {"fused": True} if fused and "fused" in inspect.signature(cls).parameters else {"foreach": True}
     if cfg.name == "sgd":
         return cls(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kind)
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)

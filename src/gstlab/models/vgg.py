@@ -16,6 +16,30 @@ CFG_A = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 IMAGE_SIZES = {32: 5, 16: 4, 8: 3}  # input side -> max-pools kept (the first ones); the map ends at 1x1
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with a faster exact path for evaluation: 2x2 windows of stride 2 on CPU, no gradient.
+
+    PyTorch's NCHW max-pool kernel on CPU is scalar (and computes indices): on the mini VGG's evaluation batches
+    it took ~25x the time of a ReLU of the same input. A maximum is exact, so the elementwise maximum of the
+    four strided quarters of the input gives the same values, 5-8x faster (benchmarks/README.md). Training
+    keeps PyTorch's kernel: its backward needs the indices, and an exact replacement was not faster.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._quarters(x):
+            return super().forward(x)
+        top, bottom = x[..., 0::2, :], x[..., 1::2, :]  # window entries in PyTorch's scan order
+        return torch.maximum(torch.maximum(top[..., 0::2], top[..., 1::2]),
+                             torch.maximum(bottom[..., 0::2], bottom[..., 1::2]))
+
+    def _quarters(self, x: torch.Tensor) -> bool:
+        square = self.kernel_size in (2, (2, 2)) and self.stride in (2, (2, 2))
+        plain = self.padding in (0, (0, 0)) and self.dilation in (1, (1, 1)) and not self.ceil_mode
+        no_grad = not (torch.is_grad_enabled() and x.requires_grad)
+        return (square and plain and no_grad and not self.return_indices and x.device.type == "cpu"
+                and x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0)
+
+
 def _scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
@@ -39,7 +63,7 @@ class VGG11BN(nn.Module):
             if v == "M":
                 pool += 1
                 if pool in keep:
-                    layers.append(nn.MaxPool2d(2, 2))
+                    layers.append(MaxPool2d(2, 2))
                 continue
             c_out = next(widths)
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
