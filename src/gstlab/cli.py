@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="figures, tables and claim verdicts of a study",
                             description="Read a study directory and write STUDY_DIR/report/: the study's figure(s) "
                                         "as PNG and PDF, tidy tables (runs.csv, epochs.csv, events.csv) and "
-                                        "report.md with statistics and a verdict per claim.")
+                                        "report.md with statistics, a verdict per claim and a table of which "
+                                        "generalization measures predict the runs' generalization.")
     report.add_argument("study_dir", metavar="STUDY_DIR")
     report.set_defaults(func=cmd_report)
 
