@@ -185,12 +185,17 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 # Asks the GCS at argv[1] for its cluster id and prints the error, if any. It runs in a child process: Ray's
-# client logs every retry on stderr and reads its timeouts from the environment once per process.
+# client logs every retry on stderr and reads its timeouts from the environment once per process. The client is
+# Ray's internal one (tested with 2.60): on a Ray without it the probe stays silent and ray.init decides.
 _GCS_PROBE = """
 import sys
-from ray._raylet import InnerGcsClient
 try:
-    InnerGcsClient.standalone(sys.argv[1], None, 3000)
+    from ray._raylet import InnerGcsClient
+    connect = InnerGcsClient.standalone
+except (ImportError, AttributeError):
+    sys.exit(0)
+try:
+    connect(sys.argv[1], None, 3000)
 except Exception as err:
     print(type(err).__name__ + ": " + (str(err).strip().splitlines() or [""])[0])
 """
