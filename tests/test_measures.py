@@ -111,7 +111,6 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
 def test_end_probe_and_gst_flatness_agree_on_the_final_model(tmp_path):
     out = tmp_path / "run"
     execute(C.parse(PROBED), out)
