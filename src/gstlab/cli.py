@@ -17,6 +17,7 @@ from gstlab.experiments.presets import SCALES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a process killed by SIGPIPE
+EXIT_INTERRUPTED = 128 + 2  # what a shell reports for a process killed by SIGINT (Ctrl-C)
 
 
 class UsageError(Exception):
@@ -35,6 +36,15 @@ def _config_from_args(args: argparse.Namespace) -> C.RunConfig:
     return C.parse(data, overrides)
 
 
+def _out_arg(value: str | None, flag: str) -> Path | None:
+    """The directory a flag names (None when not given); UsageError for an empty one, which would be '.'."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise UsageError(f"{flag}: empty; give a directory")
+    return Path(value)
+
+
 def _default_out(cfg: C.RunConfig) -> Path:
     label = (cfg.name or "run").replace("@", "-").replace("/", "-")
     return Path("runs") / f"{label}-{C.run_id(cfg)}"
@@ -45,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gstlab.runner import run_or_skip  # noqa: PLC0415
 
     cfg = _config_from_args(args)
-    out = Path(args.out) if args.out else _default_out(cfg)
+    out = _out_arg(args.out, "--out") or _default_out(cfg)
     summary, executed = run_or_skip(cfg, out)
     if args.outcome_file:  # for the local executor: did this process execute the run?
         store.write_json(Path(args.outcome_file), {"status": summary.get("status"), "executed": executed})
@@ -144,7 +154,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from gstlab.study import expand  # noqa: PLC0415
 
     study, raw = _study_from_args(args)
-    out = Path(args.out) if args.out else Path("studies") / study.name.replace("@", "-")
+    out = _out_arg(args.out, "--out") or Path("studies") / study.name.replace("@", "-")
+    store_dir = _out_arg(args.store, "--store")
     if args.dry_run:
         runs = expand(study)
         print(f"{study.name}: {len(runs)} runs ({len(study.settings)} settings x {len(study.seeds)} seeds"
@@ -156,9 +167,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     gpus = detect_gpus() if args.executor == "local" else int(args.gpus)
     workers = args.workers or (gpus * args.runs_per_gpu if gpus else 1)
     threads = args.threads_per_worker or default_threads(args.executor)
+    if args.executor == "local":
+        _check_machine(workers, threads, gpus * args.runs_per_gpu)
     res = Resources(workers=workers, threads=threads, runs_per_gpu=args.runs_per_gpu, gpus=gpus)
-    outcomes = sweep(study, raw, out, args.executor, res, address=args.address,
-                     store_dir=Path(args.store) if args.store else None, progress=not args.no_progress)
+    outcomes = sweep(study, raw, out, args.executor, res, address=args.address, store_dir=store_dir,
+                     progress=not args.no_progress)
     failed = [o for o in outcomes if o.status != "finished"]
     executed = sum(o.executed for o in outcomes)
     elsewhere = f", {len(outcomes) - executed} finished meanwhile by another process" if executed < len(outcomes) \
@@ -168,6 +181,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  FAILED {o.run_id}: {o.detail}")
     print(f"next: gst report {out}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+MAX_WORKERS_PER_CORE = 4  # local worker processes beyond this many per core only wait for each other
+
+
+def _check_machine(workers: int, threads: int, gpu_slots: int) -> None:
+    """Local sweeps: thread and worker counts within this machine (UsageError, exit 2)."""
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        raise UsageError(f"--threads-per-worker: {threads} asked but this machine has {cores} CPU cores; "
+                         f"allowed: 1..{cores}")
+    most = max(MAX_WORKERS_PER_CORE * cores, gpu_slots)
+    if workers > most:
+        raise UsageError(f"--workers: {workers:,} asked but this machine has {cores} CPU cores; allowed: 1..{most}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -196,8 +223,8 @@ def _has_rows(index: Path) -> bool:
         return False
 
 
-def _count(least: int):
-    """argparse type: an integer >= ``least`` (the message names the flag and the allowed values)."""
+def _count(least: int, most: int | None = None):
+    """argparse type: an integer >= ``least`` (and <= ``most``); the message names the flag and what is allowed."""
 
     def parse(text: str) -> int:
         try:
@@ -206,6 +233,8 @@ def _count(least: int):
             value = least - 1
         if value < least:
             raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"expected an integer in {least}..{most:,}, got {text!r}")
         return value
 
     parse.__name__ = f"integer >= {least}"
@@ -249,7 +278,7 @@ def _append_csv(path: Path, rows: list[dict], columns, store) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gst", description="Train while pruning on a schedule and measure the generalization-stability "
                                 "tradeoff (Bartoldson et al., NeurIPS 2020).",
         epilog="exit status: 0 finished; 1 a run failed (diverged) or a study has failed runs; 2 bad input "
@@ -351,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--prunability-delta", type=float, metavar="D", help="prunability's loss tolerance (default 0.1)")
     flat.add_argument("--prunability-samples", type=_count(1), metavar="N",
                       help="prunability's training subset: the first N training examples (default 2048)")
-    flat.add_argument("--seed", type=int, help="probe seed (default: derived from the run's seed)")
+    flat.add_argument("--seed", type=_count(0, 2**63 - 1), help="probe seed (default: derived from the run's seed)")
     flat.add_argument("--no-progress", action="store_true")
     flat.set_defaults(func=cmd_flatness)
 
@@ -366,10 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``gst run: error: ...; see gst run --help``), exit status 2."""
+
+    def error(self, message: str):  # noqa: ANN201 (argparse's signature)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         if args.portable or portable.requested():
             portable.pin()  # before any command imports torch
         return args.func(args)
@@ -379,6 +415,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left early (`gst ... | head`): stop quietly, as a SIGPIPE'd tool does
         _silence_stdout()
         return EXIT_PIPE_CLOSED
+    except KeyboardInterrupt:
+        print("gst: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:  # a read-only or full disk met mid-run: one line naming the path
+        print(f"gst: error: {_os_error(err)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _os_error(err: OSError) -> str:
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f) or "a file"
+    return f"cannot write or read {where} ({err.strerror or err}); free space or fix permissions, then rerun"
 
 
 def _silence_stdout() -> None:

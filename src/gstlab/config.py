@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 
+from gstlab import safeyaml
 from gstlab.errors import ConfigError
 from gstlab.registry import Registry, architectures, criteria, datasets
 
@@ -248,6 +250,8 @@ def _number(value: Any, path: str) -> float:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if isinstance(value, int) and abs(value) > 2**1023:  # beyond float's range (float() would overflow)
+        raise _NotFinite(f"{path}: expected a finite number, got an integer with {len(str(abs(value)))} digits")
     if not math.isfinite(value):
         raise _NotFinite(f"{path}: expected a finite number, got {value!r}")
     return float(value)
@@ -353,10 +357,13 @@ def apply_override(data: dict, assignment: str) -> dict:
         nxt = parts[i + 1]
         if isinstance(node, list):
             node = node[_index(node, part, parts[: i + 1])]
-            continue
-        if part not in node or node[part] is None:
-            node[part] = [] if nxt.isdigit() else {}
-        node = node[part]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = [] if nxt.isdigit() else {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {key.strip()}: {'.'.join(parts[: i + 1])} is {_kind(node)}, not a section "
+                              f"or list, so it has no field {nxt!r}")
     last = parts[-1]
     if isinstance(node, list):
         node[_index(node, last, parts)] = value
@@ -365,16 +372,26 @@ def apply_override(data: dict, assignment: str) -> dict:
     return data
 
 
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(value), "a value")
+
+
 def parse_value(key: str, raw: str) -> Any:
     """The YAML value of ``--set KEY=RAW`` (empty: null); ConfigError naming the key if it is not YAML."""
     try:
-        return yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key.strip()}: value {raw!r} is not valid YAML ({_one_line(err)})") from None
+        return safeyaml.load(raw) if raw.strip() else None
+    except (yaml.YAMLError, safeyaml.YamlError) as err:
+        raise ConfigError(f"--set {key.strip()}: value {_short(raw)} is not valid YAML ({_one_line(err)})") from None
 
 
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
+def _short(raw: str, limit: int = 60) -> str:
+    return repr(raw if len(raw) <= limit else raw[:limit] + "...")
+
+
+def _one_line(err: Exception, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 
 def _index(node: list, part: str, parts: list[str]) -> int:
@@ -391,6 +408,7 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     _check_positive(cfg)
     _check_bounds(cfg)
     _check_supplied(cfg)
+    _check_training(cfg)
     epochs = cfg.train.epochs
     p = cfg.pruning
     names = [layer.name for layer in p.layers]
@@ -424,9 +442,6 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
         raise ConfigError("intervention.kind: an intervention needs pruning.layers to say what it targets")
     if iv.kind != "none" and p.scratch:
         raise ConfigError("intervention.kind: interventions cannot be combined with pruning.scratch")
-    for e in cfg.optim.milestones:
-        if e < 0:
-            raise ConfigError(f"optim.milestones: epochs must be >= 0, got {e}")
     for e in cfg.probes.epochs:
         if not 0 <= e < epochs:
             raise ConfigError(f"probes.epochs: epoch {e} is outside training (0..{epochs - 1})")
@@ -446,9 +461,46 @@ LIMITS = {
     "data.synthetic_test": 1_000_000,
     "data.synthetic_classes": 100_000, "model.width": 16.0, "probes.samples": 1_000_000,
     "probes.top_k": 10_000, "probes.trace_samples": 100_000, "probes.eps_directions": 10_000,
+    "intervention.batches": 100_000_000,
 }
 MAX_UNITS = 65_536  # model.hidden and model.channels widths, data.synthetic_shape sides
 MAX_EPS_POINTS = 10_000  # probes.eps_max / probes.eps_step
+
+
+MAX_DATA_VALUES = 2**31  # synthetic train + test values (8 GiB of float32); CIFAR-10 has 184 million
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
+
+
+def _check_training(cfg: RunConfig) -> None:
+    """Values that are legal types but would train something else than asked (issue 24)."""
+    o, t, d, epochs = cfg.optim, cfg.train, cfg.data, cfg.train.epochs
+    if not 0 < o.gamma <= 1:
+        raise ConfigError(f"optim.gamma: must be in (0, 1] (the factor lr is multiplied by), got {o.gamma}")
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum: must be in [0, 1), got {o.momentum}")
+    if list(o.milestones) != sorted(set(o.milestones)):
+        raise ConfigError(f"optim.milestones: must be strictly increasing, got {list(o.milestones)}")
+    # a milestone m takes effect from epoch m (MultiStepLR counts epochs done: it never reaches 0; m = epochs is
+    # the end of training); a kept checkpoint is the model after epoch e
+    for name, values, low, high in (("optim.milestones", o.milestones, 1, epochs),
+                                    ("train.keep_checkpoints", t.keep_checkpoints, 0, epochs - 1)):
+        outside = [e for e in values if not low <= e <= high]
+        if outside:
+            raise ConfigError(f"{name}: epoch {outside[0]} is outside training; allowed: {low}..{high} "
+                              f"(train.epochs={epochs})")
+    if not DEVICE.fullmatch(t.device):
+        raise ConfigError(f"train.device: unknown device {t.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+    if d.name == "synthetic":
+        for name, value, least in (("data.synthetic_classes", d.synthetic_classes, 2),
+                                   ("data.synthetic_train", d.synthetic_train, 1),
+                                   ("data.synthetic_test", d.synthetic_test, 1)):
+            if value < least:
+                raise ConfigError(f"{name}: must be >= {least}, got {value}")
+        examples = d.synthetic_train + d.synthetic_test
+        values = math.prod(d.synthetic_shape) * examples
+        if values > MAX_DATA_VALUES:
+            raise ConfigError(f"data.synthetic_shape: {list(d.synthetic_shape)} x {examples:,} examples is "
+                              f"{values:,} values; allowed: at most {MAX_DATA_VALUES:,}")
 
 
 def _check_bounds(cfg: RunConfig) -> None:
@@ -535,16 +587,23 @@ def load_yaml(path: str | Path) -> dict:
     """The mapping in YAML file ``path``; ConfigError if it is unreadable, not UTF-8, not YAML or empty (an
     empty file would silently train the defaults: full-width VGG11 for 325 epochs)."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        with open(path, "rb") as f:  # at most one byte past the limit: /dev/zero is not read forever
+            raw = f.read(safeyaml.MAX_BYTES + 1)
+        if len(raw) > safeyaml.MAX_BYTES:
+            raise ConfigError(f"config file {path}: larger than {safeyaml.MAX_BYTES:,} bytes; a config is a short "
+                              f"YAML text file")
+        text = raw.decode("utf-8")
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                           f"{err.start}); a config is a YAML text file") from None
     try:
-        data = yaml.safe_load(text)
+        data = safeyaml.load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path}: not valid YAML ({_one_line(err)})") from None
+    except safeyaml.YamlError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     if not data:

@@ -27,7 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab import portable, store
+from gstlab import portable, preflight, store
 from gstlab.recovery import one_line
 from gstlab.study import Study, StudyRun, expand, run_status, write_index
 
@@ -307,8 +307,12 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
           store_dir: Path | None = None, progress: bool = True) -> list:
     """Run every unfinished run of ``study``; returns the outcomes of the runs executed now."""
     runs = expand(study)  # every config is validated before anything starts
+    preflight.check_study(runs)  # model sizes and layer names, before anything is written
     if executor == "ray":
         connect_ray(address, resources)
+    for path, flag in ((study_dir, "--out"), (store_dir, "--store")):  # both checked before either is made
+        if path is not None:
+            store.check_dir(Path(path), flag)
     store.make_dir(study_dir, "--out")
     if store_dir is not None:
         store.make_dir(Path(store_dir), "--store")

@@ -10,6 +10,7 @@ its manifest was final (killed in between, or written by an older gstlab) is che
 from __future__ import annotations
 
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -78,7 +79,32 @@ def _check_structure(run_dir: Path, summary: dict) -> str | None:
     model = run_dir / "model_final.pt"
     if rows and not _loads(model):
         return "model_final.pt is damaged (missing or not loadable)"
+    if not _agrees(run_dir, summary):
+        return "metrics.csv or events.csv is damaged (summary.json does not follow from them)"
     return None
+
+
+def _agrees(run_dir: Path, summary: dict) -> bool:
+    """True when the summary's statistics follow from metrics.csv and events.csv (scratch or not): without
+    checksums this finds an edited accuracy, though not an edit to a column the summary does not use."""
+    from gstlab.analysis.summary import summarize  # noqa: PLC0415
+
+    tables = []
+    for name in ("metrics.csv", "events.csv"):
+        with open(run_dir / name, newline="", encoding="utf-8") as f:
+            tables.append(list(csv.DictReader(f)))
+    try:
+        options = [summarize(*tables, scratch) for scratch in (False, True)]
+    except (ValueError, TypeError, KeyError, ZeroDivisionError):
+        return False
+    return any(all(_same(summary.get(k), v) for k, v in option.items()) for option in options)
+
+
+def _same(recorded, computed) -> bool:
+    """Equal, with NaN recorded as null (strict JSON)."""
+    if isinstance(computed, float) and math.isnan(computed):
+        return recorded is None or (isinstance(recorded, float) and math.isnan(recorded))
+    return recorded == computed
 
 
 def _csv_rows(path: Path, columns: tuple[str, ...]) -> int | None:
@@ -104,7 +130,7 @@ def _loads(path: Path) -> bool:
 def discard_summary(run_dir: Path) -> None:
     """Remove a damaged finished run's summary, so it is re-run (and cannot look finished if that re-run is
     cut off)."""
-    (run_dir / "summary.json").unlink(missing_ok=True)
+    store.discard(run_dir / "summary.json")
 
 
 # ------------------------------------------------------------------------------------------- final state
@@ -134,6 +160,8 @@ def settle(run_dir: Path, summary: dict, notes: list[dict]) -> None:
     manifest = store.read_json_or_none(run_dir / "manifest.json")
     if manifest is None:
         manifest = {"run_id": summary.get("run_id")}
+        warn(f"{run_dir}/manifest.json is damaged or missing; rebuilt it from summary.json and the result files "
+             f"(checked by structure; the environment record is lost)")
         notes.append(note("manifest.json", "damaged or missing", "rebuilt from summary.json (environment lost)"))
     remove_transient(run_dir)
     manifest.update(status=summary["status"], finished=manifest.get("finished") or time.strftime(

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab import portable, recovery, store
+from gstlab import portable, preflight, recovery, store
 from gstlab.analysis.summary import summarize
 from gstlab.callbacks import EpochCallback, RunView
 from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
@@ -81,6 +81,7 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     ``parts``: where the model, data and prunable units come from (default: the registries)."""
     parts.check(cfg)
     device = resolve_device(cfg.train.device)
+    preflight.check_threads(cfg.train)
     if cfg.train.threads or portable.requested():
         torch.set_num_threads(1 if portable.requested() else cfg.train.threads)  # portable: one thread
     speed = resolve_speed(cfg.train, device)
@@ -88,10 +89,12 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     if speed.channels_last:
         data.x_train = dataclasses.replace(data.x_train, channels_last=True)
         data.x_test = dataclasses.replace(data.x_test, channels_last=True)
+    preflight.check_model_size(cfg.model, data.input_shape, data.num_classes)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, data.input_shape, data.num_classes, parts.model).to(device)
     units = parts.units_of(cfg, model)
     C.validate(cfg, [u.name for u in units])
+    preflight.check_probes(cfg, model, units)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     gens = {s: generator(cfg.seed, s) for s in ("order", "prune", "noise")}
@@ -368,15 +371,17 @@ def _resume(run: Run, notes: list[dict]) -> Run:
         if not path.exists():
             continue
         try:
-            state = store.load_checkpoint(path)
+            state, verified = store.load_verified(path)
             if state.get("format") != store.CHECKPOINT_FORMAT or state.get("run_id") != C.run_id(run.cfg):
                 raise ValueError("not a checkpoint of this run")
             restore(run, state)
         except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
             problems.append(f"{name} is damaged ({recovery.one_line(err)})")
-            path.unlink()
+            store.discard(path)
             run = prepare(run.cfg, run.out, run.parts)  # a partial restore leaves the run half-loaded
             continue
+        if not verified:  # saved by a gstlab without checkpoint checksums (docs/reliability.md)
+            recovery.warn(f"{path} has no checksum (saved by an older gstlab); resuming from it unverified")
         if problems:
             _report(run, problems, f"resuming at epoch {run.start_epoch} from {name}", notes)
         return run
@@ -431,7 +436,7 @@ def _save_final(run: Run) -> None:
 def _settled_summary(cfg: C.RunConfig, out: Path) -> dict | None:
     """The summary of the run in ``out`` if it is final, intact and settled (nothing to repair or tidy);
     RunDirError if ``out`` holds another run."""
-    if _identity_problem(cfg, out) is not None:
+    if _identity_problem(cfg, out) is not None or not (out / "config.yaml").is_file():
         return None
     summary, _ = recovery.verify_finished(out)
     return summary if summary is not None and recovery.settled(out, summary) else None
@@ -441,9 +446,9 @@ def _identity_problem(cfg: C.RunConfig, out: Path) -> str | None:
     """None when ``out`` is new or its config.yaml is this run's; a problem when config.yaml is damaged but
     manifest.json or summary.json say this run; RunDirError when ``out`` holds another run or nothing tells."""
     path = out / "config.yaml"
-    if not path.exists():
-        return None
     want = C.run_id(cfg)
+    if not path.exists():
+        return "config.yaml is missing" if want in recovery.recorded_ids(out) else None
     try:
         have, problem = C.run_id(C.from_dict(C.RunConfig, C.load_yaml(path))), None
     except (C.ConfigError, TypeError) as err:

@@ -16,6 +16,7 @@ import json
 import math
 import numbers
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,10 +41,15 @@ class OutDirError(OSError):
     """An output directory cannot be created or written (a file in its place, a read-only file system)."""
 
 
-def make_dir(path: Path, flag: str) -> None:
-    """Create directory ``path`` (and parents); OutDirError naming ``flag`` if that is impossible."""
+def check_dir(path: Path, flag: str) -> None:
+    """OutDirError naming ``flag`` if ``path`` exists and is not a directory."""
     if path.exists() and not path.is_dir():
         raise OutDirError(f"{flag} {path}: exists and is not a directory; choose another {flag}")
+
+
+def make_dir(path: Path, flag: str) -> None:
+    """Create directory ``path`` (and parents); OutDirError naming ``flag`` if that is impossible."""
+    check_dir(path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -75,9 +81,16 @@ TMP_SUFFIX = ".tmp"  # atomic writes go through ``.<name>.<random>.tmp``; a kill
 
 def atomic_write_bytes(path: Path, data: bytes, previous: Path | None = None) -> None:
     """Write ``path`` via a temporary file and a rename. ``previous``: first move the old ``path`` there, so
-    the last complete version survives until the new one is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    the last complete version survives until the new one is complete. A directory where the file belongs is
+    moved aside (with a warning); an OSError (read-only or full disk) names ``path``."""
+    for target in (path, previous):
+        if target is not None and target.is_dir() and not target.is_symlink():
+            set_aside(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -86,9 +99,32 @@ def atomic_write_bytes(path: Path, data: bytes, previous: Path | None = None) ->
         if previous is not None and path.exists():
             os.replace(path, previous)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def set_aside(path: Path) -> Path:
+    """Move ``path`` (a directory where a file belongs, or a damaged file) to ``<name>.damaged-<n>`` beside it,
+    with one warning line; returns the new name. Nothing is deleted."""
+    n = 1
+    while (aside := path.with_name(f"{path.name}.damaged-{n}")).exists():
+        n += 1
+    os.replace(path, aside)
+    kind = "a directory" if aside.is_dir() else "damaged"
+    print(f"gst: warning: {path} is {kind}, not a gstlab file; moved it aside to {aside.name}", file=sys.stderr)
+    return aside
+
+
+def discard(path: Path) -> None:
+    """Remove a damaged file (a directory in its place is moved aside instead)."""
+    if path.is_dir() and not path.is_symlink():
+        set_aside(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -163,12 +199,61 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | list[str]
     atomic_write_text(path, csv_text(rows, columns))
 
 
+CHECKSUM = "checksum"  # the entry of a checkpoint that holds state_digest of everything else in it
+
+
+class ChecksumError(ValueError):
+    """A checkpoint whose content does not match its checksum (a flipped bit, an edit)."""
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 of a checkpoint's content: every key, tensor (dtype, shape, bytes) and plain value, in order.
+    It hashes what is loaded, not the file's bytes, so it does not depend on torch's serialization format."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if torch.is_tensor(value):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key, item in value.items():
+                feed(key)
+                feed(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{type(value).__name__}{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"V{type(value).__name__}:{value!r};".encode())
+
+    feed(state)
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict, previous: Path | None = None) -> None:
+    """Save ``state`` with its checksum (verified by load_checkpoint), atomically."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, CHECKSUM: state_digest(state)}, buf)
     atomic_write_bytes(path, buf.getvalue(), previous)
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a gstlab checkpoint safely (``weights_only=True``: tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a gstlab checkpoint safely (``weights_only=True``: tensors and plain containers only) and verify its
+    checksum (ChecksumError if the content changed since it was saved); see load_verified."""
+    return load_verified(path)[0]
+
+
+def load_verified(path: Path) -> tuple[dict, bool]:
+    """(state, verified): ``verified`` is False for a file saved before checkpoints had checksums (loaded as it
+    is); ChecksumError when the content does not match the checksum."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ChecksumError(f"not a gstlab checkpoint (a {type(state).__name__})")
+    if CHECKSUM not in state:
+        return state, False
+    expected = state.pop(CHECKSUM)
+    if state_digest(state) != expected:
+        raise ChecksumError("checksum mismatch: the content changed after it was saved")
+    return state, True

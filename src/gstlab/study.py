@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,20 @@ def _assignment(key: str, value: Any) -> str:
     return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
 
 
+MAX_SEEDS = 10_000  # seeds of a study (the paper uses up to 10 per setting)
+MAX_RUNS = 100_000  # settings x grid points x seeds of a study
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+=-]*")  # a study name is one path component (default --out)
+
+
 def _seeds(value: Any) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SEEDS:
         return tuple(range(value))
-    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+    if (isinstance(value, list) and 0 < len(value) <= MAX_SEEDS
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in value)):
         return tuple(value)
+    if isinstance(value, (int, list)) and not isinstance(value, bool) and value:
+        n = value if isinstance(value, int) else len(value)
+        raise C.ConfigError(f"seeds: at most {MAX_SEEDS:,} seeds, got {n:,}")
     raise C.ConfigError(f"seeds: expected a positive int n (seeds 0..n-1) or a non-empty list of ints, got {value!r}")
 
 
@@ -93,6 +103,11 @@ def _setting(item: Any, i: int, scale: str, base: Path) -> Setting:
     sources = [k for k in ("preset", "config", "inline") if k in item]
     if len(sources) != 1:
         raise C.ConfigError(f"{where}: give exactly one of preset, config, inline")
+    for key in ("preset", "config", "label"):
+        if key in item and not isinstance(item[key], str):
+            raise C.ConfigError(f"{where}.{key}: expected a string, got {item[key]!r}")
+    if "preset" in item and item["preset"] not in PRESETS:
+        raise C.ConfigError(f"{where}.preset: unknown preset {item['preset']!r}; see `gst presets`")
     if "preset" in item:
         data = preset_config(item["preset"], scale)
         key, label = item["preset"], item.get("label", PRESETS[item["preset"]].label)
@@ -134,11 +149,19 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
     items = data.get("settings")
     if not isinstance(items, list) or not items:
         raise C.ConfigError("settings: expected a non-empty list of settings (preset, config or inline)")
+    name = data.get("name", "study")
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise C.ConfigError(f"name: {name!r} is not a plain name (it names the default study directory "
+                            f"studies/NAME); allowed: letters, digits and _ . @ + = - (no / or ..)")
+    grid = _grid(data.get("grid"))
+    study_seeds = _seeds(seeds if seeds is not None else data.get("seeds", 1))
+    n_runs = len(items) * math.prod(len(v) for v in grid.values()) * len(study_seeds)
+    if n_runs > MAX_RUNS:
+        raise C.ConfigError(f"study: {n_runs:,} runs (settings x grid x seeds); allowed: at most {MAX_RUNS:,}")
     return Study(
-        name=str(data.get("name", "study")), figure=figure, scale=scale,
-        seeds=_seeds(seeds if seeds is not None else data.get("seeds", 1)),
+        name=name, figure=figure, scale=scale, seeds=study_seeds,
         settings=tuple(_setting(item, i, scale, base) for i, item in enumerate(items)),
-        grid=_grid(data.get("grid")), overrides=_overrides(data.get("set"), "set"),
+        grid=grid, overrides=_overrides(data.get("set"), "set"),
     )
 
 

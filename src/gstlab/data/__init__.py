@@ -73,6 +73,11 @@ def load_data(cfg: DataConfig, seed: int, source: Callable[[DataConfig], tuple[t
     :mod:`gstlab.data.label_noise`, applied to the subset; ``TensorData.label_noise`` keeps the clean labels
     and which are noisy."""
     (x_train, y_train, x_test, y_test), classes = _raw(cfg, source)
+    for name, asked, size in (("train_subset", cfg.train_subset, len(x_train)),
+                              ("test_subset", cfg.test_subset, len(x_test))):
+        if asked is not None and asked > size:
+            raise ConfigError(f"data.{name}: {asked:,} examples asked but {cfg.name} has {size:,}; allowed: at most "
+                              f"{size:,} (or null: all)")
     if cfg.train_subset is not None and cfg.train_subset < len(x_train):
         g = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(x_train), generator=g)[:cfg.train_subset].sort().values

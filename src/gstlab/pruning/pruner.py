@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from gstlab.config import PruningConfig
+from gstlab.config import ConfigError, PruningConfig
 from gstlab.models.units import PrunableUnit, unit_count
 from gstlab.pruning import scores as S
 from gstlab.pruning.criteria import Layer
@@ -78,8 +78,8 @@ class Pruner:
             for unit, _ in self.layers:
                 if unit.bn is None:
                     allowed = ", ".join(name for name, c in criteria.items() if not c.needs_bn)
-                    raise ValueError(f"pruning.criterion={self.cfg.criterion} needs a BatchNorm after layer "
-                                     f"{unit.name!r}; allowed criteria for it: {allowed}")
+                    raise ConfigError(f"pruning.criterion={self.cfg.criterion} needs a BatchNorm after layer "
+                                      f"{unit.name!r}; allowed criteria for it: {allowed}")
         if self.criterion.needs_activations and self.tracker is None:
             raise ValueError(f"pruning.criterion={self.cfg.criterion} needs an ActivationTracker")
 

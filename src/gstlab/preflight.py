@@ -1,0 +1,93 @@
+"""Checks that need the model: its size (built on the meta device, so nothing is allocated), the layers a
+schedule names, and whether enough parameters survive for the Hessian probes. They run in ``runner.prepare``,
+before the run directory is created, and raise ConfigError (exit 2)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gstlab import config as C
+from gstlab.models import build_model
+from gstlab.pruning.schedule import LayerPlan, event_epochs
+
+MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights (12 GB with Adam's moments); the paper's VGG11 has 9 million
+
+
+def check_model_size(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """ConfigError if the model ``cfg`` would have more than MAX_PARAMS parameters (counted without allocating)."""
+    with torch.device("meta"):
+        model = build_model(cfg, input_shape, num_classes)
+    total = sum(p.numel() for p in model.parameters())
+    if total > MAX_PARAMS:
+        raise C.ConfigError(f"model: {total:,} parameters (hidden/channels/width); allowed: at most {MAX_PARAMS:,}")
+
+
+def check_threads(cfg: C.TrainConfig) -> None:
+    cores = os.cpu_count() or 1
+    if cfg.threads is not None and cfg.threads > cores:
+        raise C.ConfigError(f"train.threads: {cfg.threads} asked but this machine has {cores} CPU cores; "
+                            f"allowed: 1..{cores} or null (all)")
+
+
+def surviving_parameters(cfg: C.RunConfig, model: torch.nn.Module, units) -> int:
+    """Parameters left when every scheduled layer has lost its whole fraction (what the last probe sees)."""
+    total = sum(p.numel() for p in model.parameters())
+    by_name = {u.name: u for u in units}
+    removed = 0
+    for layer in cfg.pruning.layers:
+        unit = by_name[layer.name]
+        module = model.get_submodule(unit.module)
+        n = int(module.weight.shape[0])
+        per_unit = module.weight[0].numel() + (module.bias is not None)
+        if unit.bn is not None and cfg.pruning.bn_masking:
+            per_unit += 2
+        epochs = tuple(event_epochs(layer.start, layer.end, cfg.pruning.period_of(layer)))
+        removed += per_unit * sum(LayerPlan(layer.name, n, layer.fraction, epochs).removals().values())
+    return total - removed
+
+
+def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
+    """ConfigError when ``probes.top_k`` asks for more eigenvalues than parameters survive the schedule."""
+    p = cfg.probes
+    if not (p.epochs or p.at_events or p.at_end):
+        return
+    left = surviving_parameters(cfg, model, units)
+    if p.top_k > left:
+        raise C.ConfigError(f"probes.top_k: {p.top_k} eigenvalues asked, but only {left:,} parameters survive "
+                            f"the pruning schedule; allowed: at most {left:,}")
+
+
+SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+          "mnist1d": ((1, 40), 10)}  # (input shape, classes) of each data set, known without loading it
+
+
+def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int]:
+    """(input shape, classes) a data config yields, without loading the data."""
+    if cfg.name == "synthetic":
+        shape, classes = tuple(cfg.synthetic_shape), cfg.synthetic_classes
+    else:
+        shape, classes = SHAPES[cfg.name]
+    if cfg.image_size is not None and len(shape) == 3:
+        shape = (shape[0], cfg.image_size, cfg.image_size)
+    return shape, classes
+
+
+def check_study(runs: list) -> None:
+    """Before a sweep writes anything: every run's model size and the layers its schedule names (each distinct
+    data + model pair is built once, on the meta device). ``runs``: StudyRuns; ConfigError names the setting."""
+    seen: dict[tuple, list[str]] = {}
+    for run in runs:
+        cfg = run.cfg
+        try:
+            key = (cfg.data, cfg.model)
+            if key not in seen:
+                shape, classes = data_shape(cfg.data)
+                check_model_size(cfg.model, shape, classes)
+                with torch.device("meta"):
+                    model = build_model(cfg.model, shape, classes)
+                seen[key] = [u.name for u in model.prunable_units()] if hasattr(model, "prunable_units") else []
+            C.validate(cfg, seen[key])
+        except C.ConfigError as err:
+            raise C.ConfigError(f"setting {run.setting!r}: {err}") from None

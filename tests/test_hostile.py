@@ -1,0 +1,295 @@
+"""Issue 24: the hostile probe's cases. Every bad input ends with exit 2 and one line naming the field, with
+nothing written; every fault ends with exit 1 (or a repair and a warning) and one line, never a traceback;
+nothing is silently wrong. docs/reliability.md lists the cases with their counts."""
+
+import json
+import os
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gstlab import runner, store
+from gstlab.cli import main
+from gstlab.runner import execute
+from test_runner import TINY, _comparable, _write, cfg_of
+
+# the YAML alias bomb ("billion laughs"): 9^8 strings from a few hundred bytes
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefg", "bcdefgh"))
+TINY_TEXT = yaml.safe_dump(TINY)
+
+
+def _one_line_exit(capsys, argv: list[str], code: int = 2) -> str:
+    """``gst ARGV`` exits ``code`` with exactly one line on stderr (no traceback); returns the line."""
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _refused(tmp_path: Path, capsys, argv: list[str], field: str) -> None:
+    out = tmp_path / "never"
+    err = _one_line_exit(capsys, [*argv, "--out", str(out)])
+    assert field in err, err
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def _config(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return ["run", "--config", str(path), "--no-progress"]
+
+
+# ------------------------------------------------------------------------------------- config files (YAML)
+
+
+@pytest.mark.parametrize("text, field", [
+    (BOMB, "expands to more than"),
+    ("seed: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested more than"),
+    (TINY_TEXT + "name: 2020-01-01\n", "name: a date"),
+    (TINY_TEXT + "name: !!binary aGVsbG8=\n", "name: binary data"),
+    (TINY_TEXT + "name: !!set {a, b}\n", "name: a set"),
+    (TINY_TEXT.replace("epochs: 6", "epochs: 6\n  epochs: 600"), "duplicate key 'epochs'"),
+], ids=["alias-bomb", "nested-50000", "date", "binary", "set", "duplicate-key"])
+def test_yaml_that_is_not_plain_bounded_data_is_refused(tmp_path, capsys, text, field):
+    _refused(tmp_path, capsys, _config(tmp_path, text), field)
+
+
+def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
+    _refused(tmp_path, capsys, ["run", "--config", "/dev/zero"], "larger than 1,048,576 bytes")
+
+
+# ------------------------------------------------------------------------------------- semantic validation
+
+
+@pytest.mark.parametrize("override, field", [
+    ("optim.gamma=-1", "optim.gamma: must be in (0, 1]"),
+    ("optim.momentum=-0.5", "optim.momentum: must be in [0, 1)"),
+    ("optim.milestones=[4,2,2]", "optim.milestones: must be strictly increasing"),
+    ("optim.milestones=[60]", "optim.milestones: epoch 60 is outside training"),
+    ("train.keep_checkpoints=[50]", "train.keep_checkpoints: epoch 50 is outside training"),
+    ("data.synthetic_classes=0", "data.synthetic_classes: must be >= 2"),
+    ("data.synthetic_test=0", "data.synthetic_test: must be >= 1"),
+    ("data.train_subset=100000000", "data.train_subset: 100,000,000 examples asked but synthetic has 256"),
+    ("intervention.batches=1000000000000", "intervention.batches: must be <= 100,000,000"),
+    ("train.device=banana", "train.device: unknown device 'banana'"),
+    ("model.hidden=[65536,65536,65536]", "model: 8,595,374,090 parameters"),
+    ("data.synthetic_shape=[3,65536,65536]", "data.synthetic_shape: [3, 65536, 65536] x 384 examples"),
+    ("seed.x=1", "--set seed.x: seed is an integer, not a section"),
+    ("train.epochs.0=5", "--set train.epochs.0: train.epochs is an integer"),
+    (f"train.threads={os.cpu_count() + 1}", f"train.threads: {os.cpu_count() + 1} asked but this machine has"),
+    ("probes.at_end=true --set probes.top_k=2000", "probes.top_k: 2000 eigenvalues asked, but only 1,952"),
+    ("pruning.criterion=ebn --set model.batch_norm=false", "pruning.criterion=ebn needs a BatchNorm after layer"),
+    ("optim.lr=" + "9" * 400, "optim.lr: expected a finite number"),
+], ids=lambda v: v.split("=")[0] if "=" in v else None)
+def test_values_that_would_train_something_else_are_refused(tmp_path, capsys, override, field):
+    sets = [a for o in override.split(" --set ") for a in ("--set", o)]
+    _refused(tmp_path, capsys, [*_config(tmp_path, TINY_TEXT), *sets], field)
+
+
+def test_an_empty_out_is_refused_instead_of_writing_to_the_working_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = _one_line_exit(capsys, [*_config(tmp_path, TINY_TEXT), "--out", ""])
+    assert "--out: empty" in err and sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
+def test_flatness_refuses_a_seed_beyond_64_bits(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["flatness", str(tmp_path), "--seed", "1" + "0" * 23])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--seed: expected an integer in 0..9,223,372,036,854,775,807" in err
+    assert err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------------- studies
+
+
+def _study(tmp_path: Path, **changes) -> Path:
+    data = {"name": "t", "seeds": 1, "settings": [{"inline": TINY}], **changes}
+    return _write(tmp_path, data, "study.yaml")
+
+
+@pytest.mark.parametrize("changes, extra, field", [
+    ({"seeds": 1_000_000_000}, [], "seeds: at most 10,000 seeds"),
+    ({}, ["--seeds", "1000000000", "--dry-run"], "seeds: at most 10,000 seeds"),
+    ({"settings": [{"preset": ["F2_VGG_4"]}]}, [], "settings[0].preset: expected a string"),
+    ({"settings": [{"preset": "NOPE"}]}, [], "settings[0].preset: unknown preset 'NOPE'"),
+    ({"name": "../../x"}, [], "name: '../../x' is not a plain name"),
+    ({"settings": [{"inline": TINY, "set": {"pruning.layers.0.name": "conv5"}}]}, [],
+     "setting 'setting0': pruning.layers[0].name: unknown layer 'conv5'"),
+    ({}, ["--set", "train.epochs.0=5"], "--set train.epochs.0: train.epochs is an integer"),
+    ({}, ["--threads-per-worker", "100000"], "--threads-per-worker: 100000 asked but this machine has"),
+    ({}, ["--workers", "1000000000"], "--workers: 1,000,000,000 asked but this machine has"),
+], ids=["seeds-1e9", "--seeds-1e9-dry-run", "preset-list", "preset-unknown", "name-escapes", "layer-conv5",
+        "set-into-int", "threads", "workers"])
+def test_bad_studies_and_sweep_flags_are_refused_before_anything_is_written(tmp_path, capsys, changes, extra, field):
+    _refused(tmp_path, capsys, ["sweep", str(_study(tmp_path, **changes)), "--no-progress", *extra], field)
+
+
+def test_a_store_that_is_a_file_leaves_no_study_directory(tmp_path, capsys):
+    (tmp_path / "store").write_text("a file")
+    err = _one_line_exit(capsys, ["sweep", str(_study(tmp_path)), "--out", str(tmp_path / "s"),
+                                  "--store", str(tmp_path / "store"), "--no-progress"])
+    assert "--store" in err and not (tmp_path / "s").exists()
+
+
+def test_a_study_name_cannot_escape_the_default_study_directory(tmp_path, capsys, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # the default --out is studies/NAME: studies/../../x is tmp_path/x
+    err = _one_line_exit(capsys, ["sweep", str(_study(tmp_path, name="../../x")), "--no-progress"])
+    assert "name: '../../x' is not a plain name" in err
+    assert sorted(os.listdir(tmp_path)) == ["study.yaml", "work"] and not os.listdir(tmp_path / "work")
+
+
+# ---------------------------------------------------------------------------------- damaged or replaced files
+
+
+class _Killed(Exception):
+    pass
+
+
+def _cut_off(monkeypatch, cfg, out: Path, epoch: int = 3) -> None:
+    """Run ``cfg`` in ``out`` and stop it (as if killed) right after the checkpoint of ``epoch``."""
+    original = runner._checkpoint
+
+    def checkpoint(run, e):
+        original(run, e)
+        if e == epoch:
+            raise _Killed
+
+    monkeypatch.setattr(runner, "_checkpoint", checkpoint)
+    with pytest.raises(_Killed):
+        execute(cfg, out)
+    monkeypatch.undo()
+
+
+def _tensor_offset(path: Path) -> int:
+    """Byte offset of the largest tensor's data in a torch zip file (model weights or Adam moments)."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _flip(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    at = _tensor_offset(path) + 4 * 17  # the 18th float32 of the tensor
+    if how == "byte":
+        data[at + 1] ^= 0xFF  # mantissa bits: a small change of one weight
+    else:
+        data[at + 3] ^= 0x40  # bit 30, the exponent's top bit: the value grows or shrinks by ~2^128
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    execute(cfg_of(TINY), out)
+    return out
+
+
+@pytest.mark.parametrize("how", ["byte", "exponent"])
+def test_a_flipped_bit_in_a_checkpoint_is_detected_and_the_run_resumes_from_the_previous_one(
+        tmp_path, capsys, monkeypatch, reference, how):
+    out = tmp_path / "run"
+    _cut_off(monkeypatch, cfg_of(TINY), out)
+    _flip(out / store.CHECKPOINT, how)
+    execute(cfg_of(TINY), out)
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is damaged (checksum mismatch" in err and "resuming at epoch 3" in err, err
+    assert err.count("\n") == 1
+    assert _comparable(out) == _comparable(reference)
+    (note,) = json.loads((out / "manifest.json").read_text())["recovered"]
+    assert "checksum mismatch" in note["problem"]
+
+
+def test_a_checkpoint_saved_without_a_checksum_resumes_with_a_warning(tmp_path, capsys, monkeypatch, reference):
+    out = tmp_path / "run"
+    _cut_off(monkeypatch, cfg_of(TINY), out)
+    state = torch.load(out / store.CHECKPOINT, weights_only=True)
+    del state[store.CHECKSUM]
+    torch.save(state, out / store.CHECKPOINT)  # as gstlab wrote it before issue 24
+    execute(cfg_of(TINY), out)
+    err = capsys.readouterr().err
+    assert "has no checksum (saved by an older gstlab); resuming from it unverified" in err
+    assert _comparable(out) == _comparable(reference)
+
+
+def test_the_checkpoint_checksum_covers_every_tensor_and_value():
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3, "rows": [{"acc": 0.5}]}
+    digest = store.state_digest(state)
+    assert store.state_digest({"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3,
+                               "rows": [{"acc": 0.5}]}) == digest
+    for changed in ({**state, "epoch": 4}, {**state, "rows": [{"acc": 0.5000001}]},
+                    {**state, "model": {"w": torch.arange(6.0).reshape(3, 2)}},
+                    {**state, "model": {"w": torch.arange(6.0, dtype=torch.float64).reshape(2, 3)}}):
+        assert store.state_digest(changed) != digest
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "summary.json", "model_final.pt", "manifest.json", "config.yaml"])
+def test_a_result_file_replaced_by_a_directory_is_moved_aside_and_redone(tmp_path, capsys, reference, name):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / name).unlink()
+    (out / name).mkdir()
+    (out / name / "x").write_text("something")
+    assert main(_run_args(tmp_path, out)) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{name} is a directory" in err and "moved it aside" in err, err
+    assert (out / f"{name}.damaged-1" / "x").read_text() == "something" and (out / name).is_file()
+    assert _comparable(out) == _comparable(reference)
+    assert main(_run_args(tmp_path, out)) == 0 and capsys.readouterr().err == ""  # repaired for good
+
+
+def test_a_checkpoint_replaced_by_a_directory_falls_back_to_the_previous_one(tmp_path, capsys, monkeypatch,
+                                                                              reference):
+    out = tmp_path / "run"
+    _cut_off(monkeypatch, cfg_of(TINY), out)
+    (out / store.CHECKPOINT).unlink()
+    (out / store.CHECKPOINT).mkdir()
+    execute(cfg_of(TINY), out)
+    err = capsys.readouterr().err
+    assert "moved it aside" in err and "resuming at epoch 3 from checkpoint.prev.pt" in err, err
+    assert _comparable(out) == _comparable(reference)
+
+
+def _run_args(tmp_path: Path, out: Path) -> list[str]:
+    return [*_config(tmp_path, TINY_TEXT), "--out", str(out)]
+
+
+@pytest.mark.parametrize("name, content", [("manifest.json", None), ("manifest.json", b"\x00garbage"),
+                                           ("config.yaml", None)], ids=["manifest-deleted", "manifest-garbage",
+                                                                         "config-deleted"])
+def test_a_deleted_or_garbage_manifest_or_config_is_rebuilt_with_a_warning(tmp_path, capsys, reference, name,
+                                                                           content):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    stamp = (out / "metrics.csv").stat().st_mtime_ns
+    (out / name).unlink() if content is None else (out / name).write_bytes(content)
+    assert main(_run_args(tmp_path, out)) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{name} is" in err and "warning" in err, err
+    assert (out / "metrics.csv").stat().st_mtime_ns == stamp  # not re-run: rebuilt from what survives
+    assert (out / "config.yaml").read_text() == (reference / "config.yaml").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["files"] == json.loads(
+        (reference / "manifest.json").read_text())["files"]
+
+
+def test_an_edited_metric_without_a_manifest_is_found_and_the_run_redone(tmp_path, capsys, reference):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "manifest.json").unlink()
+    rows = (out / "metrics.csv").read_text().splitlines()
+    best = json.loads((out / "summary.json").read_text())["best_test_acc"]
+    (out / "metrics.csv").write_text("\n".join(r.replace(repr(best), "99.0") for r in rows) + "\n")
+    assert main(_run_args(tmp_path, out)) == 0
+    err = capsys.readouterr().err
+    assert "summary.json does not follow from them" in err and "running it again" in err, err
+    assert _comparable(out) == _comparable(reference)
