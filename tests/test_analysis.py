@@ -14,7 +14,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from gstlab import analysis
+from gstlab import analysis, recovery
 from gstlab.analysis import figures, stats
 from gstlab.analysis.report import corr_verdict, report_runs, write_report
 from gstlab.analysis.results import last_probes, load_curvature, load_epochs, load_eps, load_events, load_study
@@ -90,6 +90,12 @@ def no_draw(monkeypatch):
     monkeypatch.setattr(figures, "save", save)
 
 
+def seal(run_dir: Path) -> None:
+    """The final manifest a run gets: its status and the checksums that readers verify its files against."""
+    status = json.loads((run_dir / "summary.json").read_text())["status"]
+    write_json(run_dir / "manifest.json", {"status": status, "files": recovery.checksums(run_dir)})
+
+
 def make_study(root, figure: str, settings=FIG2, slope: float = 0.8, seeds: int = 4, probes: bool = False,
                archs=("vgg11_bn",), failed: bool = True):
     """A study directory with one run per setting x arch x seed (+ one failed and one pending run)."""
@@ -114,6 +120,7 @@ def make_study(root, figure: str, settings=FIG2, slope: float = 0.8, seeds: int 
                     curv, eps = _probes(rng, summary["mean_stability"])
                     write_csv(run_dir / "curvature.csv", curv, CURVATURE_COLUMNS)
                     write_csv(run_dir / "eps_sweep.csv", eps, EPS_COLUMNS)
+                seal(run_dir)
                 rate = (extra[0] if extra else 90 / (1 + i)) if side else ""
                 index.append({"run_id": run_id, "setting": setting, "label": label, "seed": seed, "arch": arch,
                               "criterion": "l2" if side else "", "side": side, "period": 40 if side else "",
@@ -124,6 +131,7 @@ def make_study(root, figure: str, settings=FIG2, slope: float = 0.8, seeds: int 
         write_csv(bad / "metrics.csv", [], METRIC_COLUMNS)
         write_json(bad / "summary.json", {"status": "failed", "run_id": "failed0", "failure": "loss diverged (nan)",
                                           **summarize([], [], False)})
+        seal(bad)
         index.append({**index[-1], "run_id": "failed0", "seed": 99, "run_dir": str(bad), "status": "failed"})
         index.append({**index[-1], "run_id": "pending0", "seed": 98, "run_dir": str(root / "runs" / "pending0"),
                       "status": "pending"})
@@ -431,6 +439,7 @@ def test_report_figure2_scores_no_pruning_over_the_pruned_runs_window_and_shows_
             summary = json.loads((run_dir / "summary.json").read_text())
             summary.update(summarize(metrics.to_dict("records"), [], False))
             (run_dir / "summary.json").write_text(json.dumps(summary))
+            seal(run_dir)
     text = write_report(study).read_text()
     own = [line for line in text.splitlines() if line.startswith("- **Benefit** (") and "Prune_L 13%" in line]
     window = [line for line in text.splitlines() if "**Benefit, common window**" in line and "Prune_L 13%" in line]

@@ -2,19 +2,27 @@
 nothing written; every fault ends with exit 1 (or a repair and a warning) and one line, never a traceback;
 nothing is silently wrong. docs/reliability.md lists the cases with their counts."""
 
+import csv
+import errno
+import gzip
+import io
 import json
 import os
 import shutil
 import struct
+import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from gstlab import runner, store
+from gstlab import study as S
 from gstlab.cli import main
+from gstlab.data import DataMissingError, cifar
 from gstlab.runner import execute
 from test_runner import TINY, _comparable, _write, cfg_of
 
@@ -293,3 +301,192 @@ def test_an_edited_metric_without_a_manifest_is_found_and_the_run_redone(tmp_pat
     err = capsys.readouterr().err
     assert "summary.json does not follow from them" in err and "running it again" in err, err
     assert _comparable(out) == _comparable(reference)
+
+
+# ------------------------------------------------------------------------------------------------- reports
+
+SMALL = {**TINY, "train": {**TINY["train"], "epochs": 4}, "optim": {**TINY["optim"], "milestones": [3]},
+         "pruning": {**TINY["pruning"], "layers": [{"name": "fc1", "fraction": 0.5, "start": 1, "end": 3}]}}
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory) -> Path:
+    """A study of two finished runs (seeds 0, 1), executed in this process."""
+    study_dir = tmp_path_factory.mktemp("study") / "s"
+    raw = {"name": "t", "seeds": 2, "settings": [{"inline": SMALL, "label": "L"}]}
+    study = S.study_from_dict(raw)
+    runs = S.expand(study)
+    for run in runs:
+        execute(run.cfg, study_dir / "runs" / run.run_id)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump({**raw, "seeds": [0, 1]}))
+    S.write_index(study_dir, study, runs, study_dir)
+    return study_dir
+
+
+def _report(tmp_path: Path, capsys, finished_study: Path, damage) -> tuple[int, str, list[dict]]:
+    study_dir = tmp_path / "s"
+    shutil.copytree(finished_study, study_dir)
+    index = (study_dir / "index.csv").read_text()  # index.csv names absolute run directories
+    (study_dir / "index.csv").write_text(index.replace(str(finished_study.resolve()), str(study_dir.resolve())))
+    run_dir = sorted(p for p in (study_dir / "runs").iterdir() if p.is_dir())[0]
+    damage(study_dir, run_dir)
+    code = main(["report", str(study_dir)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    with open(study_dir / "report" / "runs.csv") as f:
+        return code, err, list(csv.DictReader(f))
+
+
+def _tamper_summary(study_dir: Path, run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "best_test_acc": 70.33}))
+
+
+def _truncate_events(study_dir: Path, run_dir: Path) -> None:
+    lines = (run_dir / "events.csv").read_text().splitlines(keepends=True)
+    (run_dir / "events.csv").write_text("".join(lines[:-1]))
+
+
+def _no_manifest_and_edited_metrics(study_dir: Path, run_dir: Path) -> None:
+    (run_dir / "manifest.json").unlink()
+    text = (run_dir / "metrics.csv").read_text()
+    (run_dir / "metrics.csv").write_text(text.replace(",", ",9", 1))
+
+
+def _binary_metrics(study_dir: Path, run_dir: Path) -> None:
+    (run_dir / "metrics.csv").write_bytes(b"\xff\xfe\x00binary")
+
+
+def _index_points_to_etc(study_dir: Path, run_dir: Path) -> None:
+    text = (study_dir / "index.csv").read_text()
+    (study_dir / "index.csv").write_text(text.replace(str(run_dir.resolve()), "/etc"))
+
+
+@pytest.mark.parametrize("damage, status, reason", [
+    (_tamper_summary, "damaged", "summary.json is damaged (checksum mismatch)"),
+    (_truncate_events, "damaged", "events.csv is damaged (checksum mismatch)"),
+    (_no_manifest_and_edited_metrics, "damaged", "manifest.json is missing or damaged"),
+    (_binary_metrics, "damaged", "metrics.csv is damaged (checksum mismatch)"),
+    (_index_points_to_etc, "outside", "index.csv names run_dir /etc"),
+], ids=["summary-tampered", "events-truncated", "manifest-deleted-metrics-edited", "binary-metrics", "run-dir-etc"])
+def test_a_report_leaves_out_runs_whose_files_do_not_match_and_says_how_to_redo_them(
+        tmp_path, capsys, finished_study, damage, status, reason):
+    code, err, rows = _report(tmp_path, capsys, finished_study, damage)
+    assert code == 1 and reason in err, err
+    assert f"1 of 2 runs left out of the report; redo them with: gst sweep {tmp_path / 's' / 'study.yaml'}" in err
+    assert sorted(r["status"] for r in rows) == sorted(["finished", status])
+    assert "70.33" not in (tmp_path / "s" / "report" / "runs.csv").read_text()
+    assert "1 runs left out" in (tmp_path / "s" / "report" / "report.md").read_text()
+
+
+def test_a_binary_study_yaml_gives_the_generic_report_with_a_warning(tmp_path, capsys, finished_study):
+    code, err, rows = _report(tmp_path, capsys, finished_study,
+                              lambda s, r: (s / "study.yaml").write_bytes(b"\x80\x81binary"))
+    assert code == 0 and "study.yaml: not UTF-8 text" in err and err.count("\n") == 1
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+
+
+def test_a_report_on_a_read_only_directory_is_one_line(tmp_path, capsys, finished_study, monkeypatch):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    err = _one_line_exit(capsys, ["report", str(finished_study)], code=1)
+    assert f"{finished_study / 'report'} (Read-only file system)" in err
+
+
+# --------------------------------------------------------------------------------- flatness, disks, Ctrl-C
+
+
+def test_flatness_sets_a_binary_flatness_csv_aside(tmp_path, capsys, reference):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "flatness.csv").write_bytes(b"\xff\x00binary")
+    assert main(["flatness", str(run_dir), "--top-k", "2", "--samples", "16", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "flatness.csv is damaged; moved it aside to flatness.csv.damaged-1" in err and "Traceback" not in err
+    with open(run_dir / "flatness.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1
+
+
+@pytest.mark.parametrize("error, text", [(errno.EROFS, "Read-only file system"),
+                                         (errno.ENOSPC, "No space left on device")], ids=["read-only", "full"])
+def test_a_disk_that_turns_read_only_or_full_mid_run_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch,
+                                                                                  error, text):
+    original, calls = store.os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) > 4:  # config, manifest, then the first epoch's tables
+            raise OSError(error, text)
+        return original(fd)
+
+    monkeypatch.setattr(store.os, "fsync", fsync)
+    out = tmp_path / "run"
+    err = _one_line_exit(capsys, _run_args(tmp_path, out), code=1)
+    assert f"cannot write or read {out}/" in err and f"({text})" in err, err
+    assert not store.leftovers(out)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch, reference):
+    def interrupted(run, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(run, epoch)
+
+    original = runner.run_epoch
+    monkeypatch.setattr(runner, "run_epoch", interrupted)
+    out = tmp_path / "run"
+    err = _one_line_exit(capsys, _run_args(tmp_path, out), code=130)
+    assert err == "gst: interrupted; rerun the same command to resume\n"
+    monkeypatch.undo()
+    assert main(_run_args(tmp_path, out)) == 0 and _comparable(out) == _comparable(reference)
+
+
+# ------------------------------------------------------------------------------------------------- data files
+
+
+def _fashion(root: Path, damage: str) -> None:
+    """The four Fashion-MNIST IDX files (4 images each), one of them damaged as ``damage`` says."""
+    def idx(array: np.ndarray) -> bytes:
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+        return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+    root.mkdir()
+    for split in ("train", "t10k"):
+        (root / f"{split}-images-idx3-ubyte.gz").write_bytes(idx(np.zeros((4, 28, 28))))
+        (root / f"{split}-labels-idx1-ubyte.gz").write_bytes(idx(np.arange(4)))
+    target = root / "train-images-idx3-ubyte.gz"
+    if damage == "random":
+        target.write_bytes(os.urandom(2000))
+    elif damage == "truncated":
+        target.write_bytes(target.read_bytes()[:-12])  # without the gzip trailer and the last data
+    else:
+        (root / "train-labels-idx1-ubyte.gz").write_bytes(idx(np.full(4, 200)))
+
+
+@pytest.mark.parametrize("damage, text", [("random", "damaged, not an IDX file"),
+                                          ("truncated", "damaged, not an IDX file"),
+                                          ("labels-200", "labels in 0..200")])
+def test_damaged_fashion_mnist_files_are_one_line(tmp_path, capsys, damage, text):
+    _fashion(tmp_path / "fm", damage)
+    data = {**TINY, "data": {"name": "fashion_mnist", "root": str(tmp_path / "fm")},
+            "model": {"arch": "mlp", "hidden": [8]}, "pruning": {}}
+    _refused(tmp_path, capsys, _config(tmp_path, yaml.safe_dump(data)), text)
+
+
+@pytest.mark.parametrize("content", ["dotdot", "random"])
+def test_a_cifar_archive_is_checksummed_before_anything_is_extracted(tmp_path, content):
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = root / cifar.SPECS["cifar10"]["archive"]
+    if content == "random":
+        archive.write_bytes(os.urandom(4096))
+    else:
+        with tarfile.open(archive, "w:gz") as tar:
+            member = tarfile.TarInfo("../escaped.txt")
+            member.size = 5
+            tar.addfile(member, io.BytesIO(b"owned"))
+    with pytest.raises(DataMissingError, match="checksum mismatch"):
+        cifar.load("cifar10", str(root), False, True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cifar-10-python.tar.gz", "root"]

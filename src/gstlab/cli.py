@@ -209,7 +209,28 @@ def cmd_report(args: argparse.Namespace) -> int:
                          f"rewrite it (finished runs are not re-run)")
     path = write_report(study_dir)
     print(f"report: {path}")
-    return EXIT_OK
+    return _left_out(study_dir, path.parent / "runs.csv")
+
+
+def _left_out(study_dir: Path, runs_csv: Path) -> int:
+    """List the runs the report left out as damaged or outside the study, with the command that redoes them;
+    EXIT_FAILED when there are any."""
+    import pandas as pd  # noqa: PLC0415
+
+    from gstlab.analysis.results import LEFT_OUT  # noqa: PLC0415
+
+    runs = pd.read_csv(runs_csv, dtype=str)
+    bad = runs[runs["status"].isin(LEFT_OUT)]
+    for _, run in bad.iterrows():
+        print(f"gst: warning: run {run['run_id']} left out ({run['status']}): {run.get('failure')}", file=sys.stderr)
+    if bad.empty:
+        return EXIT_OK
+    stores = sorted({str((runs_csv.parent / d).resolve().parent.parent) for d in bad["run_dir"]
+                     if (runs_csv.parent / d).resolve().parent.name == "runs"} - {str(study_dir.resolve())})
+    store = f" --store {stores[0]}" if len(stores) == 1 else ""
+    print(f"gst: {len(bad)} of {len(runs)} runs left out of the report; redo them with: gst sweep "
+          f"{study_dir / 'study.yaml'} --out {study_dir}{store}, then gst report {study_dir}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _has_rows(index: Path) -> bool:
@@ -273,7 +294,14 @@ def cmd_flatness(args: argparse.Namespace) -> int:
 def _append_csv(path: Path, rows: list[dict], columns, store) -> None:
     import csv  # noqa: PLC0415
 
-    old = list(csv.DictReader(path.open())) if path.exists() else []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            old = list(csv.DictReader(f))
+    except FileNotFoundError:
+        old = []
+    except (OSError, UnicodeDecodeError, csv.Error):  # damaged (binary, a directory): keep it aside, start anew
+        store.set_aside(path)
+        old = []
     store.write_csv(path, old + rows, columns)
 
 

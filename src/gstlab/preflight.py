@@ -63,12 +63,15 @@ SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cif
           "mnist1d": ((1, 40), 10)}  # (input shape, classes) of each data set, known without loading it
 
 
-def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int]:
-    """(input shape, classes) a data config yields, without loading the data."""
+def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, classes) a data config yields, without loading the data; None for a data set registered
+    elsewhere (gstlab.registry), whose run is checked when it starts."""
     if cfg.name == "synthetic":
         shape, classes = tuple(cfg.synthetic_shape), cfg.synthetic_classes
-    else:
+    elif cfg.name in SHAPES:
         shape, classes = SHAPES[cfg.name]
+    else:
+        return None
     if cfg.image_size is not None and len(shape) == 3:
         shape = (shape[0], cfg.image_size, cfg.image_size)
     return shape, classes
@@ -83,7 +86,10 @@ def check_study(runs: list) -> None:
         try:
             key = (cfg.data, cfg.model)
             if key not in seen:
-                shape, classes = data_shape(cfg.data)
+                known = data_shape(cfg.data)
+                if known is None:
+                    continue
+                shape, classes = known
                 check_model_size(cfg.model, shape, classes)
                 with torch.device("meta"):
                     model = build_model(cfg.model, shape, classes)

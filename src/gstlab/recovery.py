@@ -43,9 +43,10 @@ def checksums(run_dir: Path) -> dict[str, str]:
             if p.is_file() and not p.name.startswith(".") and p.name not in UNCHECKED}
 
 
-def verify_finished(run_dir: Path) -> tuple[dict | None, str | None]:
+def verify_finished(run_dir: Path, strict: bool = False) -> tuple[dict | None, str | None]:
     """(summary, None) for a finished or failed run whose files are intact; (None, problem) when one is
-    damaged; (None, None) when the run has not finished."""
+    damaged; (None, None) when the run has not finished. ``strict``: a run without checksums in its manifest
+    is damaged too (a reader cannot check it by structure alone; ``gst run`` rebuilds the manifest)."""
     path = run_dir / "summary.json"
     if not path.exists():
         return None, None
@@ -56,6 +57,8 @@ def verify_finished(run_dir: Path) -> tuple[dict | None, str | None]:
         return None, None
     manifest = store.read_json_or_none(run_dir / "manifest.json") or {}
     files = manifest.get("files")
+    if strict and not isinstance(files, dict):
+        return None, "manifest.json is missing or damaged, so its files cannot be verified"
     problem = _check_sums(run_dir, files) if isinstance(files, dict) else _check_structure(run_dir, summary)
     return (None, problem) if problem else (summary, None)
 

@@ -114,8 +114,8 @@ def set_aside(path: Path) -> Path:
     while (aside := path.with_name(f"{path.name}.damaged-{n}")).exists():
         n += 1
     os.replace(path, aside)
-    kind = "a directory" if aside.is_dir() else "damaged"
-    print(f"gst: warning: {path} is {kind}, not a gstlab file; moved it aside to {aside.name}", file=sys.stderr)
+    kind = "a directory, not a file" if aside.is_dir() else "damaged"
+    print(f"gst: warning: {path} is {kind}; moved it aside to {aside.name}", file=sys.stderr)
     return aside
 
 

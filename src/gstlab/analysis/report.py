@@ -13,11 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from gstlab.analysis import figures as F
 from gstlab.analysis import measures
-from gstlab.analysis.results import last_probes, load_curvature, load_epochs, load_eps, load_events, load_study
+from gstlab.analysis.results import (
+    LEFT_OUT,
+    last_probes,
+    load_curvature,
+    load_epochs,
+    load_eps,
+    load_events,
+    load_study,
+)
 from gstlab.analysis.stats import correlation, group_table, paired_ttest, ttest
 from gstlab.analysis.window import common_window_start, with_window
 
@@ -381,6 +388,10 @@ def _status_lines(all_runs: pd.DataFrame) -> list[str]:
     n_ok, n_failed = int(counts.get("finished", 0)), int(counts.get("failed", 0))
     lines = [f"- runs: {len(all_runs)} in index.csv; {n_ok} finished, {n_failed} failed, "
              f"{len(all_runs) - n_ok - n_failed} not finished. The analysis uses the {n_ok} finished runs."]
+    n_left = int(all_runs["status"].isin(LEFT_OUT).sum())
+    if n_left:
+        lines.append(f"- **{n_left} runs left out because their files do not match their manifest (damaged) or "
+                     f"index.csv points outside the study**; `gst sweep` on the study again redoes them.")
     bad = all_runs[all_runs["status"] != "finished"]
     if len(bad):
         lines += ["", "Excluded runs:", "", "| run_id | label | seed | status | reason |", "|---|---|---|---|---|"]
@@ -424,9 +435,18 @@ def grid_labels(runs: pd.DataFrame, keys) -> pd.Series:
 
 
 def _read_spec(study_dir: Path) -> dict:
+    """study.yaml as a mapping; {} (the generic report, with a warning) when it is missing or damaged."""
+    from gstlab import config as C  # noqa: PLC0415
+    from gstlab.recovery import warn  # noqa: PLC0415
+
     path = study_dir / "study.yaml"
-    spec = yaml.safe_load(path.read_text()) if path.exists() else None
-    return spec if isinstance(spec, dict) else {}
+    if not path.exists():
+        return {}
+    try:
+        return C.load_yaml(path)
+    except C.ConfigError as err:
+        warn(f"{err}; drawing the generic report")
+        return {}
 
 
 def _with_relative_run_dirs(runs: pd.DataFrame, out: Path) -> pd.DataFrame:

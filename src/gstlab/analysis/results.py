@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from gstlab import recovery
 from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
-from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS, read_json_or_none
+from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS
 
 ID_COLUMNS = ("run_id", "setting", "label", "seed")
 SUMMARY_COLUMNS = (
@@ -36,6 +37,20 @@ def _run_dir(study_dir: Path, row: pd.Series) -> Path:
     return study_dir / "runs" / str(row["run_id"])
 
 
+LEFT_OUT = ("damaged", "outside")  # statuses of runs whose files cannot be used (verified_summary)
+
+
+def verified_summary(run_dir: Path, run_id: str) -> tuple[dict | None, tuple[str, str] | None]:
+    """(summary, None) for a final run whose files match its manifest's checksums; (None, None) for a run that
+    has not finished; (None, (status, reason)) for a run left out: ``outside`` when ``run_dir`` is not a run
+    directory of a study (``.../runs/<run_id>``, e.g. /etc), ``damaged`` when a file does not match or the
+    manifest that would verify them is missing."""
+    if run_dir.name != run_id or run_dir.parent.name != "runs":
+        return None, ("outside", f"index.csv names run_dir {run_dir}, which is not .../runs/{run_id}")
+    summary, problem = recovery.verify_finished(run_dir, strict=True)
+    return summary, None if problem is None else ("damaged", problem)
+
+
 def _scratch(row: pd.Series, run_dir: Path) -> bool:
     """Scratch pruning: from index.csv if it says, else the run's config.yaml, else the label."""
     if "scratch" in row and pd.notna(row["scratch"]):
@@ -45,7 +60,7 @@ def _scratch(row: pd.Series, run_dir: Path) -> bool:
         try:
             pruning = (yaml.safe_load(cfg.read_text()) or {}).get("pruning") or {}
             return bool(pruning.get("scratch", False))
-        except (yaml.YAMLError, AttributeError):
+        except (yaml.YAMLError, AttributeError, OSError, UnicodeDecodeError):
             pass
     return "scratch" in str(row.get("label", "")).lower()
 
@@ -59,11 +74,13 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
         run_dir = _run_dir(study_dir, row)
         rec = row.to_dict()
         rec["run_dir"] = str(run_dir)
-        summary = read_json_or_none(run_dir / "summary.json")  # damaged: the run shows its index status
-        if summary is not None:
+        summary, problem = verified_summary(run_dir, str(row["run_id"]))
+        if problem is not None:
+            rec.update(status=problem[0], failure=problem[1])
+        elif summary is not None:
             summary.pop("run_id", None)
             rec.update(summary)
-        rec["scratch"] = _scratch(row, run_dir)
+        rec["scratch"] = _scratch(row, run_dir) if problem is None else False
         rows.append(rec)
     df = pd.DataFrame(rows, columns=list(dict.fromkeys([*index.columns, *SUMMARY_COLUMNS,
                                                          *(k for r in rows for k in r)])))
@@ -82,6 +99,8 @@ def _long(study_dir: str | Path, filename: str, columns: tuple[str, ...], runs: 
     parts = []
     for _, run in runs.iterrows():
         path = Path(run["run_dir"]) / filename
+        if run.get("status") in LEFT_OUT:  # unverified files are never read
+            continue
         if not path.exists() or path.stat().st_size == 0:
             continue
         table = pd.read_csv(path)

@@ -71,6 +71,7 @@ def _locate(name: str, root: str | None, download_ok: bool) -> Path:
         if (base / spec["dir"]).is_dir():
             return base / spec["dir"]
         if (base / spec["archive"]).exists():
+            verify(base / spec["archive"], spec["md5"])  # before anything is extracted (a ../ member, bytes)
             return _extract(base / spec["archive"], spec)
     if download_ok:
         base = bases[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,24 @@ def load(root: str | None, download_ok: bool, normalize: bool) -> tuple:
     stats = {"mean": (MEAN,), "std": (STD,)} if normalize else {}
     tensors = []
     for split in ("train", "t10k"):
-        images = torch.from_numpy(read_idx(_file(d, f"{split}-images-idx3-ubyte.gz")).copy()).unsqueeze(1)
-        labels = torch.from_numpy(read_idx(_file(d, f"{split}-labels-idx1-ubyte.gz")).astype(np.int64))
-        tensors += [Images(images, frame=2, **stats), labels]
+        images = _checked(_file(d, f"{split}-images-idx3-ubyte.gz"), 3)
+        labels = _checked(_file(d, f"{split}-labels-idx1-ubyte.gz"), 1)
+        if images.shape[1:] != (28, 28) or len(labels) != len(images) or labels.max(initial=0) > 9:
+            raise DataMissingError(f"{d}: the {split} files are not Fashion-MNIST (images {images.shape}, "
+                                   f"{len(labels)} labels in 0..{labels.max(initial=0)}; expected 28x28 images, "
+                                   f"one label in 0..9 each); delete them and fetch them again")
+        tensors += [Images(torch.from_numpy(images.copy()).unsqueeze(1), frame=2, **stats),
+                    torch.from_numpy(labels.astype(np.int64))]
     return tuple(tensors)
+
+
+def _checked(path: Path, ndim: int) -> np.ndarray:
+    """read_idx, with a damaged file (random bytes, truncated gzip) as one DataMissingError naming it."""
+    try:
+        array = read_idx(path)
+    except (OSError, EOFError, ValueError, IndexError, zlib.error) as err:
+        raise DataMissingError(f"{path}: damaged, not an IDX file ({err}); delete it and fetch it again") from None
+    if array.ndim != ndim:
+        raise DataMissingError(f"{path}: an IDX file of {array.ndim} dimensions, expected {ndim}; delete it and "
+                               f"fetch it again")
+    return array
