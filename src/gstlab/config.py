@@ -598,16 +598,21 @@ def load_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                           f"{err.start}); a config is a YAML text file") from None
+    return yaml_mapping(text, f"config file {path}")
+
+
+def yaml_mapping(text: str, where: str) -> dict:
+    """The non-empty mapping in YAML ``text`` (bounded: gstlab.safeyaml); ConfigError starting with ``where``."""
     try:
         data = safeyaml.load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path}: not valid YAML ({_one_line(err)})") from None
+        raise ConfigError(f"{where}: not valid YAML ({_one_line(err)})") from None
     except safeyaml.YamlError as err:
-        raise ConfigError(f"config file {path}: {err}") from None
+        raise ConfigError(f"{where}: {err}") from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        raise ConfigError(f"{where}: expected a mapping at the top level")
     if not data:
-        raise ConfigError(f"config file {path}: is empty; give at least one field (e.g. model.arch), the "
+        raise ConfigError(f"{where}: is empty; give at least one field (e.g. model.arch), the "
                           f"defaults alone train a full-width VGG11 for 325 epochs")
     return data
 

@@ -95,6 +95,10 @@ def load(text: str) -> Any:
         if _expanded_size(node, {}) > MAX_VALUES:
             raise YamlError(f"expands to more than {MAX_VALUES:,} values (YAML aliases repeat a part many times)")
         value = loader.construct_document(node)
+    except YamlError:
+        raise
+    except (ValueError, IndexError, TypeError, OverflowError) as err:  # PyYAML's constructors, e.g. on `!!float`
+        raise YamlError(f"a value cannot be built ({type(err).__name__}: {err})") from None
     finally:
         loader.dispose()
     _plain(value, "")
