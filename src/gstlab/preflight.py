@@ -10,13 +10,17 @@ import torch
 
 from gstlab import config as C
 from gstlab.models import build_model
+from gstlab.parts import DEFAULT_PARTS
 from gstlab.pruning.schedule import LayerPlan, event_epochs
 
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights (12 GB with Adam's moments); the paper's VGG11 has 9 million
 
 
 def check_model_size(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """ConfigError if the model ``cfg`` would have more than MAX_PARAMS parameters (counted without allocating)."""
+    """ConfigError if the model ``cfg`` would have more than MAX_PARAMS parameters (counted without allocating).
+    A model given to gstlab.api.run (``cfg.supplied``) is the caller's: not checked."""
+    if cfg.supplied:
+        return
     with torch.device("meta"):
         model = build_model(cfg, input_shape, num_classes)
     total = sum(p.numel() for p in model.parameters())
@@ -80,20 +84,18 @@ def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int] | None:
 def check_study(runs: list) -> None:
     """Before a sweep writes anything: every run's model size and the layers its schedule names (each distinct
     data + model pair is built once, on the meta device). ``runs``: StudyRuns; ConfigError names the setting."""
-    seen: dict[tuple, list[str]] = {}
+    seen: dict[tuple, torch.nn.Module] = {}
     for run in runs:
         cfg = run.cfg
         try:
+            known = data_shape(cfg.data)
+            if known is None or cfg.model.supplied:
+                continue
             key = (cfg.data, cfg.model)
             if key not in seen:
-                known = data_shape(cfg.data)
-                if known is None:
-                    continue
-                shape, classes = known
-                check_model_size(cfg.model, shape, classes)
+                check_model_size(cfg.model, *known)
                 with torch.device("meta"):
-                    model = build_model(cfg.model, shape, classes)
-                seen[key] = [u.name for u in model.prunable_units()] if hasattr(model, "prunable_units") else []
-            C.validate(cfg, seen[key])
+                    seen[key] = build_model(cfg.model, *known)
+            C.validate(cfg, [u.name for u in DEFAULT_PARTS.units_of(cfg, seen[key])])  # as the run finds them
         except C.ConfigError as err:
             raise C.ConfigError(f"setting {run.setting!r}: {err}") from None
