@@ -460,6 +460,7 @@ def test_report_figure2_tests_memorization_at_the_common_window_best_epoch_under
         # less stable runs memorize fewer noisy labels; the baseline memorizes most
         metrics["train_acc_noisy"] = summary["mean_stability"] - 10.0 + 0.01 * metrics["epoch"]
         metrics.to_csv(run_dir / "metrics.csv", index=False)
+        seal(run_dir)
     md = write_report(study)
     text = md.read_text()
     line = next(t for t in text.splitlines() if "**Memorization**" in t)
