@@ -117,6 +117,7 @@ def test_cifar_archive_is_read_from_a_tarball(tmp_path, monkeypatch):
     monkeypatch.setitem(cifar.SPECS["cifar10"], "files", sums)  # these fake batches stand in for the official
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(src, arcname="cifar-10-batches-py")
+    monkeypatch.setitem(cifar.SPECS["cifar10"], "md5", md5sum(tmp_path / "cifar-10-python.tar.gz"))  # and archive
     x, y, xt, yt = cifar.load("cifar10", str(tmp_path), download_ok=False, normalize=False)
     assert x.shape == (20, 3, 32, 32) and xt.shape == (4, 3, 32, 32)
     first = torch.from_numpy(data["data_batch_1"][b"data"][0].reshape(3, 32, 32)).float() / 255
