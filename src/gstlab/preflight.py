@@ -21,11 +21,24 @@ def check_model_size(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_class
     A model given to gstlab.api.run (``cfg.supplied``) is the caller's: not checked."""
     if cfg.supplied:
         return
-    with torch.device("meta"):
-        model = build_model(cfg, input_shape, num_classes)
+    model = meta_model(cfg, input_shape, num_classes)
+    if model is None:
+        return
     total = sum(p.numel() for p in model.parameters())
     if total > MAX_PARAMS:
         raise C.ConfigError(f"model: {total:,} parameters (hidden/channels/width); allowed: at most {MAX_PARAMS:,}")
+
+
+def meta_model(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module | None:
+    """The model built on the meta device (shapes, no memory); None for an architecture whose constructor needs
+    real values (a registered one may call ``.item()``): it is checked when its run builds it."""
+    try:
+        with torch.device("meta"):
+            return build_model(cfg, input_shape, num_classes)
+    except C.ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 (whatever a registered constructor raises on meta tensors)
+        return None
 
 
 def check_threads(cfg: C.TrainConfig) -> None:
@@ -84,7 +97,7 @@ def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int] | None:
 def check_study(runs: list) -> None:
     """Before a sweep writes anything: every run's model size and the layers its schedule names (each distinct
     data + model pair is built once, on the meta device). ``runs``: StudyRuns; ConfigError names the setting."""
-    seen: dict[tuple, torch.nn.Module] = {}
+    seen: dict[tuple, torch.nn.Module | None] = {}
     for run in runs:
         cfg = run.cfg
         try:
@@ -94,8 +107,9 @@ def check_study(runs: list) -> None:
             key = (cfg.data, cfg.model)
             if key not in seen:
                 check_model_size(cfg.model, *known)
-                with torch.device("meta"):
-                    seen[key] = build_model(cfg.model, *known)
+                seen[key] = meta_model(cfg.model, *known)
+            if seen[key] is None:
+                continue
             C.validate(cfg, [u.name for u in DEFAULT_PARTS.units_of(cfg, seen[key])])  # as the run finds them
         except C.ConfigError as err:
             raise C.ConfigError(f"setting {run.setting!r}: {err}") from None
