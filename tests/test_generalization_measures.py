@@ -16,7 +16,7 @@ from gstlab.analysis.measures import granulated_tau, least_stable, measure_rows,
 from gstlab.analysis.report import write_report
 from gstlab.class_detail import CLASS_COLUMNS
 from gstlab.store import read_json_or_none, write_csv, write_json
-from test_analysis import make_study  # the synthetic study of the report tests
+from test_analysis import make_study, seal  # the synthetic study of the report tests
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +62,7 @@ def _add_class_detail(runs: pd.DataFrame) -> None:
         summary_path = Path(run_dir) / "summary.json"
         summary = read_json_or_none(summary_path)
         write_json(summary_path, {**summary, "mean_flips": 1.0 + i % 5, "memorization": float(i)})
+        seal(Path(run_dir))  # the checksums a real run's manifest has for these files
 
 
 def test_report_has_the_generalization_measures_section_and_class_figure(tmp_path):
