@@ -24,6 +24,7 @@ from gstlab import study as S
 from gstlab.cli import main
 from gstlab.data import DataMissingError, cifar
 from gstlab.runner import execute
+from test_reliability import _Killed, _killed_after
 from test_runner import TINY, _comparable, _write, cfg_of
 
 # the YAML alias bomb ("billion laughs"): 9^8 strings from a few hundred bytes
@@ -157,20 +158,9 @@ def test_a_study_name_cannot_escape_the_default_study_directory(tmp_path, capsys
 # ---------------------------------------------------------------------------------- damaged or replaced files
 
 
-class _Killed(Exception):
-    pass
-
-
 def _cut_off(monkeypatch, cfg, out: Path, epoch: int = 3) -> None:
     """Run ``cfg`` in ``out`` and stop it (as if killed) right after the checkpoint of ``epoch``."""
-    original = runner._checkpoint
-
-    def checkpoint(run, e):
-        original(run, e)
-        if e == epoch:
-            raise _Killed
-
-    monkeypatch.setattr(runner, "_checkpoint", checkpoint)
+    _killed_after(monkeypatch, epoch)
     with pytest.raises(_Killed):
         execute(cfg, out)
     monkeypatch.undo()
