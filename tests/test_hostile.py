@@ -480,3 +480,16 @@ def test_a_cifar_archive_is_checksummed_before_anything_is_extracted(tmp_path, c
     with pytest.raises(DataMissingError, match="checksum mismatch"):
         cifar.load("cifar10", str(root), False, True)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cifar-10-python.tar.gz", "root"]
+
+
+def test_flatness_on_a_read_only_run_directory_is_one_line(tmp_path, capsys, monkeypatch, reference):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(store.tempfile, "mkstemp", read_only)
+    err = _one_line_exit(capsys, ["flatness", str(run_dir), "--top-k", "2", "--samples", "16", "--no-progress"],
+                         code=1)
+    assert f"cannot write or read {run_dir / 'flatness.csv'} (Read-only file system)" in err, err
