@@ -1,7 +1,8 @@
 """Every small scale keeps the paper's schedule (issue: a miniature that keeps the paper's clock).
 
 For every preset at `mini` (and at `smoke`, whose exceptions are named), checked on the *built* model and the
-pruner the runner uses, against the paper's configuration and an independent ceil formula (PAPER_SPEC §7.3):
+pruner the runner uses, against the paper's configuration and an independent ceil formula
+(docs/paper.md#pruning-schedule):
 - each layer prunes at the paper's epochs, or on a shorter clock with as many events and the same order;
 - each event removes k = kept(i-1) - kept(i) units, kept(i) = ceil(F + (n - F)(N - i)/N), F = ceil((1-f) n),
   on the layer's own width n, and a layer has as many non-empty events as in the paper;

@@ -1,4 +1,5 @@
-"""Schedule arithmetic against PAPER_SPEC §7.3/§7.7, E[BN] against sampling, and selection ties (§7.5)."""
+"""Schedule arithmetic against docs/paper.md#pruning-schedule, E[BN] against sampling, and selection ties
+(docs/paper.md#selection)."""
 
 import math
 

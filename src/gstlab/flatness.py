@@ -1,4 +1,4 @@
-"""One flatness measurement of a model (PAPER_SPEC §10): the quantities of Figures 6 and E1-E6 in one row.
+"""One flatness measurement of a model (docs/paper.md#flatness): the quantities of Figures 6 and E1-E6 in one row.
 
 Convention (recorded in every row): mean cross-entropy over a fixed probe set (the first ``samples`` evaluation
 examples, the paper's 512 test images by default), model in eval mode (BatchNorm running statistics), fp32,

@@ -1,5 +1,5 @@
-"""Non-permanent pruning (PAPER_SPEC §9): the same schedule, scores and sides as pruning, but the targeted
-units are zeroed or noised for N training batches instead of being removed.
+"""Non-permanent pruning (docs/paper.md#non-permanent-pruning): the same schedule, scores and sides as pruning, but
+the targeted units are zeroed or noised for N training batches instead of being removed.
 
 - ``zero``: before each of the next N training batches, the newly targeted units' weights are set to 0;
   afterwards they train again from where those N steps left them (regrowth from zero).
@@ -82,7 +82,7 @@ class Intervention:
     def _passes(self) -> int:
         """Passes a window perturbs. Official compatibility: ``iter_N_*`` (zero, gaussian) checks its counter
         before incrementing it and perturbs N + 1 passes; ``cumu_N_*_restore`` perturbs N and restores at the
-        (N + 1)-th, before it is computed (PAPER_SPEC §9.2)."""
+        (N + 1)-th, before it is computed (docs/paper.md#non-permanent-pruning)."""
         iter_variant = self.cfg.count_eval_batches and self.cfg.kind in ("zero", "gaussian")
         return self.cfg.batches + 1 if iter_variant else self.cfg.batches
 

@@ -1,4 +1,4 @@
-"""The paper's panel types (PAPER_SPEC §11-§12) drawn with matplotlib's Agg canvas (no pyplot state).
+"""The paper's panel types (docs/paper.md#figures-and-tables) drawn with matplotlib's Agg canvas (no pyplot state).
 
 Every function takes pandas tables from :mod:`gstlab.analysis.results` and an output path stem, writes
 ``<stem>.png`` and ``<stem>.pdf`` and returns the PNG path. ``colors`` (label -> colour, see :func:`palette`)
@@ -137,7 +137,7 @@ def scatter(runs: pd.DataFrame, x: str, y: str, stem, title: str, corr: dict | N
 
 
 def _rate_axis(ax, rates) -> None:
-    """Symlog base-2 x axis (PAPER_SPEC §12.2) with the study's rates as ticks."""
+    """Symlog base-2 x axis (Figure 3) with the study's rates as ticks."""
     rates = sorted(float(r) for r in set(rates))
     ax.set_xscale("symlog", base=2, linthresh=1)
     ax.set_xlim(rates[0] * 0.8, rates[-1] * 1.25)

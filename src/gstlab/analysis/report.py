@@ -1,8 +1,8 @@
 """``gst report``: turn a study directory into the paper's figure(s), tables and ``report/report.md``.
 
-The study file's ``figure`` key picks the panels (PAPER_SPEC §12); every number in the report (statistics,
-verdicts) is computed from the study's own runs. Failed and unfinished runs are listed and left out of the
-analysis.
+The study file's ``figure`` key picks the panels (docs/paper.md#figures-and-tables); every number in the
+report (statistics, verdicts) is computed from the study's own runs. Failed and unfinished runs are listed and
+left out of the analysis.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from gstlab.analysis.window import common_window_start, with_window
 
 KINDS = ("figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2", "figureE",
          "tableC1", "tableF1", "generic")
-SPEC_SECTION = {"figure2": "§12.1", "figure3": "§12.2", "figure4": "§12.3", "figure5": "§12.4", "figure6": "§12.5",
-                "figureB2": "§12.7", "figureC3": "§12.8", "tableC1": "§12.9", "figureD2": "§12.10",
-                "figureE": "§12.11", "tableF1": "§12.12"}
+PAPER_FIGURE = {"figure2": "Figure 2", "figure3": "Figure 3", "figure4": "Figure 4", "figure5": "Figure 5",
+                "figure6": "Figure 6", "figureB2": "Figure B2", "figureC3": "Figure C3", "tableC1": "Table C1",
+                "figureD2": "Figure D2", "figureE": "Figures E1-E6", "tableF1": "Table F1"}
 ALPHA = 0.05
 REPORT_DIR = "report"  # a study's report folder, beside its index.csv
 FLATNESS_COLUMNS = ("eig_sum", "grad_moment_trace", "tic", "delta_w")
@@ -413,7 +413,7 @@ def _criteria_lines(runs: pd.DataFrame) -> list[str]:
 
 def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
     lines = [f"# Study report: {name}", "",
-             f"- figure: `{rep.kind}` (PAPER_SPEC {SPEC_SECTION.get(rep.kind, '§12')}); "
+             f"- figure: `{rep.kind}` ({PAPER_FIGURE.get(rep.kind, 'no figure')} of the paper, see docs/paper.md); "
              f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
              "## Claims", "", *(f"- {c}" for c in rep.claims or ["No claim can be tested with these runs."]), "",

@@ -1,5 +1,5 @@
-"""Statistics of a study, all from scipy (PAPER_SPEC §11): t confidence intervals of means, Pearson and Kendall
-correlations with 95% CIs, Student's t-test (Table F1). Degenerate input (too few points, constant values) gives
+"""Statistics of a study, all from scipy (docs/paper.md#statistics): t confidence intervals of means, Pearson and
+Kendall correlations with 95% CIs, Student's t-test (Table F1). Degenerate input (too few points, constant values) gives
 NaN, never an exception."""
 
 from __future__ import annotations

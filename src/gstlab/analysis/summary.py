@@ -1,4 +1,4 @@
-"""A run's summary from its per-epoch metrics and per-event records (PAPER_SPEC §2, exactly).
+"""A run's summary from its per-epoch metrics and per-event records (docs/paper.md#definitions, exactly).
 
 - instability of an event epoch: ``(acc_before - acc_after) / acc_before`` (relative, a fraction; it can be
   negative), both accuracies measured in eval mode on the same evaluation set with no training in between;

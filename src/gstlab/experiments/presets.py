@@ -1,4 +1,4 @@
-"""Run presets: every configuration of the paper (PAPER_SPEC §8) at three scales.
+"""Run presets: every configuration of the paper (docs/paper.md#run-configurations) at three scales.
 
 - ``paper``: the exact setting of the official scripts (CIFAR-10/100, full width, 325/165/4000 epochs).
 - ``mini``: a faithful miniature that keeps the paper's clock: the same epochs, LR milestones, pruning

@@ -1,4 +1,4 @@
-"""Study presets: every figure and table of the paper (PAPER_SPEC §12) as a study of run presets.
+"""Study presets: every figure and table of the paper (docs/paper.md#figures-and-tables) as a study of run presets.
 
 Seeds per scale: ``paper`` and ``mini`` use the official replicate counts (10; 5 for Figure 3); ``smoke``
 uses 1-2. ``estimate_minutes`` says what a study costs on the reference CPU, from measured throughput.

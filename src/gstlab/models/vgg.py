@@ -1,4 +1,4 @@
-"""VGG11 with batch norm, CIFAR variant (PAPER_SPEC §4.1), with a width multiplier.
+"""VGG11 with batch norm, CIFAR variant (docs/paper.md#models), with a width multiplier.
 
 On 32x32 inputs it is the paper's network. For the ``mini`` scale's 16x16 (or 8x8) inputs the trailing
 max-pools that would shrink the map below 1x1 are left out: the eight convolutions, their names, their

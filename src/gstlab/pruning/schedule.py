@@ -1,4 +1,4 @@
-"""When each layer prunes and how many units each event removes (PAPER_SPEC §7.2, §7.3, §7.7)."""
+"""When each layer prunes and how many units each event removes (docs/paper.md#pruning-schedule)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-unit scores (PAPER_SPEC §7.4): pure functions of weights, plus the activation tracker."""
+"""Per-unit scores (docs/paper.md#scores): pure functions of weights, plus the activation tracker."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def random_scores(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 class ActivationTracker:
-    """EMA of per-channel sum over (batch, H, W) of |activation| (PAPER_SPEC §7.4), on every ``every``-th
+    """EMA of per-channel sum over (batch, H, W) of |activation| (docs/paper.md#scores), on every ``every``-th
     training batch, counted from 1 over the whole run as the official counter (batches every, 2*every, ...;
     0-based indices every-1, 2*every-1, ...): ``s <- m*s + (1-m)*new``, starting at 0.
 

@@ -1,4 +1,4 @@
-"""Which units an event prunes (PAPER_SPEC §7.5): Prune_S / Prune_L by score, Prune_R by permutation."""
+"""Which units an event prunes (docs/paper.md#selection): Prune_S / Prune_L by score, Prune_R by permutation."""
 
 from __future__ import annotations
 
