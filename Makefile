@@ -35,7 +35,7 @@ test-all: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 
 bench: setup
 	$(PY) benchmarks/bench_overhead.py
