@@ -34,6 +34,8 @@ def _config_from_args(args: argparse.Namespace) -> C.RunConfig:
     overrides = list(args.set or [])
     if args.no_progress:
         overrides.append("train.progress=false")
+    if args.tensorboard:
+        overrides.append("train.tensorboard=true")
     return C.parse(data, overrides)
 
 
@@ -52,12 +54,14 @@ def _default_out(cfg: C.RunConfig) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gstlab import store  # noqa: PLC0415
+    from gstlab import sinks, store  # noqa: PLC0415
     from gstlab.runner import run_or_skip  # noqa: PLC0415
 
     cfg = _config_from_args(args)
     out = _out_arg(args.out, "--out") or _default_out(cfg)
     summary, executed = run_or_skip(cfg, out)
+    if cfg.train.tensorboard and not executed and not sinks.has_events(out / sinks.TENSORBOARD_DIR):
+        sinks.export_run(out, out / sinks.TENSORBOARD_DIR)  # a run finished earlier without TensorBoard
     if args.outcome_file:  # for the local executor: did this process execute the run?
         store.write_json(Path(args.outcome_file), {"status": summary.get("status"), "executed": executed})
     _print_summary(out, summary, executed)
@@ -110,7 +114,7 @@ def _list_studies() -> int:
         print(f"{name:13s} {spec['figure']:9s} {'/'.join(map(str, runs)):>22s} {minutes:>26s}  "
               f"{epochs * spec['seeds']['paper']:,}")
     print("\nCPU minutes: the reference 2-core CPU running --workers 2 --threads-per-worker 1 (measured rates in "
-          "gstlab/experiments/studies.py); paper scale wants GPUs (PAPER_SPEC §13).\n"
+          "gstlab/experiments/studies.py); paper scale wants GPUs (docs/paper.md#compute).\n"
           "run one: gst sweep --study NAME --scale mini;   see its runs: add --dry-run")
     return EXIT_OK
 
@@ -120,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print("gstlab demo: Figure 2's No Pruning, Prune_S 13% and Prune_L 13% at mini scale (325 epochs, VGG11 on "
           "2,000 Fashion-MNIST images at 16x16), on 2 worker processes\n")
-    results = run_demo(Path(args.out), seed=args.seed, progress=not args.no_progress)
+    results = run_demo(Path(args.out), seed=args.seed, progress=not args.no_progress, tensorboard=args.tensorboard)
     print("\n" + format_table(results))
     print(f"\nper-run results (metrics.csv, events.csv, summary.json): {args.out}/runs/*/;  "
           f"report: gst report {args.out}")
@@ -172,7 +176,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _check_machine(workers, threads, gpus * args.runs_per_gpu)
     res = Resources(workers=workers, threads=threads, runs_per_gpu=args.runs_per_gpu, gpus=gpus)
     outcomes = sweep(study, raw, out, args.executor, res, address=args.address, store_dir=store_dir,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, tensorboard=args.tensorboard)
     failed = [o for o in outcomes if o.status != "finished"]
     executed = sum(o.executed for o in outcomes)
     elsewhere = f", {len(outcomes) - executed} finished meanwhile by another process" if executed < len(outcomes) \
@@ -336,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config field, e.g. --set pruning.period=40 (repeatable)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-<run id>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard event files to RUN_DIR/tensorboard "
+                          "(pip install 'gstlab[tensorboard]')")
     run.add_argument("--outcome-file", help=argparse.SUPPRESS)  # the local executor's channel
     run.set_defaults(func=cmd_run)
 
@@ -356,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", metavar="DIR", help="the demo's study directory")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--tensorboard", action="store_true",
+                      help="also write each run's TensorBoard events under OUT/tensorboard (tensorboard --logdir OUT)")
     demo.set_defaults(func=cmd_demo)
 
     sweep = sub.add_parser(
@@ -386,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ray: request GPUs for the runs (G > 0) or not (0, default)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their ids; run nothing")
     sweep.add_argument("--no-progress", action="store_true")
+    sweep.add_argument("--tensorboard", action="store_true",
+                       help="write each ended run's TensorBoard events under STUDY/tensorboard/<label>/ "
+                            "(tensorboard --logdir STUDY compares the runs)")
     sweep.set_defaults(func=cmd_sweep)
 
     flat = sub.add_parser(

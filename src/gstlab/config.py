@@ -89,6 +89,7 @@ class TrainConfig:
     checkpoint_every: int = field(default=1, metadata=NOT_RESULT)  # epochs between resume checkpoints
     keep_checkpoints: tuple[int, ...] = field(default=(), metadata=NOT_RESULT)  # epochs whose model is kept
     progress: bool = field(default=True, metadata=NOT_RESULT)
+    tensorboard: bool = field(default=False, metadata=NOT_RESULT)  # also write TensorBoard events (gstlab.sinks)
     # auto: bf16 autocast for training on CUDA, fp32 on CPU. The run id hashes the *resolved* value (fp32 as
     # absent), see run_id; evaluations are fp32 whatever this says
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=NOT_RESULT)

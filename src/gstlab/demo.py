@@ -23,12 +23,12 @@ def demo_study(seed: int = 0) -> dict:
             "settings": [{"preset": preset} for _, preset in METHODS], "set": {"probes.epochs": []}}
 
 
-def run_demo(out: Path = Path("runs/demo"), seed: int = 0, workers: int = 2,
-             progress: bool = True) -> list[tuple[str, dict]]:
+def run_demo(out: Path = Path("runs/demo"), seed: int = 0, workers: int = 2, progress: bool = True,
+             tensorboard: bool = False) -> list[tuple[str, dict]]:
     """Run (or resume) the three runs; returns (label, summary) in METHODS order."""
     raw = demo_study(seed)
     study = study_from_dict(raw)
-    sweep(study, raw, out, "local", Resources(workers=workers, threads=1), progress=progress)
+    sweep(study, raw, out, "local", Resources(workers=workers, threads=1), progress=progress, tensorboard=tensorboard)
     paths = {r.setting: out / "runs" / r.run_id / "summary.json" for r in expand(study)}
     return [(label, json.loads(paths[p].read_text()) if paths[p].exists() else {"status": "failed"})
             for label, p in METHODS]

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab import portable, preflight, store
+from gstlab import portable, preflight, sinks, store
+from gstlab.progress import EpochProgress
 from gstlab.recovery import one_line
 from gstlab.study import Study, StudyRun, expand, run_status, write_index
 
@@ -64,6 +64,17 @@ def detect_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _progress(runs: list[StudyRun], store_dir: Path, enabled: bool) -> EpochProgress:
+    return EpochProgress({r.run_id: (store_dir / "runs" / r.run_id, r.cfg.train.epochs) for r in runs}, enabled)
+
+
+def run_name(run: StudyRun) -> str:
+    return f"{run.label} seed {run.seed} ({run.run_id})"
+
+
+POLL_S = 1.0  # seconds between reads of the running runs' epochs
+
+
 def _summary_status(run_dir: Path) -> str:
     return str((store.read_json_or_none(run_dir / "summary.json") or {}).get("status", "missing"))
 
@@ -95,12 +106,15 @@ def run_local(runs: list[StudyRun], store_dir: Path, study_dir: Path, res: Resou
     outcomes: list[Outcome] = []
     (study_dir / "logs").mkdir(parents=True, exist_ok=True)
     (study_dir / "configs").mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
+    bar, polled = _progress(runs, store_dir, progress), time.monotonic()
     while pending or active:
         for slot in range(res.workers):
             if slot not in active and pending:
                 active[slot] = _start(pending.pop(0), slot, store_dir, study_dir, res)
         time.sleep(0.2)
+        if time.monotonic() - polled >= POLL_S:
+            bar.update([run.run_id for run, _, _ in active.values()])
+            polled = time.monotonic()
         for slot, (run, proc, log) in list(active.items()):
             if proc.poll() is None:
                 continue
@@ -108,7 +122,7 @@ def run_local(runs: list[StudyRun], store_dir: Path, study_dir: Path, res: Resou
             outcomes.append(_local_outcome(run, proc.returncode, store_dir, study_dir))
             on_done(outcomes[-1])
             del active[slot]
-            bar.update(1)
+            bar.run_finished(run.run_id, outcomes[-1].status, run_name(run))
     bar.close()
     return outcomes
 
@@ -265,15 +279,17 @@ def run_ray(runs: list[StudyRun], store_dir: Path, res: Resources, address: str 
     refs = {task.remote(C.to_dict(r.cfg), str((store_dir / "runs" / r.run_id).resolve()), res.threads): r
             for r in runs}
     outcomes: list[Outcome] = []
-    bar = tqdm(total=len(runs), desc="runs (ray)", unit="run", disable=not progress, dynamic_ncols=True)
+    bar = _progress(runs, store_dir, progress)
     waiting = list(refs)
     while waiting:
         done, waiting = ray.wait(waiting, num_returns=1, timeout=RAY_CHECK_S)
         stranded = [] if done else _stranded(ray, waiting, res)
+        if not done:
+            bar.update([refs[ref].run_id for ref in waiting])
         for ref in done or stranded:
             outcomes.append(_ray_outcome(ray, ref, refs[ref], stranded))
             on_done(outcomes[-1])
-            bar.update(1)
+            bar.run_finished(refs[ref].run_id, outcomes[-1].status, run_name(refs[ref]))
         waiting = [ref for ref in waiting if ref not in stranded]
     bar.close()
     return outcomes
@@ -303,11 +319,26 @@ def _ray_outcome(ray, ref, run: StudyRun, stranded: list) -> Outcome:
 # --------------------------------------------------------------------------------------------------- sweep
 
 
+def tensorboard_dir(study_dir: Path, run: StudyRun) -> Path:
+    """Where ``gst sweep --tensorboard`` puts a run's event files: one TensorBoard run per study run, named by
+    its label, seed and id, so ``tensorboard --logdir STUDY_DIR`` compares them (and filters by label)."""
+    return study_dir / sinks.TENSORBOARD_DIR / run.label.replace("/", "-") / f"seed{run.seed}-{run.run_id}"
+
+
+def _export_tensorboard(study_dir: Path, store_dir: Path, run: StudyRun) -> None:
+    log_dir = tensorboard_dir(study_dir, run)
+    if not sinks.has_events(log_dir):
+        sinks.export_run(store_dir / "runs" / run.run_id, log_dir)
+
+
 def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, address: str | None = None,
-          store_dir: Path | None = None, progress: bool = True) -> list:
-    """Run every unfinished run of ``study``; returns the outcomes of the runs executed now."""
+          store_dir: Path | None = None, progress: bool = True, tensorboard: bool = False) -> list:
+    """Run every unfinished run of ``study``; returns the outcomes of the runs executed now. ``tensorboard``:
+    each ended run's metrics also go to TensorBoard event files under ``study_dir/tensorboard``."""
     runs = expand(study)  # every config is validated before anything starts
     preflight.check_study(runs)  # model sizes and layer names, before anything is written
+    if tensorboard:
+        sinks.require_tensorboard()
     if executor == "ray":
         connect_ray(address, resources)
     for path, flag in ((study_dir, "--out"), (store_dir, "--store")):  # both checked before either is made
@@ -322,10 +353,15 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     rows = write_index(study_dir, study, runs, store_dir)
     final = {row["run_id"]: row["status"] for row in rows if row["status"] in ("finished", "failed")}
     todo = [r for r in runs if r.run_id not in final]
+    by_id = {r.run_id: r for r in runs}
+    for rid in final if tensorboard else ():
+        _export_tensorboard(study_dir, store_dir, by_id[rid])
 
     def on_done(outcome) -> None:  # keep index.csv true while the sweep runs (and if it is killed)
         final[outcome.run_id] = run_status(store_dir / "runs" / outcome.run_id)
         write_index(study_dir, study, runs, store_dir, final)
+        if tensorboard:
+            _export_tensorboard(study_dir, store_dir, by_id[outcome.run_id])
 
     try:
         if executor == "ray":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab import portable, preflight, recovery, store
+from gstlab import portable, preflight, recovery, sinks, store
 from gstlab.analysis.summary import summarize
 from gstlab.callbacks import EpochCallback, RunView
 from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
@@ -59,6 +60,7 @@ class Run:
     intervention: Intervention | None = None
     label_noise: LabelNoise | None = None
     callbacks: list[EpochCallback] = dataclasses.field(default_factory=list)
+    sinks: list[sinks.MetricSink] = dataclasses.field(default_factory=list)  # besides the CSV files
     rows: dict[str, list[dict]] = dataclasses.field(
         default_factory=lambda: {"metrics": [], "events": [], "curvature": [], "eps": [], "classes": []})
     start_epoch: int = 0
@@ -320,6 +322,8 @@ def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None,
     if done is not None:
         return done, False
     run = prepare(cfg, out, parts)  # bad input fails here, before anything is written
+    if cfg.train.tensorboard:
+        sinks.require_tensorboard()
     store.make_dir(out, "--out")
     with store.dir_lock(out):  # another process (a second study sharing this run) may hold it
         notes = _repair_config(cfg, out)
@@ -350,9 +354,12 @@ def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
     store.write_json(out / "manifest.json", info)
     if run.label_noise is not None:
         store.write_csv(out / LABEL_NOISE_FILE, run.label_noise.rows(), LABEL_COLUMNS)
+    run.sinks = sinks.open_sinks(cfg, out, run.start_epoch)
     status, reason = _loop(run, show)
     write_tables(run)
     summary = _summary(run, status, reason)
+    for sink in run.sinks:
+        sink.close(summary)
     _save_final(run)
     store.write_json(out / "summary.json", summary)
     recovery.remove_transient(out)  # a final run keeps no checkpoint (finished or diverged)
@@ -399,7 +406,9 @@ def _loop(run: Run, show: bool) -> tuple[str, str | None]:
     cfg = run.cfg
     epochs = range(run.start_epoch, cfg.train.epochs)
     label = cfg.name or C.run_id(cfg)
-    bar = tqdm(epochs, desc=label, unit="ep", disable=not show, dynamic_ncols=True)
+    show = show and sys.stderr.isatty()  # bars on a terminal only: no carriage returns in logs
+    bar = tqdm(epochs, total=cfg.train.epochs, initial=run.start_epoch, desc=label, unit="ep", disable=not show,
+               dynamic_ncols=True)
     if show:
         run.trainer.progress = lambda it: tqdm(it, total=len(it), leave=False, unit="batch", disable=not show)
     for epoch in bar:
@@ -407,6 +416,8 @@ def _loop(run: Run, show: bool) -> tuple[str, str | None]:
         if diverged(train) and not (run.scratch and epoch == 0):
             return "failed", f"diverged at epoch {epoch}: training loss {train.loss}"
         last = run.rows["metrics"][-1]
+        for sink in run.sinks:
+            sink.epoch(last, [ev for ev in run.rows["events"] if ev["epoch"] == epoch])
         bar.set_postfix(test=f"{last['test_acc']:.2f}", pruned=last["units_pruned"])
         _checkpoint(run, epoch)
     return "finished", None
