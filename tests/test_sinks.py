@@ -1,7 +1,6 @@
 """TensorBoard sink: event files read back with TensorBoard's own reader equal the run's CSV files; a resumed
 run has every epoch once; run ids do not change; a sweep's runs sit side by side under the study."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -14,24 +13,9 @@ from gstlab import config as C
 from gstlab import runner
 from gstlab.runner import execute
 from gstlab.sinks import TENSORBOARD_DIR, export_run
+from test_runner import TINY, read_csv
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-
-TINY = {
-    "data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 256, "synthetic_test": 128},
-    "model": {"arch": "mlp", "hidden": [32, 24], "batch_norm": True},
-    "optim": {"name": "adam", "lr": 1e-2, "milestones": [4]},
-    "train": {"epochs": 6, "batch_size": 32, "eval_batch_size": 64, "progress": False},
-    "pruning": {"criterion": "l2", "side": "largest", "period": 2,
-                "layers": [{"name": "fc1", "fraction": 0.5, "start": 1, "end": 5},
-                           {"name": "fc2", "fraction": 0.25, "start": 2, "end": 4}]},
-    "seed": 1,
-}
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
