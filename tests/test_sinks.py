@@ -93,7 +93,8 @@ def test_sweep_places_each_runs_events_under_the_study(tmp_path):
     study = {"name": "tb", "figure": "generic", "scale": "smoke", "seeds": [0, 1],
              "settings": [{"label": "Prune_L", "inline": TINY}, {"label": "No Pruning", "inline": TINY,
                                                                   "set": {"pruning.layers": []}}],
-             "set": {"train.epochs": 3, "pruning.layers.0.end": 2, "pruning.layers.1.end": 2}}
+             "set": {"train.epochs": 3, "optim.milestones": [2], "pruning.layers.0.end": 2,
+                     "pruning.layers.1.end": 2}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     out = tmp_path / "s"
