@@ -54,3 +54,42 @@ def test_foreach_update_on_cpu_is_bit_identical_to_the_per_tensor_loop(name):
             opt.step()
         models.append(model)
     assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()))
+
+
+def test_study_estimates_use_the_rates_they_are_given():
+    from gstlab.experiments import studies
+
+    reference = studies.MINI_IMAGES_PER_CPU_S
+    # F2_VGG_4 at mini: 325 epochs x 2,000 images at 5,000/s + (325 + 19 events) x 2,000 at 19,960/s + 10 s
+    # start-up + one flatness probe (50 s on the machine of the reference rates)
+    assert studies.run_seconds("F2_VGG_4", "mini", reference) == pytest.approx(130 + 344 * 2000 / 19960 + 10 + 50)
+    half = {k: (t / 2, e / 2) for k, (t, e) in reference.items()}
+    slow = studies.run_seconds("F2_VGG_4", "mini", half) - 10  # the probe costs twice as much, too
+    assert slow == pytest.approx(2 * (studies.run_seconds("F2_VGG_4", "mini", reference) - 10))
+    # 6 settings x 10 seeds on 2 workers; the 10 s start-up per run does not scale
+    assert studies.estimate_minutes("fig2_vgg", "mini", half) == pytest.approx(
+        2 * studies.estimate_minutes("fig2_vgg", "mini", reference) - 6 * 10 * 10 / 60 / 2)
+
+
+def test_calibration_measures_once_per_machine_and_reuses_the_cache(tmp_path, monkeypatch):
+    from gstlab.experiments import calibration
+
+    calls = []
+    monkeypatch.setattr(calibration, "measure", lambda arch, width: calls.append((arch, width)) or (100.0, 400.0))
+    path = tmp_path / "calibration.json"
+    models = [("vgg11_bn", 1.0), ("resnet20", 1.0)]
+    rates, line = calibration.cached_rates(models, path)
+    assert rates == {m: (100.0, 400.0) for m in models} and calls == models
+    assert calibration.machine_key() in line and str(path) in line
+    assert calibration.cached_rates(models, path)[0] == rates and len(calls) == 2  # from the cache
+    calibration.cached_rates([*models, ("resnet56", 1.0)], path)
+    assert calls[2:] == [("resnet56", 1.0)]  # only the missing model
+    path.write_text("{not json")
+    assert calibration.cached_rates(models, path)[0] == rates and len(calls) == 5  # damaged cache: measured again
+
+
+def test_calibration_measures_a_real_rate():
+    from gstlab.experiments import calibration
+
+    train, evaluate = calibration.measure("vgg11_bn", 0.0625)
+    assert 0 < train < evaluate  # a training step costs more per image than an evaluation

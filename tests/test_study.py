@@ -200,8 +200,11 @@ def test_ray_executor_lands_the_same_results_as_local(tmp_path):
         assert results(Path(row["run_dir"])) == results(remote / "runs" / row["run_id"])
 
 
-def test_every_study_preset_expands_at_every_scale(capsys):
+def test_every_study_preset_expands_at_every_scale(capsys, monkeypatch):
+    from gstlab.experiments import studies
     from gstlab.experiments.studies import STUDIES, study_dict
+
+    monkeypatch.setattr(studies, "machine_rates", lambda: (studies.MINI_IMAGES_PER_CPU_S, "injected rates"))
 
     for name in STUDIES:
         for scale in SCALES:

@@ -102,19 +102,20 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def _list_studies() -> int:
     from gstlab.experiments.presets import preset_config  # noqa: PLC0415
-    from gstlab.experiments.studies import STUDIES, estimate_minutes, study_dict  # noqa: PLC0415
+    from gstlab.experiments.studies import STUDIES, estimate_minutes, machine_rates, study_dict  # noqa: PLC0415
     from gstlab.study import expand, study_from_dict  # noqa: PLC0415
 
+    rates, machine = machine_rates()
     print(f"{'study':13s} {'figure':9s} {'runs smoke/mini/paper':>22s} {'est. CPU min (smoke/mini)':>26s}  "
           f"paper training epochs")
     for name, spec in STUDIES.items():
         runs = [len(expand(study_from_dict(study_dict(name, s)))) for s in SCALES]
         epochs = sum(preset_config(p, "paper")["train"]["epochs"] for p in spec["settings"])
-        minutes = "/".join(f"{estimate_minutes(name, s):.0f}" for s in ("smoke", "mini"))
+        minutes = "/".join(f"{estimate_minutes(name, s, rates):.0f}" for s in ("smoke", "mini"))
         print(f"{name:13s} {spec['figure']:9s} {'/'.join(map(str, runs)):>22s} {minutes:>26s}  "
               f"{epochs * spec['seeds']['paper']:,}")
-    print("\nCPU minutes: the reference 2-core CPU running --workers 2 --threads-per-worker 1 (measured rates in "
-          "gstlab/experiments/studies.py); paper scale wants GPUs (docs/paper.md#compute).\n"
+    print(f"\nCPU minutes on this machine with --workers 2 --threads-per-worker 1 on two free cores: {machine}; "
+          f"paper scale wants GPUs (docs/paper.md#compute).\n"
           "run one: gst sweep --study NAME --scale mini;   see its runs: add --dry-run")
     return EXIT_OK
 

@@ -1,7 +1,8 @@
 """Study presets: every figure and table of the paper (docs/paper.md#figures-and-tables) as a study of run presets.
 
 Seeds per scale: ``paper`` and ``mini`` use the official replicate counts (10; 5 for Figure 3); ``smoke``
-uses 1-2. ``estimate_minutes`` says what a study costs on the reference CPU, from measured throughput.
+uses 1-2. ``estimate_minutes`` says what a study costs on this machine, from its calibrated throughput
+(``gstlab.experiments.calibration``; tests inject rates).
 Figure 6 and E1-E6 reuse Figure 2's VGG runs (same run ids, so a shared ``--store`` trains them once); the
 Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper took them from.
 """
@@ -9,6 +10,7 @@ Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper took them f
 from __future__ import annotations
 
 from gstlab.config import ConfigError, parse
+from gstlab.experiments.calibration import Rates, cached_rates
 from gstlab.experiments.presets import SCALES, preset_config
 from gstlab.pruning.schedule import event_epochs
 
@@ -40,11 +42,12 @@ STUDIES: dict[str, dict] = {
                 "seeds": {"paper": 10, "mini": 10, "smoke": 1}},
 }
 
-# Images per CPU second on one core of the reference machine (2-core x86-64 VM, torch 2.13 CPU, fp32, one
-# thread), (training, evaluation), by (architecture, width) of the mini models at 16x16 on Fashion-MNIST:
+# Images per CPU second on one core of the developers' machine (2-core VM, AMD EPYC with AVX-512, torch 2.13 CPU,
+# fp32, one thread), (training, evaluation), by (architecture, width) of the mini models at 16x16 on Fashion-MNIST:
 # `python benchmarks/bench_mini.py --rates` (the vgg11_bn entry is the mini channels [8,16,32,32,128x4]).
 # Measured with the machine shared (CPU seconds, not wall). Other widths scale from the arch's first entry by
-# width squared (smoke scale, Table F1's ResNet18 at width 1/8).
+# width squared (smoke scale, Table F1's ResNet18 at width 1/8). Estimates use this machine's calibrated rates of
+# the same models; these reference rates only scale PROBE_S, which was measured on that machine.
 MINI_IMAGES_PER_CPU_S: dict[tuple[str, float], tuple[float, float]] = {
     ("vgg11_bn", 1.0): (5000.0, 19960.0), ("resnet18", 0.375): (498.0, 1380.0), ("resnet18", 0.5): (354.0, 989.0),
     ("resnet18", 1.0): (97.0, 265.0), ("resnet20", 1.0): (965.0, 2488.0), ("resnet56", 1.0): (346.0, 932.0),
@@ -64,11 +67,16 @@ def study_dict(name: str, scale: str) -> dict:
             "settings": [{"preset": p} for p in spec["settings"]]}
 
 
-def run_seconds(preset: str, scale: str) -> float:
-    """Estimated CPU seconds of one run on one core of the reference CPU, from measured images/s."""
+def machine_rates() -> tuple[Rates, str]:
+    """This machine's rates of the mini models (calibrated once, cached) and a line naming the machine."""
+    return cached_rates(list(MINI_IMAGES_PER_CPU_S))
+
+
+def run_seconds(preset: str, scale: str, rates: Rates = MINI_IMAGES_PER_CPU_S) -> float:
+    """Estimated CPU seconds of one run on one core at ``rates`` (images/s; default: the developers' machine)."""
     cfg = preset_config(preset, scale)
     data, model = cfg.get("data", {}), cfg["model"]
-    train_rate, eval_rate = images_per_cpu_s(model["arch"], model.get("width", 1.0))
+    train_rate, eval_rate = images_per_cpu_s(model["arch"], model.get("width", 1.0), rates)
     epochs = cfg["train"]["epochs"]
     pruning = parse(cfg).pruning
     events = {e for layer in pruning.layers for e in event_epochs(layer.start, layer.end, pruning.period_of(layer))}
@@ -76,23 +84,25 @@ def run_seconds(preset: str, scale: str) -> float:
     train_s = epochs * (data.get("train_subset") or 50000) / train_rate
     eval_s = evaluations * (data.get("test_subset") or 10000) / eval_rate
     probes = cfg.get("probes", {})
-    probe_s = PROBE_S * len(probes.get("epochs", [])) * probes.get("samples", 512) / 512
+    slower = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0] / rates["vgg11_bn", 1.0][0]  # than where PROBE_S was measured
+    probe_s = PROBE_S * slower * len(probes.get("epochs", [])) * probes.get("samples", 512) / 512
     # no factor for gstlab's own overhead: with the extra evaluations counted, this gives 174 s for F2_VGG_4
     # without probes, bench_mini.py measured 178 CPU s
     return train_s + eval_s + RUN_OVERHEAD_S + probe_s
 
 
-def images_per_cpu_s(arch: str, width: float) -> tuple[float, float]:
+def images_per_cpu_s(arch: str, width: float, rates: Rates = MINI_IMAGES_PER_CPU_S) -> tuple[float, float]:
     """Measured (training, evaluation) rates at (arch, width), else the arch's first entry scaled by width²."""
-    if (arch, width) in MINI_IMAGES_PER_CPU_S:
-        return MINI_IMAGES_PER_CPU_S[arch, width]
-    (_, ref_width), (train, evaluate) = next((k, r) for k, r in MINI_IMAGES_PER_CPU_S.items() if k[0] == arch)
+    if (arch, width) in rates:
+        return rates[arch, width]
+    (_, ref_width), (train, evaluate) = next((k, r) for k, r in rates.items() if k[0] == arch)
     factor = (ref_width / width) ** 2
     return train * factor, evaluate * factor
 
 
-def estimate_minutes(name: str, scale: str, workers: int = 2) -> float:
-    """Estimated wall minutes of study ``name`` at ``scale`` on the reference CPU with ``workers`` one-thread
-    workers (runs shared between settings, e.g. Figure 5's baseline, are counted once)."""
+def estimate_minutes(name: str, scale: str, rates: Rates, workers: int = 2) -> float:
+    """Estimated wall minutes of study ``name`` at ``scale`` at ``rates`` with ``workers`` one-thread workers on
+    as many free cores (runs shared between settings, e.g. Figure 5's baseline, are counted once)."""
     spec = STUDIES[name]
-    return sum(run_seconds(p, scale) for p in dict.fromkeys(spec["settings"])) * spec["seeds"][scale] / 60 / workers
+    total = sum(run_seconds(p, scale, rates) for p in dict.fromkeys(spec["settings"]))
+    return total * spec["seeds"][scale] / 60 / workers
