@@ -23,7 +23,7 @@ data:
 setup: $(VENV)/.installed data
 
 demo: setup
-	$(VENV)/bin/gst demo
+	$(VENV)/bin/gst --portable demo
 
 test: setup
 	$(PY) -m pytest -m "not slow"
