@@ -130,6 +130,9 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
     execute(C.parse(C.load_yaml(cfg_path)), out)
     assert main(["flatness", str(out), "--top-k", "100000"]) == 2
     assert "probes.top_k" in capsys.readouterr().err
+    for delta in ("nan", "inf", "-1"):  # command-line values get a config file's checks
+        assert main(["flatness", str(out), "--prunability", f"--prunability-delta={delta}"]) == 2
+        assert "probes.prunability_delta" in capsys.readouterr().err
     assert main(["flatness", str(out), "--epoch", "2"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     torch.save({"weights": torch.zeros(2)}, out / "model_final.pt")

@@ -39,7 +39,9 @@ def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: 
     """Rebuild the run's model and data, load the checkpoint and measure; returns (row, eps_rows)."""
     state = load_model_checkpoint(run_dir, epoch)
     cfg = C.from_dict(C.RunConfig, state["config"])
-    cfg = C.validate(C.replace(cfg, probes=C.replace(cfg.probes, **overrides)))
+    # through from_dict, so a command-line value gets the same type and finiteness checks as a config file's
+    probes = C.from_dict(C.ProbeConfig, {**C.to_dict(cfg.probes), **overrides}, "probes")
+    cfg = C.validate(C.replace(cfg, probes=probes))
     run = prepare(cfg, run_dir)
     init = initial_parameters(run.model)  # prepare builds the model as the run was initialized
     run.model.load_state_dict(state["model"])

@@ -14,10 +14,9 @@ from gstlab.models.vgg import IMAGE_SIZES, vgg11_bn
 from gstlab.registry import architectures
 
 _CONV_NETS = {"vgg11_bn": vgg11_bn, "resnet18": resnet18, "resnet20": resnet20, "resnet56": resnet56}
-ARCHS = (*_CONV_NETS, "mlp")
 RESNET_IMAGE_SIZES = (32, 16)  # three stride-2 stages and global average pooling
 
-__all__ = ["ARCHS", "PrunableUnit", "build_model", "units_from_names"]
+__all__ = ["PrunableUnit", "build_model", "units_from_names"]
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
