@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from gstlab import api, runner
 from gstlab import config as C
 from gstlab.cli import main as cli_main
+from test_runner import interrupt_at
 
 spec = importlib.util.spec_from_file_location("custom_model", Path(__file__).parents[1] / "examples/custom_model.py")
 example = importlib.util.module_from_spec(spec)
@@ -85,14 +86,7 @@ def test_datasets_and_loaders_fingerprint_as_their_tensors():
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch):
     api.run(SHORT, tmp_path / "whole", model=net(), data=DATA)
-    real = runner.run_epoch
-
-    def stop_at_epoch_2(run, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(run, epoch)
-
-    monkeypatch.setattr(runner, "run_epoch", stop_at_epoch_2)
+    real = interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         api.run(SHORT, tmp_path / "cut", model=net(), data=DATA)
     assert (tmp_path / "cut" / "checkpoint.pt").exists()

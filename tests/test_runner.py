@@ -30,6 +30,22 @@ TINY = {
 }
 
 
+def interrupt_at(monkeypatch, epoch: int):
+    """Make ``runner.run_epoch`` raise KeyboardInterrupt when it reaches ``epoch`` (a run cut off there);
+    returns the real function, to put back."""
+    from gstlab import runner
+
+    real = runner.run_epoch
+
+    def stop(run, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return real(run, e)
+
+    monkeypatch.setattr(runner, "run_epoch", stop)
+    return real
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))

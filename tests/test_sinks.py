@@ -13,7 +13,7 @@ from gstlab import config as C
 from gstlab import runner
 from gstlab.runner import execute
 from gstlab.sinks import TENSORBOARD_DIR, export_run
-from test_runner import TINY, read_csv
+from test_runner import TINY, interrupt_at, read_csv
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -59,14 +59,7 @@ def test_resumed_run_has_every_epoch_once(tmp_path, monkeypatch):
     """Killed after epoch 2 was written to TensorBoard but after the checkpoint of epoch 1 only: the resumed
     run trains epoch 2 again, and TensorBoard's reader keeps the second one (purge_step)."""
     cfg = C.parse(TINY, ["train.tensorboard=true", "train.checkpoint_every=2"])
-    real = runner.run_epoch
-
-    def killed_at_3(run, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real(run, epoch)
-
-    monkeypatch.setattr(runner, "run_epoch", killed_at_3)
+    real = interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         execute(cfg, tmp_path / "run")
     assert [s for s, _ in scalars(tmp_path / "run" / TENSORBOARD_DIR)["test/acc"]] == [0, 1, 2]
