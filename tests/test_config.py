@@ -88,3 +88,19 @@ def test_paper_presets_train_in_fp32_on_cuda_unless_asked():
     asked = C.parse(preset_config("F2_VGG_4", "paper"), ["train.precision=bf16"])
     assert C.resolved_precision(asked.train, "cuda") == "bf16"
     assert C.run_id(asked) != C.run_id(C.parse(preset_config("F2_VGG_4", "paper")))
+
+
+def test_legal_but_surprising_values_get_one_warning_line_each_and_still_run(tmp_path, capsys):
+    from gstlab.cli import main
+    from test_runner import TINY
+
+    cfg = C.parse(TINY, ["optim.gamma=1", "pruning.layers.0.fraction=0", "data.label_noise=0.6"])
+    lines = C.surprises(cfg)
+    assert [line.split(":")[0] for line in lines] == ["optim.gamma", "pruning.layers[0].fraction",
+                                                      "data.label_noise"]
+    assert C.surprises(C.parse(TINY)) == []  # the ordinary config is not surprising
+    path = tmp_path / "c.yaml"
+    path.write_text(C.dump_yaml(cfg))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("gst: warning:")] == [f"gst: warning: {x}" for x in lines]

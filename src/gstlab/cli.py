@@ -59,6 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     out = _out_arg(args.out, "--out") or _default_out(cfg)
+    if not args.outcome_file:  # a sweep's worker: the sweep warned once for all its runs
+        for line in C.surprises(cfg):
+            print(f"gst: warning: {line}", file=sys.stderr)
     summary, executed = run_or_skip(cfg, out)
     if cfg.train.tensorboard and not executed and not sinks.has_events(out / sinks.TENSORBOARD_DIR):
         sinks.export_run(out, out / sinks.TENSORBOARD_DIR)  # a run finished earlier without TensorBoard
