@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gstlab.store import CHECKPOINT, PREVIOUS_CHECKPOINT, load_checkpoint
 from test_study import index, results
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -123,10 +124,21 @@ class Cluster:
         """A Ray worker process of the worker node is executing a run (Ray titles it after the task)."""
         return bool(named(session(self.nodes[1].pid), "ray::_ray_task"))
 
-    def kill_worker_raylet(self) -> None:
-        raylets = named(session(self.nodes[1].pid), "raylet")
-        assert len(raylets) == 1
-        os.kill(raylets[0], signal.SIGKILL)
+    def lose_worker_node(self) -> None:
+        """Lose the worker node as a machine that fails would: SIGKILL every process it started (its raylet, agents
+        and the Ray worker executing a run) and wait until they are gone. Killing the raylet alone left the Ray
+        worker running for a moment on a fast CPU, long enough to finish its run, so nothing was left to resume."""
+        members = session(self.nodes[1].pid)
+        assert len(named(members, "raylet")) == 1
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in members):
+            assert time.monotonic() < deadline, "the worker node's processes outlived SIGKILL"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """SIGTERM each node's `ray start --block` (it stops its node), then SIGKILL what is left of its session."""
@@ -218,8 +230,9 @@ def test_a_study_survives_losing_a_node_with_results_identical_to_a_local_sweep(
     while not (cluster.worker_busy() and len(running(remote)) == 2):  # one run on each node, both checkpointed
         assert sweep.poll() is None and time.monotonic() - start < 240, sweep.communicate()
         time.sleep(0.1)
-    cut = {run: checkpoint_epoch(remote / "runs" / run) for run in running(remote)}
-    cluster.kill_worker_raylet()
+    both = running(remote)
+    cluster.lose_worker_node()
+    cut = {run: checkpoint_epoch(remote / "runs" / run) for run in both}  # the lost run's is final now
     code, out, err, _ = finish(sweep, timeout=400)
     wall = time.monotonic() - start
     assert code == 0, out + err
@@ -228,7 +241,7 @@ def test_a_study_survives_losing_a_node_with_results_identical_to_a_local_sweep(
     resumed = {row["run_id"]: json.loads((remote / "runs" / row["run_id"] / "manifest.json").read_text())
                .get("resumed_at_epoch") for row in index(remote)}
     lost = [run for run, epoch in resumed.items() if epoch]  # the worker node's run, resumed on the head
-    assert len(lost) == 1 and lost[0] in cut and resumed[lost[0]] >= cut[lost[0]] > 0, (cut, resumed)
+    assert len(lost) == 1 and lost[0] in cut and resumed[lost[0]] == cut[lost[0]] > 0, (cut, resumed)
     code, out, err, _ = finish(gst(["sweep", str(study), "--out", str(local), "--workers", "2",
                                     "--threads-per-worker", "1"], dict(os.environ, OMP_NUM_THREADS="1"), tmp_path),
                                timeout=400)
@@ -246,10 +259,11 @@ def running(study_dir: Path) -> list[str]:
 
 
 def checkpoint_epoch(run_dir: Path) -> int:
-    import csv
-
-    try:
-        with open(run_dir / "metrics.csv") as f:
-            return len(list(csv.DictReader(f)))
-    except OSError:
-        return 0
+    """The epoch a resume of ``run_dir`` starts at: its checkpoint's, or the previous one's when the run was cut
+    off between the two renames of a checkpoint save (0: neither, e.g. the run finished meanwhile)."""
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        try:
+            return int(load_checkpoint(run_dir / name)["epoch"])
+        except FileNotFoundError:
+            pass
+    return 0
