@@ -1,8 +1,9 @@
 """Score an exploration study by the selection rule of docs/where_pruning_helps.md (after `gst report` on it).
 
-Prints the log row's numbers per method (No Pruning, Prune_S 13%, Prune_L 13%): mean stability, mean best test
-accuracy over the common window, mean early-stopping peak, mean memorization at the common-window best epoch,
-and criteria (a), (b), (c). (c) reloads each run's final model to check that no class has zero test recall.
+Prints the log row's numbers per method (No Pruning and the study's one Prune_S and one Prune_L label): mean
+stability, mean best test accuracy over the common window, mean early-stopping peak, mean memorization at the
+common-window best epoch, and criteria (a), (b), (c). (c) reloads each run's final model to check that no class
+has zero test recall.
 
 Usage:  python examples/score_regime.py STUDIES/e8
 """
@@ -20,7 +21,7 @@ from gstlab.analysis.report import report_runs
 from gstlab.remeasure import load_model_checkpoint
 from gstlab.runner import prepare
 
-METHODS = {"NP": "No Pruning", "S13": "Prune_S 13%", "L13": "Prune_L 13%"}
+METHODS = {"NP": "No Pruning", "S13": "Prune_S", "L13": "Prune_L"}  # a study's one label starting with each
 
 
 def recovered(run_dir: Path, clean: bool) -> tuple[bool, str]:
@@ -49,15 +50,24 @@ def class_recalls(run_dir: Path) -> torch.Tensor:
     return torch.stack([(pred[y == c] == c).float().mean() for c in range(int(y.max()) + 1)]) * 100
 
 
+def method_label(runs: pd.DataFrame, start: str) -> str:
+    """The study's one label that starts with ``start`` (e.g. "Prune_S" -> "Prune_S 13%")."""
+    found = sorted({label for label in runs["label"] if label.startswith(start)})
+    if len(found) != 1:
+        sys.exit(f"expected one label starting with {start!r} in the study, found {found}")
+    return found[0]
+
+
 def main(study: Path) -> None:
     runs = report_runs(study)
     noisy = "window_memorization" in runs and runs["window_memorization"].notna().any()
     means = {}
-    for key, label in METHODS.items():
+    labels = {key: method_label(runs, start) for key, start in METHODS.items()}
+    for key, label in labels.items():
         g = runs[runs["label"] == label]
         means[key] = g[["mean_stability", "window_best_test_acc", "peak_test_acc", "best_test_acc"]
                        + (["window_memorization"] if noisy else [])].mean()
-        print(f"{key}: n = {len(g)}, " + ", ".join(f"{k} {v:.2f}" for k, v in means[key].items()))
+        print(f"{key} ({label}): n = {len(g)}, " + ", ".join(f"{k} {v:.2f}" for k, v in means[key].items()))
     start = int(runs["window_start"].iloc[0])
     gain = max(means[k]["window_best_test_acc"] - means["NP"]["window_best_test_acc"] for k in ("S13", "L13"))
     separation = means["S13"]["mean_stability"] - means["L13"]["mean_stability"]
@@ -65,7 +75,7 @@ def main(study: Path) -> None:
     print(f"(a) best pruned - NP over the common window: {gain:+.2f} points -> {'met' if gain >= 1 else 'not met'}")
     print(f"(b) stability S13 - L13: {separation:+.2f} points -> {'met' if separation >= 1 else 'not met'}")
     ok = True
-    for _, run in runs[runs["label"].isin(METHODS.values())].iterrows():
+    for _, run in runs[runs["label"].isin(labels.values())].iterrows():
         run_dir = Path(run["run_dir"]) if Path(run["run_dir"]).is_absolute() else study / "report" / run["run_dir"]
         rec, detail = recovered(run_dir, noisy)
         recalls = class_recalls(run_dir)

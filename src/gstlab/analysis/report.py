@@ -173,6 +173,14 @@ class Report:
             f"df = {t['df']}, p = {_p(t['p'])}, {count} → verdict: **{verdict}**.")
         return t
 
+    def ttests_over_seeds(self, name: str, a_name: str, a: pd.Series, b_name: str, b: pd.Series,
+                          measure: str) -> None:
+        """``a`` beats ``b`` (both indexed by seed): a Student t-test, then a paired one (claim "NAME, paired")
+        where each side has one run per seed."""
+        self.ttest_claim(name, a_name, a, b_name, b, measure=measure)
+        if a.index.is_unique and b.index.is_unique:
+            self.ttest_claim(f"{name}, paired", a_name, a, b_name, b, paired=True, measure=measure)
+
     def window_benefits(self, runs: pd.DataFrame, baseline: pd.DataFrame, base_name: str, prefix: str = "",
                         name: str = "Benefit") -> None:
         """Each label of ``runs`` against ``baseline`` over the common window (both Student and paired over
@@ -184,10 +192,7 @@ class Report:
         base = baseline.set_index("seed")["window_best_test_acc"]
         for label, g in runs.groupby("label", sort=False):
             a = g.set_index("seed")["window_best_test_acc"]
-            self.ttest_claim(f"{name}, common window", f"{prefix}{label}", a, base_name, base, measure=measure)
-            if a.index.is_unique and base.index.is_unique:
-                self.ttest_claim(f"{name}, common window, paired", f"{prefix}{label}", a, base_name, base,
-                                 paired=True, measure=measure)
+            self.ttests_over_seeds(f"{name}, common window", f"{prefix}{label}", a, base_name, base, measure)
         peak = baseline["peak_test_acc"] if "peak_test_acc" in baseline else pd.Series(dtype=float)
         if peak.notna().any():
             self.claims.append(
@@ -250,9 +255,7 @@ def _memorization(rep: Report, runs: pd.DataFrame, baseline: pd.DataFrame, scope
     base = baseline.set_index("seed")["window_memorization"]
     for label, g in runs.groupby("label", sort=False) if len(baseline) else ():
         a = g.set_index("seed")["window_memorization"]
-        for paired in (False, True) if a.index.is_unique and base.index.is_unique else (False,):
-            rep.ttest_claim(f"Less memorization{', paired' if paired else ''}", "No Pruning", base,
-                            f"{prefix}{label}", a, paired=paired, measure=measure)
+        rep.ttests_over_seeds("Less memorization", "No Pruning", base, f"{prefix}{label}", a, measure)
 
 
 def _figure3(rep: Report) -> None:
