@@ -25,16 +25,27 @@ METHODS = {"NP": "No Pruning", "S13": "Prune_S", "L13": "Prune_L"}  # a study's 
 
 
 def recovered(run_dir: Path, clean: bool) -> tuple[bool, str]:
-    """Training accuracy at the end >= the epoch before the last event - 1 (clean examples under label noise)."""
+    """Training accuracy at the end >= the epoch before the last round of events - 1 (clean examples under label
+    noise)."""
     metrics = pd.read_csv(run_dir / "metrics.csv")
     events = pd.read_csv(run_dir / "events.csv")
     column = "train_acc_clean" if clean and "train_acc_clean" in metrics else "train_acc"
     if not len(events):
         return True, "no events"
-    last = int(events["epoch"].max())
+    last = last_round(set(events["epoch"].astype(int)))
     before = float(metrics.loc[metrics["epoch"] == last - 1, column].iloc[0]) if last > 0 else 0.0
     end = float(metrics[column].iloc[-1])
-    return end >= before - 1.0, f"{column} {before:.2f} before the last event, {end:.2f} at the end"
+    return end >= before - 1.0, f"{column} {before:.2f} before the last round of events (epoch {last}), " \
+        f"{end:.2f} at the end"
+
+
+def last_round(event_epochs: set[int]) -> int:
+    """The first epoch of the run's last round of events: layers with staggered starts prune in consecutive epochs
+    (e.g. 243-246), and the level "before the last event" is the level before that whole round."""
+    epoch = max(event_epochs)
+    while epoch - 1 in event_epochs:
+        epoch -= 1
+    return epoch
 
 
 def class_recalls(run_dir: Path) -> torch.Tensor:
