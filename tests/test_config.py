@@ -104,3 +104,15 @@ def test_legal_but_surprising_values_get_one_warning_line_each_and_still_run(tmp
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err.splitlines()
     assert [line for line in err if line.startswith("gst: warning:")] == [f"gst: warning: {x}" for x in lines]
+
+
+def test_a_preset_window_left_behind_by_a_changed_training_set_is_named_with_the_window_that_keeps_its_share():
+    from gstlab.experiments.presets import PRESETS, SCALES, preset_config
+
+    data = preset_config("F5_3", "mini")  # 1105 paper batches of 391 per epoch -> 45 mini batches of 16
+    moved = C.parse(data, ["data.train_subset=4000"])  # 32 batches per epoch: round(1105 * 32 / 391) = 90
+    assert C.surprises(moved) == ["intervention.batches: 45 is F5_3's mini window for 16 batches per epoch, but "
+                                  "this run has 32; intervention.batches=90 keeps the paper's share of training"]
+    assert C.surprises(C.parse(data, ["data.train_subset=4000", "intervention.batches=90"])) == []
+    assert C.surprises(C.parse(preset_config("F5_1", "mini"), ["data.train_subset=4000"])) == []  # 1 stays 1
+    assert [n for n in PRESETS for s in SCALES if C.surprises(C.parse(preset_config(n, s)))] == []

@@ -468,7 +468,10 @@ def surprises(cfg: RunConfig) -> list[str]:
         out.append(f"intervention.batches: 0, so the {cfg.intervention.kind} intervention lasts no training batch")
     if cfg.data.label_noise >= 0.5:
         out.append(f"data.label_noise: {cfg.data.label_noise} replaces at least half the training labels")
-    return out
+    from gstlab.experiments.presets import stale_window  # noqa: PLC0415  (presets import this module)
+
+    stale = stale_window(to_dict(cfg))
+    return out + ([stale] if stale else [])
 
 
 # Upper bounds on size fields: far above every paper setting (325 epochs, width 1, batch 128), low enough that a

@@ -226,11 +226,39 @@ def scale_config(paper: dict, rule: dict) -> dict:
         _rescale_clock(out, f, last)
     iv = out.get("intervention")
     if iv and iv.get("batches"):
-        # same share of training (hence of the retrain period); a paper window > 1 batch stays > 1 batch so
-        # that Figure 5's "1" and "50" remain different runs at small scales
-        scaled = round(iv["batches"] * f * _batches_per_epoch(out) / _batches_per_epoch(paper))
-        iv["batches"] = max(1 if iv["batches"] == 1 else 2, scaled)
+        iv["batches"] = scaled_window(paper, out)
     return out
+
+
+def scaled_window(paper: dict, out: dict) -> int:
+    """The intervention window of ``out`` (a scaled ``paper`` config) in batches: the paper's share of training
+    (hence of the retrain period); a paper window > 1 batch stays > 1 batch so that Figure 5's "1" and "50"
+    remain different runs at small scales."""
+    batches = paper["intervention"]["batches"]
+    f = out["train"]["epochs"] / paper["train"]["epochs"]
+    scaled = round(batches * f * _batches_per_epoch(out) / _batches_per_epoch(paper))
+    return max(1 if batches == 1 else 2, scaled)
+
+
+def stale_window(cfg: dict) -> str | None:
+    """A warning when ``cfg`` (a run config as a mapping, named PRESET@SCALE) keeps its preset's scaled
+    intervention window while its training set or batch size changed the batches per epoch under it (a study's
+    `set` of data.train_subset does not rescale the window), else None."""
+    name, _, scale = str(cfg.get("name") or "").partition("@")
+    iv = cfg.get("intervention") or {}
+    if name not in PRESETS or scale not in SCALES or not (PRESETS[name].paper.get("intervention") or {}).get(
+            "batches") or iv.get("kind", "none") == "none":
+        return None
+    preset = preset_config(name, scale)
+    if iv.get("batches") != preset["intervention"]["batches"] or _batches_per_epoch(cfg) == _batches_per_epoch(
+            preset):
+        return None  # the window was set explicitly, or the clock it was scaled for is the run's
+    keep = scaled_window(PRESETS[name].paper, cfg)
+    if keep == iv["batches"]:
+        return None
+    return (f"intervention.batches: {iv['batches']} is {name}'s {scale} window for {_batches_per_epoch(preset)} "
+            f"batches per epoch, but this run has {_batches_per_epoch(cfg)}; intervention.batches={keep} keeps "
+            "the paper's share of training")
 
 
 def _rescale_clock(out: dict, f: float, last: int) -> None:
