@@ -1,5 +1,7 @@
 """Config parsing, validation messages, overrides and frozen run ids."""
 
+import json
+
 import pytest
 
 from gstlab import config as C
@@ -102,8 +104,12 @@ def test_legal_but_surprising_values_get_one_warning_line_each_and_still_run(tmp
     path = tmp_path / "c.yaml"
     path.write_text(C.dump_yaml(cfg))
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
-    err = capsys.readouterr().err.splitlines()
-    assert [line for line in err if line.startswith("gst: warning:")] == [f"gst: warning: {x}" for x in lines]
+    out, err = capsys.readouterr()
+    assert [line for line in err.splitlines() if line.startswith("gst: warning:")] == [
+        f"gst: warning: {x}" for x in lines]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # the new fields are printed too
+    assert (f"peak test acc {summary['peak_test_acc']:.2f}% (epoch {summary['peak_epoch']})   "
+            f"memorization {summary['memorization']:.2f}%") in out
 
 
 def test_a_preset_window_left_behind_by_a_changed_training_set_is_named_with_the_window_that_keeps_its_share():

@@ -81,6 +81,21 @@ def _print_summary(out: Path, s: dict, executed: bool = True) -> None:
           f"(epoch {s['best_epoch']})   final {f['final_test_acc']}%   gap {f['generalization_gap']}")
     print(f"  events {s['n_events']} over {s['n_prune_epochs']} epochs   "
           f"params {s['params_remaining']:,}/{s['params_total']:,}")
+    extras = _summary_extras(s)
+    if extras:
+        print(f"  {extras}")
+
+
+def _summary_extras(s: dict) -> str:
+    """The early-stopping peak, memorization (label noise) and class detail of a summary, where present."""
+    parts = []
+    if s.get("peak_test_acc") is not None:
+        parts.append(f"peak test acc {s['peak_test_acc']:.2f}% (epoch {s['peak_epoch']})")
+    for key, text in (("memorization", "memorization {:.2f}%"), ("mean_flips", "mean flips {:.2f}%"),
+                      ("worst_class_drop", "worst class drop {:.2f} points")):
+        if s.get(key) is not None:
+            parts.append(text.format(s[key]))
+    return "   ".join(parts)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
