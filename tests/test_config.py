@@ -5,6 +5,7 @@ import json
 import pytest
 
 from gstlab import config as C
+from gstlab.surprises import surprises
 
 VGG_SCHEDULE = {"layers": [{"name": "conv8", "fraction": 0.9, "start": 6, "end": 275}], "period": 40}
 
@@ -97,10 +98,10 @@ def test_legal_but_surprising_values_get_one_warning_line_each_and_still_run(tmp
     from test_runner import TINY
 
     cfg = C.parse(TINY, ["optim.gamma=1", "pruning.layers.0.fraction=0", "data.label_noise=0.6"])
-    lines = C.surprises(cfg)
+    lines = surprises(cfg)
     assert [line.split(":")[0] for line in lines] == ["optim.gamma", "pruning.layers[0].fraction",
                                                       "data.label_noise"]
-    assert C.surprises(C.parse(TINY)) == []  # the ordinary config is not surprising
+    assert surprises(C.parse(TINY)) == []  # the ordinary config is not surprising
     path = tmp_path / "c.yaml"
     path.write_text(C.dump_yaml(cfg))
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
@@ -117,8 +118,8 @@ def test_a_preset_window_left_behind_by_a_changed_training_set_is_named_with_the
 
     data = preset_config("F5_3", "mini")  # 1105 paper batches of 391 per epoch -> 45 mini batches of 16
     moved = C.parse(data, ["data.train_subset=4000"])  # 32 batches per epoch: round(1105 * 32 / 391) = 90
-    assert C.surprises(moved) == ["intervention.batches: 45 is F5_3's mini window for 16 batches per epoch, but "
+    assert surprises(moved) == ["intervention.batches: 45 is F5_3's mini window for 16 batches per epoch, but "
                                   "this run has 32; intervention.batches=90 keeps the paper's share of training"]
-    assert C.surprises(C.parse(data, ["data.train_subset=4000", "intervention.batches=90"])) == []
-    assert C.surprises(C.parse(preset_config("F5_1", "mini"), ["data.train_subset=4000"])) == []  # 1 stays 1
-    assert [n for n in PRESETS for s in SCALES if C.surprises(C.parse(preset_config(n, s)))] == []
+    assert surprises(C.parse(data, ["data.train_subset=4000", "intervention.batches=90"])) == []
+    assert surprises(C.parse(preset_config("F5_1", "mini"), ["data.train_subset=4000"])) == []  # 1 stays 1
+    assert [n for n in PRESETS for s in SCALES if surprises(C.parse(preset_config(n, s)))] == []

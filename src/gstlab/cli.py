@@ -15,6 +15,7 @@ from pathlib import Path
 from gstlab import config as C
 from gstlab import portable
 from gstlab.experiments.presets import SCALES
+from gstlab.surprises import surprises
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a process killed by SIGPIPE
@@ -60,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     out = _out_arg(args.out, "--out") or _default_out(cfg)
     if not args.outcome_file:  # a sweep's worker: the sweep warned once for all its runs
-        for line in C.surprises(cfg):
+        for line in surprises(cfg):
             print(f"gst: warning: {line}", file=sys.stderr)
     summary, executed = run_or_skip(cfg, out)
     if cfg.train.tensorboard and not executed and not sinks.has_events(out / sinks.TENSORBOARD_DIR):

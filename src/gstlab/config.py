@@ -453,27 +453,6 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     return cfg
 
 
-def surprises(cfg: RunConfig) -> list[str]:
-    """Values that are legal but rarely meant: one line each, naming the field (the CLI prints them as
-    warnings; nothing is refused)."""
-    out = []
-    if cfg.optim.milestones and cfg.optim.gamma == 1:
-        out.append("optim.gamma: 1 with optim.milestones set: the learning rate never changes at the milestones")
-    if cfg.optim.lr > 1:
-        out.append(f"optim.lr: {cfg.optim.lr} is above 1; the paper's Adam runs use 0.001, its SGD runs 0.1")
-    for i, layer in enumerate(cfg.pruning.layers):
-        if layer.fraction == 0:
-            out.append(f"pruning.layers[{i}].fraction: 0, so {layer.name} is listed but never pruned")
-    if cfg.intervention.kind != "none" and cfg.intervention.batches == 0:
-        out.append(f"intervention.batches: 0, so the {cfg.intervention.kind} intervention lasts no training batch")
-    if cfg.data.label_noise >= 0.5:
-        out.append(f"data.label_noise: {cfg.data.label_noise} replaces at least half the training labels")
-    from gstlab.experiments.presets import stale_window  # noqa: PLC0415  (presets import this module)
-
-    stale = stale_window(to_dict(cfg))
-    return out + ([stale] if stale else [])
-
-
 # Upper bounds on size fields: far above every paper setting (325 epochs, width 1, batch 128), low enough that a
 # typo (train.epochs=1000000000000) is refused instead of training forever or exhausting memory.
 MAX_EPOCHS = 10_000

@@ -30,6 +30,7 @@ from gstlab import portable, preflight, sinks, store
 from gstlab.progress import EpochProgress
 from gstlab.recovery import one_line, warn
 from gstlab.study import Study, StudyRun, expand, run_status, write_index
+from gstlab.surprises import surprises
 
 
 class ExecutorError(RuntimeError):
@@ -337,7 +338,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     each ended run's metrics also go to TensorBoard event files under ``study_dir/tensorboard``."""
     runs = expand(study)  # every config is validated before anything starts
     preflight.check_study(runs)  # model sizes and layer names, before anything is written
-    for line in dict.fromkeys(line for run in runs for line in C.surprises(run.cfg)):
+    for line in dict.fromkeys(line for run in runs for line in surprises(run.cfg)):
         warn(line)
     if tensorboard:
         sinks.require_tensorboard()
