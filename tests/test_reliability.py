@@ -283,7 +283,7 @@ def test_15_the_index_is_true_after_a_killed_sweep_and_counts_runs_executed_else
 
     monkeypatch.setattr(executors, "_start", start)
     with pytest.raises(KeyboardInterrupt):
-        S.sweep(study, {}, tmp_path / "a", "local", res, progress=False)
+        executors.sweep(study, {}, tmp_path / "a", "local", res, progress=False)
     status = {r["run_id"]: r["status"] for r in _index(tmp_path / "a")}
     assert status[started[0]] == "finished" and list(status.values()).count("pending") == 1
     monkeypatch.undo()

@@ -93,3 +93,49 @@ def test_calibration_measures_a_real_rate():
 
     train, evaluate = calibration.measure("vgg11_bn", 0.0625)
     assert 0 < train < evaluate  # a training step costs more per image than an evaluation
+
+
+SMALL = {"data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 1024, "synthetic_test": 512},
+         "model": {"arch": "mlp", "hidden": [64, 48]}, "optim": {"milestones": [20]},
+         "train": {"epochs": 30, "batch_size": 32, "eval_batch_size": 128},
+         "pruning": {"criterion": "l2", "period": 2,
+                     "layers": [{"name": "fc1", "fraction": 0.5, "start": 1, "end": 21}]}}
+
+
+def test_any_run_is_estimated_from_its_own_data_sizes_schedule_and_calibrated_model(tmp_path, monkeypatch):
+    from gstlab.experiments import calibration, studies
+
+    cfg = C.parse(SMALL)
+    # 30 epochs x 1,024 images at 1,000/s + (30 + 11 events: epochs 1, 3, ..., 21) x 512 at 4,000/s + 10 s start-up
+    assert studies.config_seconds(cfg, 1000.0, 4000.0, 1.0) == pytest.approx(30.72 + 41 * 512 / 4000 + 10)
+    probed = C.parse(SMALL, ["probes.epochs=[25]", "probes.samples=256"])  # half of PROBE_S's 512 samples, 3x slower
+    assert studies.config_seconds(probed, 1000.0, 4000.0, 3.0) == pytest.approx(
+        studies.config_seconds(cfg, 1000.0, 4000.0, 1.0) + studies.PROBE_S * 3 / 2)
+    calls = []
+    monkeypatch.setattr(calibration, "measure_spec", lambda key: calls.append(key) or (1000.0, 4000.0))
+    monkeypatch.setattr(calibration, "CACHE", tmp_path / "calibration.json")
+    wider = C.parse(SMALL, ["model.hidden=[128,48]"])
+    supplied = C.parse({**SMALL, "model": {"supplied": "abc"}})  # a model given from Python: no estimate
+    seconds, unknown, line = studies.study_estimate([cfg, cfg, wider, supplied])
+    assert len(calls) == 2 and unknown == 1 and str(tmp_path) in line  # one calibration per distinct model
+    assert seconds == pytest.approx(3 * studies.config_seconds(cfg, 1000.0, 4000.0, 5000.0 / 1000.0))
+    assert studies.study_estimate([cfg])[0] == pytest.approx(seconds / 3) and len(calls) == 2  # from the cache
+
+
+def test_a_dry_run_estimates_the_runs_not_yet_done_on_this_machine(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from gstlab.cli import main
+    from gstlab.experiments import calibration
+
+    monkeypatch.setattr(calibration, "measure_spec", lambda key: (1000.0, 4000.0))
+    monkeypatch.setattr(calibration, "CACHE", tmp_path / "calibration.json")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "s", "seeds": 2, "settings": [{"inline": SMALL, "label": "a"}]}))
+    assert main(["sweep", str(study), "--dry-run", "--workers", "2", "--out", str(tmp_path / "s")]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    from gstlab.experiments import studies
+
+    minutes = 2 * studies.config_seconds(C.parse(SMALL), 1000.0, 4000.0, 5.0) / 60
+    assert last.startswith(f"estimate: 2 runs to do, ~{minutes:,.0f} CPU min, ~{minutes / 2:,.0f} min on 2 workers")
+    assert calibration.machine_key() in last

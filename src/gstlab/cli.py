@@ -174,6 +174,20 @@ def _key_value(assignment: str) -> tuple[str, object]:
     return key.strip(), C.parse_value(key, value)
 
 
+def _dry_run_estimate(runs: list, store_dir: Path, workers: int) -> str:
+    """One line: what the runs not yet ended in ``store_dir`` cost on this machine (calibrated, cached)."""
+    from gstlab.experiments.studies import study_estimate  # noqa: PLC0415
+    from gstlab.study import run_status  # noqa: PLC0415
+
+    todo = [r.cfg for r in runs if run_status(store_dir / "runs" / r.run_id) not in ("finished", "failed")]
+    seconds, unknown, machine = study_estimate(todo)
+    cpu_min = seconds / 60
+    missing = f"; {unknown} without an estimate (data or model known only from Python)" if unknown else ""
+    return (f"estimate: {len(todo)} runs to do, ~{cpu_min:,.0f} CPU min, ~{cpu_min / workers:,.0f} min on "
+            f"{workers} worker{'s' if workers > 1 else ''} with one free core each (runs already started count "
+            f"in full{missing}); this machine: {machine}")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from gstlab.executors import Resources, default_threads, detect_gpus, sweep  # noqa: PLC0415
     from gstlab.study import expand  # noqa: PLC0415
@@ -188,6 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for r in runs:
             same = f"  (same run as {', '.join(r.aliases)})" if r.aliases else ""
             print(f"  {r.run_id}  {r.setting:12s} {r.label:22s} seed {r.seed}  {r.grid or ''}{same}")
+        print(_dry_run_estimate(runs, Path(store_dir or out), args.workers or 1))
         return EXIT_OK
     gpus = detect_gpus() if args.executor == "local" else int(args.gpus)
     workers = args.workers or (gpus * args.runs_per_gpu if gpus else 1)
@@ -413,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "`ray start` need RAY_AUTH_MODE=token (README, Studies)")
     sweep.add_argument("--gpus", type=_count(0), default=0, metavar="G",
                        help="ray: request GPUs for the runs (G > 0) or not (0, default)")
-    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their ids; run nothing")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list the runs and their ids and estimate the CPU time of those not yet ended on "
+                       "this machine (each distinct model timed once, ~2 s, cached); run nothing")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.add_argument("--tensorboard", action="store_true",
                        help="write each ended run's TensorBoard events under STUDY/tensorboard/<label>/ "

@@ -1,7 +1,9 @@
-"""Images per CPU second of the mini models on *this* machine, for `gst presets --studies`.
+"""Images per CPU second of the mini models on *this* machine, for `gst presets --studies`, and of the models of
+any study, for `gst sweep --dry-run`.
 
-A quick calibration (a few training steps and one evaluation batch of every mini model, one thread, random
-data of the mini input shape; ~10-20 CPU s) measured the first time it is needed and cached per CPU model,
+A quick calibration (a few training steps and one evaluation batch of every model, one thread, random data of
+the model's input shape; ~10-20 CPU s for the mini models, ~2 s per other model) measured the first time it is
+needed and cached per CPU model,
 instruction set, kernel pinning and torch version in ``~/.cache/gstlab/calibration.json`` (``GSTLAB_CACHE``
 moves it; delete the file to measure again). Estimates then say what a study costs where it will run, not on
 the machine that wrote the code.
@@ -29,39 +31,69 @@ def machine_key() -> str:
             f"torch {torch.__version__}")
 
 
-def cached_rates(models: list[tuple[str, float]], path: Path = CACHE) -> tuple[Rates, str]:
+def cached_rates(models: list[tuple[str, float]], path: Path | None = None) -> tuple[Rates, str]:
     """This machine's rates of ``models`` (measured now if the cache lacks them) and a line saying whose."""
-    key = machine_key()
+    return _cached("rates", models, lambda m: measure(*m), "mini model(s), ~20 s", path)
+
+
+def cached_spec_rates(specs: list[str], path: Path | None = None) -> tuple[dict[tuple[str], tuple[float, float]], str]:
+    """This machine's rates of run ``specs`` (see ``spec``), keyed by ``(spec,)``, measured now where missing."""
+    return _cached("specs", specs, measure_spec, "model(s) of this study, ~2 s each", path)
+
+
+def _cached(section: str, keys: list, measure_one, what: str, path: Path | None) -> tuple[dict, str]:
+    """Rates of ``keys`` from the cache section ``section`` (rows ``[*key, train, eval]``) of this machine,
+    measuring and caching the missing ones (``path``: the cache file, default CACHE)."""
+    path = path or CACHE
+    machine = machine_key()
     cache = _read(path)
-    entry = cache.get(key, {"measured": None, "rates": []})
-    rates = {(a, w): (t, e) for a, w, t, e in entry["rates"]}
-    missing = [m for m in models if m not in rates]
+    entry = cache.get(machine, {"measured": None})
+    as_key = (lambda k: tuple(k)) if section == "rates" else (lambda k: (k,))
+    rates = {tuple(k): (t, e) for *k, t, e in entry.get(section, [])}
+    missing = [k for k in keys if as_key(k) not in rates]
     if missing:
-        print(f"calibrating this machine's speed once ({len(missing)} mini models, ~20 s; cached in {path})",
+        print(f"calibrating this machine's speed once ({len(missing)} {what}; cached in {path})",
               file=sys.stderr, flush=True)
-        rates.update({m: measure(*m) for m in missing})
-        entry = {"measured": time.strftime("%Y-%m-%d"), "rates": [[a, w, *r] for (a, w), r in rates.items()]}
-        cache[key] = entry
+        rates.update({as_key(k): measure_one(k) for k in missing})
+        entry = {**entry, "measured": time.strftime("%Y-%m-%d"), section: [[*k, *r] for k, r in rates.items()]}
+        cache[machine] = entry
         _write(path, cache)
-    return rates, f"{key}; rates measured {entry['measured']} (cache {path})"
+    return rates, f"{machine}; rates measured {entry['measured']} (cache {path})"
+
+
+def spec(model: dict, input_shape: tuple[int, ...], classes: int, batch: int, eval_batch: int) -> str:
+    """The calibration key of a run's model (a ModelConfig mapping), input and batch sizes."""
+    return json.dumps({"model": model, "shape": list(input_shape), "classes": classes, "batch": batch,
+                       "eval_batch": eval_batch}, sort_keys=True)
 
 
 def measure(arch: str, width: float) -> tuple[float, float]:
     """(training, evaluation) images per CPU second of the mini ``arch`` at ``width``, on one thread."""
+    from gstlab.experiments.presets import MINI_VGG_CHANNELS  # noqa: PLC0415
+
+    channels = list(MINI_VGG_CHANNELS) if arch == "vgg11_bn" and width == 1.0 else []
+    return measure_spec(spec({"arch": arch, "width": width, "channels": channels}, (1, 16, 16), 10, TRAIN_BATCH,
+                             EVAL_BATCH))
+
+
+def measure_spec(key: str) -> tuple[float, float]:
+    """(training, evaluation) images per CPU second of the model, input and batch sizes of ``key``, on one
+    thread (random data: speed does not depend on the values)."""
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
 
     from gstlab.config import ModelConfig  # noqa: PLC0415
-    from gstlab.experiments.presets import MINI_VGG_CHANNELS  # noqa: PLC0415
     from gstlab.models import build_model  # noqa: PLC0415
 
+    s = json.loads(key)
+    model_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in s["model"].items()}
+    shape, batch, eval_batch = tuple(s["shape"]), s["batch"], s["eval_batch"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        channels = tuple(MINI_VGG_CHANNELS) if arch == "vgg11_bn" and width == 1.0 else ()
-        model = build_model(ModelConfig(arch=arch, width=width, channels=channels), (1, 16, 16), 10)
+        model = build_model(ModelConfig(**model_cfg), shape, s["classes"])
         opt = torch.optim.Adam(model.parameters())
-        x, y = torch.randn(TRAIN_BATCH, 1, 16, 16), torch.randint(0, 10, (TRAIN_BATCH,))
+        x, y = torch.randn(batch, *shape), torch.randint(0, s["classes"], (batch,))
 
         def step() -> None:
             loss = F.cross_entropy(model(x), y)
@@ -69,11 +101,11 @@ def measure(arch: str, width: float) -> tuple[float, float]:
             loss.backward()
             opt.step()
 
-        train = TRAIN_BATCH / _seconds_per_call(step)
+        train = batch / _seconds_per_call(step)
         model.eval()
-        xe = torch.randn(EVAL_BATCH, 1, 16, 16)
+        xe = torch.randn(eval_batch, *shape)
         with torch.no_grad():
-            evaluate = EVAL_BATCH / _seconds_per_call(lambda: model(xe))
+            evaluate = eval_batch / _seconds_per_call(lambda: model(xe))
         return train, evaluate
     finally:
         torch.set_num_threads(threads)

@@ -9,8 +9,8 @@ Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper took them f
 
 from __future__ import annotations
 
-from gstlab.config import ConfigError, parse
-from gstlab.experiments.calibration import Rates, cached_rates
+from gstlab.config import ConfigError, DataConfig, RunConfig, parse, to_dict
+from gstlab.experiments.calibration import Rates, cached_rates, cached_spec_rates, spec
 from gstlab.experiments.presets import SCALES, preset_config
 from gstlab.pruning.schedule import event_epochs
 
@@ -53,6 +53,8 @@ MINI_IMAGES_PER_CPU_S: dict[tuple[str, float], tuple[float, float]] = {
     ("resnet18", 1.0): (97.0, 265.0), ("resnet20", 1.0): (965.0, 2488.0), ("resnet56", 1.0): (346.0, 932.0),
 }
 RUN_OVERHEAD_S = 10.0  # process start and data loading
+SPLIT_SIZES = {"fashion_mnist": (60000, 10000), "cifar10": (50000, 10000), "cifar100": (50000, 10000),
+               "mnist1d": (4000, 1000)}  # (training, test) examples of each built-in data set
 PROBE_S = 50.0  # CPU s of one mini VGG probe (Lanczos top-20 on 512 images, 10 eps directions), measured
 
 
@@ -74,21 +76,54 @@ def machine_rates() -> tuple[Rates, str]:
 
 def run_seconds(preset: str, scale: str, rates: Rates = MINI_IMAGES_PER_CPU_S) -> float:
     """Estimated CPU seconds of one run on one core at ``rates`` (images/s; default: the developers' machine)."""
-    cfg = preset_config(preset, scale)
-    data, model = cfg.get("data", {}), cfg["model"]
-    train_rate, eval_rate = images_per_cpu_s(model["arch"], model.get("width", 1.0), rates)
-    epochs = cfg["train"]["epochs"]
-    pruning = parse(cfg).pruning
+    cfg = parse(preset_config(preset, scale))
+    train_rate, eval_rate = images_per_cpu_s(cfg.model.arch, cfg.model.width, rates)
+    slower = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0] / rates["vgg11_bn", 1.0][0]  # than where PROBE_S was measured
+    return config_seconds(cfg, train_rate, eval_rate, slower)
+
+
+def config_seconds(cfg: RunConfig, train_rate: float, eval_rate: float, probe_slowdown: float) -> float:
+    """Estimated CPU seconds of run ``cfg`` on one core: training and evaluation images at the given rates
+    (images/s), a second evaluation after every pruning epoch, start-up, and each flatness probe at PROBE_S x
+    ``probe_slowdown`` per 512 samples."""
+    n_train, n_test = data_sizes(cfg.data)
+    epochs = cfg.train.epochs
+    pruning = cfg.pruning
     events = {e for layer in pruning.layers for e in event_epochs(layer.start, layer.end, pruning.period_of(layer))}
     evaluations = epochs + len(events)  # a second evaluation after every event
-    train_s = epochs * (data.get("train_subset") or 50000) / train_rate
-    eval_s = evaluations * (data.get("test_subset") or 10000) / eval_rate
-    probes = cfg.get("probes", {})
-    slower = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0] / rates["vgg11_bn", 1.0][0]  # than where PROBE_S was measured
-    probe_s = PROBE_S * slower * len(probes.get("epochs", [])) * probes.get("samples", 512) / 512
+    probe_s = PROBE_S * probe_slowdown * len(cfg.probes.epochs) * cfg.probes.samples / 512
     # no factor for gstlab's own overhead: with the extra evaluations counted, this gives 174 s for F2_VGG_4
     # without probes, bench_mini.py measured 178 CPU s
-    return train_s + eval_s + RUN_OVERHEAD_S + probe_s
+    return epochs * n_train / train_rate + evaluations * n_test / eval_rate + RUN_OVERHEAD_S + probe_s
+
+
+def data_sizes(cfg: DataConfig) -> tuple[int, int]:
+    """(training, test) examples a run uses: its subsets, else the data set's standard split sizes."""
+    full = (cfg.synthetic_train, cfg.synthetic_test) if cfg.name == "synthetic" else SPLIT_SIZES.get(cfg.name, (0, 0))
+    return cfg.train_subset or full[0], cfg.test_subset or full[1]
+
+
+def study_estimate(cfgs: list[RunConfig]) -> tuple[float, int, str]:
+    """(CPU seconds on one core of this machine, runs without an estimate, a line naming the machine) for
+    ``cfgs``: each distinct model, input shape and batch size is calibrated once on this machine (cached). A
+    run has no estimate when its data set's shape or size is unknown without loading it, or its model was given
+    from Python."""
+    keys = [_spec(cfg) for cfg in cfgs]
+    known = sorted({k for k in keys if k})
+    rates, line = cached_spec_rates(known) if known else ({}, "no run to calibrate")
+    ref_vgg = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0]
+    total = sum(config_seconds(cfg, *rates[key,], ref_vgg / rates[key,][0]) for cfg, key in zip(cfgs, keys) if key)
+    return total, keys.count(None), line
+
+
+def _spec(cfg: RunConfig) -> str | None:
+    from gstlab.preflight import data_shape  # noqa: PLC0415  (imports torch)
+
+    shape = data_shape(cfg.data)
+    if shape is None or cfg.model.supplied or not all(data_sizes(cfg.data)):
+        return None
+    model = {k: v for k, v in to_dict(cfg.model).items() if k != "supplied"}
+    return spec(model, shape[0], shape[1], cfg.train.batch_size, cfg.train.eval_batch_size)
 
 
 def images_per_cpu_s(arch: str, width: float, rates: Rates = MINI_IMAGES_PER_CPU_S) -> tuple[float, float]:
