@@ -38,23 +38,23 @@ def cached_rates(models: list[tuple[str, float]], path: Path | None = None) -> t
 
 def cached_spec_rates(specs: list[str], path: Path | None = None) -> tuple[dict[tuple[str], tuple[float, float]], str]:
     """This machine's rates of run ``specs`` (see ``spec``), keyed by ``(spec,)``, measured now where missing."""
-    return _cached("specs", specs, measure_spec, "model(s) of this study, ~2 s each", path)
+    return _cached("specs", [(s,) for s in specs], lambda k: measure_spec(k[0]), "model(s) of this study, ~2 s each",
+                   path)
 
 
 def _cached(section: str, keys: list, measure_one, what: str, path: Path | None) -> tuple[dict, str]:
-    """Rates of ``keys`` from the cache section ``section`` (rows ``[*key, train, eval]``) of this machine,
-    measuring and caching the missing ones (``path``: the cache file, default CACHE)."""
+    """Rates of ``keys`` (tuples of JSON scalars) from the cache section ``section`` (rows ``[*key, train, eval]``)
+    of this machine, measuring and caching the missing ones (``path``: the cache file, default CACHE)."""
     path = path or CACHE
     machine = machine_key()
     cache = _read(path)
     entry = cache.get(machine, {"measured": None})
-    as_key = (lambda k: tuple(k)) if section == "rates" else (lambda k: (k,))
     rates = {tuple(k): (t, e) for *k, t, e in entry.get(section, [])}
-    missing = [k for k in keys if as_key(k) not in rates]
+    missing = [k for k in keys if k not in rates]
     if missing:
         print(f"calibrating this machine's speed once ({len(missing)} {what}; cached in {path})",
               file=sys.stderr, flush=True)
-        rates.update({as_key(k): measure_one(k) for k in missing})
+        rates.update({k: measure_one(k) for k in missing})
         entry = {**entry, "measured": time.strftime("%Y-%m-%d"), section: [[*k, *r] for k, r in rates.items()]}
         cache[machine] = entry
         _write(path, cache)

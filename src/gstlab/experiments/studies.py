@@ -111,8 +111,12 @@ def study_estimate(cfgs: list[RunConfig]) -> tuple[float, int, str]:
     keys = [_spec(cfg) for cfg in cfgs]
     known = sorted({k for k in keys if k})
     rates, line = cached_spec_rates(known) if known else ({}, "no run to calibrate")
-    ref_vgg = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0]
-    total = sum(config_seconds(cfg, *rates[key,], ref_vgg / rates[key,][0]) for cfg, key in zip(cfgs, keys) if key)
+    ref_vgg = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0]  # PROBE_S's model on the machine that measured it
+    total = 0.0
+    for cfg, key in zip(cfgs, keys):
+        if key:
+            train_rate, eval_rate = rates[(key,)]
+            total += config_seconds(cfg, train_rate, eval_rate, ref_vgg / train_rate)
     return total, keys.count(None), line
 
 
