@@ -108,6 +108,8 @@ def test_any_run_is_estimated_from_its_own_data_sizes_schedule_and_calibrated_mo
     cfg = C.parse(SMALL)
     # 30 epochs x 1,024 images at 1,000/s + (30 + 11 events: epochs 1, 3, ..., 21) x 512 at 4,000/s + 10 s start-up
     assert studies.config_seconds(cfg, 1000.0, 4000.0, 1.0) == pytest.approx(30.72 + 41 * 512 / 4000 + 10)
+    # resumed after 20 epochs: 10 epochs and the one event left (epoch 21), and the start-up again
+    assert studies.config_seconds(cfg, 1000.0, 4000.0, 1.0, done=20) == pytest.approx(10.24 + 11 * 512 / 4000 + 10)
     probed = C.parse(SMALL, ["probes.epochs=[25]", "probes.samples=256"])  # half of PROBE_S's 512 samples, 3x slower
     assert studies.config_seconds(probed, 1000.0, 4000.0, 3.0) == pytest.approx(
         studies.config_seconds(cfg, 1000.0, 4000.0, 1.0) + studies.PROBE_S * 3 / 2)
@@ -130,12 +132,18 @@ def test_a_dry_run_estimates_the_runs_not_yet_done_on_this_machine(tmp_path, mon
 
     monkeypatch.setattr(calibration, "measure_spec", lambda key: (1000.0, 4000.0))
     monkeypatch.setattr(calibration, "CACHE", tmp_path / "calibration.json")
+    from gstlab.experiments import studies
+    from gstlab.study import expand, load_study_file
+
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({"name": "s", "seeds": 2, "settings": [{"inline": SMALL, "label": "a"}]}))
+    started = tmp_path / "s" / "runs" / expand(load_study_file(study)[0])[0].run_id
+    started.mkdir(parents=True)
+    (started / "metrics.csv").write_text("epoch\n" + "".join(f"{e}\n" for e in range(20)))  # cut off after 20
     assert main(["sweep", str(study), "--dry-run", "--workers", "2", "--out", str(tmp_path / "s")]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
-    from gstlab.experiments import studies
-
-    minutes = 2 * studies.config_seconds(C.parse(SMALL), 1000.0, 4000.0, 5.0) / 60
-    assert last.startswith(f"estimate: 2 runs to do, ~{minutes:,.0f} CPU min, ~{minutes / 2:,.0f} min on 2 workers")
+    seconds = [studies.config_seconds(C.parse(SMALL), 1000.0, 4000.0, 5.0, done) for done in (20, 0)]
+    minutes = sum(seconds) / 60
+    assert last.startswith(f"estimate: 2 runs to do (1 of them started, counted from their last checkpoint), "
+                           f"~{minutes:,.0f} CPU min, ~{minutes / 2:,.0f} min on 2 workers")
     assert calibration.machine_key() in last

@@ -82,16 +82,19 @@ def run_seconds(preset: str, scale: str, rates: Rates = MINI_IMAGES_PER_CPU_S) -
     return config_seconds(cfg, train_rate, eval_rate, slower)
 
 
-def config_seconds(cfg: RunConfig, train_rate: float, eval_rate: float, probe_slowdown: float) -> float:
-    """Estimated CPU seconds of run ``cfg`` on one core: training and evaluation images at the given rates
-    (images/s), a second evaluation after every pruning epoch, start-up, and each flatness probe at PROBE_S x
-    ``probe_slowdown`` per 512 samples."""
+def config_seconds(cfg: RunConfig, train_rate: float, eval_rate: float, probe_slowdown: float,
+                   done: int = 0) -> float:
+    """Estimated CPU seconds of run ``cfg`` on one core from epoch ``done`` on (0: the whole run): training and
+    evaluation images at the given rates (images/s), a second evaluation after every pruning epoch, start-up,
+    and each flatness probe at PROBE_S x ``probe_slowdown`` per 512 samples."""
     n_train, n_test = data_sizes(cfg.data)
-    epochs = cfg.train.epochs
+    epochs = max(0, cfg.train.epochs - done)
     pruning = cfg.pruning
-    events = {e for layer in pruning.layers for e in event_epochs(layer.start, layer.end, pruning.period_of(layer))}
+    events = {e for layer in pruning.layers for e in event_epochs(layer.start, layer.end, pruning.period_of(layer))
+              if e >= done}
     evaluations = epochs + len(events)  # a second evaluation after every event
-    probe_s = PROBE_S * probe_slowdown * len(cfg.probes.epochs) * cfg.probes.samples / 512
+    probes = [e for e in cfg.probes.epochs if e >= done]
+    probe_s = PROBE_S * probe_slowdown * len(probes) * cfg.probes.samples / 512
     # no factor for gstlab's own overhead: with the extra evaluations counted, this gives 174 s for F2_VGG_4
     # without probes, bench_mini.py measured 178 CPU s
     return epochs * n_train / train_rate + evaluations * n_test / eval_rate + RUN_OVERHEAD_S + probe_s
@@ -103,20 +106,21 @@ def data_sizes(cfg: DataConfig) -> tuple[int, int]:
     return cfg.train_subset or full[0], cfg.test_subset or full[1]
 
 
-def study_estimate(cfgs: list[RunConfig]) -> tuple[float, int, str]:
+def study_estimate(cfgs: list[RunConfig], done: list[int] | None = None) -> tuple[float, int, str]:
     """(CPU seconds on one core of this machine, runs without an estimate, a line naming the machine) for
-    ``cfgs``: each distinct model, input shape and batch size is calibrated once on this machine (cached). A
-    run has no estimate when its data set's shape or size is unknown without loading it, or its model was given
-    from Python."""
+    ``cfgs``, each from its epoch in ``done`` on (default: whole runs): each distinct model, input shape and
+    batch size is calibrated once on this machine (cached). A run has no estimate when its data set's shape or
+    size is unknown without loading it, or its model was given from Python."""
+    done = done or [0] * len(cfgs)
     keys = [_spec(cfg) for cfg in cfgs]
     known = sorted({k for k in keys if k})
     rates, line = cached_spec_rates(known) if known else ({}, "no run to calibrate")
     ref_vgg = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0]  # PROBE_S's model on the machine that measured it
     total = 0.0
-    for cfg, key in zip(cfgs, keys):
+    for cfg, key, start in zip(cfgs, keys, done):
         if key:
             train_rate, eval_rate = rates[(key,)]
-            total += config_seconds(cfg, train_rate, eval_rate, ref_vgg / train_rate)
+            total += config_seconds(cfg, train_rate, eval_rate, ref_vgg / train_rate, start)
     return total, keys.count(None), line
 
 
