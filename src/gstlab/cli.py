@@ -177,10 +177,11 @@ def _key_value(assignment: str) -> tuple[str, object]:
 def _dry_run_estimate(runs: list, store_dir: Path, workers: int) -> str:
     """One line: what the runs not yet ended in ``store_dir`` cost on this machine (calibrated, cached)."""
     from gstlab.experiments.studies import study_estimate  # noqa: PLC0415
+    from gstlab.progress import epochs_done  # noqa: PLC0415
     from gstlab.study import run_status  # noqa: PLC0415
 
     todo = [r for r in runs if run_status(store_dir / "runs" / r.run_id) not in ("finished", "failed")]
-    done = [_epochs_logged(store_dir / "runs" / r.run_id) for r in todo]
+    done = [epochs_done(store_dir / "runs" / r.run_id) for r in todo]  # its metrics.csv: its last checkpoint
     seconds, unknown, machine = study_estimate([r.cfg for r in todo], done)
     cpu_min = seconds / 60
     started = sum(1 for d in done if d)
@@ -188,15 +189,6 @@ def _dry_run_estimate(runs: list, store_dir: Path, workers: int) -> str:
     return (f"estimate: {len(todo)} runs to do ({started} of them started, counted from their last checkpoint), "
             f"~{cpu_min:,.0f} CPU min, ~{cpu_min / workers:,.0f} min on {workers} worker"
             f"{'s' if workers > 1 else ''} with one free core each{missing}; this machine: {machine}")
-
-
-def _epochs_logged(run_dir: Path) -> int:
-    """Epochs in a run's metrics.csv, written with each checkpoint (0: none, or unreadable)."""
-    try:
-        with open(run_dir / "metrics.csv") as f:
-            return max(0, sum(1 for _ in f) - 1)
-    except OSError:
-        return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
