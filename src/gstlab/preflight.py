@@ -76,8 +76,9 @@ def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
                             f"the pruning schedule; allowed: at most {left:,}")
 
 
-SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
-          "mnist1d": ((1, 40), 10)}  # (input shape, classes) of each data set, known without loading it
+# (input shape, classes, training examples, test examples) of each built-in data set, known without loading it
+BUILT_IN = {"fashion_mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 50000, 10000),
+            "cifar100": ((3, 32, 32), 100, 50000, 10000), "mnist1d": ((1, 40), 10, 4000, 1000)}
 
 
 def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int] | None:
@@ -85,13 +86,23 @@ def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int] | None:
     elsewhere (gstlab.registry), whose run is checked when it starts."""
     if cfg.name == "synthetic":
         shape, classes = tuple(cfg.synthetic_shape), cfg.synthetic_classes
-    elif cfg.name in SHAPES:
-        shape, classes = SHAPES[cfg.name]
+    elif cfg.name in BUILT_IN:
+        shape, classes = BUILT_IN[cfg.name][:2]
     else:
         return None
     if cfg.image_size is not None and len(shape) == 3:
         shape = (shape[0], cfg.image_size, cfg.image_size)
     return shape, classes
+
+
+def data_sizes(cfg: C.DataConfig) -> tuple[int, int]:
+    """(training, test) examples a run uses: its subsets, else the data set's split sizes (0: a data set
+    registered elsewhere, unknown without loading it)."""
+    if cfg.name == "synthetic":
+        full = (cfg.synthetic_train, cfg.synthetic_test)
+    else:
+        full = BUILT_IN[cfg.name][2:] if cfg.name in BUILT_IN else (0, 0)
+    return cfg.train_subset or full[0], cfg.test_subset or full[1]
 
 
 def check_study(runs: list) -> None:

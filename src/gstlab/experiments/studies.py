@@ -9,9 +9,10 @@ Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper took them f
 
 from __future__ import annotations
 
-from gstlab.config import ConfigError, DataConfig, RunConfig, parse, to_dict
+from gstlab.config import ConfigError, RunConfig, parse, to_dict
 from gstlab.experiments.calibration import Rates, cached_rates, cached_spec_rates, spec
 from gstlab.experiments.presets import SCALES, preset_config
+from gstlab.preflight import data_shape, data_sizes
 from gstlab.pruning.schedule import event_epochs
 
 F2_VGG = [f"F2_VGG_{i}" for i in range(6)]
@@ -53,8 +54,6 @@ MINI_IMAGES_PER_CPU_S: dict[tuple[str, float], tuple[float, float]] = {
     ("resnet18", 1.0): (97.0, 265.0), ("resnet20", 1.0): (965.0, 2488.0), ("resnet56", 1.0): (346.0, 932.0),
 }
 RUN_OVERHEAD_S = 10.0  # process start and data loading
-SPLIT_SIZES = {"fashion_mnist": (60000, 10000), "cifar10": (50000, 10000), "cifar100": (50000, 10000),
-               "mnist1d": (4000, 1000)}  # (training, test) examples of each built-in data set
 PROBE_S = 50.0  # CPU s of one mini VGG probe (Lanczos top-20 on 512 images, 10 eps directions), measured
 
 
@@ -100,12 +99,6 @@ def config_seconds(cfg: RunConfig, train_rate: float, eval_rate: float, probe_sl
     return epochs * n_train / train_rate + evaluations * n_test / eval_rate + RUN_OVERHEAD_S + probe_s
 
 
-def data_sizes(cfg: DataConfig) -> tuple[int, int]:
-    """(training, test) examples a run uses: its subsets, else the data set's standard split sizes."""
-    full = (cfg.synthetic_train, cfg.synthetic_test) if cfg.name == "synthetic" else SPLIT_SIZES.get(cfg.name, (0, 0))
-    return cfg.train_subset or full[0], cfg.test_subset or full[1]
-
-
 def study_estimate(cfgs: list[RunConfig], done: list[int] | None = None) -> tuple[float, int, str]:
     """(CPU seconds on one core of this machine, runs without an estimate, a line naming the machine) for
     ``cfgs``, each from its epoch in ``done`` on (default: whole runs): each distinct model, input shape and
@@ -125,8 +118,6 @@ def study_estimate(cfgs: list[RunConfig], done: list[int] | None = None) -> tupl
 
 
 def _spec(cfg: RunConfig) -> str | None:
-    from gstlab.preflight import data_shape  # noqa: PLC0415  (imports torch)
-
     shape = data_shape(cfg.data)
     if shape is None or cfg.model.supplied or not all(data_sizes(cfg.data)):
         return None
