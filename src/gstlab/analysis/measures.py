@@ -20,6 +20,7 @@ from scipy import stats as sps
 from gstlab.analysis import figures as F
 from gstlab.analysis.results import load_event_classes, load_flatness
 from gstlab.analysis.stats import correlation
+from gstlab.analysis.text import interval, number, pvalue
 
 # (column, name); the run's summary.json, else its last probe row (curvature.csv, else gst flatness's flatness.csv)
 MEASURES = (
@@ -100,17 +101,10 @@ def measure_rows(runs: pd.DataFrame, axes: list[str], target: str) -> list[dict]
     return sorted(rows, key=lambda r: -abs(r["kendall_tau"]) if math.isfinite(r["kendall_tau"]) else math.inf)
 
 
-def _num(x, nd: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{nd}f}"
-
-
-def _p(x) -> str:
-    return "n/a" if not math.isfinite(x) else f"{x:.3g}"
-
-
 def _with_ci(value, low, high) -> str:
-    ci = f" [{low:.3f}, {high:.3f}]" if math.isfinite(low) and math.isfinite(high) else ""
-    return _num(value) + ci
+    """The value, with its CI in brackets where it has one."""
+    ci = f" {interval(low, high, 3)}" if math.isfinite(low) and math.isfinite(high) else ""
+    return number(value, 3) + ci
 
 
 def _psi(row: dict) -> str:
@@ -140,7 +134,7 @@ def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['measure']} | {r['n']} | "
                   f"{_with_ci(r['kendall_tau'], r['kendall_ci_low'], r['kendall_ci_high'])} | "
-                  f"{_p(r['kendall_p'])} | {_with_ci(r['pearson_r'], r['pearson_ci_low'], r['pearson_ci_high'])}"
+                  f"{pvalue(r['kendall_p'])} | {_with_ci(r['pearson_r'], r['pearson_ci_low'], r['pearson_ci_high'])}"
                   f" | {_psi(r)} |" for r in rows]
         lines.append("")
     missing = [name for col, name in MEASURES if runs[col].notna().sum() < MIN_RUNS]

@@ -26,6 +26,9 @@ from gstlab.analysis.results import (
     load_study,
 )
 from gstlab.analysis.stats import correlation, group_table, paired_ttest, ttest
+from gstlab.analysis.text import interval as _ci
+from gstlab.analysis.text import number as _f
+from gstlab.analysis.text import pvalue as _p
 from gstlab.analysis.window import common_window_start, with_window
 
 KINDS = ("figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2", "figureE",
@@ -83,18 +86,6 @@ def arch_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 # ----------------------------------------------------------------------------------------------- formatting
-
-
-def _f(x, nd: int = 2) -> str:
-    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{nd}f}"
-
-
-def _p(x) -> str:
-    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.3g}"
-
-
-def _ci(lo, hi, nd: int = 2) -> str:
-    return "n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.{nd}f}, {hi:.{nd}f}]"
 
 
 def corr_verdict(r: float, p: float, sign: int) -> str:
