@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 
 from gstlab import safeyaml
-from gstlab.errors import ConfigError
+from gstlab.errors import ConfigError, one_line
 from gstlab.registry import Registry, architectures, criteria, datasets
 
 # Fields marked with NOT_RESULT do not change what a run computes (where it runs, how it reports) and stay
@@ -382,16 +382,14 @@ def parse_value(key: str, raw: str) -> Any:
     try:
         return safeyaml.load(raw) if raw.strip() else None
     except (yaml.YAMLError, safeyaml.YamlError) as err:
-        raise ConfigError(f"--set {key.strip()}: value {_short(raw)} is not valid YAML ({_one_line(err)})") from None
+        raise ConfigError(f"--set {key.strip()}: value {_short(raw)} is not valid YAML "
+                          f"({one_line(err, 200)})") from None
 
 
 def _short(raw: str, limit: int = 60) -> str:
     return repr(raw if len(raw) <= limit else raw[:limit] + "...")
 
 
-def _one_line(err: Exception, limit: int = 200) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 
@@ -607,7 +605,7 @@ def yaml_mapping(text: str, where: str) -> dict:
     try:
         data = safeyaml.load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML ({_one_line(err)})") from None
+        raise ConfigError(f"{where}: not valid YAML ({one_line(err, 200)})") from None
     except safeyaml.YamlError as err:
         raise ConfigError(f"{where}: {err}") from None
     if data is not None and not isinstance(data, dict):

@@ -1,4 +1,5 @@
-"""The error of bad input (below every module that reports it: config, registries, data, models)."""
+"""The error of bad input, and how any error is quoted in one line (below every module that reports them:
+config, registries, data, models, the runner and executors)."""
 
 # characters that break a line (str.splitlines), written escaped so that an error stays one line even when it
 # quotes a user's key or value that contains them
@@ -10,3 +11,10 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str = "") -> None:
         super().__init__(str(message).translate(_LINE_BREAKS))
+
+
+def one_line(err: BaseException, limit: int = 120) -> str:
+    """An exception's message on one line (whitespace runs collapsed; its type's name when empty), cut to
+    ``limit`` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

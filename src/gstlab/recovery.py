@@ -29,11 +29,6 @@ def note(file: str, problem: str, action: str) -> dict:
     return {"file": file, "problem": problem, "action": action, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def one_line(err: BaseException, limit: int = 120) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # ------------------------------------------------------------------------------------------- finished runs
 
 

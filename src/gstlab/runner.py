@@ -25,6 +25,7 @@ from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
+from gstlab.errors import one_line
 from gstlab.interventions import Intervention
 from gstlab.models import build_model
 from gstlab.parts import DEFAULT_PARTS, Parts
@@ -383,7 +384,7 @@ def _resume(run: Run, notes: list[dict]) -> Run:
                 raise ValueError("not a checkpoint of this run")
             restore(run, state)
         except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
-            problems.append(f"{name} is damaged ({recovery.one_line(err)})")
+            problems.append(f"{name} is damaged ({one_line(err)})")
             store.discard(path)
             run = prepare(run.cfg, run.out, run.parts)  # a partial restore leaves the run half-loaded
             continue
@@ -463,7 +464,7 @@ def _identity_problem(cfg: C.RunConfig, out: Path) -> str | None:
     try:
         have, problem = C.run_id(C.from_dict(C.RunConfig, C.load_yaml(path))), None
     except (C.ConfigError, TypeError) as err:
-        have, problem = None, f"config.yaml is damaged ({recovery.one_line(err, 80)})"
+        have, problem = None, f"config.yaml is damaged ({one_line(err, 80)})"
     if have == want:
         return None
     recorded = recovery.recorded_ids(out)
