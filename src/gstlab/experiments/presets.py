@@ -246,19 +246,18 @@ def stale_window(cfg: dict) -> str | None:
     `set` of data.train_subset does not rescale the window), else None."""
     name, _, scale = str(cfg.get("name") or "").partition("@")
     iv = cfg.get("intervention") or {}
-    if name not in PRESETS or scale not in SCALES or not (PRESETS[name].paper.get("intervention") or {}).get(
-            "batches") or iv.get("kind", "none") == "none":
+    paper = PRESETS[name].paper if name in PRESETS else {}
+    if scale not in SCALES or not (paper.get("intervention") or {}).get("batches") or iv.get("kind", "none") == "none":
         return None
     preset = preset_config(name, scale)
-    if iv.get("batches") != preset["intervention"]["batches"] or _batches_per_epoch(cfg) == _batches_per_epoch(
-            preset):
+    scaled_for, has = _batches_per_epoch(preset), _batches_per_epoch(cfg)
+    if iv.get("batches") != preset["intervention"]["batches"] or has == scaled_for:
         return None  # the window was set explicitly, or the clock it was scaled for is the run's
-    keep = scaled_window(PRESETS[name].paper, cfg)
+    keep = scaled_window(paper, cfg)
     if keep == iv["batches"]:
         return None
-    return (f"intervention.batches: {iv['batches']} is {name}'s {scale} window for {_batches_per_epoch(preset)} "
-            f"batches per epoch, but this run has {_batches_per_epoch(cfg)}; intervention.batches={keep} keeps "
-            "the paper's share of training")
+    return (f"intervention.batches: {iv['batches']} is {name}'s {scale} window for {scaled_for} batches per "
+            f"epoch, but this run has {has}; intervention.batches={keep} keeps the paper's share of training")
 
 
 def _rescale_clock(out: dict, f: float, last: int) -> None:
