@@ -77,10 +77,9 @@ def summarize_classes(rows: list[dict], events: list[dict], scratch: bool) -> di
     epoch with class detail). ``rows``: of events_classes.csv; ``events``: of events.csv."""
     by_epoch: dict[int, list[dict]] = {}
     for r in rows:  # an epoch's table repeats for each layer pruned in it: keep the first layer's
-        key = (int(r["epoch"]), r["layer"])
-        first = by_epoch.setdefault(key[0], [])
-        if not first or first[0]["layer"] == key[1]:
-            first.append(r)
+        table = by_epoch.setdefault(int(r["epoch"]), [])
+        if not table or table[0]["layer"] == r["layer"]:
+            table.append(r)
     tables = [by_epoch[e] for e in pruning_epoch_accuracies(events, scratch) if e in by_epoch]
     if not tables:
         return {"mean_flips": math.nan, "worst_class_drop": math.nan, "recall_distortion": math.nan}
