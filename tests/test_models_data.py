@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gstlab.config import DataConfig, ModelConfig
-from gstlab.data import DataMissingError, Images, TrainLoader, augment_batch, cifar, fashion_mnist, load_data
+from gstlab.data import BUILT_IN, DataMissingError, Images, TrainLoader, augment_batch, cifar, fashion_mnist, load_data
 from gstlab.data.download import md5sum, verify
 from gstlab.models import build_model
 from gstlab.pruning.masks import UnitMasks
@@ -167,3 +167,16 @@ def test_augmentation_is_a_shifted_crop_and_flip():
     shifted = augment_batch(x, torch.tensor([[0, 0], [4, 4]]), torch.tensor([False, False]), padding=2)
     assert torch.equal(shifted[0, 0, 2:, 2:], x[0, 0, :2, :2]) and shifted[0, 0, :2].abs().max() == 0
     assert torch.equal(shifted[1, 0, :2, :2], x[1, 0, 2:, 2:])
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist1d"])
+def test_facts_known_without_loading_match_the_loaded_data(name):
+    """preflight and the speed estimate use BUILT_IN instead of loading: its shape, classes and split sizes must
+    be those of the tensors a run trains on (Fashion-MNIST: padded to 32x32)."""
+    try:
+        data = load_data(DataConfig(name=name), seed=0)
+    except DataMissingError as err:  # Fashion-MNIST without dataset-fashion-mnist (CI installs it)
+        pytest.skip(str(err))
+    facts = BUILT_IN[name]
+    assert tuple(data.x_train.shape[1:]) == tuple(data.x_test.shape[1:]) == facts.shape
+    assert (data.num_classes, len(data.y_train), len(data.y_test)) == (facts.classes, facts.train, facts.test)

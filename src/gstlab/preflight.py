@@ -9,6 +9,7 @@ import os
 import torch
 
 from gstlab import config as C
+from gstlab.data import BUILT_IN
 from gstlab.models import build_model
 from gstlab.parts import DEFAULT_PARTS
 from gstlab.pruning.schedule import LayerPlan, event_epochs
@@ -76,18 +77,13 @@ def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
                             f"the pruning schedule; allowed: at most {left:,}")
 
 
-# (input shape, classes, training examples, test examples) of each built-in data set, known without loading it
-BUILT_IN = {"fashion_mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 50000, 10000),
-            "cifar100": ((3, 32, 32), 100, 50000, 10000), "mnist1d": ((1, 40), 10, 4000, 1000)}
-
-
 def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int] | None:
     """(input shape, classes) a data config yields, without loading the data; None for a data set registered
     elsewhere (gstlab.registry), whose run is checked when it starts."""
     if cfg.name == "synthetic":
         shape, classes = tuple(cfg.synthetic_shape), cfg.synthetic_classes
     elif cfg.name in BUILT_IN:
-        shape, classes = BUILT_IN[cfg.name][:2]
+        shape, classes = BUILT_IN[cfg.name].shape, BUILT_IN[cfg.name].classes
     else:
         return None
     if cfg.image_size is not None and len(shape) == 3:
@@ -101,7 +97,7 @@ def data_sizes(cfg: C.DataConfig) -> tuple[int, int]:
     if cfg.name == "synthetic":
         full = (cfg.synthetic_train, cfg.synthetic_test)
     else:
-        full = BUILT_IN[cfg.name][2:] if cfg.name in BUILT_IN else (0, 0)
+        full = (BUILT_IN[cfg.name].train, BUILT_IN[cfg.name].test) if cfg.name in BUILT_IN else (0, 0)
     return cfg.train_subset or full[0], cfg.test_subset or full[1]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -14,10 +15,22 @@ from gstlab.data.label_noise import LabelNoise, corrupt_labels
 from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_batch, crop_padding
 from gstlab.registry import datasets
 
-__all__ = ["DataMissingError", "Images", "TensorData", "TrainLoader", "augment_batch", "crop_padding", "downsample",
-           "load_data"]
+__all__ = ["BUILT_IN", "DataMissingError", "Facts", "Images", "TensorData", "TrainLoader", "augment_batch",
+           "crop_padding", "downsample", "load_data"]
 
-NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "mnist1d": 10}
+
+
+class Facts(NamedTuple):
+    """What a built-in data set is, known without loading it."""
+
+    shape: tuple[int, ...]  # one input example as the model sees it (Fashion-MNIST is padded to 32x32)
+    classes: int
+    train: int  # examples in the training split
+    test: int
+
+
+BUILT_IN = {"fashion_mnist": Facts((1, 32, 32), 10, 60000, 10000), "cifar10": Facts((3, 32, 32), 10, 50000, 10000),
+            "cifar100": Facts((3, 32, 32), 100, 50000, 10000), "mnist1d": Facts((1, 40), 10, 4000, 1000)}
 
 
 def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | None) -> tuple[tuple, int]:
@@ -30,15 +43,15 @@ def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | No
 
 
 def load_fashion_mnist(cfg: DataConfig) -> tuple[tuple, int]:
-    return fashion_mnist.load(cfg.root, cfg.download, cfg.normalize), 10
+    return fashion_mnist.load(cfg.root, cfg.download, cfg.normalize), BUILT_IN["fashion_mnist"].classes
 
 
 def load_cifar(cfg: DataConfig) -> tuple[tuple, int]:
-    return cifar.load(cfg.name, cfg.root, cfg.download, cfg.normalize), NUM_CLASSES[cfg.name]
+    return cifar.load(cfg.name, cfg.root, cfg.download, cfg.normalize), BUILT_IN[cfg.name].classes
 
 
 def load_mnist1d(cfg: DataConfig) -> tuple[tuple, int]:
-    return generated.mnist1d(), 10
+    return generated.mnist1d(), BUILT_IN["mnist1d"].classes
 
 
 def load_synthetic(cfg: DataConfig) -> tuple[tuple, int]:
