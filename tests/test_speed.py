@@ -1,6 +1,8 @@
 """CPU speed-ups that must not change a number: the evaluation max-pool and the foreach optimizer update are
 bit-identical to PyTorch's defaults (issue 25)."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,3 +149,6 @@ def test_a_dry_run_estimates_the_runs_not_yet_done_on_this_machine(tmp_path, mon
     assert last.startswith(f"estimate: 2 runs to do (1 of them started, counted from their last checkpoint), "
                            f"~{minutes:,.0f} CPU min, ~{minutes / 2:,.0f} min on 2 workers")
     assert calibration.machine_key() in last
+    shutil.rmtree(started)  # none started: nothing to say about checkpoints
+    assert main(["sweep", str(study), "--dry-run", "--out", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("estimate: 2 runs to do, ~")

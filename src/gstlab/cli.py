@@ -186,7 +186,8 @@ def _dry_run_estimate(runs: list, store_dir: Path, workers: int) -> str:
     cpu_min = seconds / 60
     started = sum(1 for d in done if d)
     missing = f"; {unknown} without an estimate (data or model known only from Python)" if unknown else ""
-    return (f"estimate: {len(todo)} runs to do ({started} of them started, counted from their last checkpoint), "
+    resumed = f" ({started} of them started, counted from their last checkpoint)" if started else ""
+    return (f"estimate: {len(todo)} runs to do{resumed}, "
             f"~{cpu_min:,.0f} CPU min, ~{cpu_min / workers:,.0f} min on {workers} worker"
             f"{'s' if workers > 1 else ''} with one free core each{missing}; this machine: {machine}")
 
