@@ -1,0 +1,93 @@
+"""The preregistered verdict tables (gstlab.analysis.verdicts): the first confirmation's twelve tests recompute
+from its committed report folders to the audited numbers in the README, and each test selects the runs and the
+version (Student or paired) its preregistration names."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from gstlab.analysis.verdicts import PAIRED, STUDENT, Regime, figure2_tests, regime_tests, verdict_table
+
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+
+
+def test_the_first_confirmation_recomputes_from_its_committed_reports():
+    regime = Regime.from_prefix("mini", FIGURES / "confirm", STUDENT)
+    tests = {v.test: v for v in regime_tests(regime) if v.primary}
+    assert list(tests) == [f"T{i}" for i in range(1, 13)]  # no label noise: no T13/T14
+    # README "The paper's claims at mini scale" (independently recomputed when the confirmation was audited)
+    assert tests["T1"].estimate == pytest.approx(0.176, abs=5e-4) and f"{tests['T1'].p:.2f}" == "0.35"
+    assert tests["T1"].n == "30" and tests["T4"].n == "60" and tests["T11"].n == "105"
+    assert tests["T3"].estimate == pytest.approx(-0.28, abs=5e-3) and tests["T3"].n == "10 vs 10"
+    assert tests["T3"].ci == pytest.approx((-0.97, 0.42), abs=5e-3)
+    assert tests["T4"].estimate == pytest.approx(0.58, abs=5e-3) and tests["T4"].p == pytest.approx(1.4e-6, rel=0.05)
+    noise = [f"{tests[f'T{i}'].estimate:.2f}" for i in range(5, 11)]
+    assert noise == ["-0.41", "-0.24", "-0.12", "-0.42", "-0.51", "-0.59"]
+    assert tests["T11"].estimate == pytest.approx(-0.008, abs=5e-4)
+    assert tests["T12"].estimate == pytest.approx(0.18, abs=5e-3) and f"{tests['T12'].p:.3f}" == "0.061"
+    assert [t for t, v in tests.items() if v.reproduced] == ["T4"]
+    table = verdict_table([(regime, regime_tests(regime))])
+    assert "| T4 | less stable pruning → flatter model" in table and "1 of 12 primary tests reproduced" in table
+    assert "(secondary)" not in table  # its runs.csv predates the common-window columns: no paired version
+
+
+def _figure2_runs(memorization: bool) -> pd.DataFrame:
+    """Five seeds of six settings. Among Prune_S 1%, Prune_S 13%, Prune_L 13% accuracy falls exactly as
+    stability rises; Prune_R and Scratch sit where including them would break that. Prune_L beats No Pruning by
+    0.5 points in every seed's common window, while the seeds themselves differ by several points."""
+    rows = []
+    settings = [("No Pruning", "", False, 100.0), ("Prune_S 1%", "smallest", False, 99.5),
+                ("Prune_S 13%", "smallest", False, 99.0), ("Prune_R 13%", "random", False, 90.0),
+                ("Prune_L 13%", "largest", False, 97.0), ("Scratch Pruning", "largest", True, 80.0)]
+    for seed in range(5):
+        for label, side, scratch, stability in settings:
+            level = 80.0 + 3.0 * seed  # the seed's subset and initialization
+            best = level + (100.0 - stability) * (0.1 if side in ("smallest", "largest") and not scratch else -1.0)
+            window = level + (0.5 + 0.01 * seed if label == "Prune_L 13%" else 0.0)
+            rows.append({"run_id": f"{label}-{seed}", "label": label, "seed": seed, "side": side or np.nan,
+                         "scratch": scratch, "intervention": "none", "status": "finished",
+                         "mean_stability": stability + 0.01 * seed, "best_test_acc": best,
+                         "generalization_gap": 100.0 - best, "window_best_test_acc": window,
+                         "window_memorization": (stability - 50.0 + 0.01 * seed) if memorization else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_the_tradeoff_tests_use_only_the_paper_panel_and_the_benefit_test_pairs_by_seed():
+    runs = _figure2_runs(memorization=False)
+    tests = figure2_tests(runs, PAIRED)
+    by = {(v.test, v.primary): v for v in tests}
+    panel = runs[runs["label"].isin(["Prune_S 1%", "Prune_S 13%", "Prune_L 13%"])]
+    r = stats.pearsonr(panel["mean_stability"], panel["best_test_acc"]).statistic
+    assert by["T1", True].estimate == pytest.approx(r) and by["T1", True].n == "15"
+    paired = by["T3", True]  # primary: paired over the five seeds on the common-window best
+    assert paired.method == "paired t" and paired.n == "5 pairs" and paired.estimate == pytest.approx(0.52)
+    assert paired.reproduced and paired.claim == "Prune_L 13% beats No Pruning"
+    student = by["T3", False]  # secondary: Student t on the own-window best, where seeds differ by 12 points
+    assert student.method == "Student t" and student.n == "5 vs 5" and not student.primary
+    unpaired = stats.ttest_ind(runs.loc[runs["label"] == "Prune_L 13%", "window_best_test_acc"],
+                               runs.loc[runs["label"] == "No Pruning", "window_best_test_acc"])
+    assert unpaired.pvalue > 0.05  # the same difference, unpaired, is lost in the seeds' spread
+    assert {v.test for v in tests} == {"T1", "T2", "T3"}  # no memorization recorded: no T13/T14
+
+
+def test_under_label_noise_memorization_gets_its_two_tests():
+    tests = {(v.test, v.primary): v for v in figure2_tests(_figure2_runs(memorization=True), STUDENT)}
+    assert tests["T13", True].estimate == pytest.approx(1.0) and tests["T13", True].reproduced
+    t14 = tests["T14", True]  # No Pruning (50) memorizes more than Prune_L 13% (~47): expected +
+    assert t14.method == "Student t" and t14.estimate == pytest.approx(3.0) and t14.reproduced
+    assert tests["T14", False].method == "paired t"
+
+
+def test_a_wrong_sign_is_never_reproduced_however_small_p():
+    runs = _figure2_runs(memorization=False)
+    runs.loc[runs["label"] == "Prune_L 13%", "window_best_test_acc"] -= 1.04  # now 0.5 below, every seed
+    t3 = next(v for v in figure2_tests(runs, PAIRED) if v.test == "T3" and v.primary)
+    assert t3.p < 1e-6 and t3.estimate < 0 and t3.verdict == "not reproduced"
+
+
+def test_a_regime_names_student_or_paired():
+    with pytest.raises(ValueError, match="primary: 'welch'; allowed: 'student', 'paired'"):
+        Regime.from_prefix("x", FIGURES / "confirm", "welch")
