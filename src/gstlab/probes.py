@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from gstlab import store
 from gstlab.callbacks import RunView
+from gstlab.measures import end_measures, initial_parameters
 from gstlab.seeding import derive_seed
 
 CURVATURE_COLUMNS = (
@@ -31,8 +32,6 @@ class FlatnessProbe:
     also live in the checkpoint)."""
 
     def __init__(self, run, data) -> None:
-        from gstlab.measures import initial_parameters  # noqa: PLC0415
-
         self.cfg = run.cfg.probes
         self.x_eval, self.y_eval = data.x_test, data.y_test
         self.x_train, self.y_train = data.x_train, data.y_train
@@ -55,8 +54,6 @@ class FlatnessProbe:
 
         row, eps_rows = measure(run.model, run.masks, self.x_eval, self.y_eval, self.cfg,
                                 seed=derive_seed(run.cfg.seed, "probe"), eval_batch_size=run.cfg.train.eval_batch_size)
-        from gstlab.measures import end_measures  # noqa: PLC0415
-
         start = time.perf_counter()
         row.update(end_measures(run.model, run.masks, self.init, self.x_train, self.y_train, self.cfg,
                                 run.cfg.train.eval_batch_size))
