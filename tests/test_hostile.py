@@ -95,6 +95,8 @@ def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
     ("probes.at_end=true --set probes.top_k=2000", "probes.top_k: 2000 eigenvalues asked, but only 1,952"),
     ("pruning.criterion=ebn --set model.batch_norm=false", "pruning.criterion=ebn needs a BatchNorm after layer"),
     ("optim.lr=" + "9" * 400, "optim.lr: expected a finite number"),
+    ("pruning.layers.\u00b2.fraction=0.1", "no list element \u00b2 (the list has 2)"),  # '²'.isdigit() is True
+    ("data.synthetic_shape=[]", "data.synthetic_shape: []; allowed: 1 to 3 sizes"),
 ], ids=lambda v: v.split("=")[0] if "=" in v else None)
 def test_values_that_would_train_something_else_are_refused(tmp_path, capsys, override, field):
     sets = [a for o in override.split(" --set ") for a in ("--set", o)]
@@ -105,6 +107,21 @@ def test_an_empty_out_is_refused_instead_of_writing_to_the_working_directory(tmp
     monkeypatch.chdir(tmp_path)
     err = _one_line_exit(capsys, [*_config(tmp_path, TINY_TEXT), "--out", ""])
     assert "--out: empty" in err and sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
+def test_flatness_refuses_an_epoch_no_run_has(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["flatness", str(tmp_path), "--epoch", "9" * 300])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--epoch: expected an integer in 0..9,999" in err and err.count("\n") == 1
+
+
+def test_a_ray_address_needs_an_ascii_port_number():
+    from gstlab.executors import ExecutorError, _check_reachable
+
+    for address in ("head:\u00b2", "head:99999", "head:0", "head"):
+        with pytest.raises(ExecutorError, match="expected host:port, ray://host:port or auto"):
+            _check_reachable(address)
 
 
 def test_flatness_refuses_a_seed_beyond_64_bits(tmp_path, capsys):
@@ -134,8 +151,11 @@ def _study(tmp_path: Path, **changes) -> Path:
     ({}, ["--set", "train.epochs.0=5"], "--set train.epochs.0: train.epochs is an integer"),
     ({}, ["--threads-per-worker", "100000"], "--threads-per-worker: 100000 asked but this machine has"),
     ({}, ["--workers", "1000000000"], "--workers: 1,000,000,000 asked but this machine has"),
+    ({"settings": [{"config": "a\0b"}]}, [], "b': not a usable path (embedded null byte)"),
+    ({"grid": {"optim.lr": [0.1, 0.2]}}, ["--set", "optim.lr=0.3"],
+     "override (gst sweep --set) optim.lr: the study's grid varies optim.lr"),
 ], ids=["seeds-1e9", "--seeds-1e9-dry-run", "preset-list", "preset-unknown", "name-escapes", "layer-conv5",
-        "set-into-int", "threads", "workers"])
+        "set-into-int", "threads", "workers", "nul-in-path", "set-a-grid-key"])
 def test_bad_studies_and_sweep_flags_are_refused_before_anything_is_written(tmp_path, capsys, changes, extra, field):
     _refused(tmp_path, capsys, ["sweep", str(_study(tmp_path, **changes)), "--no-progress", *extra], field)
 

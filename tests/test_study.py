@@ -229,6 +229,20 @@ def test_sweep_set_overrides_every_run_and_is_validated(tmp_path, capsys):
     assert "model.widht: unknown key" in capsys.readouterr().err
 
 
+def test_sweep_set_wins_over_a_settings_own_set_and_the_written_study_keeps_it(tmp_path):
+    study = write_study(tmp_path, {"name": "s", "seeds": 1, "set": {"optim.lr": 0.01},
+                                   "settings": [{"inline": SMALL, "label": "a", "set": {"optim.lr": 0.002}},
+                                                {"inline": SMALL, "label": "b"}]})
+    assert [r.cfg.optim.lr for r in expand(load_study_file(study)[0])] == [0.002, 0.01]  # study set, then setting's
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--set", "optim.lr=0.0005", "--out", str(out), "--no-progress"]) == 0
+    written, raw = load_study_file(out / "study.yaml")
+    assert raw["override"] == {"optim.lr": 0.0005} and raw["set"] == {"optim.lr": 0.01}
+    runs = expand(written)
+    assert [r.cfg.optim.lr for r in runs] == [0.0005] and [r.label for r in runs] == ["a"]  # one run, two names
+    assert runs[0].aliases == ("b",)
+
+
 def test_runs_are_packed_onto_gpus():
     from gstlab.executors import Resources, _slot_env, ray_options
 

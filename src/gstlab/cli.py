@@ -163,7 +163,7 @@ def _study_from_args(args: argparse.Namespace):
     else:
         raw, base = study_dict(args.study, args.scale), Path(".")
     if args.set:
-        raw = {**raw, "set": {**(raw.get("set") or {}), **dict(_key_value(a) for a in args.set)}}
+        raw = {**raw, "override": {**(raw.get("override") or {}), **dict(_key_value(a) for a in args.set)}}
     return study_from_dict(raw, base, seeds=args.seeds), raw
 
 
@@ -288,8 +288,11 @@ def _has_rows(index: Path) -> bool:
         return False
 
 
-def _count(least: int, most: int | None = None):
-    """argparse type: an integer >= ``least`` (and <= ``most``); the message names the flag and what is allowed."""
+MAX_COUNT = 1_000_000_000  # any count flag: a bigger number is a typo, and would reach file names and allocations
+
+
+def _count(least: int, most: int = MAX_COUNT):
+    """argparse type: an integer in ``least..most``; the message names the flag and what is allowed."""
 
     def parse(text: str) -> int:
         try:
@@ -298,7 +301,7 @@ def _count(least: int, most: int | None = None):
             value = least - 1
         if value < least:
             raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
-        if most is not None and value > most:
+        if value > most:
             raise argparse.ArgumentTypeError(f"expected an integer in {least}..{most:,}, got {text!r}")
         return value
 
@@ -395,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(func=cmd_presets)
 
     demo = sub.add_parser("demo", help="No Pruning vs Prune_S vs Prune_L on Fashion-MNIST (minutes on a CPU)",
-                          description="Run Figure 2's No Pruning, Prune_S 13%% and Prune_L 13%% presets at mini "
+                          description="Run Figure 2's No Pruning, Prune_S 13% and Prune_L 13% presets at mini "
                                       "scale (the paper's 325-epoch schedule on a narrow VGG11 and 2,000 "
                                       "Fashion-MNIST images at 16x16) on two worker processes; print mean "
                                       "stability and best test accuracy per method. Re-running resumes.")
@@ -417,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scale of a study preset (default: mini)")
     sweep.add_argument("--seeds", type=_count(1), metavar="N", help="use seeds 0..N-1 instead of the study's")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config field in every run, e.g. --set model.width=0.25 (repeatable)")
+                       help="override a config field in every run, after each setting's own set and the grid point "
+                            "(kept in study.yaml as override:), e.g. --set model.width=0.25 (repeatable); a key "
+                            "the grid varies is refused")
     sweep.add_argument("--out", metavar="DIR", help="study directory (default: studies/<name>-<scale>)")
     sweep.add_argument("--store", metavar="DIR", help="keep run directories in DIR/runs (share runs between studies)")
     sweep.add_argument("--executor", default="local", choices=("local", "ray"))
@@ -447,9 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "train.keep_checkpoints): top-k Hessian eigenvalues over the surviving parameters, the "
                     "gradient second-moment trace, TIC and eps-flatness along the top eigenvectors, the distance "
                     "from initialization (surviving parameters) and, with --prunability, prunability, with the "
-                    "run's probe settings unless overridden. Appends a row to RUN_DIR/flatness.csv.")
+                    "run's probe settings unless overridden. Appends a row to RUN_DIR/flatness.csv and the eps "
+                    "sweep to RUN_DIR/flatness_eps.csv.")
     flat.add_argument("run_dir", metavar="RUN_DIR")
-    flat.add_argument("--epoch", type=_count(0), metavar="E", help="use model_epoch{E}.pt (default: model_final.pt)")
+    flat.add_argument("--epoch", type=_count(0, C.MAX_EPOCHS - 1), metavar="E",
+                      help="use model_epoch{E}.pt (default: model_final.pt)")
     flat.add_argument("--top-k", type=_count(1), metavar="K", help="number of eigenvalues (default: the run's probes)")
     flat.add_argument("--samples", type=_count(1), metavar="N", help="probe set size: first N evaluation examples")
     flat.add_argument("--method", choices=("lanczos", "power"), help="eigen-solver (default: the run's)")

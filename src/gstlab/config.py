@@ -360,7 +360,7 @@ def apply_override(data: dict, assignment: str) -> dict:
             node = node[_index(node, part, parts[: i + 1])]
         else:
             if part not in node or node[part] is None:
-                node[part] = [] if nxt.isdigit() else {}
+                node[part] = [] if _is_index(nxt) else {}
             node = node[part]
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"--set {key.strip()}: {'.'.join(parts[: i + 1])} is {_kind(node)}, not a section "
@@ -393,8 +393,13 @@ def _short(raw: str, limit: int = 60) -> str:
 
 
 
+def _is_index(part: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return part.isascii() and part.isdigit()
+
+
 def _index(node: list, part: str, parts: list[str]) -> int:
-    if not part.isdigit() or int(part) >= len(node):
+    if not _is_index(part) or int(part) >= len(node):
         raise ConfigError(f"{'.'.join(parts)}: no list element {part} (the list has {len(node)})")
     return int(part)
 
@@ -490,6 +495,9 @@ def _check_training(cfg: RunConfig) -> None:
     if not DEVICE.fullmatch(t.device):
         raise ConfigError(f"train.device: unknown device {t.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
     if d.name == "synthetic":
+        if not 1 <= len(d.synthetic_shape) <= 3:
+            raise ConfigError(f"data.synthetic_shape: {list(d.synthetic_shape)}; allowed: 1 to 3 sizes, "
+                              f"[channels], [channels, length] or [channels, height, width]")
         for name, value, least in (("data.synthetic_classes", d.synthetic_classes, 2),
                                    ("data.synthetic_train", d.synthetic_train, 1),
                                    ("data.synthetic_test", d.synthetic_test, 1)):
@@ -594,6 +602,8 @@ def load_yaml(path: str | Path) -> dict:
         text = raw.decode("utf-8")
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
+    except ValueError as err:  # a path the OS cannot take, e.g. with a NUL byte
+        raise ConfigError(f"config file {str(path)!r}: not a usable path ({one_line(err)})") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                           f"{err.start}); a config is a YAML text file") from None

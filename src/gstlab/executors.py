@@ -192,7 +192,7 @@ def connect_ray(address: str | None, res: Resources):
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """TCP-connect to ``[ray://]host:port`` first: ray.init retries an unreachable address for minutes."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ExecutorError(f"--address {address}: expected host:port, ray://host:port or auto")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()

@@ -20,7 +20,7 @@ from gstlab import config as C
 from gstlab import store
 from gstlab.experiments.presets import SCALES
 
-STUDY_KEYS = ("name", "figure", "scale", "seeds", "settings", "grid", "set")
+STUDY_KEYS = ("name", "figure", "scale", "seeds", "settings", "grid", "set", "override")
 SETTING_KEYS = ("preset", "config", "inline", "label", "set")
 FIGURES = ("generic", "figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2",
            "figureE", "tableC1", "tableF1")
@@ -44,7 +44,8 @@ class Study:
     seeds: tuple[int, ...]
     settings: tuple[Setting, ...]
     grid: dict[str, list] = field(default_factory=dict)
-    overrides: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()  # ``set``: before each setting's own ``set`` (a setting may change them)
+    final: tuple[str, ...] = ()  # ``override`` (``gst sweep --set``): after the setting and the grid point
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
         raise C.ConfigError(f"name: {name!r} is not a plain name (it names the default study directory "
                             f"studies/NAME); allowed: letters, digits and _ . @ + = - (no / or ..)")
     grid = _grid(data.get("grid"))
+    final = _overrides(data.get("override"), "override")
+    _check_no_grid_key(data.get("override") or {}, grid)
     study_seeds = _seeds(seeds if seeds is not None else data.get("seeds", 1))
     n_runs = len(items) * math.prod(len(v) for v in grid.values()) * len(study_seeds)
     if n_runs > MAX_RUNS:
@@ -161,8 +164,17 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
     return Study(
         name=name, figure=figure, scale=scale, seeds=study_seeds,
         settings=tuple(_setting(item, i, scale, base) for i, item in enumerate(items)),
-        grid=grid, overrides=_overrides(data.get("set"), "set"),
+        grid=grid, overrides=_overrides(data.get("set"), "set"), final=final,
     )
+
+
+def _check_no_grid_key(override: dict, grid: dict[str, list]) -> None:
+    """An override of a key the grid varies would make the grid's points one run: refuse it."""
+    for key in override:
+        for axis in grid:
+            if key == axis or key.startswith(f"{axis}.") or axis.startswith(f"{key}."):
+                raise C.ConfigError(f"override (gst sweep --set) {key}: the study's grid varies {axis}; allowed: "
+                                    f"a key the grid does not vary (change the grid instead)")
 
 
 def load_study_file(path: str | Path, seeds: int | None = None) -> tuple[Study, dict]:
@@ -186,7 +198,7 @@ def expand(study: Study) -> list[StudyRun]:
         for point in grid_points(study.grid):
             for seed in study.seeds:
                 overrides = [*study.overrides, *setting.overrides, *(_assignment(k, v) for k, v in point.items()),
-                             f"seed={seed}"]
+                             *study.final, f"seed={seed}"]
                 try:
                     cfg = C.parse(setting.data, overrides)
                 except C.ConfigError as err:
