@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+# PyTorch's CPU wheel index: on Linux, PyPI's torch bundles CUDA (GBs); the +cpu build from here ranks higher.
+# Where it cannot be reached, pip warns and takes torch from its other sources (a local wheel, a mirror).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup data demo test test-ray test-all lint bench bench-gpu clean
 
@@ -9,7 +12,7 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first (GPU users: install the CUDA build of torch into $(VENV) before `make setup`)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) $(TORCH)
 
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,ray]"
