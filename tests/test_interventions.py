@@ -60,6 +60,30 @@ def test_zeroed_in_exactly_n_training_batches_and_in_no_evaluation(tmp_path, kin
     assert not any(evals)
 
 
+def test_gaussian_noise_perturbs_training_batches_only_and_evaluation_draws_none(tmp_path):
+    """Default mode: evaluating inside a window neither adds noise nor consumes the noise generator, so the
+    training batches see the same weights with or without evaluations between them."""
+    def training_weights(path, evaluate: bool) -> list[torch.Tensor]:
+        run = make_run(path, "gaussian", 3)
+        train_steps(run, 2)
+        layer = run.model.get_submodule("fc1")
+        seen = []
+        layer.register_forward_hook(lambda m, i, o: seen.append((m.training, m.weight.detach().clone())))
+        run.intervention.start(run.model.prunable_units()[0], IDX)
+        for _ in range(5):
+            train_steps(run, 1)
+            if evaluate:
+                before = layer.weight.detach().clone()
+                run.trainer.evaluate()
+                assert all(torch.equal(w, before) for training, w in seen if not training)
+                seen[:] = [(training, w) for training, w in seen if training]
+        return [w for _, w in seen]
+
+    with_eval, without = training_weights(tmp_path / "a", True), training_weights(tmp_path / "b", False)
+    assert len(with_eval) == len(without) == 5
+    assert all(torch.equal(a, b) for a, b in zip(with_eval, without))
+
+
 def test_restore_is_bit_exact_including_bn_running_statistics(tmp_path):
     run = make_run(tmp_path, "zero_restore", 4)
     train_steps(run, 3)
