@@ -349,3 +349,27 @@ def test_a_reader_that_closes_the_output_early_gets_no_traceback(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert (proc.returncode, err) == (141, b"")  # 128 + SIGPIPE, as a shell reports `yes | head`
     assert not (tmp_path / "study").exists()
+
+
+def test_a_study_index_is_checksummed_and_an_edited_one_is_never_used(tmp_path, capsys):
+    """index.csv decides which runs a report reads: an edited or damaged one would drop runs silently."""
+    from test_study import SMALL, write_study
+
+    study = write_study(tmp_path, {"name": "s", "seeds": 2, "settings": [{"inline": SMALL, "label": "a"}]})
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0
+    index, checksum = out / "index.csv", out / "index.csv.sha256"
+    assert checksum.read_text() == f"{store.file_digest(index)}  index.csv\n"  # sha256sum's format
+    assert main(["report", str(out)]) == 0
+    capsys.readouterr()
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join(lines[:-1]) + "\n")  # one run fewer
+    assert main(["report", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "index.csv: does not match index.csv.sha256 (edited or damaged); `gst sweep` on the study" in err
+    assert err.count("\n") == 1
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0  # rewrites it; trains nothing
+    assert "0 runs executed now" in capsys.readouterr().out and len(index.read_text().splitlines()) == 3
+    checksum.unlink()  # an index from before checksums: used, with one warning
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().err.count("has no checksum file") == 1

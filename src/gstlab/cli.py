@@ -508,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gst: interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _damaged() as err:  # a file gstlab wrote that no longer matches its checksum
+        print(f"gst: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as err:  # a read-only or full disk met mid-run: one line naming the path
         print(f"gst: error: {_os_error(err)}", file=sys.stderr)
         return EXIT_FAILED
@@ -523,6 +526,12 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+def _damaged() -> type[BaseException]:
+    from gstlab.store import DamagedFileError  # noqa: PLC0415
+
+    return DamagedFileError
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -602,11 +602,11 @@ def load_yaml(path: str | Path) -> dict:
         text = raw.decode("utf-8")
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
-    except ValueError as err:  # a path the OS cannot take, e.g. with a NUL byte
-        raise ConfigError(f"config file {str(path)!r}: not a usable path ({one_line(err)})") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                           f"{err.start}); a config is a YAML text file") from None
+    except ValueError as err:  # a path the OS cannot take, e.g. with a NUL byte
+        raise ConfigError(f"config file {str(path)!r}: not a usable path ({one_line(err)})") from None
     return yaml_mapping(text, f"config file {path}")
 
 

@@ -199,6 +199,39 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | list[str]
     atomic_write_text(path, csv_text(rows, columns))
 
 
+class DamagedFileError(Exception):
+    """A file that does not match its checksum file; the message names the command that rewrites it."""
+
+
+def checksum_path(path: Path) -> Path:
+    """``NAME.sha256`` beside ``path``, in ``sha256sum`` format (``sha256sum -c NAME.sha256`` checks it too)."""
+    return path.with_name(f"{path.name}.sha256")
+
+
+def write_checked_text(path: Path, text: str) -> None:
+    """Write ``path`` and then its checksum file, each atomically (a kill between the two leaves a mismatch,
+    which the reader reports; the command that wrote them writes both again)."""
+    atomic_write_text(path, text)
+    atomic_write_text(checksum_path(path), f"{hashlib.sha256(text.encode()).hexdigest()}  {path.name}\n")
+
+
+def read_checked_text(path: Path, rewrite: str) -> tuple[str, bool]:
+    """The text of ``path`` and whether a checksum file vouches for it (False: there is none, as for files written
+    before gstlab wrote them). DamagedFileError, naming ``rewrite`` (the command that writes it again), when the
+    checksum file does not match."""
+    data = Path(path).read_bytes()
+    try:
+        recorded = checksum_path(path).read_text().split()[0]
+    except FileNotFoundError:
+        return data.decode(), False
+    except (OSError, UnicodeDecodeError, IndexError):
+        recorded = "unreadable"
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise DamagedFileError(f"{path}: does not match {checksum_path(path).name} (edited or damaged); "
+                               f"{rewrite} writes it again (or delete {checksum_path(path).name} to use it as it is)")
+    return data.decode(), True
+
+
 CHECKSUM = "checksum"  # the entry of a checkpoint that holds state_digest of everything else in it
 
 

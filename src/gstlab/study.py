@@ -260,5 +260,5 @@ def write_index(study_dir: Path, study: Study, runs: list[StudyRun], store_dir: 
     rows = [index_row(r, store_dir / "runs" / r.run_id,
                       known.get(r.run_id) or run_status(store_dir / "runs" / r.run_id)) for r in runs]
     columns = [*INDEX_COLUMNS, *study.grid, "run_dir", "status"]
-    store.write_csv(study_dir / "index.csv", rows, columns)
+    store.write_checked_text(study_dir / "index.csv", store.csv_text(rows, columns))
     return rows

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from gstlab import recovery
+from gstlab import recovery, store
 from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
 from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS
 
@@ -65,10 +66,21 @@ def _scratch(row: pd.Series, run_dir: Path) -> bool:
     return "scratch" in str(row.get("label", "")).lower()
 
 
+def read_index(study_dir: Path) -> pd.DataFrame:
+    """``index.csv``, verified against ``index.csv.sha256`` (store.DamagedFileError when it does not match; a
+    warning when an index from before checksums has none)."""
+    path = study_dir / "index.csv"
+    text, checked = store.read_checked_text(path, f"`gst sweep` on the study ({study_dir}/study.yaml)")
+    if not checked:
+        recovery.warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as "
+                      f"it is. `gst sweep` on the study writes one")
+    return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "setting": str, "label": str})
+
+
 def load_study(study_dir: str | Path) -> pd.DataFrame:
     """One row per run of ``index.csv``, joined with its ``summary.json`` (NaN where there is none)."""
     study_dir = Path(study_dir)
-    index = pd.read_csv(study_dir / "index.csv", dtype={"run_id": str, "setting": str, "label": str})
+    index = read_index(study_dir)
     rows = []
     for _, row in index.iterrows():
         run_dir = _run_dir(study_dir, row)
