@@ -216,20 +216,24 @@ def write_checked_text(path: Path, text: str) -> None:
 
 
 def read_checked_text(path: Path, rewrite: str) -> tuple[str, bool]:
-    """The text of ``path`` and whether a checksum file vouches for it (False: there is none, as for files written
-    before gstlab wrote them). DamagedFileError, naming ``rewrite`` (the command that writes it again), when the
-    checksum file does not match."""
+    """The text of ``path`` and whether its checksum file vouched for it (False: it has none, e.g. it was written
+    before gstlab checksummed it). DamagedFileError, naming ``rewrite`` (the command that writes it again), when
+    the checksum does not match or the file is not UTF-8 text."""
     data = Path(path).read_bytes()
+    checksum = checksum_path(path)
     try:
-        recorded = checksum_path(path).read_text().split()[0]
+        recorded = checksum.read_text().split()[0]
     except FileNotFoundError:
-        return data.decode(), False
+        recorded = None
     except (OSError, UnicodeDecodeError, IndexError):
         recorded = "unreadable"
-    if hashlib.sha256(data).hexdigest() != recorded:
-        raise DamagedFileError(f"{path}: does not match {checksum_path(path).name} (edited or damaged); "
-                               f"{rewrite} writes it again (or delete {checksum_path(path).name} to use it as it is)")
-    return data.decode(), True
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        raise DamagedFileError(f"{path}: does not match {checksum.name} (edited or damaged); {rewrite} writes it "
+                               f"again (or delete {checksum.name} to use it as it is)")
+    try:
+        return data.decode(), recorded is not None
+    except UnicodeDecodeError:
+        raise DamagedFileError(f"{path}: not UTF-8 text (damaged); {rewrite} writes it again") from None
 
 
 CHECKSUM = "checksum"  # the entry of a checkpoint that holds state_digest of everything else in it
