@@ -63,10 +63,11 @@ def test_the_tradeoff_tests_use_only_the_paper_panel_and_the_benefit_test_pairs_
     r = stats.pearsonr(panel["mean_stability"], panel["best_test_acc"]).statistic
     assert by["T1", True].estimate == pytest.approx(r) and by["T1", True].n == "15"
     paired = by["T3", True]  # primary: paired over the five seeds on the common-window best
-    assert paired.method == "paired t" and paired.n == "5 pairs" and paired.estimate == pytest.approx(0.52)
+    assert paired.method == "paired t, common window" and paired.n == "5 pairs"
+    assert paired.estimate == pytest.approx(0.52)
     assert paired.reproduced and paired.claim == "Prune_L 13% beats No Pruning"
     student = by["T3", False]  # secondary: Student t on the own-window best, where seeds differ by 12 points
-    assert student.method == "Student t" and student.n == "5 vs 5" and not student.primary
+    assert student.method == "Student t, own window" and student.n == "5 vs 5" and not student.primary
     unpaired = stats.ttest_ind(runs.loc[runs["label"] == "Prune_L 13%", "window_best_test_acc"],
                                runs.loc[runs["label"] == "No Pruning", "window_best_test_acc"])
     assert unpaired.pvalue > 0.05  # the same difference, unpaired, is lost in the seeds' spread
@@ -77,8 +78,8 @@ def test_under_label_noise_memorization_gets_its_two_tests():
     tests = {(v.test, v.primary): v for v in figure2_tests(_figure2_runs(memorization=True), STUDENT)}
     assert tests["T13", True].estimate == pytest.approx(1.0) and tests["T13", True].reproduced
     t14 = tests["T14", True]  # No Pruning (50) memorizes more than Prune_L 13% (~47): expected +
-    assert t14.method == "Student t" and t14.estimate == pytest.approx(3.0) and t14.reproduced
-    assert tests["T14", False].method == "paired t"
+    assert t14.method == "Student t, common window" and t14.estimate == pytest.approx(3.0) and t14.reproduced
+    assert tests["T14", False].method == "paired t, common window"
 
 
 def test_a_wrong_sign_is_never_reproduced_however_small_p():

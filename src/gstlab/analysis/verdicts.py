@@ -40,7 +40,7 @@ class Verdict:
     ci: tuple[float, float]
     p: float
     n: str
-    method: str  # "Pearson r", "Student t", "paired t"
+    method: str  # "Pearson r", "Student t, own window", "paired t, common window", ...
     primary: bool = True
 
     @property
@@ -102,11 +102,11 @@ def benefit_test(test: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, versio
         col = column or "window_best_test_acc"
         by_seed = [g.set_index("seed")[col] if col in g else pd.Series(dtype=float) for g in (a, b)]
         t = paired_ttest(*by_seed)
-        n, method = f"{t['n_a']} pairs", "paired t"
+        n, method = f"{t['n_a']} pairs", "paired t, common window"
     else:
         col = column or "best_test_acc"
         t = ttest(*(g[col] if col in g else [] for g in (a, b)))
-        n, method = f"{t['n_a']} vs {t['n_b']}", "Student t"
+        n, method = f"{t['n_a']} vs {t['n_b']}", f"Student t, {'common' if column else 'own'} window"
     return Verdict(test, claim, 1, t["diff"], (t["diff_ci_low"], t["diff_ci_high"]), t["p"], n, method, primary)
 
 
@@ -177,13 +177,17 @@ def regime_tests(regime: Regime) -> list[Verdict]:
     curvature = pd.read_csv(regime.fig6 / "curvature.csv")
     tests = [*figure2_tests(fig2, regime.primary), figure6_test(fig2, curvature),
              *figure5_tests(_runs(regime.fig5), regime.primary), *figure3_tests(_runs(regime.fig3))]
-    return sorted(tests, key=lambda v: (int(v.test[1:]), not v.primary))
+    return sorted(tests, key=lambda v: _order(v.test, v.primary))
+
+
+def _order(test: str, primary: bool) -> tuple[int, bool]:
+    """T1 before T2 ... T10, and a test's primary version before its secondary one."""
+    return int(test[1:]), not primary
 
 
 def verdict_table(results: list[tuple[Regime, list[Verdict]]]) -> str:
     """Markdown: one row per test (secondary versions as their own rows), one verdict column per regime."""
-    keys = sorted({(v.test, v.primary) for _, tests in results for v in tests},
-                  key=lambda k: (int(k[0][1:]), not k[1]))
+    keys = sorted({(v.test, v.primary) for _, tests in results for v in tests}, key=lambda k: _order(*k))
     head = ("| test | claim | " + " | ".join(f"{r.name}" for r, _ in results) + " |\n"
             + "|---|---|" + "---|" * len(results) + "\n")
     rows = []
