@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 # PyTorch's CPU wheel index: on Linux, PyPI's torch bundles CUDA (GBs); the +cpu build from here ranks higher.
-# Where it cannot be reached, pip warns and takes torch from its other sources (a local wheel, a mirror).
+# It is added only where it answers (offline mirrors and local wheels: pip's own sources, without retries).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CPU_INDEX = $$($(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/', timeout=10); \
+	print('--extra-index-url $(TORCH_INDEX)')" 2>/dev/null)
 
 .PHONY: setup data demo test test-ray test-all lint bench bench-gpu clean
 
@@ -12,7 +14,7 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first (GPU users: install the CUDA build of torch into $(VENV) before `make setup`)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) $(TORCH)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(CPU_INDEX) $(TORCH)
 
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,ray]"
