@@ -395,6 +395,26 @@ def _status_lines(all_runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def machine_lines(runs: pd.DataFrame) -> list[str]:
+    """Where the finished ``runs`` were computed, from their manifests: device, vector ISA and the kernels used
+    (portable or not), threads, torch, and gstlab's git commit, with run counts; numbers reproduce bit for bit only
+    on the same kind of machine (docs/decisions.md, "Where results reproduce")."""
+    from gstlab import store  # noqa: PLC0415
+
+    kinds: dict[str, int] = {}
+    for run_dir in runs.get("run_dir", pd.Series(dtype=str)):
+        m = store.read_json_or_none(Path(run_dir) / "manifest.json") or {}
+        box = m.get("machine") or {}
+        device = box.get("gpu") or m.get("device_name") or "unknown device"
+        kernels = f"{box.get('aten_capability', '?')} kernels{', portable' if box.get('portable') else ''}"
+        torch_version = (m.get("versions") or {}).get("torch", "?")
+        commit = str(m.get("git_commit") or "no git commit")[:7]
+        key = (f"{device} ({box.get('cpu_isa', '?')}; {kernels}), {m.get('torch_threads', '?')} thread(s), "
+               f"torch {torch_version}, gstlab {commit}")
+        kinds[key] = kinds.get(key, 0) + 1
+    return [f"- computed on: {key}: {n} run{'s' if n > 1 else ''}" for key, n in kinds.items()]
+
+
 def _criteria_lines(runs: pd.DataFrame) -> list[str]:
     """The score criteria of the pruned runs, described as their registry entries describe them."""
     from gstlab.registry import criteria  # noqa: PLC0415
@@ -408,7 +428,8 @@ def _criteria_lines(runs: pd.DataFrame) -> list[str]:
 def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
     lines = [f"# Study report: {name}", "",
              f"- figure: `{rep.kind}` ({PAPER_FIGURE.get(rep.kind, 'no figure')} of the paper, see docs/paper.md); "
-             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *_criteria_lines(rep.runs), "",
+             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *machine_lines(rep.runs),
+             *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
              "## Claims", "", *(f"- {c}" for c in rep.claims or ["No claim can be tested with these runs."]), "",
              f"{len(rep.claims)} claim tests in this report, each at α = {ALPHA} without correction for multiple "
