@@ -110,6 +110,17 @@ def test_a_noisy_run_records_its_noisy_examples_and_memorization(tmp_path):
     assert summary["peak_test_acc"] == max(float(r["test_acc"]) for r in metrics)
 
 
+def test_a_noisy_run_without_its_manifest_is_verified_from_its_tables(tmp_path):
+    """Without manifest.json a finished run is checked by structure; a label-noise run's metrics.csv has two
+    more columns, and is still a finished run (not "damaged", which would redo it)."""
+    from gstlab import recovery
+
+    execute(_noisy_cfg(0.25), tmp_path / "run")
+    (tmp_path / "run" / "manifest.json").unlink()
+    summary, problem = recovery.verify_finished(tmp_path / "run")
+    assert problem is None and summary["status"] == "finished"
+
+
 def _data_seed(cfg: C.RunConfig) -> int:
     from gstlab.seeding import derive_seed
 

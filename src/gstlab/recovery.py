@@ -69,7 +69,7 @@ def _check_sums(run_dir: Path, files: dict) -> str | None:
 
 
 def _check_structure(run_dir: Path, summary: dict) -> str | None:
-    rows = _csv_rows(run_dir / "metrics.csv", store.METRIC_COLUMNS)
+    rows = _csv_rows(run_dir / "metrics.csv", *_metric_headers())
     if rows is None or rows != summary.get("epochs_done", rows):
         return "metrics.csv is damaged (missing, unreadable or not one row per epoch done)"
     if _csv_rows(run_dir / "events.csv", store.EVENT_COLUMNS) is None:
@@ -105,16 +105,25 @@ def _same(recorded, computed) -> bool:
     return recorded == computed
 
 
-def _csv_rows(path: Path, columns: tuple[str, ...]) -> int | None:
+def _metric_headers() -> tuple[tuple[str, ...], ...]:
+    """The headers a run's metrics.csv may have: without and with label noise's columns."""
+    from gstlab.data.label_noise import NOISE_COLUMNS  # noqa: PLC0415
+
+    return store.metric_columns(), store.metric_columns(NOISE_COLUMNS)
+
+
+def _csv_rows(path: Path, *headers: tuple[str, ...]) -> int | None:
+    """Data rows of a CSV whose header is one of ``headers`` and whose every row has that many fields."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
-            if tuple(next(reader, ())) != columns:
+            header = tuple(next(reader, ()))
+            if header not in headers:
                 return None
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
-    return None if any(len(r) != len(columns) for r in rows) else len(rows)
+    return None if any(len(r) != len(header) for r in rows) else len(rows)
 
 
 def _loads(path: Path) -> bool:

@@ -275,9 +275,7 @@ def _after_events(run: Run, events: list[PruningEvent], pre: Pass) -> Pass:
 
 def metric_columns(run: Run) -> tuple[str, ...]:
     """metrics.csv's columns: the standard ones, with the clean/noisy training accuracy under label noise."""
-    if run.label_noise is None:
-        return store.METRIC_COLUMNS
-    return (*store.METRIC_COLUMNS[:-1], *NOISE_COLUMNS, store.METRIC_COLUMNS[-1])
+    return store.metric_columns(() if run.label_noise is None else NOISE_COLUMNS)
 
 
 def write_tables(run: Run) -> None:

@@ -28,6 +28,13 @@ METRIC_COLUMNS = (
     "epoch", "lr", "train_acc", "train_loss", "test_acc_pre", "test_acc", "test_loss",
     "units_pruned", "units_removed", "wall_s",
 )
+
+
+def metric_columns(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """metrics.csv's columns, with ``extra`` (label noise: clean and noisy training accuracy) before wall_s."""
+    return (*METRIC_COLUMNS[:-1], *extra, METRIC_COLUMNS[-1])
+
+
 EVENT_COLUMNS = (
     "epoch", "layer", "action", "criterion", "side", "units_before", "units_removed", "units_remaining",
     "mean_score", "acc_before", "acc_after", "instability", "duration_batches",
