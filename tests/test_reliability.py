@@ -378,3 +378,17 @@ def test_a_study_index_is_checksummed_and_an_edited_one_is_never_used(tmp_path, 
     checksum.unlink()  # an index from before checksums: used, with one warning
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().err.count("has no checksum file") == 1
+
+
+def test_a_run_from_before_events_named_their_units_still_verifies(tmp_path):
+    import csv
+
+    from gstlab import recovery
+
+    execute(cfg_of(TINY), tmp_path / "run")
+    events = tmp_path / "run" / "events.csv"
+    with open(events, newline="") as f:
+        rows = list(csv.DictReader(f))
+    store.write_csv(events, rows, store.LEGACY_EVENT_COLUMNS)  # as written before the units column
+    (tmp_path / "run" / "manifest.json").unlink()  # checked by structure
+    assert recovery.verify_finished(tmp_path / "run")[1] is None

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from gstlab import config as C
+from gstlab import store
 from gstlab.cli import main
 from gstlab.pruning.schedule import LayerPlan, event_epochs
 from gstlab.runner import execute
@@ -74,6 +75,11 @@ def test_run_writes_results_and_events_follow_the_schedule(tmp_path):
         row = metrics[int(e["epoch"])]
         assert float(e["acc_before"]) == float(row["test_acc_pre"]) and float(e["acc_after"]) == float(row["test_acc"])
     assert int(metrics[-1]["units_pruned"]) == 16 + 6
+    masks = store.load_checkpoint(run / "model_final.pt")["model"]
+    for layer in ("fc1", "fc2"):  # the units each event names are exactly the ones the saved model has masked
+        named = [int(u) for e in events if e["layer"] == layer for u in e["units"].split()]
+        assert len(named) == len(set(named)) == sum(int(e["units_removed"]) for e in events if e["layer"] == layer)
+        assert sorted(named) == (masks[f"{layer}.unit_mask"] == 0).nonzero().flatten().tolist()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "finished" and set(manifest["seeds"]) >= {"init", "order", "prune"}
     assert summary["status"] == "finished" and summary["n_events"] == len(events)

@@ -37,8 +37,9 @@ def metric_columns(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 EVENT_COLUMNS = (
     "epoch", "layer", "action", "criterion", "side", "units_before", "units_removed", "units_remaining",
-    "mean_score", "acc_before", "acc_after", "instability", "duration_batches",
+    "mean_score", "acc_before", "acc_after", "instability", "duration_batches", "units",
 )
+LEGACY_EVENT_COLUMNS = EVENT_COLUMNS[:-1]  # runs before 2026-11-28 did not write which units an event took
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "gstlab-checkpoint-1"  # the "format" entry of every checkpoint and saved model
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the last good one, kept until a new checkpoint is complete

@@ -47,7 +47,7 @@ class PruningEvent:
 
     def row(self) -> dict:
         out = asdict(self)
-        out.pop("indices")
+        out["units"] = " ".join(str(i) for i in out.pop("indices"))  # the layer's unit numbers, as built
         out["instability"] = self.instability
         return out
 
