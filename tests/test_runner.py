@@ -173,3 +173,27 @@ def test_scratch_pruning_prunes_at_init_and_skips_training(tmp_path):
     assert float(metrics[0]["train_acc"]) == 0.0 and int(metrics[0]["units_pruned"]) == 16
     assert float(metrics[0]["lr"]) == float(metrics[1]["lr"]) == 1e-2  # scheduler not stepped in epoch 0
     assert summary["mean_stability"] == 100.0 and summary["n_prune_epochs"] == 0
+
+
+def test_an_events_accuracies_are_measured_in_eval_mode_with_no_training_step_between(tmp_path):
+    """Instability compares two evaluations of one model: both in eval mode (no BatchNorm statistics updated),
+    around the event and nothing else: no optimizer step, no training-mode forward (LANDSCAPE §13)."""
+    from gstlab.runner import prepare, run_epoch
+
+    run = prepare(cfg_of(TINY), tmp_path / "run")
+    trace: list[str] = []
+    run.model.register_forward_pre_hook(lambda m, args: trace.append("train" if m.training else "eval"))
+    run.trainer.optimizer.register_step_pre_hook(lambda *args: trace.append("step"))
+    prune = run.pruner.step
+    run.pruner.step = lambda epoch: (trace.append("event"), prune(epoch))[1]
+    for epoch in range(TINY["train"]["epochs"]):
+        trace.clear()
+        run_epoch(run, epoch)
+        if "event" not in trace:
+            continue
+        first_eval = trace.index("eval")
+        around = trace[first_eval:]
+        assert set(around) == {"eval", "event"} and around.count("event") == 1, (epoch, around)
+        assert around[0] == around[-1] == "eval"  # evaluated before and after the event
+    assert run.rows["events"] and all(e["acc_before"] == run.rows["metrics"][e["epoch"]]["test_acc_pre"]
+                                      for e in run.rows["events"])
