@@ -29,6 +29,7 @@ def test_the_first_confirmation_recomputes_from_its_committed_reports():
     assert tests["T11"].estimate == pytest.approx(-0.008, abs=5e-4)
     assert tests["T12"].estimate == pytest.approx(0.18, abs=5e-3) and f"{tests['T12'].p:.3f}" == "0.061"
     assert [t for t, v in tests.items() if v.reproduced] == ["T4"]
+    assert tests["T1"].effect() == "r = +0.18 [-0.20, 0.50], p = 0.351 (Kendall τ = +0.29, p = 0.0244), n = 30"
     table = verdict_table([(regime, regime_tests(regime))])
     assert "| T4 | less stable pruning → flatter model" in table and "1 of 12 primary tests reproduced" in table
     assert "(secondary)" not in table  # its runs.csv predates the common-window columns: no paired version

@@ -42,6 +42,7 @@ class Verdict:
     n: str
     method: str  # "Pearson r", "Student t, own window", "paired t, common window", ...
     primary: bool = True
+    kendall: tuple[float, float] | None = None  # (tau, p) beside a Pearson r, descriptive
 
     @property
     def reproduced(self) -> bool:
@@ -54,12 +55,14 @@ class Verdict:
         return "reproduced" if self.reproduced else "not reproduced"
 
     def effect(self) -> str:
-        """The estimate with its 95% CI, the test, p and n, e.g. ``r = +0.18 [-0.20, 0.51], p = 0.35, n = 30``."""
+        """The estimate with its 95% CI, the test, p and n, e.g. ``r = +0.18 [-0.20, 0.50], p = 0.351 (Kendall τ =
+        +0.29, p = 0.0244), n = 30``."""
+        if not math.isfinite(self.estimate):
+            return f"n/a, n = {self.n}"
         if self.method == "Pearson r":
-            head = f"r = {self.estimate:+.2f} {interval(*self.ci)}"
-        else:
-            head = f"{self.estimate:+.2f} points {interval(*self.ci)}, {self.method}"
-        return f"{head}, p = {pvalue(self.p)}, n = {self.n}" if math.isfinite(self.estimate) else f"n/a, n = {self.n}"
+            tau = f" (Kendall τ = {self.kendall[0]:+.2f}, p = {pvalue(self.kendall[1])})" if self.kendall else ""
+            return f"r = {self.estimate:+.2f} {interval(*self.ci)}, p = {pvalue(self.p)}{tau}, n = {self.n}"
+        return f"{self.estimate:+.2f} points {interval(*self.ci)}, {self.method}, p = {pvalue(self.p)}, n = {self.n}"
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def _runs(folder: Path) -> pd.DataFrame:
 def correlation_test(test: str, claim: str, runs: pd.DataFrame, x: str, y: str, expected: int) -> Verdict:
     c = correlation(runs[x], runs[y]) if x in runs and y in runs else correlation([], [])
     return Verdict(test, claim, expected, c["pearson_r"], (c["pearson_ci_low"], c["pearson_ci_high"]),
-                   c["pearson_p"], f"{c['n']}", "Pearson r")
+                   c["pearson_p"], f"{c['n']}", "Pearson r", kendall=(c["kendall_tau"], c["kendall_p"]))
 
 
 def benefit_test(test: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, version: str, primary: bool,
