@@ -77,10 +77,6 @@ def run_name(run: StudyRun) -> str:
 POLL_S = 1.0  # seconds between reads of the running runs' epochs
 
 
-def _summary_status(run_dir: Path) -> str:
-    return str((store.read_json_or_none(run_dir / "summary.json") or {}).get("status", "missing"))
-
-
 # ---------------------------------------------------------------------------------------------------- local
 
 
@@ -145,7 +141,7 @@ def _local_outcome(run: StudyRun, code: int, store_dir: Path, study_dir: Path) -
         return Outcome(run.run_id, "finished", executed=bool(executed))
     log = study_dir / "logs" / f"{run.run_id}.log"
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-    if code == 1 and _summary_status(store_dir / "runs" / run.run_id) == "failed":
+    if code == 1 and run_status(store_dir / "runs" / run.run_id) == "failed":  # its files verified
         return Outcome(run.run_id, "failed", "diverged; see its summary.json", executed=bool(executed))
     return Outcome(run.run_id, "failed", f"worker exited with status {code}: {' '.join(tail)} (log: {log})")
 
