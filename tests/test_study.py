@@ -183,6 +183,15 @@ def test_a_crashing_run_fails_alone_and_is_reported(tmp_path, capsys):
     assert [r["status"] for r in index(out)] == ["finished", "finished", "pending"]
 
 
+def test_a_diverged_run_is_reported_as_diverged_not_as_a_crash(tmp_path, capsys):
+    diverging = {**SMALL, "optim": {"name": "sgd", "lr": 1e30, "momentum": 0.9}}
+    data = {"name": "d", "seeds": 1, "settings": [{"inline": diverging, "label": "nan"}]}
+    out = tmp_path / "s"
+    assert main(["sweep", str(write_study(tmp_path, data)), "--out", str(out), "--no-progress"]) == 1
+    assert "diverged; see its summary.json" in capsys.readouterr().out
+    assert [r["status"] for r in index(out)] == ["failed"]
+
+
 @pytest.mark.ray
 def test_ray_executor_lands_the_same_results_as_local(tmp_path):
     data = study(seeds=1)
