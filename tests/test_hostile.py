@@ -515,3 +515,10 @@ def test_flatness_on_a_read_only_run_directory_is_one_line(tmp_path, capsys, mon
     err = _one_line_exit(capsys, ["flatness", str(run_dir), "--top-k", "2", "--samples", "16", "--no-progress"],
                          code=1)
     assert f"cannot write or read {run_dir / 'flatness.csv'} (Read-only file system)" in err, err
+
+
+def test_a_warning_that_quotes_a_line_break_stays_one_line(capsys):
+    from gstlab.errors import warn
+
+    warn("run dir 'a\nb\u2028c' is odd")
+    assert capsys.readouterr().err == "gst: warning: run dir 'a\\nb\\u2028c' is odd\n"

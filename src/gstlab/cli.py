@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gstlab import config as C
 from gstlab import portable
+from gstlab.errors import warn
 from gstlab.experiments.presets import SCALES
 from gstlab.surprises import surprises
 
@@ -62,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _out_arg(args.out, "--out") or _default_out(cfg)
     if not args.outcome_file:  # a sweep's worker: the sweep warned once for all its runs
         for line in surprises(cfg):
-            print(f"gst: warning: {line}", file=sys.stderr)
+            warn(line)
     summary, executed = run_or_skip(cfg, out)
     if cfg.train.tensorboard and not executed and not sinks.has_events(out / sinks.TENSORBOARD_DIR):
         sinks.export_run(out, out / sinks.TENSORBOARD_DIR)  # a run finished earlier without TensorBoard
@@ -266,7 +267,7 @@ def _left_out(study_dir: Path, runs_csv: Path) -> int:
     runs = pd.read_csv(runs_csv, dtype=str)
     bad = runs[runs["status"].isin(LEFT_OUT)]
     for _, run in bad.iterrows():
-        print(f"gst: warning: run {run['run_id']} left out ({run['status']}): {run.get('failure')}", file=sys.stderr)
+        warn(f"run {run['run_id']} left out ({run['status']}): {run.get('failure')}")
     if bad.empty:
         return EXIT_OK
     stores = sorted({str((runs_csv.parent / d).resolve().parent.parent) for d in bad["run_dir"]

@@ -1,5 +1,7 @@
-"""The error of bad input, and how any error is quoted in one line (below every module that reports them:
-config, registries, data, models, the runner and executors)."""
+"""The error of bad input, how any error is quoted in one line, and the one-line warning (below every module
+that reports them: config, registries, data, models, the store, the runner and executors)."""
+
+import sys
 
 # characters that break a line (str.splitlines), written escaped so that an error stays one line even when it
 # quotes a user's key or value that contains them
@@ -18,3 +20,8 @@ def one_line(err: BaseException, limit: int = 120) -> str:
     ``limit`` characters."""
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def warn(message: str) -> None:
+    """``gst: warning: MESSAGE`` on stderr, always one line (line breaks in quoted values are escaped)."""
+    print(f"gst: warning: {str(message).translate(_LINE_BREAKS)}", file=sys.stderr)

@@ -27,9 +27,8 @@ import yaml
 
 from gstlab import config as C
 from gstlab import portable, preflight, sinks, store
-from gstlab.errors import one_line
+from gstlab.errors import one_line, warn
 from gstlab.progress import EpochProgress
-from gstlab.recovery import warn
 from gstlab.study import Study, StudyRun, expand, run_status, write_index
 from gstlab.surprises import surprises
 

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 import time
 from pathlib import Path
 
 from gstlab import store
+from gstlab.errors import warn
 
 FINAL = ("finished", "failed")
 UNCHECKED = ("manifest.json", "config.yaml", store.CHECKPOINT, store.PREVIOUS_CHECKPOINT)  # config: run identity
-
-
-def warn(message: str) -> None:
-    print(f"gst: warning: {message}", file=sys.stderr)
 
 
 def note(file: str, problem: str, action: str) -> dict:

@@ -25,7 +25,7 @@ from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
-from gstlab.errors import one_line
+from gstlab.errors import one_line, warn
 from gstlab.interventions import Intervention
 from gstlab.models import build_model
 from gstlab.parts import DEFAULT_PARTS, Parts
@@ -331,7 +331,7 @@ def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None,
             recovery.settle(out, summary, notes)
             return summary, False
         if problem is not None:
-            recovery.warn(f"{out}/{problem}; running it again")
+            warn(f"{out}/{problem}; running it again")
             notes.append(recovery.note(problem.split()[0], problem, "ran the run again"))
             recovery.discard_summary(out)
         return _execute(run, progress, notes), True
@@ -387,7 +387,7 @@ def _resume(run: Run, notes: list[dict]) -> Run:
             run = prepare(run.cfg, run.out, run.parts)  # a partial restore leaves the run half-loaded
             continue
         if not verified:  # saved by a gstlab without checkpoint checksums (docs/reliability.md)
-            recovery.warn(f"{path} has no checksum (saved by an older gstlab); resuming from it unverified")
+            warn(f"{path} has no checksum (saved by an older gstlab); resuming from it unverified")
         if problems:
             _report(run, problems, f"resuming at epoch {run.start_epoch} from {name}", notes)
         return run
@@ -397,7 +397,7 @@ def _resume(run: Run, notes: list[dict]) -> Run:
 
 
 def _report(run: Run, problems: list[str], action: str, notes: list[dict]) -> None:
-    recovery.warn(f"{run.out}/{'; '.join(problems)}; {action}")
+    warn(f"{run.out}/{'; '.join(problems)}; {action}")
     notes.append(recovery.note(store.CHECKPOINT, "; ".join(problems), action))
 
 
@@ -480,6 +480,6 @@ def _repair_config(cfg: C.RunConfig, out: Path) -> list[dict]:
     problem = _identity_problem(cfg, out)
     if problem is None:
         return []
-    recovery.warn(f"{out}/{problem}; rewriting it from this run's config")
+    warn(f"{out}/{problem}; rewriting it from this run's config")
     store.atomic_write_text(out / "config.yaml", C.dump_yaml(cfg))
     return [recovery.note("config.yaml", problem, "rewritten from the config of this run")]

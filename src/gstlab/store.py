@@ -16,13 +16,14 @@ import json
 import math
 import numbers
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gstlab.errors import warn
 
 METRIC_COLUMNS = (
     "epoch", "lr", "train_acc", "train_loss", "test_acc_pre", "test_acc", "test_loss",
@@ -123,7 +124,7 @@ def set_aside(path: Path) -> Path:
         n += 1
     os.replace(path, aside)
     kind = "a directory, not a file" if aside.is_dir() else "damaged"
-    print(f"gst: warning: {path} is {kind}; moved it aside to {aside.name}", file=sys.stderr)
+    warn(f"{path} is {kind}; moved it aside to {aside.name}")
     return aside
 
 

@@ -452,7 +452,7 @@ def grid_labels(runs: pd.DataFrame, keys) -> pd.Series:
 def _read_spec(study_dir: Path) -> dict:
     """study.yaml as a mapping; {} (the generic report, with a warning) when it is missing or damaged."""
     from gstlab import config as C  # noqa: PLC0415
-    from gstlab.recovery import warn  # noqa: PLC0415
+    from gstlab.errors import warn  # noqa: PLC0415
 
     path = study_dir / "study.yaml"
     if not path.exists():

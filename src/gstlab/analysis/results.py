@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from gstlab import recovery, store
+from gstlab.errors import warn
 from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
 from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS
 
@@ -72,7 +73,7 @@ def read_index(study_dir: Path) -> pd.DataFrame:
     path = study_dir / "index.csv"
     text, checked = store.read_checked_text(path, f"`gst sweep` on the study ({study_dir}/study.yaml)")
     if not checked:
-        recovery.warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as "
+        warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as "
                       f"it is. `gst sweep` on the study writes one")
     return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "setting": str, "label": str})
 
