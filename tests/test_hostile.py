@@ -421,6 +421,33 @@ def test_flatness_sets_a_binary_flatness_csv_aside(tmp_path, capsys, reference):
         assert len(list(csv.DictReader(f))) == 1
 
 
+def test_an_edited_flatness_table_is_left_out_of_the_report_and_set_aside_by_the_next_measurement(
+        tmp_path, capsys, finished_study):
+    study_dir = tmp_path / "s"
+    shutil.copytree(finished_study, study_dir)
+    index = (study_dir / "index.csv").read_text()
+    store.write_checked_text(study_dir / "index.csv",
+                             index.replace(str(finished_study.resolve()), str(study_dir.resolve())))
+    run_dir = sorted(p for p in (study_dir / "runs").iterdir() if p.is_dir())[0]
+    flatness = ["flatness", str(run_dir), "--top-k", "2", "--samples", "16", "--no-progress"]
+    assert main(flatness) == 0
+    table = run_dir / "flatness.csv"
+    assert (run_dir / "flatness.csv.sha256").read_text() == f"{store.file_digest(table)}  flatness.csv\n"
+    rows = table.read_text().splitlines()
+    header, values = rows[0].split(","), rows[1].split(",")
+    values[header.index("eig_sum")] = "1e-9"  # a flatter model than measured
+    table.write_text("\n".join([rows[0], ",".join(values)]) + "\n")
+    capsys.readouterr()
+    assert main(["report", str(study_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "flatness.csv: does not match flatness.csv.sha256 (edited or damaged)" in err and "left out" in err
+    assert not (study_dir / "report" / "flatness.csv").exists()  # no rows: the edited one never reaches it
+    assert main(flatness) == 0
+    assert "moved it aside to flatness.csv.damaged-1" in capsys.readouterr().err
+    text, checked = store.read_checked_text(table, "")
+    assert checked and len(text.splitlines()) == 2  # anew: header and the new measurement
+
+
 @pytest.mark.parametrize("error, text", [(errno.EROFS, "Read-only file system"),
                                          (errno.ENOSPC, "No space left on device")], ids=["read-only", "full"])
 def test_a_disk_that_turns_read_only_or_full_mid_run_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch,

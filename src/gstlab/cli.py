@@ -340,17 +340,21 @@ def cmd_flatness(args: argparse.Namespace) -> int:
 
 
 def _append_csv(path: Path, rows: list[dict], columns, store) -> None:
+    """Add ``rows`` to a table of ``gst flatness``, written with its checksum file (store.write_checked_text);
+    a damaged or edited table is set aside and started anew."""
     import csv  # noqa: PLC0415
+    import io  # noqa: PLC0415
 
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            old = list(csv.DictReader(f))
+        text, _ = store.read_checked_text(path, "`gst flatness`")
+        old = list(csv.DictReader(io.StringIO(text)))
     except FileNotFoundError:
         old = []
-    except (OSError, UnicodeDecodeError, csv.Error):  # damaged (binary, a directory): keep it aside, start anew
+    except (OSError, csv.Error, store.DamagedFileError):  # binary, a directory, edited: keep it aside
         store.set_aside(path)
+        store.checksum_path(path).unlink(missing_ok=True)
         old = []
-    store.write_csv(path, old + rows, columns)
+    store.write_checked_text(path, store.csv_text(old + rows, columns))
 
 
 def build_parser() -> argparse.ArgumentParser:

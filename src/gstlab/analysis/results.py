@@ -116,7 +116,9 @@ def _long(study_dir: str | Path, filename: str, columns: tuple[str, ...], runs: 
             continue
         if not path.exists() or path.stat().st_size == 0:
             continue
-        table = pd.read_csv(path)
+        table = _table(path)
+        if table is None:
+            continue
         table = table.rename(columns={c: f"probe_{c}" if c == "seed" else f"file_{c}" for c in ID_COLUMNS
                                       if c in table})
         for i, col in enumerate(ID_COLUMNS):
@@ -125,6 +127,20 @@ def _long(study_dir: str | Path, filename: str, columns: tuple[str, ...], runs: 
     if not parts:
         return pd.DataFrame(columns=[*ID_COLUMNS, *columns])
     return pd.concat(parts, ignore_index=True)
+
+
+def _table(path: Path) -> pd.DataFrame | None:
+    """A run's CSV table. The manifest's checksums vouch for the files a run writes (its summary is verified
+    before they are read); a table added later with a checksum file (``gst flatness``) is checked against it,
+    and one that does not match is left out with a warning (None)."""
+    if store.checksum_path(path).exists():
+        try:
+            text, _ = store.read_checked_text(path, "`gst flatness` on the run")
+        except store.DamagedFileError as err:
+            warn(f"{err}; its rows are left out")
+            return None
+        return pd.read_csv(io.StringIO(text))
+    return pd.read_csv(path)
 
 
 def load_epochs(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
