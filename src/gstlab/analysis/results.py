@@ -73,8 +73,8 @@ def read_index(study_dir: Path) -> pd.DataFrame:
     path = study_dir / "index.csv"
     text, checked = store.read_checked_text(path, f"`gst sweep` on the study ({study_dir}/study.yaml)")
     if not checked:
-        warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as "
-                      f"it is. `gst sweep` on the study writes one")
+        warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as it is. "
+             f"`gst sweep` on the study writes one")
     return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "setting": str, "label": str})
 
 

@@ -19,7 +19,6 @@ __all__ = ["BUILT_IN", "DataMissingError", "Facts", "Images", "TensorData", "Tra
            "crop_padding", "downsample", "load_data"]
 
 
-
 class Facts(NamedTuple):
     """What a built-in data set is, known without loading it."""
 
