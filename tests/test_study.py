@@ -326,6 +326,22 @@ def test_demo_is_three_figure2_presets_at_mini_scale():
     assert [r.cfg.pruning.side for r in runs[1:]] == ["smallest", "largest"] and not runs[0].cfg.pruning.layers
 
 
+def test_the_demo_says_where_its_runs_were_computed(tmp_path):
+    from gstlab.demo import computed_on, demo_study
+    from gstlab.store import write_json
+
+    machines = [{"cpu_isa": "AVX512", "aten_capability": "AVX2", "portable": True}] * 2 + [{"cpu_isa": "AVX2",
+                                                                                             "aten_capability": "AVX2"}]
+    for run, box in zip(expand(study_from_dict(demo_study(seed=3))), machines):
+        (tmp_path / "runs" / run.run_id).mkdir(parents=True)
+        write_json(tmp_path / "runs" / run.run_id / "manifest.json",
+                   {"device_name": "CPU X", "torch_threads": 1, "versions": {"torch": "2.13.0+cpu"},
+                    "git_commit": "0123456789", "machine": box})
+    assert computed_on(tmp_path, seed=3) == [
+        "computed on: CPU X (AVX512; AVX2 kernels, portable), 1 thread(s), torch 2.13.0+cpu, gstlab 0123456: 2 runs",
+        "computed on: CPU X (AVX2; AVX2 kernels), 1 thread(s), torch 2.13.0+cpu, gstlab 0123456: 1 run"]
+
+
 def test_a_ray_worker_refuses_a_run_whose_id_it_resolves_differently(tmp_path):
     from gstlab.executors import _ray_task
 

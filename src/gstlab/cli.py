@@ -141,12 +141,13 @@ def _list_studies() -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gstlab.demo import format_table, run_demo  # noqa: PLC0415
+    from gstlab.demo import computed_on, format_table, run_demo  # noqa: PLC0415
 
     print("gstlab demo: Figure 2's No Pruning, Prune_S 13% and Prune_L 13% at mini scale (325 epochs, VGG11 on "
           "2,000 Fashion-MNIST images at 16x16), on 2 worker processes\n")
     results = run_demo(Path(args.out), seed=args.seed, progress=not args.no_progress, tensorboard=args.tensorboard)
     print("\n" + format_table(results))
+    print("\n".join(["", *computed_on(Path(args.out), args.seed)]))
     print(f"\nper-run results (metrics.csv, events.csv, summary.json): {args.out}/runs/*/;  "
           f"report: gst report {args.out}")
     return EXIT_OK if all(s.get("status") == "finished" for _, s in results) else EXIT_FAILED

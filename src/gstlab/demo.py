@@ -34,6 +34,17 @@ def run_demo(out: Path = Path("runs/demo"), seed: int = 0, workers: int = 2, pro
             for label, p in METHODS]
 
 
+def computed_on(out: Path, seed: int = 0) -> list[str]:
+    """Where the demo's runs were computed (from their manifests), to print beside the table: a table compares
+    with another only from the same kind of machine."""
+    import pandas as pd  # noqa: PLC0415
+
+    from gstlab.analysis.results import machine_lines  # noqa: PLC0415
+
+    dirs = [out / "runs" / r.run_id for r in expand(study_from_dict(demo_study(seed)))]
+    return [line.removeprefix("- ") for line in machine_lines(pd.DataFrame({"run_dir": dirs}))]
+
+
 def format_table(results: list[tuple[str, dict]]) -> str:
     lines = [f"{'method':12s} {'mean stability':>15s} {'best test acc':>14s} {'final acc':>10s} "
              f"{'gap':>6s} {'params kept':>12s}"]

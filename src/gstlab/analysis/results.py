@@ -143,6 +143,24 @@ def _table(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path)
 
 
+def machine_lines(runs: pd.DataFrame) -> list[str]:
+    """Where the finished ``runs`` were computed, from their manifests: device, vector ISA and the kernels used
+    (portable or not), threads, torch, and gstlab's git commit, with run counts; numbers reproduce bit for bit only
+    on the same kind of machine (docs/decisions.md, "Where results reproduce")."""
+    kinds: dict[str, int] = {}
+    for run_dir in runs.get("run_dir", pd.Series(dtype=str)):
+        m = store.read_json_or_none(Path(run_dir) / "manifest.json") or {}
+        box = m.get("machine") or {}
+        device = box.get("gpu") or m.get("device_name") or "unknown device"
+        kernels = f"{box.get('aten_capability', '?')} kernels{', portable' if box.get('portable') else ''}"
+        torch_version = (m.get("versions") or {}).get("torch", "?")
+        commit = str(m.get("git_commit") or "no git commit")[:7]
+        key = (f"{device} ({box.get('cpu_isa', '?')}; {kernels}), {m.get('torch_threads', '?')} thread(s), "
+               f"torch {torch_version}, gstlab {commit}")
+        kinds[key] = kinds.get(key, 0) + 1
+    return [f"- computed on: {key}: {n} run{'s' if n > 1 else ''}" for key, n in kinds.items()]
+
+
 def load_epochs(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows of every run's ``metrics.csv`` (``runs``: a :func:`load_study` table, to avoid reading it again)."""
     return _long(study_dir, "metrics.csv", METRIC_COLUMNS, runs)
