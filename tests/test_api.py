@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from gstlab import api, runner
 from gstlab import config as C
 from gstlab.cli import main as cli_main
+from gstlab.models import PrunableUnit
 from test_runner import interrupt_at
 
 spec = importlib.util.spec_from_file_location("custom_model", Path(__file__).parents[1] / "examples/custom_model.py")
@@ -117,6 +118,14 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": net, "data": DATA, "config": ["data.name=cifar10"]}, "data.name: not used for data given to"),
     ({"model": net, "data": DATA, "config": ["pruning.layers.0.name=head.x"]}, "pruning.layers[0].name: unknown"),
     ({"model": 3}, "model: expected an nn.Module or a function that builds one, got int"),
+    ({"model": net, "data": DATA, "units": "conv1"}, "units: 'conv1' is one unit; allowed: a list"),
+    ({"model": net, "data": DATA, "units": [PrunableUnit("u", "conv9")]},
+     "units[0] (u): module 'conv9' is not in the model; allowed: a Conv1d, Conv2d or Linear"),
+    ({"model": net, "data": DATA, "units": [PrunableUnit("u", "conv1", bn="bn2")]},
+     "units[0] (u): bn 'bn2' is a BatchNorm2d of 16 features; allowed: a BatchNorm of the 8 units of 'conv1'"),
+    ({"model": net, "data": DATA, "units": [PrunableUnit("u", "bn1")]}, "module 'bn1' is a BatchNorm2d"),
+    ({"model": net, "data": (TensorDataset(DATA[0], DATA[1] + 0.7), TensorDataset(DATA[2], DATA[3]))},
+     "data: y_train must be class indices"),  # float labels from a Dataset were truncated by int()
 ])
 def test_bad_input_names_what_is_wrong(tmp_path, kwargs, message):
     cfg = C.parse(SHORT, kwargs.pop("config", []))

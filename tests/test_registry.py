@@ -160,3 +160,63 @@ def test_epoch_callbacks_see_a_run_view(registered, tmp_path):
     assert recorder.seen == [(RunView, 0, [4], 0), (RunView, 1, [4], 1)]  # before the epoch's metrics row
     with pytest.raises(AttributeError):
         run.view().trainer  # noqa: B018 (a callback cannot reach the trainer)
+
+
+def test_the_registries_refuse_what_cannot_serve_as_their_entries():
+    with pytest.raises(RegistryError, match=r"'x' is the class ReverseIndex; register an instance, e\.g\. Rev"):
+        criteria.register("x", ReverseIndex)
+    with pytest.raises(RegistryError, match="without a scores\\(layer\\) method"):
+        criteria.register("x", lambda layer: torch.zeros(3))
+    with pytest.raises(RegistryError, match="model.arch: 'x' is a int, not callable"):
+        architectures.register("x", 3)
+    assert "x" not in criteria and "x" not in architectures
+
+
+class Scores(Criterion):
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def scores(self, layer: Layer):
+        return self.make(layer.n_units)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda n: torch.full((n,), float("nan")), "with 16 non-finite scores (NaN or inf); allowed: finite"),
+    (lambda n: torch.arange(n + 8.0), "with shape (24,); allowed: a 1-d tensor of its 16 units' scores"),
+    (lambda n: torch.zeros(n, 2), "with shape (16, 2)"),
+    (lambda n: list(range(n)), "with a list; allowed: a 1-d tensor"),
+], ids=["nan", "too-long", "2-d", "list"])
+def test_scores_that_would_prune_the_wrong_units_are_refused(registered, tmp_path, make, message):
+    """NaN scores selected no unit while events.csv recorded removals; scores along another axis pruned by it."""
+    criteria.register("bad_scores", Scores(make))
+    try:
+        with pytest.raises(C.ConfigError, match="pruning.criterion: 'bad_scores' scored layer 'hidden'") as err:
+            execute(C.parse(CFG, ["pruning.criterion=bad_scores"]), tmp_path / "run")
+        assert message in str(err.value)
+    finally:
+        criteria.unregister("bad_scores")
+
+
+@pytest.mark.parametrize("source, message", [
+    (lambda cfg: load_blobs(cfg)[0], "data.name: 'odd' returned tuple; allowed: ((x_train, y_train, x_test"),
+    (lambda cfg: ((lambda x, y, xt, yt: (x, y.float(), xt, yt))(*load_blobs(cfg)[0]), 2),
+     "gave train labels torch.float32 of shape (64,) for 64 inputs and 2 classes; allowed: a 1-d integer"),
+    (lambda cfg: (load_blobs(cfg)[0], 1), "gave train labels torch.int64 of shape (64,) for 64 inputs and 1 classes"),
+], ids=["no-classes", "float-labels", "labels-beyond-classes"])
+def test_a_registered_data_set_must_return_class_indices_within_its_classes(registered, tmp_path, source, message):
+    datasets.register("odd", source)
+    try:
+        with pytest.raises(C.ConfigError) as err:
+            execute(C.parse(CFG, ["data.name=odd"]), tmp_path / "run")
+        assert message in str(err.value)
+    finally:
+        datasets.unregister("odd")
+
+
+def test_an_architecture_must_build_a_module_instance(registered, tmp_path):
+    architectures.register("a_class", lambda cfg, shape, classes: TwoLayerNet)
+    try:
+        with pytest.raises(C.ConfigError, match="model.arch: 'a_class' built a type, not a torch.nn.Module instance"):
+            execute(C.parse(CFG, ["model.arch=a_class"]), tmp_path / "run")
+    finally:
+        architectures.unregister("a_class")

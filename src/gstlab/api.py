@@ -55,6 +55,9 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
       ``pruning.layers`` names.
     """
     cfg = _config(config)
+    if isinstance(units, (str, PrunableUnit)):
+        raise C.ConfigError(f"units: {units!r} is one unit; allowed: a list of module names or PrunableUnit "
+                            f"objects, e.g. [{units!r}]")
     if units is not None and model is None:
         raise C.ConfigError("units: give them with model=...; a zoo model declares its own prunable units")
     parts = Parts(units=None if units is None else _units_of(units))
@@ -171,7 +174,7 @@ def _read(split: Split, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     dataset = split.dataset if isinstance(split, DataLoader) else split
     try:
         pairs = [dataset[i] for i in range(len(dataset))]
-        return torch.stack([torch.as_tensor(x) for x, _ in pairs]), torch.tensor([int(y) for _, y in pairs])
+        return torch.stack([torch.as_tensor(x) for x, _ in pairs]), torch.stack([torch.as_tensor(y) for _, y in pairs])
     except (TypeError, ValueError, RuntimeError) as err:
         raise C.ConfigError(f"data: the {name} split is not a dataset of (input, label) pairs of one shape "
                             f"({err})") from None

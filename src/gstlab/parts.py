@@ -44,10 +44,41 @@ class Parts:
 
     def units_of(self, cfg: C.RunConfig, model: nn.Module) -> list[PrunableUnit]:
         if self.units is not None:
-            return list(self.units(model))
+            return checked_units(list(self.units(model)), model, "units")
         if hasattr(model, "prunable_units"):
-            return model.prunable_units()
+            return checked_units(list(model.prunable_units()), model, "model.prunable_units()")
         return named_units(cfg, model)
+
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def checked_units(units: list, model: nn.Module, where: str) -> list[PrunableUnit]:
+    """``units`` as declared by the user's code (``where``), each checked against the model: ConfigError naming
+    the unit and what is wrong, before a mask is built."""
+    modules = dict(model.named_modules())
+    for i, unit in enumerate(units):
+        if not isinstance(unit, PrunableUnit):
+            raise C.ConfigError(f"{where}[{i}]: a {type(unit).__name__} ({unit!r}); allowed: "
+                                f"gstlab.models.PrunableUnit(name, module, bn=None, ...)")
+        layer = modules.get(unit.module)
+        if not isinstance(layer, PRUNABLE):
+            raise C.ConfigError(f"{where}[{i}] ({unit.name}): module {unit.module!r} is "
+                                f"{'not in the model' if layer is None else 'a ' + type(layer).__name__}; "
+                                f"allowed: a Conv1d, Conv2d or Linear of the model")
+        if unit.bn is not None:
+            bn = modules.get(unit.bn)
+            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.num_features != layer.weight.shape[0]:
+                found = "not in the model" if bn is None else (
+                    f"a {type(bn).__name__}" + (f" of {bn.num_features} features" if hasattr(bn, "num_features")
+                                                else ""))
+                raise C.ConfigError(f"{where}[{i}] ({unit.name}): bn {unit.bn!r} is {found}; allowed: a BatchNorm "
+                                    f"of the {layer.weight.shape[0]} units of {unit.module!r}, or None")
+        for field in ("shortcut", "activation"):
+            path = getattr(unit, field, None)
+            if path is not None and path not in modules:
+                raise C.ConfigError(f"{where}[{i}] ({unit.name}): {field} {path!r} is not in the model")
+    return units
 
 
 DEFAULT_PARTS = Parts()

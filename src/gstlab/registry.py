@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from gstlab.errors import ConfigError
@@ -40,8 +40,10 @@ class RegistryError(ValueError):
 class Registry(Generic[T]):
     """Named objects for one config field (``field``, e.g. ``pruning.criterion``), in registration order."""
 
-    def __init__(self, field: str, builtins: dict[str, str], group: str | None = None) -> None:
+    def __init__(self, field: str, builtins: dict[str, str], group: str | None = None,
+                 kind: Callable[[Any], str | None] | None = None) -> None:
         self.field, self.group = field, group  # group: the entry-point group of installed packages' entries
+        self.kind = kind  # what an entry must be: None if ``obj`` is one, else what is wrong with it
         self._entries: dict[str, T | str] = dict(builtins)  # a str is a not yet imported "module:attribute"
         self._plugins_read = group is None
 
@@ -58,6 +60,9 @@ class Registry(Generic[T]):
             raise RegistryError(f"{self.field}: a registered name is a non-empty string, got {name!r}")
         if name in self._entries and not replace:
             raise RegistryError(f"{self.field}: {name!r} is already registered (pass replace=True to replace it)")
+        problem = self.kind(obj) if self.kind else None
+        if problem:
+            raise RegistryError(f"{self.field}: {name!r} is {problem}")
         self._entries[name] = obj
         return obj
 
@@ -98,12 +103,29 @@ def _builtins(module: str, names: dict[str, str]) -> dict[str, str]:
     return {name: f"{module}:{attribute}" for name, attribute in names.items()}
 
 
+def _a_function(what: str) -> Callable[[Any], str | None]:
+    def check(obj: Any) -> str | None:
+        return None if callable(obj) else f"a {type(obj).__name__}, not callable; register {what}"
+    return check
+
+
+def _a_criterion(obj: Any) -> str | None:
+    if isinstance(obj, type):
+        return f"the class {obj.__name__}; register an instance, e.g. {obj.__name__}()"
+    if not callable(getattr(obj, "scores", None)):
+        return (f"a {type(obj).__name__} without a scores(layer) method; register an instance of "
+                f"gstlab.pruning.criteria.Criterion")
+    return None
+
+
 datasets: Registry[Any] = Registry("data.name", _builtins("gstlab.data", {
     "fashion_mnist": "load_fashion_mnist", "cifar10": "load_cifar", "cifar100": "load_cifar",
-    "mnist1d": "load_mnist1d", "synthetic": "load_synthetic"}), "gstlab.datasets")
+    "mnist1d": "load_mnist1d", "synthetic": "load_synthetic"}), "gstlab.datasets",
+    _a_function("a function (DataConfig) -> ((x_train, y_train, x_test, y_test), classes)"))
 architectures: Registry[Any] = Registry("model.arch", _builtins("gstlab.models", {
     "vgg11_bn": "build_conv_net", "resnet18": "build_conv_net", "resnet20": "build_conv_net",
-    "resnet56": "build_conv_net", "mlp": "build_mlp"}), "gstlab.architectures")
+    "resnet56": "build_conv_net", "mlp": "build_mlp"}), "gstlab.architectures",
+    _a_function("a function (ModelConfig, input_shape, classes) -> nn.Module"))
 criteria: Registry[Any] = Registry("pruning.criterion", _builtins("gstlab.pruning.criteria", {
     "l1": "L1", "l2": "L2", "ebn": "EBN", "ebn_signed": "EBN_SIGNED", "activation": "ACTIVATION",
-    "random": "RANDOM"}), "gstlab.criteria")
+    "random": "RANDOM"}), "gstlab.criteria", _a_criterion)

@@ -33,9 +33,30 @@ BUILT_IN = {"fashion_mnist": Facts((1, 32, 32), 10, 60000, 10000), "cifar10": Fa
 
 
 def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | None) -> tuple[tuple, int]:
-    (x_train, y_train, x_test, y_test), classes = (source or datasets.get(cfg.name))(cfg)
+    out = (source or datasets.get(cfg.name))(cfg)
+    try:
+        (x_train, y_train, x_test, y_test), classes = out
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.name: {cfg.name!r} returned {type(out).__name__}; allowed: "
+                          f"((x_train, y_train, x_test, y_test), classes)") from None
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        _check_labels(cfg.name, split, x, y, classes)
     as_images = [x if isinstance(x, Images) else Images(x) for x in (x_train, x_test)]  # float: model input
     return (as_images[0], y_train, as_images[1], y_test), classes
+
+
+def _check_labels(name: str, split: str, x, y, classes) -> None:
+    """A data source's labels: one class index in 0..classes-1 per input (a float label would be truncated, an
+    index out of range fails deep in the loss)."""
+    ok = (torch.is_tensor(y) and y.dim() == 1 and not y.is_floating_point() and not y.is_complex()
+          and isinstance(classes, int) and len(y) == len(x) and len(y) > 0)
+    if ok:
+        ok = 0 <= int(y.min()) and int(y.max()) < classes
+    if not ok:
+        got = f"{y.dtype} of shape {tuple(y.shape)}" if torch.is_tensor(y) else type(y).__name__
+        inputs = len(x) if hasattr(x, "__len__") else "?"
+        raise ConfigError(f"data.name: {name!r} gave {split} labels {got} for {inputs} inputs and {classes!r} "
+                          f"classes; allowed: a 1-d integer tensor of class indices in 0..classes-1, one per input")
 
 
 # the registered data sets (gstlab.registry.datasets): DataConfig -> ((x_train, y_train, x_test, y_test), classes)

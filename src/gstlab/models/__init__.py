@@ -23,7 +23,11 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
                 builder: Callable[[ModelConfig, tuple[int, ...], int], nn.Module] | None = None) -> nn.Module:
     """Build ``cfg.arch`` (any registered architecture, ``gstlab.registry.architectures``), or with ``builder``
     (shaped as a registered one), for inputs of ``input_shape`` (C, H, W) / (C, L) and ``num_classes`` outputs."""
-    return (builder or architectures.get(cfg.arch))(cfg, tuple(input_shape), num_classes)
+    model = (builder or architectures.get(cfg.arch))(cfg, tuple(input_shape), num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.arch: {cfg.arch!r} built a {type(model).__name__}, not a torch.nn.Module "
+                          f"instance; its builder must return the model")
+    return model
 
 
 def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

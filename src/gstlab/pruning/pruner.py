@@ -124,7 +124,7 @@ class Pruner:
     def _scores(self, unit: PrunableUnit) -> torch.Tensor:
         bn = self.model.get_submodule(unit.bn) if unit.bn is not None else None
         layer = Layer(unit, self.model.get_submodule(unit.module), bn, self.generator, self.tracker)
-        return self.criterion.scores(layer)
+        return checked_scores(self.criterion.scores(layer), layer.n_units, self.cfg.criterion, unit.name)
 
     def state_dict(self) -> dict:
         return {"targeted": {k: v.clone() for k, v in self.targeted.items()}}
@@ -138,3 +138,16 @@ def _forward_order(cfg: PruningConfig, units: list[PrunableUnit]):
     """The configured layer schedules, in the model's forward order."""
     order = {u.name: i for i, u in enumerate(units)}
     return sorted(cfg.layers, key=lambda s: order[s.name])
+
+
+def checked_scores(scores, n_units: int, criterion: str, layer: str) -> torch.Tensor:
+    """A criterion's scores, refused unless they are a 1-d tensor of one finite score per unit: a NaN would make
+    the cutoff select no unit, and scores of the wrong length would prune by another axis."""
+    where = f"pruning.criterion: {criterion!r} scored layer {layer!r}"
+    if not torch.is_tensor(scores) or scores.shape != (n_units,):
+        got = f"shape {tuple(scores.shape)}" if torch.is_tensor(scores) else f"a {type(scores).__name__}"
+        raise ConfigError(f"{where} with {got}; allowed: a 1-d tensor of its {n_units} units' scores")
+    if not bool(torch.isfinite(scores).all()):
+        raise ConfigError(f"{where} with {int((~torch.isfinite(scores)).sum())} non-finite scores (NaN or inf); "
+                          f"allowed: finite scores")
+    return scores
