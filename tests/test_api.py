@@ -126,6 +126,10 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": net, "data": DATA, "units": [PrunableUnit("u", "bn1")]}, "module 'bn1' is a BatchNorm2d"),
     ({"model": net, "data": (TensorDataset(DATA[0], DATA[1] + 0.7), TensorDataset(DATA[2], DATA[3]))},
      "data: y_train must be class indices"),  # float labels from a Dataset were truncated by int()
+    ({"model": lambda: example.SmallCNN(classes=2), "data": DATA},
+     "model: one input gives shape (1, 2); the data has 4 classes, so allowed: (batch, 4) logits"),
+    ({"model": net, "data": (DATA[0][:, :, :8, :8].repeat(1, 2, 1, 1), DATA[1], DATA[2][:, :, :8, :8].repeat(
+        1, 2, 1, 1), DATA[3])}, "model: its forward pass fails on an input of shape (2, 8, 8) ("),
 ])
 def test_bad_input_names_what_is_wrong(tmp_path, kwargs, message):
     cfg = C.parse(SHORT, kwargs.pop("config", []))

@@ -10,6 +10,7 @@ import torch
 
 from gstlab import config as C
 from gstlab.data import BUILT_IN
+from gstlab.errors import one_line
 from gstlab.models import build_model
 from gstlab.parts import DEFAULT_PARTS
 from gstlab.pruning.schedule import LayerPlan, event_epochs
@@ -40,6 +41,29 @@ def meta_model(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: in
         raise
     except Exception:  # noqa: BLE001 (whatever a registered constructor raises on meta tensors)
         return None
+
+
+@torch.no_grad()
+def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
+    """ConfigError unless ``model`` maps one input ``x`` (a batch of 1) to ``classes`` logits: a model that does
+    not fit its data otherwise fails deep in torch (a shape error, or 'Target 3 is out of bounds' in the loss).
+    Eval mode, no gradient: no BatchNorm statistic or random stream changes. A model with parameters still
+    uninitialized (lazy modules) is skipped: its first forward would draw its initial weights here."""
+    if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise C.ConfigError(f"model: its forward pass fails on an input of shape {tuple(x.shape[1:])} "
+                            f"({one_line(err)}); the model must take the data's inputs") from None
+    finally:
+        model.train(was_training)
+    if not torch.is_tensor(out) or tuple(out.shape) != (1, classes):
+        got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+        raise C.ConfigError(f"model: one input gives {got}; the data has {classes} classes, so allowed: "
+                            f"(batch, {classes}) logits")
 
 
 def check_threads(cfg: C.TrainConfig) -> None:
