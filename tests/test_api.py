@@ -126,6 +126,8 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": net, "data": DATA, "units": [PrunableUnit("u", "bn1")]}, "module 'bn1' is a BatchNorm2d"),
     ({"model": net, "data": (TensorDataset(DATA[0], DATA[1] + 0.7), TensorDataset(DATA[2], DATA[3]))},
      "data: y_train must be class indices"),  # float labels from a Dataset were truncated by int()
+    ({"model": net, "data": DATA, "config": ["data.train_subset=1000"]},
+     "data.train_subset: 1,000 examples asked but the data given to gstlab.api.run has 128"),
     ({"model": lambda: example.SmallCNN(classes=2), "data": DATA},
      "model: one input gives shape (1, 2); the data has 4 classes, so allowed: (batch, 4) logits"),
     ({"model": net, "data": (DATA[0][:, :, :8, :8].repeat(1, 2, 1, 1), DATA[1], DATA[2][:, :, :8, :8].repeat(

@@ -109,7 +109,8 @@ def load_data(cfg: DataConfig, seed: int, source: Callable[[DataConfig], tuple[t
     for name, asked, size in (("train_subset", cfg.train_subset, len(x_train)),
                               ("test_subset", cfg.test_subset, len(x_test))):
         if asked is not None and asked > size:
-            raise ConfigError(f"data.{name}: {asked:,} examples asked but {cfg.name} has {size:,}; allowed: at most "
+            what = "the data given to gstlab.api.run" if cfg.supplied else cfg.name
+            raise ConfigError(f"data.{name}: {asked:,} examples asked but {what} has {size:,}; allowed: at most "
                               f"{size:,} (or null: all)")
     if cfg.train_subset is not None and cfg.train_subset < len(x_train):
         g = torch.Generator().manual_seed(seed)
