@@ -66,8 +66,9 @@ def _kendall_ci(x: np.ndarray, y: np.ndarray, confidence: float) -> tuple[float,
     return NAN, NAN
 
 
-def correlation(x, y, confidence: float = 0.95) -> dict:
-    """Pearson r (CI from scipy) and Kendall tau (paired bootstrap CI) of paired samples (NaN pairs dropped)."""
+def correlation(x, y, confidence: float = 0.95, kendall_ci: bool = True) -> dict:
+    """Pearson r (CI from scipy) and Kendall tau (paired bootstrap CI; NaN without ``kendall_ci``) of paired
+    samples (NaN pairs dropped)."""
     x, y = _pairs(x, y)
     out = dict.fromkeys(("pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high",
                          "kendall_tau", "kendall_p", "kendall_ci_low", "kendall_ci_high"), NAN)
@@ -81,7 +82,8 @@ def correlation(x, y, confidence: float = 0.95) -> dict:
         kt = stats.kendalltau(x, y)
     out.update(pearson_r=float(pr.statistic), pearson_p=float(pr.pvalue), pearson_ci_low=float(ci.low),
                pearson_ci_high=float(ci.high), kendall_tau=float(kt.statistic), kendall_p=float(kt.pvalue))
-    out["kendall_ci_low"], out["kendall_ci_high"] = _kendall_ci(x, y, confidence)
+    if kendall_ci:
+        out["kendall_ci_low"], out["kendall_ci_high"] = _kendall_ci(x, y, confidence)
     return out
 
 
