@@ -42,7 +42,7 @@ def computed_on(out: Path, seed: int = 0) -> list[str]:
     from gstlab.analysis.results import machine_lines  # noqa: PLC0415
 
     dirs = [out / "runs" / r.run_id for r in expand(study_from_dict(demo_study(seed)))]
-    return [line.removeprefix("- ") for line in machine_lines(pd.DataFrame({"run_dir": dirs}))]
+    return machine_lines(pd.DataFrame({"run_dir": dirs}))
 
 
 def format_table(results: list[tuple[str, dict]]) -> str:

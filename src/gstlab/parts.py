@@ -66,14 +66,18 @@ def checked_units(units: list, model: nn.Module, where: str) -> list[PrunableUni
             raise C.ConfigError(f"{where}[{i}] ({unit.name}): module {unit.module!r} is "
                                 f"{'not in the model' if layer is None else 'a ' + type(layer).__name__}; "
                                 f"allowed: a Conv1d, Conv2d or Linear of the model")
-        if unit.bn is not None:
-            bn = modules.get(unit.bn)
-            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.num_features != layer.weight.shape[0]:
-                found = "not in the model" if bn is None else (
-                    f"a {type(bn).__name__}" + (f" of {bn.num_features} features" if hasattr(bn, "num_features")
-                                                else ""))
-                raise C.ConfigError(f"{where}[{i}] ({unit.name}): bn {unit.bn!r} is {found}; allowed: a BatchNorm "
-                                    f"of the {layer.weight.shape[0]} units of {unit.module!r}, or None")
+        n_units = layer.weight.shape[0]
+        bn = modules.get(unit.bn) if unit.bn is not None else None
+        found = None
+        if unit.bn is not None and bn is None:
+            found = "not in the model"
+        elif unit.bn is not None and not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            found = f"a {type(bn).__name__}"
+        elif bn is not None and bn.num_features != n_units:
+            found = f"a {type(bn).__name__} of {bn.num_features} features"
+        if found:
+            raise C.ConfigError(f"{where}[{i}] ({unit.name}): bn {unit.bn!r} is {found}; allowed: a BatchNorm "
+                                f"of the {n_units} units of {unit.module!r}, or None")
         for field in ("shortcut", "activation"):
             path = getattr(unit, field, None)
             if path is not None and path not in modules:

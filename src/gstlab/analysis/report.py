@@ -409,7 +409,8 @@ def _criteria_lines(runs: pd.DataFrame) -> list[str]:
 def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
     lines = [f"# Study report: {name}", "",
              f"- figure: `{rep.kind}` ({PAPER_FIGURE.get(rep.kind, 'no figure')} of the paper, see docs/paper.md); "
-             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *machine_lines(rep.runs),
+             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs),
+             *(f"- {line}" for line in machine_lines(rep.runs)),
              *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
              "## Claims", "", *(f"- {c}" for c in rep.claims or ["No claim can be tested with these runs."]), "",

@@ -158,7 +158,7 @@ def machine_lines(runs: pd.DataFrame) -> list[str]:
         key = (f"{device} ({box.get('cpu_isa', '?')}; {kernels}), {m.get('torch_threads', '?')} thread(s), "
                f"torch {torch_version}, gstlab {commit}")
         kinds[key] = kinds.get(key, 0) + 1
-    return [f"- computed on: {key}: {n} run{'s' if n > 1 else ''}" for key, n in kinds.items()]
+    return [f"computed on: {key}: {n} run{'s' if n > 1 else ''}" for key, n in kinds.items()]
 
 
 def load_epochs(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
