@@ -135,6 +135,12 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
         assert "probes.prunability_delta" in capsys.readouterr().err
     assert main(["flatness", str(out), "--epoch", "2"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["flatness", str(out), "--device", "cuda"]) == 2  # the suite hides any GPU (tests/conftest.py)
+    assert capsys.readouterr().err == ("gst: error: --device: 'cuda' requested but CUDA is not available; allowed "
+                                       "here: auto, cpu\n")
+    with pytest.raises(SystemExit):
+        main(["flatness", str(out), "--device", "gpu"])
+    assert "argument --device: unknown device 'gpu'; allowed: auto, cpu, cuda, cuda:N, mps" in capsys.readouterr().err
     torch.save({"weights": torch.zeros(2)}, out / "model_final.pt")
     assert main(["flatness", str(out)]) == 2
     assert "not a gstlab" in capsys.readouterr().err

@@ -39,9 +39,10 @@ def portable_run(out: Path) -> dict:
     """Run the reference's configuration in a fresh process in portable mode; its record as compared."""
     env = {k: v for k, v in os.environ.items() if k not in portable.PINNED_ENV}
     env[portable.SWITCH] = "1"
-    subprocess.run([sys.executable, "-m", "gstlab.cli", "run", "--preset", PRESET, "--scale", SCALE, "--set",
-                    "probes.epochs=[]", "--no-progress", "--out", str(out)], env=env, check=True,
-                   capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "gstlab.cli", "run", "--preset", PRESET, "--scale", SCALE, "--set",
+                           "probes.epochs=[]", "--no-progress", "--out", str(out)], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, f"the reference run exited {proc.returncode}: {proc.stderr[-600:]}"
     summary = json.loads((out / "summary.json").read_text())
     with open(out / "metrics.csv") as f:
         epochs = [{k: row[k] for k in EPOCH_KEYS} for row in csv.DictReader(f)]

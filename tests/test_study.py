@@ -110,6 +110,7 @@ def test_a_ray_cluster_that_refuses_or_does_not_answer_is_named_in_one_line(monk
 
 
 def test_unreachable_ray_address_is_refused_before_any_run(tmp_path, capsys):
+    pytest.importorskip("ray")  # without Ray the sweep stops earlier: '--executor ray needs Ray'
     out = tmp_path / "s"
     args = ["sweep", str(write_study(tmp_path, study())), "--out", str(out), "--executor", "ray",
             "--address", "127.0.0.1:9", "--no-progress"]
@@ -351,3 +352,12 @@ def test_a_ray_worker_refuses_a_run_whose_id_it_resolves_differently(tmp_path):
     with pytest.raises(RuntimeError, match="precision bf16"):
         _ray_task(C.to_dict(cfg), str(tmp_path / planned_fp32), 1)
     assert not (tmp_path / planned_fp32).exists() and torch.get_num_threads() == threads  # nothing touched
+
+
+def test_the_ray_executor_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: `import ray` raises ImportError
+    out = tmp_path / "s"
+    args = ["sweep", str(write_study(tmp_path, study())), "--out", str(out), "--executor", "ray", "--no-progress"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == "gst: error: --executor ray needs Ray: pip install 'gstlab[ray]'\n"
+    assert not out.exists()

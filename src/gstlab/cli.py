@@ -293,6 +293,14 @@ def _has_rows(index: Path) -> bool:
 MAX_COUNT = 1_000_000_000  # any count flag: a bigger number is a typo, and would reach file names and allocations
 
 
+def _device(text: str) -> str:
+    """argparse type: a device name (auto, cpu, cuda, cuda:N, mps). Whether this machine has it is checked when
+    the command runs: importing torch here would come before ``--portable`` pins its kernels."""
+    if not C.DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+    return text
+
+
 def _count(least: int, most: int = MAX_COUNT):
     """argparse type: an integer in ``least..most``; the message names the flag and what is allowed."""
 
@@ -317,6 +325,13 @@ def cmd_flatness(args: argparse.Namespace) -> int:
     from gstlab.remeasure import measure_checkpoint  # noqa: PLC0415
 
     run_dir = Path(args.run_dir)
+    if args.device is not None:
+        from gstlab.environment import resolve_device  # noqa: PLC0415
+
+        try:
+            resolve_device(args.device)
+        except C.ConfigError as err:
+            raise C.ConfigError(f"--device: {str(err).removeprefix('train.device: ')}") from None
     overrides = {k: v for k, v in (("top_k", args.top_k), ("samples", args.samples), ("method", args.method),
                                    ("trace_samples", args.trace_samples),
                                    ("eps_directions", args.eps_directions), ("eps_samples", args.eps_samples),
@@ -324,7 +339,8 @@ def cmd_flatness(args: argparse.Namespace) -> int:
                                    ("prunability_delta", args.prunability_delta),
                                    ("prunability_samples", args.prunability_samples))
                  if v is not None}
-    row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress)
+    row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress,
+                                       device=args.device)
     _append_csv(run_dir / "flatness.csv", [row], CURVATURE_COLUMNS, store)
     if eps_rows:
         _append_csv(run_dir / "flatness_eps.csv", eps_rows, EPS_COLUMNS, store)
@@ -477,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--prunability-samples", type=_count(1), metavar="N",
                       help="prunability's training subset: the first N training examples (default 2048)")
     flat.add_argument("--seed", type=_count(0, 2**63 - 1), help="probe seed (default: derived from the run's seed)")
+    flat.add_argument("--device", type=_device, metavar="D",
+                      help="measure on D (auto, cpu, cuda, cuda:N, mps; default: the run's train.device), e.g. cpu "
+                           "for a GPU run copied to a laptop")
     flat.add_argument("--no-progress", action="store_true")
     flat.set_defaults(func=cmd_flatness)
 

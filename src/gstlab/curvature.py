@@ -237,7 +237,7 @@ def lanczos(op: LinearOperator, k: int, generator: torch.Generator, max_iter: in
         else:
             q = w / beta
         betas.append(beta)
-    vecs = basis[:, :m] @ s[:, :k]
+    vecs = basis[:, :m] @ s[:, :k].to(device)  # the Ritz vectors of T are computed on the CPU
     res = (beta * s[-1, :k]).abs()
     converged = converged or bool((res <= tol * theta[:k].abs() + 1e3 * _EPS64 * anorm).all())
     if info is not None:

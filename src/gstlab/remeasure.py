@@ -35,13 +35,16 @@ def load_model_checkpoint(run_dir: Path, epoch: int | None) -> dict:
 
 
 def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: int | None = None,
-                       progress: bool = True):
-    """Rebuild the run's model and data, load the checkpoint and measure; returns (row, eps_rows)."""
+                       progress: bool = True, device: str | None = None):
+    """Rebuild the run's model and data, load the checkpoint and measure; returns (row, eps_rows).
+    ``device``: where to measure (default: the run's ``train.device``)."""
     state = load_model_checkpoint(run_dir, epoch)
     cfg = C.from_dict(C.RunConfig, state["config"])
     # through from_dict, so a command-line value gets the same type and finiteness checks as a config file's
     probes = C.from_dict(C.ProbeConfig, {**C.to_dict(cfg.probes), **overrides}, "probes")
-    cfg = C.validate(C.replace(cfg, probes=probes))
+    train = cfg.train if device is None else C.from_dict(C.TrainConfig, {**C.to_dict(cfg.train), "device": device},
+                                                         "train")
+    cfg = C.validate(C.replace(cfg, probes=probes, train=train))
     run = prepare(cfg, run_dir)
     init = initial_parameters(run.model)  # prepare builds the model as the run was initialized
     run.model.load_state_dict(state["model"])

@@ -106,7 +106,8 @@ class Pruner:
         if k <= 0:
             return None
         candidates = torch.nonzero(~targeted).flatten()
-        scores = self._scores(unit)[candidates.to(self._scores_device(unit))].detach().float().cpu()
+        scores = self._scores(unit)  # on the model's device, or wherever a registered criterion made them
+        scores = scores[candidates.to(scores.device)].detach().float().cpu()
         chosen = select_to_prune(scores, k, self.cfg.side, self.generator)
         indices = candidates[chosen]
         targeted[indices] = True
@@ -117,9 +118,6 @@ class Pruner:
             mean_score=float(scores[chosen].mean()), duration_batches=self.duration_batches,
             indices=indices.tolist(),
         )
-
-    def _scores_device(self, unit: PrunableUnit) -> torch.device:
-        return self.model.get_submodule(unit.module).weight.device
 
     def _scores(self, unit: PrunableUnit) -> torch.Tensor:
         bn = self.model.get_submodule(unit.bn) if unit.bn is not None else None
