@@ -132,6 +132,8 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
      "model: one input gives shape (1, 2); the data has 4 classes, so allowed: (batch, 4) logits"),
     ({"model": net, "data": (DATA[0][:, :, :8, :8].repeat(1, 2, 1, 1), DATA[1], DATA[2][:, :, :8, :8].repeat(
         1, 2, 1, 1), DATA[3])}, "model: its forward pass fails on an input of shape (2, 8, 8) ("),
+    ({"model": net, "data": (DATA[0].index_fill(0, torch.tensor([7]), float("nan")), *DATA[1:])},
+     "data (given to gstlab.api.run) gave train inputs with 144 non-finite value(s) (NaN or inf); allowed: finite"),
 ])
 def test_bad_input_names_what_is_wrong(tmp_path, kwargs, message):
     cfg = C.parse(SHORT, kwargs.pop("config", []))

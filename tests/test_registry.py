@@ -202,7 +202,9 @@ def test_scores_that_would_prune_the_wrong_units_are_refused(registered, tmp_pat
     (lambda cfg: ((lambda x, y, xt, yt: (x, y.float(), xt, yt))(*load_blobs(cfg)[0]), 2),
      "gave train labels torch.float32 of shape (64,) for 64 inputs and 2 classes; allowed: a 1-d integer"),
     (lambda cfg: (load_blobs(cfg)[0], 1), "gave train labels torch.int64 of shape (64,) for 64 inputs and 1 classes"),
-], ids=["no-classes", "float-labels", "labels-beyond-classes"])
+    (lambda cfg: ((lambda x, y, xt, yt: (x, y, xt.index_fill(0, torch.tensor([3]), float("nan")), yt))(
+        *load_blobs(cfg)[0]), 2), "'odd' gave test inputs with 6 non-finite value(s) (NaN or inf); allowed: finite"),
+], ids=["no-classes", "float-labels", "labels-beyond-classes", "nan-inputs"])
 def test_a_registered_data_set_must_return_class_indices_within_its_classes(registered, tmp_path, source, message):
     datasets.register("odd", source)
     try:

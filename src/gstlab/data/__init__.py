@@ -39,13 +39,15 @@ def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | No
     except (TypeError, ValueError):
         raise ConfigError(f"data.name: {cfg.name!r} returned {type(out).__name__}; allowed: "
                           f"((x_train, y_train, x_test, y_test), classes)") from None
+    source_name = "data (given to gstlab.api.run)" if cfg.supplied else f"data.name: {cfg.name!r}"
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        _check_labels(cfg.name, split, x, y, classes)
+        _check_labels(source_name, split, x, y, classes)
+        _check_inputs(source_name, split, x)
     as_images = [x if isinstance(x, Images) else Images(x) for x in (x_train, x_test)]  # float: model input
     return (as_images[0], y_train, as_images[1], y_test), classes
 
 
-def _check_labels(name: str, split: str, x, y, classes) -> None:
+def _check_labels(source_name: str, split: str, x, y, classes) -> None:
     """A data source's labels: one class index in 0..classes-1 per input (a float label would be truncated, an
     index out of range fails deep in the loss)."""
     ok = (torch.is_tensor(y) and y.dim() == 1 and not y.is_floating_point() and not y.is_complex()
@@ -55,8 +57,20 @@ def _check_labels(name: str, split: str, x, y, classes) -> None:
     if not ok:
         got = f"{y.dtype} of shape {tuple(y.shape)}" if torch.is_tensor(y) else type(y).__name__
         inputs = len(x) if hasattr(x, "__len__") else "?"
-        raise ConfigError(f"data.name: {name!r} gave {split} labels {got} for {inputs} inputs and {classes!r} "
+        raise ConfigError(f"{source_name} gave {split} labels {got} for {inputs} inputs and {classes!r} "
                           f"classes; allowed: a 1-d integer tensor of class indices in 0..classes-1, one per input")
+
+
+def _check_inputs(source_name: str, split: str, x) -> None:
+    """Float inputs must be finite: a NaN would reach the loss of every batch that holds it, and the run would
+    be reported as diverged rather than as given bad data. (uint8 pixels are finite by type.)"""
+    raw = x.raw if isinstance(x, Images) else x
+    if not torch.is_tensor(raw) or not (raw.is_floating_point() or raw.is_complex()):
+        return
+    bad = int((~torch.isfinite(raw)).sum())
+    if bad:
+        raise ConfigError(f"{source_name} gave {split} inputs with {bad} non-finite value(s) (NaN or inf); "
+                          f"allowed: finite numbers")
 
 
 # the registered data sets (gstlab.registry.datasets): DataConfig -> ((x_train, y_train, x_test, y_test), classes)
