@@ -328,7 +328,7 @@ def finished_study(tmp_path_factory) -> Path:
     runs = S.expand(study)
     for run in runs:
         execute(run.cfg, study_dir / "runs" / run.run_id)
-    (study_dir / "study.yaml").write_text(yaml.safe_dump({**raw, "seeds": [0, 1]}))
+    store.write_checked_text(study_dir / "study.yaml", yaml.safe_dump({**raw, "seeds": [0, 1]}))  # as gst sweep
     S.write_index(study_dir, study, runs, study_dir)
     return study_dir
 
@@ -391,11 +391,22 @@ def test_a_report_leaves_out_runs_whose_files_do_not_match_and_says_how_to_redo_
     assert "1 runs left out" in (tmp_path / "s" / "report" / "report.md").read_text()
 
 
-def test_a_binary_study_yaml_gives_the_generic_report_with_a_warning(tmp_path, capsys, finished_study):
-    code, err, rows = _report(tmp_path, capsys, finished_study,
-                              lambda s, r: (s / "study.yaml").write_bytes(b"\x80\x81binary"))
-    assert code == 0 and "study.yaml: not UTF-8 text" in err and err.count("\n") == 1
-    assert [r["status"] for r in rows] == ["finished", "finished"]
+@pytest.mark.parametrize("checksummed", [True, False])
+def test_a_binary_study_yaml_is_one_line_naming_the_command_that_rewrites_it(tmp_path, capsys, finished_study,
+                                                                               checksummed):
+    def damage(study_dir: Path, run_dir: Path) -> None:
+        (study_dir / "study.yaml").write_bytes(b"\x80\x81binary")
+        if not checksummed:  # from before study.yaml had a checksum
+            (study_dir / "study.yaml.sha256").unlink()
+
+    study_dir = tmp_path / "s"
+    shutil.copytree(finished_study, study_dir)
+    damage(study_dir, study_dir)
+    assert main(["report", str(study_dir)]) == 1
+    err = capsys.readouterr().err
+    what = "does not match study.yaml.sha256 (edited or damaged)" if checksummed else "not UTF-8 text (damaged)"
+    assert err.startswith(f"gst: error: {study_dir / 'study.yaml'}: {what}; `gst sweep` with the study's file")
+    assert err.count("\n") == 1 and not (study_dir / "report").exists()
 
 
 def test_a_report_on_a_read_only_directory_is_one_line(tmp_path, capsys, finished_study, monkeypatch):

@@ -380,6 +380,29 @@ def test_a_study_index_is_checksummed_and_an_edited_one_is_never_used(tmp_path, 
     assert capsys.readouterr().err.count("has no checksum file") == 1
 
 
+def test_a_study_file_kept_by_a_sweep_is_checksummed_and_an_edited_one_is_never_used(tmp_path, capsys):
+    """study.yaml tells the report which figure it draws and how: an edit would change the report silently."""
+    from test_study import SMALL, write_study
+
+    study = write_study(tmp_path, {"name": "s", "seeds": 1, "settings": [{"inline": SMALL, "label": "a"}]})
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0
+    kept, checksum = out / "study.yaml", out / "study.yaml.sha256"
+    assert checksum.read_text() == f"{store.file_digest(kept)}  study.yaml\n"
+    kept.write_text(kept.read_text() + "figure: figure5\n")
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"gst: error: {kept}: does not match study.yaml.sha256 (edited or damaged); `gst sweep` with the "
+                   f"study's file and --out {out} writes it again (or delete study.yaml.sha256 to use it as it is)\n")
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0  # writes both again
+    assert main(["report", str(out)]) == 0
+    checksum.unlink()  # a study.yaml from before checksums: used, with one warning
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().err.count("study.yaml has no checksum file") == 1
+
+
 def test_a_run_from_before_events_named_their_units_still_verifies(tmp_path):
     import csv
 

@@ -347,8 +347,8 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     if store_dir is not None:
         store.make_dir(Path(store_dir), "--store")
     store_dir = Path(store_dir or study_dir)
-    store.atomic_write_text(study_dir / "study.yaml", yaml.safe_dump({**raw, "seeds": list(study.seeds)},
-                                                                     sort_keys=False))
+    store.write_checked_text(study_dir / "study.yaml", yaml.safe_dump({**raw, "seeds": list(study.seeds)},
+                                                                      sort_keys=False))
     rows = write_index(study_dir, study, runs, store_dir)
     final = {row["run_id"]: row["status"] for row in rows if row["status"] in ("finished", "failed")}
     todo = [r for r in runs if r.run_id not in final]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gstlab import store
 from gstlab.analysis import figures as F
 from gstlab.analysis import measures
 from gstlab.analysis.results import (
@@ -432,15 +433,21 @@ def grid_labels(runs: pd.DataFrame, keys) -> pd.Series:
 
 
 def _read_spec(study_dir: Path) -> dict:
-    """study.yaml as a mapping; {} (the generic report, with a warning) when it is missing or damaged."""
+    """study.yaml as a mapping, verified against study.yaml.sha256 (store.DamagedFileError when it does not
+    match: an edited figure or setting would change the report silently); {} (the generic report, with a
+    warning) when it is missing or not a YAML mapping."""
     from gstlab import config as C  # noqa: PLC0415
     from gstlab.errors import warn  # noqa: PLC0415
 
     path = study_dir / "study.yaml"
     if not path.exists():
         return {}
+    text, checked = store.read_checked_text(path, f"`gst sweep` with the study's file and --out {study_dir}")
+    if not checked:
+        warn(f"{path} has no checksum file (written before gstlab checksummed it); used as it is. `gst sweep` on "
+             f"the study writes one")
     try:
-        return C.load_yaml(path)
+        return C.yaml_mapping(text, f"study file {path}")
     except C.ConfigError as err:
         warn(f"{err}; drawing the generic report")
         return {}
