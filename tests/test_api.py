@@ -32,6 +32,18 @@ def net(seed: int = 0) -> torch.nn.Module:
     return example.SmallCNN()
 
 
+class BatchNormsDeclaredLast(example.SmallCNN):
+    """SmallCNN with its BatchNorms declared after both convs: module declaration order pairs conv1 with none,
+    though the forward pass normalizes conv1's output with bn1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        bn1, bn2, head = self.bn1, self.bn2, self.head
+        del self.bn1, self.bn2, self.head, self.conv2
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.bn1, self.bn2, self.head = bn1, bn2, head
+
+
 def results(out: Path) -> tuple[list[dict], dict]:
     """metrics.csv without the wall-clock column, and summary.json."""
     with open(out / "metrics.csv") as f:
@@ -132,6 +144,9 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
      "model: one input gives shape (1, 2); the data has 4 classes, so allowed: (batch, 4) logits"),
     ({"model": net, "data": (DATA[0][:, :, :8, :8].repeat(1, 2, 1, 1), DATA[1], DATA[2][:, :, :8, :8].repeat(
         1, 2, 1, 1), DATA[3])}, "model: its forward pass fails on an input of shape (2, 8, 8) ("),
+    ({"model": BatchNormsDeclaredLast, "data": DATA},
+     "unit 'conv1': the forward pass applies BatchNorm 'bn1' to the output of 'conv1', but it was paired with no "
+     "BatchNorm by module declaration order; declare PrunableUnit('conv1', 'conv1', bn='bn1')"),
     ({"model": net, "data": (DATA[0].index_fill(0, torch.tensor([7]), float("nan")), *DATA[1:])},
      "data (given to gstlab.api.run) gave train inputs with 144 non-finite value(s) (NaN or inf); allowed: finite"),
 ])
@@ -152,3 +167,18 @@ def test_the_zoo_path_is_the_cli_path(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     assert cli_main(["run", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "cli")]) == 0
     assert results(tmp_path / "api") == results(tmp_path / "cli")
+
+
+def test_a_unit_declared_with_the_batchnorm_the_data_flow_applies_runs_and_masks_its_shift(tmp_path):
+    model = BatchNormsDeclaredLast()
+    assert [n for n, _ in model.named_children()] == ["conv1", "conv2", "bn1", "bn2", "head"]
+    summary = api.run(SHORT, tmp_path / "run", model=model, data=DATA, units=[PrunableUnit("conv1", "conv1", bn="bn1")])
+    state = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)["model"]
+    dead = (state["conv1.unit_mask"] == 0).nonzero().flatten()
+    assert summary["status"] == "finished" and len(dead) == 4
+    x = DATA[0][:8]
+    trained = BatchNormsDeclaredLast()
+    trained.load_state_dict({k: v for k, v in state.items() if not k.endswith("unit_mask")}, strict=False)
+    trained.eval()
+    with torch.no_grad():  # a masked unit outputs exactly zero after its BatchNorm: the shift is masked too
+        assert not trained.bn1(trained.conv1(x))[:, dead].any()

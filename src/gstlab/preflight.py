@@ -11,8 +11,8 @@ import torch
 from gstlab import config as C
 from gstlab.data import BUILT_IN
 from gstlab.errors import one_line
-from gstlab.models import build_model
-from gstlab.parts import DEFAULT_PARTS
+from gstlab.models import build_model, units_from_names
+from gstlab.parts import DEFAULT_PARTS, PRUNABLE
 from gstlab.pruning.schedule import LayerPlan, event_epochs
 
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights (12 GB with Adam's moments); the paper's VGG11 has 9 million
@@ -44,14 +44,17 @@ def meta_model(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: in
 
 
 @torch.no_grad()
-def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
+def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> list[str]:
     """ConfigError unless ``model`` maps one input ``x`` (a batch of 1) to ``classes`` logits: a model that does
     not fit its data otherwise fails deep in torch (a shape error, or 'Target 3 is out of bounds' in the loss).
-    Eval mode, no gradient: no BatchNorm statistic or random stream changes. A model with parameters still
-    uninitialized (lazy modules) is skipped: its first forward would draw its initial weights here."""
+    Eval mode, no gradient: no BatchNorm statistic or random stream changes. Returns the names of the modules in
+    the order the forward pass first ran them (for ``check_batchnorm_pairs``). A model with parameters still
+    uninitialized (lazy modules) is skipped (returns []): its first forward would draw its initial weights here."""
     if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
-        return
-    was_training = model.training
+        return []
+    was_training, order = model.training, []
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: order.append(name))
+             for name, m in model.named_modules() if name]
     model.eval()
     try:
         out = model(x)
@@ -60,10 +63,48 @@ def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
                             f"({one_line(err)}); the model must take the data's inputs") from None
     finally:
         model.train(was_training)
+        for hook in hooks:
+            hook.remove()
     if not torch.is_tensor(out) or tuple(out.shape) != (1, classes):
         got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise C.ConfigError(f"model: one input gives {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
+    return list(dict.fromkeys(order))  # first runs only (a module may run twice)
+
+
+def check_batchnorm_pairs(model: torch.nn.Module, units, order: list[str]) -> None:
+    """ConfigError when a unit is paired with a BatchNorm by module declaration order and the forward pass
+    applies another one to its layer's output.
+
+    Masking a unit also zeroes its BatchNorm's shift; paired with the wrong BatchNorm (or with none where one
+    follows), a "pruned" unit would still output a constant. ``units_from_names`` pairs in declaration order,
+    which need not be the data flow. ``order`` (from ``check_fits``) is the data flow: after the layer, the first
+    BatchNorm with one feature per unit before the next Conv/Linear. A unit whose BatchNorm differs from the
+    declaration-order one was declared deliberately (e.g. none for a residual output): it is left as declared."""
+    modules = dict(model.named_modules())
+    for unit in units:
+        if unit.module not in order or unit.bn != units_from_names(model, [unit.module])[0].bn:
+            continue
+        applied = _batchnorm_after(unit.module, modules, order)
+        if applied is not None and unit.bn != applied:
+            paired = repr(unit.bn) if unit.bn is not None else "no BatchNorm"
+            raise C.ConfigError(f"unit {unit.name!r}: the forward pass applies BatchNorm {applied!r} to the output "
+                                f"of {unit.module!r}, but it was paired with {paired} by module declaration order; "
+                                f"declare PrunableUnit({unit.name!r}, {unit.module!r}, bn={applied!r}) "
+                                f"(gstlab.api.run units=, or the model's prunable_units())")
+
+
+def _batchnorm_after(layer: str, modules: dict[str, torch.nn.Module], order: list[str]) -> str | None:
+    """The first BatchNorm with one feature per unit of ``layer`` that runs after it, before the next
+    Conv/Linear."""
+    units = modules[layer].weight.shape[0]
+    for name in order[order.index(layer) + 1:]:
+        module = modules[name]
+        if isinstance(module, PRUNABLE):
+            return None
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.num_features == units:
+            return name
+    return None
 
 
 def check_threads(cfg: C.TrainConfig) -> None:
