@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gstlab.analysis.report import REPORT_DIR, report_runs
+from gstlab.analysis.report import REPORT_DIR, read_report_table, report_runs
 from gstlab.analysis.results import last_probes
 from gstlab.analysis.stats import correlation, correlation_line, ttest, ttest_line
 from gstlab.analysis.window import common_window_start, with_window
@@ -57,8 +57,8 @@ def benefit_in_a_common_window(runs: pd.DataFrame, epochs: pd.DataFrame) -> None
 
 def main(fig2: Path, fig6: Path) -> None:
     runs = report_runs(fig2)
-    flatness_within_pruned(runs, pd.read_csv(fig6 / REPORT_DIR / "curvature.csv"))
-    benefit_in_a_common_window(runs, pd.read_csv(fig2 / REPORT_DIR / "epochs.csv"))
+    flatness_within_pruned(runs, read_report_table(fig6 / REPORT_DIR / "curvature.csv"))
+    benefit_in_a_common_window(runs, read_report_table(fig2 / REPORT_DIR / "epochs.csv"))
 
 
 if __name__ == "__main__":

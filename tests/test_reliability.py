@@ -415,3 +415,35 @@ def test_a_run_from_before_events_named_their_units_still_verifies(tmp_path):
     store.write_csv(events, rows, store.LEGACY_EVENT_COLUMNS)  # as written before the units column
     (tmp_path / "run" / "manifest.json").unlink()  # checked by structure
     assert recovery.verify_finished(tmp_path / "run")[1] is None
+
+
+def test_a_report_folder_is_checksummed_and_its_tables_are_verified_before_use(tmp_path, capsys):
+    """A report's tables feed verdicts and post-hoc scripts, also from copies committed elsewhere."""
+    from gstlab.analysis.report import SUMS, read_report_table, report_runs
+    from test_study import SMALL, write_study
+
+    study = write_study(tmp_path, {"name": "s", "seeds": 2, "settings": [{"inline": SMALL, "label": "a"}]})
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0
+    assert main(["report", str(out)]) == 0
+    folder = out / "report"
+    listed = dict(line.split("  ")[::-1] for line in (folder / SUMS).read_text().splitlines())
+    assert {"runs.csv", "report.md", "epochs.csv"} <= set(listed)
+    assert all(store.file_digest(folder / name) == digest for name, digest in listed.items())
+    assert len(report_runs(out)) == 2
+    copy = tmp_path / "committed"  # as docs/figures holds a report: some of its files, and SHA256SUMS
+    copy.mkdir()
+    for name in ("runs.csv", "report.md", SUMS):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    assert len(report_runs(copy / "runs.csv")) == 2
+    runs = (copy / "runs.csv").read_text()
+    (copy / "runs.csv").write_text(runs.replace(",finished,", ",finished ,", 1))  # one run no longer counts
+    with pytest.raises(store.DamagedFileError, match=r"runs.csv: does not match .*SHA256SUMS \(edited or damaged\)"):
+        report_runs(copy / "runs.csv")
+    (copy / "extra.csv").write_text("a\n1\n")
+    with pytest.raises(store.DamagedFileError, match="extra.csv: not in .*SHA256SUMS"):
+        read_report_table(copy / "extra.csv")
+    (copy / SUMS).unlink()  # a report folder from before these checksums: used, with one warning
+    capsys.readouterr()
+    assert len(read_report_table(copy / "runs.csv")) == 2
+    assert capsys.readouterr().err.count("has no SHA256SUMS") == 1

@@ -6,6 +6,7 @@ keeps a label's colour the same across the panels of a report."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats as sps
 
+from gstlab import store
 from gstlab.analysis.results import parse_eigenvalues
 from gstlab.analysis.stats import correlation, mean_ci
 
@@ -42,8 +44,10 @@ def save(fig, stem: str | Path) -> Path:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    for fmt in FORMATS:
-        fig.savefig(stem.with_name(f"{stem.name}.{fmt}"), dpi=DPI)
+    for fmt in FORMATS:  # whole files only: a killed report leaves the previous figure, not half of one
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=DPI)
+        store.atomic_write_bytes(stem.with_name(f"{stem.name}.{fmt}"), buffer.getvalue())
     return stem.with_name(f"{stem.name}.{FORMATS[0]}")
 
 

@@ -40,6 +40,7 @@ PAPER_FIGURE = {"figure2": "Figure 2", "figure3": "Figure 3", "figure4": "Figure
                 "figureD2": "Figure D2", "figureE": "Figures E1-E6", "tableF1": "Table F1"}
 ALPHA = 0.05
 REPORT_DIR = "report"  # a study's report folder, beside its index.csv
+SUMS = "SHA256SUMS"  # in a report folder: the SHA-256 of each file, in sha256sum's format
 FLATNESS_COLUMNS = ("eig_sum", "grad_moment_trace", "tic", "delta_w")
 # (name, statement, x, y, expected sign of Pearson r)
 TRADEOFF = ("Tradeoff", "less stable pruning → higher best test accuracy", "mean_stability", "best_test_acc", -1)
@@ -467,8 +468,31 @@ def report_runs(path: str | Path) -> pd.DataFrame:
     """The finished runs of a written report, for post-hoc analysis: ``path`` is its runs.csv or the study
     directory."""
     path = Path(path)
-    runs = pd.read_csv(path if path.suffix == ".csv" else path / REPORT_DIR / "runs.csv")
+    runs = read_report_table(path if path.suffix == ".csv" else path / REPORT_DIR / "runs.csv")
     return runs[runs["status"] == "finished"]
+
+
+def read_report_table(path: str | Path) -> pd.DataFrame:
+    """A table of a written report, verified against its folder's SHA256SUMS (store.DamagedFileError when it
+    does not match or is not listed; one warning when the folder has no SHA256SUMS: written before reports
+    were checksummed)."""
+    from gstlab.errors import warn  # noqa: PLC0415
+
+    path = Path(path)
+    sums = path.with_name(SUMS)
+    if not sums.exists():
+        warn(f"{path.parent} has no {SUMS} (written before gst report checksummed its files); {path.name} used as "
+             f"it is")
+        return pd.read_csv(path)
+    listed = {name: digest for digest, name in (line.split(maxsplit=1) for line in sums.read_text().splitlines()
+                                                 if line.strip())}
+    if path.name not in listed:
+        raise store.DamagedFileError(f"{path}: not in {sums} (added after the report was written); gst report "
+                                     f"writes the folder again")
+    if store.file_digest(path) != listed[path.name]:
+        raise store.DamagedFileError(f"{path}: does not match {sums} (edited or damaged); gst report on its study "
+                                     f"writes it again")
+    return pd.read_csv(path)
 
 
 def write_report(study_dir: str | Path) -> Path:
@@ -486,10 +510,10 @@ def write_report(study_dir: str | Path) -> Path:
     finished = all_runs["status"] == "finished"
     start = common_window_start(all_runs, finished & pruned(all_runs) & ~scratch(all_runs))
     all_runs = with_window(all_runs, tables["epochs"], start)
-    _with_relative_run_dirs(all_runs, out).to_csv(out / "runs.csv", index=False)
+    store.atomic_write_text(out / "runs.csv", _with_relative_run_dirs(all_runs, out).to_csv(index=False))
     for key, table in tables.items():
         if key in ("epochs", "events") or len(table):
-            table.to_csv(out / f"{key}.csv", index=False)
+            store.atomic_write_text(out / f"{key}.csv", table.to_csv(index=False))
     ok = all_runs[all_runs["status"] == "finished"].reset_index(drop=True)
     ok["label"] = grid_labels(ok, spec.get("grid") or {})  # runs of one setting at two grid points differ
     labels = dict(zip(ok["run_id"], ok["label"]))
@@ -505,5 +529,13 @@ def write_report(study_dir: str | Path) -> Path:
     if asked != kind:
         text = text.replace("\n- figure:", f"\n- study.yaml asks for figure `{asked}`, which is not one of "
                             f"{', '.join(KINDS)}: drawing the generic report\n- figure:", 1)
-    path.write_text(text)
+    store.atomic_write_text(path, text)
+    write_sums(out)
     return path
+
+
+def write_sums(out: Path) -> None:
+    """``SHA256SUMS`` of every file in the report folder (``sha256sum -c SHA256SUMS`` checks them): a report
+    folder copied elsewhere (e.g. committed under docs/figures) can be verified before its tables are used."""
+    files = sorted(p for p in out.iterdir() if p.is_file() and p.name != SUMS and not p.name.startswith("."))
+    store.atomic_write_text(out / SUMS, "".join(f"{store.file_digest(p)}  {p.name}\n" for p in files))

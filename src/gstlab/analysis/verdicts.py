@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gstlab.analysis.report import ALPHA, intervention, pruned, random_side, report_runs, scratch
+from gstlab.analysis.report import ALPHA, intervention, pruned, random_side, read_report_table, report_runs, scratch
 from gstlab.analysis.results import last_probes
 from gstlab.analysis.stats import correlation, paired_ttest, ttest
 from gstlab.analysis.text import interval, number, pvalue
@@ -177,7 +177,7 @@ def figure3_tests(runs: pd.DataFrame) -> list[Verdict]:
 def regime_tests(regime: Regime) -> list[Verdict]:
     """Every preregistered test of ``regime``, primary and secondary versions, in test order."""
     fig2 = _runs(regime.fig2)
-    curvature = pd.read_csv(regime.fig6 / "curvature.csv")
+    curvature = read_report_table(regime.fig6 / "curvature.csv")
     tests = [*figure2_tests(fig2, regime.primary), figure6_test(fig2, curvature),
              *figure5_tests(_runs(regime.fig5), regime.primary), *figure3_tests(_runs(regime.fig3))]
     return sorted(tests, key=lambda v: _order(v.test, v.primary))
