@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from conftest import DEVICE
 from gstlab import config as C
+from gstlab import runner
 from gstlab.cli import main
 from gstlab.curvature import (
     HessianOperator,
@@ -26,6 +27,7 @@ from gstlab.curvature import (
     per_example_grad_moment,
     power_iteration,
 )
+from gstlab.registry import datasets
 from gstlab.runner import execute, prepare
 from test_curvature import (
     dense_hessian,
@@ -39,7 +41,11 @@ from test_curvature import (
 from test_fast_path import CONV
 from test_interventions import BASE, IDX, train_steps
 from test_registry import CFG as REGISTERED_CFG
-from test_registry import registered  # noqa: F401  (fixture)
+from test_registry import (
+    load_blobs,
+    registered,  # noqa: F401  (fixture)
+)
+from test_runner import interrupt_at
 
 if DEVICE != "cpu" and not torch.cuda.is_available():
     pytest.fail(f"GSTLAB_TEST_DEVICE={DEVICE}, but torch sees no GPU", pytrace=False)
@@ -95,6 +101,16 @@ def test_a_criterion_that_scores_on_the_cpu_prunes_a_model_on_the_device(registe
     assert masked_units(tmp_path / "run") == {"hidden": set(range(8, 16))}  # the highest indices, as scored
 
 
+def test_a_registered_data_set_on_the_device_gets_label_noise_and_trains(registered, tmp_path):  # noqa: F811
+    datasets.register("blobs_on_device", lambda cfg: (tuple(t.to(DEVICE) for t in load_blobs(cfg)[0]), 2))
+    try:
+        cfg = C.parse(REGISTERED_CFG, [*ON_DEVICE, "data.name=blobs_on_device", "data.label_noise=0.25"])
+        assert execute(cfg, tmp_path / "run")["status"] == "finished"
+    finally:
+        datasets.unregister("blobs_on_device")
+    assert len(read_csv(tmp_path / "run" / "label_noise.csv")) == 16  # a quarter of the 64 training labels
+
+
 @pytest.mark.parametrize("criterion", ["l1", "l2", "ebn", "activation", "random"])
 def test_every_criterion_prunes_on_the_device_and_events_name_the_masked_units(tmp_path, criterion):
     out = tmp_path / "run"
@@ -102,6 +118,17 @@ def test_every_criterion_prunes_on_the_device_and_events_name_the_masked_units(t
         "status"] == "finished"
     named = units_named(out)
     assert named == masked_units(out) and len(named["fc1"]) == 16  # half of fc1's 32 units
+
+
+def test_an_activation_run_killed_on_the_device_resumes_there(tmp_path, monkeypatch):
+    """The activation scores come back from the checkpoint on the CPU; the next counted batch adds the device's."""
+    cfg = C.parse(BASE, [*ON_DEVICE, "pruning.criterion=activation"])
+    real = interrupt_at(monkeypatch, 3)  # cut before epoch 3: the event of epoch 1 and its scores are saved
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, tmp_path / "run")
+    monkeypatch.setattr(runner, "run_epoch", real)
+    assert execute(cfg, tmp_path / "run")["status"] == "finished"
+    assert units_named(tmp_path / "run") == masked_units(tmp_path / "run")
 
 
 def test_a_zeroing_window_restores_the_weights_bit_for_bit_on_the_device(tmp_path):

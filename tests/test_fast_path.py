@@ -145,3 +145,32 @@ def test_compiled_run_gives_the_same_decisions_and_accuracies(tmp_path):
     for a, b in zip(plain[2], compiled[2]):
         assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=2.0)
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-2)
+
+
+def test_activation_scores_under_torch_compile_equal_eager_ones_and_compile_once():
+    """The tracker's hook branches on a Python batch counter: traced, it recompiled the model on every batch
+    until dynamo stopped compiling it (8 graphs), which silently cost CUDA graphs. It is kept out of tracing."""
+    import torch._dynamo
+    from torch import nn
+    from torch._dynamo.utils import counters
+
+    from gstlab.models.units import PrunableUnit
+    from gstlab.pruning.scores import ActivationTracker
+
+    def tracked():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        return model, ActivationTracker(model, [PrunableUnit(name="fc", module="0", bn="1")], every=3)
+
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    counters.clear()
+    (eager, eager_tracker), (model, tracker) = tracked(), tracked()
+    compiled = torch.compile(model, backend="eager")
+    for _ in range(30):
+        eager_tracker.before_batch()
+        tracker.before_batch()
+        eager(x)
+        compiled(x)
+    assert torch.equal(tracker.scores("fc"), eager_tracker.scores("fc"))
+    assert counters["stats"]["unique_graphs"] <= 2  # was 8, the recompile limit

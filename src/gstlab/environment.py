@@ -127,12 +127,14 @@ def native_isa() -> str:
     return "AVX2" if {"avx2", "fma"} <= flags else (platform.machine() or "unknown")
 
 
-def machine() -> dict:
-    """The hardware and kernels that computed a run: where its numbers reproduce (docs/decisions.md)."""
+def machine(device: torch.device | None = None) -> dict:
+    """The hardware and kernels that computed a run: where its numbers reproduce (docs/decisions.md). ``gpu``:
+    the run's GPU (``device``), else the machine's first, if any."""
+    gpu = device if device is not None and device.type == "cuda" else (0 if torch.cuda.is_available() else None)
     return {"cpu_model": cpu_model(), "cpu_isa": native_isa(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's best)"),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None,
             **portable.describe()}
 
 
@@ -155,6 +157,6 @@ def manifest(cfg: C.RunConfig, device: torch.device, speed: Speed, seeds: dict[s
         "platform": platform.platform(),
         "git_commit": git_commit(),
         "deterministic": device.type == "cpu",
-        "machine": machine(),
+        "machine": machine(device),
     }
 

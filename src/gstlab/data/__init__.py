@@ -39,6 +39,9 @@ def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | No
     except (TypeError, ValueError):
         raise ConfigError(f"data.name: {cfg.name!r} returned {type(out).__name__}; allowed: "
                           f"((x_train, y_train, x_test, y_test), classes)") from None
+    # loaded on the CPU (load_data's contract), also when a registered source hands over GPU tensors
+    x_train, y_train, x_test, y_test = (t.to("cpu") if isinstance(t, (torch.Tensor, Images)) else t
+                                        for t in (x_train, y_train, x_test, y_test))
     source_name = "data (given to gstlab.api.run)" if cfg.supplied else f"data.name: {cfg.name!r}"
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         _check_labels(source_name, split, x, y, classes)

@@ -12,6 +12,7 @@ the side its float32 form is as large as the uint8 pixels, and its batches need 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -72,7 +73,7 @@ class Images:
     def _channels(self, values: tuple[float, ...]) -> torch.Tensor | float:
         if len(values) == 1:
             return values[0]
-        return torch.tensor(values, device=self.device).view(1, -1, *([1] * (self.raw.dim() - 2)))
+        return _per_channel(tuple(values), self.device, self.raw.dim())
 
     def select(self, index: torch.Tensor | slice) -> Images:
         """The stored examples at ``index``, still encoded."""
@@ -80,6 +81,13 @@ class Images:
 
     def to(self, device: torch.device | str) -> Images:
         return replace(self, raw=self.raw.to(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _per_channel(values: tuple[float, ...], device: torch.device, dims: int) -> torch.Tensor:
+    """Per-channel constants shaped (1, C, 1, ...) on ``device``, made once: a tensor built from Python values on
+    a GPU for every batch is a blocking host-to-device copy, which stalls the queue of GPU work."""
+    return torch.tensor(values, device=device).view(1, -1, *([1] * (dims - 2)))
 
 
 @dataclass

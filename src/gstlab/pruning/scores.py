@@ -76,13 +76,16 @@ class ActivationTracker:
             self._handles.append(module.register_forward_hook(self._hook(unit.name)))
 
     def _hook(self, name: str):
+        # Not traced by torch.compile: its branch on the Python batch counter would recompile the model on every
+        # batch until dynamo gives up compiling (8 graphs), losing CUDA graphs silently.
+        @torch.compiler.disable
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
             if not module.training or (self.batch + 1) % self.every != 0:
                 return
             dims = [d for d in range(output.dim()) if d != 1]
-            new = output.detach().abs().sum(dim=dims).float()
+            new = output.detach().abs().sum(dim=dims, dtype=torch.float32)  # bf16 under autocast: sum in fp32
             old = self._scores.get(name)
-            old = torch.zeros_like(new) if old is None else old
+            old = torch.zeros_like(new) if old is None else old.to(new.device)  # restored from a checkpoint: CPU
             self._scores[name] = self.momentum * old + (1 - self.momentum) * new
 
         return hook
