@@ -265,6 +265,16 @@ def test_runs_are_packed_onto_gpus():
     assert ray_options(Resources(threads=1))["num_gpus"] == 0
 
 
+def test_a_run_that_names_its_gpu_is_refused_where_the_sweep_gives_each_run_one(tmp_path):
+    from gstlab.executors import Resources, sweep
+
+    raw = study(set={"train.device": "cuda:1"})
+    with pytest.raises(C.ConfigError, match=r"^train.device: 'cuda:1' \(setting L\); a sweep gives each run its "
+                                            r"GPU, so allowed: auto or cuda$"):
+        sweep(study_from_dict(raw), raw, tmp_path / "s", "local", Resources(workers=1, gpus=1), progress=False)
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_ray_request_must_fit_one_node_and_defaults_to_one_thread():
     from gstlab.executors import Resources, default_threads, ray_options, unmet_request
 

@@ -316,6 +316,17 @@ def _ray_outcome(ray, ref, run: StudyRun, stranded: list) -> Outcome:
 # --------------------------------------------------------------------------------------------------- sweep
 
 
+def _check_gpu_choice(runs: list[StudyRun], res: Resources) -> None:
+    """ConfigError for a run that names its GPU (``cuda:N``) in a sweep that gives each run one GPU: the run
+    sees only that GPU (CUDA_VISIBLE_DEVICES, as 0), so ``cuda:1`` would fail in every run after it started."""
+    if not res.gpus:
+        return
+    for run in runs:
+        if run.cfg.train.device.startswith("cuda:"):
+            raise C.ConfigError(f"train.device: {run.cfg.train.device!r} (setting {run.setting}); a sweep gives each "
+                                f"run its GPU, so allowed: auto or cuda")
+
+
 def tensorboard_dir(study_dir: Path, run: StudyRun) -> Path:
     """Where ``gst sweep --tensorboard`` puts a run's event files: one TensorBoard run per study run, named by
     its label, seed and id, so ``tensorboard --logdir STUDY_DIR`` compares them (and filters by label)."""
@@ -334,6 +345,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     each ended run's metrics also go to TensorBoard event files under ``study_dir/tensorboard``."""
     runs = expand(study)  # every config is validated before anything starts
     preflight.check_study(runs)  # model sizes and layer names, before anything is written
+    _check_gpu_choice(runs, resources)
     for line in dict.fromkeys(line for run in runs for line in surprises(run.cfg)):
         warn(line)
     if tensorboard:
