@@ -95,6 +95,9 @@ def test_a_run_prunes_with_the_registered_criterion_architecture_and_data(regist
         events = list(csv.DictReader(f))
     assert [(e["epoch"], e["criterion"], e["units_removed"]) for e in events] == [
         ("0", "reverse_index", "4"), ("1", "reverse_index", "4")]
+    for e in events:  # each removed unit's score, as the criterion gave it (unit c scores -c)
+        units, scores = [int(u) for u in e["units"].split()], [float(v) for v in e["scores"].split()]
+        assert scores == [-float(u) for u in units] and float(e["mean_score"]) == sum(scores) / len(scores)
     state = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)["model"]
     assert state["hidden.unit_mask"].tolist() == [1.0] * 8 + [0.0] * 8  # the highest indices, as scored
 

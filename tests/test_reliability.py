@@ -403,7 +403,8 @@ def test_a_study_file_kept_by_a_sweep_is_checksummed_and_an_edited_one_is_never_
     assert capsys.readouterr().err.count("study.yaml has no checksum file") == 1
 
 
-def test_a_run_from_before_events_named_their_units_still_verifies(tmp_path):
+@pytest.mark.parametrize("header", store.LEGACY_EVENT_COLUMNS, ids=["before-scores", "before-units"])
+def test_a_run_from_before_events_named_their_units_and_scores_still_verifies(tmp_path, header):
     import csv
 
     from gstlab import recovery
@@ -412,7 +413,7 @@ def test_a_run_from_before_events_named_their_units_still_verifies(tmp_path):
     events = tmp_path / "run" / "events.csv"
     with open(events, newline="") as f:
         rows = list(csv.DictReader(f))
-    store.write_csv(events, rows, store.LEGACY_EVENT_COLUMNS)  # as written before the units column
+    store.write_csv(events, rows, header)  # as written before those columns
     (tmp_path / "run" / "manifest.json").unlink()  # checked by structure
     assert recovery.verify_finished(tmp_path / "run")[1] is None
 

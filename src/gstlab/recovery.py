@@ -68,7 +68,7 @@ def _check_structure(run_dir: Path, summary: dict) -> str | None:
     rows = _csv_rows(run_dir / "metrics.csv", *_metric_headers())
     if rows is None or rows != summary.get("epochs_done", rows):
         return "metrics.csv is damaged (missing, unreadable or not one row per epoch done)"
-    if _csv_rows(run_dir / "events.csv", store.EVENT_COLUMNS, store.LEGACY_EVENT_COLUMNS) is None:
+    if _csv_rows(run_dir / "events.csv", store.EVENT_COLUMNS, *store.LEGACY_EVENT_COLUMNS) is None:
         return "events.csv is damaged (missing or unreadable)"
     model = run_dir / "model_final.pt"
     if rows and not _loads(model):

@@ -38,9 +38,11 @@ def metric_columns(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 EVENT_COLUMNS = (
     "epoch", "layer", "action", "criterion", "side", "units_before", "units_removed", "units_remaining",
-    "mean_score", "acc_before", "acc_after", "instability", "duration_batches", "units",
+    "mean_score", "acc_before", "acc_after", "instability", "duration_batches", "units", "scores",
 )
-LEGACY_EVENT_COLUMNS = EVENT_COLUMNS[:-1]  # runs before 2026-11-28 did not write which units an event took
+# events.csv headers of runs written before a column existed (read and verified as they are): without the units'
+# scores, and without which units an event took (both added 2026-11-28)
+LEGACY_EVENT_COLUMNS = (EVENT_COLUMNS[:-1], EVENT_COLUMNS[:-2])
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "gstlab-checkpoint-1"  # the "format" entry of every checkpoint and saved model
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the last good one, kept until a new checkpoint is complete

@@ -40,6 +40,7 @@ class PruningEvent:
     acc_after: float = math.nan
     duration_batches: int = 0
     indices: list[int] = field(default_factory=list)
+    unit_scores: list[float] = field(default_factory=list)  # the criterion's score of each of ``indices``
 
     @property
     def instability(self) -> float:
@@ -48,6 +49,7 @@ class PruningEvent:
     def row(self) -> dict:
         out = asdict(self)
         out["units"] = " ".join(str(i) for i in out.pop("indices"))  # the layer's unit numbers, as built
+        out["scores"] = " ".join(repr(v) for v in out.pop("unit_scores"))  # shortest exact repr of each float
         out["instability"] = self.instability
         return out
 
@@ -116,7 +118,7 @@ class Pruner:
             epoch=epoch, layer=unit.name, action=self.action_name, criterion=self.cfg.criterion,
             side=self.cfg.side, units_before=before, units_removed=k, units_remaining=before - k,
             mean_score=float(scores[chosen].mean()), duration_batches=self.duration_batches,
-            indices=indices.tolist(),
+            indices=indices.tolist(), unit_scores=scores[chosen].tolist(),
         )
 
     def _scores(self, unit: PrunableUnit) -> torch.Tensor:
