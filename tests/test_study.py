@@ -270,7 +270,7 @@ def test_a_run_that_names_its_gpu_is_refused_where_the_sweep_gives_each_run_one(
 
     raw = study(set={"train.device": "cuda:1"})
     with pytest.raises(C.ConfigError, match=r"^train.device: 'cuda:1' \(setting L\); a sweep gives each run its "
-                                            r"GPU, so allowed: auto or cuda$"):
+                                            r"GPU, so a run may not name one; allowed: auto, cuda or cpu$"):
         sweep(study_from_dict(raw), raw, tmp_path / "s", "local", Resources(workers=1, gpus=1), progress=False)
     assert not (tmp_path / "s").exists()
 

@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--threads-per-worker", type=_count(1), metavar="T",
                        help="CPU threads per run (default: local: all cores, use cores/workers; ray: 1)")
     sweep.add_argument("--runs-per-gpu", type=_count(1), default=1, metavar="R",
-                       help="pack R runs onto each GPU (local: R*GPUs workers are useful; ray: num_gpus=1/R)")
+                       help="pack R runs onto each GPU (local: R*GPUs workers are useful; ray: num_gpus=1/R); each "
+                            "run sees only its GPU, so train.device cuda:N is refused")
     sweep.add_argument("--address", metavar="ADDR",
                        help="ray: cluster address (default: start a local instance); clusters started by "
                             "`ray start` need RAY_AUTH_MODE=token (README, Studies)")
@@ -503,7 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Read a study directory and write STUDY_DIR/report/: the study's figure(s) "
                                         "as PNG and PDF, tidy tables (runs.csv, epochs.csv, events.csv) and "
                                         "report.md with statistics, a verdict per claim and a table of which "
-                                        "generalization measures predict the runs' generalization.")
+                                        "generalization measures predict the runs' generalization, each file "
+                                        "written whole, and SHA256SUMS of the folder. An index.csv or study.yaml "
+                                        "that does not match its .sha256 file is refused (exit 1).")
     report.add_argument("study_dir", metavar="STUDY_DIR")
     report.set_defaults(func=cmd_report)
 

@@ -324,7 +324,7 @@ def _check_gpu_choice(runs: list[StudyRun], res: Resources) -> None:
     for run in runs:
         if run.cfg.train.device.startswith("cuda:"):
             raise C.ConfigError(f"train.device: {run.cfg.train.device!r} (setting {run.setting}); a sweep gives each "
-                                f"run its GPU, so allowed: auto or cuda")
+                                f"run its GPU, so a run may not name one; allowed: auto, cuda or cpu")
 
 
 def tensorboard_dir(study_dir: Path, run: StudyRun) -> Path:

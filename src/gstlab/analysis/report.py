@@ -435,8 +435,8 @@ def grid_labels(runs: pd.DataFrame, keys) -> pd.Series:
 
 def _read_spec(study_dir: Path) -> dict:
     """study.yaml as a mapping, verified against study.yaml.sha256 (store.DamagedFileError when it does not
-    match: an edited figure or setting would change the report silently); {} (the generic report, with a
-    warning) when it is missing or not a YAML mapping."""
+    match: an edited figure or setting would change the report silently); {} (the generic report) when it is
+    missing, and with a warning when it is not a YAML mapping."""
     from gstlab import config as C  # noqa: PLC0415
     from gstlab.errors import warn  # noqa: PLC0415
 
