@@ -44,6 +44,20 @@ class BatchNormsDeclaredLast(example.SmallCNN):
         self.bn1, self.bn2, self.head = bn1, bn2, head
 
 
+class BatchNormOfTheSecondConv(torch.nn.Module):
+    """A BatchNorm declared right after conv1 normalizes conv2's output: declaration order pairs it with conv1,
+    whose masking would then cut channels of conv2's normalization."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.conv2, self.head = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv2(torch.relu(self.conv1(x)))))
+        return self.head(x.mean((2, 3)))
+
+
 def results(out: Path) -> tuple[list[dict], dict]:
     """metrics.csv without the wall-clock column, and summary.json."""
     with open(out / "metrics.csv") as f:
@@ -147,6 +161,9 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": BatchNormsDeclaredLast, "data": DATA},
      "unit 'conv1': the forward pass applies BatchNorm 'bn1' to the output of 'conv1', but it was paired with no "
      "BatchNorm by module declaration order; declare PrunableUnit('conv1', 'conv1', bn='bn1')"),
+    ({"model": BatchNormOfTheSecondConv, "data": DATA},
+     "unit 'conv1': the forward pass applies no BatchNorm to the output of 'conv1' ('bn' normalizes another layer), "
+     "but it was paired with 'bn' by module declaration order; declare PrunableUnit('conv1', 'conv1', bn=None)"),
     ({"model": net, "data": (DATA[0].index_fill(0, torch.tensor([7]), float("nan")), *DATA[1:])},
      "data (given to gstlab.api.run) gave train inputs with 144 non-finite value(s) (NaN or inf); allowed: finite"),
 ])
@@ -182,3 +199,11 @@ def test_a_unit_declared_with_the_batchnorm_the_data_flow_applies_runs_and_masks
     trained.eval()
     with torch.no_grad():  # a masked unit outputs exactly zero after its BatchNorm: the shift is masked too
         assert not trained.bn1(trained.conv1(x))[:, dead].any()
+
+
+def test_declaring_no_batchnorm_for_a_layer_the_data_flow_gives_none_runs(tmp_path):
+    summary = api.run(SHORT, tmp_path / "run", model=BatchNormOfTheSecondConv(), data=DATA,
+                      units=[PrunableUnit("conv1", "conv1")])
+    state = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)["model"]
+    assert summary["status"] == "finished" and (state["conv1.unit_mask"] == 0).sum() == 4
+    assert "bn.unit_mask" not in state and bool((state["bn.weight"] != 0).all())  # conv2's BatchNorm untouched

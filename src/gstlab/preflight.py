@@ -74,24 +74,27 @@ def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> list[st
 
 def check_batchnorm_pairs(model: torch.nn.Module, units, order: list[str]) -> None:
     """ConfigError when a unit is paired with a BatchNorm by module declaration order and the forward pass
-    applies another one to its layer's output.
+    normalizes its layer's output with another one, or applies the paired one elsewhere only.
 
     Masking a unit also zeroes its BatchNorm's shift; paired with the wrong BatchNorm (or with none where one
-    follows), a "pruned" unit would still output a constant. ``units_from_names`` pairs in declaration order,
-    which need not be the data flow. ``order`` (from ``check_fits``) is the data flow: after the layer, the first
-    BatchNorm with one feature per unit before the next Conv/Linear. A unit whose BatchNorm differs from the
-    declaration-order one was declared deliberately (e.g. none for a residual output): it is left as declared."""
+    follows), a "pruned" unit would still output a constant, and the paired one's channel would be cut from
+    another layer. ``units_from_names`` pairs in declaration order, which need not be the data flow. ``order``
+    (from ``check_fits``) is the data flow: after the layer, the first BatchNorm with one feature per unit before
+    the next Conv/Linear. A paired BatchNorm the forward pass never runs as a module (e.g. used through
+    ``F.batch_norm``) is not judged. A unit whose BatchNorm differs from the declaration-order one was declared
+    deliberately (e.g. none for a residual output): it is left as declared."""
     modules = dict(model.named_modules())
     for unit in units:
         if unit.module not in order or unit.bn != units_from_names(model, [unit.module])[0].bn:
             continue
         applied = _batchnorm_after(unit.module, modules, order)
-        if applied is not None and unit.bn != applied:
+        if unit.bn != applied and (applied is not None or unit.bn in order):
             paired = repr(unit.bn) if unit.bn is not None else "no BatchNorm"
-            raise C.ConfigError(f"unit {unit.name!r}: the forward pass applies BatchNorm {applied!r} to the output "
-                                f"of {unit.module!r}, but it was paired with {paired} by module declaration order; "
-                                f"declare PrunableUnit({unit.name!r}, {unit.module!r}, bn={applied!r}) "
-                                f"(gstlab.api.run units=, or the model's prunable_units())")
+            does = (f"applies BatchNorm {applied!r} to the output of {unit.module!r}" if applied is not None else
+                    f"applies no BatchNorm to the output of {unit.module!r} ({unit.bn!r} normalizes another layer)")
+            raise C.ConfigError(f"unit {unit.name!r}: the forward pass {does}, but it was paired with {paired} by "
+                                f"module declaration order; declare PrunableUnit({unit.name!r}, {unit.module!r}, "
+                                f"bn={applied!r}) (gstlab.api.run units=, or the model's prunable_units())")
 
 
 def _batchnorm_after(layer: str, modules: dict[str, torch.nn.Module], order: list[str]) -> str | None:
