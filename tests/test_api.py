@@ -58,6 +58,39 @@ class BatchNormOfTheSecondConv(torch.nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class TwoBranches(torch.nn.Module):
+    """Two convs on the input, both run before either output is normalized (bn1 after conv1, bn2 after conv2 in
+    the data flow, not in the run order). ``relu_first``: a ReLU that is not in place between each conv and its
+    BatchNorm (no tensor links them)."""
+
+    def __init__(self, relu_first: bool = False) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Linear(16, 4)
+        self.relu_first = relu_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.conv1(x), self.conv2(x)
+        if self.relu_first:
+            a, b = torch.relu(a), torch.relu(b)
+        x = torch.cat([torch.relu_(self.bn1(a)), torch.relu_(self.bn2(b))], 1)
+        return self.head(x.mean((2, 3)))
+
+
+class ReluBeforeBatchNormsDeclaredLast(torch.nn.Module):
+    """conv1, ReLU (not in place: no tensor links conv1 to bn1), bn1, conv2, bn2; the BatchNorms declared last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1, self.bn2, self.head = torch.nn.BatchNorm2d(8), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(torch.relu(self.conv1(x)))
+        return self.head(self.bn2(torch.relu(self.conv2(x))).mean((2, 3)))
+
+
 def results(out: Path) -> tuple[list[dict], dict]:
     """metrics.csv without the wall-clock column, and summary.json."""
     with open(out / "metrics.csv") as f:
@@ -159,11 +192,17 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": net, "data": (DATA[0][:, :, :8, :8].repeat(1, 2, 1, 1), DATA[1], DATA[2][:, :, :8, :8].repeat(
         1, 2, 1, 1), DATA[3])}, "model: its forward pass fails on an input of shape (2, 8, 8) ("),
     ({"model": BatchNormsDeclaredLast, "data": DATA},
-     "unit 'conv1': the forward pass applies BatchNorm 'bn1' to the output of 'conv1', but it was paired with no "
+     "unit 'conv1': the forward pass applies BatchNorm 'bn1' to the output of 'conv1', but it is paired with no "
      "BatchNorm by module declaration order; declare PrunableUnit('conv1', 'conv1', bn='bn1')"),
     ({"model": BatchNormOfTheSecondConv, "data": DATA},
-     "unit 'conv1': the forward pass applies no BatchNorm to the output of 'conv1' ('bn' normalizes another layer), "
-     "but it was paired with 'bn' by module declaration order; declare PrunableUnit('conv1', 'conv1', bn=None)"),
+     "unit 'conv1': the forward pass applies 'bn' to the output of 'conv2', but it is paired with 'bn' by module "
+     "declaration order; declare PrunableUnit('conv1', 'conv1', bn=None)"),
+    ({"model": TwoBranches, "data": DATA, "units": [PrunableUnit("conv1", "conv1", bn="bn2")]},
+     "unit 'conv1': the forward pass applies 'bn2' to the output of 'conv2', but it is paired with 'bn2'; declare "
+     "PrunableUnit('conv1', 'conv1', bn='bn1')"),
+    ({"model": ReluBeforeBatchNormsDeclaredLast, "data": DATA},
+     "unit 'conv1': the forward pass applies BatchNorm 'bn1' to the output of 'conv1', but it is paired with no "
+     "BatchNorm by module declaration order; declare PrunableUnit('conv1', 'conv1', bn='bn1')"),
     ({"model": net, "data": (DATA[0].index_fill(0, torch.tensor([7]), float("nan")), *DATA[1:])},
      "data (given to gstlab.api.run) gave train inputs with 144 non-finite value(s) (NaN or inf); allowed: finite"),
 ])
@@ -199,6 +238,18 @@ def test_a_unit_declared_with_the_batchnorm_the_data_flow_applies_runs_and_masks
     trained.eval()
     with torch.no_grad():  # a masked unit outputs exactly zero after its BatchNorm: the shift is masked too
         assert not trained.bn1(trained.conv1(x))[:, dead].any()
+
+
+@pytest.mark.parametrize("relu_first", [False, True])
+@pytest.mark.parametrize("declare", [False, True])
+def test_two_branches_normalized_after_both_convs_run_with_inferred_or_declared_units(tmp_path, relu_first, declare):
+    units = [PrunableUnit("conv1", "conv1", bn="bn1"), PrunableUnit("conv2", "conv2", bn="bn2")] if declare else None
+    summary = api.run(SHORT, tmp_path / "run", model=TwoBranches(relu_first), data=DATA, units=units)
+    state = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)["model"]
+    dead = (state["conv1.unit_mask"] == 0).nonzero().flatten()
+    assert summary["status"] == "finished" and len(dead) == 4
+    assert not state["bn1.weight"][dead].any() and not state["bn1.bias"][dead].any()  # the shift masked too
+    assert state["bn2.weight"].all()
 
 
 def test_declaring_no_batchnorm_for_a_layer_the_data_flow_gives_none_runs(tmp_path):

@@ -4,9 +4,13 @@ before the run directory is created, and raise ConfigError (exit 2)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from gstlab import config as C
 from gstlab.data import BUILT_IN
@@ -15,6 +19,7 @@ from gstlab.models import build_model, units_from_names
 from gstlab.parts import DEFAULT_PARTS, PRUNABLE
 from gstlab.pruning.schedule import LayerPlan, event_epochs
 
+_BATCHNORM = torch.nn.modules.batchnorm._BatchNorm
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights (12 GB with Adam's moments); the paper's VGG11 has 9 million
 
 
@@ -43,21 +48,58 @@ def meta_model(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: in
         return None
 
 
+@dataclasses.dataclass
+class DataFlow:
+    """What one forward pass showed: ``order``, the modules in the order they first ran; ``fed_by``, each
+    BatchNorm whose input derives from exactly one Conv/Linear's output, mapped to that layer."""
+
+    order: list[str] = dataclasses.field(default_factory=list)
+    fed_by: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class _Lineage(TorchFunctionMode):
+    """Which Conv/Linear outputs each tensor derives from, through every op whose result keeps its input's batch
+    and channel dimensions (ReLU, dropout, pooling, in-place ops, sums). Every tensor it labels is held, so no
+    later tensor can reuse its id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[int, frozenset[str]] = {}
+        self.held: list[torch.Tensor] = []
+
+    def of(self, tensor: torch.Tensor) -> frozenset[str]:
+        return self.sources.get(id(tensor), frozenset())
+
+    def mark(self, tensor: torch.Tensor, layers: frozenset[str]) -> None:
+        self.sources[id(tensor)] = layers
+        self.held.append(tensor)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.is_tensor(out) and out.dim() >= 2:
+            layers = frozenset().union(*(self.of(t) for t in pytree.tree_leaves((args, kwargs))
+                                         if torch.is_tensor(t) and t.dim() >= 2 and t.shape[:2] == out.shape[:2]))
+            if layers:
+                self.mark(out, layers)
+        return out
+
+
 @torch.no_grad()
-def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> list[str]:
+def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> DataFlow:
     """ConfigError unless ``model`` maps one input ``x`` (a batch of 1) to ``classes`` logits: a model that does
     not fit its data otherwise fails deep in torch (a shape error, or 'Target 3 is out of bounds' in the loss).
-    Eval mode, no gradient: no BatchNorm statistic or random stream changes. Returns the names of the modules in
-    the order the forward pass first ran them (for ``check_batchnorm_pairs``). A model with parameters still
-    uninitialized (lazy modules) is skipped (returns []): its first forward would draw its initial weights here."""
+    Eval mode, no gradient: no BatchNorm statistic or random stream changes. Returns the pass's data flow (for
+    ``check_batchnorm_pairs``). A model with parameters still uninitialized (lazy modules) is skipped (an empty
+    flow): its first forward would draw its initial weights here."""
     if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
-        return []
-    was_training, order = model.training, []
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: order.append(name))
+        return DataFlow()
+    was_training, flow, lineage = model.training, DataFlow(), _Lineage()
+    hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name))
              for name, m in model.named_modules() if name]
     model.eval()
     try:
-        out = model(x)
+        with lineage:
+            out = model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise C.ConfigError(f"model: its forward pass fails on an input of shape {tuple(x.shape[1:])} "
                             f"({one_line(err)}); the model must take the data's inputs") from None
@@ -69,45 +111,46 @@ def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> list[st
         got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise C.ConfigError(f"model: one input gives {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
-    return list(dict.fromkeys(order))  # first runs only (a module may run twice)
+    flow.order = list(dict.fromkeys(flow.order))  # first runs only (a module may run twice)
+    return flow
 
 
-def check_batchnorm_pairs(model: torch.nn.Module, units, order: list[str]) -> None:
-    """ConfigError when a unit is paired with a BatchNorm by module declaration order and the forward pass
-    normalizes its layer's output with another one, or applies the paired one elsewhere only.
+def _record(flow: DataFlow, lineage: _Lineage, name: str, module: torch.nn.Module, inputs: tuple, out) -> None:
+    """Forward hook of ``check_fits``: the run order; a layer's output starts a lineage; a BatchNorm's input
+    derived from one layer only is fed by it."""
+    flow.order.append(name)
+    if isinstance(module, _BATCHNORM) and inputs and torch.is_tensor(inputs[0]) and name not in flow.fed_by:
+        layers = lineage.of(inputs[0])
+        if len(layers) == 1:
+            flow.fed_by[name] = next(iter(layers))
+    if isinstance(module, PRUNABLE) and torch.is_tensor(out):
+        lineage.mark(out, frozenset({name}))
+
+
+def check_batchnorm_pairs(model: torch.nn.Module, units, flow: DataFlow) -> None:
+    """ConfigError when a unit's BatchNorm is not the one the forward pass applies to its layer's output.
 
     Masking a unit also zeroes its BatchNorm's shift; paired with the wrong BatchNorm (or with none where one
     follows), a "pruned" unit would still output a constant, and the paired one's channel would be cut from
-    another layer. ``units_from_names`` pairs in declaration order, which need not be the data flow. ``order``
-    (from ``check_fits``) is the data flow: after the layer, the first BatchNorm with one feature per unit before
-    the next Conv/Linear. A paired BatchNorm the forward pass never runs as a module (e.g. used through
-    ``F.batch_norm``) is not judged. A unit whose BatchNorm differs from the declaration-order one was declared
-    deliberately (e.g. none for a residual output): it is left as declared."""
+    another layer. Judged, for declared and inferred pairings alike, on ``flow``: a BatchNorm whose input derives
+    from one layer's output normalizes that layer. A BatchNorm without such a link (its input mixes two layers,
+    or is reshaped; or it never runs as a module, e.g. used through ``F.batch_norm``) is not judged."""
     modules = dict(model.named_modules())
     for unit in units:
-        if unit.module not in order or unit.bn != units_from_names(model, [unit.module])[0].bn:
-            continue
-        applied = _batchnorm_after(unit.module, modules, order)
-        if unit.bn != applied and (applied is not None or unit.bn in order):
+        width = modules[unit.module].weight.shape[0]
+        direct = next((bn for bn, layer in flow.fed_by.items()
+                       if layer == unit.module and modules[bn].num_features == width), None)
+        does = None
+        if unit.bn is not None and flow.fed_by.get(unit.bn, unit.module) != unit.module:
+            does = f"applies {unit.bn!r} to the output of {flow.fed_by[unit.bn]!r}"
+        elif direct is not None and direct != unit.bn:
+            does = f"applies BatchNorm {direct!r} to the output of {unit.module!r}"
+        if does is not None:
             paired = repr(unit.bn) if unit.bn is not None else "no BatchNorm"
-            does = (f"applies BatchNorm {applied!r} to the output of {unit.module!r}" if applied is not None else
-                    f"applies no BatchNorm to the output of {unit.module!r} ({unit.bn!r} normalizes another layer)")
-            raise C.ConfigError(f"unit {unit.name!r}: the forward pass {does}, but it was paired with {paired} by "
-                                f"module declaration order; declare PrunableUnit({unit.name!r}, {unit.module!r}, "
-                                f"bn={applied!r}) (gstlab.api.run units=, or the model's prunable_units())")
-
-
-def _batchnorm_after(layer: str, modules: dict[str, torch.nn.Module], order: list[str]) -> str | None:
-    """The first BatchNorm with one feature per unit of ``layer`` that runs after it, before the next
-    Conv/Linear."""
-    units = modules[layer].weight.shape[0]
-    for name in order[order.index(layer) + 1:]:
-        module = modules[name]
-        if isinstance(module, PRUNABLE):
-            return None
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.num_features == units:
-            return name
-    return None
+            how = " by module declaration order" if unit.bn == units_from_names(model, [unit.module])[0].bn else ""
+            raise C.ConfigError(f"unit {unit.name!r}: the forward pass {does}, but it is paired with {paired}{how}; "
+                                f"declare PrunableUnit({unit.name!r}, {unit.module!r}, bn={direct!r}) "
+                                f"(gstlab.api.run units=, or the model's prunable_units())")
 
 
 def check_threads(cfg: C.TrainConfig) -> None:
