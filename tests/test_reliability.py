@@ -448,3 +448,19 @@ def test_a_report_folder_is_checksummed_and_its_tables_are_verified_before_use(t
     capsys.readouterr()
     assert len(read_report_table(copy / "runs.csv")) == 2
     assert capsys.readouterr().err.count("has no SHA256SUMS") == 1
+
+
+def test_a_report_written_again_leaves_no_file_of_the_earlier_one(tmp_path):
+    """A table the new report does not write (its runs now lack it) must not stay, listed in SHA256SUMS."""
+    from gstlab.analysis.report import SUMS
+    from test_study import SMALL, write_study
+
+    study = write_study(tmp_path, {"name": "s", "seeds": 1, "settings": [{"inline": SMALL, "label": "a"}]})
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0
+    assert main(["report", str(out)]) == 0
+    (out / "report" / "curvature.csv").write_text("run_id\nstale\n")  # as a report of other runs left it
+    assert main(["report", str(out)]) == 0
+    assert not (out / "report" / "curvature.csv").exists()
+    assert "curvature.csv" not in (out / "report" / SUMS).read_text()
+    assert not [p.name for p in out.iterdir() if "report" in p.name and p.name != "report"]  # built apart, swapped in

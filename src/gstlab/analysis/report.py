@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -496,13 +497,14 @@ def read_report_table(path: str | Path) -> pd.DataFrame:
 
 
 def write_report(study_dir: str | Path) -> Path:
-    """Write ``report/`` of a study (tables, the figure's panels, report.md); returns the report.md path."""
+    """Write ``report/`` of a study (tables, the figure's panels, report.md, SHA256SUMS), built in a new folder
+    swapped in whole (no file of an earlier report is left beside them); returns the report.md path."""
     study_dir = Path(study_dir)
     spec = _read_spec(study_dir)
     asked = str(spec.get("figure") or "generic")
     kind = asked if asked in BUILDERS else "generic"
-    out = study_dir / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    final = study_dir / REPORT_DIR
+    out = _fresh_dir(study_dir / f".{REPORT_DIR}.new")  # built apart, then swapped in whole
     all_runs = load_study(study_dir)
     tables = {"epochs": load_epochs(study_dir, all_runs), "events": load_events(study_dir, all_runs),
               "curvature": load_curvature(study_dir, all_runs), "eps_sweep": load_eps(study_dir, all_runs),
@@ -510,7 +512,7 @@ def write_report(study_dir: str | Path) -> Path:
     finished = all_runs["status"] == "finished"
     start = common_window_start(all_runs, finished & pruned(all_runs) & ~scratch(all_runs))
     all_runs = with_window(all_runs, tables["epochs"], start)
-    store.atomic_write_text(out / "runs.csv", _with_relative_run_dirs(all_runs, out).to_csv(index=False))
+    store.atomic_write_text(out / "runs.csv", _with_relative_run_dirs(all_runs, final).to_csv(index=False))
     for key, table in tables.items():
         if key in ("epochs", "events") or len(table):
             store.atomic_write_text(out / f"{key}.csv", table.to_csv(index=False))
@@ -531,7 +533,25 @@ def write_report(study_dir: str | Path) -> Path:
                             f"{', '.join(KINDS)}: drawing the generic report\n- figure:", 1)
     store.atomic_write_text(path, text)
     write_sums(out)
+    _swap_in(out, final)
+    return final / path.name
+
+
+def _fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
     return path
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace folder ``final`` by ``new`` (two renames): a reader sees the old report whole, none, or the new
+    one whole, never files of two reports side by side."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_sums(out: Path) -> None:
