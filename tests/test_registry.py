@@ -13,6 +13,7 @@ from torch import nn
 from gstlab import config as C
 from gstlab.analysis.report import _criteria_lines
 from gstlab.callbacks import RunView
+from gstlab.data import Images
 from gstlab.models.units import PrunableUnit
 from gstlab.pruning.criteria import Criterion, Layer
 from gstlab.registry import Registry, RegistryError, architectures, criteria, datasets
@@ -50,6 +51,14 @@ def load_blobs(cfg: C.DataConfig):
     y = torch.arange(96) % 2
     x = torch.randn(96, 6, generator=g) + 2.0 * y[:, None]
     return (x[:64], y[:64], x[64:], y[64:]), 2
+
+
+def pixels(mean: tuple, std: tuple):
+    """uint8 images of 2 channels, decoded with ``mean`` and ``std``: any non-finite model input comes from those."""
+    x = Images(torch.randint(0, 256, (64, 2, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+               mean=mean, std=std)
+    y = torch.arange(64) % 2
+    return (x, y, x, y), 2
 
 
 @pytest.fixture
@@ -207,7 +216,13 @@ def test_scores_that_would_prune_the_wrong_units_are_refused(registered, tmp_pat
     (lambda cfg: (load_blobs(cfg)[0], 1), "gave train labels torch.int64 of shape (64,) for 64 inputs and 1 classes"),
     (lambda cfg: ((lambda x, y, xt, yt: (x, y, xt.index_fill(0, torch.tensor([3]), float("nan")), yt))(
         *load_blobs(cfg)[0]), 2), "'odd' gave test inputs with 6 non-finite value(s) (NaN or inf); allowed: finite"),
-], ids=["no-classes", "float-labels", "labels-beyond-classes", "nan-inputs"])
+    (lambda cfg: pixels((0.5, 0.5), (0.25, 0.0)), "'odd' gave train inputs with mean (0.5, 0.5) and std (0.25, 0.0); "
+     "allowed: both empty, or both of 1 or 2 (channels) finite numbers, std > 0"),
+    (lambda cfg: pixels((float("nan"),), (0.5,)), "gave train inputs with mean (nan,) and std (0.5,); allowed"),
+    (lambda cfg: pixels((0.5, 0.5, 0.5), (1.0, 1.0, 1.0)), "mean (0.5, 0.5, 0.5) and std (1.0, 1.0, 1.0); allowed"),
+    (lambda cfg: pixels((0.5,), ()), "gave train inputs with mean (0.5,) and std (); allowed"),
+], ids=["no-classes", "float-labels", "labels-beyond-classes", "nan-inputs", "zero-std", "nan-mean", "3-of-2-channels",
+        "mean-without-std"])
 def test_a_registered_data_set_must_return_class_indices_within_its_classes(registered, tmp_path, source, message):
     datasets.register("odd", source)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -66,7 +67,10 @@ def _check_labels(source_name: str, split: str, x, y, classes) -> None:
 
 def _check_inputs(source_name: str, split: str, x) -> None:
     """Float inputs must be finite: a NaN would reach the loss of every batch that holds it, and the run would
-    be reported as diverged rather than as given bad data. (uint8 pixels are finite by type.)"""
+    be reported as diverged rather than as given bad data. (uint8 pixels are finite by type; their decoding
+    is checked by ``_check_normalization``.)"""
+    if isinstance(x, Images):
+        _check_normalization(source_name, split, x)
     raw = x.raw if isinstance(x, Images) else x
     if not torch.is_tensor(raw) or not (raw.is_floating_point() or raw.is_complex()):
         return
@@ -74,6 +78,21 @@ def _check_inputs(source_name: str, split: str, x) -> None:
     if bad:
         raise ConfigError(f"{source_name} gave {split} inputs with {bad} non-finite value(s) (NaN or inf); "
                           f"allowed: finite numbers")
+
+
+def _check_normalization(source_name: str, split: str, x: Images) -> None:
+    """An Images' mean and std decode every pixel: a zero or non-finite std (or a non-finite mean) makes
+    non-finite model inputs, a length other than 1 or the channel count fails in the first batch."""
+    channels = x.raw.shape[1] if x.raw.dim() > 1 else 1
+    try:
+        mean, std = [float(v) for v in x.mean], [float(v) for v in x.std]
+    except (TypeError, ValueError):
+        mean, std = [math.nan], []
+    ok = (len(mean) == len(std) and len(mean) in (0, 1, channels) and all(math.isfinite(v) for v in mean + std)
+          and all(v > 0 for v in std))
+    if not ok:
+        raise ConfigError(f"{source_name} gave {split} inputs with mean {tuple(x.mean)} and std {tuple(x.std)}; "
+                          f"allowed: both empty, or both of 1 or {channels} (channels) finite numbers, std > 0")
 
 
 # the registered data sets (gstlab.registry.datasets): DataConfig -> ((x_train, y_train, x_test, y_test), classes)
