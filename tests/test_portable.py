@@ -40,3 +40,25 @@ def test_manifest_names_the_machine_and_kernels():
     assert isinstance(info["aten_capability"], str) and info["aten_capability"]
     assert "gpu" in info and "onednn_max_isa" in info and info["portable"] is False
     json.dumps(info)  # it goes into manifest.json
+
+
+def test_a_cpu_run_on_a_gpu_machine_names_no_gpu_and_a_missing_device_is_one_line(monkeypatch):
+    """The manifest's gpu says what computed the run, not what the machine has; an absent device is refused."""
+    import torch
+
+    from gstlab import config as C
+    from gstlab.environment import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"GPU {index}")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert machine(torch.device("cpu"))["gpu"] is None
+    assert machine(torch.device("cuda:1"))["gpu"] == "GPU cuda:1" and machine()["gpu"] == "GPU 0"
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(C.ConfigError, match=r"^train.device: 'cuda:2' requested but this machine has 2 GPU\(s\); "
+                                            r"allowed here: auto, cpu, cuda, cuda:0..1$"):
+        resolve_device("cuda:2")
+    with pytest.raises(C.ConfigError, match=r"^train.device: 'mps' requested but MPS \(Apple GPU\) is not available; "
+                                            r"allowed here: auto, cpu, cuda, cuda:0..1$"):
+        resolve_device("mps")

@@ -24,8 +24,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise C.ConfigError(f"train.device: {name!r} requested but CUDA is not available; allowed here: auto, cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = torch.backends.mps.is_available()
+    here = "auto, cpu" + (f", cuda, cuda:0..{gpus - 1}" if gpus else "") + (", mps" if mps else "")
+    if device.type == "cuda" and not gpus:
+        raise C.ConfigError(f"train.device: {name!r} requested but CUDA is not available; allowed here: {here}")
+    if device.type == "cuda" and (device.index or 0) >= gpus:
+        raise C.ConfigError(f"train.device: {name!r} requested but this machine has {gpus} GPU(s); allowed here: "
+                            f"{here}")
+    if device.type == "mps" and not mps:
+        raise C.ConfigError(f"train.device: {name!r} requested but MPS (Apple GPU) is not available; allowed here: "
+                            f"{here}")
     return device
 
 
@@ -129,8 +138,12 @@ def native_isa() -> str:
 
 def machine(device: torch.device | None = None) -> dict:
     """The hardware and kernels that computed a run: where its numbers reproduce (docs/decisions.md). ``gpu``:
-    the run's GPU (``device``), else the machine's first, if any."""
-    gpu = device if device is not None and device.type == "cuda" else (0 if torch.cuda.is_available() else None)
+    the run's GPU when ``device`` is one, None for a run on another device; without ``device``, the machine's
+    first GPU, if any."""
+    if device is None:
+        gpu = 0 if torch.cuda.is_available() else None
+    else:
+        gpu = device if device.type == "cuda" else None  # a CPU run on a GPU machine computed nothing there
     return {"cpu_model": cpu_model(), "cpu_isa": native_isa(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's best)"),
