@@ -444,6 +444,11 @@ def test_a_report_folder_is_checksummed_and_its_tables_are_verified_before_use(t
     (copy / "extra.csv").write_text("a\n1\n")
     with pytest.raises(store.DamagedFileError, match="extra.csv: not in .*SHA256SUMS"):
         read_report_table(copy / "extra.csv")
+    good = (copy / SUMS).read_bytes()
+    for damaged in (good + b"0123abc\n", good.replace(b"  runs.csv", b"  runs.csv\x80"), b""):
+        (copy / SUMS).write_bytes(damaged)
+        with pytest.raises(store.DamagedFileError, match="SHA256SUMS: not a SHA256SUMS file"):
+            report_runs(copy / "runs.csv")
     (copy / SUMS).unlink()  # a report folder from before these checksums: used, with one warning
     capsys.readouterr()
     assert len(read_report_table(copy / "runs.csv")) == 2

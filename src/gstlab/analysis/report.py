@@ -7,8 +7,11 @@ left out of the analysis.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -485,15 +488,28 @@ def read_report_table(path: str | Path) -> pd.DataFrame:
         warn(f"{path.parent} has no {SUMS} (written before gst report checksummed its files); {path.name} used as "
              f"it is")
         return pd.read_csv(path)
-    listed = {name: digest for digest, name in (line.split(maxsplit=1) for line in sums.read_text().splitlines()
-                                                 if line.strip())}
+    listed = _read_sums(sums)
     if path.name not in listed:
         raise store.DamagedFileError(f"{path}: not in {sums} (added after the report was written); gst report "
                                      f"writes the folder again")
-    if store.file_digest(path) != listed[path.name]:
+    data = path.read_bytes()  # parsed as hashed: an edit between check and use cannot slip in
+    if hashlib.sha256(data).hexdigest() != listed[path.name]:
         raise store.DamagedFileError(f"{path}: does not match {sums} (edited or damaged); gst report on its study "
                                      f"writes it again")
-    return pd.read_csv(path)
+    return pd.read_csv(io.BytesIO(data))
+
+
+def _read_sums(sums: Path) -> dict[str, str]:
+    """``SHA256SUMS`` as {file name: digest}; DamagedFileError when a line is not 'DIGEST  NAME' (sha256sum's)."""
+    try:
+        lines = [line.split(maxsplit=1) for line in sums.read_text(encoding="utf-8").splitlines() if line.strip()]
+        listed = {name.removeprefix("*"): digest for digest, name in lines}
+    except (UnicodeDecodeError, ValueError):
+        listed = {}
+    if not listed or not all(re.fullmatch(r"[0-9a-f]{64}", d) for d in listed.values()):
+        raise store.DamagedFileError(f"{sums}: not a SHA256SUMS file (each line 'SHA-256  FILE'); gst report on "
+                                     f"its study writes it again")
+    return listed
 
 
 def write_report(study_dir: str | Path) -> Path:
