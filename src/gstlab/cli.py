@@ -504,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Read a study directory and write STUDY_DIR/report/: the study's figure(s) "
                                         "as PNG and PDF, tidy tables (runs.csv, epochs.csv, events.csv) and "
                                         "report.md with statistics, a verdict per claim and a table of which "
-                                        "generalization measures predict the runs' generalization, each file "
-                                        "written whole, and SHA256SUMS of the folder. An index.csv or study.yaml "
+                                        "generalization measures predict the runs' generalization, and "
+                                        "SHA256SUMS of the folder; the folder is built apart and replaces the "
+                                        "previous one whole. An index.csv or study.yaml "
                                         "that does not match its .sha256 file is refused (exit 1).")
     report.add_argument("study_dir", metavar="STUDY_DIR")
     report.set_defaults(func=cmd_report)
