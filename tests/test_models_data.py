@@ -180,3 +180,18 @@ def test_facts_known_without_loading_match_the_loaded_data(name):
     facts = BUILT_IN[name]
     assert tuple(data.x_train.shape[1:]) == tuple(data.x_test.shape[1:]) == facts.shape
     assert (data.num_classes, len(data.y_train), len(data.y_test)) == (facts.classes, facts.train, facts.test)
+
+
+def test_normalization_constants_cached_under_inference_mode_are_ordinary_tensors():
+    """The per-channel constants are cached per device: one made first under torch.inference_mode would be an
+    inference tensor, which autograd refuses to save for backward in every later use."""
+    from gstlab.data.tensor_data import _per_channel
+
+    _per_channel.cache_clear()
+    x = Images(torch.randint(0, 256, (4, 2, 3, 3), dtype=torch.uint8), mean=(0.1, 0.2), std=(0.3, 0.4))
+    with torch.inference_mode():
+        first = x[torch.arange(4)]
+    assert not _per_channel((0.1, 0.2), torch.device("cpu"), 4).is_inference()
+    scale = torch.ones(1, requires_grad=True)
+    (x[torch.arange(4)] * scale).sum().backward()
+    assert torch.equal(first, x[torch.arange(4)])

@@ -86,8 +86,10 @@ class Images:
 @functools.lru_cache(maxsize=64)
 def _per_channel(values: tuple[float, ...], device: torch.device, dims: int) -> torch.Tensor:
     """Per-channel constants shaped (1, C, 1, ...) on ``device``, made once: a tensor built from Python values on
-    a GPU for every batch is a blocking host-to-device copy, which stalls the queue of GPU work."""
-    return torch.tensor(values, device=device).view(1, -1, *([1] * (dims - 2)))
+    a GPU for every batch is a blocking host-to-device copy, which stalls the queue of GPU work. Made outside
+    inference mode, so that a first call under ``torch.inference_mode`` caches no tensor autograd refuses later."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, device=device).view(1, -1, *([1] * (dims - 2)))
 
 
 @dataclass
