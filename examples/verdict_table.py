@@ -1,6 +1,6 @@
 """The preregistered verdicts T1-T14 of one or more confirmatory regimes, side by side, as a markdown table
-recomputed from their committed report folders (gstlab.analysis.verdicts). The README's verdict tables are this
-script's output.
+recomputed from their committed report folders (gstlab.analysis.verdicts). The README's verdict tables give
+this script's numbers.
 
 Usage:
     python examples/verdict_table.py --regime "2,000 images" docs/figures/confirm student \\

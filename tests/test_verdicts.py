@@ -2,6 +2,7 @@
 from its committed report folders to the audited numbers in the README, and each test selects the runs and the
 version (Student or paired) its preregistration names."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from gstlab.analysis import verdicts
+from gstlab.analysis.report import report_runs
 from gstlab.analysis.verdicts import PAIRED, STUDENT, Regime, figure2_tests, regime_tests, verdict_table
 
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -93,3 +96,22 @@ def test_a_wrong_sign_is_never_reproduced_however_small_p():
 def test_a_regime_names_student_or_paired():
     with pytest.raises(ValueError, match="primary: 'welch'; allowed: 'student', 'paired'"):
         Regime.from_prefix("x", FIGURES / "confirm", "welch")
+
+
+def test_each_noise_variant_keeps_its_test_number_whatever_the_rows_order_or_a_missing_variant():
+    """T5-T10 are Zeroing 1, 50, 1105 and Gaussian 1, 50, 1105 by preset: numbering them in row order had made a
+    variant whose runs all failed (or a reordered runs.csv) move every later claim to another number."""
+    runs = report_runs(FIGURES / "confirm_fig5" / "runs.csv")
+    before = {v.test: v for v in verdicts.figure5_tests(runs, STUDENT)}
+    claims = [before[f"T{i}"].claim for i in range(5, 11)]
+    assert claims == [f"{kind} {n} beats No Noise" for kind in ("Zeroing", "Gaussian") for n in (1, 50, 1105)]
+    shuffled = runs[runs["setting"] != "F5_1"].sample(frac=1.0, random_state=0)
+    after = {v.test: v for v in verdicts.figure5_tests(shuffled, STUDENT)}
+    assert after["T5"].verdict == "not testable" and after["T5"].claim == before["T5"].claim
+    for t in ("T6", "T7", "T8", "T9", "T10"):  # the same numbers, up to the summation order of the shuffled rows
+        assert (after[t].claim, after[t].n) == (before[t].claim, before[t].n)
+        assert (after[t].estimate, after[t].p) == pytest.approx((before[t].estimate, before[t].p), rel=1e-9)
+    renamed = [dataclasses.replace(v, claim="another") for v in before.values()]
+    mixed = [(Regime("a", *[FIGURES] * 4), list(before.values())), (Regime("b", *[FIGURES] * 4), renamed)]
+    with pytest.raises(ValueError, match="T5: the regimes test different claims"):
+        verdict_table(mixed)

@@ -1,6 +1,6 @@
 """The preregistered tests T1-T14 of a confirmatory set of studies (Figures 2, 6, 5 and 3), recomputed from the
 tables their reports write (``runs.csv``; ``curvature.csv`` for Figure 6), and the verdict table of one or more
-regimes side by side. The README's verdict tables come from here, so a committed report folder re-derives them.
+regimes side by side. The README's verdict tables give these numbers, so a committed report folder re-derives them.
 
 The definitions are the preregistered ones (examples/confirm_*.yaml, examples/confirm2_*.yaml):
 T1/T2 r(mean stability, best test accuracy / gap) over the Figure 2 pruned runs without Prune_R and scratch;
@@ -25,6 +25,7 @@ from gstlab.analysis.report import ALPHA, intervention, pruned, random_side, rea
 from gstlab.analysis.results import last_probes
 from gstlab.analysis.stats import correlation, paired_ttest, ttest
 from gstlab.analysis.text import interval, number, pvalue
+from gstlab.experiments.presets import PRESETS
 
 STUDENT, PAIRED = "student", "paired"  # the two versions of a benefit test
 
@@ -43,6 +44,8 @@ class Verdict:
     method: str  # "Pearson r", "Student t, own window", "paired t, common window", ...
     primary: bool = True
     kendall: tuple[float, float] | None = None  # (tau, p) beside a Pearson r, descriptive
+    cohens_d: float = math.nan  # beside a difference: d (Student) or d_z (paired), descriptive
+    means: tuple[float, float] = (math.nan, math.nan)  # of A and B (over the pairs, for a paired test)
 
     @property
     def reproduced(self) -> bool:
@@ -56,13 +59,15 @@ class Verdict:
 
     def effect(self) -> str:
         """The estimate with its 95% CI, the test, p and n, e.g. ``r = +0.18 [-0.20, 0.50], p = 0.351 (Kendall τ =
-        +0.29, p = 0.0244), n = 30``."""
+        +0.29, p = 0.0244), n = 30``; a difference also with Cohen's d (d_z when paired) and the two means."""
         if not math.isfinite(self.estimate):
             return f"n/a, n = {self.n}"
         if self.method == "Pearson r":
             tau = f" (Kendall τ = {self.kendall[0]:+.2f}, p = {pvalue(self.kendall[1])})" if self.kendall else ""
             return f"r = {self.estimate:+.2f} {interval(*self.ci)}, p = {pvalue(self.p)}{tau}, n = {self.n}"
-        return f"{self.estimate:+.2f} points {interval(*self.ci)}, {self.method}, p = {pvalue(self.p)}, n = {self.n}"
+        d = "d_z" if self.method.startswith("paired") else "d"
+        return (f"{self.estimate:+.2f} points {interval(*self.ci)}, {self.method}, p = {pvalue(self.p)}, "
+                f"{d} = {self.cohens_d:+.2f}, means {self.means[0]:.2f} vs {self.means[1]:.2f}, n = {self.n}")
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,8 @@ def benefit_test(test: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, versio
         col = column or "best_test_acc"
         t = ttest(*(g[col] if col in g else [] for g in (a, b)))
         n, method = f"{t['n_a']} vs {t['n_b']}", f"Student t, {'common' if column else 'own'} window"
-    return Verdict(test, claim, 1, t["diff"], (t["diff_ci_low"], t["diff_ci_high"]), t["p"], n, method, primary)
+    return Verdict(test, claim, 1, t["diff"], (t["diff_ci_low"], t["diff_ci_high"]), t["p"], n, method, primary,
+                   cohens_d=t["cohens_d"], means=(t["mean_a"], t["mean_b"]))
 
 
 def _benefits(test: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, primary: str,
@@ -156,13 +162,17 @@ def figure6_test(runs: pd.DataFrame, curvature: pd.DataFrame) -> Verdict:
                             runs.merge(probes, on="run_id", how="inner"), "mean_stability", "eig_sum", 1)
 
 
+FIGURE5_TESTS = {f"F5_{i}": f"T{4 + i}" for i in range(1, 7)}  # Zeroing 1, 50, 1105, Gaussian 1, 50, 1105
+
+
 def figure5_tests(runs: pd.DataFrame, primary: str) -> list[Verdict]:
-    """T5-T10: each noise variant (in the study's order) against No Noise."""
-    kind = intervention(runs)
+    """T5-T10: each noise variant, by its preset (``setting``: F5_1..F5_6), against No Noise. A variant with no
+    finished run is "not testable" under its own number: the others keep theirs, whatever the row order."""
     baseline = runs[~pruned(runs)]
     tests = []
-    for i, (label, group) in enumerate(runs[kind != ""].groupby("label", sort=False)):
-        tests += _benefits(f"T{5 + i}", f"{label} beats No Noise", group, baseline, primary)
+    for setting, test in FIGURE5_TESTS.items():
+        group = runs[(runs["setting"] == setting) & (intervention(runs) != "")]
+        tests += _benefits(test, f"{PRESETS[setting].label} beats No Noise", group, baseline, primary)
     return tests
 
 
@@ -196,7 +206,11 @@ def verdict_table(results: list[tuple[Regime, list[Verdict]]]) -> str:
     rows = []
     for test, primary in keys:
         found = [next((v for v in tests if (v.test, v.primary) == (test, primary)), None) for _, tests in results]
-        claim = next(v.claim for v in found if v is not None)
+        claims = {v.claim for v in found if v is not None}
+        if len(claims) > 1:
+            raise ValueError(f"{test}: the regimes test different claims ({' / '.join(sorted(claims))}); one row "
+                             f"cannot hold them")
+        claim = claims.pop()
         expected = next(f"expected {'+' if v.expected > 0 else '−'}" for v in found if v is not None)
         cells = [_cell(v) for v in found]
         rows.append(f"| {test}{'' if primary else ' (secondary)'} | {claim} ({expected}) | {' | '.join(cells)} |")
