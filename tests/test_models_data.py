@@ -195,3 +195,16 @@ def test_normalization_constants_cached_under_inference_mode_are_ordinary_tensor
     scale = torch.ones(1, requires_grad=True)
     (x[torch.arange(4)] * scale).sum().backward()
     assert torch.equal(first, x[torch.arange(4)])
+
+
+@pytest.mark.parametrize("arch", ["vgg11_bn", "resnet18", "resnet20", "resnet56", "mlp"])
+def test_one_forward_pass_links_every_zoo_unit_to_its_batchnorm(arch):
+    """The BatchNorm pairing check judges on evidence: in every zoo model, each unit's BatchNorm is fed by its
+    layer's output, so the check confirms every pairing rather than leaving one unjudged."""
+    from gstlab import preflight
+
+    model = build_model(ModelConfig(arch=arch), (3, 32, 32), 10)
+    fed_by = preflight.check_fits(model, torch.randn(1, 3, 32, 32), 10)
+    units = model.prunable_units()
+    assert units and all(fed_by[u.bn] == u.module for u in units)
+    preflight.check_batchnorm_pairs(model, units, fed_by)

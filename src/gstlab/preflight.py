@@ -4,7 +4,6 @@ before the run directory is created, and raise ConfigError (exit 2)."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 
@@ -48,15 +47,6 @@ def meta_model(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: in
         return None
 
 
-@dataclasses.dataclass
-class DataFlow:
-    """What one forward pass showed: ``order``, the modules in the order they first ran; ``fed_by``, each
-    BatchNorm whose input derives from exactly one Conv/Linear's output, mapped to that layer."""
-
-    order: list[str] = dataclasses.field(default_factory=list)
-    fed_by: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
 class _Lineage(TorchFunctionMode):
     """Which Conv/Linear outputs each tensor derives from, through every op whose result keeps its input's batch
     and channel dimensions (ReLU, dropout, pooling, in-place ops, sums). Every tensor it labels is held, so no
@@ -85,16 +75,17 @@ class _Lineage(TorchFunctionMode):
 
 
 @torch.no_grad()
-def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> DataFlow:
+def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> dict[str, str]:
     """ConfigError unless ``model`` maps one input ``x`` (a batch of 1) to ``classes`` logits: a model that does
     not fit its data otherwise fails deep in torch (a shape error, or 'Target 3 is out of bounds' in the loss).
-    Eval mode, no gradient: no BatchNorm statistic or random stream changes. Returns the pass's data flow (for
-    ``check_batchnorm_pairs``). A model with parameters still uninitialized (lazy modules) is skipped (an empty
-    flow): its first forward would draw its initial weights here."""
+    Eval mode, no gradient: no BatchNorm statistic or random stream changes. Returns which layer feeds each BatchNorm
+    (for ``check_batchnorm_pairs``): the BatchNorms whose input derives from exactly one Conv/Linear's output. A
+    model with parameters still uninitialized (lazy modules) is skipped (returns {}): its first forward would
+    draw its initial weights here."""
     if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
-        return DataFlow()
-    was_training, flow, lineage = model.training, DataFlow(), _Lineage()
-    hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name))
+        return {}
+    was_training, fed_by, lineage = model.training, {}, _Lineage()
+    hooks = [m.register_forward_hook(functools.partial(_record, fed_by, lineage, name))
              for name, m in model.named_modules() if name]
     model.eval()
     try:
@@ -111,38 +102,38 @@ def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> DataFlo
         got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise C.ConfigError(f"model: one input gives {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
-    flow.order = list(dict.fromkeys(flow.order))  # first runs only (a module may run twice)
-    return flow
+    return fed_by
 
 
-def _record(flow: DataFlow, lineage: _Lineage, name: str, module: torch.nn.Module, inputs: tuple, out) -> None:
-    """Forward hook of ``check_fits``: the run order; a layer's output starts a lineage; a BatchNorm's input
-    derived from one layer only is fed by it."""
-    flow.order.append(name)
-    if isinstance(module, _BATCHNORM) and inputs and torch.is_tensor(inputs[0]) and name not in flow.fed_by:
+def _record(fed_by: dict[str, str], lineage: _Lineage, name: str, module: torch.nn.Module, inputs: tuple,
+            out) -> None:
+    """Forward hook of ``check_fits``: a layer's output starts a lineage; a BatchNorm whose (first) input derives
+    from one layer only is fed by it."""
+    if isinstance(module, _BATCHNORM) and inputs and torch.is_tensor(inputs[0]) and name not in fed_by:
         layers = lineage.of(inputs[0])
         if len(layers) == 1:
-            flow.fed_by[name] = next(iter(layers))
+            fed_by[name] = next(iter(layers))
     if isinstance(module, PRUNABLE) and torch.is_tensor(out):
         lineage.mark(out, frozenset({name}))
 
 
-def check_batchnorm_pairs(model: torch.nn.Module, units, flow: DataFlow) -> None:
+def check_batchnorm_pairs(model: torch.nn.Module, units, fed_by: dict[str, str]) -> None:
     """ConfigError when a unit's BatchNorm is not the one the forward pass applies to its layer's output.
 
     Masking a unit also zeroes its BatchNorm's shift; paired with the wrong BatchNorm (or with none where one
     follows), a "pruned" unit would still output a constant, and the paired one's channel would be cut from
-    another layer. Judged, for declared and inferred pairings alike, on ``flow``: a BatchNorm whose input derives
-    from one layer's output normalizes that layer. A BatchNorm without such a link (its input mixes two layers,
-    or is reshaped; or it never runs as a module, e.g. used through ``F.batch_norm``) is not judged."""
+    another layer. Judged, for declared and inferred pairings alike, on ``fed_by`` (from ``check_fits``): a
+    BatchNorm whose input derives from one layer's output normalizes that layer. A BatchNorm without such a link
+    (its input mixes two layers, or is reshaped; or it never runs as a module, e.g. used through
+    ``F.batch_norm``) is not judged."""
     modules = dict(model.named_modules())
     for unit in units:
         width = modules[unit.module].weight.shape[0]
-        direct = next((bn for bn, layer in flow.fed_by.items()
+        direct = next((bn for bn, layer in fed_by.items()
                        if layer == unit.module and modules[bn].num_features == width), None)
         does = None
-        if unit.bn is not None and flow.fed_by.get(unit.bn, unit.module) != unit.module:
-            does = f"applies {unit.bn!r} to the output of {flow.fed_by[unit.bn]!r}"
+        if unit.bn is not None and fed_by.get(unit.bn, unit.module) != unit.module:
+            does = f"applies {unit.bn!r} to the output of {fed_by[unit.bn]!r}"
         elif direct is not None and direct != unit.bn:
             does = f"applies BatchNorm {direct!r} to the output of {unit.module!r}"
         if does is not None:

@@ -95,9 +95,9 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     preflight.check_model_size(cfg.model, data.input_shape, data.num_classes)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, data.input_shape, data.num_classes, parts.model).to(device)
-    flow = preflight.check_fits(model, data.x_train[0:1], data.num_classes)
+    fed_by = preflight.check_fits(model, data.x_train[0:1], data.num_classes)
     units = parts.units_of(cfg, model)
-    preflight.check_batchnorm_pairs(model, units, flow)
+    preflight.check_batchnorm_pairs(model, units, fed_by)
     C.validate(cfg, [u.name for u in units])
     preflight.check_probes(cfg, model, units)
     if speed.channels_last:
