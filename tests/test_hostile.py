@@ -415,7 +415,7 @@ def test_a_report_on_a_read_only_directory_is_one_line(tmp_path, capsys, finishe
 
     monkeypatch.setattr(Path, "mkdir", read_only)
     err = _one_line_exit(capsys, ["report", str(finished_study)], code=1)
-    assert f"{finished_study / 'report'} (Read-only file system)" in err
+    assert f"{finished_study / '.report.new'} (Read-only file system)" in err  # the folder built before the swap
 
 
 # --------------------------------------------------------------------------------- flatness, disks, Ctrl-C
