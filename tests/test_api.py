@@ -91,6 +91,39 @@ class ReluBeforeBatchNormsDeclaredLast(torch.nn.Module):
         return self.head(self.bn2(torch.relu(self.conv2(x))).mean((2, 3)))
 
 
+class Conv1Into(example.SmallCNN):
+    """SmallCNN whose conv1 output goes through ``make(8)`` (a module on 8 channels) before bn1 sees it."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.between = make(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.max_pool2d(torch.relu(self.bn1(self.between(self.conv1(x)))), 2)
+        return self.head(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+
+class Conv1Twice(example.SmallCNN):
+    """conv1 applied twice (weight tying), each output normalized by its own BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn1b = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x))) + torch.relu(self.bn1b(self.conv1(x)))
+        return self.head(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+
+def spectral(model: torch.nn.Module) -> torch.nn.Module:
+    torch.nn.utils.parametrizations.spectral_norm(model.conv1)
+    return model
+
+
+class UnitsAsAList(example.SmallCNN):
+    prunable_units = [PrunableUnit("conv1", "conv1", bn="bn1")]
+
+
 def results(out: Path) -> tuple[list[dict], dict]:
     """metrics.csv without the wall-clock column, and summary.json."""
     with open(out / "metrics.csv") as f:
@@ -144,15 +177,24 @@ def test_datasets_and_loaders_fingerprint_as_their_tensors():
     assert _run_id(net, units=["conv1", "conv2"]) != _run_id(net)  # the prunable units are part of the model
 
 
-def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch):
-    api.run(SHORT, tmp_path / "whole", model=net(), data=DATA)
+class WithDropout(example.SmallCNN):
+    """SmallCNN with dropout on its input: training draws from torch's global random stream."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.nn.functional.dropout(x, 0.3, self.training))
+
+
+@pytest.mark.parametrize("model", [net, WithDropout], ids=["plain", "dropout"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch, model):
+    """With dropout, the resumed run must continue the global random stream (it restarted from the seed)."""
+    api.run(SHORT, tmp_path / "whole", model=model, data=DATA)
     real = interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        api.run(SHORT, tmp_path / "cut", model=net(), data=DATA)
+        api.run(SHORT, tmp_path / "cut", model=model, data=DATA)
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     epochs = []
     monkeypatch.setattr(runner, "run_epoch", lambda run, epoch: epochs.append(epoch) or real(run, epoch))
-    api.run(SHORT, tmp_path / "cut", model=net(), data=DATA)
+    api.run(SHORT, tmp_path / "cut", model=model, data=DATA)
     assert epochs == [2]  # resumed from the checkpoint after epoch 1
     assert results(tmp_path / "cut") == results(tmp_path / "whole")
     assert torch.equal(torch.load(tmp_path / "cut" / "model_final.pt")["model"]["conv1.weight"],
@@ -203,6 +245,21 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": ReluBeforeBatchNormsDeclaredLast, "data": DATA},
      "unit 'conv1': the forward pass applies BatchNorm 'bn1' to the output of 'conv1', but it is paired with no "
      "BatchNorm by module declaration order; declare PrunableUnit('conv1', 'conv1', bn='bn1')"),
+    ({"model": lambda: Conv1Into(lambda c: torch.nn.ConvTranspose2d(c, c, 3, padding=1)), "data": DATA},
+     "unit 'conv1': the forward pass applies 'bn1' to the output of '<conv_transpose2d, which mixes channels>', but "
+     "it is paired with 'bn1' by module declaration order; declare PrunableUnit('conv1', 'conv1', bn=None)"),
+    ({"model": lambda: Conv1Into(lambda c: torch.nn.GroupNorm(2, c)), "data": DATA},
+     "unit 'conv1': the output of 'conv1' goes into GroupNorm 'between', which would give a pruned unit a non-zero "
+     "output"),
+    ({"model": Conv1Twice, "data": DATA}, "unit 'conv1': the output of 'conv1' goes into BatchNorms 'bn1' and "
+     "'bn1b' (a branch, or a layer used twice), and a unit masks one"),
+    ({"model": lambda: spectral(net()), "data": DATA}, "pruning.layers[0] (conv1): module 'conv1' computes its "
+     "weight (weight_norm, spectral_norm or another parametrization)"),
+    ({"model": net, "data": DATA, "units": ["conv1", PrunableUnit("again", "conv1")]},
+     "units[1] (again): module 'conv1' is another unit's too; one mask per layer"),
+    ({"model": lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4)), "data": DATA,
+      "units": []}, "model: has uninitialized (lazy) parameters; allowed: a model whose parameters exist"),
+    ({"model": UnitsAsAList, "data": DATA}, "model.prunable_units: a list; allowed: a method"),
     ({"model": net, "data": (DATA[0].index_fill(0, torch.tensor([7]), float("nan")), *DATA[1:])},
      "data (given to gstlab.api.run) gave train inputs with 144 non-finite value(s) (NaN or inf); allowed: finite"),
 ])
@@ -258,3 +315,22 @@ def test_declaring_no_batchnorm_for_a_layer_the_data_flow_gives_none_runs(tmp_pa
     state = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)["model"]
     assert summary["status"] == "finished" and (state["conv1.unit_mask"] == 0).sum() == 4
     assert "bn.unit_mask" not in state and bool((state["bn.weight"] != 0).all())  # conv2's BatchNorm untouched
+
+
+def test_a_batchnorm_without_affine_parameters_leaves_pruned_units_at_zero_and_ebn_needs_them(tmp_path):
+    """Nothing to mask but its running mean: without zeroing it, a dead unit came out as -mean/std in eval mode."""
+    def model() -> torch.nn.Module:
+        m = net()
+        m.bn1 = torch.nn.BatchNorm2d(8, affine=False)
+        return m
+
+    api.run(SHORT, tmp_path / "run", model=model, data=DATA)
+    state = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)["model"]
+    trained = model()
+    trained.load_state_dict({k: v for k, v in state.items() if not k.endswith("unit_mask")}, strict=False)
+    dead = (state["conv1.unit_mask"] == 0).nonzero().flatten()
+    assert len(dead) == 4 and not state["bn1.running_mean"][dead].any()
+    with torch.no_grad():
+        assert not trained.eval().bn1(trained.conv1(DATA[0][:8]))[:, dead].any()
+    with pytest.raises(C.ConfigError, match="pruning.criterion=ebn needs a BatchNorm with gamma and beta"):
+        api.run(C.parse(SHORT, ["pruning.criterion=ebn"]), tmp_path / "ebn", model=model, data=DATA)

@@ -93,7 +93,8 @@ def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
     ("train.epochs.0=5", "--set train.epochs.0: train.epochs is an integer"),
     (f"train.threads={os.cpu_count() + 1}", f"train.threads: {os.cpu_count() + 1} asked but this machine has"),
     ("probes.at_end=true --set probes.top_k=2000", "probes.top_k: 2000 eigenvalues asked, but only 1,952"),
-    ("pruning.criterion=ebn --set model.batch_norm=false", "pruning.criterion=ebn needs a BatchNorm after layer"),
+    ("pruning.criterion=ebn --set model.batch_norm=false",
+     "pruning.criterion=ebn needs a BatchNorm with gamma and beta (affine) after layer"),
     ("optim.lr=" + "9" * 400, "optim.lr: expected a finite number"),
     ("pruning.layers.\u00b2.fraction=0.1", "no list element \u00b2 (the list has 2)"),  # '²'.isdigit() is True
     ("data.synthetic_shape=[]", "data.synthetic_shape: []; allowed: 1 to 3 sizes"),

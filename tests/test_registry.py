@@ -139,8 +139,9 @@ def test_installed_packages_register_through_entry_points(monkeypatch):
 
 
 def test_a_criterion_that_needs_batchnorm_names_the_criteria_allowed_instead(registered, tmp_path):
-    with pytest.raises(ValueError, match="pruning.criterion=ebn needs a BatchNorm after layer 'hidden'; allowed "
-                                         "criteria for it: l1, l2, activation, random, reverse_index"):
+    with pytest.raises(ValueError, match="pruning.criterion=ebn needs a BatchNorm with gamma and beta \\(affine\\) "
+                                         "after layer 'hidden'; allowed criteria for it: l1, l2, activation, "
+                                         "random, reverse_index"):
         prepare(C.parse(CFG, ["pruning.criterion=ebn"]), tmp_path / "run")
 
 

@@ -160,3 +160,19 @@ def test_activation_scores_update_on_batches_every_2every_counted_from_one():
     tracker.before_batch(), tracker.before_batch()  # the 9th batch would update ...
     net(torch.randn(5, 4))  # ... but an evaluation forward never does
     assert tracker.scores("0") is history[6]
+
+
+def test_activation_scores_of_a_linear_on_sequences_sum_over_all_but_its_unit_axis():
+    """A Linear on (batch, time, features) has its units on the last axis, not on axis 1 (time)."""
+    from torch import nn
+
+    from gstlab.models.units import units_from_names
+    from gstlab.pruning.scores import ActivationTracker
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3))
+    tracker = ActivationTracker(net, units_from_names(net, ["0"]), every=1, momentum=0.0)
+    x = torch.randn(5, 3, 4)  # as many time steps as units: summing over the wrong axis keeps the shape
+    tracker.before_batch()
+    out = net(x)
+    assert torch.equal(tracker.scores("0"), out.detach().abs().sum((0, 1)))

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from gstlab import config as C
+from gstlab.errors import one_line
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
 from gstlab.runner import execute
@@ -97,7 +98,11 @@ def _units_of(units: Sequence[str | PrunableUnit]) -> Callable[[nn.Module], list
 def _supplied_model(model: ModelLike, cfg: C.RunConfig, parts: Parts):
     """(builder shaped as a registered architecture, fingerprint) of the user's model or model function."""
     if isinstance(model, nn.Module):
-        initial = copy.deepcopy(model)
+        try:
+            initial = copy.deepcopy(model)
+        except (RuntimeError, TypeError) as err:
+            raise C.ConfigError(f"model: copy.deepcopy fails on it ({one_line(err)}); gstlab trains a copy, so "
+                                f"allowed: a model that can be deep-copied") from None
     elif callable(model):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "init"))  # as runner.prepare seeds it before building
@@ -106,6 +111,9 @@ def _supplied_model(model: ModelLike, cfg: C.RunConfig, parts: Parts):
             raise C.ConfigError(f"model: the model function returned a {type(initial).__name__}, not an nn.Module")
     else:
         raise C.ConfigError(f"model: expected an nn.Module or a function that builds one, got {type(model).__name__}")
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in initial.parameters()):
+        raise C.ConfigError("model: has uninitialized (lazy) parameters; allowed: a model whose parameters exist "
+                            "(pass one batch through it first)")
     fingerprint = model_fingerprint(initial, parts.units_of(cfg, initial))
 
     def build(model_cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -46,6 +46,9 @@ class Parts:
         if self.units is not None:
             return checked_units(list(self.units(model)), model, "units")
         if hasattr(model, "prunable_units"):
+            if not callable(model.prunable_units):
+                raise C.ConfigError(f"model.prunable_units: a {type(model.prunable_units).__name__}; allowed: a "
+                                    f"method returning the model's PrunableUnits")
             return checked_units(list(model.prunable_units()), model, "model.prunable_units()")
         return named_units(cfg, model)
 
@@ -78,6 +81,13 @@ def checked_units(units: list, model: nn.Module, where: str) -> list[PrunableUni
         if found:
             raise C.ConfigError(f"{where}[{i}] ({unit.name}): bn {unit.bn!r} is {found}; allowed: a BatchNorm "
                                 f"of the {n_units} units of {unit.module!r}, or None")
+        if "weight" not in layer._parameters:
+            raise C.ConfigError(f"{where}[{i}] ({unit.name}): module {unit.module!r} computes its weight (weight_norm, "
+                                f"spectral_norm or another parametrization), so a mask on it would not hold; allowed: "
+                                f"a layer whose weight is its own parameter")
+        if unit.module in (u.module for u in units[:i] if isinstance(u, PrunableUnit)):
+            raise C.ConfigError(f"{where}[{i}] ({unit.name}): module {unit.module!r} is another unit's too; one mask "
+                                f"per layer, so allowed: each module in one unit")
         for field in ("shortcut", "activation"):
             path = getattr(unit, field, None)
             if path is not None and path not in modules:
@@ -97,4 +107,4 @@ def named_units(cfg: C.RunConfig, model: nn.Module) -> list[PrunableUnit]:
             units += units_from_names(model, [layer.name])
         except ValueError as err:
             raise C.ConfigError(f"pruning.layers[{i}].name: {err}") from None
-    return units
+    return checked_units(units, model, "pruning.layers")

@@ -19,6 +19,12 @@ from gstlab.parts import DEFAULT_PARTS, PRUNABLE
 from gstlab.pruning.schedule import LayerPlan, event_epochs
 
 _BATCHNORM = torch.nn.modules.batchnorm._BatchNorm
+_NORMS = (_BATCHNORM, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.modules.instancenorm._InstanceNorm)
+# ops whose output channels mix their input's: a layer's lineage ends there (its units no longer map 1:1)
+_MIXING = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                     "convolution", "_convolution", "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm",
+                     "bmm", "mv", "addmm", "addmv", "addbmm", "baddbmm", "einsum", "tensordot", "group_norm",
+                     "layer_norm", "softmax", "log_softmax", "normalize"})
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights (12 GB with Adam's moments); the paper's VGG11 has 9 million
 
 
@@ -49,8 +55,9 @@ def meta_model(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: in
 
 class _Lineage(TorchFunctionMode):
     """Which Conv/Linear outputs each tensor derives from, through every op whose result keeps its input's batch
-    and channel dimensions (ReLU, dropout, pooling, in-place ops, sums). Every tensor it labels is held, so no
-    later tensor can reuse its id."""
+    and channel dimensions (ReLU, dropout, pooling, in-place ops, sums). An op that mixes channels (``_MIXING``)
+    starts a lineage of its own, so a normalization after it is known not to be fed by the layer before it.
+    Every tensor it labels is held, so no later tensor can reuse its id."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,11 +73,16 @@ class _Lineage(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if torch.is_tensor(out) and out.dim() >= 2:
-            layers = frozenset().union(*(self.of(t) for t in pytree.tree_leaves((args, kwargs))
-                                         if torch.is_tensor(t) and t.dim() >= 2 and t.shape[:2] == out.shape[:2]))
-            if layers:
-                self.mark(out, layers)
+        if not torch.is_tensor(out) or out.dim() < 2:
+            return out
+        name = getattr(func, "__name__", "")
+        if name in _MIXING:  # a new source (a Conv/Linear module's hook then names its own output)
+            self.mark(out, frozenset({f"<{name}, which mixes channels>"}))
+            return out
+        layers = frozenset().union(*(self.of(t) for t in pytree.tree_leaves((args, kwargs))
+                                     if torch.is_tensor(t) and t.dim() >= 2 and t.shape[:2] == out.shape[:2]))
+        if layers:
+            self.mark(out, layers)
         return out
 
 
@@ -78,10 +90,10 @@ class _Lineage(TorchFunctionMode):
 def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> dict[str, str]:
     """ConfigError unless ``model`` maps one input ``x`` (a batch of 1) to ``classes`` logits: a model that does
     not fit its data otherwise fails deep in torch (a shape error, or 'Target 3 is out of bounds' in the loss).
-    Eval mode, no gradient: no BatchNorm statistic or random stream changes. Returns which layer feeds each BatchNorm
-    (for ``check_batchnorm_pairs``): the BatchNorms whose input derives from exactly one Conv/Linear's output. A
-    model with parameters still uninitialized (lazy modules) is skipped (returns {}): its first forward would
-    draw its initial weights here."""
+    Eval mode, no gradient: no BatchNorm statistic or random stream changes. Returns which layer feeds each
+    normalization (for ``check_batchnorm_pairs``): those whose input derives from exactly one Conv/Linear's
+    output. A model with parameters still uninitialized (lazy modules) is skipped (returns {}): its first forward
+    would draw its initial weights here."""
     if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
         return {}
     was_training, fed_by, lineage = model.training, {}, _Lineage()
@@ -107,9 +119,9 @@ def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> dict[st
 
 def _record(fed_by: dict[str, str], lineage: _Lineage, name: str, module: torch.nn.Module, inputs: tuple,
             out) -> None:
-    """Forward hook of ``check_fits``: a layer's output starts a lineage; a BatchNorm whose (first) input derives
-    from one layer only is fed by it."""
-    if isinstance(module, _BATCHNORM) and inputs and torch.is_tensor(inputs[0]) and name not in fed_by:
+    """Forward hook of ``check_fits``: a layer's output starts a lineage; a normalization whose (first) input
+    derives from one layer only is fed by it."""
+    if isinstance(module, _NORMS) and inputs and torch.is_tensor(inputs[0]) and name not in fed_by:
         layers = lineage.of(inputs[0])
         if len(layers) == 1:
             fed_by[name] = next(iter(layers))
@@ -118,19 +130,28 @@ def _record(fed_by: dict[str, str], lineage: _Lineage, name: str, module: torch.
 
 
 def check_batchnorm_pairs(model: torch.nn.Module, units, fed_by: dict[str, str]) -> None:
-    """ConfigError when a unit's BatchNorm is not the one the forward pass applies to its layer's output.
+    """ConfigError when a unit's BatchNorm is not the one the forward pass applies to its layer's output, or its
+    layer's output goes into a normalization masking cannot follow.
 
     Masking a unit also zeroes its BatchNorm's shift; paired with the wrong BatchNorm (or with none where one
     follows), a "pruned" unit would still output a constant, and the paired one's channel would be cut from
     another layer. Judged, for declared and inferred pairings alike, on ``fed_by`` (from ``check_fits``): a
-    BatchNorm whose input derives from one layer's output normalizes that layer. A BatchNorm without such a link
-    (its input mixes two layers, or is reshaped; or it never runs as a module, e.g. used through
-    ``F.batch_norm``) is not judged."""
+    normalization whose input derives from one layer's output normalizes that layer. A unit's output may go into
+    one BatchNorm (one per unit is masked) and no GroupNorm, LayerNorm, or InstanceNorm with affine parameters or
+    running statistics (each would give a dead unit a non-zero output). A normalization without such a link (its
+    input mixes two layers, or is reshaped; or it never runs as a module, e.g. used through ``F.batch_norm``)
+    is not judged."""
     modules = dict(model.named_modules())
     for unit in units:
         width = modules[unit.module].weight.shape[0]
-        direct = next((bn for bn, layer in fed_by.items()
-                       if layer == unit.module and modules[bn].num_features == width), None)
+        fed = [n for n, layer in fed_by.items() if layer == unit.module]
+        _refuse_unmaskable(unit, [n for n in fed if not _maskable(modules[n])], modules)
+        bns = [n for n in fed if isinstance(modules[n], _BATCHNORM) and modules[n].num_features == width]
+        if len(bns) > 1:
+            raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} goes into BatchNorms "
+                                f"{' and '.join(map(repr, bns))} (a branch, or a layer used twice), and a unit masks "
+                                f"one; allowed: a pruned layer whose output reaches one BatchNorm")
+        direct = bns[0] if bns else None
         does = None
         if unit.bn is not None and fed_by.get(unit.bn, unit.module) != unit.module:
             does = f"applies {unit.bn!r} to the output of {fed_by[unit.bn]!r}"
@@ -142,6 +163,24 @@ def check_batchnorm_pairs(model: torch.nn.Module, units, fed_by: dict[str, str])
             raise C.ConfigError(f"unit {unit.name!r}: the forward pass {does}, but it is paired with {paired}{how}; "
                                 f"declare PrunableUnit({unit.name!r}, {unit.module!r}, bn={direct!r}) "
                                 f"(gstlab.api.run units=, or the model's prunable_units())")
+
+
+def _maskable(norm: torch.nn.Module) -> bool:
+    """A normalization after which a dead unit (all zeros) stays zero: a BatchNorm (its shift, or its running
+    mean, is masked) or an InstanceNorm without affine parameters or running statistics."""
+    if isinstance(norm, _BATCHNORM):
+        return True
+    return isinstance(norm, torch.nn.modules.instancenorm._InstanceNorm) and not (
+        norm.affine or norm.track_running_stats)
+
+
+def _refuse_unmaskable(unit, names: list[str], modules: dict[str, torch.nn.Module]) -> None:
+    if names:
+        found = ", ".join(f"{type(modules[n]).__name__} {n!r}" for n in names)
+        raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} goes into {found}, which would give "
+                            f"a pruned unit a non-zero output (a shift, or statistics over other units); allowed "
+                            f"after a pruned layer: BatchNorm, InstanceNorm without affine or running statistics, "
+                            f"or none")
 
 
 def check_threads(cfg: C.TrainConfig) -> None:

@@ -193,6 +193,7 @@ def checkpoint_state(run: Run, next_epoch: int) -> dict:
         "optimizer": run.trainer.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "generators": {k: g.get_state() for k, g in run.generators.items()},
+        "global_rng": _global_rng(run.device),  # what a model's own dropout draws from
         "rows": run.rows,
         "callbacks": [cb.state_dict() for cb in run.callbacks],
     }
@@ -212,6 +213,8 @@ def restore(run: Run, state: dict) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     for k, g in run.generators.items():
         g.set_state(state["generators"][k])
+    if "global_rng" in state:  # absent from checkpoints written before 2026-12-06
+        _set_global_rng(run.device, state["global_rng"])
     run.rows = state["rows"]
     for cb, cb_state in zip(run.callbacks, state["callbacks"]):
         cb.load_state_dict(cb_state)
@@ -222,6 +225,21 @@ def restore(run: Run, state: dict) -> None:
     if run.intervention is not None:
         run.intervention.load_state_dict(state["intervention"])
     run.start_epoch = int(state["epoch"])
+
+
+def _global_rng(device: torch.device) -> dict:
+    """torch's global random state (CPU, and the run's GPU): a user model's dropout draws from it, so a resumed
+    run continues its stream instead of the one ``prepare`` seeded."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_global_rng(device: torch.device, state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # ------------------------------------------------------------------------------------------------ the loop

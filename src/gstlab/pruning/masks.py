@@ -2,7 +2,8 @@
 
 Each prunable layer gets a float buffer ``unit_mask`` (1 = alive, 0 = pruned), saved with the model state.
 A pruned unit ``c`` is dead everywhere it could leak: the layer's weight row ``c`` and bias ``c``, the
-following BatchNorm's gamma ``c`` and beta ``c``, and the residual shortcut added into channel ``c``
+following BatchNorm's gamma ``c`` and beta ``c`` (its running mean ``c`` if it has no affine parameters), and
+the residual shortcut added into channel ``c``
 (``block.shortcut_mask``). Masks are multiplied into the parameters in place after every optimizer step, so
 no second copy of the weights exists and the forward pass is untouched; optimizer state (momentum, Adam
 moments) of pruned entries is zeroed when they are pruned, so nothing drifts.
@@ -105,6 +106,12 @@ class UnitMasks:
         yield from (p.data for p in self._unit_params(unit))
         if self.bn_masking and unit.shortcut is not None:
             yield self.model.get_submodule(unit.shortcut).shortcut_mask
+        if self.bn_masking and unit.bn is not None:
+            bn = self.model.get_submodule(unit.bn)
+            if bn.weight is None and bn.running_mean is not None:
+                # no shift to zero: in eval mode a dead unit's 0 would come out as -mean/std; with its running
+                # mean zeroed it comes out 0, and training on its zeros keeps that mean 0
+                yield bn.running_mean
 
     def param_masks(self) -> dict[str, torch.Tensor]:
         """name -> bool tensor of surviving entries, for every parameter touched by a pruned unit."""

@@ -78,10 +78,10 @@ class Pruner:
     def _check_scores(self) -> None:
         if self.criterion.needs_bn:
             for unit, _ in self.layers:
-                if unit.bn is None:
+                if unit.bn is None or self.model.get_submodule(unit.bn).weight is None:
                     allowed = ", ".join(name for name, c in criteria.items() if not c.needs_bn)
-                    raise ConfigError(f"pruning.criterion={self.cfg.criterion} needs a BatchNorm after layer "
-                                      f"{unit.name!r}; allowed criteria for it: {allowed}")
+                    raise ConfigError(f"pruning.criterion={self.cfg.criterion} needs a BatchNorm with gamma and "
+                                      f"beta (affine) after layer {unit.name!r}; allowed criteria for it: {allowed}")
         if self.criterion.needs_activations and self.tracker is None:
             raise ValueError(f"pruning.criterion={self.cfg.criterion} needs an ActivationTracker")
 

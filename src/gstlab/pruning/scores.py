@@ -82,7 +82,8 @@ class ActivationTracker:
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
             if not module.training or (self.batch + 1) % self.every != 0:
                 return
-            dims = [d for d in range(output.dim()) if d != 1]
+            axis = output.dim() - 1 if isinstance(module, nn.Linear) else 1  # a Linear's units: the last axis
+            dims = [d for d in range(output.dim()) if d != axis]
             new = output.detach().abs().sum(dim=dims, dtype=torch.float32)  # bf16 under autocast: sum in fp32
             old = self._scores.get(name)
             old = torch.zeros_like(new) if old is None else old.to(new.device)  # restored from a checkpoint: CPU
