@@ -222,8 +222,10 @@ def test_scores_that_would_prune_the_wrong_units_are_refused(registered, tmp_pat
     (lambda cfg: pixels((float("nan"),), (0.5,)), "gave train inputs with mean (nan,) and std (0.5,); allowed"),
     (lambda cfg: pixels((0.5, 0.5, 0.5), (1.0, 1.0, 1.0)), "mean (0.5, 0.5, 0.5) and std (1.0, 1.0, 1.0); allowed"),
     (lambda cfg: pixels((0.5,), ()), "gave train inputs with mean (0.5,) and std (); allowed"),
+    (lambda cfg: ((lambda x, y, xt, yt: ((x * 100).long(), y, xt, yt))(*load_blobs(cfg)[0]), 2),
+     "'odd' gave train inputs of dtype torch.int64; allowed: uint8 pixels (decoded to [0, 1]) or floating-point"),
 ], ids=["no-classes", "float-labels", "labels-beyond-classes", "nan-inputs", "zero-std", "nan-mean", "3-of-2-channels",
-        "mean-without-std"])
+        "mean-without-std", "int64-inputs"])
 def test_a_registered_data_set_must_return_class_indices_within_its_classes(registered, tmp_path, source, message):
     datasets.register("odd", source)
     try:

@@ -105,7 +105,7 @@ def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> dict[st
             out = model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise C.ConfigError(f"model: its forward pass fails on an input of shape {tuple(x.shape[1:])} "
-                            f"({one_line(err)}); the model must take the data's inputs") from None
+                            f"({one_line(err)}); the model must take the data's inputs (float32)") from None
     finally:
         model.train(was_training)
         for hook in hooks:
