@@ -38,6 +38,9 @@ def unit_count(model: nn.Module, unit: PrunableUnit) -> int:
     return int(layer.weight.shape[0])
 
 
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
 def units_from_names(model: nn.Module, names: list[str]) -> list[PrunableUnit]:
     """Prunable units for any model: each named conv/linear, with the first BatchNorm that follows it in
     module order and has the same number of features (if any). No shortcut masking is inferred."""
@@ -47,15 +50,15 @@ def units_from_names(model: nn.Module, names: list[str]) -> list[PrunableUnit]:
     for name in names:
         if name not in modules:
             raise ValueError(f"unknown module {name!r}; modules with weights: "
-                             + ", ".join(n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))))
+                             + ", ".join(n for n, m in modules.items() if isinstance(m, _LAYERS)))
         layer = modules[name]
-        if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+        if not isinstance(layer, _LAYERS):
             raise ValueError(f"{name!r} is a {type(layer).__name__}; only Conv1d/Conv2d/Linear can be pruned")
         n_out = layer.weight.shape[0]
         bn = None
         for later in order[order.index(name) + 1:]:
             m = modules[later]
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            if isinstance(m, _LAYERS):
                 break
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_features == n_out:
                 bn = later
