@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from gstlab import config as C
-from gstlab.models.units import PrunableUnit, units_from_names
+from gstlab.models.units import PRUNABLE, PrunableUnit, units_from_names
 
 ModelBuilder = Callable[[C.ModelConfig, tuple[int, ...], int], nn.Module]
 DataSource = Callable[[C.DataConfig], tuple[tuple, int]]
@@ -51,9 +51,6 @@ class Parts:
                                     f"method returning the model's PrunableUnits")
             return checked_units(list(model.prunable_units()), model, "model.prunable_units()")
         return named_units(cfg, model)
-
-
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def checked_units(units: list, model: nn.Module, where: str) -> list[PrunableUnit]:

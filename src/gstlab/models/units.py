@@ -38,7 +38,7 @@ def unit_count(model: nn.Module, unit: PrunableUnit) -> int:
     return int(layer.weight.shape[0])
 
 
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)  # the layer types whose output units can be pruned
 
 
 def units_from_names(model: nn.Module, names: list[str]) -> list[PrunableUnit]:
@@ -50,15 +50,15 @@ def units_from_names(model: nn.Module, names: list[str]) -> list[PrunableUnit]:
     for name in names:
         if name not in modules:
             raise ValueError(f"unknown module {name!r}; modules with weights: "
-                             + ", ".join(n for n, m in modules.items() if isinstance(m, _LAYERS)))
+                             + ", ".join(n for n, m in modules.items() if isinstance(m, PRUNABLE)))
         layer = modules[name]
-        if not isinstance(layer, _LAYERS):
+        if not isinstance(layer, PRUNABLE):
             raise ValueError(f"{name!r} is a {type(layer).__name__}; only Conv1d/Conv2d/Linear can be pruned")
         n_out = layer.weight.shape[0]
         bn = None
         for later in order[order.index(name) + 1:]:
             m = modules[later]
-            if isinstance(m, _LAYERS):
+            if isinstance(m, PRUNABLE):
                 break
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_features == n_out:
                 bn = later
