@@ -141,7 +141,8 @@ class Intervention:
     # -------------------------------------------------------------------------------- the event's drop
     @torch.no_grad()
     def measure_after(self) -> Pass:
-        """Accuracy of the model perturbed as the first training batch of the new windows will see it."""
+        """Accuracy of the model perturbed as the new windows perturb it (for Gaussian noise: a draw of its own
+        from the run's noise stream, not the one the first training batch will see)."""
         backup = {name: {k: t[w.indices].clone() for k, t in self._slices(name).items()}
                   for name, w in self.windows.items()}
         for w in self.windows.values():

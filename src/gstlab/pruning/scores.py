@@ -26,6 +26,9 @@ def _big_phi(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.erfc(-z / SQRT2)
 
 
+TAIL = 5.0  # alpha above which E[BN] is computed in its stable form (below it: the official form, bit for bit)
+
+
 def _expected_relu(beta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The official computation: alpha = -beta/w, Z = 1 - Phi(alpha), E = Z * (beta + phi(alpha)/Z * w).
 
@@ -40,6 +43,10 @@ def _expected_relu(beta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         phi = torch.where(torch.isfinite(alpha), _phi(alpha), torch.zeros_like(alpha))
         trunc = torch.where(z == 0, torch.zeros_like(b), b + phi / z * w)
         e = z * trunc
+        # Far in the left tail 1 - Phi(alpha) cancels (alpha > ~6: wrong digits, then negative values); there the
+        # same E = w * (phi(alpha) - alpha * (1 - Phi(alpha))) is computed with erfc, which keeps its digits.
+        tail = torch.isfinite(alpha) & (alpha > TAIL)
+        e = torch.where(tail, w * (phi - alpha * 0.5 * torch.erfc(alpha / SQRT2)), e)
         return torch.where(torch.isnan(e), torch.zeros_like(e), e).to(beta.dtype)
 
 

@@ -8,9 +8,11 @@ import torch
 def select_to_prune(scores: torch.Tensor, k: int, side: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bool mask over ``scores`` (the currently unpruned units), True = prune now; exactly ``k`` True.
 
-    smallest/largest: the k smallest/largest scores; every unit tied with the cutoff value is flagged and the
-    first k flagged (index order) are pruned, so ties resolve deterministically. random: the selection made as
-    for ``largest`` (the official default) is permuted with ``generator`` -> k uniformly random units.
+    smallest/largest: every unit at or beyond the k-th smallest/largest score is flagged and the first k flagged
+    (index order) are pruned, as the official code does: the k extreme scores when the cutoff is not tied; with
+    ties at the cutoff, a unit strictly beyond it can survive while a tied one is pruned (rare with continuous
+    scores). random: the selection made as for ``largest`` (the official default) is permuted with
+    ``generator`` -> k uniformly random units.
     """
     n = scores.numel()
     if k > n:
