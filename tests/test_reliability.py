@@ -469,3 +469,27 @@ def test_a_report_written_again_leaves_no_file_of_the_earlier_one(tmp_path):
     assert not (out / "report" / "curvature.csv").exists()
     assert "curvature.csv" not in (out / "report" / SUMS).read_text()
     assert not [p.name for p in out.iterdir() if "report" in p.name and p.name != "report"]  # built apart, swapped in
+
+
+def test_a_finished_run_whose_directory_is_gone_is_left_out_and_a_moved_study_finds_its_runs(tmp_path, capsys):
+    """A run index.csv calls finished but whose files are gone was reported as a finished run of empty numbers."""
+    import shutil
+
+    import pandas as pd
+
+    from test_study import SMALL, write_study
+
+    study = write_study(tmp_path, {"name": "s", "seeds": 2, "settings": [{"inline": SMALL, "label": "a"}]})
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)  # the index names the runs where they were
+    assert main(["report", str(moved)]) == 0
+    assert list(pd.read_csv(moved / "report" / "runs.csv")["status"]) == ["finished", "finished"]
+    gone = sorted(p for p in (moved / "runs").iterdir() if p.is_dir())[0]
+    shutil.rmtree(gone)
+    capsys.readouterr()
+    assert main(["report", str(moved)]) == 1
+    runs = pd.read_csv(moved / "report" / "runs.csv").set_index("run_id")
+    assert runs.loc[gone.name, "status"] == "damaged" and "summary.json is missing" in runs.loc[gone.name, "failure"]
+    assert "gst sweep" in capsys.readouterr().err

@@ -34,8 +34,9 @@ SUMMARY_COLUMNS = (
 def _run_dir(study_dir: Path, row: pd.Series) -> Path:
     value = row.get("run_dir")
     if isinstance(value, str) and value.strip():
-        path = Path(value)
-        return path if path.is_absolute() else study_dir / path
+        path = Path(value) if Path(value).is_absolute() else study_dir / value
+        local = study_dir / "runs" / str(row["run_id"])
+        return local if not path.exists() and local.exists() else path  # a study moved with its runs
     return study_dir / "runs" / str(row["run_id"])
 
 
@@ -88,6 +89,9 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
         rec = row.to_dict()
         rec["run_dir"] = str(run_dir)
         summary, problem = verified_summary(run_dir, str(row["run_id"]))
+        if problem is None and summary is None and str(row.get("status")) in recovery.FINAL:
+            problem = ("damaged", f"index.csv says {row['status']} but {run_dir / 'summary.json'} is missing (the "
+                                  f"run directory was deleted or moved)")
         if problem is not None:
             rec.update(status=problem[0], failure=problem[1])
         elif summary is not None:
