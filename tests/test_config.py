@@ -1,6 +1,7 @@
 """Config parsing, validation messages, overrides and frozen run ids."""
 
 import json
+import re
 
 import pytest
 
@@ -123,3 +124,16 @@ def test_a_preset_window_left_behind_by_a_changed_training_set_is_named_with_the
     assert surprises(C.parse(data, ["data.train_subset=4000", "intervention.batches=90"])) == []
     assert surprises(C.parse(preset_config("F5_1", "mini"), ["data.train_subset=4000"])) == []  # 1 stays 1
     assert [n for n in PRESETS for s in SCALES if surprises(C.parse(preset_config(n, s)))] == []
+
+
+def test_a_mapping_set_on_a_section_changes_only_the_keys_it_names():
+    """--set train={epochs: 4} (or a study's set) had replaced the section, resetting batch_size to its default."""
+    cfg = C.parse({"train": {"epochs": 3, "batch_size": 32}}, ["train={epochs: 4}"])
+    assert (cfg.train.epochs, cfg.train.batch_size) == (4, 32)
+
+
+@pytest.mark.parametrize("value, read_as", [("010", "base-8 integer (8)"), ("1:30", "base-60 integer (90)"),
+                                            ("1:30.5", "base-60 number (90.5)")])
+def test_numbers_yaml_1_1_reads_in_another_base_are_refused(value, read_as):
+    with pytest.raises(C.ConfigError, match=re.escape(f"is read by YAML 1.1 as a {read_as}")):
+        C.parse({}, [f"train.epochs={value}"])

@@ -369,8 +369,16 @@ def apply_override(data: dict, assignment: str) -> dict:
     if isinstance(node, list):
         node[_index(node, last, parts)] = value
     else:
-        node[last] = value
+        node[last] = _merged(node.get(last), value)
     return data
+
+
+def _merged(old: Any, new: Any) -> Any:
+    """``new`` over ``old``: a mapping given for a section changes the keys it names and keeps the others (it
+    had replaced the whole section, silently resetting them to defaults)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+    return new
 
 
 def _kind(value: Any) -> str:

@@ -39,6 +39,27 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """YAML 1.1 reads ``010`` as octal (8) and ``1:30`` as base 60 (90): refused, not trained on."""
+        digits = str(node.value).replace("_", "").lstrip("+-")
+        base = 60 if ":" in digits else 8 if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit() else 0
+        if base:
+            raise YamlError(f"{node.value!r} (line {node.start_mark.line + 1}) is read by YAML 1.1 as a base-{base} "
+                            f"integer ({super().construct_yaml_int(node)}); allowed: a plain decimal integer "
+                            f"(or quote it)")
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        if ":" in str(node.value):
+            raise YamlError(f"{node.value!r} (line {node.start_mark.line + 1}) is read by YAML 1.1 as a base-60 "
+                            f"number ({super().construct_yaml_float(node)}); allowed: a plain decimal number")
+        return super().construct_yaml_float(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+
+
 def _check_depth(text: str) -> None:
     """Walk the parser's events (no recursion) and refuse nesting deeper than MAX_DEPTH."""
     depth = 0
