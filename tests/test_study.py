@@ -79,6 +79,8 @@ def test_grid_expansion_and_run_ids_are_stable():
     ({"seeds": 0}, "seeds: expected a positive int"),
     ({"figure": "figure9"}, "figure: unknown figure 'figure9'"),
     ({"setings": []}, "study: unknown key(s) ['setings']"),
+    ({"grid": {"seed": [1, 2]}}, "grid.seed: a run's seed comes from the study's seeds; allowed: seeds: n"),
+    ({"set": {"seed": 5}}, "set.seed: a run's seed comes from the study's seeds"),
 ])
 def test_bad_study_is_refused_before_any_run(tmp_path, capsys, extra, message):
     out = tmp_path / "s"

@@ -67,7 +67,15 @@ def _overrides(value: Any, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, dict):
         raise C.ConfigError(f"{where}: expected a mapping of dotted.key: value")
+    _refuse_seed(value, where)
     return tuple(_assignment(k, v) for k, v in value.items())
+
+
+def _refuse_seed(keys: dict, where: str) -> None:
+    """Each run's seed is one of the study's ``seeds``: a seed set or gridded was overwritten by it (silently)."""
+    if "seed" in keys:
+        raise C.ConfigError(f"{where}.seed: a run's seed comes from the study's seeds; allowed: seeds: n (seeds "
+                            f"0..n-1) or a list of seeds")
 
 
 def _assignment(key: str, value: Any) -> str:
@@ -128,6 +136,7 @@ def _grid(value: Any) -> dict[str, list]:
         return {}
     if not isinstance(value, dict) or not value:
         raise C.ConfigError("grid: expected a non-empty mapping of dotted.key: [values]")
+    _refuse_seed(value, "grid")
     for key, values in value.items():
         if not isinstance(values, list) or not values:
             raise C.ConfigError(f"grid.{key}: expected a non-empty list of values")
