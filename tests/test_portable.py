@@ -28,7 +28,8 @@ def test_an_already_pinned_process_is_accepted(monkeypatch):
     assert portable.requested() and portable.pinned()
 
 
-@pytest.mark.parametrize(("value", "on"), [("1", True), ("", False), ("0", False)])
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("", False), ("0", False), ("no", False), ("False", False),
+                                           ("off", False), ("yes", True)])
 def test_switch(monkeypatch, value, on):
     monkeypatch.setenv(portable.SWITCH, value)
     assert portable.requested() is on

@@ -126,15 +126,15 @@ def _list_studies() -> int:
     from gstlab.study import expand, study_from_dict  # noqa: PLC0415
 
     rates, machine = machine_rates()
-    print(f"{'study':13s} {'figure':9s} {'runs smoke/mini/paper':>22s} {'est. CPU min (smoke/mini)':>26s}  "
+    print(f"{'study':13s} {'figure':9s} {'runs smoke/mini/paper':>22s} {'est. wall min (smoke/mini)':>27s}  "
           f"paper training epochs")
     for name, spec in STUDIES.items():
         runs = [len(expand(study_from_dict(study_dict(name, s)))) for s in SCALES]
         epochs = sum(preset_config(p, "paper")["train"]["epochs"] for p in spec["settings"])
         minutes = "/".join(f"{estimate_minutes(name, s, rates):.0f}" for s in ("smoke", "mini"))
-        print(f"{name:13s} {spec['figure']:9s} {'/'.join(map(str, runs)):>22s} {minutes:>26s}  "
+        print(f"{name:13s} {spec['figure']:9s} {'/'.join(map(str, runs)):>22s} {minutes:>27s}  "
               f"{epochs * spec['seeds']['paper']:,}")
-    print(f"\nCPU minutes on this machine with --workers 2 --threads-per-worker 1 on two free cores: {machine}; "
+    print(f"\nWall minutes on this machine with --workers 2 --threads-per-worker 1 on two free cores: {machine}; "
           f"paper scale wants GPUs (docs/paper.md#compute).\n"
           "run one: gst sweep --study NAME --scale mini;   see its runs: add --dry-run")
     return EXIT_OK

@@ -31,7 +31,8 @@ class PortableError(RuntimeError):
 
 
 def requested() -> bool:
-    return os.environ.get(SWITCH, "") not in ("", "0")
+    """GSTLAB_PORTABLE set to anything but empty, 0, no, false or off (any case)."""
+    return os.environ.get(SWITCH, "").strip().lower() not in ("", "0", "no", "false", "off")
 
 
 def pinned() -> bool:
