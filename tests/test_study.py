@@ -193,6 +193,9 @@ def test_a_diverged_run_is_reported_as_diverged_not_as_a_crash(tmp_path, capsys)
     assert main(["sweep", str(write_study(tmp_path, data)), "--out", str(out), "--no-progress"]) == 1
     assert "diverged; see its summary.json" in capsys.readouterr().out
     assert [r["status"] for r in index(out)] == ["failed"]
+    run_id = index(out)[0]["run_id"]
+    assert main(["sweep", str(tmp_path / "study.yaml"), "--out", str(out), "--no-progress"]) == 1  # still failed
+    assert f"1 run(s) failed in an earlier sweep and stay failed: {run_id}" in capsys.readouterr().out
 
 
 @pytest.mark.ray

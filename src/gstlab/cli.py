@@ -225,8 +225,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{study.name}: {executed} runs executed now{elsewhere}, {len(failed)} failed; index: {out / 'index.csv'}")
     for o in failed:
         print(f"  FAILED {o.run_id}: {o.detail}")
+    earlier = _failed_in_index(out) - {o.run_id for o in outcomes}
+    if earlier:  # final runs are not rerun: the study still has them
+        print(f"  {len(earlier)} run(s) failed in an earlier sweep and stay failed: {', '.join(sorted(earlier))} "
+              f"(delete a run's directory to run it again)")
     print(f"next: gst report {out}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if failed or earlier else EXIT_OK
+
+
+def _failed_in_index(study_dir: Path) -> set[str]:
+    """Run ids ``index.csv`` records as failed."""
+    import csv  # noqa: PLC0415
+
+    try:
+        with open(study_dir / "index.csv", newline="") as f:
+            return {row["run_id"] for row in csv.DictReader(f) if row.get("status") == "failed"}
+    except (OSError, KeyError, csv.Error):
+        return set()
 
 
 MAX_WORKERS_PER_CORE = 4  # local worker processes beyond this many per core only wait for each other
