@@ -96,6 +96,8 @@ def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
     ("pruning.criterion=ebn --set model.batch_norm=false",
      "pruning.criterion=ebn needs a BatchNorm with gamma and beta (affine) after layer"),
     ("optim.lr=" + "9" * 400, "optim.lr: expected a finite number"),
+    ("optim.lr=1e39", "optim.lr: expected a number within float32's range (|x| <= 3.4e38), got 1e+39"),
+    ("optim.weight_decay=-1e39", "optim.weight_decay: expected a number within float32's range"),
     ("pruning.layers.\u00b2.fraction=0.1", "no list element \u00b2 (the list has 2)"),  # '²'.isdigit() is True
     ("data.synthetic_shape=[]", "data.synthetic_shape: []; allowed: 1 to 3 sizes"),
 ], ids=lambda v: v.split("=")[0] if "=" in v else None)

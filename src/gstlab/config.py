@@ -255,7 +255,12 @@ def _number(value: Any, path: str) -> float:
         raise _NotFinite(f"{path}: expected a finite number, got an integer with {len(str(abs(value)))} digits")
     if not math.isfinite(value):
         raise _NotFinite(f"{path}: expected a finite number, got {value!r}")
+    if abs(value) > FLOAT32_MAX:  # the optimizer computes in float32: 1e39 was a traceback mid-run
+        raise _NotFinite(f"{path}: expected a number within float32's range (|x| <= 3.4e38), got {value!r}")
     return float(value)
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
