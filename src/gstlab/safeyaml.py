@@ -23,7 +23,7 @@ class YamlError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys."""
+    """SafeLoader that refuses duplicate mapping keys and numbers YAML 1.1 reads in base 8 or 60."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -37,7 +37,6 @@ class _Loader(yaml.SafeLoader):
             if duplicate:
                 raise YamlError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1}); give each key once")
         return super().construct_mapping(node, deep=deep)
-
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         """YAML 1.1 reads ``010`` as octal (8) and ``1:30`` as base 60 (90): refused, not trained on."""
