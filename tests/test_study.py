@@ -77,6 +77,8 @@ def test_grid_expansion_and_run_ids_are_stable():
     ({"grid": {"pruning.period": []}}, "grid.pruning.period: expected a non-empty list"),
     ({"grid": {}}, "grid: expected a non-empty mapping"),
     ({"seeds": 0}, "seeds: expected a positive int"),
+    ({"seeds": [1.5]}, "seeds: expected a positive int n (seeds 0..n-1) or a non-empty list of ints, got [1.5]"),
+    ({"seeds": -1}, "seeds: expected a positive int n (seeds 0..n-1) or a non-empty list of ints, got -1"),
     ({"figure": "figure9"}, "figure: unknown figure 'figure9'"),
     ({"setings": []}, "study: unknown key(s) ['setings']"),
     ({"grid": {"seed": [1, 2]}}, "grid.seed: a run's seed comes from the study's seeds; allowed: seeds: n"),

@@ -94,8 +94,9 @@ def _seeds(value: Any) -> tuple[int, ...]:
     if (isinstance(value, list) and 0 < len(value) <= MAX_SEEDS
             and all(isinstance(s, int) and not isinstance(s, bool) for s in value)):
         return tuple(value)
-    if isinstance(value, (int, list)) and not isinstance(value, bool) and value:
-        n = value if isinstance(value, int) else len(value)
+    n = value if isinstance(value, int) and not isinstance(value, bool) else len(value) if isinstance(value, list) \
+        else 0
+    if n > MAX_SEEDS:
         raise C.ConfigError(f"seeds: at most {MAX_SEEDS:,} seeds, got {n:,}")
     raise C.ConfigError(f"seeds: expected a positive int n (seeds 0..n-1) or a non-empty list of ints, got {value!r}")
 
