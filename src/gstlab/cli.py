@@ -234,14 +234,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _failed_in_index(study_dir: Path) -> set[str]:
-    """Run ids ``index.csv`` records as failed."""
-    import csv  # noqa: PLC0415
+    """Run ids the study's ``index.csv`` (just written by the sweep, read verified) records as failed."""
+    from gstlab.analysis.results import read_index  # noqa: PLC0415
 
-    try:
-        with open(study_dir / "index.csv", newline="") as f:
-            return {row["run_id"] for row in csv.DictReader(f) if row.get("status") == "failed"}
-    except (OSError, KeyError, csv.Error):
-        return set()
+    index = read_index(study_dir)
+    return set(index.loc[index["status"] == "failed", "run_id"])
 
 
 MAX_WORKERS_PER_CORE = 4  # local worker processes beyond this many per core only wait for each other

@@ -241,6 +241,9 @@ def _registry(tp: Any) -> Registry:
     return next(m for m in typing.get_args(tp)[1:] if isinstance(m, Registry))
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # training computes in float32: a larger number overflows there
+
+
 def _number(value: Any, path: str) -> float:
     """A finite float from a YAML number or any string Python's ``float`` reads (YAML 1.1 reads ``1e-3`` as a
     string); nan and inf are refused."""
@@ -258,9 +261,6 @@ def _number(value: Any, path: str) -> float:
     if abs(value) > FLOAT32_MAX:  # the optimizer computes in float32: 1e39 was a traceback mid-run
         raise _NotFinite(f"{path}: expected a number within float32's range (|x| <= 3.4e38), got {value!r}")
     return float(value)
-
-
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:

@@ -98,7 +98,7 @@ def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> dict[st
         return {}
     was_training, fed_by, lineage = model.training, {}, _Lineage()
     hooks = [m.register_forward_hook(functools.partial(_record, fed_by, lineage, name))
-             for name, m in model.named_modules() if name]
+             for name, m in model.named_modules() if isinstance(m, (*_NORMS, *PRUNABLE))]
     model.eval()
     try:
         with lineage:

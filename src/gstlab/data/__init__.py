@@ -72,12 +72,12 @@ def _check_inputs(source_name: str, split: str, x) -> None:
     if isinstance(x, Images):
         _check_normalization(source_name, split, x)
     raw = x.raw if isinstance(x, Images) else x
-    if torch.is_tensor(raw) and raw.dtype != torch.uint8 and not (raw.is_floating_point() or raw.is_complex()):
+    if not torch.is_tensor(raw) or raw.dtype == torch.uint8:
+        return
+    if not (raw.is_floating_point() or raw.is_complex()):
         raise ConfigError(f"{source_name} gave {split} inputs of dtype {raw.dtype}; allowed: uint8 pixels (decoded "
                           f"to [0, 1]) or floating-point values (used as they are): an integer type other than "
                           f"uint8 would reach the model unscaled, as float32")
-    if not torch.is_tensor(raw) or not (raw.is_floating_point() or raw.is_complex()):
-        return
     bad = int((~torch.isfinite(raw)).sum())
     if bad:
         raise ConfigError(f"{source_name} gave {split} inputs with {bad} non-finite value(s) (NaN or inf); "
