@@ -378,3 +378,18 @@ def test_the_ray_executor_without_ray_is_one_line(tmp_path, capsys, monkeypatch)
     assert main(args) == 2
     assert capsys.readouterr().err == "gst: error: --executor ray needs Ray: pip install 'gstlab[ray]'\n"
     assert not out.exists()
+
+
+def test_two_settings_with_different_runs_under_one_label_are_refused(tmp_path):
+    """The report groups by (arch, label): a preset used twice with different `set` would pool two settings."""
+    study = write_study(tmp_path, {"name": "s", "seeds": 1,
+                                   "settings": [{"inline": SMALL, "label": "a", "set": {"optim.lr": 0.002}},
+                                                {"inline": SMALL, "label": "a"}]})
+    with pytest.raises(C.ConfigError, match=r"settings\[1\]: label 'a' .* already used by settings\[0\]"):
+        expand(load_study_file(study)[0])
+    same = write_study(tmp_path, {"name": "s", "seeds": 1, "settings": [{"inline": SMALL, "label": "a"},
+                                                                        {"inline": SMALL, "label": "a"}]}, "same.yaml")
+    assert len(expand(load_study_file(same)[0])) == 1  # identical runs are one run, nothing pooled
+    fig4 = expand(load_study_file(write_study(tmp_path, {"name": "s", "seeds": 1, "settings": [
+        {"preset": "F4_18_0"}, {"preset": "F4_20_0"}]}, "f4.yaml"))[0])
+    assert [r.label for r in fig4] == ["Prune_S 3%", "Prune_S 3%"]  # one label on two archs: the report splits them

@@ -204,7 +204,8 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
 def expand(study: Study) -> list[StudyRun]:
     """Every run of the study, validated; identical configs appear once (the first occurrence)."""
     runs: dict[str, StudyRun] = {}
-    for setting in study.settings:
+    owner: dict[tuple[str, str], int] = {}  # (label, arch) -> the setting whose runs the report groups under it
+    for i, setting in enumerate(study.settings):
         for point in grid_points(study.grid):
             for seed in study.seeds:
                 overrides = [*study.overrides, *setting.overrides, *(_assignment(k, v) for k, v in point.items()),
@@ -218,8 +219,18 @@ def expand(study: Study) -> list[StudyRun]:
                     first = runs[rid]
                     runs[rid] = dataclasses.replace(first, aliases=(*first.aliases, setting.key))
                 else:
+                    _claim_label(owner, setting.label, cfg.model.arch, i)
                     runs[rid] = StudyRun(rid, setting.key, setting.label, seed, point, cfg)
     return list(runs.values())
+
+
+def _claim_label(owner: dict[tuple[str, str], int], label: str, arch: str, i: int) -> None:
+    """The report groups runs by label within an architecture: two settings with different runs under one label
+    and arch would be pooled into one group, so they are refused."""
+    first = owner.setdefault((label, arch), i)
+    if first != i:
+        raise C.ConfigError(f"settings[{i}]: label {label!r} (arch {arch}) is already used by settings[{first}], "
+                            f"whose runs differ; the report would pool them: give each setting its own label")
 
 
 # --------------------------------------------------------------------------------------------------- index
