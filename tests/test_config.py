@@ -137,3 +137,19 @@ def test_a_mapping_set_on_a_section_changes_only_the_keys_it_names():
 def test_numbers_yaml_1_1_reads_in_another_base_are_refused(value, read_as):
     with pytest.raises(C.ConfigError, match=re.escape(f"is read by YAML 1.1 as a {read_as}")):
         C.parse({}, [f"train.epochs={value}"])
+
+
+def test_scale_with_a_config_or_study_file_is_refused_not_ignored(tmp_path, capsys):
+    from gstlab.cli import main
+    from test_runner import TINY
+
+    path = tmp_path / "c.yaml"
+    path.write_text(C.dump_yaml(C.parse(TINY)))
+    assert main(["run", "--config", str(path), "--scale", "paper", "--out", str(tmp_path / "run")]) == 2
+    assert "--scale applies to --preset only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    study = tmp_path / "s.yaml"
+    study.write_text(C.dump_yaml({"name": "s", "seeds": 1, "settings": [{"preset": "F2_VGG_0"}]}))
+    assert main(["sweep", str(study), "--scale", "smoke", "--dry-run"]) == 2
+    assert "a study file gives its own `scale:`" in capsys.readouterr().err
+    assert main(["sweep", "--study", "fig2_vgg", "--scale", "smoke", "--dry-run"]) == 0  # presets keep it

@@ -21,6 +21,7 @@ from gstlab.surprises import surprises
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 EXIT_INTERRUPTED = 128 + 2  # what a shell reports for a process killed by SIGINT (Ctrl-C)
+DEFAULT_SCALE = "mini"  # --scale of --preset / --study when not given
 
 
 class UsageError(Exception):
@@ -32,7 +33,9 @@ def _config_from_args(args: argparse.Namespace) -> C.RunConfig:
 
     if bool(args.config) == bool(args.preset):
         raise UsageError("give exactly one of --config FILE or --preset NAME")
-    data = C.load_yaml(args.config) if args.config else preset_config(args.preset, args.scale)
+    if args.config and args.scale:
+        raise UsageError("--scale applies to --preset only; a config file gives its own sizes (change them with --set)")
+    data = C.load_yaml(args.config) if args.config else preset_config(args.preset, args.scale or DEFAULT_SCALE)
     overrides = list(args.set or [])
     if args.no_progress:
         overrides.append("train.progress=false")
@@ -159,11 +162,13 @@ def _study_from_args(args: argparse.Namespace):
 
     if bool(args.study_file) == bool(args.study):
         raise UsageError("give exactly one of STUDY_FILE or --study NAME")
+    if args.study_file and args.scale:
+        raise UsageError("--scale applies to --study presets only; a study file gives its own `scale:`")
     if args.study_file:
         study, raw = load_study_file(args.study_file, seeds=args.seeds)
         base = Path(args.study_file).parent
     else:
-        raw, base = study_dict(args.study, args.scale), Path(".")
+        raw, base = study_dict(args.study, args.scale or DEFAULT_SCALE), Path(".")
     if args.set:
         raw = {**raw, "override": {**(raw.get("override") or {}), **dict(_key_value(a) for a in args.set)}}
     return study_from_dict(raw, base, seeds=args.seeds), raw
@@ -409,9 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="YAML config (sections data, model, optim, train, "
                                                         "pruning, intervention, probes, seed)")
     run.add_argument("--preset", metavar="NAME", help="a paper configuration, e.g. F2_VGG_4 (see `gst presets`)")
-    run.add_argument("--scale", default="mini", choices=SCALES,
+    run.add_argument("--scale", choices=SCALES,
                      help="preset scale: smoke (pipeline check) | mini (the paper's clock, minutes on a CPU core) | "
-                          "paper (default: mini)")
+                          "paper (default: mini); --preset only")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config field, e.g. --set pruning.period=40 (repeatable)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-<run id>)")
@@ -450,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "are skipped, cut-off runs resume, and a run that crashes fails alone. Layout: docs/studies.md.")
     sweep.add_argument("study_file", nargs="?", metavar="STUDY_FILE", help="study YAML")
     sweep.add_argument("--study", metavar="NAME", help="a study preset, e.g. fig2_vgg (see `gst presets --studies`)")
-    sweep.add_argument("--scale", default="mini", choices=SCALES,
-                       help="scale of a study preset (default: mini)")
+    sweep.add_argument("--scale", choices=SCALES,
+                       help="scale of a study preset (default: mini); --study only (a study file has `scale:`)")
     sweep.add_argument("--seeds", type=_count(1), metavar="N", help="use seeds 0..N-1 instead of the study's")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field in every run, after each setting's own set and the grid point "
