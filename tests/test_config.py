@@ -153,3 +153,16 @@ def test_scale_with_a_config_or_study_file_is_refused_not_ignored(tmp_path, caps
     assert main(["sweep", str(study), "--scale", "smoke", "--dry-run"]) == 2
     assert "a study file gives its own `scale:`" in capsys.readouterr().err
     assert main(["sweep", "--study", "fig2_vgg", "--scale", "smoke", "--dry-run"]) == 0  # presets keep it
+
+
+def test_an_unpruned_run_prints_no_nan(tmp_path, capsys):
+    from gstlab.cli import main
+    from test_runner import TINY
+
+    path = tmp_path / "c.yaml"
+    path.write_text(C.dump_yaml(C.parse(TINY, ["pruning.layers=[]"])))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["mean_flips"] is None  # no event: not measured (NaN in memory, null in the file)
+    assert "nan" not in out.lower() and "mean flips" not in out

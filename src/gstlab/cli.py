@@ -8,6 +8,7 @@ interrupted (Ctrl-C), 141 the output was closed early (``gst ... | head``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -80,7 +81,7 @@ def _print_summary(out: Path, s: dict, executed: bool = True) -> None:
     print(f"run {s.get('run_id')} -> {out}  [{s.get('status')}{'' if executed else ', earlier'}]")
     if s.get("failure"):
         print(f"  failure: {s['failure']}")
-    f = {k: "n/a" if s.get(k) is None else f"{s[k]:.2f}" for k in ("mean_stability", "best_test_acc",
+    f = {k: "n/a" if _absent(s.get(k)) else f"{s[k]:.2f}" for k in ("mean_stability", "best_test_acc",
                                                                   "final_test_acc", "generalization_gap")}
     print(f"  mean stability {f['mean_stability']}%   best test acc {f['best_test_acc']}% "
           f"(epoch {s['best_epoch']})   final {f['final_test_acc']}%   gap {f['generalization_gap']}")
@@ -98,9 +99,14 @@ def _summary_extras(s: dict) -> str:
         parts.append(f"peak test acc {s['peak_test_acc']:.2f}% (epoch {s['peak_epoch']})")
     for key, text in (("memorization", "memorization {:.2f}%"), ("mean_flips", "mean flips {:.2f}%"),
                       ("worst_class_drop", "worst class drop {:.2f} points")):
-        if s.get(key) is not None:
+        if not _absent(s.get(key)):
             parts.append(text.format(s[key]))
     return "   ".join(parts)
+
+
+def _absent(value: object) -> bool:
+    """A summary value not measured: None, or NaN (e.g. class detail of a run with no pruning event)."""
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
