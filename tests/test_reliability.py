@@ -378,6 +378,10 @@ def test_a_study_index_is_checksummed_and_an_edited_one_is_never_used(tmp_path, 
     checksum.unlink()  # an index from before checksums: used, with one warning
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().err.count("has no checksum file") == 1
+    text = index.read_text()
+    index.write_text(text[:text.rindex(",") - 3])  # ... cut mid-row, it would have listed a 'pending' run
+    assert main(["report", str(out)]) == 1
+    assert "index.csv: line 3 has no status (truncated or damaged)" in capsys.readouterr().err
 
 
 def test_a_study_file_kept_by_a_sweep_is_checksummed_and_an_edited_one_is_never_used(tmp_path, capsys):

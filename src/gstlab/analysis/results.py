@@ -24,6 +24,7 @@ from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
 from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS
 
 ID_COLUMNS = ("run_id", "setting", "label", "seed")
+INDEX_REQUIRED = ("run_id", "seed", "status")  # every row of index.csv has them
 SUMMARY_COLUMNS = (
     "mean_stability", "best_test_acc", "best_epoch", "final_test_acc", "generalization_gap", "n_events",
     "n_prune_epochs", "last_pruned_epoch", "epochs_done", "params_total", "params_remaining", "params_zero",
@@ -76,7 +77,21 @@ def read_index(study_dir: Path) -> pd.DataFrame:
     if not checked:
         warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as it is. "
              f"`gst sweep` on the study writes one")
-    return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "setting": str, "label": str})
+    index = pd.read_csv(io.StringIO(text), dtype={"run_id": str, "setting": str, "label": str})
+    _check_rows(index, path)
+    return index
+
+
+def _check_rows(index: pd.DataFrame, path: Path) -> None:
+    """A row cut short (a truncated index from before checksums) has no status: refused, not read as pending."""
+    missing = [c for c in INDEX_REQUIRED if c not in index]
+    empty = index[list(INDEX_REQUIRED)].isna() if not missing else None
+    bad = [] if empty is None else list(empty.index[empty.any(axis=1)])
+    if missing or bad:
+        where = (f"no column {missing[0]}" if missing else
+                 f"line {bad[0] + 2} has no {', '.join(c for c in INDEX_REQUIRED if empty.loc[bad[0], c])}")
+        raise store.DamagedFileError(f"{path}: {where} (truncated or damaged); `gst sweep` on the study rewrites "
+                                     f"it (finished runs are not re-run)")
 
 
 def load_study(study_dir: str | Path) -> pd.DataFrame:
