@@ -135,6 +135,9 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
         assert "probes.prunability_delta" in capsys.readouterr().err
     assert main(["flatness", str(out), "--epoch", "2"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+    for where, what in ((tmp_path, "not a run directory (no config.yaml)"), (tmp_path / "none", "no such directory")):
+        assert main(["flatness", str(where)]) == 2
+        assert capsys.readouterr().err.startswith(f"gst: error: {where}: {what}")
     assert main(["flatness", str(out), "--device", "cuda"]) == 2  # the suite hides any GPU (tests/conftest.py)
     assert capsys.readouterr().err == ("gst: error: --device: 'cuda' requested but CUDA is not available; allowed "
                                        "here: auto, cpu\n")
