@@ -1,6 +1,7 @@
 """CPU speed-ups that must not change a number: the evaluation max-pool and the foreach optimizer update are
 bit-identical to PyTorch's defaults (issue 25)."""
 
+import os
 import shutil
 
 import pytest
@@ -142,13 +143,25 @@ def test_a_dry_run_estimates_the_runs_not_yet_done_on_this_machine(tmp_path, mon
     started = tmp_path / "s" / "runs" / expand(load_study_file(study)[0])[0].run_id
     started.mkdir(parents=True)
     (started / "metrics.csv").write_text("epoch\n" + "".join(f"{e}\n" for e in range(20)))  # cut off after 20
-    assert main(["sweep", str(study), "--dry-run", "--workers", "2", "--out", str(tmp_path / "s")]) == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main(["sweep", str(study), "--dry-run", "--workers", "2", "--threads-per-worker", "1",
+                 "--out", str(tmp_path / "s")]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     seconds = [studies.config_seconds(C.parse(SMALL), 1000.0, 4000.0, 5.0, done) for done in (20, 0)]
     minutes = sum(seconds) / 60
     assert last.startswith(f"estimate: 2 runs to do (1 of them started, counted from their last checkpoint), "
-                           f"~{minutes:,.0f} CPU min, ~{minutes / 2:,.0f} min on 2 workers")
+                           f"~{minutes:,.0f} CPU min, ~{seconds[1] / 60:,.0f} min on 2 workers (each run on one "
+                           f"core)")  # two runs side by side: the longer one's minutes
     assert calibration.machine_key() in last
+    assert main(["sweep", str(study), "--dry-run", "--workers", "4", "--threads-per-worker", "2",
+                 "--out", str(tmp_path / "s")]) == 0  # one 2-thread run at a time on 2 cores
+    assert f"~{minutes:,.0f} min on 4 workers, 1 at a time on this machine's cores (each run on one core; its 2 " \
+           f"threads not counted)" in capsys.readouterr().out
+    assert main(["sweep", str(study), "--dry-run", "--workers", "9", "--out", str(tmp_path / "s")]) == 2
+    assert "--workers: 9 asked but this machine has 2 CPU cores" in capsys.readouterr().err  # as the sweep says
+    assert studies.pool_seconds([3.0, 1.0, 1.0, 1.0, 2.0], 2) == 5.0  # 3 | 1+1+1, both free at 3, then 2
+    assert studies.pool_seconds([1.0, 1.0, 4.0, 1.0], 2) == 5.0  # 1+4 | 1+1: in the order handed out, not sorted
+    assert studies.pool_seconds([], 3) == 0.0
     shutil.rmtree(started)  # none started: nothing to say about checkpoints
     assert main(["sweep", str(study), "--dry-run", "--out", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("estimate: 2 runs to do, ~")

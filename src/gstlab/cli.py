@@ -187,22 +187,29 @@ def _key_value(assignment: str) -> tuple[str, object]:
     return key.strip(), C.parse_value(key, value)
 
 
-def _dry_run_estimate(runs: list, store_dir: Path, workers: int) -> str:
-    """One line: what the runs not yet ended in ``store_dir`` cost on this machine (calibrated, cached)."""
-    from gstlab.experiments.studies import study_estimate  # noqa: PLC0415
+def _dry_run_estimate(runs: list, store_dir: Path, workers: int, threads: int, local: bool) -> str:
+    """One line: what the runs not yet ended in ``store_dir`` cost on this machine (calibrated, cached), in CPU
+    minutes and in wall minutes on the sweep's pool of ``workers`` (``local``: as many as this machine's cores
+    run at ``threads`` each)."""
+    from gstlab.experiments.studies import pool_seconds, run_estimates  # noqa: PLC0415
     from gstlab.progress import epochs_done  # noqa: PLC0415
     from gstlab.study import run_status  # noqa: PLC0415
 
     todo = [r for r in runs if run_status(store_dir / "runs" / r.run_id) not in ("finished", "failed")]
     done = [epochs_done(store_dir / "runs" / r.run_id) for r in todo]  # its metrics.csv: its last checkpoint
-    seconds, unknown, machine = study_estimate([r.cfg for r in todo], done)
-    cpu_min = seconds / 60
+    seconds, machine = run_estimates([r.cfg for r in todo], done)
+    known = [s for s in seconds if s is not None]
+    slots = min(workers, max(1, (os.cpu_count() or 1) // threads)) if local else workers
+    cpu_min, wall_min = sum(known) / 60, pool_seconds(known, slots) / 60
     started = sum(1 for d in done if d)
-    missing = f"; {unknown} without an estimate (data or model known only from Python)" if unknown else ""
+    missing = f"; {len(seconds) - len(known)} without an estimate (data or model known only from Python)" \
+        if len(known) < len(seconds) else ""
     resumed = f" ({started} of them started, counted from their last checkpoint)" if started else ""
-    return (f"estimate: {len(todo)} runs to do{resumed}, "
-            f"~{cpu_min:,.0f} CPU min, ~{cpu_min / workers:,.0f} min on {workers} worker"
-            f"{'s' if workers > 1 else ''} with one free core each{missing}; this machine: {machine}")
+    cores = f", {slots} at a time on this machine's cores" if slots < workers else ""
+    threaded = f"; its {threads} threads not counted" if threads > 1 else ""
+    return (f"estimate: {len(todo)} runs to do{resumed}, ~{cpu_min:,.0f} CPU min, ~{wall_min:,.0f} min on "
+            f"{workers} worker{'s' if workers > 1 else ''}{cores} (each run on one core{threaded}){missing}; "
+            f"this machine: {machine}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -212,6 +219,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     study, raw = _study_from_args(args)
     out = _out_arg(args.out, "--out") or Path("studies") / study.name.replace("@", "-")
     store_dir = _out_arg(args.store, "--store")
+    gpus = detect_gpus() if args.executor == "local" else int(args.gpus)
+    workers = args.workers or (gpus * args.runs_per_gpu if gpus else 1)
+    threads = args.threads_per_worker or default_threads(args.executor)
+    if args.executor == "local":  # a dry run refuses what the sweep would
+        _check_machine(workers, threads, gpus * args.runs_per_gpu)
     if args.dry_run:
         runs = expand(study)
         print(f"{study.name}: {len(runs)} runs ({len(study.settings)} settings x {len(study.seeds)} seeds"
@@ -219,13 +231,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for r in runs:
             same = f"  (same run as {', '.join(r.aliases)})" if r.aliases else ""
             print(f"  {r.run_id}  {r.setting:12s} {r.label:22s} seed {r.seed}  {r.grid or ''}{same}")
-        print(_dry_run_estimate(runs, Path(store_dir or out), args.workers or 1))
+        print(_dry_run_estimate(runs, Path(store_dir or out), workers, threads, args.executor == "local"))
         return EXIT_OK
-    gpus = detect_gpus() if args.executor == "local" else int(args.gpus)
-    workers = args.workers or (gpus * args.runs_per_gpu if gpus else 1)
-    threads = args.threads_per_worker or default_threads(args.executor)
-    if args.executor == "local":
-        _check_machine(workers, threads, gpus * args.runs_per_gpu)
     res = Resources(workers=workers, threads=threads, runs_per_gpu=args.runs_per_gpu, gpus=gpus)
     outcomes = sweep(study, raw, out, args.executor, res, address=args.address, store_dir=store_dir,
                      progress=not args.no_progress, tensorboard=args.tensorboard)

@@ -9,6 +9,8 @@ Figure 5 and D2 baselines are the Figure 2 / Figure 5 runs the paper took them f
 
 from __future__ import annotations
 
+import heapq
+
 from gstlab.config import ConfigError, RunConfig, parse, to_dict
 from gstlab.experiments.calibration import Rates, cached_rates, cached_spec_rates, spec
 from gstlab.experiments.presets import SCALES, preset_config
@@ -101,20 +103,35 @@ def config_seconds(cfg: RunConfig, train_rate: float, eval_rate: float, probe_sl
 
 def study_estimate(cfgs: list[RunConfig], done: list[int] | None = None) -> tuple[float, int, str]:
     """(CPU seconds on one core of this machine, runs without an estimate, a line naming the machine) for
-    ``cfgs``, each from its epoch in ``done`` on (default: whole runs): each distinct model, input shape and
-    batch size is calibrated once on this machine (cached). A run has no estimate when its data set's shape or
-    size is unknown without loading it, or its model was given from Python."""
+    ``cfgs``, each from its epoch in ``done`` on (default: whole runs); see :func:`run_estimates`."""
+    seconds, line = run_estimates(cfgs, done)
+    return sum(s for s in seconds if s is not None), seconds.count(None), line
+
+
+def run_estimates(cfgs: list[RunConfig], done: list[int] | None = None) -> tuple[list[float | None], str]:
+    """(CPU seconds on one core of this machine per run, None where there is no estimate; a line naming the
+    machine) for ``cfgs``, each from its epoch in ``done`` on (default: whole runs): each distinct model, input
+    shape and batch size is calibrated once on this machine (cached). A run has no estimate when its data set's
+    shape or size is unknown without loading it, or its model was given from Python."""
     done = done or [0] * len(cfgs)
     keys = [_spec(cfg) for cfg in cfgs]
     known = sorted({k for k in keys if k})
     rates, line = cached_spec_rates(known) if known else ({}, "no run to calibrate")
     ref_vgg = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0]  # PROBE_S's model on the machine that measured it
-    total = 0.0
+    seconds: list[float | None] = []
     for cfg, key, start in zip(cfgs, keys, done):
-        if key:
-            train_rate, eval_rate = rates[(key,)]
-            total += config_seconds(cfg, train_rate, eval_rate, ref_vgg / train_rate, start)
-    return total, keys.count(None), line
+        train_rate, eval_rate = rates[(key,)] if key else (0.0, 0.0)
+        seconds.append(config_seconds(cfg, train_rate, eval_rate, ref_vgg / train_rate, start) if key else None)
+    return seconds, line
+
+
+def pool_seconds(seconds: list[float], slots: int) -> float:
+    """Wall seconds of runs taking ``seconds`` each, handed out in this order to ``slots`` parallel workers,
+    each run to the first worker free (as a sweep's pool does)."""
+    free = [0.0] * max(1, slots)
+    for s in seconds:
+        heapq.heapreplace(free, free[0] + s)
+    return max(free)
 
 
 def _spec(cfg: RunConfig) -> str | None:
