@@ -393,3 +393,25 @@ def test_two_settings_with_different_runs_under_one_label_are_refused(tmp_path):
     fig4 = expand(load_study_file(write_study(tmp_path, {"name": "s", "seeds": 1, "settings": [
         {"preset": "F4_18_0"}, {"preset": "F4_20_0"}]}, "f4.yaml"))[0])
     assert [r.label for r in fig4] == ["Prune_S 3%", "Prune_S 3%"]  # one label on two archs: the report splits them
+
+
+def test_the_written_study_holds_its_config_files_and_expands_the_same_from_anywhere(tmp_path, monkeypatch):
+    """A `config:` path is relative to the study file: the study.yaml a sweep writes (which the report's remedy
+    command names) carries the files' content instead, so it expands to the same runs from its own folder."""
+    (tmp_path / "settings").mkdir()
+    (tmp_path / "settings" / "a.yaml").write_text(C.dump_yaml(C.parse(SMALL)))
+    study = write_study(tmp_path, {"name": "s", "seeds": 2, "settings": [
+        {"config": "settings/a.yaml"}, {"config": "settings/a.yaml", "label": "b", "set": {"optim.lr": 0.002}}]})
+    out = tmp_path / "elsewhere" / "out"
+    from gstlab.executors import Resources, sweep
+
+    study_obj, raw = load_study_file(study)
+    original = expand(study_obj)
+    monkeypatch.setattr("gstlab.executors.write_index", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # stop right after study.yaml is written: nothing trains
+        sweep(study_obj, raw, out, "local", Resources(workers=1), progress=False)
+    monkeypatch.chdir(tmp_path.parent)
+    written, data = load_study_file(out / "study.yaml")
+    assert [r.run_id for r in expand(written)] == [r.run_id for r in original]
+    assert [(r.setting, r.label) for r in expand(written)] == [(r.setting, r.label) for r in original]
+    assert "config" not in str(data["settings"]) and data["settings"][1]["set"] == {"optim.lr": 0.002}

@@ -193,6 +193,15 @@ def load_study_file(path: str | Path, seeds: int | None = None) -> tuple[Study, 
     return study_from_dict(data, Path(path).parent, seeds), data
 
 
+def self_contained(raw: dict, study: Study) -> dict:
+    """``raw`` with each ``config:`` file setting replaced by its content (``inline:`` under the same label,
+    so the same key and run ids): the study.yaml a sweep writes into its study directory then expands the same
+    from anywhere, and records the files as they were run."""
+    items = [{"inline": setting.data, "label": setting.label, **({"set": item["set"]} if "set" in item else {})}
+             if "config" in item else item for item, setting in zip(raw.get("settings") or [], study.settings)]
+    return {**raw, "settings": items}
+
+
 # ------------------------------------------------------------------------------------------------ expansion
 
 
