@@ -260,6 +260,8 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4)), "data": DATA,
       "units": []}, "model: has uninitialized (lazy) parameters; allowed: a model whose parameters exist"),
     ({"model": UnitsAsAList, "data": DATA}, "model.prunable_units: a list; allowed: a method"),
+    ({"model": net, "data": DATA, "classes": 3}, "classes: 3; the data has label 3, so allowed: an int >= 4"),
+    ({"model": net, "classes": 4}, "classes: give it with data=...; a registered data set knows its classes"),
     ({"model": net, "data": (DATA[0].index_fill(0, torch.tensor([7]), float("nan")), *DATA[1:])},
      "data (given to gstlab.api.run) gave train inputs with 144 non-finite value(s) (NaN or inf); allowed: finite"),
 ])
@@ -334,3 +336,15 @@ def test_a_batchnorm_without_affine_parameters_leaves_pruned_units_at_zero_and_e
         assert not trained.eval().bn1(trained.conv1(DATA[0][:8]))[:, dead].any()
     with pytest.raises(C.ConfigError, match="pruning.criterion=ebn needs a BatchNorm with gamma and beta"):
         api.run(C.parse(SHORT, ["pruning.criterion=ebn"]), tmp_path / "ebn", model=model, data=DATA)
+
+
+def test_data_without_its_top_class_runs_with_the_classes_given(tmp_path):
+    """A slice with no example of the top class: the largest label + 1 would be one class short."""
+    x, y, xt, yt = DATA
+    keep, keep_t = y < 3, yt < 3
+    part = (x[keep], y[keep], xt[keep_t], yt[keep_t])
+    with pytest.raises(C.ConfigError, match="the data has 3 classes, so allowed: \\(batch, 3\\) logits"):
+        api.run(SHORT, tmp_path / "short", model=net(0), data=part)
+    summary = api.run(SHORT, tmp_path / "run", model=net(0), data=part, classes=4)
+    assert summary["status"] == "finished"
+    assert "4 classes" in C.load_yaml(tmp_path / "run" / "config.yaml")["data"]["supplied"]

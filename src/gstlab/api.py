@@ -38,8 +38,8 @@ DataLike = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | tuple
 
 
 def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: ModelLike | None = None,
-        data: DataLike | None = None, units: Sequence[str | PrunableUnit] | None = None,
-        progress: bool | None = None) -> dict:
+        data: DataLike | None = None, classes: int | None = None,
+        units: Sequence[str | PrunableUnit] | None = None, progress: bool | None = None) -> dict:
     """Run, resume or skip the run in directory ``out``; returns its summary (as ``summary.json``).
 
     - ``config``: a RunConfig, a mapping as in a YAML config, or the path of a YAML config.
@@ -51,6 +51,8 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
       pairs, read once in index order (a loader's batching and shuffling are replaced by the config's). None:
       ``data.name`` from the data registry. ``data.train_subset``, ``test_subset``, ``augment``,
       ``image_size`` and ``label_noise`` apply to your data as to a registered set.
+    - ``classes``: the number of classes of ``data`` (default: its largest label + 1; give it when the top
+      class has no example in the tensors given, e.g. a slice of a larger set).
     - ``units``: the prunable layers (module names, each with the BatchNorm that follows it, or
       ``PrunableUnit`` objects); None: the model's ``prunable_units()`` if it has one, else the modules that
       ``pruning.layers`` names.
@@ -59,6 +61,8 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
     if isinstance(units, (str, PrunableUnit)):
         raise C.ConfigError(f"units: {units!r} is one unit; allowed: a list of module names or PrunableUnit "
                             f"objects, e.g. [{units!r}]")
+    if classes is not None and data is None:
+        raise C.ConfigError("classes: give it with data=...; a registered data set knows its classes")
     if units is not None and model is None:
         raise C.ConfigError("units: give them with model=...; a zoo model declares its own prunable units")
     parts = Parts(units=None if units is None else _units_of(units))
@@ -67,7 +71,7 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
         parts = dataclasses.replace(parts, model=builder)
         cfg = C.replace(cfg, model=C.replace(cfg.model, supplied=fingerprint))
     if data is not None:
-        source, fingerprint = _supplied_data(data)
+        source, fingerprint = _supplied_data(data, classes)
         parts = dataclasses.replace(parts, data=source)
         cfg = C.replace(cfg, data=C.replace(cfg.data, supplied=fingerprint))
     return execute(C.validate(cfg), out, progress, parts)
@@ -148,8 +152,9 @@ def _update(h: hashlib._Hash, name: str, t: torch.Tensor) -> None:
 # -------------------------------------------------------------------------------------------------- data
 
 
-def _supplied_data(data: DataLike):
-    """(loader shaped as a registered data set, fingerprint) of the user's tensors, datasets or loaders."""
+def _supplied_data(data: DataLike, classes: int | None = None):
+    """(loader shaped as a registered data set, fingerprint) of the user's tensors, datasets or loaders with
+    ``classes`` classes (default: the largest label + 1)."""
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 4):
         raise C.ConfigError("data: expected (x_train, y_train, x_test, y_test) tensors or (train, test) datasets "
                             f"or DataLoaders, got {type(data).__name__}"
@@ -164,7 +169,7 @@ def _supplied_data(data: DataLike):
     if x_train.shape[1:] != x_test.shape[1:]:
         raise C.ConfigError(f"data: train inputs have shape {tuple(x_train.shape[1:])}, test inputs "
                             f"{tuple(x_test.shape[1:])}; need the same")
-    classes = int(max(y_train.max(), y_test.max())) + 1
+    classes = _classes(classes, int(max(y_train.max(), y_test.max())))
     h = hashlib.sha256(f"classes:{classes}".encode())
     for name, t in zip(("x_train", "y_train", "x_test", "y_test"), (x_train, y_train, x_test, y_test)):
         _update(h, name, t)
@@ -186,6 +191,15 @@ def _read(split: Split, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     except (TypeError, ValueError, RuntimeError) as err:
         raise C.ConfigError(f"data: the {name} split is not a dataset of (input, label) pairs of one shape "
                             f"({err})") from None
+
+
+def _classes(classes: int | None, top: int) -> int:
+    """``classes`` checked against the largest label ``top`` (default: top + 1)."""
+    if classes is None:
+        return top + 1
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes <= top:
+        raise C.ConfigError(f"classes: {classes!r}; the data has label {top}, so allowed: an int >= {top + 1}")
+    return classes
 
 
 def _labels(y: torch.Tensor, name: str) -> torch.Tensor:
