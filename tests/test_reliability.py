@@ -497,3 +497,17 @@ def test_a_finished_run_whose_directory_is_gone_is_left_out_and_a_moved_study_fi
     runs = pd.read_csv(moved / "report" / "runs.csv").set_index("run_id")
     assert runs.loc[gone.name, "status"] == "damaged" and "summary.json is missing" in runs.loc[gone.name, "failure"]
     assert "gst sweep" in capsys.readouterr().err
+
+
+def test_one_parser_reads_sha256sum_output_for_report_folders_and_checked_files(tmp_path):
+    digest = "ab" * 32
+    assert store.parse_sums(f"{digest}  runs.csv\n{digest} *fig 1.png\n\n") == {"runs.csv": digest, "fig 1.png": digest}
+    for bad in ("", "\n", f"{digest}\n", "xyz  runs.csv\n", f"{digest[:-1]}  a\n"):
+        with pytest.raises(ValueError):
+            store.parse_sums(bad)
+    path = tmp_path / "index.csv"
+    store.write_checked_text(path, "run_id\n")
+    assert store.read_checked_text(path, "gst sweep") == ("run_id\n", True)
+    store.checksum_path(path).write_text(store.checksum_path(path).read_text().replace("index.csv", "other.csv"))
+    with pytest.raises(store.DamagedFileError, match="does not match index.csv.sha256"):
+        store.read_checked_text(path, "gst sweep")  # a checksum of another file vouches for nothing

@@ -16,6 +16,7 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,6 +227,21 @@ def write_checked_text(path: Path, text: str) -> None:
     atomic_write_text(checksum_path(path), f"{hashlib.sha256(text.encode()).hexdigest()}  {path.name}\n")
 
 
+def parse_sums(text: str) -> dict[str, str]:
+    """``sha256sum`` output ('DIGEST  NAME' lines; '*NAME' in binary mode) as {name: digest}; ValueError when a
+    line is not one, or there is none."""
+    listed = {}
+    for line in filter(str.strip, text.splitlines()):
+        digest, _, name = line.partition(" ")
+        name = name.lstrip(" ").removeprefix("*")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest) or not name:
+            raise ValueError(f"not a 'SHA-256  FILE' line: {line[:80]!r}")
+        listed[name] = digest
+    if not listed:
+        raise ValueError("no checksum")
+    return listed
+
+
 def read_checked_text(path: Path, rewrite: str) -> tuple[str, bool]:
     """The text of ``path`` and whether its checksum file vouched for it (False: it has none, e.g. it was written
     before gstlab checksummed it). DamagedFileError, naming ``rewrite`` (the command that writes it again), when
@@ -233,10 +249,10 @@ def read_checked_text(path: Path, rewrite: str) -> tuple[str, bool]:
     data = Path(path).read_bytes()
     checksum = checksum_path(path)
     try:
-        recorded = checksum.read_text().split()[0]
+        recorded = parse_sums(checksum.read_text(encoding="utf-8")).get(path.name, "not listed")
     except FileNotFoundError:
         recorded = None
-    except (OSError, UnicodeDecodeError, IndexError):
+    except (OSError, UnicodeDecodeError, ValueError):
         recorded = "unreadable"
     if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
         raise DamagedFileError(f"{path}: does not match {checksum.name} (edited or damaged); {rewrite} writes it "

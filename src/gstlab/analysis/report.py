@@ -11,7 +11,6 @@ import hashlib
 import io
 import math
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -502,14 +501,10 @@ def read_report_table(path: str | Path) -> pd.DataFrame:
 def _read_sums(sums: Path) -> dict[str, str]:
     """``SHA256SUMS`` as {file name: digest}; DamagedFileError when a line is not 'DIGEST  NAME' (sha256sum's)."""
     try:
-        lines = [line.split(maxsplit=1) for line in sums.read_text(encoding="utf-8").splitlines() if line.strip()]
-        listed = {name.removeprefix("*"): digest for digest, name in lines}
+        return store.parse_sums(sums.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError):
-        listed = {}
-    if not listed or not all(re.fullmatch(r"[0-9a-f]{64}", d) for d in listed.values()):
         raise store.DamagedFileError(f"{sums}: not a SHA256SUMS file (each line 'SHA-256  FILE'); gst report on "
-                                     f"its study writes it again")
-    return listed
+                                     f"its study writes it again") from None
 
 
 def write_report(study_dir: str | Path) -> Path:
