@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -345,6 +346,6 @@ def test_data_without_its_top_class_runs_with_the_classes_given(tmp_path):
     part = (x[keep], y[keep], xt[keep_t], yt[keep_t])
     with pytest.raises(C.ConfigError, match="the data has 3 classes, so allowed: \\(batch, 3\\) logits"):
         api.run(SHORT, tmp_path / "short", model=net(0), data=part)
-    summary = api.run(SHORT, tmp_path / "run", model=net(0), data=part, classes=4)
+    summary = api.run(SHORT, tmp_path / "run", model=net(0), data=part, classes=np.int64(4))  # any integer type
     assert summary["status"] == "finished"
     assert "4 classes" in C.load_yaml(tmp_path / "run" / "config.yaml")["data"]["supplied"]

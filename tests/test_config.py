@@ -166,3 +166,7 @@ def test_an_unpruned_run_prints_no_nan(tmp_path, capsys):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["mean_flips"] is None  # no event: not measured (NaN in memory, null in the file)
     assert "nan" not in out.lower() and "mean flips" not in out
+    path.write_text(C.dump_yaml(C.parse(TINY, ["optim.lr=1e30"])))  # diverges in epoch 0: no peak either
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "diverged"), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "diverged at epoch 0" in out and "nan" not in out.replace("loss nan", "").lower()

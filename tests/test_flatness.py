@@ -135,7 +135,8 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
         assert "probes.prunability_delta" in capsys.readouterr().err
     assert main(["flatness", str(out), "--epoch", "2"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
-    for where, what in ((tmp_path, "not a run directory (no config.yaml)"), (tmp_path / "none", "no such directory")):
+    for where, what in ((tmp_path, "not a run directory (no config.yaml)"), (tmp_path / "none", "no such directory"),
+                        (out / "model_final.pt", "not a directory; give the run directory that holds model_final.pt")):
         assert main(["flatness", str(where)]) == 2
         assert capsys.readouterr().err.startswith(f"gst: error: {where}: {what}")
     assert main(["flatness", str(out), "--device", "cuda"]) == 2  # the suite hides any GPU (tests/conftest.py)

@@ -70,7 +70,8 @@ def test_yaml_that_is_not_plain_bounded_data_is_refused(tmp_path, capsys, text, 
 
 
 def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
-    _refused(tmp_path, capsys, ["run", "--config", "/dev/zero"], "larger than 1,048,576 bytes")
+    _refused(tmp_path, capsys, ["run", "--config", "/dev/zero"], "gst: error: config file /dev/zero: larger than "
+                                                                  "1,048,576 bytes; a config is a short YAML")
 
 
 # ------------------------------------------------------------------------------------- semantic validation

@@ -154,9 +154,11 @@ def test_a_dry_run_estimates_the_runs_not_yet_done_on_this_machine(tmp_path, mon
                            f"core)")  # two runs side by side: the longer one's minutes
     assert calibration.machine_key() in last
     assert main(["sweep", str(study), "--dry-run", "--workers", "4", "--threads-per-worker", "2",
-                 "--out", str(tmp_path / "s")]) == 0  # one 2-thread run at a time on 2 cores
-    assert f"~{minutes:,.0f} min on 4 workers, 1 at a time on this machine's cores (each run on one core; its 2 " \
-           f"threads not counted)" in capsys.readouterr().out
+                 "--out", str(tmp_path / "s")]) == 0  # 4 processes share 2 cores: as 2 at a time
+    assert f"~{seconds[1] / 60:,.0f} min on 4 workers, 2 at a time on this machine's cores (each run on one core; " \
+           f"its 2 threads not counted)" in capsys.readouterr().out
+    assert main(["sweep", str(study), "--dry-run", "--workers", "1", "--out", str(tmp_path / "s")]) == 0
+    assert f"~{minutes:,.0f} min on 1 worker (each run on one core; its 2 threads" in capsys.readouterr().out
     assert main(["sweep", str(study), "--dry-run", "--workers", "9", "--out", str(tmp_path / "s")]) == 2
     assert "--workers: 9 asked but this machine has 2 CPU cores" in capsys.readouterr().err  # as the sweep says
     assert studies.pool_seconds([3.0, 1.0, 1.0, 1.0, 2.0], 2) == 5.0  # 3 | 1+1+1, both free at 3, then 2

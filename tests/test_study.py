@@ -393,6 +393,10 @@ def test_two_settings_with_different_runs_under_one_label_are_refused(tmp_path):
     fig4 = expand(load_study_file(write_study(tmp_path, {"name": "s", "seeds": 1, "settings": [
         {"preset": "F4_18_0"}, {"preset": "F4_20_0"}]}, "f4.yaml"))[0])
     assert [r.label for r in fig4] == ["Prune_S 3%", "Prune_S 3%"]  # one label on two archs: the report splits them
+    pooled = write_study(tmp_path, {"name": "s", "seeds": 1, "figure": "figure5", "settings": [
+        {"preset": "F4_18_0"}, {"preset": "F4_20_0"}]}, "f5.yaml")  # Figure 5's report does not split by arch
+    with pytest.raises(C.ConfigError, match=r"^settings\[1\]: label 'Prune_S 3%' is already used by settings\[0\]"):
+        expand(load_study_file(pooled)[0])
 
 
 def test_the_written_study_holds_its_config_files_and_expands_the_same_from_anywhere(tmp_path, monkeypatch):
@@ -415,3 +419,11 @@ def test_the_written_study_holds_its_config_files_and_expands_the_same_from_anyw
     assert [r.run_id for r in expand(written)] == [r.run_id for r in original]
     assert [(r.setting, r.label) for r in expand(written)] == [(r.setting, r.label) for r in original]
     assert "config" not in str(data["settings"]) and data["settings"][1]["set"] == {"optim.lr": 0.002}
+    from gstlab import safeyaml
+    from gstlab.study import self_contained
+
+    monkeypatch.setattr(safeyaml, "MAX_BYTES", len(self_contained(raw, study_obj)) - 1)  # too long to read back
+    text = self_contained(raw, study_obj)
+    assert len(text) <= safeyaml.MAX_BYTES and str(tmp_path / "settings" / "a.yaml") in text  # absolute paths
+    (out / "study.yaml").write_text(text)
+    assert [r.run_id for r in expand(load_study_file(out / "study.yaml")[0])] == [r.run_id for r in original]

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import inspect
+import operator
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -197,9 +198,13 @@ def _classes(classes: int | None, top: int) -> int:
     """``classes`` checked against the largest label ``top`` (default: top + 1)."""
     if classes is None:
         return top + 1
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes <= top:
+    try:
+        count = operator.index(classes) if not isinstance(classes, bool) else None  # numpy ints too
+    except TypeError:
+        count = None
+    if count is None or count <= top:
         raise C.ConfigError(f"classes: {classes!r}; the data has label {top}, so allowed: an int >= {top + 1}")
-    return classes
+    return count
 
 
 def _labels(y: torch.Tensor, name: str) -> torch.Tensor:

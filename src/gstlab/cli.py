@@ -95,7 +95,7 @@ def _print_summary(out: Path, s: dict, executed: bool = True) -> None:
 def _summary_extras(s: dict) -> str:
     """The early-stopping peak, memorization (label noise) and class detail of a summary, where present."""
     parts = []
-    if s.get("peak_test_acc") is not None:
+    if not _absent(s.get("peak_test_acc")):
         parts.append(f"peak test acc {s['peak_test_acc']:.2f}% (epoch {s['peak_epoch']})")
     for key, text in (("memorization", "memorization {:.2f}%"), ("mean_flips", "mean flips {:.2f}%"),
                       ("worst_class_drop", "worst class drop {:.2f} points")):
@@ -189,8 +189,7 @@ def _key_value(assignment: str) -> tuple[str, object]:
 
 def _dry_run_estimate(runs: list, store_dir: Path, workers: int, threads: int, local: bool) -> str:
     """One line: what the runs not yet ended in ``store_dir`` cost on this machine (calibrated, cached), in CPU
-    minutes and in wall minutes on the sweep's pool of ``workers`` (``local``: as many as this machine's cores
-    run at ``threads`` each)."""
+    minutes and in wall minutes on the sweep's pool of ``workers`` (``local``: sharing this machine's cores)."""
     from gstlab.experiments.studies import pool_seconds, run_estimates  # noqa: PLC0415
     from gstlab.progress import epochs_done  # noqa: PLC0415
     from gstlab.study import run_status  # noqa: PLC0415
@@ -199,7 +198,7 @@ def _dry_run_estimate(runs: list, store_dir: Path, workers: int, threads: int, l
     done = [epochs_done(store_dir / "runs" / r.run_id) for r in todo]  # its metrics.csv: its last checkpoint
     seconds, machine = run_estimates([r.cfg for r in todo], done)
     known = [s for s in seconds if s is not None]
-    slots = min(workers, max(1, (os.cpu_count() or 1) // threads)) if local else workers
+    slots = min(workers, os.cpu_count() or 1) if local else workers  # each run counted on one core
     cpu_min, wall_min = sum(known) / 60, pool_seconds(known, slots) / 60
     started = sum(1 for d in done if d)
     missing = f"; {len(seconds) - len(known)} without an estimate (data or model known only from Python)" \

@@ -609,10 +609,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         with open(path, "rb") as f:  # at most one byte past the limit: /dev/zero is not read forever
             raw = f.read(safeyaml.MAX_BYTES + 1)
-        if len(raw) > safeyaml.MAX_BYTES:
-            raise ConfigError(f"config file {path}: larger than {safeyaml.MAX_BYTES:,} bytes; a config is a short "
-                              f"YAML text file")
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8") if len(raw) <= safeyaml.MAX_BYTES else None
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
     except UnicodeDecodeError as err:
@@ -620,6 +617,9 @@ def load_yaml(path: str | Path) -> dict:
                           f"{err.start}); a config is a YAML text file") from None
     except ValueError as err:  # a path the OS cannot take, e.g. with a NUL byte
         raise ConfigError(f"config file {str(path)!r}: not a usable path ({one_line(err)})") from None
+    if text is None:
+        raise ConfigError(f"config file {path}: larger than {safeyaml.MAX_BYTES:,} bytes; a config is a short YAML "
+                          f"text file")
     return yaml_mapping(text, f"config file {path}")
 
 

@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from gstlab import config as C
 from gstlab import portable, preflight, sinks, store
 from gstlab.errors import one_line, warn
@@ -359,8 +357,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     if store_dir is not None:
         store.make_dir(Path(store_dir), "--store")
     store_dir = Path(store_dir or study_dir)
-    written = {**self_contained(raw, study), "seeds": list(study.seeds)}  # expands the same from the study dir
-    store.write_checked_text(study_dir / "study.yaml", yaml.safe_dump(written, sort_keys=False))
+    store.write_checked_text(study_dir / "study.yaml", self_contained(raw, study))  # expands the same from there
     rows = write_index(study_dir, study, runs, store_dir)
     final = {row["run_id"]: row["status"] for row in rows if row["status"] in ("finished", "failed")}
     todo = [r for r in runs if r.run_id not in final]

@@ -23,7 +23,8 @@ def load_model_checkpoint(run_dir: Path, epoch: int | None) -> dict:
     path = run_dir / ("model_final.pt" if epoch is None else f"model_epoch{epoch}.pt")
     saved = sorted(p.name for p in run_dir.glob("model_*.pt"))
     if not saved and not (run_dir / "config.yaml").exists() and not (run_dir / "manifest.json").exists():
-        what = ("no such directory" if not run_dir.is_dir() else
+        what = ("no such directory" if not run_dir.exists() else
+                "not a directory; give the run directory that holds model_final.pt" if not run_dir.is_dir() else
                 "a study directory; give one of its runs, RUN_DIR = runs/<run_id>" if (run_dir / "index.csv").exists()
                 else "not a run directory (no config.yaml); give the --out of `gst run` or a study's runs/<run_id>")
         raise CheckpointError(f"{run_dir}: {what}")

@@ -17,11 +17,12 @@ from typing import Any
 import yaml
 
 from gstlab import config as C
-from gstlab import store
+from gstlab import safeyaml, store
 from gstlab.experiments.presets import SCALES
 
 STUDY_KEYS = ("name", "figure", "scale", "seeds", "settings", "grid", "set", "override")
 SETTING_KEYS = ("preset", "config", "inline", "label", "set")
+ARCH_SPLIT = ("figure2", "figureB2", "figure4", "generic")  # reports that group runs per arch (report.arch_groups)
 FIGURES = ("generic", "figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2",
            "figureE", "tableC1", "tableF1")
 INDEX_COLUMNS = ("run_id", "setting", "label", "seed", "arch", "criterion", "side", "period", "iterative_rate",
@@ -46,6 +47,7 @@ class Study:
     grid: dict[str, list] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()  # ``set``: before each setting's own ``set`` (a setting may change them)
     final: tuple[str, ...] = ()  # ``override`` (``gst sweep --set``): after the setting and the grid point
+    base: Path = Path(".")  # the folder ``config:`` paths are relative to (the study file's)
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
     return Study(
         name=name, figure=figure, scale=scale, seeds=study_seeds,
         settings=tuple(_setting(item, i, scale, base) for i, item in enumerate(items)),
-        grid=grid, overrides=_overrides(data.get("set"), "set"), final=final,
+        grid=grid, overrides=_overrides(data.get("set"), "set"), final=final, base=base,
     )
 
 
@@ -193,13 +195,20 @@ def load_study_file(path: str | Path, seeds: int | None = None) -> tuple[Study, 
     return study_from_dict(data, Path(path).parent, seeds), data
 
 
-def self_contained(raw: dict, study: Study) -> dict:
-    """``raw`` with each ``config:`` file setting replaced by its content (``inline:`` under the same label,
-    so the same key and run ids): the study.yaml a sweep writes into its study directory then expands the same
-    from anywhere, and records the files as they were run."""
-    items = [{"inline": setting.data, "label": setting.label, **({"set": item["set"]} if "set" in item else {})}
-             if "config" in item else item for item, setting in zip(raw.get("settings") or [], study.settings)]
-    return {**raw, "settings": items}
+def self_contained(raw: dict, study: Study) -> str:
+    """The YAML of ``raw`` (seeds as a list) with each ``config:`` file setting replaced by its content
+    (``inline:`` under the same label, so the same key and run ids): the study.yaml a sweep writes into its
+    study directory then expands the same from anywhere and records the files as they were run. Where that
+    text would pass the YAML size limit, the files are named by absolute path instead."""
+    def written(inline: bool) -> str:
+        items = [item if "config" not in item else
+                 {"inline": setting.data, "label": setting.label, **({"set": item["set"]} if "set" in item else {})}
+                 if inline else {**item, "config": str((study.base / item["config"]).resolve())}
+                 for item, setting in zip(raw.get("settings") or [], study.settings)]
+        return yaml.safe_dump({**raw, "settings": items, "seeds": list(study.seeds)}, sort_keys=False)
+
+    text = written(inline=True)
+    return text if len(text) <= safeyaml.MAX_BYTES else written(inline=False)
 
 
 # ------------------------------------------------------------------------------------------------ expansion
@@ -214,6 +223,7 @@ def expand(study: Study) -> list[StudyRun]:
     """Every run of the study, validated; identical configs appear once (the first occurrence)."""
     runs: dict[str, StudyRun] = {}
     owner: dict[tuple[str, str], int] = {}  # (label, arch) -> the setting whose runs the report groups under it
+    by_arch = study.figure in ARCH_SPLIT
     for i, setting in enumerate(study.settings):
         for point in grid_points(study.grid):
             for seed in study.seeds:
@@ -228,18 +238,19 @@ def expand(study: Study) -> list[StudyRun]:
                     first = runs[rid]
                     runs[rid] = dataclasses.replace(first, aliases=(*first.aliases, setting.key))
                 else:
-                    _claim_label(owner, setting.label, cfg.model.arch, i)
+                    _claim_label(owner, setting.label, cfg.model.arch if by_arch else "", i)
                     runs[rid] = StudyRun(rid, setting.key, setting.label, seed, point, cfg)
     return list(runs.values())
 
 
 def _claim_label(owner: dict[tuple[str, str], int], label: str, arch: str, i: int) -> None:
-    """The report groups runs by label within an architecture: two settings with different runs under one label
-    and arch would be pooled into one group, so they are refused."""
+    """The report groups runs by label (within an architecture where ``arch`` is given): two settings with
+    different runs in one group would be pooled, so they are refused."""
     first = owner.setdefault((label, arch), i)
     if first != i:
-        raise C.ConfigError(f"settings[{i}]: label {label!r} (arch {arch}) is already used by settings[{first}], "
-                            f"whose runs differ; the report would pool them: give each setting its own label")
+        on = f" (arch {arch})" if arch else ""
+        raise C.ConfigError(f"settings[{i}]: label {label!r}{on} is already used by settings[{first}], whose runs "
+                            f"differ; the report would pool them: give each setting its own label")
 
 
 # --------------------------------------------------------------------------------------------------- index
@@ -267,6 +278,9 @@ def index_row(run: StudyRun, run_dir: Path, status: str) -> dict:
         "intervention": cfg.intervention.kind, "batches": cfg.intervention.batches,
         **run.grid, "run_dir": str(run_dir.resolve()), "status": status,
     }
+
+
+RUN_STATUSES = ("finished", "failed", "damaged", "running", "pending")  # what run_status returns
 
 
 def run_status(run_dir: Path) -> str:

@@ -83,13 +83,18 @@ def read_index(study_dir: Path) -> pd.DataFrame:
 
 
 def _check_rows(index: pd.DataFrame, path: Path) -> None:
-    """A row cut short (a truncated index from before checksums) has no status: refused, not read as pending."""
+    """A row cut short (a truncated index from before checksums) has no status or part of one: refused, not
+    read as a run of that status."""
+    from gstlab.study import RUN_STATUSES  # noqa: PLC0415
+
     missing = [c for c in INDEX_REQUIRED if c not in index]
-    empty = index[list(INDEX_REQUIRED)].isna() if not missing else None
-    bad = [] if empty is None else list(empty.index[empty.any(axis=1)])
-    if missing or bad:
-        where = (f"no column {missing[0]}" if missing else
-                 f"line {bad[0] + 2} has no {', '.join(c for c in INDEX_REQUIRED if empty.loc[bad[0], c])}")
+    where = f"no column {missing[0]}" if missing else None
+    for i, row in index[list(INDEX_REQUIRED)].iterrows() if not missing else ():
+        empty = [c for c in INDEX_REQUIRED if pd.isna(row[c])]
+        if empty or row["status"] not in RUN_STATUSES:
+            where = f"line {i + 2} has " + (f"no {', '.join(empty)}" if empty else f"status {row['status']!r}")
+            break
+    if where:
         raise store.DamagedFileError(f"{path}: {where} (truncated or damaged); `gst sweep` on the study rewrites "
                                      f"it (finished runs are not re-run)")
 
@@ -120,9 +125,7 @@ def load_study(study_dir: str | Path) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     with np.errstate(divide="ignore", invalid="ignore"):
         df["params_remaining_pct"] = 100.0 * df["params_remaining"] / df["params_total"]
-    if "status" not in df:
-        df["status"] = "pending"
-    df["status"] = df["status"].fillna("pending").astype(str)
+    df["status"] = df["status"].astype(str)
     return df
 
 
