@@ -101,6 +101,12 @@ def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
     ("optim.weight_decay=-1e39", "optim.weight_decay: expected a number within float32's range"),
     ("pruning.layers.\u00b2.fraction=0.1", "no list element \u00b2 (the list has 2)"),  # '²'.isdigit() is True
     ("data.synthetic_shape=[]", "data.synthetic_shape: []; allowed: 1 to 3 sizes"),
+    ("data.synthetic_shape=[1,40] --set data.augment=true", "data.augment: random crops and flips need images"),
+    ("data.synthetic_shape=[1,40] --set data.image_size=20", "data.image_size: 20 must divide the side of square"),
+    ("data.label_noise=0.001", "data.label_noise: 0.001 of 256 training examples rounds to no noisy label; "
+                               "allowed: 0, or at least 0.00391 (one label)"),
+    ("data.train_subset=33", "train.batch_size: 32 leaves a last batch of 1 of the 33 training examples"),
+    ("data.name=fashion_mnist", "data.synthetic_shape: not read for data.name 'fashion_mnist' (only for synthetic)"),
 ], ids=lambda v: v.split("=")[0] if "=" in v else None)
 def test_values_that_would_train_something_else_are_refused(tmp_path, capsys, override, field):
     sets = [a for o in override.split(" --set ") for a in ("--set", o)]
@@ -158,8 +164,14 @@ def _study(tmp_path: Path, **changes) -> Path:
     ({"settings": [{"config": "a\0b"}]}, [], "b': not a usable path (embedded null byte)"),
     ({"grid": {"optim.lr": [0.1, 0.2]}}, ["--set", "optim.lr=0.3"],
      "override (gst sweep --set) optim.lr: the study's grid varies optim.lr"),
+    ({"grid": {"data.train_subset": [32, 1000]}}, [],
+     "setting 'setting0': data.train_subset: 1,000 examples asked but synthetic has 256"),
+    ({"grid": {"data.train_subset": [32, 65]}}, [],
+     "setting 'setting0': train.batch_size: 32 leaves a last batch of 1"),
+    ({"set": {"data.synthetic_shape": [1, 40], "data.augment": True}}, [], "setting 'setting0': data.augment: random"),
 ], ids=["seeds-1e9", "--seeds-1e9-dry-run", "preset-list", "preset-unknown", "name-escapes", "layer-conv5",
-        "set-into-int", "threads", "workers", "nul-in-path", "set-a-grid-key"])
+        "set-into-int", "threads", "workers", "nul-in-path", "set-a-grid-key", "subset-beyond-the-data",
+        "last-batch-of-one", "augment-1d"])
 def test_bad_studies_and_sweep_flags_are_refused_before_anything_is_written(tmp_path, capsys, changes, extra, field):
     _refused(tmp_path, capsys, ["sweep", str(_study(tmp_path, **changes)), "--no-progress", *extra], field)
 

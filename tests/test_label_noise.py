@@ -140,3 +140,31 @@ def test_summary_peak_is_over_all_epochs_and_best_over_the_post_pruning_phase():
     s = summarize(metrics, events, scratch=False)
     assert (s["peak_test_acc"], s["peak_epoch"]) == (72.0, 1)
     assert (s["best_test_acc"], s["best_epoch"], s["memorization"]) == (69.5, 3, 95.0)
+
+
+@pytest.mark.parametrize("dtype, classes", [(torch.int8, 100), (torch.uint8, 200)])
+def test_narrow_label_dtypes_of_a_registered_data_set_get_the_same_noise(dtype, classes):
+    """A registered data set may store labels as int8/uint8: label + shift would wrap around in that type."""
+    from gstlab.registry import datasets
+
+    y = torch.arange(4000) % classes
+    x = torch.randn(4000, 2)
+
+    def load(cfg):
+        return (x, y.to(dtype), x[:10], y[:10].to(dtype)), classes
+
+    datasets.register("narrow", load)
+    try:
+        data = load_data(C.parse({**TINY, "data": {"name": "narrow", "label_noise": 0.4}}).data, seed=3)
+    finally:
+        datasets.unregister("narrow")
+    given, noisy = corrupt_labels(y, classes, 0.4, 3)  # the same draw on int64 labels
+    assert torch.equal(data.y_train, given) and torch.equal(data.label_noise.noisy, noisy)
+    assert bool((data.y_train[noisy] != y[noisy]).all())  # every recorded noisy label was changed
+
+
+def test_the_synthetic_test_set_does_not_depend_on_the_training_set_size():
+    from gstlab.data.generated import synthetic
+
+    small, large = synthetic((1, 4, 4), 3, 64, 32), synthetic((1, 4, 4), 3, 128, 32)
+    assert torch.equal(small[2], large[2]) and torch.equal(small[3], large[3])

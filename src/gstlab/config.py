@@ -425,6 +425,8 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     _check_positive(cfg)
     _check_bounds(cfg)
     _check_supplied(cfg)
+    if not cfg.data.supplied:
+        _check_unread(cfg.data)
     _check_training(cfg)
     epochs = cfg.train.epochs
     p = cfg.pruning
@@ -546,6 +548,22 @@ def _check_bounds(cfg: RunConfig) -> None:
 NOT_FOR_SUPPLIED = {"model": ("arch", "width", "channels", "vgg_pools", "hidden", "batch_norm"),
                     "data": ("name", "root", "download", "normalize", "synthetic_shape", "synthetic_classes",
                              "synthetic_train", "synthetic_test")}
+
+
+# data fields a built-in data set does not read (a registered one may read any): refused when set, as they would
+# change the run id and nothing else
+UNREAD_DATA = {"synthetic_shape": "synthetic", "synthetic_classes": "synthetic", "synthetic_train": "synthetic",
+               "synthetic_test": "synthetic", "normalize": ("fashion_mnist", "cifar10", "cifar100")}
+BUILT_IN_DATA = ("fashion_mnist", "cifar10", "cifar100", "mnist1d", "synthetic")
+
+
+def _check_unread(d: DataConfig) -> None:
+    default = DataConfig()
+    for name, readers in UNREAD_DATA.items():
+        readers = (readers,) if isinstance(readers, str) else readers
+        if d.name in BUILT_IN_DATA and d.name not in readers and getattr(d, name) != getattr(default, name):
+            raise ConfigError(f"data.{name}: not read for data.name {d.name!r} (only for {', '.join(readers)}), so "
+                              f"it would change the run id and nothing else; remove it")
 
 
 def _check_supplied(cfg: RunConfig) -> None:

@@ -242,6 +242,39 @@ def data_sizes(cfg: C.DataConfig) -> tuple[int, int]:
     return cfg.train_subset or full[0], cfg.test_subset or full[1]
 
 
+def check_training_data(cfg: C.RunConfig, n_train: int, input_shape: tuple[int, ...],
+                        model: torch.nn.Module | None) -> None:
+    """ConfigError for training data the run could not use as asked: augmentation of inputs that are not
+    images, label noise that rounds to no label, and a last batch of one example under BatchNorm (which cannot
+    train on it; dropping it would leave an example unseen each epoch). ``model``: None when not known yet."""
+    d, batch = cfg.data, cfg.train.batch_size
+    if d.augment and len(input_shape) != 3:
+        raise C.ConfigError(f"data.augment: random crops and flips need images (C, H, W); {d.name} has inputs of "
+                            f"shape {tuple(input_shape)}; allowed: false")
+    if d.label_noise > 0 and round(d.label_noise * n_train) == 0:
+        raise C.ConfigError(f"data.label_noise: {d.label_noise:g} of {n_train:,} training examples rounds to no "
+                            f"noisy label; allowed: 0, or at least {1 / n_train:.3g} (one label)")
+    if n_train % batch == 1 and model is not None and any(isinstance(m, _BATCHNORM) for m in model.modules()):
+        raise C.ConfigError(f"train.batch_size: {batch} leaves a last batch of 1 of the {n_train:,} training "
+                            f"examples, on which the model's BatchNorm cannot train; allowed: a batch size (or "
+                            f"data.train_subset) that does not leave one example over")
+
+
+def check_sizes(d: C.DataConfig) -> None:
+    """What load_data would refuse, for a data set whose sizes and shape are known without loading it."""
+    full = data_sizes(C.replace(d, train_subset=None, test_subset=None))
+    for name, asked, size in (("train_subset", d.train_subset, full[0]), ("test_subset", d.test_subset, full[1])):
+        if asked is not None and size and asked > size:
+            raise C.ConfigError(f"data.{name}: {asked:,} examples asked but {d.name} has {size:,}; allowed: at most "
+                                f"{size:,} (or null: all)")
+    known = data_shape(C.replace(d, image_size=None))
+    if known is not None and d.image_size is not None:
+        shape = known[0]
+        if len(shape) != 3 or shape[1] != shape[2] or shape[2] % d.image_size:
+            raise C.ConfigError(f"data.image_size: {d.image_size} must divide the side of square images; the data "
+                                f"has shape {tuple(shape)}")
+
+
 def check_study(runs: list) -> None:
     """Before a sweep writes anything: every run's model size and the layers its schedule names (each distinct
     data + model pair is built once, on the meta device). ``runs``: StudyRuns; ConfigError names the setting."""
@@ -252,10 +285,12 @@ def check_study(runs: list) -> None:
             known = data_shape(cfg.data)
             if known is None or cfg.model.supplied:
                 continue
+            check_sizes(cfg.data)
             key = (cfg.data, cfg.model)
             if key not in seen:
                 check_model_size(cfg.model, *known)
                 seen[key] = meta_model(cfg.model, *known)
+            check_training_data(cfg, data_sizes(cfg.data)[0], known[0], seen[key])
             if seen[key] is None:
                 continue
             C.validate(cfg, [u.name for u in DEFAULT_PARTS.units_of(cfg, seen[key])])  # as the run finds them

@@ -95,6 +95,7 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     preflight.check_model_size(cfg.model, data.input_shape, data.num_classes)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, data.input_shape, data.num_classes, parts.model).to(device)
+    preflight.check_training_data(cfg, len(data.y_train), data.input_shape, model)
     fed_by = preflight.check_fits(model, data.x_train[0:1], data.num_classes)
     units = parts.units_of(cfg, model)
     preflight.check_batchnorm_pairs(model, units, fed_by)

@@ -48,7 +48,7 @@ def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | No
         _check_labels(source_name, split, x, y, classes)
         _check_inputs(source_name, split, x)
     as_images = [x if isinstance(x, Images) else Images(x) for x in (x_train, x_test)]  # float: model input
-    return (as_images[0], y_train, as_images[1], y_test), classes
+    return (as_images[0], y_train.long(), as_images[1], y_test.long()), classes  # int8 labels would wrap in noise
 
 
 def _check_labels(source_name: str, split: str, x, y, classes) -> None:

@@ -27,11 +27,12 @@ def mnist1d() -> tuple[torch.Tensor, ...]:
 
 
 def synthetic(shape: tuple[int, ...], classes: int, n_train: int, n_test: int) -> tuple[torch.Tensor, ...]:
-    """Class-dependent means plus unit Gaussian noise: learnable, deterministic, any shape."""
-    g = torch.Generator().manual_seed(SYNTHETIC_SEED)
-    means = torch.randn(classes, *shape, generator=g) * 0.5
+    """Class-dependent means plus unit Gaussian noise: learnable, deterministic, any shape. The test set has its
+    own stream, so it does not change with ``n_train``."""
+    train = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    means = torch.randn(classes, *shape, generator=train) * 0.5
     out = []
-    for n in (n_train, n_test):
+    for n, g in ((n_train, train), (n_test, torch.Generator().manual_seed(SYNTHETIC_SEED + 1))):
         y = torch.randint(0, classes, (n,), generator=g)
         out += [means[y] + torch.randn(n, *shape, generator=g), y]
     return tuple(out)
