@@ -1,6 +1,7 @@
 """Models (paper parameter counts, dead residual channels) and data (parsers, loader, missing-data messages)."""
 
 import gzip
+import hashlib
 import pickle
 import tarfile
 
@@ -52,7 +53,14 @@ def write_idx(path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def fake_fashion(tmp_path, n_train=20, n_test=10):
+def vouch_for(monkeypatch, root) -> None:
+    """Let the fake IDX files in ``root`` stand in for the official ones (their content's SHA-256)."""
+    for name in fashion_mnist.CONTENT:
+        digest = hashlib.sha256(fashion_mnist.idx_bytes(root / name)).hexdigest()
+        monkeypatch.setitem(fashion_mnist.CONTENT, name, digest)
+
+
+def fake_fashion(tmp_path, monkeypatch, n_train=20, n_test=10):
     rng = np.random.default_rng(0)
     arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
               "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train),
@@ -60,11 +68,12 @@ def fake_fashion(tmp_path, n_train=20, n_test=10):
               "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test)}
     for name, array in arrays.items():
         write_idx(tmp_path / name, array)
+    vouch_for(monkeypatch, tmp_path)
     return arrays
 
 
-def test_idx_parser_and_fashion_mnist_layout(tmp_path):
-    arrays = fake_fashion(tmp_path)
+def test_idx_parser_and_fashion_mnist_layout(tmp_path, monkeypatch):
+    arrays = fake_fashion(tmp_path, monkeypatch)
     assert np.array_equal(fashion_mnist.read_idx(tmp_path / "train-images-idx3-ubyte.gz"),
                           arrays["train-images-idx3-ubyte.gz"])
     images, y, xt, yt = fashion_mnist.load(str(tmp_path), download_ok=False, normalize=False)
@@ -76,8 +85,8 @@ def test_idx_parser_and_fashion_mnist_layout(tmp_path):
     assert y.tolist() == arrays["train-labels-idx1-ubyte.gz"].tolist()
 
 
-def test_per_batch_decoding_equals_normalizing_the_whole_set_first(tmp_path):
-    arrays = fake_fashion(tmp_path)
+def test_per_batch_decoding_equals_normalizing_the_whole_set_first(tmp_path, monkeypatch):
+    arrays = fake_fashion(tmp_path, monkeypatch)
     images = fashion_mnist.load(str(tmp_path), download_ok=False, normalize=True)[0]
     whole = (torch.from_numpy(arrays["train-images-idx3-ubyte.gz"]).float() / 255 - fashion_mnist.MEAN) \
         / fashion_mnist.STD  # the former pipeline: the whole set in float32, then padded
@@ -97,6 +106,16 @@ def test_crop_pads_black_pixels_before_normalization():
     assert torch.equal(out[0, :, :2, :2], torch.tensor([-1.0, -1.0, 0.0]).view(3, 1, 1).expand(3, 2, 2))
     assert torch.equal(out[0, :, 2:, 2:], images[:1][0, :, :2, :2])  # the image itself: (1 - mean) / std
     assert torch.equal(out[1, :, 2:, 2:], torch.tensor([-1.0, -1.0, 0.0]).view(3, 1, 1).expand(3, 2, 2))
+
+
+def test_fashion_mnist_that_is_not_the_official_content_is_refused(tmp_path, monkeypatch):
+    """data.root is not part of the run id: a cut or replaced copy would pass as Fashion-MNIST under its id."""
+    fake_fashion(tmp_path, monkeypatch)
+    monkeypatch.undo()  # the official digests again
+    with pytest.raises(DataMissingError, match="train-images-idx3-ubyte.gz: not the official Fashion-MNIST file"):
+        fashion_mnist.load(str(tmp_path), download_ok=False, normalize=True)
+    if fashion_mnist.DEBIAN_DIR.exists():  # the offline default: Debian's recompressed files have the content
+        assert len(fashion_mnist.load(None, download_ok=False, normalize=True)[1]) == 60_000
 
 
 def test_corrupt_idx_file_is_rejected(tmp_path):
