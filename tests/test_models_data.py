@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +142,26 @@ def test_cifar_archive_is_read_from_a_tarball(tmp_path, monkeypatch):
     assert x.shape == (20, 3, 32, 32) and xt.shape == (4, 3, 32, 32)
     first = torch.from_numpy(data["data_batch_1"][b"data"][0].reshape(3, 32, 32)).float() / 255
     assert torch.equal(x[0], first) and yt.tolist() == data["test_batch"][b"labels"]
+    extracted = tmp_path / "cifar-10-batches-py"
+    (extracted / "data_batch_3").unlink()  # an incomplete extraction beside the archive: extracted again
+    assert torch.equal(cifar.load("cifar10", str(tmp_path), download_ok=False, normalize=False)[0][:], x[:])
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)  # a Python without extraction filters
+    (extracted / "data_batch_3").unlink()
+    assert torch.equal(cifar.load("cifar10", str(tmp_path), download_ok=False, normalize=False)[0][:], x[:])
+    (extracted / "data_batch_3").unlink()
+    (tmp_path / "cifar-10-python.tar.gz").unlink()  # and without its archive: named, not an OSError
+    with pytest.raises(DataMissingError, match="cifar-10-batches-py lacks batch files: delete it"):
+        cifar.load("cifar10", str(tmp_path), download_ok=False, normalize=False)
+
+
+def test_a_corrupt_download_names_its_url_and_leaves_nothing(tmp_path, monkeypatch):
+    from gstlab.data import download as D
+
+    monkeypatch.setattr(D.urllib.request, "urlretrieve", lambda url, path: Path(path).write_bytes(b"junk"))
+    with pytest.raises(DataMissingError, match=r"^https://x/a.tgz: the download is corrupt \(md5 [0-9a-f]{32}, "
+                                               r"expected 0{32}\) and was removed; retry"):
+        D.download("https://x/a.tgz", tmp_path / "a.tgz", "0" * 32)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):

@@ -68,7 +68,7 @@ def _locate(name: str, root: str | None, download_ok: bool) -> Path:
     spec = SPECS[name]
     bases = [Path(root)] if root else [CACHE]
     for base in bases:
-        if (base / spec["dir"]).is_dir():
+        if _complete(base / spec["dir"], spec):
             return base / spec["dir"]
         if (base / spec["archive"]).exists():
             verify(base / spec["archive"], spec["md5"])  # before anything is extracted (a ../ member, bytes)
@@ -76,16 +76,33 @@ def _locate(name: str, root: str | None, download_ok: bool) -> Path:
     if download_ok:
         base = bases[0]
         return _extract(download(URL + spec["archive"], base / spec["archive"], spec["md5"]), spec)
+    incomplete = [b / spec["dir"] for b in bases if (b / spec["dir"]).is_dir()]
+    lacking = f" ({incomplete[0]} lacks batch files: delete it)" if incomplete else ""
     raise DataMissingError(
-        f"{name} not found under {', '.join(str(b) for b in bases)}: put {spec['archive']} (or its extracted "
-        f"{spec['dir']}/) there, set data.root to its directory (e.g. data.root=data for ./data), or (online) "
-        f"--set data.download=true")
+        f"{name} not found under {', '.join(str(b) for b in bases)}{lacking}: put {spec['archive']} (or its "
+        f"extracted {spec['dir']}/) there, set data.root to its directory (e.g. data.root=data for ./data), or "
+        f"(online) --set data.download=true")
+
+
+def _complete(directory: Path, spec: dict) -> bool:
+    """An extracted directory holding every batch file (an incomplete one is extracted again from the archive,
+    or named as missing)."""
+    return directory.is_dir() and all((directory / name).is_file() for name in spec["files"])
 
 
 def _extract(archive: Path, spec: dict) -> Path:
     with tarfile.open(archive) as tar:
-        tar.extractall(archive.parent, filter="data")
-    return archive.parent / spec["dir"]
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(archive.parent, filter="data")
+        else:  # Python before 3.10.12 / 3.11.4 has no extraction filters: take only the batch files, by name
+            wanted = {f"{spec['dir']}/{name}" for name in spec["files"]}
+            tar.extractall(archive.parent, members=[m for m in tar.getmembers() if m.isfile() and m.name in wanted])
+    directory = archive.parent / spec["dir"]
+    missing = [name for name in spec["files"] if not (directory / name).is_file()]
+    if missing:
+        raise DataMissingError(f"{archive}: has no {spec['dir']}/{missing[0]}; not the official archive, delete it "
+                               f"and fetch it again")
+    return directory
 
 
 def _read(directory: Path, files: list[str], spec: dict) -> tuple[np.ndarray, np.ndarray]:

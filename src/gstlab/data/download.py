@@ -33,7 +33,10 @@ def download(url: str, dest: Path, md5: str) -> Path:
     os.close(fd)
     try:
         urllib.request.urlretrieve(url, tmp)  # noqa: S310 (fixed https/http dataset URLs)
-        verify(Path(tmp), md5)
+        got = md5sum(Path(tmp))
+        if got != md5:
+            raise DataMissingError(f"{url}: the download is corrupt (md5 {got}, expected {md5}) and was removed; "
+                                   f"retry, or fetch it by hand into {dest.parent}")
         os.replace(tmp, dest)
     except OSError as err:
         raise DataMissingError(f"could not download {url} ({err}); fetch it by hand into {dest.parent}") from err
