@@ -201,14 +201,21 @@ def self_contained(raw: dict, study: Study) -> str:
     study directory then expands the same from anywhere and records the files as they were run. Where that
     text would pass the YAML size limit, the files are named by absolute path instead."""
     def written(inline: bool) -> str:
-        items = [item if "config" not in item else
-                 {"inline": setting.data, "label": setting.label, **({"set": item["set"]} if "set" in item else {})}
-                 if inline else {**item, "config": str((study.base / item["config"]).resolve())}
+        items = [_written_setting(item, setting, study.base, inline)
                  for item, setting in zip(raw.get("settings") or [], study.settings)]
         return yaml.safe_dump({**raw, "settings": items, "seeds": list(study.seeds)}, sort_keys=False)
 
     text = written(inline=True)
     return text if len(text) <= safeyaml.MAX_BYTES else written(inline=False)
+
+
+def _written_setting(item: dict, setting: Setting, base: Path, inline: bool) -> dict:
+    """A ``config:`` setting as its content (``inline``) or by absolute path; any other setting as it is."""
+    if "config" not in item:
+        return item
+    if not inline:
+        return {**item, "config": str((base / item["config"]).resolve())}
+    return {"inline": setting.data, "label": setting.label, **({"set": item["set"]} if "set" in item else {})}
 
 
 # ------------------------------------------------------------------------------------------------ expansion
