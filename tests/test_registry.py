@@ -111,6 +111,23 @@ def test_a_run_prunes_with_the_registered_criterion_architecture_and_data(regist
     assert state["hidden.unit_mask"].tolist() == [1.0] * 8 + [0.0] * 8  # the highest indices, as scored
 
 
+def test_a_builder_that_hands_out_one_instance_is_trained_as_a_copy(registered, tmp_path):
+    """A registered builder may return a persistent (e.g. pretrained) model: training it in place would start
+    the next run from this one's pruned weights."""
+    torch.manual_seed(0)
+    pretrained = TwoLayerNet(6, 2)
+    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    architectures.register("pretrained", lambda cfg, shape, classes: pretrained)
+    try:
+        cfg = C.parse({**CFG, "model": {"arch": "pretrained"}})
+        first, second = execute(cfg, tmp_path / "a"), execute(cfg, tmp_path / "b")
+    finally:
+        architectures.unregister("pretrained")
+    assert pretrained.state_dict().keys() == before.keys()  # no mask buffers were added to it
+    assert all(torch.equal(before[k], v) for k, v in pretrained.state_dict().items())
+    assert first == second
+
+
 def test_the_report_describes_criteria_from_the_registry(registered):
     runs = pd.DataFrame({"criterion": ["reverse_index", "l2", "", "reverse_index"]})
     assert _criteria_lines(runs) == [
@@ -136,6 +153,39 @@ def test_installed_packages_register_through_entry_points(monkeypatch):
                         lambda group: [plugin] if group == "gstlab.test" else [])
     reg = Registry("x.kind", {"sum": "builtins:sum"}, group="gstlab.test")
     assert reg.names() == ("sum", "biggest") and reg.get("biggest") is max
+
+
+def test_a_broken_entry_point_is_one_line_naming_it(monkeypatch):
+    plugins = [importlib.metadata.EntryPoint(name=n, value=v, group="gstlab.test") for n, v in
+               (("missing", "nosuchmod:X"), ("nocolon", "builtins"), ("number", "math:pi"))]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: plugins if group == "gstlab.test" else [])
+    reg = Registry("x.kind", {}, group="gstlab.test", kind=lambda obj: None if callable(obj) else "not callable")
+    for name, text in (("missing", "ModuleNotFoundError"), ("nocolon", "ValueError"), ("number", "is not callable")):
+        with pytest.raises(C.ConfigError, match=rf"^x.kind: '{name}' \(entry point .* of group gstlab.test\) .*{text}"):
+            reg.get(name)
+    with pytest.raises(RegistryError, match="'nope' is not registered; registered: missing, nocolon, number"):
+        reg.unregister("nope")
+
+
+def test_the_run_id_follows_the_code_of_registered_entries(registered):
+    """A shared store must not hand back a finished run made with other code under the same name."""
+    cfg = C.parse(CFG)
+    first = C.run_id(cfg)
+    assert C.run_id(cfg) == first and C.registered_code(cfg)["pruning.criterion"].startswith(
+        "test_registry.ReverseIndex:")
+
+    class Other(Criterion):
+        def scores(self, layer: Layer) -> torch.Tensor:
+            return torch.arange(layer.n_units, dtype=torch.float32)
+
+    criteria.register("reverse_index", Other(), replace=True)
+    assert C.run_id(cfg) != first
+    criteria.register("reverse_index", ReverseIndex(), replace=True)
+    assert C.run_id(cfg) == first  # the same code again: the same run
+    datasets.register("blobs", lambda c: load_blobs(c), replace=True)
+    assert C.run_id(cfg) != first
+    builtin = C.parse({**CFG, "data": {"name": "synthetic"}, "model": {"arch": "mlp"}, "pruning": {}})
+    assert C.registered_code(builtin) == {"pruning.criterion": None, "model.arch": None, "data.name": None}
 
 
 def test_a_criterion_that_needs_batchnorm_names_the_criteria_allowed_instead(registered, tmp_path):

@@ -336,6 +336,16 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def registered_code(cfg: RunConfig) -> dict[str, str | None]:
+    """The fingerprint of the code behind each registry name the run uses (None: gstlab's own)."""
+    used = [("pruning.criterion", criteria, cfg.pruning.criterion)]
+    if not cfg.model.supplied:
+        used.append(("model.arch", architectures, cfg.model.arch))
+    if not cfg.data.supplied:
+        used.append(("data.name", datasets, cfg.data.name))
+    return {key: registry.fingerprint(name) for key, registry, name in used}
+
+
 def run_id(cfg: RunConfig) -> str:
     """Content hash of the result-affecting settings (12 hex digits). The precision enters resolved (see
     ``resolved_precision``) and only when it is not fp32, so fp32 runs keep the ids they had before the field
@@ -344,6 +354,9 @@ def run_id(cfg: RunConfig) -> str:
     precision = resolved_precision(cfg.train)
     if precision != "fp32":
         fields.setdefault("train", {})["precision"] = precision
+    registered = {key: fp for key, fp in registered_code(cfg).items() if fp}
+    if registered:  # a user's criterion, architecture or data loader: its code is part of the run
+        fields["registered"] = registered
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -23,8 +23,10 @@ value = ``module:attribute``), read on the first lookup. What each registry hold
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.metadata
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -34,7 +36,7 @@ T = TypeVar("T")
 
 
 class RegistryError(ValueError):
-    """A name is registered twice."""
+    """A name is registered twice, or unregistered without being registered."""
 
 
 class Registry(Generic[T]):
@@ -45,6 +47,8 @@ class Registry(Generic[T]):
         self.field, self.group = field, group  # group: the entry-point group of installed packages' entries
         self.kind = kind  # what an entry must be: None if ``obj`` is one, else what is wrong with it
         self._entries: dict[str, T | str] = dict(builtins)  # a str is a not yet imported "module:attribute"
+        self._shipped = set(builtins)  # names whose entry is gstlab's own (their code is gstlab's version)
+        self._fingerprints: dict[str, str] = {}
         self._plugins_read = group is None
 
     def _read_plugins(self) -> None:
@@ -64,10 +68,16 @@ class Registry(Generic[T]):
         if problem:
             raise RegistryError(f"{self.field}: {name!r} is {problem}")
         self._entries[name] = obj
+        self._shipped.discard(name)
+        self._fingerprints.pop(name, None)
         return obj
 
     def unregister(self, name: str) -> None:
+        if name not in self._entries:
+            raise RegistryError(f"{self.field}: {name!r} is not registered; registered: {', '.join(self.names())}")
         del self._entries[name]
+        self._shipped.discard(name)
+        self._fingerprints.pop(name, None)
 
     def names(self) -> tuple[str, ...]:
         self._read_plugins()
@@ -90,13 +100,66 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.field}: expected {self.allowed()}, got {name!r}")
         entry = self._entries[name]
         if isinstance(entry, str):
-            module, attribute = entry.split(":")
-            entry = functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
+            entry = self._load(name, entry)
             self._entries[name] = entry
         return entry
 
+    def _load(self, name: str, entry: str) -> T:
+        """Import the ``module:attribute`` of ``name``; ConfigError naming the entry point when it cannot be
+        imported or is not what the registry holds (an installed package's entry gets register()'s checks)."""
+        where = f"{self.field}: {name!r} (entry point {entry!r} of group {self.group})"
+        try:
+            module, attribute = entry.split(":")
+            obj = functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ConfigError(f"{where} cannot be loaded ({type(err).__name__}: {err}); fix or uninstall the package "
+                              f"that declares it") from None
+        problem = self.kind(obj) if self.kind and name not in self._shipped else None
+        if problem:
+            raise ConfigError(f"{where} is {problem}")
+        return obj
+
+    def shipped(self, name: str) -> bool:
+        """Whether the entry ``name`` is gstlab's own."""
+        return name in self._shipped
+
+    def fingerprint(self, name: str) -> str | None:
+        """None for gstlab's own entry ``name``; else ``module.qualname:hex``, a hash of the code of the entry
+        (its source where Python has it, and an instance's attributes): it enters the run id, so a changed
+        criterion, architecture or data loader is a new run, never a finished one found in a shared store."""
+        if name in self._shipped:
+            return None
+        if name not in self._fingerprints:
+            self._fingerprints[name] = code_fingerprint(self.get(name))
+        return self._fingerprints[name]
+
     def items(self) -> list[tuple[str, T]]:
         return [(name, self.get(name)) for name in self.names()]
+
+    def loadable(self) -> list[tuple[str, T]]:
+        """The entries that load (a broken installed package's entry is left out, for listing alternatives)."""
+        out = []
+        for name in self.names():
+            try:
+                out.append((name, self.get(name)))
+            except ConfigError:
+                continue
+        return out
+
+
+def code_fingerprint(obj: Any) -> str:
+    """``module.qualname:hex`` of a function, class or instance: its source (the class's, for an instance) and
+    an instance's attributes; the bytecode where Python keeps no source (an interactive session)."""
+    code = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
+    h = hashlib.sha256(f"{code.__module__}.{code.__qualname__}".encode())
+    try:
+        h.update(inspect.getsource(code).encode())
+    except (OSError, TypeError):
+        fn = getattr(code, "__code__", None)
+        h.update(repr((fn.co_code, fn.co_consts)).encode() if fn else b"no source")
+    if code is not obj:
+        h.update(repr(sorted(vars(obj).items()) if hasattr(obj, "__dict__") else obj).encode())
+    return f"{code.__module__}.{code.__qualname__}:{h.hexdigest()[:16]}"
 
 
 def _builtins(module: str, names: dict[str, str]) -> dict[str, str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from torch import nn
 
 from gstlab.config import ConfigError, ModelConfig
+from gstlab.errors import one_line
 from gstlab.models.mlp import MLP
 from gstlab.models.resnet import resnet18, resnet20, resnet56
 from gstlab.models.units import PrunableUnit, units_from_names
@@ -27,6 +29,12 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.arch: {cfg.arch!r} built a {type(model).__name__}, not a torch.nn.Module "
                           f"instance; its builder must return the model")
+    if builder is None and not architectures.shipped(cfg.arch):  # it may hand out one instance (pretrained) twice
+        try:
+            return copy.deepcopy(model)
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(f"model.arch: {cfg.arch!r} built a model that copy.deepcopy fails on ({one_line(err)});"
+                              f" gstlab trains a copy, so allowed: a model that can be deep-copied") from None
     return model
 
 

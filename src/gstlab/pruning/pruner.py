@@ -79,7 +79,7 @@ class Pruner:
         if self.criterion.needs_bn:
             for unit, _ in self.layers:
                 if unit.bn is None or self.model.get_submodule(unit.bn).weight is None:
-                    allowed = ", ".join(name for name, c in criteria.items() if not c.needs_bn)
+                    allowed = ", ".join(name for name, c in criteria.loadable() if not c.needs_bn)
                     raise ConfigError(f"pruning.criterion={self.cfg.criterion} needs a BatchNorm with gamma and "
                                       f"beta (affine) after layer {unit.name!r}; allowed criteria for it: {allowed}")
         if self.criterion.needs_activations and self.tracker is None:
