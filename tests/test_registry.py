@@ -293,3 +293,44 @@ def test_an_architecture_must_build_a_module_instance(registered, tmp_path):
             execute(C.parse(CFG, ["model.arch=a_class"]), tmp_path / "run")
     finally:
         architectures.unregister("a_class")
+
+
+def test_float64_scores_are_selected_in_float64(registered, tmp_path):
+    """Scores that differ below float32's resolution (or beyond its range) were cast first: ties, or inf."""
+    order = torch.tensor([5, 3, 9, 0, 12, 7, 1, 14, 2, 10, 6, 15, 4, 11, 8, 13], dtype=torch.float64)
+    criteria.register("fine", Scores(lambda n: 1.0 + 1e-9 * order))
+    try:
+        execute(C.parse(CFG, ["pruning.criterion=fine"]), tmp_path / "run")
+    finally:
+        criteria.unregister("fine")
+    with open(tmp_path / "run" / "events.csv") as f:
+        first = next(csv.DictReader(f))
+    assert sorted(int(u) for u in first["units"].split()) == sorted(order.argsort()[:4].tolist())  # Prune_S
+
+
+class Meddler(Recorder):
+    """A callback that changes weights (noise on every weight) or prunes units behind the pruner's back."""
+
+    def __init__(self, prune: bool) -> None:
+        super().__init__()
+        self.prune = prune
+
+    def after_epoch(self, run, epoch, events) -> None:
+        if self.prune:
+            run.masks.prune("hidden", torch.tensor([5]))
+        else:
+            with torch.no_grad():
+                for p in run.model.parameters():
+                    p.add_(0.01)
+
+
+def test_a_callback_cannot_revive_or_prune_units(registered, tmp_path):
+    run = prepare(C.parse(CFG), tmp_path / "run")
+    run.callbacks.append(Meddler(prune=False))
+    run_epoch(run, 0)
+    alive = run.masks.alive("hidden")
+    assert bool((run.model.hidden.weight[~alive] == 0).all()) and bool((run.model.hidden.bias[~alive] == 0).all())
+    run = prepare(C.parse(CFG), tmp_path / "again")
+    run.callbacks.append(Meddler(prune=True))
+    with pytest.raises(C.ConfigError, match="epoch callback Meddler changed run.masks in epoch 0; a callback may read"):
+        run_epoch(run, 0)

@@ -25,7 +25,7 @@ from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
-from gstlab.errors import one_line, warn
+from gstlab.errors import ConfigError, one_line, warn
 from gstlab.interventions import Intervention
 from gstlab.models import build_model
 from gstlab.parts import DEFAULT_PARTS, Parts
@@ -246,6 +246,20 @@ def _set_global_rng(device: torch.device, state: dict) -> None:
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+def _run_callbacks(run: Run, epoch: int, events: list[PruningEvent]) -> None:
+    """The epoch callbacks, then the masks again: a callback that changed weights cannot revive a pruned unit,
+    and one that pruned (the pruner would not know: its events, counts and later choices) is refused."""
+    if not run.callbacks:
+        return
+    pruned = run.masks.total_pruned()
+    for cb in run.callbacks:
+        cb.after_epoch(run.view(), epoch, events)
+        if run.masks.total_pruned() != pruned:
+            raise ConfigError(f"epoch callback {type(cb).__name__} changed run.masks in epoch {epoch}; a callback "
+                              f"may read the masks, pruning is the schedule's (pruning.layers)")
+    run.masks.apply_()
+
+
 def run_epoch(run: Run, epoch: int) -> Pass:
     """Train, evaluate, event, evaluate, callbacks; appends the epoch's rows. Returns the training pass."""
     t0 = time.perf_counter()
@@ -260,8 +274,7 @@ def run_epoch(run: Run, epoch: int) -> Pass:
     if due:
         events = run.pruner.step(epoch)
     post = _after_events(run, events, pre)
-    for cb in run.callbacks:
-        cb.after_epoch(run.view(), epoch, events)
+    _run_callbacks(run, epoch, events)
     if not skip_training:
         run.scheduler.step()  # the official code does not step the scheduler in the scratch epoch
     run.rows["events"].extend(ev.row() for ev in events)

@@ -109,7 +109,8 @@ class Pruner:
             return None
         candidates = torch.nonzero(~targeted).flatten()
         scores = self._scores(unit)  # on the model's device, or wherever a registered criterion made them
-        scores = scores[candidates.to(scores.device)].detach().float().cpu()
+        scores = scores[candidates.to(scores.device)].detach().cpu()
+        scores = scores if scores.dtype == torch.float64 else scores.float()  # float64 kept: no ties, no inf
         chosen = select_to_prune(scores, k, self.cfg.side, self.generator)
         indices = candidates[chosen]
         targeted[indices] = True
