@@ -262,6 +262,8 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
       "units": []}, "model: has uninitialized (lazy) parameters; allowed: a model whose parameters exist"),
     ({"model": UnitsAsAList, "data": DATA}, "model.prunable_units: a list; allowed: a method"),
     ({"model": net, "data": DATA, "classes": 3}, "classes: 3; the data has label 3, so allowed: an int >= 4"),
+    ({"model": net, "data": DATA, "units": [PrunableUnit("conv1", "conv1", bn="bn1", shortcut="conv2")]},
+     "units[0] (conv1): shortcut 'conv2' has no buffer shortcut_mask of 8 entries"),
     ({"model": net, "classes": 4}, "classes: give it with data=...; a registered data set knows its classes"),
     ({"model": net, "data": (DATA[0].index_fill(0, torch.tensor([7]), float("nan")), *DATA[1:])},
      "data (given to gstlab.api.run) gave train inputs with 144 non-finite value(s) (NaN or inf); allowed: finite"),

@@ -106,6 +106,9 @@ def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
     ("data.label_noise=0.001", "data.label_noise: 0.001 of 256 training examples rounds to no noisy label; "
                                "allowed: 0, or at least 0.00391 (one label)"),
     ("data.train_subset=33", "train.batch_size: 32 leaves a last batch of 1 of the 33 training examples"),
+    ("pruning.criterion=activation --set pruning.layers.0.start=0 --set pruning.activation_every=20",
+     "pruning.activation_every: 20 training batches before the first activation score, but the first event "
+     "(layer 'fc1', epoch 0) comes after 8; allowed: at most 8"),
     ("data.name=fashion_mnist", "data.synthetic_shape: not read for data.name 'fashion_mnist' (only for synthetic)"),
 ], ids=lambda v: v.split("=")[0] if "=" in v else None)
 def test_values_that_would_train_something_else_are_refused(tmp_path, capsys, override, field):

@@ -176,6 +176,13 @@ def test_activation_scores_of_a_linear_on_sequences_sum_over_all_but_its_unit_ax
     tracker.before_batch()
     out = net(x)
     assert torch.equal(tracker.scores("0"), out.detach().abs().sum((0, 1)))
+    from gstlab.models.units import PrunableUnit
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh())  # the activation taken after the Linear: still its last axis
+    tracker = ActivationTracker(net, [PrunableUnit("0", "0", activation="1")], every=1, momentum=0.0)
+    tracker.before_batch()
+    out = net(x)
+    assert torch.equal(tracker.scores("0"), out.detach().abs().sum((0, 1)))
 
 
 def test_ebn_keeps_its_digits_far_in_the_left_tail():

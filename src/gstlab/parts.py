@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from gstlab import config as C
@@ -89,6 +90,11 @@ def checked_units(units: list, model: nn.Module, where: str) -> list[PrunableUni
             path = getattr(unit, field, None)
             if path is not None and path not in modules:
                 raise C.ConfigError(f"{where}[{i}] ({unit.name}): {field} {path!r} is not in the model")
+        shortcut_mask = getattr(modules.get(unit.shortcut), "shortcut_mask", None) if unit.shortcut else None
+        if unit.shortcut and (not torch.is_tensor(shortcut_mask) or shortcut_mask.numel() != n_units):
+            raise C.ConfigError(f"{where}[{i}] ({unit.name}): shortcut {unit.shortcut!r} has no buffer shortcut_mask "
+                                f"of {n_units} entries (one per unit, multiplied into its shortcut term); allowed: "
+                                f"a block that has one, or no shortcut")
     return units
 
 

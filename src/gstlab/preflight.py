@@ -260,6 +260,24 @@ def check_training_data(cfg: C.RunConfig, n_train: int, input_shape: tuple[int, 
                             f"data.train_subset) that does not leave one example over")
 
 
+def check_activation_start(cfg: C.RunConfig, batches_per_epoch: int) -> None:
+    """ConfigError when the activation criterion's first event comes before the tracker's first update (the
+    ``activation_every``-th training batch): it would have no score to rank by."""
+    p = cfg.pruning
+    firsts = [(epochs[0], layer.name) for layer in p.layers
+              if (epochs := event_epochs(layer.start, layer.end, p.period_of(layer)))]
+    if not firsts:
+        return
+    epoch, name = min(firsts)
+    trained = (epoch + 1 - int(p.scratch)) * batches_per_epoch  # a scratch run does not train in epoch 0
+    if trained < p.activation_every:
+        allowed = f"at most {trained}, or a later start for that layer" if trained else \
+            "a criterion without activations (no batch is trained before it)"
+        raise C.ConfigError(f"pruning.activation_every: {p.activation_every} training batches before the first "
+                            f"activation score, but the first event (layer {name!r}, epoch {epoch}) comes after "
+                            f"{trained}; allowed: {allowed}")
+
+
 def check_sizes(d: C.DataConfig) -> None:
     """What load_data would refuse, for a data set whose sizes and shape are known without loading it."""
     full = data_sizes(C.replace(d, train_subset=None, test_subset=None))

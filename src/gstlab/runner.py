@@ -108,6 +108,8 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     optimizer = build_optimizer(cfg.optim, model, fused=speed.fused_optimizer)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
     tracker = _tracker(cfg, model, units)
+    if tracker is not None:
+        preflight.check_activation_start(cfg, math.ceil(len(data.y_train) / cfg.train.batch_size))
     trainer = Trainer(
         model=model, optimizer=optimizer,
         train_batches=TrainLoader(data.x_train, data.y_train, cfg.train.batch_size, cfg.data.augment,

@@ -80,16 +80,17 @@ class ActivationTracker:
         self._handles = []
         for unit in units:
             module = model.get_submodule(unit.activation_module)
-            self._handles.append(module.register_forward_hook(self._hook(unit.name)))
+            last = isinstance(model.get_submodule(unit.module), nn.Linear)  # the layer's units: its last axis
+            self._handles.append(module.register_forward_hook(self._hook(unit.name, last)))
 
-    def _hook(self, name: str):
+    def _hook(self, name: str, last_axis: bool):
         # Not traced by torch.compile: its branch on the Python batch counter would recompile the model on every
         # batch until dynamo gives up compiling (8 graphs), losing CUDA graphs silently.
         @torch.compiler.disable
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
             if not module.training or (self.batch + 1) % self.every != 0:
                 return
-            axis = output.dim() - 1 if isinstance(module, nn.Linear) else 1  # a Linear's units: the last axis
+            axis = output.dim() - 1 if last_axis else 1  # a Linear's units: the last axis (after it, too)
             dims = [d for d in range(output.dim()) if d != axis]
             new = output.detach().abs().sum(dim=dims, dtype=torch.float32)  # bf16 under autocast: sum in fp32
             old = self._scores.get(name)
