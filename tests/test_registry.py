@@ -5,6 +5,7 @@ epoch callbacks see a RunView."""
 import csv
 import importlib.metadata
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -274,8 +275,12 @@ def test_scores_that_would_prune_the_wrong_units_are_refused(registered, tmp_pat
     (lambda cfg: pixels((0.5,), ()), "gave train inputs with mean (0.5,) and std (); allowed"),
     (lambda cfg: ((lambda x, y, xt, yt: ((x * 100).long(), y, xt, yt))(*load_blobs(cfg)[0]), 2),
      "'odd' gave train inputs of dtype torch.int64; allowed: uint8 pixels (decoded to [0, 1]) or floating-point"),
+    (lambda cfg: ((lambda x, y, xt, yt: (x, y, xt[:, :4], yt))(*load_blobs(cfg)[0]), 2),
+     "'odd' gave train inputs of shape (6,) and test inputs of shape (4,); allowed: one shape for both"),
+    (lambda cfg: ((lambda x, y, xt, yt: (x.tolist(), y, xt, yt))(*load_blobs(cfg)[0]), 2),
+     "'odd' gave train inputs as a list; allowed: a tensor, a numpy array or gstlab.data.Images"),
 ], ids=["no-classes", "float-labels", "labels-beyond-classes", "nan-inputs", "zero-std", "nan-mean", "3-of-2-channels",
-        "mean-without-std", "int64-inputs"])
+        "mean-without-std", "int64-inputs", "two-shapes", "a-list"])
 def test_a_registered_data_set_must_return_class_indices_within_its_classes(registered, tmp_path, source, message):
     datasets.register("odd", source)
     try:
@@ -334,3 +339,17 @@ def test_a_callback_cannot_revive_or_prune_units(registered, tmp_path):
     run.callbacks.append(Meddler(prune=True))
     with pytest.raises(C.ConfigError, match="epoch callback Meddler changed run.masks in epoch 0; a callback may read"):
         run_epoch(run, 0)
+
+
+def test_a_registered_data_set_may_hand_over_numpy_arrays_and_integers(registered, tmp_path):
+    def as_numpy(cfg):
+        (x, y, xt, yt), _ = load_blobs(cfg)
+        return (x.numpy(), y.numpy(), xt.numpy(), yt.numpy()), np.int64(2)
+
+    datasets.register("numpy_blobs", as_numpy)
+    try:
+        summary = execute(C.parse(CFG, ["data.name=numpy_blobs"]), tmp_path / "numpy")
+    finally:
+        datasets.unregister("numpy_blobs")
+    reference = execute(C.parse(CFG), tmp_path / "tensors")
+    assert summary["status"] == "finished" and summary["best_test_acc"] == reference["best_test_acc"]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from gstlab.config import ConfigError, DataConfig
@@ -40,15 +42,32 @@ def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | No
     except (TypeError, ValueError):
         raise ConfigError(f"data.name: {cfg.name!r} returned {type(out).__name__}; allowed: "
                           f"((x_train, y_train, x_test, y_test), classes)") from None
-    # loaded on the CPU (load_data's contract), also when a registered source hands over GPU tensors
-    x_train, y_train, x_test, y_test = (t.to("cpu") if isinstance(t, (torch.Tensor, Images)) else t
+    # loaded on the CPU (load_data's contract), also when a registered source hands over GPU tensors; numpy
+    # arrays and integers as torch's
+    x_train, y_train, x_test, y_test = (t.to("cpu") if isinstance(t, (torch.Tensor, Images)) else
+                                        torch.from_numpy(t) if isinstance(t, np.ndarray) else t
                                         for t in (x_train, y_train, x_test, y_test))
+    classes = _integer(classes)
     source_name = "data (given to gstlab.api.run)" if cfg.supplied else f"data.name: {cfg.name!r}"
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if not isinstance(x, (torch.Tensor, Images)):
+            raise ConfigError(f"{source_name} gave {split} inputs as a {type(x).__name__}; allowed: a tensor, a "
+                              f"numpy array or gstlab.data.Images")
         _check_labels(source_name, split, x, y, classes)
         _check_inputs(source_name, split, x)
+    if tuple(x_train.shape[1:]) != tuple(x_test.shape[1:]):
+        raise ConfigError(f"{source_name} gave train inputs of shape {tuple(x_train.shape[1:])} and test inputs of "
+                          f"shape {tuple(x_test.shape[1:])}; allowed: one shape for both")
     as_images = [x if isinstance(x, Images) else Images(x) for x in (x_train, x_test)]  # float: model input
     return (as_images[0], y_train.long(), as_images[1], y_test.long()), classes  # int8 labels would wrap in noise
+
+
+def _integer(value):
+    """``value`` as an int when it is an integer of any type (numpy's too), else as it is (refused later)."""
+    try:
+        return operator.index(value) if not isinstance(value, bool) else value
+    except TypeError:
+        return value
 
 
 def _check_labels(source_name: str, split: str, x, y, classes) -> None:
