@@ -470,3 +470,18 @@ def test_report_figure2_tests_memorization_at_the_common_window_best_epoch_under
     runs = pd.read_csv(md.parent / "runs.csv")
     best = runs["window_best_epoch"]
     assert runs["window_memorization"].to_numpy() == pytest.approx(runs["mean_stability"] - 10 + 0.01 * best)
+
+
+def test_groups_without_spread_are_not_testable_rather_than_significant():
+    """scipy gives t = +-inf and p = 0 for constant groups (or constant paired differences, up to rounding)."""
+    from gstlab.analysis.report import ttest_verdict
+    from gstlab.analysis.stats import paired_ttest, ttest
+
+    student = ttest([81.0, 81.0], [80.5, 80.5])
+    assert math.isnan(student["p"]) and math.isnan(student["cohens_d"]) and student["diff"] == 0.5
+    assert ttest_verdict(student) == "not testable"
+    seeds = [0, 1, 2]
+    paired = paired_ttest(pd.Series([80.15, 81.35, 79.95], seeds), pd.Series([79.05, 80.25, 78.85], seeds))
+    assert math.isnan(paired["p"]) and math.isnan(paired["t"]) and paired["diff"] == pytest.approx(1.1)
+    assert math.isnan(ttest([1.0], [])["df"])  # no df for an empty group
+    assert ttest([81.0, 81.2], [80.5, 80.5])["p"] < 1  # spread in one group is enough

@@ -91,3 +91,13 @@ def test_least_stable_events_first_one_per_run_and_scratch_left_out():
     runs = pd.DataFrame({"run_id": ["a", "b", "s"], "scratch": [False, False, True]})
     got = [(e["run_id"], e["epoch"]) for e, _ in least_stable(events, classes, runs, k=3)]
     assert got == [("a", 4), ("b", 2)]  # one event per run, its worst; the scratch event is not a pruning epoch
+
+
+def test_an_unpruned_runs_missing_side_is_a_value_of_the_side_axis():
+    """index.csv leaves an unpruned run's side empty: read as NaN, pandas 3 dropped it from nunique and groupby,
+    so No Pruning vs Prune_L was no axis and the unpruned runs left every group."""
+    runs = pd.DataFrame({"side": [np.nan] * 4 + ["largest"] * 4, "optim.lr": [0.1, 0.1, 0.01, 0.01] * 2,
+                         "x": [1.0, 2, 3, 4, 5, 6, 7, 8], "y": [1.0, 2, 3, 4, 5, 6, 7, 8]})
+    axes = study_axes(runs, ["optim.lr"])
+    assert axes == ["side", "optim.lr"]
+    assert granulated_tau(runs, "x", "y", axes) == (1.0, {"side": 1.0, "optim.lr": 1.0})

@@ -59,7 +59,13 @@ def with_measures(runs: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
 def study_axes(runs: pd.DataFrame, grid: dict | list | None = ()) -> list[str]:
     """The grid axes that vary over ``runs``: the settings' own (index.csv's side, rate, ...) and the grid's."""
     axes = [*AXES, *(k for k in (grid or ()) if k not in AXES)]
-    return [a for a in axes if a in runs and runs[a].astype(str).nunique() > 1]
+    return [a for a in axes if a in runs and _as_keys(runs[[a]])[a].nunique() > 1]
+
+
+def _as_keys(columns: pd.DataFrame) -> pd.DataFrame:
+    """Grid values as strings, a missing one ('' in index.csv: an unpruned run's side or rate) as '' (pandas 3's
+    astype(str) keeps NaN, which nunique and groupby leave out)."""
+    return columns.astype(object).where(columns.notna(), "").astype(str)
 
 
 def _tau(x, y) -> float:
@@ -76,7 +82,7 @@ def _tau(x, y) -> float:
 def granulated_tau(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> tuple[float, dict[str, float]]:
     """(Ψ, axis -> ψ_axis): ψ_axis is the mean τ(x, y) over the groups of runs equal on every other axis in which
     ``axis`` varies (groups where τ is undefined are left out); Ψ the mean of the defined ψ."""
-    keys = runs[axes].astype(str) if axes else pd.DataFrame(index=runs.index)
+    keys = _as_keys(runs[axes]) if axes else pd.DataFrame(index=runs.index)
     per_axis = {}
     for axis in axes:
         others = [a for a in axes if a != axis]

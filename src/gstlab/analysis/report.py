@@ -128,18 +128,20 @@ class Report:
     claims: list[str] = field(default_factory=list)
     sections: list[str] = field(default_factory=list)
     colors: dict = field(default_factory=dict)
+    _corr_cache: dict = field(default_factory=dict)
 
     def add_figure(self, title: str, png: Path) -> None:
         self.figures.append((title, png))
 
     def corr(self, runs: pd.DataFrame, x: str, y: str, scope: str) -> dict:
-        """Correlation of x and y over ``runs``, recorded once per (scope, x, y) for the correlations table."""
-        for row in self.correlations:
-            if (row["runs"], row["x"], row["y"]) == (scope, x, y):
-                return row
-        c = correlation(runs[x], runs[y]) if x in runs and y in runs else correlation([], [])
-        self.correlations.append({"runs": scope, "x": x, "y": y, **c})
-        return c
+        """Correlation of x and y over ``runs``, recorded once per (scope, x, y, runs) for the correlations
+        table (two groups whose scopes read alike keep their own numbers)."""
+        key = (scope, x, y, tuple(sorted(runs["run_id"])) if "run_id" in runs else len(runs))
+        if key not in self._corr_cache:
+            c = correlation(runs[x], runs[y]) if x in runs and y in runs else correlation([], [])
+            self._corr_cache[key] = {"runs": scope, "x": x, "y": y, **c}
+            self.correlations.append(self._corr_cache[key])
+        return self._corr_cache[key]
 
     def corr_claim(self, claim: tuple, runs: pd.DataFrame, scope: str) -> dict:
         name, statement, x, y, sign = claim
@@ -167,7 +169,7 @@ class Report:
             f"**{name}** ({a_name} reaches a higher {measure} than {b_name}; {test}): "
             f"mean {_f(t['mean_a'])}% vs {_f(t['mean_b'])}%, difference {_f(t['diff'])} points "
             f"{_ci(t['diff_ci_low'], t['diff_ci_high'])}, Cohen's d = {_f(t['cohens_d'])}, t = {_f(t['t'], 3)}, "
-            f"df = {t['df']}, p = {_p(t['p'])}, {count} → verdict: **{verdict}**.")
+            f"df = {_f(t['df'], 0)}, p = {_p(t['p'])}, {count} → verdict: **{verdict}**.")
         return t
 
     def ttests_over_seeds(self, name: str, a_name: str, a: pd.Series, b_name: str, b: pd.Series,
@@ -256,8 +258,9 @@ def _memorization(rep: Report, runs: pd.DataFrame, baseline: pd.DataFrame, scope
 
 
 def _figure3(rep: Report) -> None:
-    runs = rep.runs[pruned(rep.runs)]
-    rows = []
+    runs = rep.runs[pruned(rep.runs) & ~scratch(rep.runs)]  # scratch pruning has no iterative rate
+    runs = runs[runs["iterative_rate"].notna()].assign(iterative_rate=lambda df: df["iterative_rate"].round(6))
+    rows = []  # rates equal up to float rounding (100 * 0.5 / 10 and 100 * 0.55 / 11) are one group
     for rate, g in runs.groupby("iterative_rate"):
         c = rep.corr(g, "mean_stability", "best_test_acc", f"iterative rate {rate:.2f}%")
         rows.append({"iterative_rate": rate, **c})
@@ -300,14 +303,15 @@ def _flatness(rep: Report) -> None:
     """Figure 6 / E: flatness vs stability and accuracy over all runs, E1 bars, E2 spectrum, E4 eps curves."""
     last = last_probes(rep.curvature)
     runs = _with_flatness(rep.runs, last)
+    probed = "all runs" if "eig_sum" not in runs or runs["eig_sum"].notna().all() else "the runs with a probe"
     for col in FLATNESS_COLUMNS:
         name = F.LABELS[col]
-        scope = "all runs, last probe"
+        scope = f"{probed}, last probe"
         rep.scatter(runs, "mean_stability", col, f"stability_{col}", f"Stability vs {name}\n{scope}",
-                    corr=rep.corr(runs, "mean_stability", col, "all runs"))
+                    corr=rep.corr(runs, "mean_stability", col, probed))
         rep.scatter(runs, col, "best_test_acc", f"{col}_accuracy", f"{name} vs best test accuracy\n{scope}",
-                    corr=rep.corr(runs, col, "best_test_acc", "all runs"))
-    rep.corr_claim(FLATNESS, runs, "all runs")
+                    corr=rep.corr(runs, col, "best_test_acc", probed))
+    rep.corr_claim(FLATNESS, runs, probed)
     rep.tradeoff(runs, "", "all runs (Figure E6)")
     if "eigenvalues" in last and last["eigenvalues"].notna().any():
         rep.add_figure("E1: top-10 eigenvalues", F.eigen_bars(last, rep.out / "E1_eigenvalues",
@@ -340,7 +344,7 @@ def _table_f1(rep: Report) -> None:
     for b_name, b in (("Prune_S", small), ("Scratch", scr)):
         t = rep.ttest_claim("Prune_L advantage", "Prune_L", large, b_name, b)
         rows.append(f"| Prune_L vs {b_name} | {t['n_a']} vs {t['n_b']} | {_f(t['mean_a'])} vs {_f(t['mean_b'])} "
-                    f"| {_f(t['t'], 3)} | {t['df']} | {_p(t['p'])} |")
+                    f"| {_f(t['t'], 3)} | {_f(t['df'], 0)} | {_p(t['p'])} |")
     rep.sections.append("## t-tests on best test accuracy (Student, equal variances)\n\n"
                         "| comparison | n | mean best acc (%) | t | df | p |\n|---|---|---|---|---|---|\n"
                         + "\n".join(rows) + "\n")

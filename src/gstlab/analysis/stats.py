@@ -92,7 +92,7 @@ def ttest(a, b, confidence: float = 0.95) -> dict:
     the effect size: the difference of means ``diff = mean_a - mean_b``, its pooled-variance t interval
     (``diff_ci_low``, ``diff_ci_high``) and Cohen's d (difference over the pooled standard deviation)."""
     a, b = _clean(a), _clean(b)
-    out = {"t": NAN, "p": NAN, "df": a.size + b.size - 2,
+    out = {"t": NAN, "p": NAN, "df": a.size + b.size - 2 if a.size and b.size else NAN,
            "mean_a": float(np.mean(a)) if a.size else NAN, "mean_b": float(np.mean(b)) if b.size else NAN,
            "n_a": int(a.size), "n_b": int(b.size), "diff": NAN, "diff_ci_low": NAN, "diff_ci_high": NAN,
            "cohens_d": NAN}
@@ -104,9 +104,16 @@ def ttest(a, b, confidence: float = 0.95) -> dict:
         diff = out["mean_a"] - out["mean_b"]
         pooled_var = (((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / out["df"]
         half = stats.t.ppf(0.5 + confidence / 2, out["df"]) * math.sqrt(pooled_var * (1 / a.size + 1 / b.size))
-    out.update(t=float(res.statistic), p=float(res.pvalue), diff=float(diff), diff_ci_low=float(diff - half),
-               diff_ci_high=float(diff + half), cohens_d=float(diff / math.sqrt(pooled_var)) if pooled_var else NAN)
+    out.update(diff=float(diff), diff_ci_low=float(diff - half), diff_ci_high=float(diff + half))
+    if not _no_spread(math.sqrt(pooled_var), np.concatenate([a, b])):
+        out.update(t=float(res.statistic), p=float(res.pvalue), cohens_d=float(diff / math.sqrt(pooled_var)))
     return out
+
+
+def _no_spread(sd: float, values: np.ndarray) -> bool:
+    """A standard deviation that is zero up to float rounding of ``values``: t, p and d would be +-inf and 0
+    (scipy), a 'significant' result from values that do not vary; such a test is not testable."""
+    return not sd > 1e-9 * max(1.0, float(np.max(np.abs(values))))
 
 
 def paired_ttest(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> dict:
@@ -130,8 +137,9 @@ def paired_ttest(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> dict:
         warnings.simplefilter("ignore")
         res = stats.ttest_rel(x, y)
         half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    out.update(t=float(res.statistic), p=float(res.pvalue), diff=diff, diff_ci_low=diff - half,
-               diff_ci_high=diff + half, cohens_d=diff / sd if sd else NAN)
+    out.update(diff=diff, diff_ci_low=diff - half, diff_ci_high=diff + half)
+    if not _no_spread(sd, np.concatenate([x, y])):
+        out.update(t=float(res.statistic), p=float(res.pvalue), cohens_d=diff / sd)
     return out
 
 
