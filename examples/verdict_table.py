@@ -28,7 +28,10 @@ def main() -> None:
         if primary not in (STUDENT, PAIRED):
             parser.error(f"--regime {name}: PRIMARY {primary!r}; allowed: {STUDENT}, {PAIRED}")
         regime = Regime.from_prefix(name, prefix, primary)
-        results.append((regime, regime_tests(regime)))
+        try:
+            results.append((regime, regime_tests(regime)))
+        except ValueError as err:
+            parser.exit(1, f"verdict_table: --regime {name}: {err}\n")
     print(verdict_table(results))
     for regime, tests in results:
         print(f"- {regime.name}: {summary_line(tests)}.")

@@ -323,6 +323,17 @@ def test_report_other_kinds(tmp_path, kind, request):
         assert "figure3.png" in _pngs(md.parent)
 
 
+def test_figure3_groups_rates_equal_up_to_rounding_and_leaves_out_scratch_runs(tmp_path, no_draw):
+    """100 * 0.5 / 10 and 100 * 0.55 / 11 are one rate; a scratch run has none (it crashed the panels)."""
+    settings = [*FIG3, ("F3_S_near", "Prune_S 12.86% (other schedule)", "smallest", "none", 0.5, False,
+                        12.86 + 1e-12), ("F3_scratch", "Scratch Pruning", "largest", "none", 0.0, True, "")]
+    md = write_report(make_study(tmp_path / "s", "figure3", settings=settings, seeds=3, failed=False))
+    rates = [line for line in md.read_text().splitlines() if line.startswith("| iterative rate")]
+    assert [line.split("|")[1].strip() for line in rates] == [
+        "iterative rate 1.32%", "iterative rate 12.86%", "iterative rate 45.00%"]
+    assert "| iterative rate 12.86% | mean_stability | best_test_acc | 12 |" in md.read_text()  # 4 labels x 3 seeds
+
+
 def test_report_single_seed_and_missing_study_yaml(tmp_path, no_draw):
     study = make_study(tmp_path / "s", "figure2", seeds=1, failed=False)
     (study / "study.yaml").unlink()
@@ -340,6 +351,28 @@ def test_report_labels_name_varying_grid_points(tmp_path, no_draw):
     text = write_report(study).read_text()
     assert "| Prune_L 13% (optim.lr=0.001) | 1 |" in text and "| Prune_L 13% (optim.lr=0.0003) | 1 |" in text
     assert "optim.lr" in pd.read_csv(study / "report" / "runs.csv")
+
+
+def test_benefit_is_tested_against_the_baseline_of_the_same_grid_point(tmp_path, no_draw):
+    """The baseline was every unpruned run of the study, pooled over grid points (and its paired test dropped)."""
+    study = make_study(tmp_path / "s", "figure2", seeds=4, failed=False)
+    index = pd.read_csv(study / "index.csv")
+    index.insert(11, "optim.lr", np.where(index["seed"] % 2 == 0, 0.001, 0.0003))
+    index.to_csv(study / "index.csv", index=False)
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    (study / "study.yaml").write_text(yaml.safe_dump({**spec, "grid": {"optim.lr": [0.001, 0.0003]}}))
+    text = write_report(study).read_text()
+    runs = pd.read_csv(study / "report" / "runs.csv")
+    base = runs[(runs["side"].isna()) & (runs["optim.lr"] == 0.001)]["best_test_acc"]
+    line = next(x for x in text.splitlines() if x.startswith("- **Benefit** (Prune_L 13% (optim.lr=0.001) reaches"))
+    assert "than No Pruning (optim.lr=0.001);" in line and f"vs {base.mean():.2f}%" in line
+    assert "n = 2 vs 2 runs" in line
+    assert "**Benefit, common window, paired** (Prune_L 13% (optim.lr=0.001)" in text  # one run per seed again
+
+
+def test_a_study_without_a_baseline_says_the_benefit_is_not_tested(tmp_path, no_draw):
+    text = write_report(make_study(tmp_path / "s", "figure2", settings=FIG2[1:], seeds=2, failed=False)).read_text()
+    assert "- Benefit: not tested, no unpruned run to compare" in text and "**Benefit**" not in text
 
 
 def test_dynamics_band_is_the_t_interval_from_three_seeds_and_the_range_below():

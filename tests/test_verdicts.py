@@ -115,3 +115,11 @@ def test_each_noise_variant_keeps_its_test_number_whatever_the_rows_order_or_a_m
     mixed = [(Regime("a", *[FIGURES] * 4), list(before.values())), (Regime("b", *[FIGURES] * 4), renamed)]
     with pytest.raises(ValueError, match="T5: the regimes test different claims"):
         verdict_table(mixed)
+
+
+def test_two_prune_l_settings_are_refused_rather_than_pooled_into_t3():
+    runs = _figure2_runs(memorization=False)
+    other = runs[runs["label"] == "Prune_L 13%"].assign(label="Prune_L 1%", run_id=lambda df: df["run_id"] + "b")
+    with pytest.raises(ValueError, match="T3 and T14 need one Prune_L \\(largest-score\\) setting; these runs have "
+                                         "2: Prune_L 13%, Prune_L 1%"):
+        figure2_tests(pd.concat([runs, other], ignore_index=True), PAIRED)

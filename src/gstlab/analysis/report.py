@@ -128,6 +128,9 @@ class Report:
     claims: list[str] = field(default_factory=list)
     sections: list[str] = field(default_factory=list)
     colors: dict = field(default_factory=dict)
+    grid: tuple[str, ...] = ()  # the study's grid keys: a pruned run is compared with the baseline of its point
+    notes: list[str] = field(default_factory=list)  # descriptive lines beside the claims (no test)
+    tested: int = 0  # claims with a test result (not 'not testable')
     _corr_cache: dict = field(default_factory=dict)
 
     def add_figure(self, title: str, png: Path) -> None:
@@ -155,6 +158,7 @@ class Report:
                       f"n = {c['n']} runs")
         self.claims.append(f"**{name}** ({statement}; expected sign of r: {'+' if sign > 0 else '−'}), {scope}: "
                            f"{detail} → verdict: **{verdict}**.")
+        self.tested += verdict != "not testable"
         return c
 
     def ttest_claim(self, name: str, a_name: str, a: pd.Series, b_name: str, b: pd.Series,
@@ -170,6 +174,7 @@ class Report:
             f"mean {_f(t['mean_a'])}% vs {_f(t['mean_b'])}%, difference {_f(t['diff'])} points "
             f"{_ci(t['diff_ci_low'], t['diff_ci_high'])}, Cohen's d = {_f(t['cohens_d'])}, t = {_f(t['t'], 3)}, "
             f"df = {_f(t['df'], 0)}, p = {_p(t['p'])}, {count} → verdict: **{verdict}**.")
+        self.tested += verdict != "not testable"
         return t
 
     def ttests_over_seeds(self, name: str, a_name: str, a: pd.Series, b_name: str, b: pd.Series,
@@ -179,14 +184,17 @@ class Report:
         self.ttest_claim(name, a_name, a, b_name, b, measure=measure)
         if a.index.is_unique and b.index.is_unique:
             self.ttest_claim(f"{name}, paired", a_name, a, b_name, b, paired=True, measure=measure)
+        else:
+            self.notes.append(f"{name}, paired ({a_name} vs {b_name}): not tested, a seed has two runs on one side")
 
     def window_benefits(self, runs: pd.DataFrame, baseline: pd.DataFrame, base_name: str, prefix: str = "",
                         name: str = "Benefit") -> None:
         """Each label of ``runs`` against ``baseline`` over the common window (both Student and paired over
         seeds), with the baseline's early-stopping peak alongside (a separate number, no test)."""
-        if not len(baseline) or "window_best_test_acc" not in runs:
+        starts = pd.concat([runs, baseline])["window_start"].dropna() if "window_start" in runs else []
+        if not len(baseline) or "window_best_test_acc" not in runs or not len(starts):
             return
-        start = int(baseline["window_start"].iloc[0])
+        start = int(starts.iloc[0])
         measure = f"best test accuracy over the common window (epochs ≥ {start})"
         base = baseline.set_index("seed")["window_best_test_acc"]
         for label, g in runs.groupby("label", sort=False):
@@ -194,7 +202,7 @@ class Report:
             self.ttests_over_seeds(f"{name}, common window", f"{prefix}{label}", a, base_name, base, measure)
         peak = baseline["peak_test_acc"] if "peak_test_acc" in baseline else pd.Series(dtype=float)
         if peak.notna().any():
-            self.claims.append(
+            self.notes.append(
                 f"Early-stopping baseline (descriptive): {base_name}'s peak test accuracy over all epochs is "
                 f"{_f(peak.mean())}% (mean of {int(peak.notna().sum())} runs, median epoch "
                 f"{_f(baseline['peak_epoch'].median(), 0)}), against {_f(base.mean())}% over the common window.")
@@ -237,24 +245,56 @@ def _figure2(rep: Report, include_random: bool = False) -> None:
         keep = pruned(runs) & ~scratch(runs) & (include_random | ~random_side(runs))
         kinds = "pruned runs, no scratch" + ("" if include_random else ", no Prune_R")
         rep.tradeoff(runs[keep], tag, f"{prefix}{kinds}")
-        baseline = runs.loc[~pruned(runs), "best_test_acc"]
-        for label, g in runs[keep].groupby("label", sort=False) if len(baseline) else ():
-            rep.ttest_claim("Benefit", f"{prefix}{label}", g["best_test_acc"], "No Pruning", baseline)
-        rep.window_benefits(runs[keep], runs[~pruned(runs)], "No Pruning", prefix)
-        _memorization(rep, runs[keep], runs[~pruned(runs)], f"{prefix}{kinds}", prefix)
+        for tested, baseline, base_name in with_baselines(rep, runs[keep], runs[~pruned(runs)], "No Pruning"):
+            for label, g in tested.groupby("label", sort=False):
+                rep.ttest_claim("Benefit", f"{prefix}{label}", g["best_test_acc"], base_name, baseline["best_test_acc"])
+            rep.window_benefits(tested, baseline, base_name, prefix)
+            _memorization_vs(rep, tested, baseline, base_name, prefix)
+        _memorization(rep, runs[keep], f"{prefix}{kinds}")
 
 
-def _memorization(rep: Report, runs: pd.DataFrame, baseline: pd.DataFrame, scope: str, prefix: str = "") -> None:
-    """Under label noise: stability vs memorization over ``runs``, and the baseline memorizing more than each
-    label (Student and paired over seeds), all at each run's common-window best epoch."""
-    if "window_memorization" not in runs or runs["window_memorization"].isna().all():
+def _noisy(runs: pd.DataFrame) -> bool:
+    return "window_memorization" in runs and bool(runs["window_memorization"].notna().any())
+
+
+def _memorization(rep: Report, runs: pd.DataFrame, scope: str) -> None:
+    """Under label noise: stability vs memorization over ``runs`` at each run's common-window best epoch."""
+    if _noisy(runs):
+        rep.corr_claim(MEMORIZATION, runs, scope)
+
+
+def _memorization_vs(rep: Report, runs: pd.DataFrame, baseline: pd.DataFrame, base_name: str, prefix: str) -> None:
+    """Under label noise: the baseline memorizing more than each label of ``runs`` (Student and paired over
+    seeds) at each run's common-window best epoch."""
+    if not _noisy(runs):
         return
-    rep.corr_claim(MEMORIZATION, runs, scope)
     measure = "memorization (% of noisy training labels predicted as given, at the common-window best epoch)"
     base = baseline.set_index("seed")["window_memorization"]
-    for label, g in runs.groupby("label", sort=False) if len(baseline) else ():
+    for label, g in runs.groupby("label", sort=False):
         a = g.set_index("seed")["window_memorization"]
-        rep.ttests_over_seeds("Less memorization", "No Pruning", base, f"{prefix}{label}", a, measure)
+        rep.ttests_over_seeds("Less memorization", base_name, base, f"{prefix}{label}", a, measure)
+
+
+def with_baselines(rep: Report, runs: pd.DataFrame, unpruned: pd.DataFrame, name: str, claim: str = "Benefit"):
+    """(runs of one grid point, the unpruned runs of that point, the baseline's name) for each grid point of
+    ``runs`` whose baseline is one setting; a point without one, or with several (e.g. with and without label
+    noise), gets a note instead of tests."""
+    keys = [k for k in rep.grid if k in runs and pd.concat([runs[k], unpruned[k]]).nunique(dropna=False) > 1]
+    points = runs.groupby(keys, sort=False, dropna=False) if keys else [((), runs)]
+    for values, tested in points:
+        values = values if isinstance(values, tuple) else (values,)
+        match = pd.Series(True, index=unpruned.index)
+        for key, value in zip(keys, values):
+            match &= unpruned[key].eq(value) | (unpruned[key].isna() & pd.isna(value))
+        baseline, where = unpruned[match], ", ".join(f"{k}={v}" for k, v in zip(keys, values))
+        labels = list(dict.fromkeys(baseline["setting"] if "setting" in baseline else baseline["label"]))
+        if len(labels) == 1:
+            yield tested, baseline, f"{name} ({where})" if where else name
+        elif len(tested):
+            reason = "no unpruned run" if not labels else f"{len(labels)} unpruned settings ({', '.join(labels)})"
+            rep.notes.append(f"{claim}{' at ' + where if where else ''}: not tested, {reason} to compare "
+                             f"{', '.join(dict.fromkeys(tested['label']))} with; a baseline is one unpruned "
+                             f"setting per grid point")
 
 
 def _figure3(rep: Report) -> None:
@@ -286,10 +326,11 @@ def _noise(rep: Report, panels: tuple[tuple[str, str], ...]) -> None:
     control = pruned(runs) & (kind == "") & ~scratch(runs)
     for k, title in panels:
         rep.dynamics(runs[base | control | (kind == k)], f"dynamics_{k}", f"Test accuracy: {title}", rename=rename)
-    baseline = runs.loc[base, "best_test_acc"]
-    for label, g in runs[kind != ""].groupby("label", sort=False):
-        rep.ttest_claim("Noise", str(label), g["best_test_acc"], "No Noise (no pruning)", baseline)
-    rep.window_benefits(runs[kind != ""], runs[base], "No Noise (no pruning)", name="Noise")
+    for tested, baseline, base_name in with_baselines(rep, runs[kind != ""], runs[base], "No Noise (no pruning)",
+                                                      "Noise"):
+        for label, g in tested.groupby("label", sort=False):
+            rep.ttest_claim("Noise", str(label), g["best_test_acc"], base_name, baseline["best_test_acc"])
+        rep.window_benefits(tested, baseline, base_name, name="Noise")
     rep.tradeoff(runs[pruned(runs) & ~scratch(runs)], "", "pruned and intervention runs")
 
 
@@ -423,8 +464,11 @@ def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str
              *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
              "## Claims", "", *(f"- {c}" for c in rep.claims or ["No claim can be tested with these runs."]), "",
-             f"{len(rep.claims)} claim tests in this report, each at α = {ALPHA} without correction for multiple "
-             f"testing; the correlations table below lists {len(rep.correlations)} correlations in all.", "",
+             *(f"- {n}" for n in rep.notes), *([""] if rep.notes else []),
+             f"{rep.tested} claim tests in this report ({len(rep.claims) - rep.tested} more claims not testable), "
+             f"each at α = {ALPHA} without correction for multiple testing; the correlations table below lists "
+             f"{len(rep.correlations)} correlations in all, and a generalization-measures section its own "
+             f"p-values.", "",
              "## Correlations", "", _corr_table(rep.correlations) if rep.correlations else "None.\n", *rep.sections,
              "## Figures", "", *(f"![{title.replace(chr(10), ' — ')}]({png.name})\n" for title, png in rep.figures),
              "Tables: `runs.csv`, `epochs.csv`, `events.csv` (and `events_classes.csv` with class detail, "
@@ -536,7 +580,8 @@ def write_report(study_dir: str | Path) -> Path:
     labels = dict(zip(ok["run_id"], ok["label"]))
     keep = {k: t[t["run_id"].isin(ok["run_id"])].assign(label=lambda df: df["run_id"].map(labels))
             for k, t in tables.items()}
-    rep = Report(kind, out, ok, keep["epochs"], keep["curvature"], keep["eps_sweep"], colors=F.palette(ok["label"]))
+    rep = Report(kind, out, ok, keep["epochs"], keep["curvature"], keep["eps_sweep"], colors=F.palette(ok["label"]),
+                 grid=tuple(spec.get("grid") or ()))
     if len(ok):
         BUILDERS[kind](rep)
         measures.add_to_report(rep, keep["events"], keep["events_classes"],

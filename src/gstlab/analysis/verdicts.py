@@ -136,6 +136,11 @@ def figure2_tests(runs: pd.DataFrame, primary: str) -> list[Verdict]:
     panel = runs[pruned(runs) & ~scratch(runs) & ~random_side(runs)]
     largest = runs[(runs["side"] == "largest") & ~scratch(runs) & (intervention(runs) == "")]
     baseline = runs[~pruned(runs)]
+    for group, what in ((largest, "Prune_L (largest-score) setting"), (baseline, "unpruned setting")):
+        labels = list(dict.fromkeys(group["label"])) if "label" in group else []
+        if len(labels) > 1:  # T3 and T14 compare one with the other: pooled, a seed would have two runs
+            raise ValueError(f"Figure 2 verdicts: T3 and T14 need one {what}; these runs have {len(labels)}: "
+                             f"{', '.join(map(str, labels))}")
     name = _label(largest, "Prune_L")
     tests = [correlation_test("T1", "less stable pruning → higher best test accuracy", panel,
                               "mean_stability", "best_test_acc", -1),
