@@ -125,7 +125,7 @@ def paired_ttest(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> dict:
                        join="inner").dropna()
     x, y = joined.iloc[:, 0].to_numpy(float), joined.iloc[:, 1].to_numpy(float)
     n = len(x)
-    out = {"t": NAN, "p": NAN, "df": n - 1, "mean_a": float(x.mean()) if n else NAN,
+    out = {"t": NAN, "p": NAN, "df": n - 1 if n >= 2 else NAN, "mean_a": float(x.mean()) if n else NAN,
            "mean_b": float(y.mean()) if n else NAN, "n_a": n, "n_b": n, "diff": NAN, "diff_ci_low": NAN,
            "diff_ci_high": NAN, "cohens_d": NAN}
     if n < 2:
