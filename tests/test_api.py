@@ -351,3 +351,48 @@ def test_data_without_its_top_class_runs_with_the_classes_given(tmp_path):
     summary = api.run(SHORT, tmp_path / "run", model=net(0), data=part, classes=np.int64(4))  # any integer type
     assert summary["status"] == "finished"
     assert "4 classes" in C.load_yaml(tmp_path / "run" / "config.yaml")["data"]["supplied"]
+
+
+class EpochLog:
+    """A user's epoch callback: counts epochs (state as a numpy integer) and writes one row per epoch."""
+
+    def __init__(self) -> None:
+        self.n = np.int64(0)
+
+    def after_epoch(self, run, epoch, events) -> None:
+        self.n += 1
+        run.rows.setdefault("epoch_log", []).append({"epoch": epoch, "n": int(self.n), "events": len(events)})
+
+    def write(self, run) -> None:
+        rows = run.rows.get("epoch_log", [])
+        (run.out / "epoch_log.csv").write_text("".join(f"{r['epoch']},{r['n']},{r['events']}\n" for r in rows))
+
+    def state_dict(self) -> dict:
+        return {"n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n = np.int64(state["n"])
+
+
+class Other(EpochLog):
+    pass
+
+
+def test_a_users_epoch_callbacks_run_resume_and_must_match_on_resume(tmp_path, monkeypatch):
+    whole = EpochLog()
+    api.run(SHORT, tmp_path / "whole", model=net, data=DATA, callbacks=[whole])
+    assert (tmp_path / "whole" / "epoch_log.csv").read_text() == "0,1,1\n1,2,1\n2,3,1\n"
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):  # cut off after epoch 1's checkpoint; the numpy state was saved
+        api.run(SHORT, tmp_path / "cut", model=net, data=DATA, callbacks=[EpochLog()])
+    monkeypatch.undo()
+    with pytest.raises(C.ConfigError, match=r"^callbacks: .*checkpoint.pt was saved with the epoch callbacks "
+                                            r"\[test_api.EpochLog\], this run has \[test_api.Other\]"):
+        api.run(SHORT, tmp_path / "cut", model=net, data=DATA, callbacks=[Other()])
+    resumed = EpochLog()
+    api.run(SHORT, tmp_path / "cut", model=net, data=DATA, callbacks=[resumed])
+    assert resumed.n == whole.n == 3  # continued from the checkpoint's state
+    assert (tmp_path / "cut" / "epoch_log.csv").read_text() == (tmp_path / "whole" / "epoch_log.csv").read_text()
+    assert results(tmp_path / "cut") == results(tmp_path / "whole")
+    with pytest.raises(C.ConfigError, match=r"callbacks\[0\]: type a class \(give an instance\)"):
+        api.run(SHORT, tmp_path / "x", model=net, data=DATA, callbacks=[EpochLog])

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from gstlab import config as C
+from gstlab.callbacks import EpochCallback
 from gstlab.errors import one_line
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
@@ -40,7 +41,8 @@ DataLike = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | tuple
 
 def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: ModelLike | None = None,
         data: DataLike | None = None, classes: int | None = None,
-        units: Sequence[str | PrunableUnit] | None = None, progress: bool | None = None) -> dict:
+        units: Sequence[str | PrunableUnit] | None = None, callbacks: Sequence[EpochCallback] = (),
+        progress: bool | None = None) -> dict:
     """Run, resume or skip the run in directory ``out``; returns its summary (as ``summary.json``).
 
     - ``config``: a RunConfig, a mapping as in a YAML config, or the path of a YAML config.
@@ -57,6 +59,11 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
     - ``units``: the prunable layers (module names, each with the BatchNorm that follows it, or
       ``PrunableUnit`` objects); None: the model's ``prunable_units()`` if it has one, else the modules that
       ``pruning.layers`` names.
+    - ``callbacks``: epoch callbacks (:class:`gstlab.callbacks.EpochCallback`): each sees a ``RunView`` after
+      every epoch's events, appends rows to the run's tables and writes its files; its ``state_dict`` goes into
+      the checkpoints, so a resumed run continues it (resume with the same callbacks, in the same order). They
+      observe: a callback may not change the masks (refused), pruned units stay zero whatever it does to the
+      weights, and they are not part of the run id (a finished run is not run again for a new callback).
     """
     cfg = _config(config)
     if isinstance(units, (str, PrunableUnit)):
@@ -66,7 +73,7 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
         raise C.ConfigError("classes: give it with data=...; a registered data set knows its classes")
     if units is not None and model is None:
         raise C.ConfigError("units: give them with model=...; a zoo model declares its own prunable units")
-    parts = Parts(units=None if units is None else _units_of(units))
+    parts = Parts(units=None if units is None else _units_of(units), **_callbacks(callbacks))
     if model is not None:
         builder, fingerprint = _supplied_model(model, cfg, parts)
         parts = dataclasses.replace(parts, model=builder)
@@ -76,6 +83,20 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
         parts = dataclasses.replace(parts, data=source)
         cfg = C.replace(cfg, data=C.replace(cfg.data, supplied=fingerprint))
     return execute(C.validate(cfg), out, progress, parts)
+
+
+def _callbacks(callbacks: Sequence[EpochCallback]) -> dict:
+    """Parts' callbacks and their states as given (a run that restarts from scratch resets them to these)."""
+    if not isinstance(callbacks, (list, tuple)):
+        raise C.ConfigError(f"callbacks: a {type(callbacks).__name__}; allowed: a list of epoch callbacks")
+    for i, cb in enumerate(callbacks):
+        missing = [m for m in ("after_epoch", "write", "state_dict", "load_state_dict")
+                   if not callable(getattr(cb, m, None))]
+        if missing or isinstance(cb, type):
+            what = "a class (give an instance)" if isinstance(cb, type) else f"without {', '.join(missing)}"
+            raise C.ConfigError(f"callbacks[{i}]: {type(cb).__name__} {what}; allowed: objects following "
+                                f"gstlab.callbacks.EpochCallback")
+    return {"callbacks": tuple(callbacks), "callback_states": tuple(copy.deepcopy(cb.state_dict()) for cb in callbacks)}
 
 
 def _config(config: C.RunConfig | dict | str | Path) -> C.RunConfig:

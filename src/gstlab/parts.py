@@ -33,6 +33,8 @@ class Parts:
     model: ModelBuilder | None = None
     data: DataSource | None = None
     units: UnitsOf | None = None
+    callbacks: tuple = ()  # the user's epoch callbacks (gstlab.callbacks.EpochCallback), after the probes
+    callback_states: tuple = ()  # their state when given: a run that restarts (a damaged checkpoint) resets them
 
     def check(self, cfg: C.RunConfig) -> None:
         """A config that records a supplied model or data needs them supplied (the CLI cannot rebuild them)."""

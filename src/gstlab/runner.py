@@ -7,6 +7,7 @@ and nothing is written before the config, the data and the layer names have been
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import math
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -133,6 +135,9 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     from gstlab.probes import attach_probes
 
     attach_probes(run, data)
+    for cb, start in zip(parts.callbacks, parts.callback_states):
+        cb.load_state_dict(copy.deepcopy(start))
+        run.callbacks.append(cb)
     return run
 
 
@@ -198,7 +203,8 @@ def checkpoint_state(run: Run, next_epoch: int) -> dict:
         "generators": {k: g.get_state() for k, g in run.generators.items()},
         "global_rng": _global_rng(run.device),  # what a model's own dropout draws from
         "rows": run.rows,
-        "callbacks": [cb.state_dict() for cb in run.callbacks],
+        "callbacks": [{"type": callback_name(cb), "state": plain(cb.state_dict(), callback_name(cb))}
+                      for cb in run.callbacks],
     }
     if run.pruner is not None:
         state["pruner"] = run.pruner.state_dict()
@@ -219,8 +225,8 @@ def restore(run: Run, state: dict) -> None:
     if "global_rng" in state:  # absent from checkpoints written before 2026-12-06
         _set_global_rng(run.device, state["global_rng"])
     run.rows = state["rows"]
-    for cb, cb_state in zip(run.callbacks, state["callbacks"]):
-        cb.load_state_dict(cb_state)
+    for cb, saved in zip(run.callbacks, state["callbacks"]):
+        cb.load_state_dict(saved["state"] if "type" in saved else saved)  # a bare state: before 2026-12-06
     if run.pruner is not None:
         run.pruner.load_state_dict(state["pruner"])
     if run.tracker is not None:
@@ -416,6 +422,12 @@ def _resume(run: Run, notes: list[dict]) -> Run:
             state, verified = store.load_verified(path)
             if state.get("format") != store.CHECKPOINT_FORMAT or state.get("run_id") != C.run_id(run.cfg):
                 raise ValueError("not a checkpoint of this run")
+        except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
+            problems.append(f"{name} is damaged ({one_line(err)})")
+            store.discard(path)
+            continue
+        _check_callbacks(run, state, path)  # the user's error, not the file's: refused, the checkpoint kept
+        try:
             restore(run, state)
         except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
             problems.append(f"{name} is damaged ({one_line(err)})")
@@ -430,6 +442,38 @@ def _resume(run: Run, notes: list[dict]) -> Run:
     if problems:
         _report(run, problems, "restarting from scratch", notes)
     return run
+
+
+def callback_name(cb: object) -> str:
+    return f"{type(cb).__module__}.{type(cb).__qualname__}"
+
+
+def _check_callbacks(run: Run, state: dict, path: Path) -> None:
+    """ConfigError when ``state`` was saved with other epoch callbacks than the run has (their states are
+    restored in order: another list would hand one callback's state to another, or drop one)."""
+    saved = [s["type"] for s in state.get("callbacks", []) if isinstance(s, dict) and "type" in s]
+    have = [callback_name(cb) for cb in run.callbacks]
+    if saved and saved != have:
+        raise ConfigError(f"callbacks: {path} was saved with the epoch callbacks [{', '.join(saved)}], this run has "
+                          f"[{', '.join(have)}]; resume with the same callbacks (probes included), in the same order")
+
+
+def plain(value, where: str):
+    """A callback's state made of what a checkpoint can hold (weights-only loading): numbers, strings, None,
+    tensors, and lists, tuples and dicts of them; numpy scalars and arrays become Python numbers and tensors.
+    ConfigError naming the callback for anything else (the checkpoint would load as damaged)."""
+    if isinstance(value, (bool, int, float, str, type(None), torch.Tensor)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v, where) for v in value)
+    if isinstance(value, dict):
+        return {k: plain(v, where) for k, v in value.items()}
+    raise ConfigError(f"epoch callback {where}: its state holds a {type(value).__name__}; allowed in a checkpoint: "
+                      f"numbers, strings, None, tensors, numpy values, and lists, tuples and dicts of them")
 
 
 def _report(run: Run, problems: list[str], action: str, notes: list[dict]) -> None:
