@@ -467,8 +467,8 @@ def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str
              *(f"- {n}" for n in rep.notes), *([""] if rep.notes else []),
              f"{rep.tested} claim tests in this report ({len(rep.claims) - rep.tested} more claims not testable), "
              f"each at α = {ALPHA} without correction for multiple testing; the correlations table below lists "
-             f"{len(rep.correlations)} correlations in all, and a generalization-measures section its own "
-             f"p-values.", "",
+             f"{len(rep.correlations)} correlations in all (the generalization-measures section, where present, "
+             f"has its own p-values).", "",
              "## Correlations", "", _corr_table(rep.correlations) if rep.correlations else "None.\n", *rep.sections,
              "## Figures", "", *(f"![{title.replace(chr(10), ' — ')}]({png.name})\n" for title, png in rep.figures),
              "Tables: `runs.csv`, `epochs.csv`, `events.csv` (and `events_classes.csv` with class detail, "
