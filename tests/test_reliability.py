@@ -382,6 +382,7 @@ def test_a_study_index_is_checksummed_and_an_edited_one_is_never_used(tmp_path, 
     index.write_text(text[:text.rindex(",") - 3])  # ... cut mid-row, it would have listed a 'pending' run
     assert main(["report", str(out)]) == 1
     assert "index.csv: line 3 has no status (truncated or damaged)" in capsys.readouterr().err
+    assert not (out / ".report.new").exists()  # refused before anything was written
     index.write_text(text[:text.rindex("ed")])  # cut inside the status: 'finish' is no status
     assert main(["report", str(out)]) == 1
     assert "index.csv: line 3 has status 'finish' (truncated or damaged)" in capsys.readouterr().err

@@ -563,11 +563,11 @@ def write_report(study_dir: str | Path) -> Path:
     asked = str(spec.get("figure") or "generic")
     kind = asked if asked in BUILDERS else "generic"
     final = study_dir / REPORT_DIR
-    out = _fresh_dir(study_dir / f".{REPORT_DIR}.new")  # built apart, then swapped in whole
-    all_runs = load_study(study_dir)
+    all_runs = load_study(study_dir)  # a damaged index is refused before anything is written
     tables = {"epochs": load_epochs(study_dir, all_runs), "events": load_events(study_dir, all_runs),
               "curvature": load_curvature(study_dir, all_runs), "eps_sweep": load_eps(study_dir, all_runs),
               **measures.load_tables(study_dir, all_runs)}
+    out = _fresh_dir(study_dir / f".{REPORT_DIR}.new")  # built apart, then swapped in whole
     finished = all_runs["status"] == "finished"
     start = common_window_start(all_runs, finished & pruned(all_runs) & ~scratch(all_runs))
     all_runs = with_window(all_runs, tables["epochs"], start)
