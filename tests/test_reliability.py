@@ -515,3 +515,55 @@ def test_one_parser_reads_sha256sum_output_for_report_folders_and_checked_files(
     store.checksum_path(path).write_text(store.checksum_path(path).read_text().replace("index.csv", "other.csv"))
     with pytest.raises(store.DamagedFileError, match="does not match index.csv.sha256"):
         store.read_checked_text(path, "gst sweep")  # a checksum of another file vouches for nothing
+
+
+def test_a_run_directory_holding_another_run_is_never_read_as_that_run(tmp_path, capsys):
+    """A finished run copied under another run's id verified against its own manifest and was reported as the
+    other run (both seeds with one seed's numbers)."""
+    from gstlab.study import run_status
+    from test_study import SMALL, write_study
+
+    study = write_study(tmp_path, {"name": "s", "seeds": 2, "settings": [{"inline": SMALL, "label": "a"}]})
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0
+    first, second = sorted(p for p in (out / "runs").iterdir() if p.is_dir())
+    shutil.rmtree(second)
+    shutil.copytree(first, second)
+    assert run_status(second) == "damaged" and run_status(first) == "finished"
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 1
+    assert f"run {second.name} left out (damaged): its files record run {first.name}, not {second.name}" in \
+        capsys.readouterr().err
+
+
+def test_a_sweep_that_ends_early_stops_its_workers_and_reports_a_kill_by_name(tmp_path, monkeypatch):
+    """An error in the sweep (here: while recording the first outcome) left the other worker training, orphaned;
+    a worker killed by a signal was reported with the last line of an earlier attempt's log."""
+    from gstlab import executors
+    from gstlab import study as S
+    from test_study import SMALL
+
+    study = S.study_from_dict({"name": "s", "seeds": [0, 1], "settings": [
+        {"inline": SMALL, "label": "short"},
+        {"inline": SMALL, "label": "long", "set": {"train.epochs": 400, "optim.milestones": [300]}}]})
+    runs = [r for r in S.expand(study) if r.seed == 0]
+    procs = []
+    real_popen = executors.subprocess.Popen
+    monkeypatch.setattr(executors.subprocess, "Popen", lambda *a, **k: procs.append(real_popen(*a, **k)) or procs[-1])
+
+    def fail(outcome):
+        raise RuntimeError("the disk is full")
+
+    res = executors.Resources(workers=2, threads=1)
+    with pytest.raises(RuntimeError, match="the disk is full"):
+        executors.run_local(runs, tmp_path / "store", tmp_path / "study", res, progress=False, on_done=fail)
+    assert len(procs) == 2 and all(p.poll() is not None for p in procs)  # none outlives the sweep
+    log = tmp_path / "study" / "logs" / f"{runs[1].run_id}.log"
+    log.write_bytes(b"gst: error: an earlier attempt's last line\n")
+
+    class Killed:
+        returncode = -9
+
+    worker = executors.Worker(runs[1], Killed(), None, log.stat().st_size)
+    outcome = executors._local_outcome(worker, tmp_path / "store", tmp_path / "study")
+    assert outcome.detail.startswith("worker was killed by SIGKILL: no output (log:")

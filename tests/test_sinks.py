@@ -71,6 +71,19 @@ def test_resumed_run_has_every_epoch_once(tmp_path, monkeypatch):
     assert_matches_csv(tb, tmp_path / "run")
 
 
+def test_a_run_restarted_from_epoch_0_over_earlier_events_has_every_epoch_once(tmp_path, monkeypatch):
+    """Killed before its first checkpoint (or redone from scratch): no purge step was passed at epoch 0, so
+    TensorBoard's reader had the first attempt's epochs twice."""
+    cfg = C.parse(TINY, ["train.tensorboard=true", "train.checkpoint_every=10"])
+    real = interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    monkeypatch.setattr(runner, "run_epoch", real)
+    execute(cfg, tmp_path / "run")
+    assert [s for s, _ in scalars(tmp_path / "run" / TENSORBOARD_DIR)["test/acc"]] == list(range(6))
+
+
 def test_export_of_a_finished_run_equals_the_live_events(tmp_path):
     execute(C.parse(TINY, ["train.tensorboard=true"]), tmp_path / "run")
     assert export_run(tmp_path / "run", tmp_path / "exported")

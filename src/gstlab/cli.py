@@ -69,8 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in surprises(cfg):
             warn(line)
     summary, executed = run_or_skip(cfg, out)
-    if cfg.train.tensorboard and not executed and not sinks.has_events(out / sinks.TENSORBOARD_DIR):
-        sinks.export_run(out, out / sinks.TENSORBOARD_DIR)  # a run finished earlier without TensorBoard
+    if cfg.train.tensorboard and not executed:
+        sinks.export_missing(out)  # a run finished earlier without TensorBoard
     if args.outcome_file:  # for the local executor: did this process execute the run?
         store.write_json(Path(args.outcome_file), {"status": summary.get("status"), "executed": executed})
     _print_summary(out, summary, executed)

@@ -14,8 +14,10 @@ layout (``STORE/runs/<run_id>``); a run that crashes fails alone and the study g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,7 +85,9 @@ def _command(config_path: Path, run_dir: Path, threads: int, outcome: Path) -> l
 
 
 def _outcome_file(study_dir: Path, run: StudyRun) -> Path:
-    return study_dir / "logs" / f"{run.run_id}.outcome.json"
+    """Where a worker says whether it executed ``run``: one per sweep process (two sweeps of one study at once
+    each read their own)."""
+    return study_dir / "logs" / f"{run.run_id}.{os.getpid()}.outcome.json"
 
 
 def _slot_env(slot: int, res: Resources) -> dict[str, str]:
@@ -97,29 +101,79 @@ def run_local(runs: list[StudyRun], store_dir: Path, study_dir: Path, res: Resou
               progress: bool = True, on_done=lambda outcome: None) -> list[Outcome]:
     """Execute ``runs`` in at most ``res.workers`` subprocesses at a time; ``on_done(outcome)`` after each."""
     pending = list(runs)
-    active: dict[int, tuple[StudyRun, subprocess.Popen, object]] = {}
+    active: dict[int, Worker] = {}
     outcomes: list[Outcome] = []
     (study_dir / "logs").mkdir(parents=True, exist_ok=True)
     (study_dir / "configs").mkdir(parents=True, exist_ok=True)
     bar, polled = _progress(runs, store_dir, progress), time.monotonic()
-    while pending or active:
-        for slot in range(res.workers):
-            if slot not in active and pending:
-                active[slot] = _start(pending.pop(0), slot, store_dir, study_dir, res)
-        time.sleep(0.2)
-        if time.monotonic() - polled >= POLL_S:
-            bar.update([run.run_id for run, _, _ in active.values()])
-            polled = time.monotonic()
-        for slot, (run, proc, log) in list(active.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            outcomes.append(_local_outcome(run, proc.returncode, store_dir, study_dir))
-            on_done(outcomes[-1])
-            del active[slot]
-            bar.run_finished(run.run_id, outcomes[-1].status, run_name(run))
+    try:
+        with _sigterm_as_interrupt():
+            while pending or active:
+                for slot in range(res.workers):
+                    if slot not in active and pending:
+                        active[slot] = _start(pending.pop(0), slot, store_dir, study_dir, res)
+                time.sleep(0.2)
+                if time.monotonic() - polled >= POLL_S:
+                    bar.update([w.run.run_id for w in active.values()])
+                    polled = time.monotonic()
+                for slot, worker in list(active.items()):
+                    if worker.proc.poll() is None:
+                        continue
+                    worker.log.close()
+                    outcomes.append(_local_outcome(worker, store_dir, study_dir))
+                    on_done(outcomes[-1])
+                    del active[slot]
+                    bar.run_finished(worker.run.run_id, outcomes[-1].status, run_name(worker.run))
+    finally:
+        _stop(active.values())  # the sweep ends early (an error, Ctrl-C, SIGTERM): no worker outlives it
     bar.close()
     return outcomes
+
+
+@dataclass
+class Worker:
+    run: StudyRun
+    proc: subprocess.Popen
+    log: object  # its log file, open for appending
+    log_start: int  # where this attempt's output begins in the log
+
+
+STOP_WAIT_S = 30.0  # a worker stopped with SIGINT saves nothing more; it is killed after this long
+
+
+def _stop(workers) -> None:
+    """Interrupt the workers still running (they stop like Ctrl-C: a rerun resumes from their checkpoints)."""
+    workers = [w for w in workers if w.proc.poll() is None]
+    deadline = time.monotonic() + 2.0  # after Ctrl-C in a terminal they have the SIGINT already
+    while workers and time.monotonic() < deadline and any(w.proc.poll() is None for w in workers):
+        time.sleep(0.1)
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGINT)
+    for w in workers:
+        try:
+            w.proc.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait()
+        w.log.close()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM to the sweep (a job scheduler's stop) ends it as Ctrl-C does, with its workers."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _start(run: StudyRun, slot: int, store_dir: Path, study_dir: Path, res: Resources):
@@ -127,20 +181,28 @@ def _start(run: StudyRun, slot: int, store_dir: Path, study_dir: Path, res: Reso
     store.atomic_write_text(config_path, C.dump_yaml(run.cfg))
     _outcome_file(study_dir, run).unlink(missing_ok=True)
     log = open(study_dir / "logs" / f"{run.run_id}.log", "ab")  # noqa: SIM115 (closed when the process ends)
+    start = log.tell()
     command = _command(config_path, store_dir / "runs" / run.run_id, res.threads, _outcome_file(study_dir, run))
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_slot_env(slot, res))
-    return run, proc, log
+    return Worker(run, proc, log, start)
 
 
-def _local_outcome(run: StudyRun, code: int, store_dir: Path, study_dir: Path) -> Outcome:
-    executed = (store.read_json_or_none(_outcome_file(study_dir, run)) or {}).get("executed", True)
+def _local_outcome(worker: Worker, store_dir: Path, study_dir: Path) -> Outcome:
+    run, code = worker.run, worker.proc.returncode
+    said = _outcome_file(study_dir, run)
+    executed = (store.read_json_or_none(said) or {}).get("executed", True)
+    said.unlink(missing_ok=True)
     if code == 0:
         return Outcome(run.run_id, "finished", executed=bool(executed))
     log = study_dir / "logs" / f"{run.run_id}.log"
-    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
     if code == 1 and run_status(store_dir / "runs" / run.run_id) == "failed":  # its files verified
         return Outcome(run.run_id, "failed", "diverged; see its summary.json", executed=bool(executed))
-    return Outcome(run.run_id, "failed", f"worker exited with status {code}: {' '.join(tail)} (log: {log})")
+    with open(log, "rb") as f:  # this attempt's output only: the log keeps every attempt's
+        f.seek(worker.log_start)
+        tail = f.read().decode(errors="replace").strip().splitlines()[-1:]
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
+        else f"exited with status {code}"
+    return Outcome(run.run_id, "failed", f"worker {how}: {' '.join(tail) or 'no output'} (log: {log})")
 
 
 # ------------------------------------------------------------------------------------------------------ ray
@@ -251,11 +313,12 @@ def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool]:
 
     from gstlab.runner import run_or_skip  # noqa: PLC0415
 
-    cfg = C.validate(C.from_dict(C.RunConfig, cfg_dict))
+    cfg = C.from_dict(C.RunConfig, cfg_dict)
+    cfg = C.validate(C.replace(cfg, train=C.replace(cfg.train, threads=threads)))  # as a local worker's --set
     if C.run_id(cfg) != Path(run_dir).name:  # e.g. train.precision=auto resolves differently on this worker
         raise RuntimeError(f"run {Path(run_dir).name} has id {C.run_id(cfg)} on this worker (precision "
                            f"{C.resolved_precision(cfg.train)}); set train.precision explicitly")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # prepare sets it from train.threads as well; set here for what runs before
     summary, executed = run_or_skip(cfg, Path(run_dir), progress=False)
     return str(summary.get("status", "failed")), executed
 
@@ -347,7 +410,10 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     for line in dict.fromkeys(line for run in runs for line in surprises(run.cfg)):
         warn(line)
     if tensorboard:
-        sinks.require_tensorboard()
+        sinks.require_tensorboard("--tensorboard")
+    asking = next((r for r in runs if r.cfg.train.tensorboard), None)
+    if asking is not None:
+        sinks.require_tensorboard(f"setting {asking.setting!r}: train.tensorboard")
     if executor == "ray":
         connect_ray(address, resources)
     for path, flag in ((study_dir, "--out"), (store_dir, "--store")):  # both checked before either is made
@@ -362,13 +428,16 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     final = {row["run_id"]: row["status"] for row in rows if row["status"] in ("finished", "failed")}
     todo = [r for r in runs if r.run_id not in final]
     by_id = {r.run_id: r for r in runs}
-    for rid in final if tensorboard else ():
-        _export_tensorboard(study_dir, store_dir, by_id[rid])
+    for rid in final:
+        if by_id[rid].cfg.train.tensorboard:  # found finished: the events its config asks for
+            sinks.export_missing(store_dir / "runs" / rid)
+        if tensorboard:
+            _export_tensorboard(study_dir, store_dir, by_id[rid])
 
     def on_done(outcome) -> None:  # keep index.csv true while the sweep runs (and if it is killed)
         final[outcome.run_id] = run_status(store_dir / "runs" / outcome.run_id)
         write_index(study_dir, study, runs, store_dir, final)
-        if tensorboard:
+        if tensorboard and final[outcome.run_id] in ("finished", "failed"):  # a crashed run ends in a later sweep
             _export_tensorboard(study_dir, store_dir, by_id[outcome.run_id])
 
     try:

@@ -181,6 +181,13 @@ def previous_notes(run_dir: Path) -> list[dict]:
     return notes if isinstance(notes, list) else []
 
 
+def other_run(run_dir: Path, run_id: str) -> str | None:
+    """A problem line when ``run_dir``'s files record another run than ``run_id`` (a directory copied or moved
+    under another run's name), else None."""
+    others = sorted(set(recorded_ids(run_dir)) - {run_id})
+    return f"its files record run {others[0]}, not {run_id} (copied or moved here)" if others else None
+
+
 def recorded_ids(run_dir: Path) -> list[str]:
     """Run ids that manifest.json and summary.json of ``run_dir`` record (the readable ones)."""
     ids = [(store.read_json_or_none(run_dir / name) or {}).get("run_id") for name in ("manifest.json",

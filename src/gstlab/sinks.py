@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -40,12 +41,13 @@ class MetricSink(Protocol):
         """The run ended with ``summary`` (the content of ``summary.json``)."""
 
 
-def require_tensorboard() -> None:
-    """ConfigError (exit 2, before anything is written) when TensorBoard is not installed."""
+def require_tensorboard(asked_by: str = "train.tensorboard") -> None:
+    """ConfigError (exit 2, before anything is written) when TensorBoard is not installed; ``asked_by``: the
+    flag or field that asks for it."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401, PLC0415
     except ImportError:
-        raise ConfigError("train.tensorboard: needs TensorBoard: pip install 'gstlab[tensorboard]'") from None
+        raise ConfigError(f"{asked_by}: needs TensorBoard: pip install 'gstlab[tensorboard]'") from None
 
 
 def open_sinks(cfg: RunConfig, out: Path, first_epoch: int) -> list[MetricSink]:
@@ -60,7 +62,10 @@ class TensorBoardSink:
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
-        self.writer = SummaryWriter(str(log_dir), purge_step=first_epoch or None)
+        # a run that trains from first_epoch again (resumed, or restarted from 0 over an earlier attempt's
+        # events) drops the steps from there on, so each epoch is written once
+        self.writer = SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch or has_events(log_dir)
+                                    else None)
         self.last_epoch = first_epoch - 1
 
     def epoch(self, metrics: dict, events: Sequence[dict]) -> None:
@@ -104,6 +109,13 @@ def has_events(log_dir: Path) -> bool:
     return log_dir.is_dir() and any(log_dir.glob("events.out.tfevents.*"))
 
 
+def export_missing(run_dir: Path) -> None:
+    """A run that ended without TensorBoard (in an earlier attempt, or found finished) gets the event files its
+    ``train.tensorboard`` asks for, in ``RUN_DIR/tensorboard``."""
+    if not has_events(run_dir / TENSORBOARD_DIR):
+        export_run(run_dir, run_dir / TENSORBOARD_DIR)
+
+
 def export_run(run_dir: Path, log_dir: Path) -> bool:
     """Write TensorBoard event files for the finished run in ``run_dir`` from its CSV files and summary.json,
     as the run would have written them live. False (nothing written) when it has no metrics.csv."""
@@ -113,9 +125,13 @@ def export_run(run_dir: Path, log_dir: Path) -> bool:
     by_epoch: dict[int, list[dict]] = {}
     for ev in _rows(run_dir / "events.csv"):
         by_epoch.setdefault(int(ev["epoch"]), []).append(ev)
-    sink = TensorBoardSink(log_dir)
+    partial = log_dir.with_name(f".{log_dir.name}.partial")  # renamed into place whole: never half an export
+    shutil.rmtree(partial, ignore_errors=True)
+    sink = TensorBoardSink(partial)
     for row in metrics:
         sink.epoch(row, by_epoch.get(int(row["epoch"]), []))
     summary_path = run_dir / "summary.json"
     sink.close(json.loads(summary_path.read_text()) if summary_path.exists() else {})
+    shutil.rmtree(log_dir, ignore_errors=True)
+    partial.rename(log_dir)
     return True

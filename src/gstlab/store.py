@@ -91,6 +91,17 @@ def dir_lock(directory: Path) -> Iterator[None]:
 TMP_SUFFIX = ".tmp"  # atomic writes go through ``.<name>.<random>.tmp``; a kill can leave one behind
 
 
+def _file_mode() -> int:
+    """What open() gives a new file under this process's umask (read once: os.umask can only be read by
+    setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes, previous: Path | None = None) -> None:
     """Write ``path`` via a temporary file and a rename. ``previous``: first move the old ``path`` there, so
     the last complete version survives until the new one is complete. A directory where the file belongs is
@@ -101,6 +112,7 @@ def atomic_write_bytes(path: Path, data: bytes, previous: Path | None = None) ->
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would keep a shared store from its other readers
     except OSError as err:
         raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     try:

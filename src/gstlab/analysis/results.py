@@ -52,7 +52,8 @@ def verified_summary(run_dir: Path, run_id: str) -> tuple[dict | None, tuple[str
     if run_dir.name != run_id or run_dir.parent.name != "runs":
         return None, ("outside", f"index.csv names run_dir {run_dir}, which is not .../runs/{run_id}")
     summary, problem = recovery.verify_finished(run_dir, strict=True)
-    return summary, None if problem is None else ("damaged", problem)
+    problem = problem or (recovery.other_run(run_dir, run_id) if summary is not None else None)
+    return (None, ("damaged", problem)) if problem else (summary, None)
 
 
 def _scratch(row: pd.Series, run_dir: Path) -> bool:

@@ -7,7 +7,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from gstlab.store import file_digest
+from gstlab.store import FILE_MODE, file_digest
 
 CACHE = Path(os.environ.get("GSTLAB_DATA", Path.home() / ".cache" / "gstlab"))
 
@@ -30,6 +30,7 @@ def download(url: str, dest: Path, md5: str) -> Path:
     """Fetch ``url`` to ``dest`` via a temporary file; verify the md5 before the atomic rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    os.fchmod(fd, FILE_MODE)  # readable as any downloaded file (mkstemp's 0600 would hide it from others)
     os.close(fd)
     try:
         urllib.request.urlretrieve(url, tmp)  # noqa: S310 (fixed https/http dataset URLs)
