@@ -567,3 +567,11 @@ def test_a_sweep_that_ends_early_stops_its_workers_and_reports_a_kill_by_name(tm
     worker = executors.Worker(runs[1], Killed(), None, log.stat().st_size)
     outcome = executors._local_outcome(worker, tmp_path / "store", tmp_path / "study")
     assert outcome.detail.startswith("worker was killed by SIGKILL: no output (log:")
+
+
+def test_written_files_get_the_mode_the_umask_gives(tmp_path):
+    """mkstemp creates 0600 files: a shared store or study was unreadable to its other users."""
+    store.atomic_write_text(tmp_path / "index.csv", "run_id\n")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "index.csv").stat().st_mode & 0o777 == 0o666 & ~umask
