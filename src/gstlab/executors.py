@@ -143,9 +143,9 @@ STOP_WAIT_S = 30.0  # a worker stopped with SIGINT saves nothing more; it is kil
 
 def _stop(workers) -> None:
     """Interrupt the workers still running (they stop like Ctrl-C: a rerun resumes from their checkpoints)."""
-    workers = [w for w in workers if w.proc.poll() is None]
+    workers = list(workers)
     deadline = time.monotonic() + 2.0  # after Ctrl-C in a terminal they have the SIGINT already
-    while workers and time.monotonic() < deadline and any(w.proc.poll() is None for w in workers):
+    while time.monotonic() < deadline and any(w.proc.poll() is None for w in workers):
         time.sleep(0.1)
     for w in workers:
         if w.proc.poll() is None:
