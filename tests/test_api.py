@@ -396,3 +396,32 @@ def test_a_users_epoch_callbacks_run_resume_and_must_match_on_resume(tmp_path, m
     assert results(tmp_path / "cut") == results(tmp_path / "whole")
     with pytest.raises(C.ConfigError, match=r"callbacks\[0\]: type a class \(give an instance\)"):
         api.run(SHORT, tmp_path / "x", model=net, data=DATA, callbacks=[EpochLog])
+
+
+class Uncopyable(torch.nn.Module):
+    """A model copy.deepcopy fails on (it holds a lock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.lock = threading.Lock()
+        self.inner = example.SmallCNN()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_a_model_that_cannot_be_copied_is_one_line_on_both_paths(tmp_path):
+    """gstlab trains a copy of a user's model: given to the API, or built by a registered architecture."""
+    from gstlab.registry import architectures
+
+    with pytest.raises(C.ConfigError, match=r"^model: copy.deepcopy fails on the model \(.*lock.*\); gstlab trains"):
+        api.run(SHORT, tmp_path / "api", model=Uncopyable(), data=DATA)
+    architectures.register("uncopyable", lambda cfg, shape, classes: Uncopyable())
+    try:
+        cfg = C.parse({**SHORT, "model": {"arch": "uncopyable"}})
+        with pytest.raises(C.ConfigError, match=r"^model.arch: 'uncopyable': copy.deepcopy fails on the model"):
+            api.run(cfg, tmp_path / "zoo", data=DATA)
+    finally:
+        architectures.unregister("uncopyable")

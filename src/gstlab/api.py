@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import hashlib
 import inspect
-import operator
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from gstlab import config as C
 from gstlab.callbacks import EpochCallback
-from gstlab.errors import one_line
+from gstlab.data import as_integer
+from gstlab.models import trained_copy
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
 from gstlab.runner import execute
@@ -124,11 +124,7 @@ def _units_of(units: Sequence[str | PrunableUnit]) -> Callable[[nn.Module], list
 def _supplied_model(model: ModelLike, cfg: C.RunConfig, parts: Parts):
     """(builder shaped as a registered architecture, fingerprint) of the user's model or model function."""
     if isinstance(model, nn.Module):
-        try:
-            initial = copy.deepcopy(model)
-        except (RuntimeError, TypeError) as err:
-            raise C.ConfigError(f"model: copy.deepcopy fails on it ({one_line(err)}); gstlab trains a copy, so "
-                                f"allowed: a model that can be deep-copied") from None
+        initial = trained_copy(model, "model")
     elif callable(model):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "init"))  # as runner.prepare seeds it before building
@@ -219,11 +215,8 @@ def _classes(classes: int | None, top: int) -> int:
     """``classes`` checked against the largest label ``top`` (default: top + 1)."""
     if classes is None:
         return top + 1
-    try:
-        count = operator.index(classes) if not isinstance(classes, bool) else None  # numpy ints too
-    except TypeError:
-        count = None
-    if count is None or count <= top:
+    count = as_integer(classes)  # numpy ints too
+    if not isinstance(count, int) or isinstance(count, bool) or count <= top:
         raise C.ConfigError(f"classes: {classes!r}; the data has label {top}, so allowed: an int >= {top + 1}")
     return count
 

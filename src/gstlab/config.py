@@ -563,18 +563,18 @@ NOT_FOR_SUPPLIED = {"model": ("arch", "width", "channels", "vgg_pools", "hidden"
                              "synthetic_train", "synthetic_test")}
 
 
-# data fields a built-in data set does not read (a registered one may read any): refused when set, as they would
-# change the run id and nothing else
-UNREAD_DATA = {"synthetic_shape": "synthetic", "synthetic_classes": "synthetic", "synthetic_train": "synthetic",
-               "synthetic_test": "synthetic", "normalize": ("fashion_mnist", "cifar10", "cifar100")}
-BUILT_IN_DATA = ("fashion_mnist", "cifar10", "cifar100", "mnist1d", "synthetic")
+# data fields and the built-in data sets that read them (a user's data set may read any): set for another built-in
+# one, they would change the run id and nothing else, so they are refused
+READ_BY = {"synthetic_shape": ("synthetic",), "synthetic_classes": ("synthetic",), "synthetic_train": ("synthetic",),
+           "synthetic_test": ("synthetic",), "normalize": ("fashion_mnist", "cifar10", "cifar100")}
 
 
 def _check_unread(d: DataConfig) -> None:
+    if not datasets.shipped(d.name):
+        return
     default = DataConfig()
-    for name, readers in UNREAD_DATA.items():
-        readers = (readers,) if isinstance(readers, str) else readers
-        if d.name in BUILT_IN_DATA and d.name not in readers and getattr(d, name) != getattr(default, name):
+    for name, readers in READ_BY.items():
+        if d.name not in readers and getattr(d, name) != getattr(default, name):
             raise ConfigError(f"data.{name}: not read for data.name {d.name!r} (only for {', '.join(readers)}), so "
                               f"it would change the run id and nothing else; remove it")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gstlab import config as C
-from gstlab import portable, preflight, sinks, store
+from gstlab import portable, preflight, recovery, sinks, store
 from gstlab.errors import one_line, warn
 from gstlab.progress import EpochProgress
 from gstlab.study import Study, StudyRun, expand, run_status, self_contained, write_index
@@ -395,9 +395,7 @@ def tensorboard_dir(study_dir: Path, run: StudyRun) -> Path:
 
 
 def _export_tensorboard(study_dir: Path, store_dir: Path, run: StudyRun) -> None:
-    log_dir = tensorboard_dir(study_dir, run)
-    if not sinks.has_events(log_dir):
-        sinks.export_run(store_dir / "runs" / run.run_id, log_dir)
+    sinks.export_missing(store_dir / "runs" / run.run_id, tensorboard_dir(study_dir, run))
 
 
 def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, address: str | None = None,
@@ -425,7 +423,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     store_dir = Path(store_dir or study_dir)
     store.write_checked_text(study_dir / "study.yaml", self_contained(raw, study))  # expands the same from there
     rows = write_index(study_dir, study, runs, store_dir)
-    final = {row["run_id"]: row["status"] for row in rows if row["status"] in ("finished", "failed")}
+    final = {row["run_id"]: row["status"] for row in rows if row["status"] in recovery.FINAL}
     todo = [r for r in runs if r.run_id not in final]
     by_id = {r.run_id: r for r in runs}
     for rid in final:
@@ -437,7 +435,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     def on_done(outcome) -> None:  # keep index.csv true while the sweep runs (and if it is killed)
         final[outcome.run_id] = run_status(store_dir / "runs" / outcome.run_id)
         write_index(study_dir, study, runs, store_dir, final)
-        if tensorboard and final[outcome.run_id] in ("finished", "failed"):  # a crashed run ends in a later sweep
+        if tensorboard and final[outcome.run_id] in recovery.FINAL:  # a crashed run ends in a later sweep
             _export_tensorboard(study_dir, store_dir, by_id[outcome.run_id])
 
     try:

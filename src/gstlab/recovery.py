@@ -34,10 +34,13 @@ def checksums(run_dir: Path) -> dict[str, str]:
             if p.is_file() and not p.name.startswith(".") and p.name not in UNCHECKED}
 
 
-def verify_finished(run_dir: Path, strict: bool = False) -> tuple[dict | None, str | None]:
+def verify_finished(run_dir: Path, strict: bool = False,
+                    run_id: str | None = None) -> tuple[dict | None, str | None]:
     """(summary, None) for a finished or failed run whose files are intact; (None, problem) when one is
     damaged; (None, None) when the run has not finished. ``strict``: a run without checksums in its manifest
-    is damaged too (a reader cannot check it by structure alone; ``gst run`` rebuilds the manifest)."""
+    is damaged too (a reader cannot check it by structure alone; ``gst run`` rebuilds the manifest).
+    ``run_id``: the run the directory must hold (a directory copied or moved under another run's name is
+    damaged for it)."""
     path = run_dir / "summary.json"
     if not path.exists():
         return None, None
@@ -51,6 +54,7 @@ def verify_finished(run_dir: Path, strict: bool = False) -> tuple[dict | None, s
     if strict and not isinstance(files, dict):
         return None, "manifest.json is missing or damaged, so its files cannot be verified"
     problem = _check_sums(run_dir, files) if isinstance(files, dict) else _check_structure(run_dir, summary)
+    problem = problem or (_other_run(run_dir, run_id) if run_id is not None else None)
     return (None, problem) if problem else (summary, None)
 
 
@@ -181,7 +185,7 @@ def previous_notes(run_dir: Path) -> list[dict]:
     return notes if isinstance(notes, list) else []
 
 
-def other_run(run_dir: Path, run_id: str) -> str | None:
+def _other_run(run_dir: Path, run_id: str) -> str | None:
     """A problem line when ``run_dir``'s files record another run than ``run_id`` (a directory copied or moved
     under another run's name), else None."""
     others = sorted(set(recorded_ids(run_dir)) - {run_id})

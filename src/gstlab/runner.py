@@ -203,7 +203,7 @@ def checkpoint_state(run: Run, next_epoch: int) -> dict:
         "generators": {k: g.get_state() for k, g in run.generators.items()},
         "global_rng": _global_rng(run.device),  # what a model's own dropout draws from
         "rows": run.rows,
-        "callbacks": [{"type": callback_name(cb), "state": plain(cb.state_dict(), callback_name(cb))}
+        "callbacks": [{"type": (name := callback_name(cb)), "state": plain(cb.state_dict(), name)}
                       for cb in run.callbacks],
     }
     if run.pruner is not None:
@@ -423,15 +423,13 @@ def _resume(run: Run, notes: list[dict]) -> Run:
             if state.get("format") != store.CHECKPOINT_FORMAT or state.get("run_id") != C.run_id(run.cfg):
                 raise ValueError("not a checkpoint of this run")
         except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
-            problems.append(f"{name} is damaged ({one_line(err)})")
-            store.discard(path)
+            _damaged(problems, name, path, err)
             continue
         _check_callbacks(run, state, path)  # the user's error, not the file's: refused, the checkpoint kept
         try:
             restore(run, state)
         except Exception as err:  # noqa: BLE001 (a damaged file raises many types)
-            problems.append(f"{name} is damaged ({one_line(err)})")
-            store.discard(path)
+            _damaged(problems, name, path, err)
             run = prepare(run.cfg, run.out, run.parts)  # a partial restore leaves the run half-loaded
             continue
         if not verified:  # saved by a gstlab without checkpoint checksums (docs/reliability.md)
@@ -442,6 +440,12 @@ def _resume(run: Run, notes: list[dict]) -> Run:
     if problems:
         _report(run, problems, "restarting from scratch", notes)
     return run
+
+
+def _damaged(problems: list[str], name: str, path: Path, err: Exception) -> None:
+    """Note checkpoint ``name`` as damaged and set it aside."""
+    problems.append(f"{name} is damaged ({one_line(err)})")
+    store.discard(path)
 
 
 def callback_name(cb: object) -> str:

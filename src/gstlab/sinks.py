@@ -109,11 +109,12 @@ def has_events(log_dir: Path) -> bool:
     return log_dir.is_dir() and any(log_dir.glob("events.out.tfevents.*"))
 
 
-def export_missing(run_dir: Path) -> None:
-    """A run that ended without TensorBoard (in an earlier attempt, or found finished) gets the event files its
-    ``train.tensorboard`` asks for, in ``RUN_DIR/tensorboard``."""
-    if not has_events(run_dir / TENSORBOARD_DIR):
-        export_run(run_dir, run_dir / TENSORBOARD_DIR)
+def export_missing(run_dir: Path, log_dir: Path | None = None) -> None:
+    """Event files for the ended run in ``run_dir`` where ``log_dir`` (default: ``RUN_DIR/tensorboard``, where
+    its ``train.tensorboard`` asks for them) has none: a run that ended without TensorBoard, or found finished."""
+    log_dir = log_dir or run_dir / TENSORBOARD_DIR
+    if not has_events(log_dir):
+        export_run(run_dir, log_dir)
 
 
 def export_run(run_dir: Path, log_dir: Path) -> bool:

@@ -295,10 +295,9 @@ def run_status(run_dir: Path) -> str:
     running (a checkpoint exists) or pending."""
     from gstlab import recovery  # noqa: PLC0415
 
-    summary, problem = recovery.verify_finished(run_dir)
-    if summary is not None and run_dir.parent.name == "runs":  # a study's runs/<run_id>: that run's files?
-        problem = recovery.other_run(run_dir, run_dir.name)
-    if summary is not None and problem is None:
+    in_study = run_dir.parent.name == "runs"  # a study's runs/<run_id>: it must hold that run
+    summary, problem = recovery.verify_finished(run_dir, run_id=run_dir.name if in_study else None)
+    if summary is not None:
         return str(summary["status"])
     if problem is not None:
         return "damaged"

@@ -51,9 +51,8 @@ def verified_summary(run_dir: Path, run_id: str) -> tuple[dict | None, tuple[str
     manifest that would verify them is missing."""
     if run_dir.name != run_id or run_dir.parent.name != "runs":
         return None, ("outside", f"index.csv names run_dir {run_dir}, which is not .../runs/{run_id}")
-    summary, problem = recovery.verify_finished(run_dir, strict=True)
-    problem = problem or (recovery.other_run(run_dir, run_id) if summary is not None else None)
-    return (None, ("damaged", problem)) if problem else (summary, None)
+    summary, problem = recovery.verify_finished(run_dir, strict=True, run_id=run_id)
+    return summary, None if problem is None else ("damaged", problem)
 
 
 def _scratch(row: pd.Series, run_dir: Path) -> bool:

@@ -18,8 +18,8 @@ from gstlab.data.label_noise import LabelNoise, corrupt_labels
 from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_batch, crop_padding
 from gstlab.registry import datasets
 
-__all__ = ["BUILT_IN", "DataMissingError", "Facts", "Images", "TensorData", "TrainLoader", "augment_batch",
-           "crop_padding", "downsample", "load_data"]
+__all__ = ["BUILT_IN", "DataMissingError", "Facts", "Images", "TensorData", "TrainLoader", "as_integer",
+           "augment_batch", "crop_padding", "downsample", "load_data"]
 
 
 class Facts(NamedTuple):
@@ -47,7 +47,7 @@ def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | No
     x_train, y_train, x_test, y_test = (t.to("cpu") if isinstance(t, (torch.Tensor, Images)) else
                                         torch.from_numpy(t) if isinstance(t, np.ndarray) else t
                                         for t in (x_train, y_train, x_test, y_test))
-    classes = _integer(classes)
+    classes = as_integer(classes)
     source_name = "data (given to gstlab.api.run)" if cfg.supplied else f"data.name: {cfg.name!r}"
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if not isinstance(x, (torch.Tensor, Images)):
@@ -62,7 +62,7 @@ def _raw(cfg: DataConfig, source: Callable[[DataConfig], tuple[tuple, int]] | No
     return (as_images[0], y_train.long(), as_images[1], y_test.long()), classes  # int8 labels would wrap in noise
 
 
-def _integer(value):
+def as_integer(value):
     """``value`` as an int when it is an integer of any type (numpy's too), else as it is (refused later)."""
     try:
         return operator.index(value) if not isinstance(value, bool) else value

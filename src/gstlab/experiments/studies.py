@@ -120,8 +120,11 @@ def run_estimates(cfgs: list[RunConfig], done: list[int] | None = None) -> tuple
     ref_vgg = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0]  # PROBE_S's model on the machine that measured it
     seconds: list[float | None] = []
     for cfg, key, start in zip(cfgs, keys, done):
-        train_rate, eval_rate = rates[(key,)] if key else (0.0, 0.0)
-        seconds.append(config_seconds(cfg, train_rate, eval_rate, ref_vgg / train_rate, start) if key else None)
+        if not key:
+            seconds.append(None)
+            continue
+        train_rate, eval_rate = rates[(key,)]
+        seconds.append(config_seconds(cfg, train_rate, eval_rate, ref_vgg / train_rate, start))
     return seconds, line
 
 

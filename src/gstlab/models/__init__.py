@@ -18,7 +18,7 @@ from gstlab.registry import architectures
 _CONV_NETS = {"vgg11_bn": vgg11_bn, "resnet18": resnet18, "resnet20": resnet20, "resnet56": resnet56}
 RESNET_IMAGE_SIZES = (32, 16)  # three stride-2 stages and global average pooling
 
-__all__ = ["PrunableUnit", "build_model", "units_from_names"]
+__all__ = ["PrunableUnit", "build_model", "trained_copy", "units_from_names"]
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
@@ -30,12 +30,18 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         raise ConfigError(f"model.arch: {cfg.arch!r} built a {type(model).__name__}, not a torch.nn.Module "
                           f"instance; its builder must return the model")
     if builder is None and not architectures.shipped(cfg.arch):  # it may hand out one instance (pretrained) twice
-        try:
-            return copy.deepcopy(model)
-        except (RuntimeError, TypeError) as err:
-            raise ConfigError(f"model.arch: {cfg.arch!r} built a model that copy.deepcopy fails on ({one_line(err)});"
-                              f" gstlab trains a copy, so allowed: a model that can be deep-copied") from None
+        return trained_copy(model, f"model.arch: {cfg.arch!r}")
     return model
+
+
+def trained_copy(model: nn.Module, where: str) -> nn.Module:
+    """The copy of a user's model that gstlab trains (the user's object is never changed); ConfigError naming
+    ``where`` when it cannot be deep-copied."""
+    try:
+        return copy.deepcopy(model)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"{where}: copy.deepcopy fails on the model ({one_line(err)}); gstlab trains a copy, so "
+                          f"allowed: a model that can be deep-copied") from None
 
 
 def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
