@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from gstlab import config as C
-from gstlab.data import BUILT_IN
+from gstlab.data import BUILT_IN, check_image_size, check_subsets
 from gstlab.errors import one_line
 from gstlab.models import build_model, units_from_names
 from gstlab.parts import DEFAULT_PARTS, PRUNABLE
@@ -280,17 +280,12 @@ def check_activation_start(cfg: C.RunConfig, batches_per_epoch: int) -> None:
 
 def check_sizes(d: C.DataConfig) -> None:
     """What load_data would refuse, for a data set whose sizes and shape are known without loading it."""
-    full = data_sizes(C.replace(d, train_subset=None, test_subset=None))
-    for name, asked, size in (("train_subset", d.train_subset, full[0]), ("test_subset", d.test_subset, full[1])):
-        if asked is not None and size and asked > size:
-            raise C.ConfigError(f"data.{name}: {asked:,} examples asked but {d.name} has {size:,}; allowed: at most "
-                                f"{size:,} (or null: all)")
     known = data_shape(C.replace(d, image_size=None))
-    if known is not None and d.image_size is not None:
-        shape = known[0]
-        if len(shape) != 3 or shape[1] != shape[2] or shape[2] % d.image_size:
-            raise C.ConfigError(f"data.image_size: {d.image_size} must divide the side of square images; the data "
-                                f"has shape {tuple(shape)}")
+    if known is None:  # a data set registered elsewhere: checked when its run loads it
+        return
+    check_subsets(d, *data_sizes(C.replace(d, train_subset=None, test_subset=None)))
+    if d.image_size is not None:
+        check_image_size(d.image_size, known[0])
 
 
 def check_study(runs: list) -> None:

@@ -19,7 +19,7 @@ from gstlab.data.tensor_data import Images, TensorData, TrainLoader, augment_bat
 from gstlab.registry import datasets
 
 __all__ = ["BUILT_IN", "DataMissingError", "Facts", "Images", "TensorData", "TrainLoader", "as_integer",
-           "augment_batch", "crop_padding", "downsample", "load_data"]
+           "augment_batch", "check_image_size", "check_subsets", "crop_padding", "downsample", "load_data"]
 
 
 class Facts(NamedTuple):
@@ -141,14 +141,28 @@ def load_synthetic(cfg: DataConfig) -> tuple[tuple, int]:
 DECODE_CHUNK = 4096  # examples decoded at a time by downsample (bounds its temporary float32 copy)
 
 
+def check_subsets(cfg: DataConfig, n_train: int, n_test: int) -> None:
+    """ConfigError when ``data.train_subset`` / ``test_subset`` ask for more examples than the splits have."""
+    for name, asked, size in (("train_subset", cfg.train_subset, n_train), ("test_subset", cfg.test_subset, n_test)):
+        if asked is not None and asked > size:
+            what = "the data given to gstlab.api.run" if cfg.supplied else cfg.name
+            raise ConfigError(f"data.{name}: {asked:,} examples asked but {what} has {size:,}; allowed: at most "
+                              f"{size:,} (or null: all)")
+
+
+def check_image_size(size: int, shape: tuple[int, ...]) -> None:
+    """ConfigError unless ``size`` divides the side of square images of ``shape`` (C, H, W)."""
+    if len(shape) != 3 or shape[1] != shape[2] or shape[2] % size:
+        raise ConfigError(f"data.image_size: {size} must divide the side of square images; the data has shape "
+                          f"{tuple(shape)}")
+
+
 def downsample(x: Images, size: int) -> Images:
     """Square images (N, C, H, H), decoded, averaged over ``H/size`` x ``H/size`` blocks to (N, C, size, size)
     and kept in that float form (the same size in memory as uint8 at twice the side)."""
     shape = x.shape
     side = shape[-1]
-    if len(shape) != 4 or shape[-2] != side or side % size:
-        raise ConfigError(f"data.image_size: {size} must divide the side of square images; "
-                          f"the data has shape {tuple(shape[1:])}")
+    check_image_size(size, tuple(shape[1:]))
     if side == size:
         return x
     chunks = [torch.nn.functional.avg_pool2d(x[i:i + DECODE_CHUNK], side // size)
@@ -165,12 +179,7 @@ def load_data(cfg: DataConfig, seed: int, source: Callable[[DataConfig], tuple[t
     :mod:`gstlab.data.label_noise`, applied to the subset; ``TensorData.label_noise`` keeps the clean labels
     and which are noisy."""
     (x_train, y_train, x_test, y_test), classes = _raw(cfg, source)
-    for name, asked, size in (("train_subset", cfg.train_subset, len(x_train)),
-                              ("test_subset", cfg.test_subset, len(x_test))):
-        if asked is not None and asked > size:
-            what = "the data given to gstlab.api.run" if cfg.supplied else cfg.name
-            raise ConfigError(f"data.{name}: {asked:,} examples asked but {what} has {size:,}; allowed: at most "
-                              f"{size:,} (or null: all)")
+    check_subsets(cfg, len(x_train), len(x_test))
     if cfg.train_subset is not None and cfg.train_subset < len(x_train):
         g = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(x_train), generator=g)[:cfg.train_subset].sort().values
