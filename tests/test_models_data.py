@@ -158,8 +158,8 @@ def test_a_corrupt_download_names_its_url_and_leaves_nothing(tmp_path, monkeypat
     from gstlab.data import download as D
 
     monkeypatch.setattr(D.urllib.request, "urlretrieve", lambda url, path: Path(path).write_bytes(b"junk"))
-    with pytest.raises(DataMissingError, match=r"^https://x/a.tgz: the download is corrupt \(md5 [0-9a-f]{32}, "
-                                               r"expected 0{32}\) and was removed; retry"):
+    with pytest.raises(DataMissingError, match=r"^https://x/a.tgz: checksum mismatch \(md5 [0-9a-f]{32}, "
+                                               r"expected 0{32}\); the download was removed; retry"):
         D.download("https://x/a.tgz", tmp_path / "a.tgz", "0" * 32)
     assert list(tmp_path.iterdir()) == []
 

@@ -20,10 +20,11 @@ def md5sum(path: Path) -> str:
     return file_digest(path, "md5")
 
 
-def verify(path: Path, md5: str) -> None:
+def verify(path: Path, md5: str, *, name: str = "", remedy: str = "delete it and retry") -> None:
+    """Raise DataMissingError naming ``name`` (default: the path) unless ``path`` has the md5 ``md5``."""
     got = md5sum(path)
     if got != md5:
-        raise DataMissingError(f"{path}: checksum mismatch (md5 {got}, expected {md5}); delete it and retry")
+        raise DataMissingError(f"{name or path}: checksum mismatch (md5 {got}, expected {md5}); {remedy}")
 
 
 def download(url: str, dest: Path, md5: str) -> Path:
@@ -34,10 +35,8 @@ def download(url: str, dest: Path, md5: str) -> Path:
     os.close(fd)
     try:
         urllib.request.urlretrieve(url, tmp)  # noqa: S310 (fixed https/http dataset URLs)
-        got = md5sum(Path(tmp))
-        if got != md5:
-            raise DataMissingError(f"{url}: the download is corrupt (md5 {got}, expected {md5}) and was removed; "
-                                   f"retry, or fetch it by hand into {dest.parent}")
+        verify(Path(tmp), md5, name=url,
+               remedy=f"the download was removed; retry, or fetch it by hand into {dest.parent}")
         os.replace(tmp, dest)
     except OSError as err:
         raise DataMissingError(f"could not download {url} ({err}); fetch it by hand into {dest.parent}") from err
