@@ -74,6 +74,18 @@ def test_study_estimates_use_the_rates_they_are_given():
         2 * studies.estimate_minutes("fig2_vgg", "mini", reference) - 6 * 10 * 10 / 60 / 2)
 
 
+def test_study_estimates_simulate_the_sweeps_pool():
+    from gstlab.experiments import studies
+
+    reference = studies.MINI_IMAGES_PER_CPU_S
+    runs = [studies.run_seconds(p, "smoke", reference) for p in studies.STUDIES["fig3"]["settings"]]  # 1 seed each
+    assert studies.estimate_minutes("fig3", "smoke", reference, workers=1) == pytest.approx(sum(runs) / 60)
+    assert studies.estimate_minutes("fig3", "smoke", reference, workers=21) == pytest.approx(max(runs) / 60)
+    # 21 runs of ~10 s on 2 workers: 11 runs on one of them, not 10.5 (the CPU time halved)
+    two = studies.estimate_minutes("fig3", "smoke", reference, workers=2)
+    assert two == pytest.approx(studies.pool_seconds(runs, 2) / 60) and two > sum(runs) / 2 / 60 + 4 / 60
+
+
 def test_calibration_measures_once_per_machine_and_reuses_the_cache(tmp_path, monkeypatch):
     from gstlab.experiments import calibration
 

@@ -156,7 +156,10 @@ def images_per_cpu_s(arch: str, width: float, rates: Rates = MINI_IMAGES_PER_CPU
 
 def estimate_minutes(name: str, scale: str, rates: Rates, workers: int = 2) -> float:
     """Estimated wall minutes of study ``name`` at ``scale`` at ``rates`` with ``workers`` one-thread workers on
-    as many free cores (runs shared between settings, e.g. Figure 5's baseline, are counted once)."""
+    as many free cores: the runs handed out in the sweep's order (setting by setting, seed by seed) to the first
+    free worker, as ``gst sweep --dry-run`` simulates them (runs shared between settings, e.g. Figure 5's
+    baseline, are counted once)."""
     spec = STUDIES[name]
-    total = sum(run_seconds(p, scale, rates) for p in dict.fromkeys(spec["settings"]))
-    return total * spec["seeds"][scale] / 60 / workers
+    seconds = [run_seconds(p, scale, rates) for p in dict.fromkeys(spec["settings"])
+               for _ in range(spec["seeds"][scale])]
+    return pool_seconds(seconds, workers) / 60
