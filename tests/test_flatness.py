@@ -1,6 +1,8 @@
 """Flatness in a run and on a saved checkpoint: values against the dense Hessian, masks, seeds, bad input."""
 
 import csv
+import math
+import re
 
 import pytest
 import torch
@@ -9,7 +11,8 @@ from torch import nn
 
 from gstlab import config as C
 from gstlab.cli import main
-from gstlab.flatness import delta_w, eps_grid, measure
+from gstlab.flatness import ProbeError, delta_w, eps_grid, measure
+from gstlab.measures import prunability
 from gstlab.models.units import units_from_names
 from gstlab.pruning.masks import UnitMasks
 from gstlab.runner import execute
@@ -100,6 +103,55 @@ def test_delta_w_is_the_smallest_eps_with_worst_case_increase_of_point_one():
     assert delta_w(rows[:3], base_loss=1.0) != delta_w(rows[:3], base_loss=1.0)  # NaN: never reached
 
 
+def test_each_row_says_whether_its_solver_converged_and_a_capped_one_underestimates():
+    net, masks, x, y = tiny_pruned_mlp()
+    exact = torch.linalg.eigvalsh(dense_surviving_hessian(net, masks, x, y).double()).flip(0)[:3]
+    cfg = C.ProbeConfig(top_k=3, samples=30, trace_samples=0, eps_directions=0, grad_moment=False)
+    row, _ = measure(net, masks, x, y, cfg, seed=0)
+    assert row["converged"] is True and row["max_rel_residual"] <= 1e-6
+    capped, _ = measure(net, masks, x, y, C.replace(cfg, max_iter=3), seed=0)
+    # Ritz values interlace: after 3 steps each of the top 3 is at most the true one (here strictly below)
+    assert capped["converged"] is False and capped["max_rel_residual"] > 1e-3 and capped["n_hvp"] == 3
+    assert capped["eig_sum"] < float(exact.sum()) - 1e-6
+    power, _ = measure(net, masks, x, y, C.replace(cfg, method="power", max_iter=2), seed=0)
+    assert power["converged"] is False and power["n_hvp"] == 3 * 2 and math.isnan(power["max_rel_residual"])
+    assert measure(net, masks, x, y, C.replace(cfg, method="power", max_iter=1000), seed=0)[0]["converged"] is True
+
+
+def test_probe_settings_that_cannot_mean_what_they_say_are_refused():
+    for probes, field in (({"trace_samples": -1}, "probes.trace_samples: must be >= 0"),
+                          ({"eps_directions": -2}, "probes.eps_directions: must be >= 0"),
+                          ({"top_k": 2, "eps_directions": 5}, "probes.eps_directions: at most probes.top_k (2)"),
+                          ({"eps_max": 0.1, "eps_step": 0.3}, "probes.eps_step: must be <= probes.eps_max (0.1)"),
+                          ({"top_k": 5, "max_iter": 4}, "probes.max_iter: Lanczos needs at least probes.top_k (5)"),
+                          ({"max_iter": 0}, "probes.max_iter: must be >= 1 or null")):
+        with pytest.raises(C.ConfigError, match=f"^{re.escape(field)}"):
+            C.parse({"probes": {"at_end": True, **probes}})
+    assert C.parse({"probes": {"top_k": 5, "max_iter": 2, "method": "power"}}).probes.max_iter == 2  # per eigenpair
+
+
+def test_eps_grid_stays_within_eps_max():
+    assert eps_grid(0.5, 0.3) == [-0.3, 0.0, 0.3]
+    assert eps_grid(0.4, 0.15) == [-0.3, -0.15, 0.0, 0.15, 0.3]
+    grid = eps_grid(0.4, 0.01)
+    assert len(grid) == 81 and grid[0] == -0.4 and grid[-1] == 0.4  # the paper's grid: the quotient rounds down
+    assert eps_grid(0.3, 0.1) == [-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3]  # 0.3 / 0.1 = 2.9999999999999996
+
+
+def test_a_non_finite_loss_is_a_loss_increase_and_a_diverged_model_is_not_measured():
+    rows = [{"eps": 0.1, "loss": math.nan}, {"eps": -0.2, "loss": 5.0}]
+    assert delta_w(rows, base_loss=1.0) == 0.1  # the model broke at 0.1
+    net, masks, x, y = tiny_pruned_mlp()
+    with torch.no_grad():
+        net[2].weight[0, 0] = math.nan
+    cfg = C.ProbeConfig(top_k=2, samples=30, trace_samples=0, eps_directions=0)
+    for method in ("lanczos", "power"):
+        with pytest.raises(ProbeError, match=r"^the model's loss on the probe set is nan \(diverged weights\?\)"):
+            measure(net, masks, x, y, C.replace(cfg, method=method), seed=0)
+    got = prunability(net, x, y, delta=0.1, batch_size=16)
+    assert math.isnan(got["prunability"]) and got["prunability_evals"] == 0  # no threshold: not 1.0 (nothing passes)
+
+
 def probing_config(tmp_path):
     data = C.to_dict(C.parse(TINY, ["train.epochs=4", "pruning.layers.0.end=3", "pruning.layers.1.end=3"]))
     data["probes"] = {**PROBES, "epochs": [1], "at_end": True}
@@ -115,6 +167,9 @@ def test_run_writes_curvature_rows_at_scheduled_epochs_and_cli_measures_the_chec
     rows = list(csv.DictReader((out / "curvature.csv").open()))
     assert [(r["epoch"], r["trigger"]) for r in rows] == [("1", "epoch"), ("3", "end")]
     assert all(int(r["n_hvp"]) > 0 and len(r["eigenvalues"].split()) == 4 for r in rows)
+    # 28 Lanczos steps (the default cap for k = 4) leave a relative Ritz residual above 1e-6: recorded as such
+    assert [r["converged"] for r in rows] == ["False", "False"] and all(float(r["max_rel_residual"]) > 1e-6
+                                                                         for r in rows)
     eps = list(csv.DictReader((out / "eps_sweep.csv").open()))
     assert len(eps) == 2 * 2 * 9  # 2 probes x 2 directions x 9 eps values
     assert main(["flatness", str(out), "--top-k", "4", "--no-progress"]) == 0

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gstlab.analysis import figures, stats
-from gstlab.analysis.measures import granulated_tau, least_stable, measure_rows, study_axes
+from gstlab.analysis.measures import granulated_tau, least_stable, measure_rows, probe_notes, study_axes
 from gstlab.analysis.report import write_report
 from gstlab.class_detail import CLASS_COLUMNS
 from gstlab.store import read_json_or_none, write_csv, write_json
@@ -101,3 +101,14 @@ def test_an_unpruned_runs_missing_side_is_a_value_of_the_side_axis():
     axes = study_axes(runs, ["optim.lr"])
     assert axes == ["side", "optim.lr"]
     assert granulated_tau(runs, "x", "y", axes) == (1.0, {"side": 1.0, "optim.lr": 1.0})
+
+
+def test_probe_notes_name_capped_solvers_unrecorded_convergence_and_mixed_settings():
+    last = pd.DataFrame({"run_id": list("abcd"), "method": "lanczos", "k": [20, 20, 20, 5], "samples": 512,
+                         "converged": [True, "False", "", "True"], "max_rel_residual": [1e-9, 0.031, None, 1e-8]})
+    notes = probe_notes(last)
+    assert notes[0].startswith("Flatness: 1 of 4 runs' last probes stopped at the eigensolver's step cap before "
+                               "converging, largest relative Ritz residual 0.031;")
+    assert notes[1].startswith("Flatness: 1 of 4 runs' last probes do not record whether the eigensolver converged")
+    assert "(method lanczos, k 20, samples 512: 3 runs; method lanczos, k 5, samples 512: 1 runs)" in notes[2]
+    assert probe_notes(last.iloc[[0, 3]].assign(k=20)) == [] and probe_notes(last.iloc[:0]) == []

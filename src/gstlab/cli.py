@@ -362,7 +362,7 @@ def cmd_flatness(args: argparse.Namespace) -> int:
         except C.ConfigError as err:
             raise C.ConfigError(f"--device: {str(err).removeprefix('train.device: ')}") from None
     overrides = {k: v for k, v in (("top_k", args.top_k), ("samples", args.samples), ("method", args.method),
-                                   ("trace_samples", args.trace_samples),
+                                   ("max_iter", args.max_iter), ("trace_samples", args.trace_samples),
                                    ("eps_directions", args.eps_directions), ("eps_samples", args.eps_samples),
                                    ("prunability", args.prunability or None),
                                    ("prunability_delta", args.prunability_delta),
@@ -373,7 +373,8 @@ def cmd_flatness(args: argparse.Namespace) -> int:
     _append_csv(run_dir / "flatness.csv", [row], CURVATURE_COLUMNS, store)
     if eps_rows:
         _append_csv(run_dir / "flatness_eps.csv", eps_rows, EPS_COLUMNS, store)
-    print(f"epoch {row['epoch']}: top-{row['k']} eigenvalues ({row['method']}, {row['n_hvp']} HVPs, "
+    converged = "" if row["converged"] else ", NOT converged: raise --max-iter"
+    print(f"epoch {row['epoch']}: top-{row['k']} eigenvalues ({row['method']}, {row['n_hvp']} HVPs{converged}, "
           f"seed {row['seed']}): max {row['eig_max']:.4g}, sum {row['eig_sum']:.4g}")
     print(f"  gradient second-moment trace {row['grad_moment_trace']:.4g}   TIC {row['tic']:.4g}   "
           f"Hutchinson trace {row['hutchinson_trace']:.4g} +- {row['hutchinson_stderr']:.2g}   "
@@ -512,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--top-k", type=_count(1), metavar="K", help="number of eigenvalues (default: the run's probes)")
     flat.add_argument("--samples", type=_count(1), metavar="N", help="probe set size: first N evaluation examples")
     flat.add_argument("--method", choices=("lanczos", "power"), help="eigen-solver (default: the run's)")
+    flat.add_argument("--max-iter", type=_count(1), metavar="M",
+                      help="the solver's step cap (default: the run's probes.max_iter; unset: Lanczos "
+                           "max(2K + 20, 3K) steps, power iteration 20 per eigenpair); the row records whether "
+                           "it converged")
     flat.add_argument("--eps-samples", type=_count(1), metavar="N",
                       help="eps-sweep set: first N evaluation examples (default: all, as the paper)")
     flat.add_argument("--trace-samples", type=_count(0), metavar="M", help="Hutchinson probes (0: skip)")

@@ -144,6 +144,9 @@ class ProbeConfig:
     samples: int = 512  # probe set: the first N evaluation images
     top_k: int = 10  # Hessian eigenpairs
     method: Literal["lanczos", "power"] = "lanczos"
+    # the eigensolver's step cap; None: Lanczos min(dim, max(2k + 20, 3k)) steps, power iteration 20 steps per
+    # eigenpair (the paper's). Every row records whether the solver converged within it.
+    max_iter: int | None = None
     trace_samples: int = 0  # Hutchinson probes (0: skip)
     grad_moment: bool = True  # trace of the per-example gradient second moment
     eps_directions: int = 0  # eigenvectors swept for eps-flatness (0: skip)
@@ -477,11 +480,23 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     for e in cfg.probes.epochs:
         if not 0 <= e < epochs:
             raise ConfigError(f"probes.epochs: epoch {e} is outside training (0..{epochs - 1})")
-    if cfg.probes.eps_step <= 0 or cfg.probes.eps_max <= 0:
-        raise ConfigError("probes.eps_step and probes.eps_max: must be > 0")
+    _check_probes(cfg.probes)
     if cfg.probes.prunability_delta <= 0:
         raise ConfigError(f"probes.prunability_delta: must be > 0, got {cfg.probes.prunability_delta}")
     return cfg
+
+
+def _check_probes(p: ProbeConfig) -> None:
+    if p.eps_step <= 0 or p.eps_max <= 0:
+        raise ConfigError("probes.eps_step and probes.eps_max: must be > 0")
+    if p.eps_step > p.eps_max:
+        raise ConfigError(f"probes.eps_step: must be <= probes.eps_max ({p.eps_max}), got {p.eps_step} (the eps "
+                          "grid would hold only 0)")
+    if p.eps_directions > p.top_k:
+        raise ConfigError(f"probes.eps_directions: at most probes.top_k ({p.top_k}) eigenvectors can be swept, got "
+                          f"{p.eps_directions}")
+    if p.max_iter is not None and p.method == "lanczos" and p.max_iter < p.top_k:
+        raise ConfigError(f"probes.max_iter: Lanczos needs at least probes.top_k ({p.top_k}) steps, got {p.max_iter}")
 
 
 # Upper bounds on size fields: far above every paper setting (325 epochs, width 1, batch 128), low enough that a
@@ -493,6 +508,7 @@ LIMITS = {
     "data.synthetic_test": 1_000_000,
     "data.synthetic_classes": 100_000, "model.width": 16.0, "probes.samples": 1_000_000,
     "probes.top_k": 10_000, "probes.trace_samples": 100_000, "probes.eps_directions": 10_000,
+    "probes.max_iter": 1_000_000,
     "intervention.batches": 100_000_000,
 }
 MAX_UNITS = 65_536  # model.hidden and model.channels widths, data.synthetic_shape sides
@@ -607,6 +623,10 @@ def _check_positive(cfg: RunConfig) -> None:
     for name, value in checks.items():
         if value < 1:
             raise ConfigError(f"{name}: must be >= 1, got {value}")
+    for name, value in (("probes.trace_samples", cfg.probes.trace_samples),
+                        ("probes.eps_directions", cfg.probes.eps_directions)):
+        if value < 0:
+            raise ConfigError(f"{name}: must be >= 0 (0: skip), got {value}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if cfg.optim.weight_decay < 0:
@@ -626,7 +646,8 @@ def _check_positive(cfg: RunConfig) -> None:
         raise ConfigError(f"data.label_noise: must be in [0, 1) (a fraction of the training labels), "
                           f"got {cfg.data.label_noise}")
     for name, value in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset),
-                        ("data.image_size", cfg.data.image_size), ("probes.eps_samples", cfg.probes.eps_samples)):
+                        ("data.image_size", cfg.data.image_size), ("probes.eps_samples", cfg.probes.eps_samples),
+                        ("probes.max_iter", cfg.probes.max_iter)):
         if value is not None and value < 1:
             raise ConfigError(f"{name}: must be >= 1 or null, got {value}")
 

@@ -199,7 +199,8 @@ def lanczos(op: LinearOperator, k: int, generator: torch.Generator, max_iter: in
     (beta ~ 0: the basis spans an invariant subspace, e.g. an exactly repeated eigenvalue) it restarts from a fresh
     random vector orthogonal to the basis, so missing multiplicities can still be found; the convergence test is
     skipped on such steps. Returns (eigenvalues [k] descending, eigenvectors [dim, k]), both float64; ``info`` (if
-    given) receives iterations, converged, the Ritz residuals and ``ritz_history`` (top-k Ritz values after each
+    given) receives iterations, converged, the Ritz residuals, the largest residual relative to its Ritz value
+    (``max_rel_residual``) and ``ritz_history`` (top-k Ritz values after each
     step m >= k, to measure convergence without re-running).
     """
     dim = op.dim
@@ -241,7 +242,8 @@ def lanczos(op: LinearOperator, k: int, generator: torch.Generator, max_iter: in
     res = (beta * s[-1, :k]).abs()
     converged = converged or bool((res <= tol * theta[:k].abs() + 1e3 * _EPS64 * anorm).all())
     if info is not None:
-        info.update(iterations=m, converged=converged, residuals=res.tolist())
+        rel = res / theta[:k].abs().clamp_min(torch.finfo(torch.float64).tiny)
+        info.update(iterations=m, converged=converged, residuals=res.tolist(), max_rel_residual=float(rel.max()))
     return theta[:k].clone(), vecs
 
 
@@ -257,36 +259,42 @@ def _ritz(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:
 
 
 def power_iteration(op: LinearOperator, k: int, generator: torch.Generator, max_iter: int = 1000,
-                    tol: float = 1e-4) -> tuple[Tensor, Tensor]:
+                    tol: float = 1e-4, info: dict | None = None) -> tuple[Tensor, Tensor]:
     """Top-k eigenpairs by deflated power iteration (as in PyHessian).
 
     Eigenvector i is power-iterated while orthogonalized against eigenvectors 1..i-1, until the relative change
     of its Rayleigh quotient is below ``tol``. Power iteration finds the largest-*magnitude* eigenvalue of the
     deflated operator, which equals the largest algebraic one when the top of the spectrum dominates (usual for
-    trained networks). Returns (eigenvalues [k] sorted descending, eigenvectors [dim, k]), float64.
+    trained networks). Returns (eigenvalues [k] sorted descending, eigenvectors [dim, k]), float64; ``info`` (if
+    given) receives iterations (all eigenpairs' steps) and converged (every eigenpair met ``tol`` within
+    ``max_iter`` steps).
     """
     dim = op.dim
     _check_k(k, dim)
     device = getattr(op, "device", torch.device("cpu"))
     vecs = torch.zeros(dim, 0, dtype=torch.float64, device=device)
-    vals = []
+    vals, steps, converged = [], 0, True
     for _ in range(k):
         v = _orthogonalize(_random_start(dim, generator, device), vecs)
-        v, eig = v / v.norm(), None
+        v, eig, done = v / v.norm(), None, False
         for _ in range(max_iter):
+            steps += 1
             hv = _orthogonalize(op.matvec(v).to(torch.float64), vecs)
             new = float(v @ hv)
             norm = hv.norm()
             if norm == 0:  # v spans the rest of a null space
-                eig = new
+                eig, done = new, True
                 break
             v = hv / norm
             done = eig is not None and abs(new - eig) / (abs(eig) + 1e-6) < tol
             eig = new
             if done:
                 break
+        converged = converged and done
         vals.append(eig)
         vecs = torch.cat([vecs, v[:, None]], dim=1)
+    if info is not None:
+        info.update(iterations=steps, converged=converged)
     order = torch.argsort(torch.tensor(vals, dtype=torch.float64), descending=True)
     return torch.tensor(vals, dtype=torch.float64)[order], vecs[:, order.to(device)]
 

@@ -52,23 +52,33 @@ def _sweep_set(x: Images | torch.Tensor, y: torch.Tensor, samples: int | None):
     return (x.select(slice(0, n)) if isinstance(x, Images) else x[:n]), y[:n]
 
 
-def spectrum(op: curvature.HessianOperator, cfg: ProbeConfig, gen: torch.Generator):
+def spectrum(op: curvature.HessianOperator, cfg: ProbeConfig, gen: torch.Generator) -> tuple:
+    """(eigenvalues, eigenvectors, the row's solver entries: converged within ``cfg.max_iter`` steps, and the
+    largest Ritz residual relative to its eigenvalue (Lanczos; NaN for power iteration))."""
+    info: dict = {}
     if cfg.method == "power":
-        return curvature.power_iteration(op, cfg.top_k, gen, max_iter=POWER_STEPS)
-    return curvature.lanczos(op, cfg.top_k, gen)
+        values, vectors = curvature.power_iteration(op, cfg.top_k, gen, max_iter=cfg.max_iter or POWER_STEPS,
+                                                    info=info)
+    else:
+        values, vectors = curvature.lanczos(op, cfg.top_k, gen, max_iter=cfg.max_iter, info=info)
+    return values, vectors, {"converged": info["converged"], "max_rel_residual": info.get("max_rel_residual",
+                                                                                          math.nan)}
 
 
 def eps_grid(eps_max: float, eps_step: float) -> list[float]:
-    n = int(round(eps_max / eps_step))
+    """eps = i * eps_step for every i with |eps| <= eps_max (up to rounding of the quotient)."""
+    n = math.floor(eps_max / eps_step + 1e-9)
     return [round(i * eps_step, 10) for i in range(-n, n + 1)]
 
 
 def delta_w(eps_rows: list[dict], base_loss: float, threshold: float = DELTA_LOSS) -> float:
-    """Smallest |eps| whose worst-case loss increase over directions and signs is >= threshold."""
+    """Smallest |eps| whose worst-case loss increase over directions and signs is >= threshold (a non-finite
+    loss counts as an infinite increase: the model broke there)."""
     worst: dict[float, float] = {}
     for r in eps_rows:
         key = abs(r["eps"])
-        worst[key] = max(worst.get(key, -math.inf), r["loss"] - base_loss)
+        increase = r["loss"] - base_loss if math.isfinite(r["loss"]) else math.inf
+        worst[key] = max(worst.get(key, -math.inf), increase)
     hits = [e for e, inc in sorted(worst.items()) if inc >= threshold]
     return hits[0] if hits else math.nan
 
@@ -84,13 +94,16 @@ def measure(model: nn.Module, masks, x_eval: torch.Tensor, y_eval: torch.Tensor,
     op = curvature.HessianOperator(model, F.cross_entropy, x, y, param_masks, batch_size=eval_batch_size)
     if cfg.top_k > op.dim:
         raise ProbeError(f"probes.top_k: {cfg.top_k} eigenvalues asked, but only {op.dim} parameters survive")
+    _check_finite_loss(model, x, y, eval_batch_size)
     say(f"top-{cfg.top_k} Hessian eigenvalues by {cfg.method} over {op.dim:,} surviving parameters, {len(x)} "
         "probe examples")
-    values, vectors = spectrum(op, cfg, gen)
-    say(f"  {op.n_hvp} Hessian-vector products; traces and gradient noise")
+    values, vectors, solver = spectrum(op, cfg, gen)
+    cap = "" if solver["converged"] else (" (NOT converged: stopped at the step cap, probes.max_iter; the "
+                                          "smaller eigenvalues are underestimates)")
+    say(f"  {op.n_hvp} Hessian-vector products{cap}; traces and gradient noise")
     row = {"seed": seed, "samples": len(x), "method": cfg.method, "k": cfg.top_k,
            "eig_sum": float(values.sum()), "eig_max": float(values.max()),
-           "eigenvalues": " ".join(f"{v:.6g}" for v in values.tolist()), "convention": CONVENTION}
+           "eigenvalues": " ".join(f"{v:.6g}" for v in values.tolist()), **solver, "convention": CONVENTION}
     row.update(_traces(model, op, x, y, param_masks, cfg, gen, eval_batch_size, row["eig_sum"]))
     x_sweep, y_sweep = _sweep_set(x_eval, y_eval, cfg.eps_samples)
     row["eps_samples"] = len(x_sweep) if cfg.eps_directions > 0 else 0
@@ -100,6 +113,13 @@ def measure(model: nn.Module, masks, x_eval: torch.Tensor, y_eval: torch.Tensor,
     row["n_hvp"] = op.n_hvp
     row["wall_s"] = time.perf_counter() - start
     return row, eps_rows
+
+
+def _check_finite_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
+    loss, _ = curvature.loss_and_fraction_correct(model, F.cross_entropy, x, y, batch_size)
+    if not math.isfinite(loss):
+        raise ProbeError(f"the model's loss on the probe set is {loss} (diverged weights?): its flatness cannot be "
+                         "measured")
 
 
 def _traces(model, op, x, y, param_masks, cfg: ProbeConfig, gen, batch_size: int, eig_sum: float) -> dict:

@@ -100,6 +100,8 @@ def prunability(model: nn.Module, x, y, delta: float, batch_size: int,
     """``prunability`` (kept fraction), the unpruned ``prunability_loss`` and the loss evaluations made; the
     model is restored exactly afterwards."""
     base = evaluate(model, x, y, batch_size).loss
+    if not math.isfinite(base):  # no threshold to stay within (NaN passes nothing, inf everything)
+        return {"prunability": math.nan, "prunability_loss": base, "prunability_evals": 0}
     threshold = (1.0 + delta) * base
     pruning = MagnitudePruning(model, param_masks)
     evaluations = 0

@@ -14,7 +14,8 @@ from gstlab.measures import end_measures, initial_parameters
 from gstlab.seeding import derive_seed
 
 CURVATURE_COLUMNS = (
-    "epoch", "trigger", "seed", "samples", "eps_samples", "method", "k", "n_hvp", "eig_sum", "eig_max", "eigenvalues",
+    "epoch", "trigger", "seed", "samples", "eps_samples", "method", "k", "n_hvp", "converged", "max_rel_residual",
+    "eig_sum", "eig_max", "eigenvalues",
     "hutchinson_trace", "hutchinson_stderr", "grad_moment_trace", "grad_cov_trace", "tic", "delta_w",
     "convention", "distance_init", "prunability", "prunability_delta", "prunability_samples", "prunability_loss",
     "wall_s",

@@ -37,13 +37,46 @@ MIN_RUNS = 3  # a measure needs this many runs with a value to be ranked
 CLASS_PANELS = 6  # events in the class-detail figure
 
 
+def last_rows(probes: pd.DataFrame) -> pd.DataFrame:
+    """Each run's last probe row (highest epoch; a later file's row wins a tie)."""
+    ordered = probes.assign(_order=range(len(probes))).sort_values(["run_id", "epoch", "_order"], kind="stable")
+    return ordered.groupby("run_id").tail(1).drop(columns="_order")
+
+
 def last_measures(probes: pd.DataFrame) -> pd.DataFrame:
-    """run_id -> the probe measures of its last row (highest epoch; a later file's row wins a tie)."""
+    """run_id -> the probe measures of its last row (``last_rows``)."""
     cols = [c for c in PROBE_MEASURES if c in probes]
     if not len(probes) or not cols:
         return pd.DataFrame(columns=["run_id"])
-    ordered = probes.assign(_order=range(len(probes))).sort_values(["run_id", "epoch", "_order"], kind="stable")
-    return ordered.groupby("run_id").tail(1)[["run_id", *cols]]
+    return last_rows(probes)[["run_id", *cols]]
+
+
+def probe_notes(last: pd.DataFrame) -> list[str]:
+    """Notes on the probe rows ``last`` (one per run): solvers stopped at their step cap, rows made before
+    convergence was recorded, and probes of different settings (their values are different quantities)."""
+    if not len(last):
+        return []
+    notes = []
+    if "converged" in last:
+        state = last["converged"].map(lambda v: str(v).strip().lower())
+        stopped, unknown = last[state == "false"], int((~state.isin(["true", "false"])).sum())
+        if len(stopped):
+            worst = pd.to_numeric(stopped.get("max_rel_residual"), errors="coerce").max()
+            residual = f", largest relative Ritz residual {worst:.2g}" if pd.notna(worst) else ""
+            notes.append(f"Flatness: {len(stopped)} of {len(last)} runs' last probes stopped at the eigensolver's "
+                         f"step cap before converging{residual}; their smaller eigenvalues (and Σ top-k) are "
+                         "underestimates (probes.max_iter, or `gst flatness --max-iter`, raises the cap).")
+        if unknown:
+            notes.append(f"Flatness: {unknown} of {len(last)} runs' last probes do not record whether the "
+                         "eigensolver converged (made before gstlab recorded it).")
+    keys = [c for c in ("method", "k", "samples") if c in last]
+    if keys and len(last[keys].astype(str).drop_duplicates()) > 1:
+        kinds = last[keys].astype(str).value_counts()
+        listed = "; ".join(f"{', '.join(f'{k} {v}' for k, v in zip(keys, combo))}: {n} runs"
+                           for combo, n in kinds.items())
+        notes.append(f"Flatness: the runs' last probes were made with different settings ({listed}); their "
+                     "values are different quantities and are compared as they are.")
+    return notes
 
 
 def with_measures(runs: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
@@ -143,6 +176,8 @@ def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
                   f"{pvalue(r['kendall_p'])} | {_with_ci(r['pearson_r'], r['pearson_ci_low'], r['pearson_ci_high'])}"
                   f" | {_psi(r)} |" for r in rows]
         lines.append("")
+    notes = probe_notes(last_rows(probes)) if len(probes) else []
+    lines += [*(f"- {n}" for n in notes), ""] if notes else []
     missing = [name for col, name in MEASURES if runs[col].notna().sum() < MIN_RUNS]
     if missing:
         lines += [f"Not available in {MIN_RUNS} or more runs: {', '.join(missing)} (probe measures need `probes` "
