@@ -20,8 +20,8 @@ BASE = {
 IDX = torch.tensor([0, 3, 5, 9])
 
 
-def make_run(tmp_path, kind: str, batches: int, **iv):
-    cfg = C.parse(BASE | {"intervention": {"kind": kind, "batches": batches, **iv}})
+def make_run(tmp_path, kind: str, batches: int, model: dict | None = None, **iv):
+    cfg = C.parse(BASE | {"intervention": {"kind": kind, "batches": batches, **iv}, "model": model or BASE["model"]})
     run = prepare(cfg, tmp_path / "run")
     run.pruner.targeted["fc1"][IDX] = True
     return run
@@ -173,3 +173,43 @@ def test_compatibility_mode_perturbs_as_many_passes_as_the_official_variant(tmp_
     assert len(seen) == 11 and perturbed == [True] * passes + [False] * (11 - passes)
     if kind == "zero_restore":  # the pass after the window sees the restored weights
         assert torch.equal(seen[passes][1], before)
+
+
+def test_zero_restore_silences_the_units_of_a_layer_without_batchnorm(tmp_path):
+    run = make_run(tmp_path, "zero_restore", 2, model={"arch": "mlp", "hidden": [32, 24], "batch_norm": False})
+    layer = run.model.get_submodule("fc1")
+    train_steps(run, 2)
+    before = {name: t[IDX].clone() for name, t in (("weight", layer.weight), ("bias", layer.bias))}
+    outputs = []
+    layer.register_forward_hook(lambda m, i, o: outputs.append(o[:, IDX].detach().clone()) if m.training else None)
+    run.intervention.start(run.model.prunable_units()[0], IDX)
+    train_steps(run, 2)
+    assert torch.equal(layer.weight[IDX], before["weight"]) and torch.equal(layer.bias[IDX], before["bias"])
+    train_steps(run, 1)
+    assert [bool((o == 0).all()) for o in outputs] == [True, True, False]  # dead in the window, bias included
+
+
+@pytest.mark.parametrize("kind", ["zero", "gaussian", "zero_restore"])
+def test_an_events_acc_after_perturbs_only_the_windows_it_opened(tmp_path, monkeypatch, kind):
+    from gstlab import interventions
+
+    calls = []  # per event: (layers of the event, windows open, windows perturbed for acc_after)
+    real = interventions.Intervention.measure_after
+
+    def spy(self, layers):
+        perturbed, perturb = [], self._perturb
+        self._perturb = lambda w: (perturbed.append(w.layer), perturb(w))
+        try:
+            return real(self, layers)
+        finally:
+            del self._perturb
+            calls.append((sorted(layers), sorted(self.windows), sorted(perturbed)))
+
+    monkeypatch.setattr(interventions.Intervention, "measure_after", spy)
+    layers = [{"name": "fc1", "fraction": 0.25, "start": 1, "end": 5}, {"name": "fc2", "fraction": 0.25, "start": 2,
+                                                                         "end": 4}]
+    cfg = C.parse(BASE | {"pruning": {**BASE["pruning"], "layers": layers},
+                          "intervention": {"kind": kind, "batches": 12}})  # 8 batches an epoch: windows overlap
+    execute(cfg, tmp_path / "run")
+    assert (["fc2"], ["fc1", "fc2"], ["fc2"]) in calls  # fc1's window, opened an epoch earlier, is left as it is
+    assert all(perturbed == event for event, _, perturbed in calls) and len(calls) == 5  # fc1 at 1, 3, 5; fc2 at 2, 4

@@ -349,6 +349,16 @@ def registered_code(cfg: RunConfig) -> dict[str, str | None]:
     return {key: registry.fingerprint(name) for key, registry, name in used}
 
 
+def result_revisions(cfg: RunConfig) -> dict[str, int]:
+    """Fixes that changed what a config computes, by the part they changed: the configs a fix affects hash its
+    revision, so a store never hands back a run computed before the fix under the fixed code's id, while every
+    other run keeps its id (docs/decisions.md#run-ids-and-result-revisions)."""
+    revisions = {}
+    if cfg.intervention.kind != "none":  # 2: an event's acc_after applies only its own windows (other layers'
+        revisions["intervention"] = 2  # open ones had been applied too); zero_restore zeroes a BN-less bias
+    return revisions
+
+
 def run_id(cfg: RunConfig) -> str:
     """Content hash of the result-affecting settings (12 hex digits). The precision enters resolved (see
     ``resolved_precision``) and only when it is not fp32, so fp32 runs keep the ids they had before the field
@@ -360,6 +370,9 @@ def run_id(cfg: RunConfig) -> str:
     registered = {key: fp for key, fp in registered_code(cfg).items() if fp}
     if registered:  # a user's criterion, architecture or data loader: its code is part of the run
         fields["registered"] = registered
+    revisions = result_revisions(cfg)
+    if revisions:
+        fields["revisions"] = revisions
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

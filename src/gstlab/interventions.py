@@ -6,14 +6,17 @@ the targeted units are zeroed or noised for N training batches instead of being 
 - ``gaussian``: before each of the next N training batches, fresh N(0, sigma) noise is added to the newly
   targeted units' weights (it accumulates, as in the paper). sigma is ``intervention.scale`` or, by the
   paper's rule, the std of the layer's first never-targeted unit, recomputed before each batch.
-- ``zero_restore``: all units targeted so far (weights, BN gamma and beta) are zeroed before each of the
-  next N training batches; right after the N-th optimizer step their weights, BN affine parameters and BN
-  running statistics are restored bit-exactly (whatever training did to them meanwhile is discarded).
+- ``zero_restore``: all units targeted so far (weights, BN gamma and beta; the bias of a layer without BatchNorm)
+  are zeroed before each of the next N training batches; right after the N-th optimizer step their weights,
+  biases, BN affine parameters and BN running statistics are restored bit-exactly (whatever training did to them
+  meanwhile is discarded).
 
-Interventions act only on training batches: evaluations never count towards N and never perturb the model,
-so every evaluation and probe sees the model as training left it. The event record's ``acc_after`` is
-measured on the perturbed model (the perturbation applied once, evaluated, then undone exactly), so
-instability of a non-permanent event is the same query as for pruning. ``count_eval_batches: true``
+Interventions act only on training batches: evaluations never count towards N and add no perturbation of their
+own, so every evaluation and probe sees the model as training left it (during a ``zero`` window that is one
+optimizer step from zero; under Gaussian noise, the noise accumulated so far). The event record's ``acc_after``
+is measured on the model perturbed by this event's new windows (applied once, evaluated, then undone exactly;
+other layers' windows still open are left as they are, as for ``acc_before``), so instability of a
+non-permanent event is the same query as for pruning. ``count_eval_batches: true``
 reproduces the official code instead: evaluation batches then count towards N and are perturbed too, and
 ``zero``/``gaussian`` perturb N + 1 passes as the official ``iter_N_*`` (``zero_restore`` N, as ``cumu_N``).
 """
@@ -53,9 +56,13 @@ class Intervention:
         return self.run.model.get_submodule(self.units[layer].module).weight.data
 
     def _slices(self, layer: str) -> dict[str, torch.Tensor]:
-        """The tensors a zero_restore window zeroes (z_*) and restores (all): weight, BN affine and stats."""
+        """The tensors a zero_restore window zeroes (z_*) and restores (all): weight, BN affine and stats; the
+        layer's bias where no BatchNorm follows it (else the zeroed units would still put out their bias)."""
         unit = self.units[layer]
         out = {"z_weight": self._weight(layer)}
+        bias = self.run.model.get_submodule(unit.module).bias
+        if unit.bn is None and bias is not None:
+            out["z_bias"] = bias.data
         if unit.bn is not None:
             bn = self.run.model.get_submodule(unit.bn)
             if bn.weight is not None:
@@ -95,7 +102,7 @@ class Intervention:
             noise = torch.randn(shape, generator=self.run.generators["noise"], dtype=torch.float32)
             weight[w.indices] += sigma * noise.to(weight.device, weight.dtype)
             return
-        names = ("z_weight", "z_gamma", "z_beta") if self.cfg.kind == "zero_restore" else ("z_weight",)
+        names = ("z_weight", "z_bias", "z_gamma", "z_beta") if self.cfg.kind == "zero_restore" else ("z_weight",)
         slices = self._slices(w.layer)
         for name in names:
             if name in slices:
@@ -140,15 +147,16 @@ class Intervention:
 
     # -------------------------------------------------------------------------------- the event's drop
     @torch.no_grad()
-    def measure_after(self) -> Pass:
-        """Accuracy of the model perturbed as the new windows perturb it (for Gaussian noise: a draw of its own
-        from the run's noise stream, not the one the first training batch will see)."""
-        backup = {name: {k: t[w.indices].clone() for k, t in self._slices(name).items()}
-                  for name, w in self.windows.items()}
-        for w in self.windows.values():
+    def measure_after(self, layers: set[str]) -> Pass:
+        """Accuracy of the model perturbed as the windows this event opened on ``layers`` perturb it (for Gaussian
+        noise: a draw of its own from the run's noise stream, not the one the first training batch will see).
+        Other layers' windows still open are not applied: the event's acc_before does not see them either."""
+        new = {name: w for name, w in self.windows.items() if name in layers}
+        backup = {name: {k: t[w.indices].clone() for k, t in self._slices(name).items()} for name, w in new.items()}
+        for w in new.values():
             self._perturb(w)
         result = self.run.trainer.evaluate(predictions=True)  # class detail of the event
-        for name, w in self.windows.items():
+        for name, w in new.items():
             slices = self._slices(name)
             for k, value in backup[name].items():
                 slices[k][w.indices] = value

@@ -308,7 +308,8 @@ def _after_events(run: Run, events: list[PruningEvent], pre: Pass) -> Pass:
         return pre
     post = run.trainer.evaluate(predictions=True)
     compat = run.cfg.intervention.count_eval_batches
-    after = run.intervention.measure_after() if run.intervention is not None and not compat else post
+    after = (run.intervention.measure_after({ev.layer for ev in events}) if run.intervention is not None
+             and not compat else post)
     for ev in events:
         ev.acc_before, ev.acc_after = pre.acc, after.acc
     run.rows.setdefault("classes", []).extend(event_rows(events, run.trainer.eval_data[1], pre.pred, after.pred))

@@ -6,7 +6,9 @@ following BatchNorm's gamma ``c`` and beta ``c`` (its running mean ``c`` if it h
 the residual shortcut added into channel ``c``
 (``block.shortcut_mask``). Masks are multiplied into the parameters in place after every optimizer step, so
 no second copy of the weights exists and the forward pass is untouched; optimizer state (momentum, Adam
-moments) of pruned entries is zeroed when they are pruned, so nothing drifts.
+moments) of pruned entries is zeroed when they are pruned. Pruned entries are exactly 0 at every forward pass;
+with ``bn_masking: false`` a pruned weight row still gets gradients through its live BatchNorm, so its Adam
+moments build up again, without effect (the row is re-masked after every step).
 """
 
 from __future__ import annotations
