@@ -245,8 +245,8 @@ def test_13_a_run_killed_after_its_summary_is_made_consistent(tmp_path):
 def test_13_a_diverged_run_keeps_no_checkpoint(tmp_path, monkeypatch):
     original = runner.run_epoch
 
-    def run_epoch(run, epoch):  # the training loss turns nan in epoch 3, after three checkpoints
-        train = original(run, epoch)
+    def run_epoch(run, epoch):  # the training loss turns nan in epoch 3, after three checkpoints; as the real
+        train = original(run, epoch) if epoch != 3 else run.trainer.train_epoch()  # one, no row for that epoch
         return dataclasses.replace(train, loss=math.nan) if epoch == 3 else train
 
     monkeypatch.setattr(runner, "run_epoch", run_epoch)
@@ -254,6 +254,8 @@ def test_13_a_diverged_run_keeps_no_checkpoint(tmp_path, monkeypatch):
     assert execute(cfg_of(TINY), out)["status"] == "failed"
     assert not list(out.glob("checkpoint*")) and not list(out.glob(".*.tmp"))
     assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    final = store.load_checkpoint(out / "model_final.pt")  # the weights of epoch 3, not of epoch 2's last row
+    assert final["epoch"] == 3 and final["diverged"] is True
 
 
 def test_14_summary_json_of_a_diverged_run_is_strict_json(tmp_path):

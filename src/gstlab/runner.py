@@ -402,7 +402,7 @@ def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
     summary = _summary(run, status, reason)
     for sink in run.sinks:
         sink.close(summary)
-    _save_final(run)
+    _save_final(run, status)
     store.write_json(out / "summary.json", summary)
     recovery.remove_transient(out)  # a final run keeps no checkpoint (finished or diverged)
     info.update({"status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -517,15 +517,21 @@ def _checkpoint(run: Run, epoch: int) -> None:
                               previous=run.out / store.PREVIOUS_CHECKPOINT)
 
 
-def _save_model(run: Run, path: Path, epoch: int) -> None:
+def _save_model(run: Run, path: Path, epoch: int, diverged: bool = False) -> None:
     store.save_checkpoint(path, {"format": store.CHECKPOINT_FORMAT, "kind": "model", "epoch": epoch,
                                  "run_id": C.run_id(run.cfg), "config": C.to_dict(run.cfg),
-                                 "model": run.model.state_dict()})
+                                 "model": run.model.state_dict(), **({"diverged": True} if diverged else {})})
 
 
-def _save_final(run: Run) -> None:
-    if run.rows["metrics"]:
-        _save_model(run, run.out / "model_final.pt", int(run.rows["metrics"][-1]["epoch"]))
+def _save_final(run: Run, status: str) -> None:
+    """model_final.pt: the model after the last epoch, or for a diverged run the weights training diverged to,
+    labelled with the epoch it diverged in (the one after its last metrics row) and ``diverged``."""
+    rows = run.rows["metrics"]
+    if status == "failed":
+        _save_model(run, run.out / "model_final.pt", int(rows[-1]["epoch"]) + 1 if rows else run.start_epoch,
+                    diverged=True)
+    elif rows:
+        _save_model(run, run.out / "model_final.pt", int(rows[-1]["epoch"]))
 
 
 def _settled_summary(cfg: C.RunConfig, out: Path) -> dict | None:
