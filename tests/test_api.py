@@ -226,6 +226,8 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": net, "data": DATA, "units": [PrunableUnit("u", "conv1", bn="bn2")]},
      "units[0] (u): bn 'bn2' is a BatchNorm2d of 16 features; allowed: a BatchNorm of the 8 units of 'conv1'"),
     ({"model": net, "data": DATA, "units": [PrunableUnit("u", "bn1")]}, "module 'bn1' is a BatchNorm2d"),
+    ({"model": net, "data": DATA, "units": [PrunableUnit("u", "conv1", activation="relu9")]},
+     "units[0] (u): activation 'relu9' is not in the model; allowed: a module of the model (conv1, bn1, "),
     ({"model": net, "data": (TensorDataset(DATA[0], DATA[1] + 0.7), TensorDataset(DATA[2], DATA[3]))},
      "data: y_train must be class indices"),  # float labels from a Dataset were truncated by int()
     ({"model": net, "data": DATA, "config": ["data.train_subset=1000"]},
@@ -267,6 +269,13 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": net, "classes": 4}, "classes: give it with data=...; a registered data set knows its classes"),
     ({"model": net, "data": (DATA[0].index_fill(0, torch.tensor([7]), float("nan")), *DATA[1:])},
      "data (given to gstlab.api.run) gave train inputs with 144 non-finite value(s) (NaN or inf); allowed: finite"),
+    ({"model": torch.nn.Linear, "data": DATA}, "model: Linear is a class and Linear() fails (Linear.__init__() "
+     "missing 2 required positional arguments"),
+    ({"model": net, "data": (DATA[0][:, 0, 0, 0], DATA[1], DATA[2][:, 0, 0, 0], DATA[3])},
+     "data (given to gstlab.api.run) gave train inputs of shape (128,), one number per example; allowed: (N, C, "),
+    ({"model": net, "data": (DATA[0].to(torch.complex64), DATA[1], DATA[2].to(torch.complex64), DATA[3])},
+     "gave train inputs of dtype torch.complex64; allowed: uint8 pixels or real floating-point values"),
+    ({"model": net, "data": DATA, "progress": "no"}, "progress: 'no'; allowed: True, False or None"),
 ])
 def test_bad_input_names_what_is_wrong(tmp_path, kwargs, message):
     cfg = C.parse(SHORT, kwargs.pop("config", []))
@@ -274,6 +283,23 @@ def test_bad_input_names_what_is_wrong(tmp_path, kwargs, message):
         api.run(cfg, tmp_path / "run", **kwargs)
     assert message in str(err.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config, out, message", [
+    (None, "run", "config: got NoneType; allowed: a RunConfig, a mapping as in a YAML config, or the path"),
+    ([1], "run", "config: got list"),
+    (b"seed: 1", "run", "config: got bytes"),
+    ({}, "run", "config: is empty; give at least one field"),
+    (SHORT, 5, "out: got int; allowed: a directory path"),
+    (SHORT, "", "out: empty (the working directory)"),
+    (SHORT, "a\0b", "out: 'a\\x00b' holds a NUL byte"),
+])
+def test_a_config_or_out_that_is_not_one_is_refused(tmp_path, monkeypatch, config, out, message):
+    monkeypatch.chdir(tmp_path)  # an empty out wrote the run into the working directory
+    with pytest.raises(C.ConfigError) as err:
+        api.run(config, out, model=net(), data=DATA)
+    assert message in str(err.value)
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_zoo_path_is_the_cli_path(tmp_path):

@@ -71,6 +71,13 @@ def test_run_ids_are_frozen():
     assert C.run_id(C.parse({"pruning": VGG_SCHEDULE, "seed": 2})) == "16165ca69a78"
 
 
+def test_a_result_revision_renames_only_the_runs_whose_results_it_changed():
+    # intervention revision 2 (an event's acc_after applies only its own windows): these runs had id a372ca119133
+    zeroing = C.parse({"pruning": VGG_SCHEDULE, "intervention": {"kind": "zero", "batches": 50}, "seed": 2})
+    assert C.result_revisions(zeroing) == {"intervention": 2} and C.run_id(zeroing) == "565103abbe1d"
+    assert C.result_revisions(C.parse({"pruning": VGG_SCHEDULE, "seed": 2})) == {}  # kept its id (above)
+
+
 def test_run_id_hashes_the_resolved_precision_and_fp32_as_absent():
     fp32 = {"train": {"device": "cpu", "precision": "fp32"}}
     auto_cpu = {"train": {"device": "cpu", "precision": "auto"}}
@@ -155,6 +162,20 @@ def test_scale_with_a_config_or_study_file_is_refused_not_ignored(tmp_path, caps
     assert main(["sweep", "--study", "fig2_vgg", "--scale", "smoke", "--dry-run"]) == 0  # presets keep it
 
 
+def test_presets_flags_that_would_be_ignored_are_refused(capsys):
+    from gstlab.cli import main
+
+    for argv, message in ((["--show", "F2_VGG_4", "--studies"], "--studies: lists the study presets, --show prints"),
+                          (["--show", "", "--studies"], "--studies: lists the study presets, --show prints"),
+                          (["--scale", "paper"], "--scale: only with --show NAME"),
+                          (["--show", "NOPE"], "--show: unknown preset 'NOPE'")):
+        assert main(["presets", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main(["presets", "--show", "F2_VGG_4", "--scale", "smoke"]) == 0
+    assert "name: F2_VGG_4@smoke" in capsys.readouterr().out
+
+
 def test_an_unpruned_run_prints_no_nan(tmp_path, capsys):
     from gstlab.cli import main
     from test_runner import TINY
@@ -170,3 +191,21 @@ def test_an_unpruned_run_prints_no_nan(tmp_path, capsys):
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "diverged"), "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "diverged at epoch 0" in out and "nan" not in out.replace("loss nan", "").lower()
+
+
+@pytest.mark.parametrize("section", ["pruning", "train", "probes", "intervention"])
+def test_a_section_set_to_null_is_refused_not_reset_to_its_defaults(section):
+    # `pruning:` (bare) or --set pruning= had trained without pruning; train= had trained 325 epochs
+    message = rf"^{section}: expected a mapping of its fields, got null \(a section cannot be unset"
+    with pytest.raises(C.ConfigError, match=message):
+        C.parse({"pruning": VGG_SCHEDULE, section: None})
+    with pytest.raises(C.ConfigError, match=message):
+        C.parse({"pruning": VGG_SCHEDULE}, [f"{section}="])
+    with pytest.raises(C.ConfigError, match=r"^pruning.layers\[0\]: expected a mapping of its fields, got null"):
+        C.parse({"pruning": {"layers": [None]}})
+
+
+@pytest.mark.parametrize("name", ["a\0b", "a\nb", "tab\there", "del\x7f"])
+def test_a_name_with_a_control_character_is_refused(name):
+    with pytest.raises(C.ConfigError, match=r"^name: .* holds a control character; allowed: printable text$"):
+        C.parse({"name": name})

@@ -190,6 +190,14 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
         assert "probes.prunability_delta" in capsys.readouterr().err
     assert main(["flatness", str(out), "--epoch", "2"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+    for flags, message in (  # a setting of a measurement not made was accepted and ignored
+            (["--prunability-delta", "0.5"], "--prunability-delta: prunability is not measured"),
+            (["--prunability-samples", "10"], "--prunability-samples: prunability is not measured"),
+            (["--eps-directions", "0", "--eps-samples", "10"], "--eps-samples: no eps directions are swept")):
+        assert main(["flatness", str(out), *flags, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (out / "flatness.csv").exists()
     for where, what in ((tmp_path, "not a run directory (no config.yaml)"), (tmp_path / "none", "no such directory"),
                         (out / "model_final.pt", "not a directory; give the run directory that holds model_final.pt")):
         assert main(["flatness", str(where)]) == 2
@@ -208,3 +216,11 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse refuses a non-positive count (exit status 2)
         main(["flatness", str(tmp_path / "run"), "--samples", "0"])
     assert exit_.value.code == 2 and "--samples: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_flatness_help_says_the_defaults_come_from_the_runs_probes(capsys):
+    with pytest.raises(SystemExit):
+        main(["flatness", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in ("probes.prunability_delta", "probes.prunability_samples", "probes.eps_samples"):
+        assert f"default: the run's {field}" in text

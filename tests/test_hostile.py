@@ -31,6 +31,7 @@ from test_runner import TINY, _comparable, _write, cfg_of
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefg", "bcdefgh"))
 TINY_TEXT = yaml.safe_dump(TINY)
+TRAIN_LINE = TINY_TEXT.splitlines().index("train:") + 1
 
 
 def _one_line_exit(capsys, argv: list[str], code: int = 2) -> str:
@@ -64,7 +65,11 @@ def _config(tmp_path: Path, text: str) -> list[str]:
     (TINY_TEXT + "name: !!binary aGVsbG8=\n", "name: binary data"),
     (TINY_TEXT + "name: !!set {a, b}\n", "name: a set"),
     (TINY_TEXT.replace("epochs: 6", "epochs: 6\n  epochs: 600"), "duplicate key 'epochs'"),
-], ids=["alias-bomb", "nested-50000", "date", "binary", "set", "duplicate-key"])
+    (TINY_TEXT.replace("train:\n", "train:\n  <<: {epochs: 600}\n"),
+     f"train: merge keys (<<, line {TRAIN_LINE + 1}) are not supported; write the keys out"),
+    (TINY_TEXT.replace("epochs: 6", "epochs: " + "9" * 5000),
+     "train.epochs: an integer of 5,000 digits (line "),
+], ids=["alias-bomb", "nested-50000", "date", "binary", "set", "duplicate-key", "merge-key", "5000-digits"])
 def test_yaml_that_is_not_plain_bounded_data_is_refused(tmp_path, capsys, text, field):
     _refused(tmp_path, capsys, _config(tmp_path, text), field)
 
@@ -120,6 +125,29 @@ def test_an_empty_out_is_refused_instead_of_writing_to_the_working_directory(tmp
     monkeypatch.chdir(tmp_path)
     err = _one_line_exit(capsys, [*_config(tmp_path, TINY_TEXT), "--out", ""])
     assert "--out: empty" in err and sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--out", "", "--no-progress"], "--out: empty"),
+    (["report", ""], "STUDY_DIR: empty"),
+    (["report", " "], "STUDY_DIR: empty"),
+])
+def test_other_empty_paths_are_refused_too(tmp_path, capsys, monkeypatch, argv, message):
+    from gstlab import executors
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(executors, "run_local", lambda *a, **k: pytest.fail("the demo ran"))
+    assert message in _one_line_exit(capsys, argv)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_nul_byte_in_the_run_name_or_out_is_one_line_and_makes_no_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = _one_line_exit(capsys, _config(tmp_path, TINY_TEXT + 'name: "a\\0b"\n'))
+    assert "name: 'a\\x00b' holds a control character" in err
+    err = _one_line_exit(capsys, [*_config(tmp_path, TINY_TEXT), "--out", str(tmp_path / "x" / "a\0b")])
+    assert "--out " in err and "holds a NUL byte" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]  # no runs/, no x/
 
 
 def test_flatness_refuses_an_epoch_no_run_has(tmp_path, capsys):

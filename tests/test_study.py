@@ -83,12 +83,84 @@ def test_grid_expansion_and_run_ids_are_stable():
     ({"setings": []}, "study: unknown key(s) ['setings']"),
     ({"grid": {"seed": [1, 2]}}, "grid.seed: a run's seed comes from the study's seeds; allowed: seeds: n"),
     ({"set": {"seed": 5}}, "set.seed: a run's seed comes from the study's seeds"),
+    # runs that silently collapsed into fewer, or a value silently replaced
+    ({"seeds": [1, 1, 2]}, "seeds: seed 1 is listed twice (the same runs); allowed: distinct seeds"),
+    ({"grid": {"optim.lr": [0.1, 0.1]}}, "grid.optim.lr: value 0.1 is listed twice"),
+    ({"grid": {"optim": [{"lr": 0.1}, {"lr": 0.2}], "optim.lr": [0.3, 0.4]}},
+     "grid: axes 'optim' and 'optim.lr' both vary optim; allowed: one axis per field"),
+    ({"grid": {"pruning.side": ["smallest", "largest"]}},
+     "settings[1].set.pruning.side: the study's grid varies pruning.side"),
+    ({"grid": {"optim.lr": [0.1, 0.2]}, "set": {"optim": {"lr": 0.5}}}, "set.optim: the study's grid varies optim.lr"),
+    ({"set": {"optim.lr": 0.5, "optim": {"lr": 0.1}}}, "set: keys 'optim' and 'optim.lr' both set optim.lr"),
+    ({"set": {"pruning": None, "pruning.period": 3}}, "set: keys 'pruning' and 'pruning.period' both set"),
+    ({"set": {"": 0.5}}, "set: key '' is not a config field; allowed: a dotted field name"),
+    ({"set": {"optim.lr=0.5": 1}}, "set: key 'optim.lr=0.5' is not a config field"),
+    ({"settings": [{"inline": SMALL, "label": " "}]}, "settings[0].label: empty"),
+    ({"settings": [{"inline": {}}]}, "settings[0].inline: is empty; give at least one field"),
 ])
 def test_bad_study_is_refused_before_any_run(tmp_path, capsys, extra, message):
     out = tmp_path / "s"
     assert main(["sweep", str(write_study(tmp_path, study(**extra))), "--out", str(out), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_set_mapping_and_dotted_keys_of_different_fields_are_kept():
+    s = study_from_dict(study(set={"optim": {"lr": 0.05}, "optim.momentum": 0.5}))
+    assert {(r.cfg.optim.lr, r.cfg.optim.momentum) for r in expand(s)} == {(0.05, 0.5)}
+
+
+def test_a_dry_run_refuses_what_the_sweep_would_before_timing_any_model(tmp_path, capsys, monkeypatch):
+    from gstlab import executors
+    from gstlab.experiments import calibration
+
+    monkeypatch.setattr(calibration, "measure_spec", lambda key: pytest.fail("timed a model the sweep refuses"))
+    huge = study(settings=[{"inline": SMALL, "set": {"model.hidden": [65536, 65536, 65536]}}])
+    out = tmp_path / "s"
+    assert main(["sweep", str(write_study(tmp_path, huge)), "--dry-run", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "setting 'setting0': model: 8,595,374,090 parameters" in err and err.count("\n") == 1
+    monkeypatch.setattr(executors, "detect_gpus", lambda: 1)  # each run gets its GPU: it may not name one
+    named = study(set={"train.device": "cuda:1"})
+    assert main(["sweep", str(write_study(tmp_path, named)), "--dry-run", "--out", str(out)]) == 2
+    assert "train.device: 'cuda:1' (setting L); a sweep gives each run its GPU" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_calibration_does_not_build_a_model_above_the_parameter_limit(monkeypatch):
+    from gstlab import preflight
+    from gstlab.experiments.calibration import measure_spec, spec
+
+    monkeypatch.setattr(preflight, "MAX_PARAMS", 1000)  # SMALL's MLP has 3,059: built, it would be timed
+    model = {k: v for k, v in C.to_dict(C.parse(SMALL).model).items() if k != "supplied"}
+    with pytest.raises(C.ConfigError, match="^model: 3,059 parameters .*allowed: at most 1,000$"):
+        measure_spec(spec(model, (1, 8, 8), 3, 32, 64))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--address", "h:6379"], "--address: only for --executor ray"),
+    (["--gpus", "1"], "--gpus: only for --executor ray"),
+    (["--runs-per-gpu", "2"], "--runs-per-gpu: this machine shows no CUDA GPU to pack runs onto"),
+    (["--executor", "ray", "--workers", "2"], "--workers: only for --executor local"),
+    (["--executor", "ray", "--runs-per-gpu", "2"], "--runs-per-gpu: with --executor ray only together with --gpus"),
+], ids=["address-local", "gpus-local", "runs-per-gpu-no-gpu", "workers-ray", "runs-per-gpu-ray-no-gpus"])
+def test_sweep_flags_the_executor_does_not_read_are_refused_not_ignored(tmp_path, capsys, monkeypatch, flags,
+                                                                        message):
+    monkeypatch.setattr("gstlab.executors.detect_gpus", lambda: 0)
+    out = tmp_path / "s"
+    for dry in (["--dry-run"], []):
+        assert main(["sweep", str(write_study(tmp_path, study())), "--out", str(out), "--no-progress", *flags,
+                     *dry]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_sweep_help_names_both_default_study_directories(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "studies/<name> for a study file" in text and "studies/<study>-<scale> for --study" in text
 
 
 def test_a_ray_cluster_that_refuses_or_does_not_answer_is_named_in_one_line(monkeypatch):

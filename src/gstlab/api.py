@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from gstlab import config as C
 from gstlab.callbacks import EpochCallback
 from gstlab.data import as_integer
+from gstlab.errors import one_line
 from gstlab.models import trained_copy
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
@@ -66,6 +68,9 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
       weights, and they are not part of the run id (a finished run is not run again for a new callback).
     """
     cfg = _config(config)
+    _check_out(out)
+    if progress is not None and not isinstance(progress, bool):
+        raise C.ConfigError(f"progress: {progress!r}; allowed: True, False or None (the config's train.progress)")
     if isinstance(units, (str, PrunableUnit)):
         raise C.ConfigError(f"units: {units!r} is one unit; allowed: a list of module names or PrunableUnit "
                             f"objects, e.g. [{units!r}]")
@@ -102,7 +107,23 @@ def _callbacks(callbacks: Sequence[EpochCallback]) -> dict:
 def _config(config: C.RunConfig | dict | str | Path) -> C.RunConfig:
     if isinstance(config, C.RunConfig):
         return C.validate(config)
+    if not isinstance(config, (dict, str, os.PathLike)):
+        raise C.ConfigError(f"config: got {type(config).__name__}; allowed: a RunConfig, a mapping as in a YAML "
+                            f"config, or the path of a YAML config")
+    if isinstance(config, dict):
+        C.refuse_empty(config, "config")
     return C.parse(config if isinstance(config, dict) else C.load_yaml(config))
+
+
+def _check_out(out: str | Path) -> None:
+    """ConfigError for an ``out`` that is not a directory path: an empty one would be the working directory."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise C.ConfigError(f"out: got {type(out).__name__}; allowed: a directory path (str or pathlib.Path)")
+    if not str(out).strip():
+        raise C.ConfigError("out: empty (the working directory); allowed: a directory for the run's files")
+    if "\0" in str(out):
+        raise C.ConfigError(f"out: {str(out)!r} holds a NUL byte, which no directory name can; allowed: a path "
+                            f"without it")
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -128,7 +149,7 @@ def _supplied_model(model: ModelLike, cfg: C.RunConfig, parts: Parts):
     elif callable(model):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "init"))  # as runner.prepare seeds it before building
-            initial = model()
+            initial = _built(model)
         if not isinstance(initial, nn.Module):
             raise C.ConfigError(f"model: the model function returned a {type(initial).__name__}, not an nn.Module")
     else:
@@ -142,6 +163,18 @@ def _supplied_model(model: ModelLike, cfg: C.RunConfig, parts: Parts):
         return copy.deepcopy(initial)
 
     return build, fingerprint
+
+
+def _built(model: Callable[[], nn.Module]):
+    """``model()``; a class whose constructor needs arguments (``model=nn.Linear``) is one line, not a
+    traceback (a function's own errors are the caller's and propagate)."""
+    if not isinstance(model, type):
+        return model()
+    try:
+        return model()
+    except TypeError as err:
+        raise C.ConfigError(f"model: {model.__name__} is a class and {model.__name__}() fails ({one_line(err)}); "
+                            f"allowed: an nn.Module instance, or a function that builds one") from None
 
 
 def model_fingerprint(model: nn.Module, units: list[PrunableUnit]) -> str:

@@ -55,7 +55,7 @@ def _out_arg(value: str | None, flag: str) -> Path | None:
 
 
 def _default_out(cfg: C.RunConfig) -> Path:
-    label = (cfg.name or "run").replace("@", "-").replace("/", "-")
+    label = (cfg.name or "run").replace("@", "-").replace("/", "-")  # config refuses control characters
     return Path("runs") / f"{label}-{C.run_id(cfg)}"
 
 
@@ -112,8 +112,9 @@ def _absent(value: object) -> bool:
 def cmd_presets(args: argparse.Namespace) -> int:
     from gstlab.experiments.presets import INVARIANT_EXCEPTIONS, PRESETS, preset_config  # noqa: PLC0415
 
-    if args.show:
-        print(C.dump_yaml(C.parse(preset_config(args.show, args.scale))), end="")
+    _check_presets_flags(args, PRESETS)
+    if args.show is not None:
+        print(C.dump_yaml(C.parse(preset_config(args.show, args.scale or DEFAULT_SCALE))), end="")
         return EXIT_OK
     if args.studies:
         return _list_studies()
@@ -127,6 +128,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(f"  {scale:6s} {', '.join(INVARIANT_EXCEPTIONS[scale]) or 'none'}")
     print("\nshow one: gst presets --show NAME --scale mini;   run one: gst run --preset NAME --scale mini")
     return EXIT_OK
+
+
+def _check_presets_flags(args: argparse.Namespace, presets: dict) -> None:
+    """--show NAME prints one preset at --scale; the lists take neither flag (they show every scale)."""
+    if args.show is not None and args.studies:
+        raise UsageError("--studies: lists the study presets, --show prints one run preset; give one of them")
+    if args.scale is not None and args.show is None:
+        raise UsageError(f"--scale: only with --show NAME (the lists show every scale: {', '.join(SCALES)})")
+    if args.show is not None and args.show not in presets:
+        raise UsageError(f"--show: unknown preset {args.show!r}; allowed: a name `gst presets` lists (e.g. "
+                         f"{', '.join(list(presets)[:4])})")
 
 
 def _list_studies() -> int:
@@ -154,9 +166,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print("gstlab demo: Figure 2's No Pruning, Prune_S 13% and Prune_L 13% at mini scale (325 epochs, VGG11 on "
           "2,000 Fashion-MNIST images at 16x16), on 2 worker processes\n")
-    results = run_demo(Path(args.out), seed=args.seed, progress=not args.no_progress, tensorboard=args.tensorboard)
+    out = _out_arg(args.out, "--out")
+    results = run_demo(out, seed=args.seed, progress=not args.no_progress, tensorboard=args.tensorboard)
     print("\n" + format_table(results))
-    print("\n".join(["", *computed_on(Path(args.out), args.seed)]))
+    print("\n".join(["", *computed_on(out, args.seed)]))
     print(f"\nper-run results (metrics.csv, events.csv, summary.json): {args.out}/runs/*/;  "
           f"report: gst report {args.out}")
     return EXIT_OK if all(s.get("status") == "finished" for _, s in results) else EXIT_FAILED
@@ -212,19 +225,23 @@ def _dry_run_estimate(runs: list, store_dir: Path, workers: int, threads: int, l
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from gstlab.executors import Resources, default_threads, detect_gpus, sweep  # noqa: PLC0415
+    from gstlab.executors import Resources, check_runs, default_threads, detect_gpus, sweep  # noqa: PLC0415
     from gstlab.study import expand  # noqa: PLC0415
 
     study, raw = _study_from_args(args)
     out = _out_arg(args.out, "--out") or Path("studies") / study.name.replace("@", "-")
     store_dir = _out_arg(args.store, "--store")
-    gpus = detect_gpus() if args.executor == "local" else int(args.gpus)
-    workers = args.workers or (gpus * args.runs_per_gpu if gpus else 1)
+    gpus = detect_gpus() if args.executor == "local" else int(args.gpus or 0)
+    _check_executor_flags(args, gpus)
+    per_gpu = args.runs_per_gpu or 1
+    workers = args.workers or (gpus * per_gpu if gpus else 1)
     threads = args.threads_per_worker or default_threads(args.executor)
     if args.executor == "local":  # a dry run refuses what the sweep would
-        _check_machine(workers, threads, gpus * args.runs_per_gpu)
+        _check_machine(workers, threads, gpus * per_gpu)
+    res = Resources(workers=workers, threads=threads, runs_per_gpu=per_gpu, gpus=gpus)
     if args.dry_run:
         runs = expand(study)
+        check_runs(runs, res, args.tensorboard)  # the sweep's checks: no estimate of a run it would refuse
         print(f"{study.name}: {len(runs)} runs ({len(study.settings)} settings x {len(study.seeds)} seeds"
               f"{' x grid' if study.grid else ''}) -> {out}")
         for r in runs:
@@ -232,7 +249,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  {r.run_id}  {r.setting:12s} {r.label:22s} seed {r.seed}  {r.grid or ''}{same}")
         print(_dry_run_estimate(runs, Path(store_dir or out), workers, threads, args.executor == "local"))
         return EXIT_OK
-    res = Resources(workers=workers, threads=threads, runs_per_gpu=args.runs_per_gpu, gpus=gpus)
     outcomes = sweep(study, raw, out, args.executor, res, address=args.address, store_dir=store_dir,
                      progress=not args.no_progress, tensorboard=args.tensorboard)
     failed = [o for o in outcomes if o.status != "finished"]
@@ -258,6 +274,27 @@ def _failed_in_index(study_dir: Path) -> set[str]:
     return set(index.loc[index["status"] == "failed", "run_id"])
 
 
+def _check_executor_flags(args: argparse.Namespace, gpus: int) -> None:
+    """A flag the chosen executor does not read is refused, not ignored (executors.py): local reads --workers and,
+    on a machine with GPUs (``gpus``), --runs-per-gpu; Ray reads --address, --gpus and, with --gpus, --runs-per-gpu."""
+    if args.executor == "local":
+        if args.address is not None:
+            raise UsageError("--address: only for --executor ray (a local sweep runs on this machine)")
+        if args.gpus is not None:
+            raise UsageError("--gpus: only for --executor ray (a local sweep uses the GPUs this machine shows; "
+                             "CUDA_VISIBLE_DEVICES chooses them)")
+        if args.runs_per_gpu is not None and not gpus:
+            raise UsageError("--runs-per-gpu: this machine shows no CUDA GPU to pack runs onto; allowed: without "
+                             "it (--workers sets how many runs run at once)")
+        return
+    if args.workers is not None:
+        raise UsageError("--workers: only for --executor local (Ray runs as many runs at once as the cluster's "
+                         "nodes hold; size each run with --threads-per-worker)")
+    if args.runs_per_gpu is not None and not gpus:
+        raise UsageError("--runs-per-gpu: with --executor ray only together with --gpus G > 0 (without it no run "
+                         "asks for a GPU)")
+
+
 MAX_WORKERS_PER_CORE = 4  # local worker processes beyond this many per core only wait for each other
 
 
@@ -275,7 +312,7 @@ def _check_machine(workers: int, threads: int, gpu_slots: int) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from gstlab.analysis.report import write_report  # noqa: PLC0415
 
-    study_dir = Path(args.study_dir)
+    study_dir = _out_arg(args.study_dir, "STUDY_DIR")
     index = study_dir / "index.csv"
     if not index.exists():
         raise UsageError(f"{study_dir}: not a study directory (no index.csv); run `gst sweep` first")
@@ -444,9 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
                              description="List run presets (every configuration of the paper) with their figure, "
                                          "label and epochs per scale, or print one as YAML.")
     presets.add_argument("--show", metavar="NAME", help="print the resolved config of preset NAME")
-    presets.add_argument("--scale", default="mini", choices=SCALES)
+    presets.add_argument("--scale", choices=SCALES, help="the scale --show prints (default: mini); --show only")
     presets.add_argument("--studies", action="store_true",
-                         help="list the study presets (one per figure/table) with run counts and estimated cost")
+                         help="list the study presets (one per figure/table) with run counts and estimated cost "
+                              "(not with --show)")
     presets.set_defaults(func=cmd_presets)
 
     demo = sub.add_parser("demo", help="No Pruning vs Prune_S vs Prune_L on Fashion-MNIST (minutes on a CPU)",
@@ -475,21 +513,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config field in every run, after each setting's own set and the grid point "
                             "(kept in study.yaml as override:), e.g. --set model.width=0.25 (repeatable); a key "
                             "the grid varies is refused")
-    sweep.add_argument("--out", metavar="DIR", help="study directory (default: studies/<name>-<scale>)")
+    sweep.add_argument("--out", metavar="DIR",
+                       help="study directory (default: studies/<name> for a study file, its name: with @ as -; "
+                            "studies/<study>-<scale> for --study)")
     sweep.add_argument("--store", metavar="DIR", help="keep run directories in DIR/runs (share runs between studies)")
     sweep.add_argument("--executor", default="local", choices=("local", "ray"))
     sweep.add_argument("--workers", type=_count(1), metavar="N",
-                       help="local: runs at a time (default: GPUs x runs-per-gpu with CUDA, else 1)")
+                       help="local only: runs at a time (default: GPUs x runs-per-gpu with CUDA, else 1)")
     sweep.add_argument("--threads-per-worker", type=_count(1), metavar="T",
                        help="CPU threads per run (default: local: all cores, use cores/workers; ray: 1)")
-    sweep.add_argument("--runs-per-gpu", type=_count(1), default=1, metavar="R",
-                       help="pack R runs onto each GPU (local: R*GPUs workers are useful; ray: num_gpus=1/R); each "
-                            "run sees only its GPU, so train.device cuda:N is refused")
+    sweep.add_argument("--runs-per-gpu", type=_count(1), metavar="R",
+                       help="pack R runs onto each GPU (default 1; local, on a machine with CUDA GPUs: R*GPUs "
+                            "workers are useful; ray, with --gpus: num_gpus=1/R); each run sees only its GPU, so "
+                            "train.device cuda:N is refused")
     sweep.add_argument("--address", metavar="ADDR",
-                       help="ray: cluster address (default: start a local instance); clusters started by "
+                       help="ray only: cluster address (default: start a local instance); clusters started by "
                             "`ray start` need RAY_AUTH_MODE=token (README, Studies)")
-    sweep.add_argument("--gpus", type=_count(0), default=0, metavar="G",
-                       help="ray: request GPUs for the runs (G > 0) or not (0, default)")
+    sweep.add_argument("--gpus", type=_count(0), metavar="G",
+                       help="ray only: request GPUs for the runs (G > 0) or not (0, default); a local sweep uses "
+                            "the GPUs this machine shows")
     sweep.add_argument("--dry-run", action="store_true",
                        help="list the runs and their ids and estimate the CPU time of those not yet ended on "
                        "this machine (each distinct model timed once, ~2 s, cached); run nothing")
@@ -518,15 +560,20 @@ def build_parser() -> argparse.ArgumentParser:
                            "max(2K + 20, 3K) steps, power iteration 20 per eigenpair); the row records whether "
                            "it converged")
     flat.add_argument("--eps-samples", type=_count(1), metavar="N",
-                      help="eps-sweep set: first N evaluation examples (default: all, as the paper)")
+                      help="eps-sweep set: first N evaluation examples (default: the run's probes.eps_samples; "
+                           "unset: all, as the paper); only where eps directions are swept (--eps-directions D > 0 "
+                           "or the run's probes.eps_directions)")
     flat.add_argument("--trace-samples", type=_count(0), metavar="M", help="Hutchinson probes (0: skip)")
     flat.add_argument("--eps-directions", type=_count(0), metavar="D", help="eigenvectors to sweep (0: skip)")
     flat.add_argument("--prunability", action="store_true",
                       help="also measure prunability: the smallest kept fraction of the surviving weights (global "
                            "magnitude, no retraining) whose training loss stays within (1 + delta) x the model's")
-    flat.add_argument("--prunability-delta", type=float, metavar="D", help="prunability's loss tolerance (default 0.1)")
+    flat.add_argument("--prunability-delta", type=float, metavar="D",
+                      help="prunability's loss tolerance (default: the run's probes.prunability_delta, 0.1 unless "
+                           "set); only where prunability is measured (--prunability or the run's probes)")
     flat.add_argument("--prunability-samples", type=_count(1), metavar="N",
-                      help="prunability's training subset: the first N training examples (default 2048)")
+                      help="prunability's training subset: the first N training examples (default: the run's "
+                           "probes.prunability_samples, 2048 unless set); only where prunability is measured")
     flat.add_argument("--seed", type=_count(0, 2**63 - 1), help="probe seed (default: derived from the run's seed)")
     flat.add_argument("--device", type=_device, metavar="D",
                       help="measure on D (auto, cpu, cuda, cuda:N, mps; default: the run's train.device), e.g. cpu "

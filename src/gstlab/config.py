@@ -269,6 +269,9 @@ def _number(value: Any, path: str) -> float:
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
     """Build dataclass ``cls`` from a plain mapping, checking every key and type."""
     where = path or "config"
+    if data is None and path:  # `pruning:` or --set pruning= had silently reset the section to its defaults
+        raise ConfigError(f"{path}: expected a mapping of its fields, got null (a section cannot be unset: set its "
+                          "fields, or leave the key out for the defaults)")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -636,6 +639,8 @@ def _check_positive(cfg: RunConfig) -> None:
     for name, value in checks.items():
         if value < 1:
             raise ConfigError(f"{name}: must be >= 1, got {value}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in cfg.name):  # it names progress lines, logs and default --out
+        raise ConfigError(f"name: {cfg.name!r} holds a control character; allowed: printable text")
     for name, value in (("probes.trace_samples", cfg.probes.trace_samples),
                         ("probes.eps_directions", cfg.probes.eps_directions)):
         if value < 0:
@@ -654,7 +659,7 @@ def _check_positive(cfg: RunConfig) -> None:
         raise ConfigError(f"model.channels: need 8 positive conv widths (vgg11_bn) or [], "
                           f"got {list(cfg.model.channels)}")
     if not 0 <= cfg.pruning.activation_momentum < 1:
-        raise ConfigError("pruning.activation_momentum: must be in [0, 1)")
+        raise ConfigError(f"pruning.activation_momentum: must be in [0, 1), got {cfg.pruning.activation_momentum}")
     if not 0 <= cfg.data.label_noise < 1:
         raise ConfigError(f"data.label_noise: must be in [0, 1) (a fraction of the training labels), "
                           f"got {cfg.data.label_noise}")
@@ -698,10 +703,16 @@ def yaml_mapping(text: str, where: str) -> dict:
         raise ConfigError(f"{where}: {err}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
+    refuse_empty(data, where)
+    return data
+
+
+def refuse_empty(data: dict | None, where: str) -> None:
+    """An empty config (a file, a study's ``inline: {}``, ``api.run({})``) is refused: the defaults alone train a
+    full-width VGG11 for 325 epochs, never what an empty config meant."""
     if not data:
         raise ConfigError(f"{where}: is empty; give at least one field (e.g. model.arch), the "
                           f"defaults alone train a full-width VGG11 for 325 epochs")
-    return data
 
 
 def parse(data: dict, overrides: list[str] = ()) -> RunConfig:

@@ -398,20 +398,27 @@ def _export_tensorboard(study_dir: Path, store_dir: Path, run: StudyRun) -> None
     sinks.export_missing(store_dir / "runs" / run.run_id, tensorboard_dir(study_dir, run))
 
 
-def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, address: str | None = None,
-          store_dir: Path | None = None, progress: bool = True, tensorboard: bool = False) -> list:
-    """Run every unfinished run of ``study``; returns the outcomes of the runs executed now. ``tensorboard``:
-    each ended run's metrics also go to TensorBoard event files under ``study_dir/tensorboard``."""
-    runs = expand(study)  # every config is validated before anything starts
-    preflight.check_study(runs)  # model sizes and layer names, before anything is written
+def check_runs(runs: list[StudyRun], resources: Resources, tensorboard: bool = False) -> None:
+    """What a sweep checks before it writes anything (``gst sweep --dry-run`` too, before it estimates): model
+    sizes and layer names (preflight), the GPU a run names, TensorBoard where asked; then one warning per
+    surprising setting."""
+    preflight.check_study(runs)
     _check_gpu_choice(runs, resources)
-    for line in dict.fromkeys(line for run in runs for line in surprises(run.cfg)):
-        warn(line)
     if tensorboard:
         sinks.require_tensorboard("--tensorboard")
     asking = next((r for r in runs if r.cfg.train.tensorboard), None)
     if asking is not None:
         sinks.require_tensorboard(f"setting {asking.setting!r}: train.tensorboard")
+    for line in dict.fromkeys(line for run in runs for line in surprises(run.cfg)):
+        warn(line)
+
+
+def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, address: str | None = None,
+          store_dir: Path | None = None, progress: bool = True, tensorboard: bool = False) -> list:
+    """Run every unfinished run of ``study``; returns the outcomes of the runs executed now. ``tensorboard``:
+    each ended run's metrics also go to TensorBoard event files under ``study_dir/tensorboard``."""
+    runs = expand(study)  # every config is validated before anything starts
+    check_runs(runs, resources, tensorboard)
     if executor == "ray":
         connect_ray(address, resources)
     for path, flag in ((study_dir, "--out"), (store_dir, "--store")):  # both checked before either is made

@@ -91,7 +91,8 @@ def checked_units(units: list, model: nn.Module, where: str) -> list[PrunableUni
         for field in ("shortcut", "activation"):
             path = getattr(unit, field, None)
             if path is not None and path not in modules:
-                raise C.ConfigError(f"{where}[{i}] ({unit.name}): {field} {path!r} is not in the model")
+                raise C.ConfigError(f"{where}[{i}] ({unit.name}): {field} {path!r} is not in the model; allowed: "
+                                    f"a module of the model ({_listed([m for m in modules if m])})")
         shortcut_mask = getattr(modules.get(unit.shortcut), "shortcut_mask", None) if unit.shortcut else None
         if unit.shortcut and (not torch.is_tensor(shortcut_mask) or shortcut_mask.numel() != n_units):
             raise C.ConfigError(f"{where}[{i}] ({unit.name}): shortcut {unit.shortcut!r} has no buffer shortcut_mask "
@@ -113,3 +114,9 @@ def named_units(cfg: C.RunConfig, model: nn.Module) -> list[PrunableUnit]:
         except ValueError as err:
             raise C.ConfigError(f"pruning.layers[{i}].name: {err}") from None
     return checked_units(units, model, "pruning.layers")
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    """Up to ``most`` names, comma-separated, with how many more there are."""
+    more = f", ... ({len(names) - most} more)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more

@@ -40,6 +40,23 @@ def load_model_checkpoint(run_dir: Path, epoch: int | None) -> dict:
     return state
 
 
+NOT_PRUNABILITY = "prunability is not measured (neither --prunability nor the run's probes.prunability)"
+NOT_EPS = "no eps directions are swept (--eps-directions, or the run's probes.eps_directions, is 0)"
+
+
+def check_used(probes: C.ProbeConfig, overrides: dict) -> None:
+    """ConfigError for a setting given (``overrides``: probe field -> value, the flags of ``gst flatness``) for
+    a measurement ``probes`` does not make: it would be accepted and ignored."""
+    unused = {} if probes.prunability else {"prunability_delta": (NOT_PRUNABILITY, "add --prunability"),
+                                            "prunability_samples": (NOT_PRUNABILITY, "add --prunability")}
+    if not probes.eps_directions:
+        unused["eps_samples"] = (NOT_EPS, "add --eps-directions D (D > 0)")
+    for key, (why, allowed) in unused.items():
+        if key in overrides:
+            flag = "--" + key.replace("_", "-")
+            raise C.ConfigError(f"{flag}: {why}; allowed: {allowed}, or leave {flag} out")
+
+
 def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: int | None = None,
                        progress: bool = True, device: str | None = None):
     """Rebuild the run's model and data, load the checkpoint and measure; returns (row, eps_rows).
@@ -51,6 +68,7 @@ def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: 
     train = cfg.train if device is None else C.from_dict(C.TrainConfig, {**C.to_dict(cfg.train), "device": device},
                                                          "train")
     cfg = C.validate(C.replace(cfg, probes=probes, train=train))
+    check_used(probes, overrides)
     run = prepare(cfg, run_dir)
     init = initial_parameters(run.model)  # prepare builds the model as the run was initialized
     run.model.load_state_dict(state["model"])

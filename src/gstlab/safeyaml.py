@@ -16,6 +16,8 @@ import yaml
 MAX_BYTES = 1 << 20  # a config or study file (the paper's largest study file is a few KB)
 MAX_DEPTH = 64  # nesting levels of lists and mappings (a config has 4)
 MAX_VALUES = 100_000  # values after expanding every alias (a paper-scale study has a few thousand)
+MAX_INT_DIGITS = 4300  # Python's limit for converting a decimal string to an int (sys.get_int_max_str_digits)
+_MERGE, _INT = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:int"
 
 
 class YamlError(ValueError):
@@ -85,6 +87,29 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return size
 
 
+def _check_scalars(root: yaml.Node) -> None:
+    """Refuse, naming the field, what cannot be built as plain data: merge keys (``<<: *anchor``) and integers
+    longer than Python converts. Walks the node graph once per node (no recursion)."""
+    stack, seen = [(root, "")], set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.tag == _MERGE:
+                    raise YamlError(f"{path or 'top level'}: merge keys (<<, line {key.start_mark.line + 1}) are not "
+                                    f"supported; write the keys out")
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                stack.append((value, f"{path}.{name}" if path else name))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+        elif node.tag == _INT and len(node.value) > MAX_INT_DIGITS:
+            raise YamlError(f"{path or 'value'}: an integer of {len(node.value):,} digits (line "
+                            f"{node.start_mark.line + 1}); allowed: at most {MAX_INT_DIGITS:,} digits")
+
+
 def _plain(value: Any, path: str) -> None:
     """Refuse values that are not JSON types (dates, bytes, sets, non-string keys), naming the field."""
     if isinstance(value, dict):
@@ -114,6 +139,7 @@ def load(text: str) -> Any:
             return None
         if _expanded_size(node, {}) > MAX_VALUES:
             raise YamlError(f"expands to more than {MAX_VALUES:,} values (YAML aliases repeat a part many times)")
+        _check_scalars(node)
         value = loader.construct_document(node)
     except YamlError:
         raise

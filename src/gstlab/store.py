@@ -61,6 +61,9 @@ def check_dir(path: Path, flag: str) -> None:
 
 def make_dir(path: Path, flag: str) -> None:
     """Create directory ``path`` (and parents); OutDirError naming ``flag`` if that is impossible."""
+    if "\0" in str(path):  # checked first: mkdir would make the parents, then fail (ValueError)
+        raise OutDirError(f"{flag} {str(path)!r}: holds a NUL byte, which no directory name can; choose another "
+                          f"{flag}")
     check_dir(path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)

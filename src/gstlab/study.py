@@ -6,6 +6,7 @@ typo in the 40th setting does not surface an hour into the study. The layout is 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import math
@@ -69,8 +70,43 @@ def _overrides(value: Any, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, dict):
         raise C.ConfigError(f"{where}: expected a mapping of dotted.key: value")
+    _check_keys(value, where)
     _refuse_seed(value, where)
+    _refuse_same_field(value, where)
     return tuple(_assignment(k, v) for k, v in value.items())
+
+
+KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # a dotted config field (list elements by index)
+
+
+def _check_keys(keys: dict, where: str) -> None:
+    for key in keys:
+        if not KEY.fullmatch(key):
+            raise C.ConfigError(f"{where}: key {key!r} is not a config field; allowed: a dotted field name such as "
+                                f"optim.lr or pruning.layers.0.fraction")
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two dotted keys address the same field: equal, or one is a section (or list) holding the other."""
+    return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+def _fields(key: str, value: Any) -> list[str]:
+    """The fields a ``key: value`` sets: a mapping given for a section sets only the keys it names."""
+    if isinstance(value, dict) and value:
+        return [f for k, v in value.items() for f in _fields(f"{key}.{k}", v)]
+    return [key]
+
+
+def _refuse_same_field(value: dict, where: str) -> None:
+    """Two keys that set one field (``optim.lr: 0.5`` and ``optim: {lr: 0.1}``): one would silently win."""
+    seen: list[tuple[str, str]] = []  # (field, the key that sets it)
+    for key, item in value.items():
+        for f in _fields(key, item):
+            other = next((k for g, k in seen if _overlap(f, g)), None)
+            if other is not None:
+                raise C.ConfigError(f"{where}: keys {other!r} and {key!r} both set {f}; allowed: each field once")
+        seen += [(f, key) for f in _fields(key, item)]
 
 
 def _refuse_seed(keys: dict, where: str) -> None:
@@ -95,6 +131,9 @@ def _seeds(value: Any) -> tuple[int, ...]:
         return tuple(range(value))
     if (isinstance(value, list) and 0 < len(value) <= MAX_SEEDS
             and all(isinstance(s, int) and not isinstance(s, bool) for s in value)):
+        twice = next((s for s, n in collections.Counter(value).items() if n > 1), None)  # linear: 10,000 seeds
+        if twice is not None:
+            raise C.ConfigError(f"seeds: seed {twice} is listed twice (the same runs); allowed: distinct seeds")
         return tuple(value)
     n = value if isinstance(value, int) and not isinstance(value, bool) else len(value) if isinstance(value, list) \
         else 0
@@ -103,7 +142,7 @@ def _seeds(value: Any) -> tuple[int, ...]:
     raise C.ConfigError(f"seeds: expected a positive int n (seeds 0..n-1) or a non-empty list of ints, got {value!r}")
 
 
-def _setting(item: Any, i: int, scale: str, base: Path) -> Setting:
+def _setting(item: Any, i: int, scale: str, base: Path, grid: dict[str, list]) -> Setting:
     from gstlab.experiments.presets import PRESETS, preset_config  # noqa: PLC0415
 
     where = f"settings[{i}]"
@@ -118,6 +157,9 @@ def _setting(item: Any, i: int, scale: str, base: Path) -> Setting:
     for key in ("preset", "config", "label"):
         if key in item and not isinstance(item[key], str):
             raise C.ConfigError(f"{where}.{key}: expected a string, got {item[key]!r}")
+    if "label" in item and not item["label"].strip():
+        raise C.ConfigError(f"{where}.label: empty; allowed: a name for the setting's runs in the reports (or "
+                            f"leave label out)")
     if "preset" in item and item["preset"] not in PRESETS:
         raise C.ConfigError(f"{where}.preset: unknown preset {item['preset']!r}; see `gst presets`")
     if "preset" in item:
@@ -129,9 +171,12 @@ def _setting(item: Any, i: int, scale: str, base: Path) -> Setting:
     else:
         if not isinstance(item["inline"], dict):
             raise C.ConfigError(f"{where}.inline: expected a config mapping")
+        C.refuse_empty(item["inline"], f"{where}.inline")
         data, key = item["inline"], item.get("label", f"setting{i}")
         label = key
-    return Setting(str(key), str(label), data, _overrides(item.get("set"), f"{where}.set"))
+    overrides = _overrides(item.get("set"), f"{where}.set")
+    _check_no_grid_key(item.get("set"), grid, f"{where}.set.")
+    return Setting(str(key), str(label), data, overrides)
 
 
 def _grid(value: Any) -> dict[str, list]:
@@ -139,10 +184,21 @@ def _grid(value: Any) -> dict[str, list]:
         return {}
     if not isinstance(value, dict) or not value:
         raise C.ConfigError("grid: expected a non-empty mapping of dotted.key: [values]")
+    _check_keys(value, "grid")
     _refuse_seed(value, "grid")
     for key, values in value.items():
         if not isinstance(values, list) or not values:
             raise C.ConfigError(f"grid.{key}: expected a non-empty list of values")
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if twice is not None:
+            raise C.ConfigError(f"grid.{key}: value {twice!r} is listed twice (the same runs); allowed: distinct "
+                                f"values")
+    axes = list(value)
+    for i, axis in enumerate(axes):
+        other = next((a for a in axes[:i] if _overlap(a, axis)), None)
+        if other is not None:
+            raise C.ConfigError(f"grid: axes {other!r} and {axis!r} both vary {min(other, axis, key=len)}; "
+                                f"allowed: one axis per field")
     return dict(value)
 
 
@@ -167,26 +223,30 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
         raise C.ConfigError(f"name: {name!r} is not a plain name (it names the default study directory "
                             f"studies/NAME); allowed: letters, digits and _ . @ + = - (no / or ..)")
     grid = _grid(data.get("grid"))
-    final = _overrides(data.get("override"), "override")
-    _check_no_grid_key(data.get("override") or {}, grid)
+    final, overrides = _overrides(data.get("override"), "override"), _overrides(data.get("set"), "set")
+    _check_no_grid_key(data.get("override"), grid, "override (gst sweep --set) ")
+    _check_no_grid_key(data.get("set"), grid, "set.")
     study_seeds = _seeds(seeds if seeds is not None else data.get("seeds", 1))
     n_runs = len(items) * math.prod(len(v) for v in grid.values()) * len(study_seeds)
     if n_runs > MAX_RUNS:
         raise C.ConfigError(f"study: {n_runs:,} runs (settings x grid x seeds); allowed: at most {MAX_RUNS:,}")
     return Study(
         name=name, figure=figure, scale=scale, seeds=study_seeds,
-        settings=tuple(_setting(item, i, scale, base) for i, item in enumerate(items)),
-        grid=grid, overrides=_overrides(data.get("set"), "set"), final=final, base=base,
+        settings=tuple(_setting(item, i, scale, base, grid) for i, item in enumerate(items)),
+        grid=grid, overrides=overrides, final=final, base=base,
     )
 
 
-def _check_no_grid_key(override: dict, grid: dict[str, list]) -> None:
-    """An override of a key the grid varies would make the grid's points one run: refuse it."""
-    for key in override:
+def _check_no_grid_key(keys: Any, grid: dict[str, list], where: str) -> None:
+    """A key the grid varies, set in ``keys`` (``where``: how to name it): an override would make the grid's
+    points one run, a ``set`` (of the study or a setting) would be replaced by every grid point."""
+    if not isinstance(keys, dict):
+        return  # refused by _overrides
+    for key in keys:
         for axis in grid:
-            if key == axis or key.startswith(f"{axis}.") or axis.startswith(f"{key}."):
-                raise C.ConfigError(f"override (gst sweep --set) {key}: the study's grid varies {axis}; allowed: "
-                                    f"a key the grid does not vary (change the grid instead)")
+            if _overlap(key, axis):
+                raise C.ConfigError(f"{where}{key}: the study's grid varies {axis}; allowed: a key the grid does "
+                                    f"not vary (change the grid instead)")
 
 
 def load_study_file(path: str | Path, seeds: int | None = None) -> tuple[Study, dict]:

@@ -88,12 +88,18 @@ def _check_inputs(source_name: str, split: str, x) -> None:
     """Float inputs must be finite: a NaN would reach the loss of every batch that holds it, and the run would
     be reported as diverged rather than as given bad data. (uint8 pixels are finite by type; their decoding
     is checked by ``_check_normalization``.)"""
+    raw = x.raw if isinstance(x, Images) else x
+    if torch.is_tensor(raw) and raw.dim() < 2:
+        raise ConfigError(f"{source_name} gave {split} inputs of shape {tuple(raw.shape)}, one number per example; "
+                          f"allowed: (N, C, ...) inputs with a channel (or feature) dimension, e.g. x.unsqueeze(1)")
     if isinstance(x, Images):
         _check_normalization(source_name, split, x)
-    raw = x.raw if isinstance(x, Images) else x
     if not torch.is_tensor(raw) or raw.dtype == torch.uint8:
         return
-    if not (raw.is_floating_point() or raw.is_complex()):
+    if raw.is_complex():
+        raise ConfigError(f"{source_name} gave {split} inputs of dtype {raw.dtype}; allowed: uint8 pixels or real "
+                          f"floating-point values (float32 would drop the imaginary part)")
+    if not raw.is_floating_point():
         raise ConfigError(f"{source_name} gave {split} inputs of dtype {raw.dtype}; allowed: uint8 pixels (decoded "
                           f"to [0, 1]) or floating-point values (used as they are): an integer type other than "
                           f"uint8 would reach the model unscaled, as float32")

@@ -78,20 +78,23 @@ def measure(arch: str, width: float) -> tuple[float, float]:
 
 def measure_spec(key: str) -> tuple[float, float]:
     """(training, evaluation) images per CPU second of the model, input and batch sizes of ``key``, on one
-    thread (random data: speed does not depend on the values)."""
+    thread (random data: speed does not depend on the values). ConfigError, before anything is allocated, for a
+    model above preflight.MAX_PARAMS (a run would be refused; building it could exhaust the memory)."""
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
 
     from gstlab.config import ModelConfig  # noqa: PLC0415
     from gstlab.models import build_model  # noqa: PLC0415
+    from gstlab.preflight import check_model_size  # noqa: PLC0415
 
     s = json.loads(key)
-    model_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in s["model"].items()}
+    model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["model"].items()})
     shape, batch, eval_batch = tuple(s["shape"]), s["batch"], s["eval_batch"]
+    check_model_size(model_cfg, shape, s["classes"])  # on the meta device
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = build_model(ModelConfig(**model_cfg), shape, s["classes"])
+        model = build_model(model_cfg, shape, s["classes"])
         opt = torch.optim.Adam(model.parameters())
         x, y = torch.randn(batch, *shape), torch.randint(0, s["classes"], (batch,))
 
