@@ -205,7 +205,14 @@ def test_a_section_set_to_null_is_refused_not_reset_to_its_defaults(section):
         C.parse({"pruning": {"layers": [None]}})
 
 
-@pytest.mark.parametrize("name", ["a\0b", "a\nb", "tab\there", "del\x7f"])
+@pytest.mark.parametrize("name", ["a\0b", "a\nb", "tab\there", "del\x7f", "next-line\x85"])
 def test_a_name_with_a_control_character_is_refused(name):
     with pytest.raises(C.ConfigError, match=r"^name: .* holds a control character; allowed: printable text$"):
         C.parse({"name": name})
+
+
+def test_official_compatibility_windows_keep_their_ids_under_the_intervention_revision():
+    compat = {"pruning": VGG_SCHEDULE, "intervention": {"kind": "gaussian", "batches": 50, "count_eval_batches": True}}
+    assert C.result_revisions(C.parse(compat)) == {}  # acc_after is the perturbed post-event evaluation there
+    restore = {**compat, "intervention": {**compat["intervention"], "kind": "zero_restore"}}
+    assert C.result_revisions(C.parse(restore)) == {"intervention": 2}  # the bias of a layer without BatchNorm

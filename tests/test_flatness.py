@@ -185,6 +185,9 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
     execute(C.parse(C.load_yaml(cfg_path)), out)
     assert main(["flatness", str(out), "--top-k", "100000"]) == 2
     assert "probes.top_k" in capsys.readouterr().err
+    assert main(["flatness", str(out), "--top-k", "1"]) == 2  # the run sweeps 2 directions
+    assert capsys.readouterr().err == ("gst: error: --top-k 1: the run sweeps 2 eps directions, one per eigenvector; "
+                                       "allowed: --top-k >= 2, or add --eps-directions D with D <= 1\n")
     for delta in ("nan", "inf", "-1"):  # command-line values get a config file's checks
         assert main(["flatness", str(out), "--prunability", f"--prunability-delta={delta}"]) == 2
         assert "probes.prunability_delta" in capsys.readouterr().err
@@ -224,3 +227,14 @@ def test_flatness_help_says_the_defaults_come_from_the_runs_probes(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for field in ("probes.prunability_delta", "probes.prunability_samples", "probes.eps_samples"):
         assert f"default: the run's {field}" in text
+
+
+def test_a_lanczos_basis_beyond_half_the_memory_is_refused_before_it_is_allocated(monkeypatch):
+    from gstlab import flatness
+
+    net, masks, x, y = tiny_pruned_mlp()
+    cfg = C.ProbeConfig(top_k=3, samples=30, trace_samples=0, eps_directions=0, max_iter=40)
+    monkeypatch.setattr(flatness, "device_memory", lambda device: 1000)  # bytes
+    with pytest.raises(ProbeError, match=r"^probes.max_iter: a Lanczos basis of \d+ parameters x \d+ steps needs"):
+        measure(net, masks, x, y, cfg, seed=0)
+    assert measure(net, masks, x, y, C.replace(cfg, method="power", max_iter=5), seed=0)[0]["k"] == 3  # no basis

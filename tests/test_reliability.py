@@ -577,3 +577,16 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert (tmp_path / "index.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_run_directory_computed_before_a_result_revision_is_not_handed_back(tmp_path, monkeypatch):
+    cfg = cfg_of(TINY | {"intervention": {"kind": "zero", "batches": 3}})
+    new_id = C.run_id(cfg)
+    with monkeypatch.context() as m:  # the code before the revision: the same config hashed without it
+        m.setattr(C, "result_revisions", lambda cfg: {})
+        old = execute(cfg, tmp_path / "mine")
+    assert old["status"] == "finished" and old["run_id"] != new_id
+    with pytest.raises(runner.RunDirError, match=rf"holds run {old['run_id']}: this config's id is now {new_id} "
+                                                 r"\(a result revision"):
+        execute(cfg, tmp_path / "mine")
+    assert execute(cfg, tmp_path / "anew")["run_id"] == new_id

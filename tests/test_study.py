@@ -125,6 +125,12 @@ def test_a_dry_run_refuses_what_the_sweep_would_before_timing_any_model(tmp_path
     assert main(["sweep", str(write_study(tmp_path, named)), "--dry-run", "--out", str(out)]) == 2
     assert "train.device: 'cuda:1' (setting L); a sweep gives each run its GPU" in capsys.readouterr().err
     assert not out.exists()
+    monkeypatch.setattr(executors, "detect_gpus", lambda: 0)
+    (tmp_path / "afile").write_text("")
+    for flag in ("--out", "--store"):  # a directory the sweep could not make
+        argv = ["sweep", str(write_study(tmp_path, study())), "--dry-run", flag, str(tmp_path / "afile")]
+        assert main(argv) == 2
+        assert f"{flag} {tmp_path / 'afile'}: exists and is not a directory" in capsys.readouterr().err
 
 
 def test_calibration_does_not_build_a_model_above_the_parameter_limit(monkeypatch):
@@ -499,3 +505,12 @@ def test_the_written_study_holds_its_config_files_and_expands_the_same_from_anyw
     assert len(text) <= safeyaml.MAX_BYTES and str(tmp_path / "settings" / "a.yaml") in text  # absolute paths
     (out / "study.yaml").write_text(text)
     assert [r.run_id for r in expand(load_study_file(out / "study.yaml")[0])] == [r.run_id for r in original]
+
+
+def test_a_set_mapping_on_a_section_may_sit_beside_a_grid_on_another_field_of_it():
+    base = {"name": "g", "seeds": 1, "settings": [{"inline": {"model": {"arch": "mlp"}}}],
+            "grid": {"optim.momentum": [0.8, 0.9]}}
+    runs = expand(study_from_dict({**base, "set": {"optim": {"lr": 0.01}}}))
+    assert [(r.cfg.optim.lr, r.cfg.optim.momentum) for r in runs] == [(0.01, 0.8), (0.01, 0.9)]
+    with pytest.raises(C.ConfigError, match=r"^set.optim: the study's grid varies optim.momentum"):
+        study_from_dict({**base, "set": {"optim": {"momentum": 0.5}}})

@@ -219,13 +219,21 @@ def _dry_run_estimate(runs: list, store_dir: Path, workers: int, threads: int, l
     resumed = f" ({started} of them started, counted from their last checkpoint)" if started else ""
     cores = f", {slots} at a time on this machine's cores" if slots < workers else ""
     threaded = f"; its {threads} threads not counted" if threads > 1 else ""
-    return (f"estimate: {len(todo)} runs to do{resumed}, ~{cpu_min:,.0f} CPU min, ~{wall_min:,.0f} min on "
-            f"{workers} worker{'s' if workers > 1 else ''}{cores} (each run on one core{threaded}){missing}; "
-            f"this machine: {machine}")
+    wall = (f"~{wall_min:,.0f} min on {workers} worker{'s' if workers > 1 else ''}{cores}" if local else
+            "wall time as the Ray cluster's free slots allow")
+    return (f"estimate: {len(todo)} runs to do{resumed}, ~{cpu_min:,.0f} CPU min, {wall} (each run on one "
+            f"core{threaded}){missing}; this machine: {machine}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from gstlab.executors import Resources, check_runs, default_threads, detect_gpus, sweep  # noqa: PLC0415
+    from gstlab.executors import (  # noqa: PLC0415
+        Resources,
+        check_out_dirs,
+        check_runs,
+        default_threads,
+        detect_gpus,
+        sweep,
+    )
     from gstlab.study import expand  # noqa: PLC0415
 
     study, raw = _study_from_args(args)
@@ -242,6 +250,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         runs = expand(study)
         check_runs(runs, res, args.tensorboard)  # the sweep's checks: no estimate of a run it would refuse
+        check_out_dirs(out, store_dir)
         print(f"{study.name}: {len(runs)} runs ({len(study.settings)} settings x {len(study.seeds)} seeds"
               f"{' x grid' if study.grid else ''}) -> {out}")
         for r in runs:

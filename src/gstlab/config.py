@@ -357,8 +357,9 @@ def result_revisions(cfg: RunConfig) -> dict[str, int]:
     revision, so a store never hands back a run computed before the fix under the fixed code's id, while every
     other run keeps its id (docs/decisions.md#run-ids-and-result-revisions)."""
     revisions = {}
-    if cfg.intervention.kind != "none":  # 2: an event's acc_after applies only its own windows (other layers'
-        revisions["intervention"] = 2  # open ones had been applied too); zero_restore zeroes a BN-less bias
+    iv = cfg.intervention  # 2: an event's acc_after applies only its own windows (other layers' open ones had been
+    if iv.kind != "none" and (not iv.count_eval_batches or iv.kind == "zero_restore"):  # applied too; compat mode
+        revisions["intervention"] = 2  # measures the perturbed evaluation); zero_restore zeroes a BN-less bias
     return revisions
 
 
@@ -510,7 +511,7 @@ def _check_probes(p: ProbeConfig) -> None:
                           "grid would hold only 0)")
     if p.eps_directions > p.top_k:
         raise ConfigError(f"probes.eps_directions: at most probes.top_k ({p.top_k}) eigenvectors can be swept, got "
-                          f"{p.eps_directions}")
+                          f"{p.eps_directions}; allowed: 0..{p.top_k}")
     if p.max_iter is not None and p.method == "lanczos" and p.max_iter < p.top_k:
         raise ConfigError(f"probes.max_iter: Lanczos needs at least probes.top_k ({p.top_k}) steps, got {p.max_iter}")
 
@@ -639,7 +640,7 @@ def _check_positive(cfg: RunConfig) -> None:
     for name, value in checks.items():
         if value < 1:
             raise ConfigError(f"{name}: must be >= 1, got {value}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in cfg.name):  # it names progress lines, logs and default --out
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in cfg.name):  # it names progress lines, logs and default --out
         raise ConfigError(f"name: {cfg.name!r} holds a control character; allowed: printable text")
     for name, value in (("probes.trace_samples", cfg.probes.trace_samples),
                         ("probes.eps_directions", cfg.probes.eps_directions)):

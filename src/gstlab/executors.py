@@ -398,6 +398,13 @@ def _export_tensorboard(study_dir: Path, store_dir: Path, run: StudyRun) -> None
     sinks.export_missing(store_dir / "runs" / run.run_id, tensorboard_dir(study_dir, run))
 
 
+def check_out_dirs(study_dir: Path, store_dir: Path | None) -> None:
+    """OutDirError for a study directory or store that could not be made (``gst sweep --dry-run`` checks too)."""
+    for path, flag in ((study_dir, "--out"), (store_dir, "--store")):
+        if path is not None:
+            store.check_dir(Path(path), flag)
+
+
 def check_runs(runs: list[StudyRun], resources: Resources, tensorboard: bool = False) -> None:
     """What a sweep checks before it writes anything (``gst sweep --dry-run`` too, before it estimates): model
     sizes and layer names (preflight), the GPU a run names, TensorBoard where asked; then one warning per
@@ -421,9 +428,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     check_runs(runs, resources, tensorboard)
     if executor == "ray":
         connect_ray(address, resources)
-    for path, flag in ((study_dir, "--out"), (store_dir, "--store")):  # both checked before either is made
-        if path is not None:
-            store.check_dir(Path(path), flag)
+    check_out_dirs(study_dir, store_dir)  # both checked before either is made
     store.make_dir(study_dir, "--out")
     if store_dir is not None:
         store.make_dir(Path(store_dir), "--store")

@@ -18,6 +18,7 @@ derivatives w.r.t. the surviving parameters only (pruned units' weights, BN affi
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -94,6 +95,7 @@ def measure(model: nn.Module, masks, x_eval: torch.Tensor, y_eval: torch.Tensor,
     op = curvature.HessianOperator(model, F.cross_entropy, x, y, param_masks, batch_size=eval_batch_size)
     if cfg.top_k > op.dim:
         raise ProbeError(f"probes.top_k: {cfg.top_k} eigenvalues asked, but only {op.dim} parameters survive")
+    _check_basis_memory(op, cfg)
     _check_finite_loss(model, x, y, eval_batch_size)
     say(f"top-{cfg.top_k} Hessian eigenvalues by {cfg.method} over {op.dim:,} surviving parameters, {len(x)} "
         "probe examples")
@@ -113,6 +115,34 @@ def measure(model: nn.Module, masks, x_eval: torch.Tensor, y_eval: torch.Tensor,
     row["n_hvp"] = op.n_hvp
     row["wall_s"] = time.perf_counter() - start
     return row, eps_rows
+
+
+def lanczos_steps(cfg: ProbeConfig, dim: int) -> int:
+    """The Lanczos step cap: ``cfg.max_iter`` or min(dim, max(2k + 20, 3k)) (``curvature.lanczos``)."""
+    return min(dim, cfg.max_iter if cfg.max_iter is not None else max(2 * cfg.top_k + 20, 3 * cfg.top_k))
+
+
+def _check_basis_memory(op: curvature.HessianOperator, cfg: ProbeConfig) -> None:
+    """Lanczos keeps a float64 basis of dim x steps: refuse one above half the device's memory (a typo in
+    probes.max_iter would exhaust it)."""
+    if cfg.method != "lanczos":
+        return
+    need = op.dim * lanczos_steps(cfg, op.dim) * 8
+    total = device_memory(getattr(op, "device", torch.device("cpu")))
+    if total and need > total / 2:
+        raise ProbeError(f"probes.max_iter: a Lanczos basis of {op.dim:,} parameters x "
+                         f"{lanczos_steps(cfg, op.dim):,} steps needs {need / 2**30:,.1f} GiB, over half of this "
+                         f"device's {total / 2**30:,.1f} GiB; allowed: fewer steps (--max-iter) or method power")
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on ``device`` (physical memory for the CPU), 0 where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _check_finite_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:

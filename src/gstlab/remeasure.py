@@ -55,6 +55,10 @@ def check_used(probes: C.ProbeConfig, overrides: dict) -> None:
         if key in overrides:
             flag = "--" + key.replace("_", "-")
             raise C.ConfigError(f"{flag}: {why}; allowed: {allowed}, or leave {flag} out")
+    if "top_k" in overrides and "eps_directions" not in overrides and probes.eps_directions > probes.top_k:
+        raise C.ConfigError(f"--top-k {probes.top_k}: the run sweeps {probes.eps_directions} eps directions, one "
+                            f"per eigenvector; allowed: --top-k >= {probes.eps_directions}, or add --eps-directions "
+                            f"D with D <= {probes.top_k}")
 
 
 def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: int | None = None,
@@ -67,8 +71,8 @@ def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: 
     probes = C.from_dict(C.ProbeConfig, {**C.to_dict(cfg.probes), **overrides}, "probes")
     train = cfg.train if device is None else C.from_dict(C.TrainConfig, {**C.to_dict(cfg.train), "device": device},
                                                          "train")
-    cfg = C.validate(C.replace(cfg, probes=probes, train=train))
     check_used(probes, overrides)
+    cfg = C.validate(C.replace(cfg, probes=probes, train=train))
     run = prepare(cfg, run_dir)
     init = initial_parameters(run.model)  # prepare builds the model as the run was initialized
     run.model.load_state_dict(state["model"])

@@ -539,7 +539,7 @@ def _settled_summary(cfg: C.RunConfig, out: Path) -> dict | None:
     RunDirError if ``out`` holds another run."""
     if _identity_problem(cfg, out) is not None or not (out / "config.yaml").is_file():
         return None
-    summary, _ = recovery.verify_finished(out)
+    summary, _ = recovery.verify_finished(out, run_id=C.run_id(cfg))
     return summary if summary is not None and recovery.settled(out, summary) else None
 
 
@@ -554,9 +554,13 @@ def _identity_problem(cfg: C.RunConfig, out: Path) -> str | None:
         have, problem = C.run_id(C.from_dict(C.RunConfig, C.load_yaml(path))), None
     except (C.ConfigError, TypeError) as err:
         have, problem = None, f"config.yaml is damaged ({one_line(err, 80)})"
+    recorded = recovery.recorded_ids(out)
+    if have == want and recorded and want not in recorded:  # config.yaml hashes anew under a result revision
+        raise RunDirError(f"{out} holds run {recorded[0]}: this config's id is now {want} (a result revision, "
+                          f"docs/decisions.md#run-ids-and-result-revisions: its results were computed before a "
+                          f"fix); choose another --out to compute it anew")
     if have == want:
         return None
-    recorded = recovery.recorded_ids(out)
     if want in recorded:
         return problem or f"config.yaml is damaged (it describes run {have}, manifest.json says {want})"
     if have is not None or recorded:

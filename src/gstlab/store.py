@@ -54,16 +54,16 @@ class OutDirError(OSError):
 
 
 def check_dir(path: Path, flag: str) -> None:
-    """OutDirError naming ``flag`` if ``path`` exists and is not a directory."""
+    """OutDirError naming ``flag`` if ``path`` holds a NUL byte or exists and is not a directory."""
+    if "\0" in str(path):  # before anything is made: mkdir would make the parents, then fail (ValueError)
+        raise OutDirError(f"{flag} {str(path)!r}: holds a NUL byte, which no directory name can; choose another "
+                          f"{flag}")
     if path.exists() and not path.is_dir():
         raise OutDirError(f"{flag} {path}: exists and is not a directory; choose another {flag}")
 
 
 def make_dir(path: Path, flag: str) -> None:
     """Create directory ``path`` (and parents); OutDirError naming ``flag`` if that is impossible."""
-    if "\0" in str(path):  # checked first: mkdir would make the parents, then fail (ValueError)
-        raise OutDirError(f"{flag} {str(path)!r}: holds a NUL byte, which no directory name can; choose another "
-                          f"{flag}")
     check_dir(path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)

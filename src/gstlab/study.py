@@ -6,9 +6,9 @@ typo in the 40th setting does not surface an hour into the study. The layout is 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -109,6 +109,18 @@ def _refuse_same_field(value: dict, where: str) -> None:
         seen += [(f, key) for f in _fields(key, item)]
 
 
+def first_repeat(values: list) -> Any:
+    """The first value listed twice, else None; linear (a set of canonical JSON forms: grid values may be lists
+    or mappings)."""
+    seen: set[str] = set()
+    for v in values:
+        key = json.dumps(v, sort_keys=True)
+        if key in seen:
+            return v
+        seen.add(key)
+    return None
+
+
 def _refuse_seed(keys: dict, where: str) -> None:
     """Each run's seed is one of the study's ``seeds``: a seed set or gridded was overwritten by it (silently)."""
     if "seed" in keys:
@@ -131,7 +143,7 @@ def _seeds(value: Any) -> tuple[int, ...]:
         return tuple(range(value))
     if (isinstance(value, list) and 0 < len(value) <= MAX_SEEDS
             and all(isinstance(s, int) and not isinstance(s, bool) for s in value)):
-        twice = next((s for s, n in collections.Counter(value).items() if n > 1), None)  # linear: 10,000 seeds
+        twice = first_repeat(value)
         if twice is not None:
             raise C.ConfigError(f"seeds: seed {twice} is listed twice (the same runs); allowed: distinct seeds")
         return tuple(value)
@@ -189,7 +201,7 @@ def _grid(value: Any) -> dict[str, list]:
     for key, values in value.items():
         if not isinstance(values, list) or not values:
             raise C.ConfigError(f"grid.{key}: expected a non-empty list of values")
-        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        twice = first_repeat(values)
         if twice is not None:
             raise C.ConfigError(f"grid.{key}: value {twice!r} is listed twice (the same runs); allowed: distinct "
                                 f"values")
@@ -242,9 +254,9 @@ def _check_no_grid_key(keys: Any, grid: dict[str, list], where: str) -> None:
     points one run, a ``set`` (of the study or a setting) would be replaced by every grid point."""
     if not isinstance(keys, dict):
         return  # refused by _overrides
-    for key in keys:
+    for key, target in ((k, f) for k, v in keys.items() for f in _fields(k, v)):
         for axis in grid:
-            if _overlap(key, axis):
+            if _overlap(target, axis):
                 raise C.ConfigError(f"{where}{key}: the study's grid varies {axis}; allowed: a key the grid does "
                                     f"not vary (change the grid instead)")
 

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from gstlab.analysis import figures as F
-from gstlab.analysis.results import load_event_classes, load_flatness
+from gstlab.analysis.results import last_probes, load_event_classes, load_flatness
 from gstlab.analysis.stats import correlation
 from gstlab.analysis.text import interval, number, pvalue
 
@@ -37,18 +37,12 @@ MIN_RUNS = 3  # a measure needs this many runs with a value to be ranked
 CLASS_PANELS = 6  # events in the class-detail figure
 
 
-def last_rows(probes: pd.DataFrame) -> pd.DataFrame:
-    """Each run's last probe row (highest epoch; a later file's row wins a tie)."""
-    ordered = probes.assign(_order=range(len(probes))).sort_values(["run_id", "epoch", "_order"], kind="stable")
-    return ordered.groupby("run_id").tail(1).drop(columns="_order")
-
-
 def last_measures(probes: pd.DataFrame) -> pd.DataFrame:
-    """run_id -> the probe measures of its last row (``last_rows``)."""
+    """run_id -> the probe measures of its last row (``results.last_probes``)."""
     cols = [c for c in PROBE_MEASURES if c in probes]
     if not len(probes) or not cols:
         return pd.DataFrame(columns=["run_id"])
-    return last_rows(probes)[["run_id", *cols]]
+    return last_probes(probes)[["run_id", *cols]]
 
 
 def probe_notes(last: pd.DataFrame) -> list[str]:
@@ -176,7 +170,7 @@ def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
                   f"{pvalue(r['kendall_p'])} | {_with_ci(r['pearson_r'], r['pearson_ci_low'], r['pearson_ci_high'])}"
                   f" | {_psi(r)} |" for r in rows]
         lines.append("")
-    notes = probe_notes(last_rows(probes)) if len(probes) else []
+    notes = probe_notes(last_probes(probes)) if len(probes) else []
     lines += [*(f"- {n}" for n in notes), ""] if notes else []
     missing = [name for col, name in MEASURES if runs[col].notna().sum() < MIN_RUNS]
     if missing:

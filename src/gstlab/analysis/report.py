@@ -342,8 +342,7 @@ def _with_flatness(runs: pd.DataFrame, last: pd.DataFrame) -> pd.DataFrame:
 
 def _flatness(rep: Report) -> None:
     """Figure 6 / E: flatness vs stability and accuracy over all runs, E1 bars, E2 spectrum, E4 eps curves."""
-    last = last_probes(rep.curvature)
-    rep.notes.extend(measures.probe_notes(last))
+    last = last_probes(rep.curvature)  # probe notes: in the generalization-measures section
     runs = _with_flatness(rep.runs, last)
     probed = "all runs" if "eig_sum" not in runs or runs["eig_sum"].notna().all() else "the runs with a probe"
     for col in FLATNESS_COLUMNS:

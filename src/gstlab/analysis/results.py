@@ -200,7 +200,8 @@ def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> p
 
 
 def last_probes(curvature: pd.DataFrame) -> pd.DataFrame:
-    """Each run's last flatness probe: the curvature row with the highest epoch per run_id."""
+    """Each run's last flatness probe: the row with the highest epoch per run_id (a stable sort: of two rows at
+    one epoch, the later in the table, e.g. flatness.csv's after curvature.csv's)."""
     return curvature.sort_values(["run_id", "epoch"], kind="stable").groupby("run_id").tail(1)
 
 

@@ -77,7 +77,11 @@ def machine_rates() -> tuple[Rates, str]:
 
 def run_seconds(preset: str, scale: str, rates: Rates = MINI_IMAGES_PER_CPU_S) -> float:
     """Estimated CPU seconds of one run on one core at ``rates`` (images/s; default: the developers' machine)."""
-    cfg = parse(preset_config(preset, scale))
+    return cfg_seconds(parse(preset_config(preset, scale)), rates)
+
+
+def cfg_seconds(cfg: RunConfig, rates: Rates = MINI_IMAGES_PER_CPU_S) -> float:
+    """Estimated CPU seconds of run ``cfg`` (a mini model's arch and width) on one core at ``rates``."""
     train_rate, eval_rate = images_per_cpu_s(cfg.model.arch, cfg.model.width, rates)
     slower = MINI_IMAGES_PER_CPU_S["vgg11_bn", 1.0][0] / rates["vgg11_bn", 1.0][0]  # than where PROBE_S was measured
     return config_seconds(cfg, train_rate, eval_rate, slower)
@@ -157,9 +161,9 @@ def images_per_cpu_s(arch: str, width: float, rates: Rates = MINI_IMAGES_PER_CPU
 def estimate_minutes(name: str, scale: str, rates: Rates, workers: int = 2) -> float:
     """Estimated wall minutes of study ``name`` at ``scale`` at ``rates`` with ``workers`` one-thread workers on
     as many free cores: the runs handed out in the sweep's order (setting by setting, seed by seed) to the first
-    free worker, as ``gst sweep --dry-run`` simulates them (runs shared between settings, e.g. Figure 5's
-    baseline, are counted once)."""
-    spec = STUDIES[name]
-    seconds = [run_seconds(p, scale, rates) for p in dict.fromkeys(spec["settings"])
-               for _ in range(spec["seeds"][scale])]
-    return pool_seconds(seconds, workers) / 60
+    free worker, as ``gst sweep --dry-run`` simulates them: the runs the sweep makes (settings that coincide at a
+    scale, or share a baseline as Figure 5 does, are one run)."""
+    from gstlab.study import expand, study_from_dict  # noqa: PLC0415 (study imports the presets)
+
+    runs = expand(study_from_dict(study_dict(name, scale)))
+    return pool_seconds([cfg_seconds(r.cfg, rates) for r in runs], workers) / 60
