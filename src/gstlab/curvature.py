@@ -205,7 +205,7 @@ def lanczos(op: LinearOperator, k: int, generator: torch.Generator, max_iter: in
     """
     dim = op.dim
     _check_k(k, dim)
-    m_max = min(dim, max_iter if max_iter is not None else max(2 * k + 20, 3 * k))
+    m_max = lanczos_steps(k, dim, max_iter)
     if m_max < k:
         raise ValueError(f"max_iter={max_iter} is smaller than k={k}")
     device = getattr(op, "device", torch.device("cpu"))
@@ -245,6 +245,11 @@ def lanczos(op: LinearOperator, k: int, generator: torch.Generator, max_iter: in
         rel = res / theta[:k].abs().clamp_min(torch.finfo(torch.float64).tiny)
         info.update(iterations=m, converged=converged, residuals=res.tolist(), max_rel_residual=float(rel.max()))
     return theta[:k].clone(), vecs
+
+
+def lanczos_steps(k: int, dim: int, max_iter: int | None = None) -> int:
+    """Lanczos' step cap for the top ``k`` of ``dim``: ``max_iter``, by default max(2k + 20, 3k), at most dim."""
+    return min(dim, max_iter if max_iter is not None else max(2 * k + 20, 3 * k))
 
 
 def _ritz(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:

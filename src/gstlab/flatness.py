@@ -117,22 +117,18 @@ def measure(model: nn.Module, masks, x_eval: torch.Tensor, y_eval: torch.Tensor,
     return row, eps_rows
 
 
-def lanczos_steps(cfg: ProbeConfig, dim: int) -> int:
-    """The Lanczos step cap: ``cfg.max_iter`` or min(dim, max(2k + 20, 3k)) (``curvature.lanczos``)."""
-    return min(dim, cfg.max_iter if cfg.max_iter is not None else max(2 * cfg.top_k + 20, 3 * cfg.top_k))
-
-
 def _check_basis_memory(op: curvature.HessianOperator, cfg: ProbeConfig) -> None:
     """Lanczos keeps a float64 basis of dim x steps: refuse one above half the device's memory (a typo in
     probes.max_iter would exhaust it)."""
     if cfg.method != "lanczos":
         return
-    need = op.dim * lanczos_steps(cfg, op.dim) * 8
+    steps = curvature.lanczos_steps(cfg.top_k, op.dim, cfg.max_iter)
+    need = op.dim * steps * 8
     total = device_memory(getattr(op, "device", torch.device("cpu")))
     if total and need > total / 2:
-        raise ProbeError(f"probes.max_iter: a Lanczos basis of {op.dim:,} parameters x "
-                         f"{lanczos_steps(cfg, op.dim):,} steps needs {need / 2**30:,.1f} GiB, over half of this "
-                         f"device's {total / 2**30:,.1f} GiB; allowed: fewer steps (--max-iter) or method power")
+        raise ProbeError(f"probes.max_iter: a Lanczos basis of {op.dim:,} parameters x {steps:,} steps needs "
+                         f"{need / 2**30:,.1f} GiB, over half of this device's {total / 2**30:,.1f} GiB; allowed: "
+                         "fewer steps (--max-iter) or method power")
 
 
 def device_memory(device: torch.device) -> int:

@@ -102,11 +102,12 @@ def _refuse_same_field(value: dict, where: str) -> None:
     """Two keys that set one field (``optim.lr: 0.5`` and ``optim: {lr: 0.1}``): one would silently win."""
     seen: list[tuple[str, str]] = []  # (field, the key that sets it)
     for key, item in value.items():
-        for f in _fields(key, item):
+        fields = _fields(key, item)
+        for f in fields:
             other = next((k for g, k in seen if _overlap(f, g)), None)
             if other is not None:
                 raise C.ConfigError(f"{where}: keys {other!r} and {key!r} both set {f}; allowed: each field once")
-        seen += [(f, key) for f in _fields(key, item)]
+        seen += [(f, key) for f in fields]
 
 
 def first_repeat(values: list) -> Any:
