@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gstlab import api, runner
 from gstlab import config as C
+from gstlab.callbacks import EndRun
 from gstlab.cli import main as cli_main
 from gstlab.models import PrunableUnit
 from test_runner import interrupt_at
@@ -422,6 +423,27 @@ def test_a_users_epoch_callbacks_run_resume_and_must_match_on_resume(tmp_path, m
     assert results(tmp_path / "cut") == results(tmp_path / "whole")
     with pytest.raises(C.ConfigError, match=r"callbacks\[0\]: type a class \(give an instance\)"):
         api.run(SHORT, tmp_path / "x", model=net, data=DATA, callbacks=[EpochLog])
+
+
+class StopsAfterEpoch1(EpochLog):
+    def after_epoch(self, run, epoch, events) -> None:
+        super().after_epoch(run, epoch, events)
+        if epoch == 1:
+            raise EndRun("the loss is not what this study needs")
+
+
+def test_a_callback_ends_its_run_as_failed_after_the_epoch_and_the_run_is_final(tmp_path):
+    out = tmp_path / "run"
+    summary = api.run(SHORT, out, model=net, data=DATA, callbacks=[StopsAfterEpoch1(), EpochLog()])
+    assert summary["status"] == "failed"
+    assert summary["failure"] == ("epoch callback StopsAfterEpoch1 ended the run after epoch 1: the loss is not "
+                                  "what this study needs")
+    metrics, _ = results(out)
+    assert [r["epoch"] for r in metrics] == ["0", "1"]  # epoch 1 complete: its event and its row
+    # both log epoch 0 into one table; in epoch 1 the callback after the one that ended the run does not run
+    assert (out / "epoch_log.csv").read_text() == "0,1,1\n0,1,1\n1,2,1\n"
+    assert torch.load(out / "model_final.pt", weights_only=True)["epoch"] == 1
+    assert api.run(SHORT, out, model=net, data=DATA, callbacks=[StopsAfterEpoch1(), EpochLog()]) == summary
 
 
 class Uncopyable(torch.nn.Module):

@@ -1,6 +1,7 @@
 """Flatness in a run and on a saved checkpoint: values against the dense Hessian, masks, seeds, bad input."""
 
 import csv
+import json
 import math
 import re
 
@@ -177,6 +178,33 @@ def test_run_writes_curvature_rows_at_scheduled_epochs_and_cli_measures_the_chec
     # the CLI on the final model reproduces the in-run measurement at the end (same seed, same probe set)
     for key in ("eig_sum", "grad_moment_trace", "delta_w", "n_hvp"):
         assert float(again[key]) == pytest.approx(float(rows[-1][key]), rel=1e-6, nan_ok=True)
+
+
+def test_a_probe_that_cannot_be_measured_ends_the_run_as_failed_after_its_epoch(tmp_path, monkeypatch, capsys):
+    import gstlab.flatness  # noqa: PLC0415
+
+    real = gstlab.flatness.measure
+
+    def nan_at_the_end(model, masks, x, y, cfg, **kw):  # the epoch-1 probe measures; the end probe cannot
+        if len(calls := getattr(nan_at_the_end, "calls", [])) == 1:
+            raise ProbeError("the model's loss on the probe set is nan (diverged weights?)")
+        nan_at_the_end.calls = [*calls, 1]
+        return real(model, masks, x, y, cfg, **kw)
+
+    monkeypatch.setattr(gstlab.flatness, "measure", nan_at_the_end)
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(probing_config(tmp_path)), "--out", str(out), "--no-progress"]) == 1
+    assert "failure: epoch callback FlatnessProbe ended the run after epoch 3: end probe: the model's loss" in (
+        capsys.readouterr().out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failure"].startswith("epoch callback FlatnessProbe ended")
+    assert [r["epoch"] for r in csv.DictReader((out / "metrics.csv").open())] == ["0", "1", "2", "3"]
+    assert [r["epoch"] for r in csv.DictReader((out / "curvature.csv").open())] == ["1"]
+    final = torch.load(out / "model_final.pt", weights_only=True)
+    assert final["epoch"] == 3 and "diverged" not in final  # the weights are fine; the probe could not measure
+    assert not (out / "checkpoint.pt").exists()
+    monkeypatch.undo()
+    assert execute(C.parse(C.load_yaml(out / "config.yaml")), out) == summary  # final: not run again
 
 
 def test_flatness_bad_input_exits_2(tmp_path, capsys):

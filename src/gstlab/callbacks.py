@@ -4,7 +4,8 @@ A callback runs after each epoch's events (``after_epoch``), writes its files wi
 (``write``) and keeps its state in the run's checkpoints (``state_dict``/``load_state_dict``), so a resumed run
 ends as an uninterrupted one. It sees a :class:`RunView`, not the run being executed: the config, the output
 directory, the model and its masks, and the run's tables, to which it appends its rows (the tables are saved in
-checkpoints). Flatness probes (``gstlab.probes``) are such a callback.
+checkpoints). Flatness probes (``gstlab.probes``) are such a callback. A callback that cannot do what the run
+asks of it raises :class:`EndRun`: the run ends after that epoch as failed, with the reason in its summary.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from gstlab.config import RunConfig
 if TYPE_CHECKING:
     from gstlab.pruning.masks import UnitMasks
     from gstlab.pruning.pruner import PruningEvent
+
+
+class EndRun(Exception):  # noqa: N818 (a request, not an error of the callback's code)
+    """Raised by ``after_epoch`` to end the run as failed after this epoch: the epoch's rows are kept, the run's
+    summary has ``status: failed`` and ``failure`` naming the callback and ``str(exc)``, and the run is final
+    (resuming returns it; a changed config is a new run)."""
 
 
 @dataclass(frozen=True)

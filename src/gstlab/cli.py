@@ -1,8 +1,8 @@
 """The ``gst`` command line: run, presets, demo, flatness, sweep, report.
 
-Exit status: 0 success, 1 a run failed (diverged), a study had failed runs, a report left out damaged runs or a
-disk failed mid-run, 2 bad input (the message names the field and what is allowed; nothing is written), 130
-interrupted (Ctrl-C), 141 the output was closed early (``gst ... | head``).
+Exit status: 0 success, 1 a run failed (diverged, or a probe could not measure it), a study had failed runs, a
+report left out damaged runs or a disk failed mid-run, 2 bad input (the message names the field and what is
+allowed; nothing is written), 130 interrupted (Ctrl-C), 141 the output was closed early (``gst ... | head``).
 """
 
 from __future__ import annotations
@@ -454,11 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gst", description="Train while pruning on a schedule and measure the generalization-stability "
                                 "tradeoff (Bartoldson et al., NeurIPS 2020).",
-        epilog="exit status: 0 finished; 1 a run failed (diverged), a study has failed runs, a report left out "
-               "damaged runs, or a disk turned read-only or full (one line naming the file); 2 bad input (one line "
-               "naming the field and what is allowed; nothing is written); 130 interrupted (Ctrl-C: rerun to "
-               "resume); 141 the output was closed early (e.g. by head). Damaged files are repaired or reported "
-               "with the command that fixes them: docs/reliability.md.")
+        epilog="exit status: 0 finished; 1 a run failed (diverged, or a probe could not measure it), a study has "
+               "failed runs, a report left out damaged runs, or a disk turned read-only or full (one line naming "
+               "the file); 2 bad input (one line naming the field and what is allowed; nothing is written); 130 "
+               "interrupted (Ctrl-C: rerun to resume); 141 the output was closed early (e.g. by head). Damaged "
+               "files are repaired or reported with the command that fixes them: docs/reliability.md.")
     parser.add_argument("--portable", action="store_true",
                         help="pin the CPU kernels to AVX2 and every run to one thread (also GSTLAB_PORTABLE=1), so "
                              "that AVX2 and AVX-512 machines compute the same bits; slower on AVX-512. What "

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 
 from gstlab import store
-from gstlab.callbacks import RunView
+from gstlab.callbacks import EndRun, RunView
 from gstlab.measures import end_measures, initial_parameters
 from gstlab.seeding import derive_seed
 
@@ -30,7 +30,7 @@ def scheduled(cfg) -> bool:
 
 class FlatnessProbe:
     """Epoch callback (``gstlab.callbacks.EpochCallback``): decides when to measure and keeps the rows (they
-    also live in the checkpoint)."""
+    also live in the checkpoint). A probe that cannot be measured (``ProbeError``) ends the run as failed."""
 
     def __init__(self, run, data) -> None:
         self.cfg = run.cfg.probes
@@ -51,13 +51,17 @@ class FlatnessProbe:
         trigger = self.trigger(run, epoch, events)
         if trigger is None:
             return
-        from gstlab.flatness import measure  # noqa: PLC0415 (curvature code loads only when probing)
+        from gstlab.flatness import ProbeError, measure  # noqa: PLC0415 (curvature code loads only when probing)
 
-        row, eps_rows = measure(run.model, run.masks, self.x_eval, self.y_eval, self.cfg,
-                                seed=derive_seed(run.cfg.seed, "probe"), eval_batch_size=run.cfg.train.eval_batch_size)
-        start = time.perf_counter()
-        row.update(end_measures(run.model, run.masks, self.init, self.x_train, self.y_train, self.cfg,
-                                run.cfg.train.eval_batch_size))
+        try:
+            row, eps_rows = measure(run.model, run.masks, self.x_eval, self.y_eval, self.cfg,
+                                    seed=derive_seed(run.cfg.seed, "probe"),
+                                    eval_batch_size=run.cfg.train.eval_batch_size)
+            start = time.perf_counter()
+            row.update(end_measures(run.model, run.masks, self.init, self.x_train, self.y_train, self.cfg,
+                                    run.cfg.train.eval_batch_size))
+        except ProbeError as err:  # e.g. a non-finite probe loss: the run cannot give the rows it was asked for
+            raise EndRun(f"{trigger} probe: {err}") from err
         row["wall_s"] += time.perf_counter() - start
         row.update(epoch=epoch, trigger=trigger)
         run.rows["curvature"].append(row)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from gstlab import config as C
 from gstlab import portable, preflight, recovery, sinks, store
 from gstlab.analysis.summary import summarize
-from gstlab.callbacks import EpochCallback, RunView
+from gstlab.callbacks import EndRun, EpochCallback, RunView
 from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
@@ -67,6 +67,7 @@ class Run:
     rows: dict[str, list[dict]] = dataclasses.field(
         default_factory=lambda: {"metrics": [], "events": [], "curvature": [], "eps": [], "classes": []})
     start_epoch: int = 0
+    ended: str | None = None  # why an epoch callback ended the run (EndRun)
     parts: Parts = DEFAULT_PARTS  # where the model, data and units came from (to rebuild the run)
 
     @property
@@ -256,15 +257,19 @@ def _set_global_rng(device: torch.device, state: dict) -> None:
 
 def _run_callbacks(run: Run, epoch: int, events: list[PruningEvent]) -> None:
     """The epoch callbacks, then the masks again: a callback that changed weights cannot revive a pruned unit,
-    and one that pruned (the pruner would not know: its events, counts and later choices) is refused."""
+    and one that pruned (the pruner would not know: its events, counts and later choices) is refused. A callback
+    raising ``EndRun`` sets ``run.ended`` (the callbacks after it do not run this epoch)."""
     if not run.callbacks:
         return
     pruned = run.masks.total_pruned()
-    for cb in run.callbacks:
-        cb.after_epoch(run.view(), epoch, events)
-        if run.masks.total_pruned() != pruned:
-            raise ConfigError(f"epoch callback {type(cb).__name__} changed run.masks in epoch {epoch}; a callback "
-                              f"may read the masks, pruning is the schedule's (pruning.layers)")
+    try:
+        for cb in run.callbacks:
+            cb.after_epoch(run.view(), epoch, events)
+            if run.masks.total_pruned() != pruned:
+                raise ConfigError(f"epoch callback {type(cb).__name__} changed run.masks in epoch {epoch}; a "
+                                  f"callback may read the masks, pruning is the schedule's (pruning.layers)")
+    except EndRun as stop:
+        run.ended = f"epoch callback {type(cb).__name__} ended the run after epoch {epoch}: {stop}"
     run.masks.apply_()
 
 
@@ -502,6 +507,8 @@ def _loop(run: Run, show: bool) -> tuple[str, str | None]:
         last = run.rows["metrics"][-1]
         for sink in run.sinks:
             sink.epoch(last, [ev for ev in run.rows["events"] if ev["epoch"] == epoch])
+        if run.ended is not None:
+            return "failed", run.ended
         bar.set_postfix(test=f"{last['test_acc']:.2f}", pruned=last["units_pruned"])
         _checkpoint(run, epoch)
     return "finished", None
@@ -524,10 +531,11 @@ def _save_model(run: Run, path: Path, epoch: int, diverged: bool = False) -> Non
 
 
 def _save_final(run: Run, status: str) -> None:
-    """model_final.pt: the model after the last epoch, or for a diverged run the weights training diverged to,
-    labelled with the epoch it diverged in (the one after its last metrics row) and ``diverged``."""
+    """model_final.pt: the model after the last epoch (for a run a callback ended, the epoch it ended after), or
+    for a diverged run the weights training diverged to, labelled with the epoch it diverged in (the one after
+    its last metrics row) and ``diverged``."""
     rows = run.rows["metrics"]
-    if status == "failed":
+    if status == "failed" and run.ended is None:
         _save_model(run, run.out / "model_final.pt", int(rows[-1]["epoch"]) + 1 if rows else run.start_epoch,
                     diverged=True)
     elif rows:
