@@ -87,7 +87,11 @@ def test_grid_expansion_and_run_ids_are_stable():
     ({"seeds": [1, 1, 2]}, "seeds: seed 1 is listed twice (the same runs); allowed: distinct seeds"),
     ({"grid": {"optim.lr": [0.1, 0.1]}}, "grid.optim.lr: value 0.1 is listed twice"),
     ({"grid": {"optim": [{"lr": 0.1}, {"lr": 0.2}], "optim.lr": [0.3, 0.4]}},
-     "grid: axes 'optim' and 'optim.lr' both vary optim; allowed: one axis per field"),
+     "grid: axes 'optim' and 'optim.lr' both vary optim.lr; allowed: one axis per field"),
+    ({"grid": {"optim.momentum": [0.8, 0.9], "optim": [{"lr": 0.1}, {"momentum": 0.5}]}},
+     "grid: axes 'optim' and 'optim.momentum' both vary optim.momentum; allowed: one axis per field"),
+    ({"grid": {"optim": [{"lr": 0.1}, {"momentum": 0.5}]}, "set": {"optim.momentum": 0.7}},
+     "set.optim.momentum: the study's grid varies optim.momentum (grid.optim); allowed: a key the grid does not"),
     ({"grid": {"pruning.side": ["smallest", "largest"]}},
      "settings[1].set.pruning.side: the study's grid varies pruning.side"),
     ({"grid": {"optim.lr": [0.1, 0.2]}, "set": {"optim": {"lr": 0.5}}}, "set.optim: the study's grid varies optim.lr"),
@@ -505,6 +509,16 @@ def test_the_written_study_holds_its_config_files_and_expands_the_same_from_anyw
     assert len(text) <= safeyaml.MAX_BYTES and str(tmp_path / "settings" / "a.yaml") in text  # absolute paths
     (out / "study.yaml").write_text(text)
     assert [r.run_id for r in expand(load_study_file(out / "study.yaml")[0])] == [r.run_id for r in original]
+
+
+def test_a_grid_axis_of_mappings_may_sit_beside_an_axis_on_another_field_of_that_section():
+    base = {"name": "g", "seeds": 1, "settings": [{"inline": {"model": {"arch": "mlp"}}}]}
+    for grid in ({"optim.momentum": [0.8, 0.9], "optim": [{"lr": 0.5}, {"lr": 0.05}]},
+                 {"optim": [{"lr": 0.5}, {"lr": 0.05}], "optim.momentum": [0.8, 0.9]}):
+        runs = expand(study_from_dict({**base, "grid": grid}))
+        assert sorted((r.cfg.optim.lr, r.cfg.optim.momentum) for r in runs) == [
+            (0.05, 0.8), (0.05, 0.9), (0.5, 0.8), (0.5, 0.9)]  # each point merges: four distinct runs
+        assert len({r.run_id for r in runs}) == 4
 
 
 def test_a_set_mapping_on_a_section_may_sit_beside_a_grid_on_another_field_of_it():

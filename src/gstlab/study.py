@@ -206,13 +206,21 @@ def _grid(value: Any) -> dict[str, list]:
         if twice is not None:
             raise C.ConfigError(f"grid.{key}: value {twice!r} is listed twice (the same runs); allowed: distinct "
                                 f"values")
-    axes = list(value)
-    for i, axis in enumerate(axes):
-        other = next((a for a in axes[:i] if _overlap(a, axis)), None)
-        if other is not None:
-            raise C.ConfigError(f"grid: axes {other!r} and {axis!r} both vary {min(other, axis, key=len)}; "
-                                f"allowed: one axis per field")
+    seen: list[tuple[str, str]] = []  # (field, the axis that varies it)
+    for axis, values in value.items():
+        fields = axis_fields(axis, values)
+        for f in fields:
+            other = next((a for g, a in seen if _overlap(f, g)), None)
+            if other is not None:
+                raise C.ConfigError(f"grid: axes {other!r} and {axis!r} both vary {f}; allowed: one axis per field")
+        seen += [(f, axis) for f in fields]
     return dict(value)
+
+
+def axis_fields(axis: str, values: list) -> list[str]:
+    """The fields a grid axis varies: those its values set (an axis of mappings, ``optim: [{lr: 0.1}]``, varies
+    only the keys they name)."""
+    return list(dict.fromkeys(f for v in values for f in _fields(axis, v)))
 
 
 def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None) -> Study:
@@ -255,11 +263,13 @@ def _check_no_grid_key(keys: Any, grid: dict[str, list], where: str) -> None:
     points one run, a ``set`` (of the study or a setting) would be replaced by every grid point."""
     if not isinstance(keys, dict):
         return  # refused by _overrides
+    varied = [(f, axis) for axis, values in grid.items() for f in axis_fields(axis, values)]
     for key, target in ((k, f) for k, v in keys.items() for f in _fields(k, v)):
-        for axis in grid:
-            if _overlap(target, axis):
-                raise C.ConfigError(f"{where}{key}: the study's grid varies {axis}; allowed: a key the grid does "
-                                    f"not vary (change the grid instead)")
+        for varies, axis in varied:
+            if _overlap(target, varies):
+                via = "" if varies == axis else f" (grid.{axis})"
+                raise C.ConfigError(f"{where}{key}: the study's grid varies {varies}{via}; allowed: a key the grid "
+                                    f"does not vary (change the grid instead)")
 
 
 def load_study_file(path: str | Path, seeds: int | None = None) -> tuple[Study, dict]:
