@@ -13,7 +13,7 @@ from torch import nn
 
 from gstlab import config as C
 from gstlab.analysis.report import _criteria_lines
-from gstlab.callbacks import RunView
+from gstlab.callbacks import EndRun, RunView
 from gstlab.data import Images
 from gstlab.models.units import PrunableUnit
 from gstlab.pruning.criteria import Criterion, Layer
@@ -339,6 +339,16 @@ def test_a_callback_cannot_revive_or_prune_units(registered, tmp_path):
     run.callbacks.append(Meddler(prune=True))
     with pytest.raises(C.ConfigError, match="epoch callback Meddler changed run.masks in epoch 0; a callback may read"):
         run_epoch(run, 0)
+    run = prepare(C.parse(CFG), tmp_path / "ends")
+    run.callbacks.append(MeddlerThatEnds(prune=True))  # ending the run does not let its pruning through
+    with pytest.raises(C.ConfigError, match="epoch callback MeddlerThatEnds changed run.masks in epoch 0"):
+        run_epoch(run, 0)
+
+
+class MeddlerThatEnds(Meddler):
+    def after_epoch(self, run, epoch, events) -> None:
+        super().after_epoch(run, epoch, events)
+        raise EndRun("done")
 
 
 def test_a_registered_data_set_may_hand_over_numpy_arrays_and_integers(registered, tmp_path):

@@ -265,12 +265,17 @@ def _run_callbacks(run: Run, epoch: int, events: list[PruningEvent]) -> None:
     try:
         for cb in run.callbacks:
             cb.after_epoch(run.view(), epoch, events)
-            if run.masks.total_pruned() != pruned:
-                raise ConfigError(f"epoch callback {type(cb).__name__} changed run.masks in epoch {epoch}; a "
-                                  f"callback may read the masks, pruning is the schedule's (pruning.layers)")
+            _refuse_pruning(run, cb, epoch, pruned)
     except EndRun as stop:
+        _refuse_pruning(run, cb, epoch, pruned)
         run.ended = f"epoch callback {type(cb).__name__} ended the run after epoch {epoch}: {stop}"
     run.masks.apply_()
+
+
+def _refuse_pruning(run: Run, cb: EpochCallback, epoch: int, pruned: int) -> None:
+    if run.masks.total_pruned() != pruned:
+        raise ConfigError(f"epoch callback {type(cb).__name__} changed run.masks in epoch {epoch}; a callback may "
+                          f"read the masks, pruning is the schedule's (pruning.layers)")
 
 
 def run_epoch(run: Run, epoch: int) -> Pass:
