@@ -5,6 +5,8 @@ path keeps its run ids."""
 import csv
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +179,44 @@ def test_datasets_and_loaders_fingerprint_as_their_tensors():
     as_sets = (TensorDataset(x_train, y_train), DataLoader(TensorDataset(x_test, y_test), batch_size=7))
     assert _run_id(net, data=as_sets) == _run_id(net, data=DATA)
     assert _run_id(net, units=["conv1", "conv2"]) != _run_id(net)  # the prunable units are part of the model
+
+
+class Scaled(example.SmallCNN):
+    """SmallCNN whose forward reads plain attributes (the module tree's repr does not show them)."""
+
+    def __init__(self, scale: float = 1.0, act=torch.relu) -> None:
+        super().__init__()
+        self.scale, self.act = scale, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.act(x * self.scale))
+
+
+def frozen_conv1(seed: int = 0) -> torch.nn.Module:
+    model = net(seed)
+    model.conv1.requires_grad_(False)
+    return model
+
+
+def test_a_models_plain_attributes_and_frozen_parameters_are_part_of_its_id():
+    """Each of these computes something else; one id would hand one's results to the other from a store."""
+    same = _run_id(lambda: Scaled(1.0))
+    assert _run_id(lambda: Scaled(1.0)) == same
+    assert len({same, _run_id(lambda: Scaled(100.0)), _run_id(lambda: Scaled(1.0, torch.sigmoid))}) == 3
+    assert _run_id(frozen_conv1) != _run_id(net)
+    k = 3.0
+    assert _run_id(lambda: Scaled(1.0, lambda x: x * k)) != _run_id(lambda: Scaled(1.0, lambda x: x * 2.0))
+
+
+def test_a_models_id_is_the_same_in_another_process(tmp_path):
+    """No memory address enters the id (a function attribute's repr holds one): a resumed run or a sweep
+    worker in another process computes the same id."""
+    script = (f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]\n"
+              "import torch, test_api\n"
+              "print(test_api._run_id(lambda: test_api.Scaled(2.0, torch.sigmoid)))\n")
+    ids = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          cwd=tmp_path).stdout.strip() for _ in range(2)}
+    assert ids == {_run_id(lambda: Scaled(2.0, torch.sigmoid))}
 
 
 class WithDropout(example.SmallCNN):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import inspect
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from gstlab import config as C
 from gstlab.callbacks import EpochCallback
 from gstlab.data import as_integer
 from gstlab.errors import one_line
+from gstlab.fingerprints import code_text, module_attributes
 from gstlab.models import trained_copy
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
@@ -178,18 +178,17 @@ def _built(model: Callable[[], nn.Module]):
 
 
 def model_fingerprint(model: nn.Module, units: list[PrunableUnit]) -> str:
-    """``Class:hex``: a hash of the module tree (repr), the source of its non-torch module classes where Python
-    has it, every state entry's name, shape, dtype and value, and the prunable units."""
+    """``Class:hex``: a hash of the module tree (repr), the code of its module classes (``fingerprints.code_text``),
+    every module's own attributes (``self.scale = 100.0``: the repr does not show them), every state entry's
+    name, shape, dtype and value, which parameters train (``requires_grad``), and the prunable units."""
     h = hashlib.sha256(repr(model).encode())
     for cls in dict.fromkeys(type(m) for m in model.modules()):
-        h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
-        if not cls.__module__.startswith("torch."):
-            try:
-                h.update(inspect.getsource(cls).encode())
-            except (OSError, TypeError):  # defined where Python keeps no source (an interactive session)
-                pass
+        h.update(code_text(cls).encode())
+    for name, module in model.named_modules():
+        h.update(f"{name}:{module_attributes(module)}".encode())
     for name, value in model.state_dict().items():
         _update(h, name, value)
+    h.update(repr([(n, p.requires_grad) for n, p in model.named_parameters()]).encode())
     h.update(repr(units).encode())
     return f"{type(model).__name__}:{h.hexdigest()[:16]}"
 

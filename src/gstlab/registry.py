@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from gstlab.errors import ConfigError
+from gstlab.fingerprints import code_text, stable_repr
 
 T = TypeVar("T")
 
@@ -148,17 +149,12 @@ class Registry(Generic[T]):
 
 
 def code_fingerprint(obj: Any) -> str:
-    """``module.qualname:hex`` of a function, class or instance: its source (the class's, for an instance) and
-    an instance's attributes; the bytecode where Python keeps no source (an interactive session)."""
+    """``module.qualname:hex`` of a function, class or instance: its code (``fingerprints.code_text``: source,
+    defaults, captured values) and an instance's attributes, written the same in every process."""
     code = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
-    h = hashlib.sha256(f"{code.__module__}.{code.__qualname__}".encode())
-    try:
-        h.update(inspect.getsource(code).encode())
-    except (OSError, TypeError):
-        fn = getattr(code, "__code__", None)
-        h.update(repr((fn.co_code, fn.co_consts)).encode() if fn else b"no source")
+    h = hashlib.sha256(code_text(code).encode())
     if code is not obj:
-        h.update(repr(sorted(vars(obj).items()) if hasattr(obj, "__dict__") else obj).encode())
+        h.update(stable_repr(vars(obj) if hasattr(obj, "__dict__") else obj).encode())
     return f"{code.__module__}.{code.__qualname__}:{h.hexdigest()[:16]}"
 
 
