@@ -274,7 +274,7 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
     ({"model": net, "data": DATA, "config": ["data.train_subset=1000"]},
      "data.train_subset: 1,000 examples asked but the data given to gstlab.api.run has 128"),
     ({"model": lambda: example.SmallCNN(classes=2), "data": DATA},
-     "model: one input gives shape (1, 2); the data has 4 classes, so allowed: (batch, 4) logits"),
+     "model: 2 inputs give shape (2, 2); the data has 4 classes, so allowed: (batch, 4) logits"),
     ({"model": net, "data": (DATA[0][:, :, :8, :8].repeat(1, 2, 1, 1), DATA[1], DATA[2][:, :, :8, :8].repeat(
         1, 2, 1, 1), DATA[3])}, "model: its forward pass fails on an input of shape (2, 8, 8) ("),
     ({"model": BatchNormsDeclaredLast, "data": DATA},

@@ -241,10 +241,12 @@ def test_normalization_constants_cached_under_inference_mode_are_ordinary_tensor
 def test_one_forward_pass_links_every_zoo_unit_to_its_batchnorm(arch):
     """The BatchNorm pairing check judges on evidence: in every zoo model, each unit's BatchNorm is fed by its
     layer's output, so the check confirms every pairing rather than leaving one unjudged."""
-    from gstlab import preflight
+    from gstlab import dataflow
 
     model = build_model(ModelConfig(arch=arch), (3, 32, 32), 10)
-    fed_by = preflight.check_fits(model, torch.randn(1, 3, 32, 32), 10)
+    flow = dataflow.trace(model, torch.randn(2, 3, 32, 32), 10)
     units = model.prunable_units()
-    assert units and all(fed_by[u.bn] == u.module for u in units)
-    preflight.check_batchnorm_pairs(model, units, fed_by)
+    assert units and all(flow.fed_by[u.bn] == u.module for u in units)
+    assert not any(u.module in layers for u in units for layers in flow.moved.values())
+    dataflow.check_units(model, units, flow)
+    dataflow.check_activations(model, units, flow)  # every zoo unit's activation module runs once and trains

@@ -1,30 +1,21 @@
-"""Checks that need the model: its size (built on the meta device, so nothing is allocated), the layers a
-schedule names, and whether enough parameters survive for the Hessian probes. They run in ``runner.prepare``,
-before the run directory is created, and raise ConfigError (exit 2)."""
+"""Checks that need the model or the data's sizes: the model's size (built on the meta device, so nothing is
+allocated), the training data against the batch size, and whether enough parameters survive for the Hessian
+probes (where its pruned layers' outputs go: ``gstlab.dataflow``). They run in ``runner.prepare``, before the
+run directory is created, and raise ConfigError (exit 2)."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils import _pytree as pytree
 
 from gstlab import config as C
 from gstlab.data import BUILT_IN, check_image_size, check_subsets
-from gstlab.errors import one_line
-from gstlab.models import build_model, units_from_names
-from gstlab.parts import DEFAULT_PARTS, PRUNABLE
+from gstlab.dataflow import BATCHNORM
+from gstlab.models import build_model
+from gstlab.parts import DEFAULT_PARTS
 from gstlab.pruning.schedule import LayerPlan, event_epochs
 
-_BATCHNORM = torch.nn.modules.batchnorm._BatchNorm
-_NORMS = (_BATCHNORM, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.modules.instancenorm._InstanceNorm)
-# ops whose output channels mix their input's: a layer's lineage ends there (its units no longer map 1:1)
-_MIXING = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-                     "convolution", "_convolution", "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm",
-                     "bmm", "mv", "addmm", "addmv", "addbmm", "baddbmm", "einsum", "tensordot", "group_norm",
-                     "layer_norm", "softmax", "log_softmax", "normalize"})
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights (12 GB with Adam's moments); the paper's VGG11 has 9 million
 
 
@@ -51,136 +42,6 @@ def meta_model(cfg: C.ModelConfig, input_shape: tuple[int, ...], num_classes: in
         raise
     except Exception:  # noqa: BLE001 (whatever a registered constructor raises on meta tensors)
         return None
-
-
-class _Lineage(TorchFunctionMode):
-    """Which Conv/Linear outputs each tensor derives from, through every op whose result keeps its input's batch
-    and channel dimensions (ReLU, dropout, pooling, in-place ops, sums). An op that mixes channels (``_MIXING``)
-    starts a lineage of its own, so a normalization after it is known not to be fed by the layer before it.
-    Every tensor it labels is held, so no later tensor can reuse its id."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sources: dict[int, frozenset[str]] = {}
-        self.held: list[torch.Tensor] = []
-
-    def of(self, tensor: torch.Tensor) -> frozenset[str]:
-        return self.sources.get(id(tensor), frozenset())
-
-    def mark(self, tensor: torch.Tensor, layers: frozenset[str]) -> None:
-        self.sources[id(tensor)] = layers
-        self.held.append(tensor)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not torch.is_tensor(out) or out.dim() < 2:
-            return out
-        name = getattr(func, "__name__", "")
-        if name in _MIXING:  # a new source (a Conv/Linear module's hook then names its own output)
-            self.mark(out, frozenset({f"<{name}, which mixes channels>"}))
-            return out
-        layers = frozenset().union(*(self.of(t) for t in pytree.tree_leaves((args, kwargs))
-                                     if torch.is_tensor(t) and t.dim() >= 2 and t.shape[:2] == out.shape[:2]))
-        if layers:
-            self.mark(out, layers)
-        return out
-
-
-@torch.no_grad()
-def check_fits(model: torch.nn.Module, x: torch.Tensor, classes: int) -> dict[str, str]:
-    """ConfigError unless ``model`` maps one input ``x`` (a batch of 1) to ``classes`` logits: a model that does
-    not fit its data otherwise fails deep in torch (a shape error, or 'Target 3 is out of bounds' in the loss).
-    Eval mode, no gradient: no BatchNorm statistic or random stream changes. Returns which layer feeds each
-    normalization (for ``check_batchnorm_pairs``): those whose input derives from exactly one Conv/Linear's
-    output. A model with parameters still uninitialized (lazy modules) is skipped (returns {}): its first forward
-    would draw its initial weights here."""
-    if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
-        return {}
-    was_training, fed_by, lineage = model.training, {}, _Lineage()
-    hooks = [m.register_forward_hook(functools.partial(_record, fed_by, lineage, name))
-             for name, m in model.named_modules() if isinstance(m, (*_NORMS, *PRUNABLE))]
-    model.eval()
-    try:
-        with lineage:
-            out = model(x)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise C.ConfigError(f"model: its forward pass fails on an input of shape {tuple(x.shape[1:])} "
-                            f"({one_line(err)}); the model must take the data's inputs (float32)") from None
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    if not torch.is_tensor(out) or tuple(out.shape) != (1, classes):
-        got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
-        raise C.ConfigError(f"model: one input gives {got}; the data has {classes} classes, so allowed: "
-                            f"(batch, {classes}) logits")
-    return fed_by
-
-
-def _record(fed_by: dict[str, str], lineage: _Lineage, name: str, module: torch.nn.Module, inputs: tuple,
-            out) -> None:
-    """Forward hook of ``check_fits``: a layer's output starts a lineage; a normalization whose (first) input
-    derives from one layer only is fed by it."""
-    if isinstance(module, _NORMS) and inputs and torch.is_tensor(inputs[0]) and name not in fed_by:
-        layers = lineage.of(inputs[0])
-        if len(layers) == 1:
-            fed_by[name] = next(iter(layers))
-    if isinstance(module, PRUNABLE) and torch.is_tensor(out):
-        lineage.mark(out, frozenset({name}))
-
-
-def check_batchnorm_pairs(model: torch.nn.Module, units, fed_by: dict[str, str]) -> None:
-    """ConfigError when a unit's BatchNorm is not the one the forward pass applies to its layer's output, or its
-    layer's output goes into a normalization masking cannot follow.
-
-    Masking a unit also zeroes its BatchNorm's shift; paired with the wrong BatchNorm (or with none where one
-    follows), a "pruned" unit would still output a constant, and the paired one's channel would be cut from
-    another layer. Judged, for declared and inferred pairings alike, on ``fed_by`` (from ``check_fits``): a
-    normalization whose input derives from one layer's output normalizes that layer. A unit's output may go into
-    one BatchNorm (one per unit is masked) and no GroupNorm, LayerNorm, or InstanceNorm with affine parameters or
-    running statistics (each would give a dead unit a non-zero output). A normalization without such a link (its
-    input mixes two layers, or is reshaped; or it never runs as a module, e.g. used through ``F.batch_norm``)
-    is not judged."""
-    modules = dict(model.named_modules())
-    for unit in units:
-        width = modules[unit.module].weight.shape[0]
-        fed = [n for n, layer in fed_by.items() if layer == unit.module]
-        _refuse_unmaskable(unit, [n for n in fed if not _maskable(modules[n])], modules)
-        bns = [n for n in fed if isinstance(modules[n], _BATCHNORM) and modules[n].num_features == width]
-        if len(bns) > 1:
-            raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} goes into BatchNorms "
-                                f"{' and '.join(map(repr, bns))} (a branch, or a layer used twice), and a unit masks "
-                                f"one; allowed: a pruned layer whose output reaches one BatchNorm")
-        direct = bns[0] if bns else None
-        does = None
-        if unit.bn is not None and fed_by.get(unit.bn, unit.module) != unit.module:
-            does = f"applies {unit.bn!r} to the output of {fed_by[unit.bn]!r}"
-        elif direct is not None and direct != unit.bn:
-            does = f"applies BatchNorm {direct!r} to the output of {unit.module!r}"
-        if does is not None:
-            paired = repr(unit.bn) if unit.bn is not None else "no BatchNorm"
-            how = " by module declaration order" if unit.bn == units_from_names(model, [unit.module])[0].bn else ""
-            raise C.ConfigError(f"unit {unit.name!r}: the forward pass {does}, but it is paired with {paired}{how}; "
-                                f"declare PrunableUnit({unit.name!r}, {unit.module!r}, bn={direct!r}) "
-                                f"(gstlab.api.run units=, or the model's prunable_units())")
-
-
-def _maskable(norm: torch.nn.Module) -> bool:
-    """A normalization after which a dead unit (all zeros) stays zero: a BatchNorm (its shift, or its running
-    mean, is masked) or an InstanceNorm without affine parameters or running statistics."""
-    if isinstance(norm, _BATCHNORM):
-        return True
-    return isinstance(norm, torch.nn.modules.instancenorm._InstanceNorm) and not (
-        norm.affine or norm.track_running_stats)
-
-
-def _refuse_unmaskable(unit, names: list[str], modules: dict[str, torch.nn.Module]) -> None:
-    if names:
-        found = ", ".join(f"{type(modules[n]).__name__} {n!r}" for n in names)
-        raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} goes into {found}, which would give "
-                            f"a pruned unit a non-zero output (a shift, or statistics over other units); allowed "
-                            f"after a pruned layer: BatchNorm, InstanceNorm without affine or running statistics, "
-                            f"or none")
 
 
 def check_threads(cfg: C.TrainConfig) -> None:
@@ -254,7 +115,7 @@ def check_training_data(cfg: C.RunConfig, n_train: int, input_shape: tuple[int, 
     if d.label_noise > 0 and round(d.label_noise * n_train) == 0:
         raise C.ConfigError(f"data.label_noise: {d.label_noise:g} of {n_train:,} training examples rounds to no "
                             f"noisy label; allowed: 0, or at least {1 / n_train:.3g} (one label)")
-    if n_train % batch == 1 and model is not None and any(isinstance(m, _BATCHNORM) for m in model.modules()):
+    if n_train % batch == 1 and model is not None and any(isinstance(m, BATCHNORM) for m in model.modules()):
         raise C.ConfigError(f"train.batch_size: {batch} leaves a last batch of 1 of the {n_train:,} training "
                             f"examples, on which the model's BatchNorm cannot train; allowed: a batch size (or "
                             f"data.train_subset) that does not leave one example over")

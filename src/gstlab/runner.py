@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gstlab import config as C
-from gstlab import portable, preflight, recovery, sinks, store
+from gstlab import dataflow, portable, preflight, recovery, sinks, store
 from gstlab.analysis.summary import summarize
 from gstlab.callbacks import EndRun, EpochCallback, RunView
 from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
@@ -99,9 +99,9 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, data.input_shape, data.num_classes, parts.model).to(device)
     preflight.check_training_data(cfg, len(data.y_train), data.input_shape, model)
-    fed_by = preflight.check_fits(model, data.x_train[0:1], data.num_classes)
+    flow = dataflow.trace(model, data.x_train[0:2], data.num_classes)
     units = parts.units_of(cfg, model)
-    preflight.check_batchnorm_pairs(model, units, fed_by)
+    dataflow.check_units(model, units, flow)
     C.validate(cfg, [u.name for u in units])
     preflight.check_probes(cfg, model, units)
     if speed.channels_last:
@@ -113,6 +113,7 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     tracker = _tracker(cfg, model, units)
     if tracker is not None:
         preflight.check_activation_start(cfg, math.ceil(len(data.y_train) / cfg.train.batch_size))
+        dataflow.check_activations(model, tracked_units(cfg, units), flow)
     trainer = Trainer(
         model=model, optimizer=optimizer,
         train_batches=TrainLoader(data.x_train, data.y_train, cfg.train.batch_size, cfg.data.augment,
@@ -155,9 +156,14 @@ def build_optimizer(cfg: C.OptimConfig, model: torch.nn.Module, fused: bool = Fa
 def _tracker(cfg: C.RunConfig, model, units) -> ActivationTracker | None:
     if not criteria.get(cfg.pruning.criterion).needs_activations or not cfg.pruning.layers:
         return None
-    chosen = {s.name for s in cfg.pruning.layers}
-    return ActivationTracker(model, [u for u in units if u.name in chosen], cfg.pruning.activation_every,
+    return ActivationTracker(model, tracked_units(cfg, units), cfg.pruning.activation_every,
                              cfg.pruning.activation_momentum)
+
+
+def tracked_units(cfg: C.RunConfig, units) -> list:
+    """The units the schedule prunes (whose activations the ``activation`` criterion records)."""
+    chosen = {s.name for s in cfg.pruning.layers}
+    return [u for u in units if u.name in chosen]
 
 
 def _attach_pruning(run: Run, units) -> None:

@@ -100,14 +100,23 @@ def _fields(key: str, value: Any) -> list[str]:
 
 def _refuse_same_field(value: dict, where: str) -> None:
     """Two keys that set one field (``optim.lr: 0.5`` and ``optim: {lr: 0.1}``): one would silently win."""
+    shared = _shared_field({key: _fields(key, item) for key, item in value.items()})
+    if shared is not None:
+        other, key, f = shared
+        raise C.ConfigError(f"{where}: keys {other!r} and {key!r} both set {f}; allowed: each field once")
+
+
+def _shared_field(fields_of: dict[str, list[str]]) -> tuple[str, str, str] | None:
+    """(an earlier key, a key, the field both address) for the first two keys of ``fields_of`` (key -> the
+    fields it sets) that address one field; None if none do."""
     seen: list[tuple[str, str]] = []  # (field, the key that sets it)
-    for key, item in value.items():
-        fields = _fields(key, item)
+    for key, fields in fields_of.items():
         for f in fields:
             other = next((k for g, k in seen if _overlap(f, g)), None)
             if other is not None:
-                raise C.ConfigError(f"{where}: keys {other!r} and {key!r} both set {f}; allowed: each field once")
+                return other, key, f
         seen += [(f, key) for f in fields]
+    return None
 
 
 def first_repeat(values: list) -> Any:
@@ -206,14 +215,10 @@ def _grid(value: Any) -> dict[str, list]:
         if twice is not None:
             raise C.ConfigError(f"grid.{key}: value {twice!r} is listed twice (the same runs); allowed: distinct "
                                 f"values")
-    seen: list[tuple[str, str]] = []  # (field, the axis that varies it)
-    for axis, values in value.items():
-        fields = axis_fields(axis, values)
-        for f in fields:
-            other = next((a for g, a in seen if _overlap(f, g)), None)
-            if other is not None:
-                raise C.ConfigError(f"grid: axes {other!r} and {axis!r} both vary {f}; allowed: one axis per field")
-        seen += [(f, axis) for f in fields]
+    shared = _shared_field({axis: axis_fields(axis, values) for axis, values in value.items()})
+    if shared is not None:
+        other, axis, f = shared
+        raise C.ConfigError(f"grid: axes {other!r} and {axis!r} both vary {f}; allowed: one axis per field")
     return dict(value)
 
 

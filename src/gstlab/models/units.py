@@ -49,6 +49,10 @@ def units_from_names(model: nn.Module, names: list[str]) -> list[PrunableUnit]:
     units = []
     for name in names:
         if name not in modules:
+            alias = dict(model.named_modules(remove_duplicate=False)).get(name)
+            if alias is not None:
+                first = next(n for n, m in modules.items() if m is alias)
+                raise ValueError(f"{name!r} is the module {first!r} under a second name; name it {first!r}")
             raise ValueError(f"unknown module {name!r}; modules with weights: "
                              + ", ".join(n for n, m in modules.items() if isinstance(m, PRUNABLE)))
         layer = modules[name]

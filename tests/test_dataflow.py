@@ -1,0 +1,233 @@
+"""A user's model: where masking cannot hold a pruned unit at zero, the run is refused in one line before anything
+is written; where it can, the masked model computes what the physically smaller one does."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gstlab import api
+from gstlab import config as C
+from gstlab.models import PrunableUnit
+
+
+def data(shape=(1, 8, 8), n=64, classes=4):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n + 32) % classes
+    x = torch.randn(n + 32, *shape, generator=g) + 1.5 * torch.randn(classes, *shape, generator=g)[y]
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def config(*layers: str, criterion: str = "l1") -> dict:
+    return {"optim": {"name": "sgd", "lr": 0.05}, "train": {"epochs": 3, "batch_size": 16, "progress": False},
+            "pruning": {"criterion": criterion, "period": 1, "activation_every": 1,
+                        "layers": [{"name": n, "fraction": 0.5, "start": 1, "end": 2} for n in layers]}}
+
+
+class Head(nn.Module):
+    def head_of(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(x).mean(tuple(range(2, x.dim()))))
+
+
+class BatchNormTwice(Head):
+    """One BatchNorm module applied to two convs' outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head_of(self.bn(self.conv2(F.relu(self.bn(self.conv1(x))))))
+
+
+class Concatenated(Head):
+    """DenseNet style: a BatchNorm over the concatenation of a conv's output and the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(9), nn.Linear(9, 4)
+
+    def forward(self, x):
+        return self.head_of(self.bn1(torch.cat([self.conv1(x), x], 1)))
+
+
+class ChannelsLastNorm(Head):
+    """ConvNeXt style: a LayerNorm over channels, reached through a permutation."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.norm, self.head = nn.Conv2d(1, channels, 3, padding=1), nn.LayerNorm(channels), nn.Linear(
+            channels, 4)
+
+    def forward(self, x):
+        return self.head_of(self.norm(self.conv1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+class Rearranged(Head):
+    """A BatchNorm reached through an op that moves channels (``how``) though the shape stays."""
+
+    def __init__(self, how) -> None:
+        super().__init__()
+        self.how, self.conv1, self.bn1 = how, nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head_of(self.bn1(self.how(self.conv1(x))))
+
+
+class Functional(Head):
+    """The conv's weights used through F.conv2d: the module itself never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head_of(self.bn1(F.conv2d(x, self.conv1.weight, self.conv1.bias, padding=1)))
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.fc2.weight = self.fc1.weight
+
+    def forward(self, x):
+        return self.head(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)[:, :16])))))
+
+
+class EvalLockedBatchNorm(nn.BatchNorm2d):
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
+class Residual(Head):
+    """conv0 -> bn0 -> relu, then conv1 -> bn1 -> relu -> conv2 -> bn2, plus the skip."""
+
+    def __init__(self, width: int = 8, inner: int = 8) -> None:
+        super().__init__()
+        self.conv0, self.bn0 = nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.conv1, self.bn1 = nn.Conv2d(width, inner, 3, padding=1), nn.BatchNorm2d(inner)
+        self.conv2, self.bn2 = nn.Conv2d(inner, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x):
+        h = F.relu(self.bn0(self.conv0(x)))
+        return self.head_of(h + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(h))))))
+
+
+def refused(tmp_path, model, *layers, criterion="l1", units=None, data_=None) -> str:
+    with pytest.raises(C.ConfigError) as err:
+        api.run(config(*layers, criterion=criterion), tmp_path / "run", model=model, units=units,
+                data=data_ or data())
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    return str(err.value)
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+def test_a_batchnorm_that_runs_twice_is_refused(tmp_path, layer):
+    # masking conv1 zeroed the shared shift, killing conv2's channels too; conv2 got no BatchNorm at all
+    assert refused(tmp_path, BatchNormTwice, layer) == (
+        f"unit {layer!r}: BatchNorm2d 'bn' runs 2 times in one forward pass, and masking a unit zeroes its shift "
+        f"for every use; allowed: one normalization module per use")
+
+
+@pytest.mark.parametrize("model", [
+    Concatenated, lambda: ChannelsLastNorm(6), lambda: ChannelsLastNorm(8),
+    lambda: Rearranged(lambda t: t.flip(1)), lambda: Rearranged(lambda t: t[:, [1, 0, *range(2, 8)]]),
+    lambda: Rearranged(lambda t: t.transpose(1, 2).transpose(1, 2).roll(1, 1))])
+def test_a_normalization_reached_with_moved_channels_is_refused(tmp_path, model):
+    """8 channels on 8x8 maps: the permutation keeps the shape, and the lineage must not take it for exact."""
+    assert "unit 'conv1': the output of 'conv1' reaches " in (message := refused(tmp_path, model, "conv1"))
+    assert "with its channels moved or merged (a concatenation, flatten or permutation), where masking cannot " \
+           "follow it" in message
+
+
+@pytest.mark.parametrize("how", [lambda t: t.permute(0, 1, 3, 2), lambda t: t.transpose(2, 3), lambda t: t.flip(3),
+                                 lambda t: t[:, :, 1:]])
+def test_ops_that_keep_channels_in_place_pair_the_batchnorm(tmp_path, how):
+    summary = api.run(config("conv1"), tmp_path / "run", model=lambda: Rearranged(how), data=data(),
+                      units=[PrunableUnit("conv1", "conv1", bn="bn1")])
+    assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+def test_a_layer_used_through_its_weights_or_tied_to_another_is_refused(tmp_path):
+    assert refused(tmp_path, Functional, "conv1", units=[PrunableUnit("conv1", "conv1", bn="bn1")]).startswith(
+        "unit 'conv1': module 'conv1' never runs as a module in the forward pass (its weights are used another "
+        "way, e.g. F.conv2d(x, self.conv1.weight))")
+    assert refused(tmp_path, Tied, "fc1") == (
+        "unit 'fc1': the weight of 'fc1' is also 'fc2''s (tied weights), and a mask on it would prune that layer "
+        "too; allowed: a layer whose parameters are its own")
+
+
+def test_the_activation_criterion_needs_a_module_that_runs_once_and_trains(tmp_path):
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.head = nn.Linear(64, 64), nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.head(F.relu(self.fc1(F.relu(self.fc1(x.flatten(1))))))
+
+    assert "its activation module 'fc1' runs 2 times in one forward pass" in refused(
+        tmp_path, Twice, "fc1", criterion="activation")
+
+    def locked():
+        model = Residual()
+        model.bn0 = EvalLockedBatchNorm(8)
+        return model
+
+    assert "its activation module 'bn0' stays in eval mode when the model trains" in refused(
+        tmp_path, locked, "conv0", criterion="activation")
+
+
+def test_small_batches_float64_and_aliases_are_one_line_each(tmp_path):
+    mlp = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16, track_running_stats=False),  # noqa: E731
+                                nn.ReLU(), nn.Linear(16, 4))
+    assert api.run(config("1"), tmp_path / "bn", model=mlp, data=data())["status"] == "finished"  # batch stats
+    assert refused(tmp_path, lambda: mlp().double(), "1") == (
+        "model: parameter '1.weight' is torch.float64; allowed: float32 parameters (runs train in float32, or in "
+        "bf16/fp16 under autocast with train.precision): model.float()")
+
+    def aliased():
+        model = mlp()
+        model.alias = model[1]
+        return model
+
+    assert refused(tmp_path, aliased, "alias") == ("pruning.layers[0].name: 'alias' is the module '1' under a "
+                                                   "second name; name it '1'")
+
+
+def _trained(tmp_path, pruned: str) -> tuple[Residual, torch.Tensor]:
+    out = tmp_path / pruned
+    api.run(config(pruned), out, model=Residual, data=data())
+    state = torch.load(out / "model_final.pt", weights_only=True)["model"]
+    model = Residual()
+    model.load_state_dict({k: v for k, v in state.items() if not k.endswith("unit_mask")})
+    return model, state[f"{pruned}.unit_mask"] != 0
+
+
+def test_a_residual_networks_inner_layer_pruned_is_the_physically_smaller_network(tmp_path):
+    masked, alive = _trained(tmp_path, "conv1")
+    small = Residual(inner=int(alive.sum()))
+    small.load_state_dict({k: (v[alive] if k.startswith(("conv1.", "bn1.")) and v.dim() else v[:, alive]
+                               if k == "conv2.weight" else v) for k, v in masked.state_dict().items()})
+    masked.eval(), small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(masked(data()[2]), small(data()[2]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pruned", ["conv0", "conv2"])
+def test_a_layer_summed_with_the_skip_is_accepted_and_its_pruned_units_output_zero(tmp_path, pruned):
+    """Not refused: the pruned units output exactly zero (train and eval), so each channel of the sum is the
+    other branch's, as in the network without those filters; the zoo's ResNets also mask the shortcut
+    (PrunableUnit.shortcut), removing the channel from the sum."""
+    model, alive = _trained(tmp_path, pruned)
+    bn, seen = f"bn{pruned[-1]}", {}
+    model.get_submodule(bn).register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
+    for mode in (True, False):
+        model.train(mode)
+        with torch.no_grad():
+            model(data()[2])
+        assert (seen["out"][:, ~alive] == 0).all() and (seen["out"][:, alive] != 0).any()
