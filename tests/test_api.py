@@ -3,6 +3,7 @@ models and data take the CLI's path (run directory, skip, resume) under run ids 
 path keeps its run ids."""
 
 import csv
+import functools
 import importlib.util
 import json
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -206,6 +208,18 @@ def test_a_models_plain_attributes_and_frozen_parameters_are_part_of_its_id():
     assert _run_id(frozen_conv1) != _run_id(net)
     k = 3.0
     assert _run_id(lambda: Scaled(1.0, lambda x: x * k)) != _run_id(lambda: Scaled(1.0, lambda x: x * 2.0))
+
+
+def test_partials_and_self_capturing_closures_fingerprint(tmp_path):
+    slopes = [_run_id(lambda s=s: Scaled(1.0, functools.partial(F.leaky_relu, negative_slope=s))) for s in (0.1, 0.5)]
+    assert slopes[0] != slopes[1]
+
+    def recursive():
+        def act(x, d=2):
+            return x if d == 0 else act(torch.relu(x), d - 1)
+        return act
+
+    assert _run_id(lambda: Scaled(1.0, recursive())) == _run_id(lambda: Scaled(1.0, recursive()))
 
 
 def test_a_models_id_is_the_same_in_another_process(tmp_path):

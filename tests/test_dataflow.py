@@ -152,10 +152,29 @@ def test_ops_that_keep_channels_in_place_pair_the_batchnorm(tmp_path, how):
     assert summary["status"] == "finished" and summary["n_events"] == 2
 
 
-def test_a_layer_used_through_its_weights_or_tied_to_another_is_refused(tmp_path):
-    assert refused(tmp_path, Functional, "conv1", units=[PrunableUnit("conv1", "conv1", bn="bn1")]).startswith(
-        "unit 'conv1': module 'conv1' never runs as a module in the forward pass (its weights are used another "
-        "way, e.g. F.conv2d(x, self.conv1.weight))")
+class TrainingOnlyBranch(Head):
+    """An auxiliary head that runs only in training (Inception style), with a scripted activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+        self.aux_conv, self.aux_bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.act = torch.jit.script(nn.ReLU())  # torch refuses forward hooks on a ScriptModule
+
+    def forward(self, x):
+        h = self.act(self.bn1(self.conv1(x)))
+        out = self.head_of(h)
+        return out + 0.3 * self.head_of(self.aux_bn(self.aux_conv(h))) if self.training else out
+
+
+def test_layers_the_eval_pass_does_not_see_run_unjudged_and_tied_weights_are_refused(tmp_path):
+    """A layer used through its weights (F.conv2d) or only in training is not seen by the eval-mode pass: its
+    declared pairing is taken as given (it had been refused, once with wrong advice); tied weights are refused."""
+    units = [PrunableUnit("conv1", "conv1", bn="bn1")]
+    assert api.run(config("conv1"), tmp_path / "f", model=Functional, units=units, data=data())["status"] == "finished"
+    summary = api.run(config("aux_conv"), tmp_path / "aux", model=TrainingOnlyBranch, data=data(),
+                      units=[PrunableUnit("aux_conv", "aux_conv", bn="aux_bn")])
+    assert summary["status"] == "finished" and summary["n_events"] == 2
     assert refused(tmp_path, Tied, "fc1") == (
         "unit 'fc1': the weight of 'fc1' is also 'fc2''s (tied weights), and a mask on it would prune that layer "
         "too; allowed: a layer whose parameters are its own")

@@ -161,7 +161,7 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
     _check_dtype(model)
     was_training, lineage = model.training, _Lineage()
     hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name))
-             for name, m in model.named_modules()]
+             for name, m in model.named_modules() if not isinstance(m, torch.jit.ScriptModule)]  # no hooks there
     model.eval()
     try:
         with lineage:
@@ -211,6 +211,8 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
     shared = _shared_parameters(model)
     for unit in units:
         _check_runs(unit, flow, shared)
+        if not flow.calls[unit.module]:  # not in the eval pass (a training-only branch, or used via F.conv2d)
+            continue  # not judged: where its output goes was not seen
         reached = [n for n in (*flow.feeds(unit.module), unit.bn) if n is not None]
         for norm in dict.fromkeys(reached):
             if flow.calls[norm] > 1:
@@ -239,6 +241,8 @@ def check_activations(model: torch.nn.Module, units, flow: Flow) -> None:
     try:
         for unit in units:
             name = unit.activation_module
+            if not flow.calls[unit.module]:
+                continue  # the layer runs only in training (or through its weights): not judged
             if flow.calls[name] != 1:
                 how = "never runs as a module" if not flow.calls[name] else f"runs {flow.calls[name]} times"
                 raise C.ConfigError(f"unit {unit.name!r}: its activation module {name!r} {how} in one forward pass; "
@@ -253,10 +257,6 @@ def check_activations(model: torch.nn.Module, units, flow: Flow) -> None:
 
 
 def _check_runs(unit, flow: Flow, shared: dict[str, str]) -> None:
-    if not flow.calls[unit.module]:
-        raise C.ConfigError(f"unit {unit.name!r}: module {unit.module!r} never runs as a module in the forward pass "
-                            f"(its weights are used another way, e.g. F.conv2d(x, self.{unit.module}.weight)), so "
-                            f"where its output goes cannot be followed; allowed: a layer the forward pass calls")
     if unit.module in shared:
         raise C.ConfigError(f"unit {unit.name!r}: the weight of {unit.module!r} is also {shared[unit.module]!r}'s "
                             f"(tied weights), and a mask on it would prune that layer too; allowed: a layer whose "

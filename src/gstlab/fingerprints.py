@@ -3,6 +3,7 @@ addresses), and any setting that can change what it computes changes the text.""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import re
@@ -12,7 +13,7 @@ from typing import Any
 MAX_DEPTH = 8  # attributes of attributes: deeper values are named by type only (and cycles end)
 
 
-def code_text(fn: Any) -> str:
+def code_text(fn: Any, depth: int = 0) -> str:
     """A function's or class's identity and code: ``module.qualname``, then its source (the bytecode where Python
     keeps none), its defaults and the values its closure captured. torch's own code is named only (its source
     is torch's version, not the user's setting)."""
@@ -27,7 +28,7 @@ def code_text(fn: Any) -> str:
         text += repr((code.co_code, code.co_consts)) if code is not None else "no source"
     if inspect.isfunction(fn):
         cells = [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
-        text += stable_repr((fn.__defaults__, fn.__kwdefaults__, cells))
+        text += stable_repr((fn.__defaults__, fn.__kwdefaults__, cells), depth + 1)  # depth: a self-capture ends
     return text
 
 
@@ -58,8 +59,10 @@ def stable_repr(value: Any, depth: int = 0) -> str:
     torch = sys.modules.get("torch")  # not imported: no value is a tensor (the registry stays light to import)
     if torch is not None and isinstance(value, torch.Tensor):
         return tensor_text(value)
+    if isinstance(value, functools.partial):
+        return f"partial({stable_repr((value.func, value.args, value.keywords), inner)})"
     if inspect.isfunction(value) or inspect.isclass(value) or inspect.isbuiltin(value) or inspect.ismethod(value):
-        return code_text(getattr(value, "__func__", value))
+        return code_text(getattr(value, "__func__", value), inner)
     if torch is not None and isinstance(value, torch.nn.Module):
         return f"<module {type(value).__qualname__}>"  # a module attribute is part of the tree, hashed there
     if hasattr(value, "__dict__"):
