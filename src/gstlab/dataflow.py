@@ -201,16 +201,17 @@ def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, i
 
 
 def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
-    """ConfigError when masking cannot hold a unit's output at zero (see the module's text): its layer never runs
-    as a module, shares its weight with another module, or its output reaches a normalization that runs more
-    than once, that it reaches with its channels moved, that masking cannot follow, or that is not the
-    BatchNorm the unit is paired with. A model not traced (an empty Flow: lazy parameters) is not judged."""
+    """ConfigError when masking cannot hold a unit's output at zero (see the module's text): its layer shares its
+    weight with another module, or its output reaches a normalization that runs more than once, that it reaches
+    with its channels moved, that masking cannot follow, or that is not the BatchNorm the unit is paired with. A
+    model not traced (an empty Flow: lazy parameters) and a layer the pass did not run are not judged."""
     if not flow.calls:
         return
     modules = dict(model.named_modules())
     shared = _shared_parameters(model)
+    fed_by = flow.fed_by
     for unit in units:
-        _check_runs(unit, flow, shared)
+        _refuse_tied(unit, shared)
         if not flow.calls[unit.module]:  # not in the eval pass (a training-only branch, or used via F.conv2d)
             continue  # not judged: where its output goes was not seen
         reached = [n for n in (*flow.feeds(unit.module), unit.bn) if n is not None]
@@ -226,7 +227,7 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
                                 f"flatten or permutation), where masking cannot follow it: a pruned unit would "
                                 f"get a non-zero output; allowed: a pruned layer whose output reaches a "
                                 f"normalization channel for channel")
-        _check_pairing(model, unit, flow, modules)
+        _check_pairing(model, unit, fed_by, modules)
 
 
 def check_activations(model: torch.nn.Module, units, flow: Flow) -> None:
@@ -256,7 +257,7 @@ def check_activations(model: torch.nn.Module, units, flow: Flow) -> None:
         model.train(was_training)
 
 
-def _check_runs(unit, flow: Flow, shared: dict[str, str]) -> None:
+def _refuse_tied(unit, shared: dict[str, str]) -> None:
     if unit.module in shared:
         raise C.ConfigError(f"unit {unit.name!r}: the weight of {unit.module!r} is also {shared[unit.module]!r}'s "
                             f"(tied weights), and a mask on it would prune that layer too; allowed: a layer whose "
@@ -278,10 +279,9 @@ def _shared_parameters(model: torch.nn.Module) -> dict[str, str]:
     return shared
 
 
-def _check_pairing(model: torch.nn.Module, unit, flow: Flow, modules: dict) -> None:
-    """The unit's BatchNorm is the one its layer's output goes into (alone), and no other normalization
-    follows that masking cannot."""
-    fed_by = flow.fed_by
+def _check_pairing(model: torch.nn.Module, unit, fed_by: dict[str, str], modules: dict) -> None:
+    """The unit's BatchNorm is the one its layer's output goes into (alone, per ``Flow.fed_by``), and no other
+    normalization follows that masking cannot."""
     width = modules[unit.module].weight.shape[0]
     fed = [n for n, layer in fed_by.items() if layer == unit.module]
     unmaskable = [n for n in fed if not _keeps_zero(modules[n])]
@@ -312,10 +312,7 @@ def _check_pairing(model: torch.nn.Module, unit, flow: Flow, modules: dict) -> N
 def _keeps_zero(norm: torch.nn.Module) -> bool:
     """A normalization after which a dead unit (all zeros) stays zero: a BatchNorm (its shift, or its running
     mean, is masked) or an InstanceNorm without affine parameters or running statistics."""
-    if isinstance(norm, BATCHNORM):
-        return True
-    return isinstance(norm, torch.nn.modules.instancenorm._InstanceNorm) and not (
-        norm.affine or norm.track_running_stats)
+    return isinstance(norm, BATCHNORM) or _zero_anywhere(norm)
 
 
 def _zero_anywhere(norm: torch.nn.Module) -> bool:
