@@ -275,7 +275,7 @@ def test_a_diverged_run_is_reported_as_diverged_not_as_a_crash(tmp_path, capsys)
     data = {"name": "d", "seeds": 1, "settings": [{"inline": diverging, "label": "nan"}]}
     out = tmp_path / "s"
     assert main(["sweep", str(write_study(tmp_path, data)), "--out", str(out), "--no-progress"]) == 1
-    assert "diverged; see its summary.json" in capsys.readouterr().out
+    assert "diverged at epoch 0: training loss nan; see its summary.json" in capsys.readouterr().out
     assert [r["status"] for r in index(out)] == ["failed"]
     run_id = index(out)[0]["run_id"]
     assert main(["sweep", str(tmp_path / "study.yaml"), "--out", str(out), "--no-progress"]) == 1  # still failed
@@ -451,6 +451,15 @@ def test_a_ray_worker_refuses_a_run_whose_id_it_resolves_differently(tmp_path):
     with pytest.raises(RuntimeError, match="precision bf16"):
         _ray_task(C.to_dict(cfg), str(tmp_path / planned_fp32), 1)
     assert not (tmp_path / planned_fp32).exists() and torch.get_num_threads() == threads  # nothing touched
+
+
+def test_a_ray_task_reports_what_ended_its_failed_run(tmp_path):
+    from gstlab.executors import _ray_task
+
+    cfg = C.parse(SMALL, ["optim.lr=1e30"])
+    status, executed, detail = _ray_task(C.to_dict(cfg), str(tmp_path / C.run_id(cfg)), 1)
+    assert (status, executed) == ("failed", True)
+    assert detail == "diverged at epoch 0: training loss nan; see its summary.json"
 
 
 def test_the_ray_executor_without_ray_is_one_line(tmp_path, capsys, monkeypatch):

@@ -187,6 +187,12 @@ def _start(run: StudyRun, slot: int, store_dir: Path, study_dir: Path, res: Reso
     return Worker(run, proc, log, start)
 
 
+def failure_detail(summary: dict | None) -> str:
+    """What a failed run's summary says ended it (divergence, a callback's EndRun), for the sweep's output."""
+    reason = (summary or {}).get("failure") or "failed"
+    return f"{reason}; see its summary.json"
+
+
 def _local_outcome(worker: Worker, store_dir: Path, study_dir: Path) -> Outcome:
     run, code = worker.run, worker.proc.returncode
     said = _outcome_file(study_dir, run)
@@ -195,8 +201,9 @@ def _local_outcome(worker: Worker, store_dir: Path, study_dir: Path) -> Outcome:
     if code == 0:
         return Outcome(run.run_id, "finished", executed=bool(executed))
     log = study_dir / "logs" / f"{run.run_id}.log"
-    if code == 1 and run_status(store_dir / "runs" / run.run_id) == "failed":  # its files verified
-        return Outcome(run.run_id, "failed", "diverged; see its summary.json", executed=bool(executed))
+    summary = recovery.verify_finished(store_dir / "runs" / run.run_id, run_id=run.run_id)[0] if code == 1 else None
+    if summary is not None and summary["status"] == "failed":  # its files verified
+        return Outcome(run.run_id, "failed", failure_detail(summary), executed=bool(executed))
     with open(log, "rb") as f:  # this attempt's output only: the log keeps every attempt's
         f.seek(worker.log_start)
         tail = f.read().decode(errors="replace").strip().splitlines()[-1:]
@@ -307,8 +314,8 @@ def unmet_request(options: dict, nodes: list[dict]) -> str | None:
             f"the Ray cluster has (nodes: {have}); ask for less or add a node that has them")
 
 
-def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool]:
-    """Body of a Ray task: execute one run in this worker; returns (status, executed)."""
+def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool, str]:
+    """Body of a Ray task: execute one run in this worker; returns (status, executed, detail)."""
     import torch  # noqa: PLC0415
 
     from gstlab.runner import run_or_skip  # noqa: PLC0415
@@ -320,7 +327,8 @@ def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool]:
                            f"{C.resolved_precision(cfg.train)}); set train.precision explicitly")
     torch.set_num_threads(threads)  # prepare sets it from train.threads as well; set here for what runs before
     summary, executed = run_or_skip(cfg, Path(run_dir), progress=False)
-    return str(summary.get("status", "failed")), executed
+    status = str(summary.get("status", "failed"))
+    return status, executed, "" if status == "finished" else failure_detail(summary)
 
 
 def ray_options(res: Resources) -> dict:
@@ -367,8 +375,8 @@ def _ray_outcome(ray, ref, run: StudyRun, stranded: list) -> Outcome:
         return Outcome(run.run_id, "failed", "no live node of the Ray cluster can hold it any more; rerun the sweep "
                                              "when one can (it resumes from its checkpoint)")
     try:
-        status, executed = ray.get(ref)
-        return Outcome(run.run_id, status, "" if status == "finished" else "diverged", executed)
+        status, executed, detail = ray.get(ref)
+        return Outcome(run.run_id, status, detail, executed)
     except Exception as err:  # noqa: BLE001 (a crashed task fails its run only)
         return Outcome(run.run_id, "failed", f"{type(err).__name__}: {one_line(err)} (after up to "
                                              f"{RAY_RETRIES} retries; rerun the sweep to resume it)")
