@@ -266,3 +266,17 @@ def test_a_lanczos_basis_beyond_half_the_memory_is_refused_before_it_is_allocate
     with pytest.raises(ProbeError, match=r"^probes.max_iter: a Lanczos basis of \d+ parameters x \d+ steps needs"):
         measure(net, masks, x, y, cfg, seed=0)
     assert measure(net, masks, x, y, C.replace(cfg, method="power", max_iter=5), seed=0)[0]["k"] == 3  # no basis
+
+
+def test_a_run_whose_lanczos_basis_would_not_fit_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    from gstlab import flatness
+
+    monkeypatch.setattr(flatness, "device_memory", lambda device: 1000)  # bytes
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(probing_config(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gst: error: probes.max_iter: a Lanczos basis of ")
+    assert not out.exists()  # refused before the run directory is written
+    path = tmp_path / "power.yaml"
+    path.write_text(C.dump_yaml(C.parse(C.load_yaml(probing_config(tmp_path)), ["probes.method=power"])))
+    assert main(["run", "--config", str(path), "--out", str(out), "--no-progress"]) == 0  # no basis to keep

@@ -118,17 +118,24 @@ def measure(model: nn.Module, masks, x_eval: torch.Tensor, y_eval: torch.Tensor,
 
 
 def _check_basis_memory(op: curvature.HessianOperator, cfg: ProbeConfig) -> None:
-    """Lanczos keeps a float64 basis of dim x steps: refuse one above half the device's memory (a typo in
-    probes.max_iter would exhaust it)."""
+    problem = basis_memory_problem(op.dim, cfg, op.device)
+    if problem:
+        raise ProbeError(problem)
+
+
+def basis_memory_problem(dim: int, cfg: ProbeConfig, device: torch.device) -> str | None:
+    """Lanczos keeps a float64 basis of dim x steps: the one-line refusal of one above half the device's memory
+    (a typo in probes.max_iter would exhaust it), else None."""
     if cfg.method != "lanczos":
-        return
-    steps = curvature.lanczos_steps(cfg.top_k, op.dim, cfg.max_iter)
-    need = op.dim * steps * 8
-    total = device_memory(getattr(op, "device", torch.device("cpu")))
+        return None
+    steps = curvature.lanczos_steps(cfg.top_k, dim, cfg.max_iter)
+    need = dim * steps * 8
+    total = device_memory(device)
     if total and need > total / 2:
-        raise ProbeError(f"probes.max_iter: a Lanczos basis of {op.dim:,} parameters x {steps:,} steps needs "
-                         f"{need / 2**30:,.1f} GiB, over half of this device's {total / 2**30:,.1f} GiB; allowed: "
-                         "fewer steps (--max-iter) or method power")
+        return (f"probes.max_iter: a Lanczos basis of {dim:,} parameters x {steps:,} steps needs "
+                f"{need / 2**30:,.1f} GiB, over half of this device's {total / 2**30:,.1f} GiB; allowed: "
+                "fewer steps (--max-iter) or method power")
+    return None
 
 
 def device_memory(device: torch.device) -> int:

@@ -12,6 +12,7 @@ import torch
 from gstlab import config as C
 from gstlab.data import BUILT_IN, check_image_size, check_subsets
 from gstlab.dataflow import BATCHNORM
+from gstlab.flatness import basis_memory_problem
 from gstlab.models import build_model
 from gstlab.parts import DEFAULT_PARTS
 from gstlab.pruning.schedule import LayerPlan, event_epochs
@@ -69,7 +70,9 @@ def surviving_parameters(cfg: C.RunConfig, model: torch.nn.Module, units) -> int
 
 
 def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
-    """ConfigError when ``probes.top_k`` asks for more eigenvalues than parameters survive the schedule."""
+    """ConfigError when ``probes.top_k`` asks for more eigenvalues than parameters survive the schedule, or
+    when the Lanczos basis of the unpruned model (the largest a probe of the run can need) would not fit in
+    memory: refused before training, not after the epochs leading to the first probe."""
     p = cfg.probes
     if not (p.epochs or p.at_events or p.at_end):
         return
@@ -77,6 +80,9 @@ def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
     if p.top_k > left:
         raise C.ConfigError(f"probes.top_k: {p.top_k} eigenvalues asked, but only {left:,} parameters survive "
                             f"the pruning schedule; allowed: at most {left:,}")
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    if trainable and (problem := basis_memory_problem(sum(q.numel() for q in trainable), p, trainable[0].device)):
+        raise C.ConfigError(problem)
 
 
 def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int] | None:
