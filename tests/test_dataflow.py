@@ -250,3 +250,95 @@ def test_a_layer_summed_with_the_skip_is_accepted_and_its_pruned_units_output_ze
         with torch.no_grad():
             model(data()[2])
         assert (seen["out"][:, ~alive] == 0).all() and (seen["out"][:, alive] != 0).any()
+
+
+class PreActivationOptionA(Head):
+    """A pre-activation residual stage (He et al. 2016) whose shortcut doubles the channels by zero padding
+    (option A): conv0's output reaches bn_next shifted by four channels, summed with conv2's whole output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0, self.bn_pre = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv1, self.bn1 = nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16)
+        self.conv2, self.bn_next, self.head = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.conv0(x)
+        out = self.conv2(F.relu(self.bn1(self.conv1(F.relu(self.bn_pre(h))))))
+        return self.head_of(self.bn_next(out + F.pad(h[..., ::2, ::2], (0, 0, 0, 0, 4, 4))))
+
+
+class PointwiseLinear(nn.Module):
+    """PointNet style: a Linear on (N, points, features), its features moved onto dimension 1 for BatchNorm1d
+    (by ``move``), or (``move`` None: wrongly) a BatchNorm1d over the points."""
+
+    def __init__(self, move=None) -> None:
+        super().__init__()
+        self.move, self.fc1, self.bn1, self.head = move, nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.fc1(x.flatten(1).view(len(x), 8, 8))
+        h = F.relu(self.bn1(h if self.move is None else self.move(h)))
+        return self.head(h.amax(2))
+
+
+class Shifted(Head):
+    """A learned shift after a conv outside any BatchNorm (Fixup), a functional GroupNorm, or a learned scale
+    (LayerScale: keeps zero)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.conv1, self.head = how, nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 4)
+        self.bias = nn.Parameter(torch.full((8,), 0.1))
+
+    def forward(self, x):
+        h = self.conv1(x)
+        if self.how == "scale":
+            return self.head_of(h * self.bias.view(1, -1, 1, 1))
+        h = h + self.bias.view(1, -1, 1, 1) if self.how == "bias" else F.group_norm(h, 2, self.bias, self.bias)
+        return self.head_of(h)
+
+
+def _written(permute: bool):
+    def write(t):
+        out = torch.empty_like(t)
+        out[:, [1, 0, *range(2, 8)] if permute else slice(None)] = t
+        return out
+    return write
+
+
+@pytest.mark.parametrize("model, layer, shape", [
+    (PreActivationOptionA, "conv0", (1, 8, 8)), (lambda: PointwiseLinear(lambda h: h.transpose(1, 2)), "fc1", (8, 8)),
+    (lambda: PointwiseLinear(lambda h: h.mT), "fc1", (8, 8)),
+    (lambda: Rearranged(lambda t: t[..., 1:, :-1]), "conv1", (1, 8, 8)),
+    (lambda: Rearranged(lambda t: t.flatten(1).view(t.shape)), "conv1", (1, 8, 8)),
+    (lambda: Rearranged(lambda t: t.permute(0, 2, 3, 1).movedim(3, 1)), "conv1", (1, 8, 8)),
+    (lambda: Rearranged(_written(permute=False)), "conv1", (1, 8, 8)), (lambda: Shifted("scale"), "conv1", (1, 8, 8))])
+def test_layouts_followed_through_pads_transposes_and_reshapes_are_accepted(tmp_path, model, layer, shape):
+    """Each had been refused as moving channels: a shortcut padded into a sum with a whole layer's output (the
+    channel lives on in the sum), a Linear's last dimension moved onto BatchNorm1d's channels, an Ellipsis crop,
+    a flatten and back, a permute and its inverse, and an in-place write of the whole tensor; a learned scale keeps
+    zero and is accepted."""
+    summary = api.run(config(layer), tmp_path / "run", model=model, data=data(shape))
+    assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+@pytest.mark.parametrize("model", [
+    lambda: Rearranged(lambda t: t.sum(1).unsqueeze(2)),  # 8 channels on 8x8 maps: (N, 8, 1, 8), channels summed
+    lambda: Rearranged(_written(permute=True)), lambda: Rearranged(
+        lambda t: torch.index_select(t, 1, torch.tensor([1, 0, *range(2, 8)]), out=torch.empty_like(t)))])
+def test_reductions_and_permuting_writes_over_channels_are_refused(tmp_path, model):
+    assert "with its channels moved or merged" in refused(tmp_path, model, "conv1")
+
+
+def test_a_linear_on_points_into_a_batchnorm_over_the_points_is_refused(tmp_path):
+    """(N, 8 points, 8 features): the shape fits BatchNorm1d(8), but it normalizes the points, not the units."""
+    assert "unit 'fc1': the output of 'fc1' reaches BatchNorm1d 'bn1' with its channels moved or merged" in (
+        refused(tmp_path, PointwiseLinear, "fc1", data_=data((8, 8))))
+
+
+@pytest.mark.parametrize("how, what", [("bias", "parameter 'bias'"), ("group_norm", "F.group_norm")])
+def test_a_shift_outside_a_batchnorm_is_refused(tmp_path, how, what):
+    assert refused(tmp_path, lambda: Shifted(how), "conv1") == (
+        f"unit 'conv1': the output of 'conv1' goes through {what} (a shift outside a BatchNorm, which masking does "
+        f"not zero), so a pruned unit would get a non-zero output; allowed: a BatchNorm module's shift, or none")

@@ -5,16 +5,23 @@ channels, as if it had been removed.
 A unit's mask zeroes its weight row and bias and its BatchNorm's shift. That holds a dead unit at zero only
 when its output goes, channel for channel, into nothing but ops that keep zero at zero and that one BatchNorm.
 The forward pass (eval mode, no gradient, a batch of two) labels every tensor with the Conv/Linear outputs it
-derives from, in two kinds: *exact*, through ops that keep the batch and channel dimensions in place (ReLU,
-pooling, dropout, sums, crops), and *moved*, through anything else that does not mix channels (a
-concatenation, a flatten, a permutation, a channel flip or shuffle). An op that mixes channels (a convolution,
-a matrix product, a LayerNorm's statistics) ends both: what follows is another layer's output.
+derives from and, for each, where that layer's units lie in it: a *layout* (the number of elements before the
+unit dimension in row-major order, and the number of units), so a transpose, a permute, an index or a
+flatten-and-back is followed, and a Linear's units on the last dimension of an (N, P, D) output are told from
+a BatchNorm1d's channels on dimension 1. A layer reaches a normalization *exactly* when its units are that
+normalization's channels (dimension 1); otherwise (a concatenation, a flatten, a permutation, a channel flip,
+shuffle or advanced index) they are *moved*. An op that mixes channels (a convolution, a matrix product, a
+LayerNorm's statistics) ends the lineage: what follows is another layer's output. A learned shift added to a
+layer's output alone (a Parameter outside a normalization: Fixup's biases) and a functional normalization that
+does not keep zero at zero (``F.group_norm``, ``F.layer_norm``, ``F.batch_norm`` with a shift or running
+statistics) are recorded as ``shifted``: masking cannot zero them.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,23 +41,40 @@ _MIXING = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_tra
                      "convolution", "_convolution", "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm",
                      "bmm", "mv", "addmm", "addmv", "addbmm", "baddbmm", "einsum", "tensordot", "group_norm",
                      "layer_norm", "softmax", "log_softmax", "normalize"})
-# ops that keep a tensor's shape but may rearrange its channels (dimension 1), by where their dims are given
-_ALL_DIMS = frozenset({"t", "T", "H", "adjoint", "channel_shuffle", "native_channel_shuffle", "fliplr"})
-_DIM_AT_1 = {"cumsum": None, "cumprod": None, "cummax": None, "cummin": None, "logcumsumexp": None, "sort": -1,
-             "argsort": -1, "index_select": None, "gather": None, "scatter": None, "scatter_add": None,
-             "scatter_reduce": None, "index_add": None, "index_copy": None, "index_fill": None,
-             "narrow": None}  # the op's dim (its default; None: required) is its second argument
-_PAIRS = frozenset({"transpose", "swapaxes", "swapdims", "movedim", "moveaxis"})
+# functional normalizations; outside a normalization module they shift a dead unit (see _keeps_zero_functional)
+_NORM_FUNCTIONS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm"})
+_SHIFTS = frozenset({"add", "sub", "__add__", "__radd__", "__sub__", "__rsub__", "__iadd__", "__isub__", "rsub",
+                     "addcmul", "addcdiv"})  # ops that add a tensor: with a learned one, a dead unit is shifted
+_CREATES = frozenset({"empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like",
+                      "randint_like", "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"})
+_RESHAPES = frozenset({"view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "ravel", "squeeze",
+                       "unsqueeze"})  # keep the row-major order of the elements, so a layout survives them
+_SWAPS = frozenset({"transpose", "swapaxes", "swapdims"})
+# ops that keep a tensor's shape but may rearrange along one dimension, named as their second argument (or
+# keyword ``dim``; None: required)
+_ALONG_DIM = {"cumsum": None, "cumprod": None, "cummax": None, "cummin": None, "logcumsumexp": None, "sort": -1,
+              "argsort": -1, "index_select": None, "gather": None, "scatter": None, "scatter_add": None,
+              "scatter_reduce": None, "index_add": None, "index_copy": None, "index_fill": None, "narrow": None}
+_SCRAMBLES = frozenset({"index_put", "masked_scatter", "put", "take", "channel_shuffle", "native_channel_shuffle",
+                        "pixel_shuffle", "pixel_unshuffle", "unfold"})  # where elements land is not followed
+_REDUCTIONS = frozenset({"sum", "mean", "amax", "amin", "max", "min", "prod", "std", "var", "norm", "logsumexp",
+                         "median", "nanmedian", "nansum", "nanmean", "any", "all", "argmax", "argmin",
+                         "count_nonzero", "std_mean", "var_mean", "mode"})
+
+Layout = tuple[int, int] | None  # (elements before the unit dimension, units) in row-major order; None: moved
+_OTHER = object()  # an op not known to move dimensions: the shapes decide (``_aligned``)
 
 
 @dataclass
 class Flow:
     """What one forward pass showed: for each normalization, the layers whose output reached its input, exactly
-    (channel for channel) or moved, per call; and how often each module ran (as a module)."""
+    (channel for channel) or moved, per call; how often each module ran (as a module); and the layers whose
+    output alone a learned shift or a functional normalization changed (``shifted``: layer -> what)."""
 
     exact: dict[str, list[frozenset[str]]] = field(default_factory=lambda: collections.defaultdict(list))
     moved: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     calls: collections.Counter = field(default_factory=collections.Counter)
+    shifted: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
 
     @property
     def fed_by(self) -> dict[str, str]:
@@ -63,90 +87,222 @@ class Flow:
 
 
 class _Lineage(TorchFunctionMode):
-    """Labels each tensor with the layers it derives from: (exact, moved). Every tensor it labels is held, so
-    no later tensor can reuse its id."""
+    """Labels each tensor with the layers it derives from and their layouts in it, and each tensor computed from
+    the model's parameters alone with their names. Every tensor it labels is held, so no later tensor can reuse
+    its id."""
 
-    def __init__(self) -> None:
+    def __init__(self, flow: Flow, parameters: dict[int, str]) -> None:
         super().__init__()
-        self.sources: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+        self.flow, self.sources, self.params = flow, {}, dict(parameters)
         self.held: list[torch.Tensor] = []
+        self.in_norm = 0  # depth of normalization modules running (their own F.batch_norm is not a shift)
 
-    def of(self, tensor: torch.Tensor) -> tuple[frozenset[str], frozenset[str]]:
-        return self.sources.get(id(tensor), (frozenset(), frozenset()))
+    def of(self, tensor: torch.Tensor) -> dict[str, Layout]:
+        return self.sources.get(id(tensor), {})
 
-    def mark(self, tensor: torch.Tensor, exact: frozenset[str], moved: frozenset[str] = frozenset()) -> None:
-        self.sources[id(tensor)] = (exact, moved)
+    def mark(self, tensor: torch.Tensor, sources: dict[str, Layout]) -> None:
+        self.sources[id(tensor)] = sources
         self.held.append(tensor)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        outs = [t for t in pytree.tree_leaves(out) if torch.is_tensor(t) and t.dim() >= 2]
-        if not outs:
-            return out
         name = getattr(func, "__name__", "")
+        if name == "__get__":  # a property (x.T, x.mT): named by its descriptor
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
+        if name == "__setitem__":
+            self._write(*args[:3])
+            return out
+        outs = [t for t in pytree.tree_leaves(out) if torch.is_tensor(t) and t.dim() >= 1]
+        ins = [t for t in pytree.tree_leaves((args, {k: v for k, v in kwargs.items() if k != "out"}))
+               if torch.is_tensor(t)]
+        if not outs or name in _CREATES:
+            return out
+        if name in _SHIFTS or (name in _NORM_FUNCTIONS and not self.in_norm):
+            self._note_shift(name, args, kwargs, ins)
         if name in _MIXING:  # a new source (a Conv/Linear module's hook then names its own output)
             for t in outs:
-                self.mark(t, frozenset({f"<{name}, which mixes channels>"}))
+                self.mark(t, {f"<{name}, which mixes channels>": _layout(t.shape, min(1, t.dim() - 1))})
             return out
-        exact, moved = frozenset(), frozenset()
-        for t in (t for t in pytree.tree_leaves((args, kwargs)) if torch.is_tensor(t) and t.dim() >= 2):
-            e, m = self.of(t)
-            moved |= m
-            keeps = t.shape[:2] == outs[0].shape[:2] and not _rearranges(name, args, kwargs, t.dim())
-            exact, moved = (exact | e, moved) if keeps else (exact, moved | e)
-        if exact or moved:
-            for t in outs:
-                self.mark(t, exact, moved)
+        for o in outs:
+            carried: dict[str, Layout] = {}
+            for t in ins:
+                for source, layout in self.of(t).items():
+                    new = _carry(name, args, kwargs, t, o, layout)
+                    carried[source] = new if carried.get(source, new) == new else None  # two layouts: moved
+            if carried:
+                self.mark(o, carried)
+            elif ins and all(id(t) in self.params for t in ins):
+                self.params[id(o)] = self.params[id(ins[0])]
+                self.held.append(o)
         return out
 
+    def _write(self, target, index, value) -> None:
+        """``target[index] = value``: the value's layers join the target's, in place where the index keeps the
+        value's unit dimension whole."""
+        if not (torch.is_tensor(target) and torch.is_tensor(value)) or not self.of(value):
+            return
+        where = _index_map(index, tuple(target.shape))
+        merged = dict(self.of(target))
+        for source, layout in self.of(value).items():
+            new = None
+            d = _unit_dim(tuple(value.shape), layout) if layout is not None and where is not None else None
+            if d is not None:
+                at = d + where[1] - value.dim()  # the value is broadcast to the indexed part's shape
+                dims = [k for k, j in enumerate(where[0]) if j == at]
+                if dims and target.shape[dims[0]] == value.shape[d]:
+                    new = _layout(tuple(target.shape), dims[0])
+            merged[source] = new if merged.get(source, new) == new else None
+        self.mark(target, merged)
 
-def _rearranges(name: str, args: Sequence, kwargs: dict, ndim: int) -> bool:
-    """Whether op ``name`` (keeping the shape) may move dimension 0 or 1 of its ``ndim``-d input; unknown
-    arrangements count as moving."""
-    def norm(d) -> int:
-        return d % ndim if isinstance(d, int) else -1
+    def _note_shift(self, name: str, args: Sequence, kwargs: dict, ins: list) -> None:
+        """Record a learned shift (or a functional normalization that does not keep zero) applied to one
+        layer's output alone."""
+        live = {s for t in ins for s, layout in self.of(t).items() if layout is not None}
+        if len(live) != 1:
+            return
+        if name in _NORM_FUNCTIONS:
+            if not _keeps_zero_functional(name, args, kwargs):
+                self.flow.shifted[live.pop()].add(f"F.{name}")
+            return
+        learned = [self.params[id(t)] for t in ins if id(t) in self.params]
+        if learned:
+            self.flow.shifted[live.pop()].add(f"parameter {learned[0]!r}")
+
+
+def _keeps_zero_functional(name: str, args: Sequence, kwargs: dict) -> bool:
+    """F.batch_norm / F.instance_norm without a shift or running statistics keep a zero channel at zero;
+    F.group_norm and F.layer_norm subtract statistics over other units."""
+    if name not in ("batch_norm", "instance_norm"):
+        return False
+    given = dict(zip(("input", "running_mean", "running_var", "weight", "bias"), args))
+    return all(kwargs.get(k, given.get(k)) is None for k in ("running_mean", "bias"))
+
+
+def _layout(shape: Sequence[int], dim: int) -> tuple[int, int]:
+    return math.prod(shape[:dim]), int(shape[dim])
+
+
+def _unit_dim(shape: tuple[int, ...], layout: tuple[int, int]) -> int | None:
+    """The dimension of ``shape`` holding the units of ``layout``; None when they are merged with another."""
+    return next((d for d in range(len(shape)) if _layout(shape, d) == layout), None)
+
+
+def _carry(name: str, args: Sequence, kwargs: dict, t: torch.Tensor, o: torch.Tensor, layout: Layout) -> Layout:
+    """The layout, in op ``name``'s output ``o``, of the units that have ``layout`` in its input ``t``."""
+    if layout is None:
+        return None
+    if name.endswith("_") and not name.endswith("__"):
+        name = name[:-1]  # the in-place variant
+    if name in _RESHAPES and o.numel() == t.numel():
+        return layout  # row-major order kept: units merged by a flatten come back with the shape
+    d = _unit_dim(tuple(t.shape), layout)
+    if d is None:
+        return None
+    new = _moved_dim(name, args, kwargs, t.dim(), d, tuple(t.shape))
+    if new is _OTHER:
+        new = _aligned(tuple(t.shape), tuple(o.shape), d)
+    if new is None or not 0 <= new < o.dim() or o.shape[new] != t.shape[d]:
+        return None
+    return _layout(tuple(o.shape), new)
+
+
+def _aligned(before: tuple[int, ...], after: tuple[int, ...], d: int) -> int | None:
+    """Where dimension ``d`` is after an op that does not name its dimensions: in place if it and every
+    dimension before it kept its size (ReLU, pooling, crops, a sum), shifted right under broadcasting."""
+    if after[:d + 1] == before[:d + 1]:
+        return d
+    k = len(after) - len(before)
+    return d + k if k > 0 and after[k:k + d + 1] == before[:d + 1] else None
+
+
+def _moved_dim(name: str, args: Sequence, kwargs: dict, ndim: int, d: int, shape: tuple[int, ...]):
+    """Where op ``name`` puts dimension ``d`` of its ``ndim``-d input: a dimension, None (rearranged along it or
+    not followed) or _OTHER (the op names no dimension: ``_aligned`` decides)."""
+    def norm(v) -> int:
+        return v % ndim if isinstance(v, int) else -1
 
     def flat(v) -> list:
         return list(v) if isinstance(v, (list, tuple)) else [v]
 
-    if name.endswith("_") and not name.endswith("__"):
-        name = name[:-1]  # the in-place variant
-    if name in _ALL_DIMS:
-        return True
-    if name == "mT":
-        return ndim <= 3
+    def arg(i: int, *keys: str, default=None):
+        return next((kwargs[k] for k in keys if k in kwargs), args[i] if len(args) > i else default)
+
+    if name in _SCRAMBLES:
+        return None
+    if name in ("t", "H") and ndim < 2:
+        return d
+    if name in ("t", "H", "mT", "mH", "adjoint") or name in _SWAPS:
+        a, b = (norm(arg(1, "dim0", "axis0")), norm(arg(2, "dim1", "axis1"))) if name in _SWAPS else \
+            (0, 1) if name in ("t", "H") else (ndim - 2, ndim - 1)
+        return b if d == a else a if d == b else d
+    if name == "T":
+        return ndim - 1 - d
     if name == "permute":
-        dims = flat(args[1]) if len(args) == 2 else list(args[1:]) or flat(kwargs.get("dims", []))
-        return any(norm(d) != i for i, d in enumerate(dims[:2]))
-    if name in _PAIRS:
-        dims = [*args[1:3], *(kwargs.get(k) for k in ("dim0", "dim1", "axis0", "axis1", "source", "destination"))]
-        moved = [norm(d) for v in dims if v is not None for d in flat(v)]
-        return any(d in (0, 1) for d in moved) or (name in ("movedim", "moveaxis") and bool(moved)
-                                                   and min(moved) <= 1)
-    if name in ("roll", "rot90"):
-        dims = kwargs.get("dims", args[2] if len(args) > 2 else (None if name == "roll" else (0, 1)))
-        return dims is None or any(norm(d) in (0, 1) for d in flat(dims))
-    if name == "flip":
-        dims = [d for v in [*args[1:], kwargs.get("dims")] if v is not None for d in flat(v)]
-        return any(norm(d) in (0, 1) for d in dims)
-    if name == "take_along_dim":
-        dim = kwargs.get("dim", args[2] if len(args) > 2 else None)
-        return dim is None or norm(dim) in (0, 1)
-    if name in _DIM_AT_1:
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else _DIM_AT_1[name])
-        return dim is None or norm(dim) in (0, 1)
+        dims = [norm(v) for v in (flat(args[1]) if len(args) == 2 else list(args[1:]) or flat(kwargs.get("dims", [])))]
+        return dims.index(d) if d in dims else None
+    if name in ("movedim", "moveaxis"):
+        return _after_movedim(ndim, d, [norm(v) for v in flat(arg(1, "source"))],
+                              [norm(v) for v in flat(arg(2, "destination"))])
+    if name in ("flip", "fliplr", "flipud", "roll", "rot90"):
+        given = {"fliplr": 1, "flipud": 0}.get(name, arg(2, "dims") if name in ("roll", "rot90") else
+                                                    [v for a in args[1:] for v in flat(a)] or kwargs.get("dims"))
+        dims = (0, 1) if name == "rot90" and given is None else given
+        return None if dims is None or d in [norm(v) for v in flat(dims)] else d
+    if name == "take_along_dim" or name in _ALONG_DIM:
+        dim = arg(2 if name == "take_along_dim" else 1, "dim", default=_ALONG_DIM.get(name))
+        return None if dim is None or norm(dim) == d else _OTHER
+    if name in _REDUCTIONS and not (len(args) > 1 and torch.is_tensor(args[1])):
+        at = 2 if name == "norm" else 1  # torch.norm(input, p, dim, keepdim)
+        dims = arg(at, "dim", "axis")
+        if dims is None or d in (reduced := [norm(v) for v in flat(dims)]):
+            return None
+        return d if arg(at + 1, "keepdim", default=False) is True else d - sum(k < d for k in reduced)
     if name == "__getitem__":
-        return not _keeps_leading(args[1] if len(args) > 1 else None)
-    return False
+        where = _index_map(args[1] if len(args) > 1 else None, shape)
+        return None if where is None else where[0][d]
+    return _OTHER
 
 
-def _keeps_leading(index) -> bool:
-    """Whether indexing with ``index`` leaves dimensions 0 and 1 whole and in place (``x[:, :, 1:]``, ``x[..., 0]``
-    on a 4-d tensor is judged moving: conservative)."""
-    full = slice(None)
+def _after_movedim(ndim: int, d: int, source: list[int], destination: list[int]) -> int | None:
+    if len(source) != len(destination):
+        return None
+    order: list[int | None] = [None] * ndim
+    for s, t in zip(source, destination):
+        order[t] = s
+    rest = iter(k for k in range(ndim) if k not in source)
+    order = [next(rest) if k is None else k for k in order]
+    return order.index(d)
+
+
+def _index_map(index, shape: tuple[int, ...]) -> tuple[list[int | None], int] | None:
+    """For basic indexing (ints, slices, None, one Ellipsis) of a tensor of ``shape``: for each input dimension
+    the output dimension holding it whole (None: indexed away or cut), and the output's dimensions; None for
+    advanced indexing (tensors, lists, booleans), whose arrangement is not followed."""
     items = index if isinstance(index, tuple) else (index,)
-    return len(items) >= 1 and all(isinstance(i, slice) and i == full for i in items[:2])
+    if any(isinstance(i, bool) or not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in items):
+        return None
+    if sum(i is Ellipsis for i in items) > 1:
+        return None
+    consumed = sum(isinstance(i, (int, slice)) for i in items)
+    expanded: list = []
+    for i in items:
+        expanded += [slice(None)] * (len(shape) - consumed) if i is Ellipsis else [i]
+    if not any(i is Ellipsis for i in items):
+        expanded += [slice(None)] * (len(shape) - consumed)
+    where: list[int | None] = []
+    out = 0
+    for i in expanded:
+        if i is None:
+            out += 1
+            continue
+        if isinstance(i, slice):
+            size = shape[len(where)]
+            where.append(out if i.indices(size) == (0, size, 1) else None)
+            out += 1
+        else:
+            where.append(None)
+    return where, out
 
 
 @torch.no_grad()
@@ -159,9 +315,12 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
     if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
         return flow
     _check_dtype(model)
-    was_training, lineage = model.training, _Lineage()
-    hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name))
-             for name, m in model.named_modules() if not isinstance(m, torch.jit.ScriptModule)]  # no hooks there
+    was_training = model.training
+    lineage = _Lineage(flow, {id(p): n for n, p in model.named_parameters(remove_duplicate=False)})
+    hookable = [(n, m) for n, m in model.named_modules() if not isinstance(m, torch.jit.ScriptModule)]  # no hooks
+    hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name)) for name, m in hookable]
+    hooks += [m.register_forward_pre_hook(functools.partial(_enter_norm, lineage)) for _, m in hookable
+              if isinstance(m, _NORMS)]
     model.eval()
     try:
         with lineage:
@@ -188,16 +347,26 @@ def _check_dtype(model: torch.nn.Module) -> None:
                             f"in float32, or in bf16/fp16 under autocast with train.precision): model.float()")
 
 
+def _enter_norm(lineage: _Lineage, module: torch.nn.Module, inputs: tuple) -> None:
+    lineage.in_norm += 1
+
+
 def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, inputs: tuple, out) -> None:
-    """Forward hook of ``trace``: counts the call; a normalization records which layers reach its (first) input;
-    a layer's output starts a lineage."""
+    """Forward hook of ``trace``: counts the call; a normalization records which layers reach its (first) input,
+    exactly (their units on its dimension 1) or moved (a moved layer summed with another's whole output lives on
+    in that sum, as a residual's channel does, and is not recorded); a layer's output starts a lineage, its units
+    on dimension 1 (a Conv's channels, a Linear's features on a 2-d input) or last (a Linear on (N, P, D))."""
     flow.calls[name] += 1
-    if isinstance(module, _NORMS) and inputs and torch.is_tensor(inputs[0]):
-        exact, moved = lineage.of(inputs[0])
-        flow.exact[name].append(exact)
-        flow.moved[name] |= moved
-    if isinstance(module, PRUNABLE) and torch.is_tensor(out):
-        lineage.mark(out, frozenset({name}))
+    if isinstance(module, _NORMS):
+        lineage.in_norm -= 1
+        if inputs and torch.is_tensor(inputs[0]) and inputs[0].dim() >= 2:
+            sources, channels = lineage.of(inputs[0]), _layout(inputs[0].shape, 1)
+            exact = frozenset(s for s, layout in sources.items() if layout == channels)
+            flow.exact[name].append(exact)
+            flow.moved[name] |= {s for s in sources if s not in exact and not exact - {s}}
+    if isinstance(module, PRUNABLE) and torch.is_tensor(out) and out.dim() >= 1:
+        spatial = len(module.kernel_size) if isinstance(module, torch.nn.modules.conv._ConvNd) else 0
+        lineage.mark(out, {name: _layout(out.shape, out.dim() - 1 - spatial)})
 
 
 def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
@@ -227,6 +396,11 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
                                 f"flatten or permutation), where masking cannot follow it: a pruned unit would "
                                 f"get a non-zero output; allowed: a pruned layer whose output reaches a "
                                 f"normalization channel for channel")
+        if flow.shifted.get(unit.module):
+            raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} goes through "
+                                f"{' and '.join(sorted(flow.shifted[unit.module]))} (a shift outside a BatchNorm, "
+                                f"which masking does not zero), so a pruned unit would get a non-zero output; "
+                                f"allowed: a BatchNorm module's shift, or none")
         _check_pairing(model, unit, fed_by, modules)
 
 
