@@ -29,7 +29,7 @@ from gstlab import config as C
 from gstlab.callbacks import EpochCallback
 from gstlab.data import as_integer
 from gstlab.errors import one_line
-from gstlab.fingerprints import code_text, module_attributes
+from gstlab.fingerprints import code_text, model_tree, module_attributes
 from gstlab.models import trained_copy
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
@@ -179,13 +179,15 @@ def _built(model: Callable[[], nn.Module]):
 
 def model_fingerprint(model: nn.Module, units: list[PrunableUnit]) -> str:
     """``Class:hex``: a hash of the module tree (repr), the code of its module classes (``fingerprints.code_text``),
-    every module's own attributes (``self.scale = 100.0``: the repr does not show them), every state entry's
-    name, shape, dtype and value, which parameters train (``requires_grad``), and the prunable units."""
+    every module's own attributes (``self.scale = 100.0``: the repr does not show them; a module held outside the
+    tree, in a plain list, in full), every state entry's name, shape, dtype and value, which parameters train
+    (``requires_grad``), and the prunable units."""
     h = hashlib.sha256(repr(model).encode())
     for cls in dict.fromkeys(type(m) for m in model.modules()):
         h.update(code_text(cls).encode())
-    for name, module in model.named_modules():
-        h.update(f"{name}:{module_attributes(module)}".encode())
+    with model_tree(model):
+        for name, module in model.named_modules():
+            h.update(f"{name}:{module_attributes(module)}".encode())
     for name, value in model.state_dict().items():
         _update(h, name, value)
     h.update(repr([(n, p.requires_grad) for n, p in model.named_parameters()]).encode())

@@ -3,14 +3,30 @@ addresses), and any setting that can change what it computes changes the text.""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
+import logging
 import re
 import sys
 from typing import Any
 
 MAX_DEPTH = 8  # attributes of attributes: deeper values are named by type only (and cycles end)
+_DESCRIBING: set[int] = set()  # ids of the modules whose attributes are being written (a cycle ends there)
+_TREE: dict[int, str] = {}  # id -> name of the modules of the model being fingerprinted (``model_tree``)
+
+
+@contextlib.contextmanager
+def model_tree(model):
+    """While open, a module of ``model``'s tree met in an attribute (``self.blocks = [self.fc1, self.fc2]``, a
+    closure over ``self``) is written as its name in the tree, which is hashed on its own; any other module is
+    written in full (tree, attributes, state)."""
+    _TREE.update({id(m): name for name, m in model.named_modules(remove_duplicate=False)})
+    try:
+        yield
+    finally:
+        _TREE.clear()
 
 
 def code_text(fn: Any, depth: int = 0) -> str:
@@ -25,11 +41,18 @@ def code_text(fn: Any, depth: int = 0) -> str:
         text += inspect.getsource(fn)
     except (OSError, TypeError):
         code = getattr(fn, "__code__", None)
-        text += repr((code.co_code, code.co_consts)) if code is not None else "no source"
+        text += _bytecode_text(code) if code is not None else "no source"
     if inspect.isfunction(fn):
         cells = [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
         text += stable_repr((fn.__defaults__, fn.__kwdefaults__, cells), depth + 1)  # depth: a self-capture ends
     return text
+
+
+def _bytecode_text(code) -> str:
+    """A code object's instructions and constants, nested code objects (lambdas, comprehensions) by the same
+    text: their repr holds a memory address."""
+    consts = [_bytecode_text(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]
+    return f"{code.co_code!r}({', '.join(consts)})"
 
 
 def _filled(cell) -> bool:
@@ -59,32 +82,51 @@ def stable_repr(value: Any, depth: int = 0) -> str:
     torch = sys.modules.get("torch")  # not imported: no value is a tensor (the registry stays light to import)
     if torch is not None and isinstance(value, torch.Tensor):
         return tensor_text(value)
+    if torch is not None and isinstance(value, torch.Generator):  # its repr is an address: its state decides
+        return f"generator({value.device}):{tensor_text(value.get_state())}"
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray):  # repr elides the middle of a large array
+        return f"ndarray{value.shape}:{value.dtype}:{_digest(numpy.ascontiguousarray(value).tobytes())}"
+    if isinstance(value, logging.Logger):  # its __dict__ holds a cache that logging calls fill
+        return f"logging.Logger({value.name!r})"
     if isinstance(value, functools.partial):
         return f"partial({stable_repr((value.func, value.args, value.keywords), inner)})"
     if inspect.isfunction(value) or inspect.isclass(value) or inspect.isbuiltin(value) or inspect.ismethod(value):
         return code_text(getattr(value, "__func__", value), inner)
-    if torch is not None and isinstance(value, torch.nn.Module):
-        return f"<module {type(value).__qualname__}>"  # a module attribute is part of the tree, hashed there
+    if torch is not None and isinstance(value, torch.nn.Module):  # held in a list, a dict or a closure
+        if id(value) in _TREE:  # a module of the model's tree (hashed there): named by its place in it
+            return f"<module {_TREE[id(value)]!r}>"
+        if id(value) in _DESCRIBING:  # a module's own attribute reaching it again (a closure over self)
+            return f"<module {type(value).__qualname__}, itself>"
+        state = stable_repr(dict(value.state_dict(keep_vars=True)), inner)
+        return f"<module {_without_addresses(repr(value))} {module_attributes(value, inner)} {state}>"
     if hasattr(value, "__dict__"):
         return f"{type(value).__module__}.{type(value).__qualname__}{stable_repr(vars(value), inner)}"
     return f"{type(value).__module__}.{type(value).__qualname__}:{_without_addresses(repr(value))}"
 
 
-def module_attributes(module) -> str:
-    """The plain attributes a module's class sets (``self.scale = 100.0``, ``self.act = torch.sigmoid``), which the
-    module tree's repr does not show; torch's own bookkeeping left out."""
+def module_attributes(module, depth: int = 0) -> str:
+    """The plain attributes a module's class sets (``self.scale = 100.0``, ``self.act = torch.sigmoid``, a plain
+    list of modules), which the module tree's repr does not show; torch's own bookkeeping left out."""
     from torch import nn  # noqa: PLC0415
 
     base = vars(nn.Module())  # what every module holds: parameters, hooks, training, ...
-    return stable_repr({k: v for k, v in vars(module).items() if k not in base})
+    _DESCRIBING.add(id(module))
+    try:
+        return stable_repr({k: v for k, v in vars(module).items() if k not in base}, depth)
+    finally:
+        _DESCRIBING.discard(id(module))
 
 
 def tensor_text(t) -> str:
     import torch  # noqa: PLC0415
 
     t = t.detach().cpu().contiguous()
-    digest = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
-    return f"tensor{tuple(t.shape)}:{t.dtype}:{digest}"
+    return f"tensor{tuple(t.shape)}:{t.dtype}:{_digest(t.reshape(-1).view(torch.uint8).numpy().tobytes())}"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _without_addresses(text: str) -> str:
