@@ -1,6 +1,7 @@
 """A user's model: where masking cannot hold a pruned unit at zero, the run is refused in one line before anything
 is written; where it can, the masked model computes what the physically smaller one does."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,9 +134,16 @@ def test_a_batchnorm_that_runs_twice_is_refused(tmp_path, layer):
         f"for every use; allowed: one normalization module per use")
 
 
+@pytest.mark.parametrize("channels", [6, 8])
+def test_a_channels_last_layernorm_is_followed_to_its_shift_and_refused(tmp_path, channels):
+    """ConvNeXt style: the permute puts the conv's channels on the LayerNorm's normalized dimension (with 8
+    channels on 8x8 maps the shape does not tell); its statistics and shift give a pruned unit a value."""
+    assert "unit 'conv1': the output of 'conv1' goes into LayerNorm 'norm', which would give a pruned unit a " \
+           "non-zero output" in refused(tmp_path, lambda: ChannelsLastNorm(channels), "conv1")
+
+
 @pytest.mark.parametrize("model", [
-    Concatenated, lambda: ChannelsLastNorm(6), lambda: ChannelsLastNorm(8),
-    lambda: Rearranged(lambda t: t.flip(1)), lambda: Rearranged(lambda t: t[:, [1, 0, *range(2, 8)]]),
+    Concatenated, lambda: Rearranged(lambda t: t.flip(1)), lambda: Rearranged(lambda t: t[:, [1, 0, *range(2, 8)]]),
     lambda: Rearranged(lambda t: t.transpose(1, 2).transpose(1, 2).roll(1, 1))])
 def test_a_normalization_reached_with_moved_channels_is_refused(tmp_path, model):
     """8 channels on 8x8 maps: the permutation keeps the shape, and the lineage must not take it for exact."""
@@ -313,12 +321,13 @@ def _written(permute: bool):
     (lambda: Rearranged(lambda t: t[..., 1:, :-1]), "conv1", (1, 8, 8)),
     (lambda: Rearranged(lambda t: t.flatten(1).view(t.shape)), "conv1", (1, 8, 8)),
     (lambda: Rearranged(lambda t: t.permute(0, 2, 3, 1).movedim(3, 1)), "conv1", (1, 8, 8)),
-    (lambda: Rearranged(_written(permute=False)), "conv1", (1, 8, 8)), (lambda: Shifted("scale"), "conv1", (1, 8, 8))])
+    (lambda: Rearranged(_written(permute=False)), "conv1", (1, 8, 8)), (lambda: Shifted("scale"), "conv1", (1, 8, 8)),
+    (lambda: Rearranged(lambda t: torch.cat([u * 2 for u in t.chunk(2, 0)], 0)), "conv1", (1, 8, 8))])
 def test_layouts_followed_through_pads_transposes_and_reshapes_are_accepted(tmp_path, model, layer, shape):
     """Each had been refused as moving channels: a shortcut padded into a sum with a whole layer's output (the
     channel lives on in the sum), a Linear's last dimension moved onto BatchNorm1d's channels, an Ellipsis crop,
-    a flatten and back, a permute and its inverse, and an in-place write of the whole tensor; a learned scale keeps
-    zero and is accepted."""
+    a flatten and back, a permute and its inverse, an in-place write of the whole tensor, and a batch split and
+    joined again; a learned scale keeps zero and is accepted."""
     summary = api.run(config(layer), tmp_path / "run", model=model, data=data(shape))
     assert summary["status"] == "finished" and summary["n_events"] == 2
 
@@ -337,8 +346,123 @@ def test_a_linear_on_points_into_a_batchnorm_over_the_points_is_refused(tmp_path
         refused(tmp_path, PointwiseLinear, "fc1", data_=data((8, 8))))
 
 
-@pytest.mark.parametrize("how, what", [("bias", "parameter 'bias'"), ("group_norm", "F.group_norm")])
+@pytest.mark.parametrize("how, what", [
+    ("bias", "parameter 'bias', a learned shift that masking does not zero"),
+    ("group_norm", "F.group_norm, whose statistics and shift masking does not zero")])
 def test_a_shift_outside_a_batchnorm_is_refused(tmp_path, how, what):
     assert refused(tmp_path, lambda: Shifted(how), "conv1") == (
-        f"unit 'conv1': the output of 'conv1' goes through {what} (a shift outside a BatchNorm, which masking does "
-        f"not zero), so a pruned unit would get a non-zero output; allowed: a BatchNorm module's shift, or none")
+        f"unit 'conv1': the output of 'conv1' goes through {what}: a pruned unit would get a non-zero output; "
+        f"allowed: a shift inside the unit's BatchNorm, or none")
+
+
+class AfterBatchNorm(Head):
+    """conv1 -> bn1, then ``how`` (the second review's reproductions: each had been accepted or refused wrongly)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.conv1, self.bn1, self.head = how, nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(
+            8, 4)
+        self.bias = nn.Parameter(torch.full((8,), 0.5))
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False) if how == "depthwise" else None
+        self.bn2 = nn.BatchNorm2d(8) if how == "depthwise" else None
+
+    def forward(self, x):
+        h, b = self.bn1(self.conv1(x)), self.bias.view(1, -1, 1, 1)
+        if self.how == "add_":
+            h.add_(b)
+        elif self.how == "expand_as":
+            h = h + b.expand_as(h)
+        elif self.how == "depthwise":  # MobileNet: the per-channel conv's BatchNorm gives a pruned unit its shift
+            h = self.bn2(self.dw(F.relu(h)))
+        return self.head_of(h)
+
+
+class ViewWrites(Head):
+    """Memory-efficient DenseNet: the concatenation written into a buffer through views."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(9), nn.Linear(9, 4)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        buf = x.new_zeros(len(x), 9, *x.shape[2:])
+        buf[:, :8].copy_(h)
+        buf[:, 8:].copy_(x)
+        return self.head_of(self.bn1(buf))
+
+
+class PreActivation(Head):
+    """Pre-activation blocks with identity skips: by declaration order conv2 pairs with next_bn, which
+    normalizes the sum with the skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv1, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.next_bn, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.conv0(x)
+        h = h + self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(h))))))
+        return self.head_of(self.next_bn(h))
+
+
+class TokenMLP(nn.Module):
+    """A transformer's MLP on (N, T, D) tokens, pre-LayerNorm, with the residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.ln1 = nn.Linear(8, 16), nn.LayerNorm(16)
+        self.fc1, self.fc2, self.ln2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.LayerNorm(16), nn.Linear(
+            16, 4)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.fc2(F.gelu(self.fc1(self.ln1(x))))
+        return self.head(self.ln2(x).mean(1))
+
+
+class ShiftThenBatchNorm(Head):
+    """A learned shift before the unit's own affine BatchNorm: masking the BatchNorm zeroes the unit anyway."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.pos, self.head = nn.Parameter(0.5 * torch.randn(1, 8, 8, 8)), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head_of(self.bn1(self.conv1(x) + self.pos))
+
+
+@pytest.mark.parametrize("how, what", [
+    ("add_", "parameter 'bias', a learned shift"), ("expand_as", "parameter 'bias', a learned shift"),
+    ("depthwise", "a per-channel conv2d (groups=8), whose channels masking does not follow")])
+def test_in_place_and_shape_only_shifts_and_depthwise_convs_are_refused(tmp_path, how, what):
+    assert f"unit 'conv1': the output of 'conv1' goes through {what}" in refused(
+        tmp_path, lambda: AfterBatchNorm(how), "conv1")
+
+
+@pytest.mark.parametrize("model", [
+    ViewWrites, lambda: Rearranged(lambda t: torch.stack(t.unbind(1), -1)),  # a permute by unbind and stack
+    lambda: Rearranged(lambda t: t.transpose(np.int64(1), 3))])
+def test_writes_through_views_unbind_and_numpy_dims_move_channels(tmp_path, model):
+    assert "with its channels moved or merged" in refused(tmp_path, model, "conv1")
+
+
+def test_a_batchnorm_after_a_residual_sum_is_not_a_units_own(tmp_path):
+    assert refused(tmp_path, PreActivation, "conv2") == (
+        "unit 'conv2': its BatchNorm 'next_bn' also normalizes the output of 'conv0' (a sum, such as a residual's "
+        "skip), and masking it would cut their channel; declare PrunableUnit('conv2', 'conv2', bn=None) (the "
+        "channel lives on in the sum) or the BatchNorm the layer alone feeds")
+    summary = api.run(config("conv2"), tmp_path / "run", model=PreActivation, data=data(),
+                      units=[PrunableUnit("conv2", "conv2", bn=None)])
+    assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+@pytest.mark.parametrize("model, layer, shape", [(TokenMLP, "fc2", (8, 8)), (ShiftThenBatchNorm, "conv1", (1, 8, 8))])
+def test_a_transformer_mlp_output_and_a_shift_before_the_units_batchnorm_are_accepted(tmp_path, model, layer, shape):
+    """fc2's features are the LayerNorm's normalized dimension, summed with the residual (the channel lives on);
+    the unit's own affine BatchNorm zeroes a pruned unit whatever shift came before it."""
+    summary = api.run(config(layer), tmp_path / "run", model=model, data=data(shape))
+    assert summary["status"] == "finished" and summary["n_events"] == 2

@@ -14,7 +14,9 @@ shuffle or advanced index) they are *moved*. An op that mixes channels (a convol
 LayerNorm's statistics) ends the lineage: what follows is another layer's output. A learned shift added to a
 layer's output alone (a Parameter outside a normalization: Fixup's biases) and a functional normalization that
 does not keep zero at zero (``F.group_norm``, ``F.layer_norm``, ``F.batch_norm`` with a shift or running
-statistics) are recorded as ``shifted``: masking cannot zero them.
+statistics) are recorded as ``shifted`` where they reach the next mixing op (the layer's own affine BatchNorm on
+the way zeroes a pruned unit whatever came before), and so is a depthwise convolution after the layer: masking
+cannot zero them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,8 +46,10 @@ _MIXING = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_tra
                      "layer_norm", "softmax", "log_softmax", "normalize"})
 # functional normalizations; outside a normalization module they shift a dead unit (see _keeps_zero_functional)
 _NORM_FUNCTIONS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm"})
-_SHIFTS = frozenset({"add", "sub", "__add__", "__radd__", "__sub__", "__rsub__", "__iadd__", "__isub__", "rsub",
-                     "addcmul", "addcdiv"})  # ops that add a tensor: with a learned one, a dead unit is shifted
+_SHIFTS = frozenset({"add", "sub", "subtract", "__add__", "__radd__", "__sub__", "__rsub__", "__iadd__", "__isub__",
+                     "rsub", "addcmul", "addcdiv", "lerp"})  # ops adding a tensor: with a learned one, a dead unit
+# is shifted (in-place variants by their name without the trailing _)
+_SHAPE_ONLY = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})  # the second tensor gives only a shape
 _CREATES = frozenset({"empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like",
                       "randint_like", "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"})
 _RESHAPES = frozenset({"view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "ravel", "squeeze",
@@ -73,6 +78,7 @@ class Flow:
 
     exact: dict[str, list[frozenset[str]]] = field(default_factory=lambda: collections.defaultdict(list))
     moved: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
+    sources: dict[str, frozenset[str]] = field(default_factory=dict)  # every layer reaching it (first call)
     calls: collections.Counter = field(default_factory=collections.Counter)
     shifted: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
 
@@ -87,55 +93,66 @@ class Flow:
 
 
 class _Lineage(TorchFunctionMode):
-    """Labels each tensor with the layers it derives from and their layouts in it, and each tensor computed from
-    the model's parameters alone with their names. Every tensor it labels is held, so no later tensor can reuse
-    its id."""
+    """Labels each tensor with the layers it derives from and their layouts in it, with the shifts a layer's dead
+    units took on the way (a learned bias, a functional normalization: absorbed by an affine BatchNorm, recorded
+    in ``Flow.shifted`` where they reach a mixing op or the output), and each tensor computed from the model's
+    parameters alone with their names. Every tensor it labels is held, so no later tensor can reuse its id."""
 
     def __init__(self, flow: Flow, parameters: dict[int, str]) -> None:
         super().__init__()
-        self.flow, self.sources, self.params = flow, {}, dict(parameters)
+        self.flow, self.sources, self.shifts, self.params = flow, {}, {}, dict(parameters)
         self.held: list[torch.Tensor] = []
         self.in_norm = 0  # depth of normalization modules running (their own F.batch_norm is not a shift)
 
     def of(self, tensor: torch.Tensor) -> dict[str, Layout]:
         return self.sources.get(id(tensor), {})
 
-    def mark(self, tensor: torch.Tensor, sources: dict[str, Layout]) -> None:
-        self.sources[id(tensor)] = sources
+    def shifts_of(self, tensor: torch.Tensor) -> dict[str, frozenset[str]]:
+        return self.shifts.get(id(tensor), {})
+
+    def mark(self, tensor: torch.Tensor, sources: dict[str, Layout], shifts: dict | None = None) -> None:
+        self.sources[id(tensor)], self.shifts[id(tensor)] = sources, shifts or {}
         self.held.append(tensor)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        name = getattr(func, "__name__", "")
-        if name == "__get__":  # a property (x.T, x.mT): named by its descriptor
-            name = getattr(getattr(func, "__self__", None), "__name__", name)
+        name = _op_name(func)
         if name == "__setitem__":
             self._write(*args[:3])
             return out
         outs = [t for t in pytree.tree_leaves(out) if torch.is_tensor(t) and t.dim() >= 1]
-        ins = [t for t in pytree.tree_leaves((args, {k: v for k, v in kwargs.items() if k != "out"}))
-               if torch.is_tensor(t)]
+        values = args[:1] if name in _SHAPE_ONLY else (args, {k: v for k, v in kwargs.items() if k != "out"})
+        ins = [t for t in pytree.tree_leaves(values) if torch.is_tensor(t)]
         if not outs or name in _CREATES:
             return out
-        if name in _SHIFTS or (name in _NORM_FUNCTIONS and not self.in_norm):
-            self._note_shift(name, args, kwargs, ins)
-        if name in _MIXING:  # a new source (a Conv/Linear module's hook then names its own output)
+        if name in _MIXING or _per_channel(name, args, kwargs):  # a new source (a Conv/Linear module's hook then
+            self._reach_mixing(name, args, kwargs, ins)        # names its own output)
             for t in outs:
                 self.mark(t, {f"<{name}, which mixes channels>": _layout(t.shape, min(1, t.dim() - 1))})
             return out
+        new_shifts = self._new_shifts(name, args, kwargs, ins)
         for o in outs:
-            carried: dict[str, Layout] = {}
-            for t in ins:
-                for source, layout in self.of(t).items():
-                    new = _carry(name, args, kwargs, t, o, layout)
-                    carried[source] = new if carried.get(source, new) == new else None  # two layouts: moved
-            if carried:
-                self.mark(o, carried)
-            elif ins and all(id(t) in self.params for t in ins):
-                self.params[id(o)] = self.params[id(ins[0])]
-                self.held.append(o)
+            self._label(o, name, args, kwargs, ins, new_shifts)
+        written = args[0] if args and torch.is_tensor(args[0]) and (_in_place(name) or "out" in kwargs) else None
+        if written is not None and written._base is not None:
+            self._into_base(written)
         return out
+
+    def _label(self, o: torch.Tensor, name: str, args: Sequence, kwargs: dict, ins: list, new_shifts: dict) -> None:
+        carried: dict[str, Layout] = {}
+        shifts: dict[str, frozenset[str]] = dict(new_shifts)
+        for t in ins:
+            for source, layout in self.of(t).items():
+                new = _carry(name, args, kwargs, t, o, layout)
+                carried[source] = new if carried.get(source, new) == new else None  # two layouts: moved
+            for source, what in self.shifts_of(t).items():
+                shifts[source] = shifts.get(source, frozenset()) | what
+        if carried:
+            self.mark(o, carried, shifts)
+        elif ins and all(id(t) in self.params for t in ins):
+            self.params[id(o)] = self.params[id(ins[0])]
+            self.held.append(o)
 
     def _write(self, target, index, value) -> None:
         """``target[index] = value``: the value's layers join the target's, in place where the index keeps the
@@ -153,21 +170,80 @@ class _Lineage(TorchFunctionMode):
                 if dims and target.shape[dims[0]] == value.shape[d]:
                     new = _layout(tuple(target.shape), dims[0])
             merged[source] = new if merged.get(source, new) == new else None
-        self.mark(target, merged)
+        self.mark(target, merged, _merged(self.shifts_of(target), self.shifts_of(value)))
+        if target._base is not None:
+            self._into_base(target)
 
-    def _note_shift(self, name: str, args: Sequence, kwargs: dict, ins: list) -> None:
-        """Record a learned shift (or a functional normalization that does not keep zero) applied to one
-        layer's output alone."""
+    def _into_base(self, view: torch.Tensor) -> None:
+        """A write into a view (``buf[:, :8].copy_(h)``) writes its base: the layers new to the base join it as
+        moved (where in the base they landed is not followed)."""
+        base = view._base
+        sources = {**{s: None for s in self.of(view)}, **self.of(base)}
+        self.mark(base, sources, _merged(self.shifts_of(base), self.shifts_of(view)))
+
+    def _new_shifts(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
+        """The shift op ``name`` gives one layer's output alone: a learned one (a Parameter, or a tensor computed
+        from parameters alone, added) or a functional BatchNorm/InstanceNorm that does not keep zero at zero."""
+        live = {s for t in ins for s, layout in self.of(t).items() if layout is not None}
+        if len(live) != 1:
+            return {}
+        base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
+        if base in _NORM_FUNCTIONS:
+            what = None if self.in_norm or _keeps_zero_functional(base, args, kwargs) else \
+                f"F.{base}, whose shift or running mean masking does not zero"
+        else:
+            learned = [self.params[id(t)] for t in ins if id(t) in self.params] if base in _SHIFTS else []
+            what = f"parameter {learned[0]!r}, a learned shift that masking does not zero" if learned else None
+        return {live.pop(): frozenset({what})} if what else {}
+
+    def _reach_mixing(self, name: str, args: Sequence, kwargs: dict, ins: list) -> None:
+        """Record the shifts that reach a mixing op (the next layer sees them), and the mixing ops masking cannot
+        follow a layer's output alone into: a functional GroupNorm/LayerNorm (statistics over other units) and a
+        per-channel (depthwise) convolution, whose channels would need masking too."""
+        for t in ins:
+            for source, what in self.shifts_of(t).items():
+                self.flow.shifted[source] |= what
         live = {s for t in ins for s, layout in self.of(t).items() if layout is not None}
         if len(live) != 1:
             return
-        if name in _NORM_FUNCTIONS:
-            if not _keeps_zero_functional(name, args, kwargs):
-                self.flow.shifted[live.pop()].add(f"F.{name}")
-            return
-        learned = [self.params[id(t)] for t in ins if id(t) in self.params]
-        if learned:
-            self.flow.shifted[live.pop()].add(f"parameter {learned[0]!r}")
+        if name in _NORM_FUNCTIONS and not self.in_norm:
+            self.flow.shifted[live.pop()].add(f"F.{name}, whose statistics and shift masking does not zero")
+        elif _per_channel(name, args, kwargs):
+            self.flow.shifted[live.pop()].add(f"a per-channel {name} (groups={args[0].shape[1]}), whose channels "
+                                              "masking does not follow")
+
+    def absorb(self, out, sources: frozenset[str]) -> None:
+        """An affine BatchNorm fed by one layer alone zeroes its pruned units whatever shift came before."""
+        if torch.is_tensor(out) and id(out) in self.shifts:
+            self.shifts[id(out)] = {s: w for s, w in self.shifts[id(out)].items() if s not in sources}
+
+    def reach_output(self, out) -> None:
+        for source, what in self.shifts_of(out).items() if torch.is_tensor(out) else ():
+            self.flow.shifted[source] |= what
+
+
+def _op_name(func) -> str:
+    name = getattr(func, "__name__", "")
+    if name == "__get__":  # a property (x.T, x.mT): named by its descriptor
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    return name
+
+
+def _in_place(name: str) -> bool:
+    return name.endswith("_") and not name.endswith("__") or name in ("__iadd__", "__isub__", "__imul__",
+                                                                      "__itruediv__")
+
+
+def _per_channel(name: str, args: Sequence, kwargs: dict) -> bool:
+    """A convolution with one group per input channel (depthwise): it does not mix channels."""
+    if name not in ("conv1d", "conv2d", "conv3d") or not args or not torch.is_tensor(args[0]):
+        return False
+    groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
+    return isinstance(groups, int) and groups > 1 and args[0].dim() >= 2 and groups == args[0].shape[1]
+
+
+def _merged(a: dict[str, frozenset[str]], b: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    return {s: a.get(s, frozenset()) | b.get(s, frozenset()) for s in {*a, *b}}
 
 
 def _keeps_zero_functional(name: str, args: Sequence, kwargs: dict) -> bool:
@@ -199,7 +275,10 @@ def _carry(name: str, args: Sequence, kwargs: dict, t: torch.Tensor, o: torch.Te
     d = _unit_dim(tuple(t.shape), layout)
     if d is None:
         return None
-    new = _moved_dim(name, args, kwargs, t.dim(), d, tuple(t.shape))
+    try:
+        new = _moved_dim(name, _Call(args, kwargs, t.dim()), d, tuple(t.shape))
+    except _Unfollowed:
+        return None
     if new is _OTHER:
         new = _aligned(tuple(t.shape), tuple(o.shape), d)
     if new is None or not 0 <= new < o.dim() or o.shape[new] != t.shape[d]:
@@ -216,50 +295,77 @@ def _aligned(before: tuple[int, ...], after: tuple[int, ...], d: int) -> int | N
     return d + k if k > 0 and after[k:k + d + 1] == before[:d + 1] else None
 
 
-def _moved_dim(name: str, args: Sequence, kwargs: dict, ndim: int, d: int, shape: tuple[int, ...]):
-    """Where op ``name`` puts dimension ``d`` of its ``ndim``-d input: a dimension, None (rearranged along it or
-    not followed) or _OTHER (the op names no dimension: ``_aligned`` decides)."""
-    def norm(v) -> int:
-        return v % ndim if isinstance(v, int) else -1
+class _Unfollowed(Exception):
+    """A dimension given as something other than an integer: where the units go is not followed."""
 
-    def flat(v) -> list:
-        return list(v) if isinstance(v, (list, tuple)) else [v]
 
-    def arg(i: int, *keys: str, default=None):
-        return next((kwargs[k] for k in keys if k in kwargs), args[i] if len(args) > i else default)
+@dataclass
+class _Call:
+    """An op's arguments, read as dimensions of its ``ndim``-d input."""
 
+    args: Sequence
+    kwargs: dict
+    ndim: int
+
+    def arg(self, i: int, *keys: str, default=None):
+        return next((self.kwargs[k] for k in keys if k in self.kwargs), self.args[i] if len(self.args) > i else
+                    default)
+
+    def dim(self, v) -> int:
+        try:
+            return operator.index(v) % self.ndim  # numpy and torch integers too
+        except TypeError:
+            raise _Unfollowed from None
+
+    def dims(self, v) -> list[int]:
+        return [self.dim(x) for x in (list(v) if isinstance(v, (list, tuple)) else [v])]
+
+
+def _moved_dim(name: str, call: _Call, d: int, shape: tuple[int, ...]):
+    """Where op ``name`` puts dimension ``d`` of its input: a dimension, None (rearranged along it or not
+    followed) or _OTHER (the op names no dimension: ``_aligned`` decides)."""
+    ndim, arg = call.ndim, call.arg
     if name in _SCRAMBLES:
         return None
     if name in ("t", "H") and ndim < 2:
         return d
+    if name in ("select", "unbind"):  # remove their dimension
+        dim = call.dim(arg(1, "dim", default=0))
+        return None if dim == d else d - (dim < d)
+    if name in ("cat", "concat", "concatenate", "chunk", "split", "tensor_split", "split_with_sizes"):
+        dim = call.dim(arg(1 if name in ("cat", "concat", "concatenate") else 2, "dim", "axis", default=0))
+        return None if dim == d else d  # along another dimension (the batch: ghost batches) units stay
+    if name == "stack":  # inserts a dimension
+        dim = operator.index(arg(1, "dim", default=0)) % (ndim + 1)
+        return d + (dim <= d)
     if name in ("t", "H", "mT", "mH", "adjoint") or name in _SWAPS:
-        a, b = (norm(arg(1, "dim0", "axis0")), norm(arg(2, "dim1", "axis1"))) if name in _SWAPS else \
+        a, b = (call.dim(arg(1, "dim0", "axis0")), call.dim(arg(2, "dim1", "axis1"))) if name in _SWAPS else \
             (0, 1) if name in ("t", "H") else (ndim - 2, ndim - 1)
         return b if d == a else a if d == b else d
     if name == "T":
         return ndim - 1 - d
     if name == "permute":
-        dims = [norm(v) for v in (flat(args[1]) if len(args) == 2 else list(args[1:]) or flat(kwargs.get("dims", [])))]
-        return dims.index(d) if d in dims else None
+        order = call.dims(call.args[1] if len(call.args) == 2 else list(call.args[1:]) or call.kwargs.get("dims", []))
+        return order.index(d) if d in order else None
     if name in ("movedim", "moveaxis"):
-        return _after_movedim(ndim, d, [norm(v) for v in flat(arg(1, "source"))],
-                              [norm(v) for v in flat(arg(2, "destination"))])
+        return _after_movedim(ndim, d, call.dims(arg(1, "source")), call.dims(arg(2, "destination")))
     if name in ("flip", "fliplr", "flipud", "roll", "rot90"):
         given = {"fliplr": 1, "flipud": 0}.get(name, arg(2, "dims") if name in ("roll", "rot90") else
-                                                    [v for a in args[1:] for v in flat(a)] or kwargs.get("dims"))
+                                                    [v for a in call.args[1:] for v in call.dims(a)]
+                                                    or call.kwargs.get("dims"))
         dims = (0, 1) if name == "rot90" and given is None else given
-        return None if dims is None or d in [norm(v) for v in flat(dims)] else d
+        return None if dims is None or d in call.dims(dims) else d
     if name == "take_along_dim" or name in _ALONG_DIM:
         dim = arg(2 if name == "take_along_dim" else 1, "dim", default=_ALONG_DIM.get(name))
-        return None if dim is None or norm(dim) == d else _OTHER
-    if name in _REDUCTIONS and not (len(args) > 1 and torch.is_tensor(args[1])):
+        return None if dim is None or call.dim(dim) == d else _OTHER
+    if name in _REDUCTIONS and not (len(call.args) > 1 and torch.is_tensor(call.args[1])):
         at = 2 if name == "norm" else 1  # torch.norm(input, p, dim, keepdim)
         dims = arg(at, "dim", "axis")
-        if dims is None or d in (reduced := [norm(v) for v in flat(dims)]):
+        if dims is None or d in (reduced := call.dims(dims)):
             return None
         return d if arg(at + 1, "keepdim", default=False) is True else d - sum(k < d for k in reduced)
     if name == "__getitem__":
-        where = _index_map(args[1] if len(args) > 1 else None, shape)
+        where = _index_map(call.args[1] if len(call.args) > 1 else None, shape)
         return None if where is None else where[0][d]
     return _OTHER
 
@@ -325,6 +431,7 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
     try:
         with lineage:
             out = model(x)
+        lineage.reach_output(out)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise C.ConfigError(f"model: its forward pass fails on an input of shape {tuple(x.shape[1:])} "
                             f"({one_line(err)}); the model must take the data's inputs") from None
@@ -360,13 +467,23 @@ def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, i
     if isinstance(module, _NORMS):
         lineage.in_norm -= 1
         if inputs and torch.is_tensor(inputs[0]) and inputs[0].dim() >= 2:
-            sources, channels = lineage.of(inputs[0]), _layout(inputs[0].shape, 1)
+            x = inputs[0]
+            sources, channels = lineage.of(x), _layout(x.shape, _channel_dim(module, x.dim()))
             exact = frozenset(s for s, layout in sources.items() if layout == channels)
             flow.exact[name].append(exact)
             flow.moved[name] |= {s for s in sources if s not in exact and not exact - {s}}
+            flow.sources.setdefault(name, frozenset(sources))
+            if isinstance(module, BATCHNORM) and module.affine and len(sources) == 1 and exact:
+                lineage.absorb(out, exact)
     if isinstance(module, PRUNABLE) and torch.is_tensor(out) and out.dim() >= 1:
         spatial = len(module.kernel_size) if isinstance(module, torch.nn.modules.conv._ConvNd) else 0
         lineage.mark(out, {name: _layout(out.shape, out.dim() - 1 - spatial)})
+
+
+def _channel_dim(norm: torch.nn.Module, ndim: int) -> int:
+    """The dimension a normalization takes for its channels: 1, or a LayerNorm's first normalized one (the
+    features of a transformer's (N, T, D))."""
+    return ndim - len(norm.normalized_shape) if isinstance(norm, torch.nn.LayerNorm) else 1
 
 
 def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
@@ -398,10 +515,10 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
                                 f"normalization channel for channel")
         if flow.shifted.get(unit.module):
             raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} goes through "
-                                f"{' and '.join(sorted(flow.shifted[unit.module]))} (a shift outside a BatchNorm, "
-                                f"which masking does not zero), so a pruned unit would get a non-zero output; "
-                                f"allowed: a BatchNorm module's shift, or none")
+                                f"{'; and '.join(sorted(flow.shifted[unit.module]))}: a pruned unit would get a "
+                                f"non-zero output; allowed: a shift inside the unit's BatchNorm, or none")
         _check_pairing(model, unit, fed_by, modules)
+        _refuse_shared_batchnorm(unit, flow)
 
 
 def check_activations(model: torch.nn.Module, units, flow: Flow) -> None:
@@ -451,6 +568,18 @@ def _shared_parameters(model: torch.nn.Module) -> dict[str, str]:
             else:
                 owner[id(p)] = name
     return shared
+
+
+def _refuse_shared_batchnorm(unit, flow: Flow) -> None:
+    """The unit's BatchNorm must normalize its layer's output alone: masking it in a sum (a pre-activation
+    block's BatchNorm after the skip, paired by declaration order) cuts the other branches' channel too."""
+    others = sorted(flow.sources.get(unit.bn, frozenset()) - {unit.module}) if unit.bn is not None else []
+    if others:
+        also = "also " if unit.module in flow.sources[unit.bn] else ""
+        raise C.ConfigError(f"unit {unit.name!r}: its BatchNorm {unit.bn!r} {also}normalizes the output of "
+                            f"{', '.join(map(repr, others))} (a sum, such as a residual's skip), and masking it "
+                            f"would cut their channel; declare PrunableUnit({unit.name!r}, {unit.module!r}, "
+                            f"bn=None) (the channel lives on in the sum) or the BatchNorm the layer alone feeds")
 
 
 def _check_pairing(model: torch.nn.Module, unit, fed_by: dict[str, str], modules: dict) -> None:
