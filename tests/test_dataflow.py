@@ -466,3 +466,97 @@ def test_a_transformer_mlp_output_and_a_shift_before_the_units_batchnorm_are_acc
     the unit's own affine BatchNorm zeroes a pruned unit whatever shift came before it."""
     summary = api.run(config(layer), tmp_path / "run", model=model, data=data(shape))
     assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+class BatchNormPlus(nn.BatchNorm2d):
+    """A BatchNorm subclass adding its own shift after normalizing: masking zeroes weight and bias, not it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.extra = nn.Parameter(torch.full((channels,), 0.5))
+
+    def forward(self, x):
+        return super().forward(x) + self.extra.view(1, -1, 1, 1)
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """ConvNeXt's own LayerNorm over channels, written out with mean and var over dimension 1."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels) + 0.1)
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        x = (x - u) / ((x - u).pow(2).mean(1, keepdim=True) + 1e-6).sqrt()
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class Then(Head):
+    """conv1 -> bn1 -> relu -> ``after`` -> conv2 -> head; ``after`` a module, or a function of (self, h)."""
+
+    def __init__(self, make_after) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.after = make_after()
+        self.conv2, self.head = nn.Conv2d(8, 8, 1), nn.Linear(8, 4)
+        self.bias = nn.Parameter(torch.full((8,), 0.5))
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.after(self, h) if callable(self.after) and not isinstance(self.after, nn.Module) else self.after(h)
+        return self.head_of(self.conv2(h))
+
+
+class ByKeyword(nn.Module):
+    """Calls its GroupNorm with the input by keyword (forward hooks then get no positional input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(2, 8)
+
+    def forward(self, h):
+        return self.norm(input=h)
+
+
+def _depthwise(groups, bias: bool, norm: bool):
+    return lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=bias),
+                                 *([nn.BatchNorm2d(8)] if norm else []))
+
+
+@pytest.mark.parametrize("model", [
+    lambda: Then(lambda: lambda self, h: h + self.bias.view(1, -1, 1, 1)),  # then a plain conv: the shift reaches it
+    lambda: Then(lambda: ChannelsFirstLayerNorm(8)), lambda: Then(_depthwise(np.int64(8), bias=False, norm=True)),
+    lambda: Then(_depthwise(8, bias=True, norm=False)),
+    lambda: Then(lambda: lambda self, h: torch.jit.script(nn.ReLU())(h + self.bias.view(1, -1, 1, 1))),
+    lambda: Then(ByKeyword)])
+def test_shifts_the_unit_meets_before_the_next_conv_are_refused(tmp_path, model):
+    """A shift after the unit's BatchNorm, a hand-written LayerNorm, a depthwise conv (numpy groups) with a
+    BatchNorm or a bias after it, a shift read by a TorchScript module (no op of it is traced), a GroupNorm called
+    by keyword: each gives a pruned unit a value the next conv sees (measured by the second review)."""
+    assert "unit 'conv1': the output of 'conv1' goes" in refused(tmp_path, model, "conv1")
+
+
+def test_a_batchnorm_subclass_adding_its_own_shift_is_refused(tmp_path):
+    class WithPlus(Then):
+        def __init__(self) -> None:
+            super().__init__(lambda: nn.Identity())
+            self.bn1 = BatchNormPlus(8)
+
+    assert "goes through parameter 'bn1.extra', a learned shift" in refused(
+        tmp_path, WithPlus, "conv1", units=[PrunableUnit("conv1", "conv1", bn="bn1")])
+
+
+def test_a_copy_between_channels_of_one_tensor_moves_them(tmp_path):
+    def swap(t):
+        t[:, :4].copy_(t[:, 4:].clone())
+        return t
+
+    assert "with its channels moved or merged" in refused(tmp_path, lambda: Rearranged(swap), "conv1")
+
+
+def test_a_separable_conv_without_bias_or_norm_in_between_is_accepted(tmp_path):
+    """Xception: depthwise (no bias) straight into the pointwise conv keeps a pruned unit's channel at zero."""
+    summary = api.run(config("conv1"), tmp_path / "run", model=lambda: Then(_depthwise(8, bias=False, norm=False)),
+                      data=data())
+    assert summary["status"] == "finished" and summary["n_events"] == 2

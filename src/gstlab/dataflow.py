@@ -98,9 +98,12 @@ class _Lineage(TorchFunctionMode):
     in ``Flow.shifted`` where they reach a mixing op or the output), and each tensor computed from the model's
     parameters alone with their names. Every tensor it labels is held, so no later tensor can reuse its id."""
 
-    def __init__(self, flow: Flow, parameters: dict[int, str]) -> None:
+    def __init__(self, flow: Flow, parameters: dict[int, str], masked_affine: set[int]) -> None:
         super().__init__()
-        self.flow, self.sources, self.shifts, self.params = flow, {}, {}, dict(parameters)
+        self.flow, self.sources, self.params, self.masked_affine = flow, {}, dict(parameters), masked_affine
+        self.shifts: dict[int, dict[str, frozenset[str]]] = {}
+        self.pending: dict[int, dict[str, frozenset[str]]] = {}  # after a depthwise conv: a norm or shift next
+        self.consumed: set[int] = set()  # tensors an op has read (the others' shifts are recorded at the end)
         self.held: list[torch.Tensor] = []
         self.in_norm = 0  # depth of normalization modules running (their own F.batch_norm is not a shift)
 
@@ -110,8 +113,14 @@ class _Lineage(TorchFunctionMode):
     def shifts_of(self, tensor: torch.Tensor) -> dict[str, frozenset[str]]:
         return self.shifts.get(id(tensor), {})
 
-    def mark(self, tensor: torch.Tensor, sources: dict[str, Layout], shifts: dict | None = None) -> None:
+    def pending_of(self, tensor: torch.Tensor) -> dict[str, frozenset[str]]:
+        return self.pending.get(id(tensor), {})
+
+    def mark(self, tensor: torch.Tensor, sources: dict[str, Layout], shifts: dict | None = None,
+             pending: dict | None = None) -> None:
         self.sources[id(tensor)], self.shifts[id(tensor)] = sources, shifts or {}
+        self.pending[id(tensor)] = pending or {}
+        self.consumed.discard(id(tensor))  # an in-place op's result: read again from here
         self.held.append(tensor)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -126,30 +135,35 @@ class _Lineage(TorchFunctionMode):
         ins = [t for t in pytree.tree_leaves(values) if torch.is_tensor(t)]
         if not outs or name in _CREATES:
             return out
-        if name in _MIXING or _per_channel(name, args, kwargs):  # a new source (a Conv/Linear module's hook then
-            self._reach_mixing(name, args, kwargs, ins)        # names its own output)
+        self.consumed.update(id(t) for t in ins)
+        depthwise = _per_channel(name, args, kwargs)
+        if name in _MIXING or depthwise:  # a new source (a Conv/Linear module's hook then names its own output)
+            self._reach_mixing(name, args, kwargs, ins)
+            pending = self._after_depthwise(name, args, kwargs, ins) if depthwise else {}
             for t in outs:
-                self.mark(t, {f"<{name}, which mixes channels>": _layout(t.shape, min(1, t.dim() - 1))})
+                self.mark(t, {f"<{name}, which mixes channels>": _layout(t.shape, min(1, t.dim() - 1))}, {},
+                          pending)
             return out
         new_shifts = self._new_shifts(name, args, kwargs, ins)
         for o in outs:
             self._label(o, name, args, kwargs, ins, new_shifts)
+        if name == "batch_norm":
+            self._absorb(args, kwargs, outs)
         written = args[0] if args and torch.is_tensor(args[0]) and (_in_place(name) or "out" in kwargs) else None
         if written is not None and written._base is not None:
-            self._into_base(written)
+            self._into_base(written, [t for t in ins if t is not written])
         return out
 
     def _label(self, o: torch.Tensor, name: str, args: Sequence, kwargs: dict, ins: list, new_shifts: dict) -> None:
         carried: dict[str, Layout] = {}
-        shifts: dict[str, frozenset[str]] = dict(new_shifts)
+        shifts, pending = dict(new_shifts), {}
         for t in ins:
             for source, layout in self.of(t).items():
                 new = _carry(name, args, kwargs, t, o, layout)
                 carried[source] = new if carried.get(source, new) == new else None  # two layouts: moved
-            for source, what in self.shifts_of(t).items():
-                shifts[source] = shifts.get(source, frozenset()) | what
+            shifts, pending = _merged(shifts, self.shifts_of(t)), _merged(pending, self.pending_of(t))
         if carried:
-            self.mark(o, carried, shifts)
+            self.mark(o, carried, shifts, {s: w for s, w in pending.items() if s not in shifts})
         elif ins and all(id(t) in self.params for t in ins):
             self.params[id(o)] = self.params[id(ins[0])]
             self.held.append(o)
@@ -170,21 +184,24 @@ class _Lineage(TorchFunctionMode):
                 if dims and target.shape[dims[0]] == value.shape[d]:
                     new = _layout(tuple(target.shape), dims[0])
             merged[source] = new if merged.get(source, new) == new else None
-        self.mark(target, merged, _merged(self.shifts_of(target), self.shifts_of(value)))
+        self.mark(target, merged, _merged(self.shifts_of(target), self.shifts_of(value)),
+                  _merged(self.pending_of(target), self.pending_of(value)))
         if target._base is not None:
-            self._into_base(target)
+            self._into_base(target, [value])
 
-    def _into_base(self, view: torch.Tensor) -> None:
-        """A write into a view (``buf[:, :8].copy_(h)``) writes its base: the layers new to the base join it as
-        moved (where in the base they landed is not followed)."""
+    def _into_base(self, view: torch.Tensor, written: list) -> None:
+        """A write into a view (``buf[:, :8].copy_(h)``, ``h[:, :4].copy_(h[:, 4:])``) writes its base: the layers
+        of what was written join it as moved (where in the base they landed is not followed); an in-place op on
+        the view's own values (``h[:, :4].relu_()``) moves nothing."""
         base = view._base
-        sources = {**{s: None for s in self.of(view)}, **self.of(base)}
-        self.mark(base, sources, _merged(self.shifts_of(base), self.shifts_of(view)))
+        sources = {**self.of(base), **{s: None for t in written for s in self.of(t)}}
+        self.mark(base, sources, _merged(self.shifts_of(base), self.shifts_of(view)),
+                  _merged(self.pending_of(base), self.pending_of(view)))
 
     def _new_shifts(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
         """The shift op ``name`` gives one layer's output alone: a learned one (a Parameter, or a tensor computed
         from parameters alone, added) or a functional BatchNorm/InstanceNorm that does not keep zero at zero."""
-        live = {s for t in ins for s, layout in self.of(t).items() if layout is not None}
+        live = {s for t in ins for s in self.of(t)}  # moved or not: a shift reaches its dead units
         if len(live) != 1:
             return {}
         base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
@@ -194,32 +211,63 @@ class _Lineage(TorchFunctionMode):
         else:
             learned = [self.params[id(t)] for t in ins if id(t) in self.params] if base in _SHIFTS else []
             what = f"parameter {learned[0]!r}, a learned shift that masking does not zero" if learned else None
-        return {live.pop(): frozenset({what})} if what else {}
+        if not what:
+            return {}
+        after = {s: frozenset(f"{w}, then {what}" for w in ws) for t in ins for s, ws in self.pending_of(t).items()}
+        return {live.pop(): frozenset({what}), **after}
 
     def _reach_mixing(self, name: str, args: Sequence, kwargs: dict, ins: list) -> None:
         """Record the shifts that reach a mixing op (the next layer sees them), and the mixing ops masking cannot
         follow a layer's output alone into: a functional GroupNorm/LayerNorm (statistics over other units) and a
         per-channel (depthwise) convolution, whose channels would need masking too."""
         for t in ins:
-            for source, what in self.shifts_of(t).items():
-                self.flow.shifted[source] |= what
-        live = {s for t in ins for s, layout in self.of(t).items() if layout is not None}
-        if len(live) != 1:
-            return
-        if name in _NORM_FUNCTIONS and not self.in_norm:
+            self.record(self.shifts_of(t))
+        live = {s for t in ins for s in self.of(t)}
+        if len(live) == 1 and name in _NORM_FUNCTIONS and not self.in_norm:
             self.flow.shifted[live.pop()].add(f"F.{name}, whose statistics and shift masking does not zero")
-        elif _per_channel(name, args, kwargs):
-            self.flow.shifted[live.pop()].add(f"a per-channel {name} (groups={args[0].shape[1]}), whose channels "
-                                              "masking does not follow")
 
-    def absorb(self, out, sources: frozenset[str]) -> None:
-        """An affine BatchNorm fed by one layer alone zeroes its pruned units whatever shift came before."""
-        if torch.is_tensor(out) and id(out) in self.shifts:
-            self.shifts[id(out)] = {s: w for s, w in self.shifts[id(out)].items() if s not in sources}
+    def _after_depthwise(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
+        """A per-channel (depthwise) convolution keeps one layer's dead channel at zero only without a bias and
+        with no normalization or shift after it before the next mixing op: its bias is recorded now, the rest is
+        pending (``pending``: recorded where a normalization or shift meets it)."""
+        x = _conv_input(args, kwargs)
+        live = set(self.of(x))
+        if len(live) != 1:
+            return {}
+        source, what = live.pop(), f"a per-channel {name} (groups={x.shape[1]})"
+        bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+        if bias is not None:
+            self.flow.shifted[source].add(f"{what} with a bias, which masking does not zero")
+            return {}
+        return {source: frozenset({f"{what}, whose channels masking does not follow"})}
 
-    def reach_output(self, out) -> None:
-        for source, what in self.shifts_of(out).items() if torch.is_tensor(out) else ():
+    def _absorb(self, args: Sequence, kwargs: dict, outs: list) -> None:
+        """A masked affine BatchNorm (a module's own F.batch_norm) fed by one layer alone zeroes its pruned units
+        whatever shift came before: that layer's shifts end there."""
+        x = kwargs.get("input", args[0] if args else None)
+        weight = kwargs.get("weight", args[3] if len(args) > 3 else None)
+        sources = self.of(x) if torch.is_tensor(x) else {}
+        if id(weight) not in self.masked_affine or len(sources) != 1 or x.dim() < 2:
+            return
+        if next(iter(sources.values())) == _layout(x.shape, 1):
+            for o in outs:
+                self.shifts[id(o)] = {s: w for s, w in self.shifts_of(o).items() if s not in sources}
+
+    def reach_normalization(self, x, norm: str, module: torch.nn.Module) -> None:
+        """Pending depthwise conditions met by a normalization that gives a zero channel a value."""
+        if not _zero_anywhere(module):
+            self.record({s: frozenset(f"{w}, then {type(module).__name__} {norm!r}" for w in ws)
+                         for s, ws in self.pending_of(x).items()})
+
+    def record(self, shifts: dict[str, frozenset[str]]) -> None:
+        for source, what in shifts.items():
             self.flow.shifted[source] |= what
+
+    def finish(self) -> None:
+        """Shifts on tensors no traced op read (the output, or an input of a TorchScript module) are recorded."""
+        for tensor_id, shifts in self.shifts.items():
+            if tensor_id not in self.consumed:
+                self.record(shifts)
 
 
 def _op_name(func) -> str:
@@ -236,10 +284,19 @@ def _in_place(name: str) -> bool:
 
 def _per_channel(name: str, args: Sequence, kwargs: dict) -> bool:
     """A convolution with one group per input channel (depthwise): it does not mix channels."""
-    if name not in ("conv1d", "conv2d", "conv3d") or not args or not torch.is_tensor(args[0]):
+    x = _conv_input(args, kwargs) if name in ("conv1d", "conv2d", "conv3d") else None
+    if x is None or x.dim() < 2:
         return False
-    groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
-    return isinstance(groups, int) and groups > 1 and args[0].dim() >= 2 and groups == args[0].shape[1]
+    try:
+        groups = operator.index(kwargs.get("groups", args[6] if len(args) > 6 else 1))
+    except TypeError:
+        return False
+    return 1 < groups == x.shape[1]
+
+
+def _conv_input(args: Sequence, kwargs: dict):
+    x = kwargs.get("input", args[0] if args else None)
+    return x if torch.is_tensor(x) else None
 
 
 def _merged(a: dict[str, frozenset[str]], b: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
@@ -422,16 +479,18 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
         return flow
     _check_dtype(model)
     was_training = model.training
-    lineage = _Lineage(flow, {id(p): n for n, p in model.named_parameters(remove_duplicate=False)})
+    masked_affine = {id(m.weight) for m in model.modules() if isinstance(m, BATCHNORM) and m.affine}
+    lineage = _Lineage(flow, {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}, masked_affine)
     hookable = [(n, m) for n, m in model.named_modules() if not isinstance(m, torch.jit.ScriptModule)]  # no hooks
-    hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name)) for name, m in hookable]
-    hooks += [m.register_forward_pre_hook(functools.partial(_enter_norm, lineage)) for _, m in hookable
-              if isinstance(m, _NORMS)]
+    hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name), with_kwargs=True)
+             for name, m in hookable]
+    hooks += [m.register_forward_pre_hook(functools.partial(_enter_norm, lineage), with_kwargs=True)
+              for _, m in hookable if isinstance(m, _NORMS)]
     model.eval()
     try:
         with lineage:
             out = model(x)
-        lineage.reach_output(out)
+        lineage.finish()
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise C.ConfigError(f"model: its forward pass fails on an input of shape {tuple(x.shape[1:])} "
                             f"({one_line(err)}); the model must take the data's inputs") from None
@@ -454,30 +513,31 @@ def _check_dtype(model: torch.nn.Module) -> None:
                             f"in float32, or in bf16/fp16 under autocast with train.precision): model.float()")
 
 
-def _enter_norm(lineage: _Lineage, module: torch.nn.Module, inputs: tuple) -> None:
+def _enter_norm(lineage: _Lineage, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
     lineage.in_norm += 1
 
 
-def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, inputs: tuple, out) -> None:
+def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, args: tuple, kwargs: dict,
+            out) -> None:
     """Forward hook of ``trace``: counts the call; a normalization records which layers reach its (first) input,
     exactly (their units on its dimension 1) or moved (a moved layer summed with another's whole output lives on
     in that sum, as a residual's channel does, and is not recorded); a layer's output starts a lineage, its units
     on dimension 1 (a Conv's channels, a Linear's features on a 2-d input) or last (a Linear on (N, P, D))."""
     flow.calls[name] += 1
+    x = next((t for t in (*args, *kwargs.values()) if torch.is_tensor(t)), None)  # its input, also by keyword
     if isinstance(module, _NORMS):
         lineage.in_norm -= 1
-        if inputs and torch.is_tensor(inputs[0]) and inputs[0].dim() >= 2:
-            x = inputs[0]
+        if x is not None and x.dim() >= 2:
             sources, channels = lineage.of(x), _layout(x.shape, _channel_dim(module, x.dim()))
             exact = frozenset(s for s, layout in sources.items() if layout == channels)
             flow.exact[name].append(exact)
             flow.moved[name] |= {s for s in sources if s not in exact and not exact - {s}}
             flow.sources.setdefault(name, frozenset(sources))
-            if isinstance(module, BATCHNORM) and module.affine and len(sources) == 1 and exact:
-                lineage.absorb(out, exact)
+            lineage.reach_normalization(x, name, module)
     if isinstance(module, PRUNABLE) and torch.is_tensor(out) and out.dim() >= 1:
         spatial = len(module.kernel_size) if isinstance(module, torch.nn.modules.conv._ConvNd) else 0
-        lineage.mark(out, {name: _layout(out.shape, out.dim() - 1 - spatial)})
+        lineage.mark(out, {name: _layout(out.shape, out.dim() - 1 - spatial)}, lineage.shifts_of(out),
+                     lineage.pending_of(out))
 
 
 def _channel_dim(norm: torch.nn.Module, ndim: int) -> int:
