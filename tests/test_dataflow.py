@@ -560,3 +560,77 @@ def test_a_separable_conv_without_bias_or_norm_in_between_is_accepted(tmp_path):
     summary = api.run(config("conv1"), tmp_path / "run", model=lambda: Then(_depthwise(8, bias=False, norm=False)),
                       data=data())
     assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+class TwoLayers(Head):
+    """conv_a and conv_b concatenated, then ``after`` (pruning conv_a): its channels are its own there."""
+
+    def __init__(self, after: str) -> None:
+        super().__init__()
+        self.after = after
+        self.conv_a, self.bn_a = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv_b, self.bn_b = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.bias, self.pw, self.head = nn.Parameter(torch.full((8,), 0.5)), nn.Conv2d(8, 8, 1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.cat([F.relu(self.bn_a(self.conv_a(x))), F.relu(self.bn_b(self.conv_b(x)))], 1)
+        return self.head_of(self.pw(h + self.bias.view(1, -1, 1, 1)))
+
+
+@pytest.mark.parametrize("model", [
+    lambda: Then(lambda: nn.Sequential(nn.Conv2d(8, 8, (1, 3), padding=(0, 1), groups=8, bias=False),
+                                       nn.Conv2d(8, 8, (3, 1), padding=(1, 0), groups=8, bias=False),
+                                       nn.BatchNorm2d(8))),  # two depthwise convs, then a BatchNorm
+    lambda: Then(lambda: lambda self, h: F.group_norm(F.conv2d(h, torch.ones(8, 1, 3, 3), padding=1, groups=8), 2)),
+    lambda: Then(lambda: nn.Sequential(nn.ConvTranspose2d(8, 8, 3, padding=1, groups=8, bias=False),
+                                       nn.BatchNorm2d(8))),
+    lambda: Then(lambda: lambda self, h: h - h.mean(1, keepdim=True))])  # a statistic over the units
+def test_depthwise_chains_and_statistics_over_units_are_refused(tmp_path, model):
+    assert "unit 'conv1': the output of 'conv1' goes through" in refused(tmp_path, model, "conv1")
+
+
+def test_a_shift_after_a_concatenation_reaches_each_layer(tmp_path):
+    assert "the output of 'conv_a' goes through parameter 'bias', a learned shift" in refused(
+        tmp_path, lambda: TwoLayers("bias"), "conv_a")
+
+
+class PostNorm(nn.Module):
+    """A post-LayerNorm transformer MLP block (the original Transformer's order) on (N, T, D) tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.ln0 = nn.Linear(8, 16), nn.LayerNorm(16)
+        self.fc1, self.fc2, self.ln2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.LayerNorm(16), nn.Linear(
+            16, 4)
+
+    def forward(self, x):
+        x = self.ln0(self.embed(x))
+        return self.head(self.ln2(x + self.fc2(F.relu(self.fc1(x)))).mean(1))
+
+
+class BufferWrite(Head):
+    """A learned shift written into a buffer that the unit's own BatchNorm then normalizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.pos, self.head = nn.Parameter(0.5 * torch.randn(1, 8, 8, 8)), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        buf = torch.empty_like(h)
+        buf[:] = h + self.pos
+        return self.head_of(self.bn1(buf))
+
+
+@pytest.mark.parametrize("model, layer, shape", [
+    (PostNorm, "fc2", (8, 8)), (BufferWrite, "conv1", (1, 8, 8)),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Unflatten(1, (8, 8)), nn.Linear(8, 16),
+                           nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), nn.Flatten(), nn.Linear(128, 4)),
+     "3.linear2", (8, 8))])
+def test_post_norm_transformers_and_buffered_shifts_before_the_units_batchnorm_are_accepted(
+        tmp_path, model, layer, shape):
+    """The LayerNorm's other input is a LayerNorm's output on the same features (the residual: the channel lives
+    on); a shift written into a buffer reaches the unit's own BatchNorm, which zeroes the pruned units."""
+    summary = api.run(config(layer), tmp_path / "run", model=model, data=data(shape))
+    assert summary["status"] == "finished" and summary["n_events"] == 2

@@ -43,7 +43,8 @@ _NORMS = (BATCHNORM, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.modules.in
 _MIXING = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                      "convolution", "_convolution", "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm",
                      "bmm", "mv", "addmm", "addmv", "addbmm", "baddbmm", "einsum", "tensordot", "group_norm",
-                     "layer_norm", "softmax", "log_softmax", "normalize"})
+                     "layer_norm", "softmax", "log_softmax", "normalize", "multi_head_attention_forward",
+                     "scaled_dot_product_attention"})
 # functional normalizations; outside a normalization module they shift a dead unit (see _keeps_zero_functional)
 _NORM_FUNCTIONS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm"})
 _SHIFTS = frozenset({"add", "sub", "subtract", "__add__", "__radd__", "__sub__", "__rsub__", "__iadd__", "__isub__",
@@ -141,7 +142,7 @@ class _Lineage(TorchFunctionMode):
             self._reach_mixing(name, args, kwargs, ins)
             pending = self._after_depthwise(name, args, kwargs, ins) if depthwise else {}
             for t in outs:
-                self.mark(t, {f"<{name}, which mixes channels>": _layout(t.shape, min(1, t.dim() - 1))}, {},
+                self.mark(t, {f"<{name}, which mixes channels>": _layout(t.shape, _mixed_dim(name, t.dim()))}, {},
                           pending)
             return out
         new_shifts = self._new_shifts(name, args, kwargs, ins)
@@ -173,6 +174,7 @@ class _Lineage(TorchFunctionMode):
         value's unit dimension whole."""
         if not (torch.is_tensor(target) and torch.is_tensor(value)) or not self.of(value):
             return
+        self.consumed.add(id(value))
         where = _index_map(index, tuple(target.shape))
         merged = dict(self.of(target))
         for source, layout in self.of(value).items():
@@ -198,13 +200,27 @@ class _Lineage(TorchFunctionMode):
         self.mark(base, sources, _merged(self.shifts_of(base), self.shifts_of(view)),
                   _merged(self.pending_of(base), self.pending_of(view)))
 
+    def _alone(self, ins: list) -> set[str]:
+        """The layers whose channels no other layer's output shares in the op's inputs (a residual sum shares
+        them: the channel lives on there)."""
+        pairs = {(s, layout) for t in ins for s, layout in self.of(t).items()}
+        return {s for s, layout in pairs if not any(
+            other != s and (theirs == layout if layout is not None else theirs is not None)
+            for other, theirs in pairs)}
+
     def _new_shifts(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
-        """The shift op ``name`` gives one layer's output alone: a learned one (a Parameter, or a tensor computed
-        from parameters alone, added) or a functional BatchNorm/InstanceNorm that does not keep zero at zero."""
-        live = {s for t in ins for s in self.of(t)}  # moved or not: a shift reaches its dead units
-        if len(live) != 1:
-            return {}
+        """The shifts op ``name`` gives the layers alone in its inputs (moved or not): a learned one (a Parameter,
+        or a tensor computed from parameters alone, added), a statistic over a layer's units added to them
+        (``h - h.mean(1)``), or a functional BatchNorm/InstanceNorm that does not keep zero at zero."""
         base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
+        shifts: dict[str, frozenset[str]] = {}
+        if base in _SHIFTS:  # the same layer in two layouts: its units' values reach each other's channels
+            seen: dict[str, set] = collections.defaultdict(set)
+            for t in ins:
+                for source, layout in self.of(t).items():
+                    seen[source].add(layout)
+            shifts = {s: frozenset({f"{base} of a statistic over its units, which gives a pruned unit the others' "
+                                    "values"}) for s, layouts in seen.items() if len(layouts) > 1}
         if base in _NORM_FUNCTIONS:
             what = None if self.in_norm or _keeps_zero_functional(base, args, kwargs) else \
                 f"F.{base}, whose shift or running mean masking does not zero"
@@ -212,9 +228,9 @@ class _Lineage(TorchFunctionMode):
             learned = [self.params[id(t)] for t in ins if id(t) in self.params] if base in _SHIFTS else []
             what = f"parameter {learned[0]!r}, a learned shift that masking does not zero" if learned else None
         if not what:
-            return {}
+            return shifts
         after = {s: frozenset(f"{w}, then {what}" for w in ws) for t in ins for s, ws in self.pending_of(t).items()}
-        return {live.pop(): frozenset({what}), **after}
+        return _merged(_merged(shifts, {s: frozenset({what}) for s in self._alone(ins)}), after)
 
     def _reach_mixing(self, name: str, args: Sequence, kwargs: dict, ins: list) -> None:
         """Record the shifts that reach a mixing op (the next layer sees them), and the mixing ops masking cannot
@@ -222,24 +238,24 @@ class _Lineage(TorchFunctionMode):
         per-channel (depthwise) convolution, whose channels would need masking too."""
         for t in ins:
             self.record(self.shifts_of(t))
-        live = {s for t in ins for s in self.of(t)}
-        if len(live) == 1 and name in _NORM_FUNCTIONS and not self.in_norm:
-            self.flow.shifted[live.pop()].add(f"F.{name}, whose statistics and shift masking does not zero")
+        if name in _NORM_FUNCTIONS:  # group_norm, layer_norm: statistics over the units
+            what = f"F.{name}, whose statistics and shift masking does not zero"
+            if not self.in_norm:
+                self.record({s: frozenset({what}) for s in self._alone(ins)})
+            self.record({s: frozenset(f"{w}, then {what}" for w in ws) for t in ins
+                         for s, ws in self.pending_of(t).items()})
 
     def _after_depthwise(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
         """A per-channel (depthwise) convolution keeps one layer's dead channel at zero only without a bias and
         with no normalization or shift after it before the next mixing op: its bias is recorded now, the rest is
         pending (``pending``: recorded where a normalization or shift meets it)."""
         x = _conv_input(args, kwargs)
-        live = set(self.of(x))
-        if len(live) != 1:
+        what = f"a per-channel {name} (groups={x.shape[1]})"
+        if kwargs.get("bias", args[2] if len(args) > 2 else None) is not None:
+            self.record({s: frozenset({f"{what} with a bias, which masking does not zero"}) for s in self._alone([x])})
             return {}
-        source, what = live.pop(), f"a per-channel {name} (groups={x.shape[1]})"
-        bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-        if bias is not None:
-            self.flow.shifted[source].add(f"{what} with a bias, which masking does not zero")
-            return {}
-        return {source: frozenset({f"{what}, whose channels masking does not follow"})}
+        new = {s: frozenset({f"{what}, whose channels masking does not follow"}) for s in self._alone([x])}
+        return _merged(new, self.pending_of(x))  # after another depthwise conv: still pending
 
     def _absorb(self, args: Sequence, kwargs: dict, outs: list) -> None:
         """A masked affine BatchNorm (a module's own F.batch_norm) fed by one layer alone zeroes its pruned units
@@ -284,7 +300,7 @@ def _in_place(name: str) -> bool:
 
 def _per_channel(name: str, args: Sequence, kwargs: dict) -> bool:
     """A convolution with one group per input channel (depthwise): it does not mix channels."""
-    x = _conv_input(args, kwargs) if name in ("conv1d", "conv2d", "conv3d") else None
+    x = _conv_input(args, kwargs) if name.startswith(("conv1d", "conv2d", "conv3d", "conv_transpose")) else None
     if x is None or x.dim() < 2:
         return False
     try:
@@ -292,6 +308,12 @@ def _per_channel(name: str, args: Sequence, kwargs: dict) -> bool:
     except TypeError:
         return False
     return 1 < groups == x.shape[1]
+
+
+def _mixed_dim(name: str, ndim: int) -> int:
+    """Where a mixing op's output holds its units: dimension 1 for convolutions and channel norms, else last."""
+    channels_first = name.startswith(("conv", "_conv")) or name in ("group_norm", "normalize")
+    return min(1, ndim - 1) if channels_first else ndim - 1
 
 
 def _conv_input(args: Sequence, kwargs: dict):
