@@ -322,12 +322,16 @@ def _written(permute: bool):
     (lambda: Rearranged(lambda t: t.flatten(1).view(t.shape)), "conv1", (1, 8, 8)),
     (lambda: Rearranged(lambda t: t.permute(0, 2, 3, 1).movedim(3, 1)), "conv1", (1, 8, 8)),
     (lambda: Rearranged(_written(permute=False)), "conv1", (1, 8, 8)), (lambda: Shifted("scale"), "conv1", (1, 8, 8)),
-    (lambda: Rearranged(lambda t: torch.cat([u * 2 for u in t.chunk(2, 0)], 0)), "conv1", (1, 8, 8))])
+    (lambda: Rearranged(lambda t: torch.cat([u * 2 for u in t.chunk(2, 0)], 0)), "conv1", (1, 8, 8)),
+    (lambda: Rearranged(lambda t: t - t.mean((0, 2, 3), keepdim=True)), "conv1", (1, 8, 8)),  # batch centring
+    (lambda: Rearranged(lambda t: t * torch.sigmoid(t.mean((0, 2, 3), keepdim=True))), "conv1", (1, 8, 8)),
+    (lambda: PointwiseLinear(lambda h: (h - h.amax(1, keepdim=True)).transpose(1, 2)), "fc1", (8, 8))])  # DeepSets
 def test_layouts_followed_through_pads_transposes_and_reshapes_are_accepted(tmp_path, model, layer, shape):
     """Each had been refused as moving channels: a shortcut padded into a sum with a whole layer's output (the
     channel lives on in the sum), a Linear's last dimension moved onto BatchNorm1d's channels, an Ellipsis crop,
     a flatten and back, a permute and its inverse, an in-place write of the whole tensor, and a batch split and
-    joined again; a learned scale keeps zero and is accepted."""
+    joined again; a learned scale keeps zero, and statistics over the batch or the points (not the units)
+    subtracted or gating leave a pruned unit at zero (the fourth review measured it): accepted."""
     summary = api.run(config(layer), tmp_path / "run", model=model, data=data(shape))
     assert summary["status"] == "finished" and summary["n_events"] == 2
 

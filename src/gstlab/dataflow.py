@@ -161,7 +161,13 @@ class _Lineage(TorchFunctionMode):
         for t in ins:
             for source, layout in self.of(t).items():
                 new = _carry(name, args, kwargs, t, o, layout)
-                carried[source] = new if carried.get(source, new) == new else None  # two layouts: moved
+                if carried.get(source, new) != new:  # two layouts: moved; added, other units' values reach it
+                    new = None
+                    if _plain(name) in _SHIFTS:  # h - h.mean(1, keepdim=True)
+                        shifts[source] = shifts.get(source, frozenset()) | {
+                            f"{_plain(name)} of a statistic over its units, which gives a pruned unit the others' "
+                            "values"}
+                carried[source] = new
             shifts, pending = _merged(shifts, self.shifts_of(t)), _merged(pending, self.pending_of(t))
         if carried:
             self.mark(o, carried, shifts, {s: w for s, w in pending.items() if s not in shifts})
@@ -210,17 +216,9 @@ class _Lineage(TorchFunctionMode):
 
     def _new_shifts(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
         """The shifts op ``name`` gives the layers alone in its inputs (moved or not): a learned one (a Parameter,
-        or a tensor computed from parameters alone, added), a statistic over a layer's units added to them
-        (``h - h.mean(1)``), or a functional BatchNorm/InstanceNorm that does not keep zero at zero."""
-        base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
-        shifts: dict[str, frozenset[str]] = {}
-        if base in _SHIFTS:  # the same layer in two layouts: its units' values reach each other's channels
-            seen: dict[str, set] = collections.defaultdict(set)
-            for t in ins:
-                for source, layout in self.of(t).items():
-                    seen[source].add(layout)
-            shifts = {s: frozenset({f"{base} of a statistic over its units, which gives a pruned unit the others' "
-                                    "values"}) for s, layouts in seen.items() if len(layouts) > 1}
+        or a tensor computed from parameters alone, added) or a functional BatchNorm/InstanceNorm that does not
+        keep zero at zero."""
+        base = _plain(name)
         if base in _NORM_FUNCTIONS:
             what = None if self.in_norm or _keeps_zero_functional(base, args, kwargs) else \
                 f"F.{base}, whose shift or running mean masking does not zero"
@@ -228,9 +226,9 @@ class _Lineage(TorchFunctionMode):
             learned = [self.params[id(t)] for t in ins if id(t) in self.params] if base in _SHIFTS else []
             what = f"parameter {learned[0]!r}, a learned shift that masking does not zero" if learned else None
         if not what:
-            return shifts
+            return {}
         after = {s: frozenset(f"{w}, then {what}" for w in ws) for t in ins for s, ws in self.pending_of(t).items()}
-        return _merged(_merged(shifts, {s: frozenset({what}) for s in self._alone(ins)}), after)
+        return _merged({s: frozenset({what}) for s in self._alone(ins)}, after)
 
     def _reach_mixing(self, name: str, args: Sequence, kwargs: dict, ins: list) -> None:
         """Record the shifts that reach a mixing op (the next layer sees them), and the mixing ops masking cannot
@@ -291,6 +289,11 @@ def _op_name(func) -> str:
     if name == "__get__":  # a property (x.T, x.mT): named by its descriptor
         name = getattr(getattr(func, "__self__", None), "__name__", name)
     return name
+
+
+def _plain(name: str) -> str:
+    """An op's name without the trailing _ of its in-place variant."""
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
 def _in_place(name: str) -> bool:
@@ -366,12 +369,17 @@ def _carry(name: str, args: Sequence, kwargs: dict, t: torch.Tensor, o: torch.Te
 
 
 def _aligned(before: tuple[int, ...], after: tuple[int, ...], d: int) -> int | None:
-    """Where dimension ``d`` is after an op that does not name its dimensions: in place if it and every
-    dimension before it kept its size (ReLU, pooling, crops, a sum), shifted right under broadcasting."""
-    if after[:d + 1] == before[:d + 1]:
+    """Where dimension ``d`` is after an op that does not name its dimensions: in place if it kept its size and
+    every dimension before it kept its size or was 1 (ReLU, pooling, crops, sums, a (1, C, 1, 1) statistic
+    broadcast), shifted right when broadcasting added leading dimensions."""
+    def kept(at: int) -> bool:  # the input's dimensions 0..d sit at the output's at..at + d
+        return at + d < len(after) and after[at + d] == before[d] and all(
+            before[i] in (1, after[at + i]) for i in range(d))
+
+    if kept(0):
         return d
     k = len(after) - len(before)
-    return d + k if k > 0 and after[k:k + d + 1] == before[:d + 1] else None
+    return d + k if k > 0 and kept(k) else None
 
 
 class _Unfollowed(Exception):
