@@ -2,28 +2,27 @@
 follow it there (``check_units``): a pruned unit must stay dead (all zeros) up to the next layer that mixes
 channels, as if it had been removed.
 
-A unit's mask zeroes its weight row and bias and its BatchNorm's shift. That holds a dead unit at zero only
-when its output goes, channel for channel, into nothing but ops that keep zero at zero and that one BatchNorm.
+A unit's mask zeroes its weight row and bias and its BatchNorm's scale and shift. That holds a dead unit at zero
+only when its output goes, channel for channel, into nothing but ops that keep zero at zero and that one BatchNorm.
 The forward pass (eval mode, no gradient, a batch of two) labels every tensor with the Conv/Linear outputs it
-derives from and, for each, where that layer's units lie in it: a *layout* (the number of elements before the
-unit dimension in row-major order, and the number of units), so a transpose, a permute, an index or a
-flatten-and-back is followed, and a Linear's units on the last dimension of an (N, P, D) output are told from
-a BatchNorm1d's channels on dimension 1. A layer reaches a normalization *exactly* when its units are that
-normalization's channels (dimension 1); otherwise (a concatenation, a flatten, a permutation, a channel flip,
-shuffle or advanced index) they are *moved*. An op that mixes channels (a convolution, a matrix product, a
-LayerNorm's statistics) ends the lineage: what follows is another layer's output. A learned shift added to a
-layer's output alone (a Parameter outside a normalization: Fixup's biases) and a functional normalization that
-does not keep zero at zero (``F.group_norm``, ``F.layer_norm``, ``F.batch_norm`` with a shift or running
-statistics) are recorded as ``shifted`` where they reach the next mixing op (the layer's own affine BatchNorm on
-the way zeroes a pruned unit whatever came before), and so is a depthwise convolution after the layer: masking
-cannot zero them.
+derives from and, for each, where that layer's units lie in it: a *layout* (``gstlab.layouts``: the number of
+elements before the unit dimension in row-major order, and the number of units), so a transpose, a permute, an
+index or a flatten-and-back is followed, and a Linear's units on the last dimension of an (N, P, D) output are told
+from a BatchNorm1d's channels on dimension 1. A layer reaches a normalization *exactly* when its units are that
+normalization's channels (dimension 1; a LayerNorm's first normalized one); otherwise (a concatenation, a flatten,
+a permutation, a channel flip, shuffle or advanced index) they are *moved*. An op that mixes channels (a
+convolution, a matrix product, a LayerNorm's statistics) ends the lineage: what follows is another layer's output.
+A learned shift added to a layer's output alone (a Parameter outside a normalization: Fixup's biases) and a
+functional normalization that does not keep zero at zero (``F.group_norm``, ``F.layer_norm``, ``F.batch_norm`` with
+a shift or running statistics) are recorded as ``shifted`` where they reach the next mixing op (the layer's own
+affine BatchNorm on the way zeroes a pruned unit whatever came before), and so is a depthwise convolution after the
+layer followed by a bias, a normalization or a shift: masking cannot zero them.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from torch.utils import _pytree as pytree
 
 from gstlab import config as C
 from gstlab.errors import one_line
+from gstlab.layouts import Layout, carry, index_map, plain, unit_dim, units_at
 from gstlab.models import units_from_names
 from gstlab.parts import PRUNABLE
 
@@ -53,22 +53,6 @@ _SHIFTS = frozenset({"add", "sub", "subtract", "__add__", "__radd__", "__sub__",
 _SHAPE_ONLY = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})  # the second tensor gives only a shape
 _CREATES = frozenset({"empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like",
                       "randint_like", "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"})
-_RESHAPES = frozenset({"view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "ravel", "squeeze",
-                       "unsqueeze"})  # keep the row-major order of the elements, so a layout survives them
-_SWAPS = frozenset({"transpose", "swapaxes", "swapdims"})
-# ops that keep a tensor's shape but may rearrange along one dimension, named as their second argument (or
-# keyword ``dim``; None: required)
-_ALONG_DIM = {"cumsum": None, "cumprod": None, "cummax": None, "cummin": None, "logcumsumexp": None, "sort": -1,
-              "argsort": -1, "index_select": None, "gather": None, "scatter": None, "scatter_add": None,
-              "scatter_reduce": None, "index_add": None, "index_copy": None, "index_fill": None, "narrow": None}
-_SCRAMBLES = frozenset({"index_put", "masked_scatter", "put", "take", "channel_shuffle", "native_channel_shuffle",
-                        "pixel_shuffle", "pixel_unshuffle", "unfold"})  # where elements land is not followed
-_REDUCTIONS = frozenset({"sum", "mean", "amax", "amin", "max", "min", "prod", "std", "var", "norm", "logsumexp",
-                         "median", "nanmedian", "nansum", "nanmean", "any", "all", "argmax", "argmin",
-                         "count_nonzero", "std_mean", "var_mean", "mode"})
-
-Layout = tuple[int, int] | None  # (elements before the unit dimension, units) in row-major order; None: moved
-_OTHER = object()  # an op not known to move dimensions: the shapes decide (``_aligned``)
 
 
 @dataclass
@@ -142,7 +126,7 @@ class _Lineage(TorchFunctionMode):
             self._reach_mixing(name, args, kwargs, ins)
             pending = self._after_depthwise(name, args, kwargs, ins) if depthwise else {}
             for t in outs:
-                self.mark(t, {f"<{name}, which mixes channels>": _layout(t.shape, _mixed_dim(name, t.dim()))}, {},
+                self.mark(t, {f"<{name}, which mixes channels>": units_at(t.shape, _mixed_dim(name, t.dim()))}, {},
                           pending)
             return out
         new_shifts = self._new_shifts(name, args, kwargs, ins)
@@ -160,12 +144,12 @@ class _Lineage(TorchFunctionMode):
         shifts, pending = dict(new_shifts), {}
         for t in ins:
             for source, layout in self.of(t).items():
-                new = _carry(name, args, kwargs, t, o, layout)
+                new = carry(name, args, kwargs, t, o, layout)
                 if carried.get(source, new) != new:  # two layouts: moved; added, other units' values reach it
                     new = None
-                    if _plain(name) in _SHIFTS:  # h - h.mean(1, keepdim=True)
+                    if plain(name) in _SHIFTS:  # h - h.mean(1, keepdim=True)
                         shifts[source] = shifts.get(source, frozenset()) | {
-                            f"{_plain(name)} of a statistic over its units, which gives a pruned unit the others' "
+                            f"{plain(name)} of a statistic over its units, which gives a pruned unit the others' "
                             "values"}
                 carried[source] = new
             shifts, pending = _merged(shifts, self.shifts_of(t)), _merged(pending, self.pending_of(t))
@@ -181,16 +165,16 @@ class _Lineage(TorchFunctionMode):
         if not (torch.is_tensor(target) and torch.is_tensor(value)) or not self.of(value):
             return
         self.consumed.add(id(value))
-        where = _index_map(index, tuple(target.shape))
+        where = index_map(index, tuple(target.shape))
         merged = dict(self.of(target))
         for source, layout in self.of(value).items():
             new = None
-            d = _unit_dim(tuple(value.shape), layout) if layout is not None and where is not None else None
+            d = unit_dim(tuple(value.shape), layout) if layout is not None and where is not None else None
             if d is not None:
                 at = d + where[1] - value.dim()  # the value is broadcast to the indexed part's shape
                 dims = [k for k, j in enumerate(where[0]) if j == at]
                 if dims and target.shape[dims[0]] == value.shape[d]:
-                    new = _layout(tuple(target.shape), dims[0])
+                    new = units_at(tuple(target.shape), dims[0])
             merged[source] = new if merged.get(source, new) == new else None
         self.mark(target, merged, _merged(self.shifts_of(target), self.shifts_of(value)),
                   _merged(self.pending_of(target), self.pending_of(value)))
@@ -218,7 +202,7 @@ class _Lineage(TorchFunctionMode):
         """The shifts op ``name`` gives the layers alone in its inputs (moved or not): a learned one (a Parameter,
         or a tensor computed from parameters alone, added) or a functional BatchNorm/InstanceNorm that does not
         keep zero at zero."""
-        base = _plain(name)
+        base = plain(name)
         if base in _NORM_FUNCTIONS:
             what = None if self.in_norm or _keeps_zero_functional(base, args, kwargs) else \
                 f"F.{base}, whose shift or running mean masking does not zero"
@@ -263,7 +247,7 @@ class _Lineage(TorchFunctionMode):
         sources = self.of(x) if torch.is_tensor(x) else {}
         if id(weight) not in self.masked_affine or len(sources) != 1 or x.dim() < 2:
             return
-        if next(iter(sources.values())) == _layout(x.shape, 1):
+        if next(iter(sources.values())) == units_at(x.shape, 1):
             for o in outs:
                 self.shifts[id(o)] = {s: w for s, w in self.shifts_of(o).items() if s not in sources}
 
@@ -289,11 +273,6 @@ def _op_name(func) -> str:
     if name == "__get__":  # a property (x.T, x.mT): named by its descriptor
         name = getattr(getattr(func, "__self__", None), "__name__", name)
     return name
-
-
-def _plain(name: str) -> str:
-    """An op's name without the trailing _ of its in-place variant."""
-    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
 def _in_place(name: str) -> bool:
@@ -335,167 +314,6 @@ def _keeps_zero_functional(name: str, args: Sequence, kwargs: dict) -> bool:
         return False
     given = dict(zip(("input", "running_mean", "running_var", "weight", "bias"), args))
     return all(kwargs.get(k, given.get(k)) is None for k in ("running_mean", "bias"))
-
-
-def _layout(shape: Sequence[int], dim: int) -> tuple[int, int]:
-    return math.prod(shape[:dim]), int(shape[dim])
-
-
-def _unit_dim(shape: tuple[int, ...], layout: tuple[int, int]) -> int | None:
-    """The dimension of ``shape`` holding the units of ``layout``; None when they are merged with another."""
-    return next((d for d in range(len(shape)) if _layout(shape, d) == layout), None)
-
-
-def _carry(name: str, args: Sequence, kwargs: dict, t: torch.Tensor, o: torch.Tensor, layout: Layout) -> Layout:
-    """The layout, in op ``name``'s output ``o``, of the units that have ``layout`` in its input ``t``."""
-    if layout is None:
-        return None
-    if name.endswith("_") and not name.endswith("__"):
-        name = name[:-1]  # the in-place variant
-    if name in _RESHAPES and o.numel() == t.numel():
-        return layout  # row-major order kept: units merged by a flatten come back with the shape
-    d = _unit_dim(tuple(t.shape), layout)
-    if d is None:
-        return None
-    try:
-        new = _moved_dim(name, _Call(args, kwargs, t.dim()), d, tuple(t.shape))
-    except _Unfollowed:
-        return None
-    if new is _OTHER:
-        new = _aligned(tuple(t.shape), tuple(o.shape), d)
-    if new is None or not 0 <= new < o.dim() or o.shape[new] != t.shape[d]:
-        return None
-    return _layout(tuple(o.shape), new)
-
-
-def _aligned(before: tuple[int, ...], after: tuple[int, ...], d: int) -> int | None:
-    """Where dimension ``d`` is after an op that does not name its dimensions: in place if it kept its size and
-    every dimension before it kept its size or was 1 (ReLU, pooling, crops, sums, a (1, C, 1, 1) statistic
-    broadcast), shifted right when broadcasting added leading dimensions."""
-    def kept(at: int) -> bool:  # the input's dimensions 0..d sit at the output's at..at + d
-        return at + d < len(after) and after[at + d] == before[d] and all(
-            before[i] in (1, after[at + i]) for i in range(d))
-
-    if kept(0):
-        return d
-    k = len(after) - len(before)
-    return d + k if k > 0 and kept(k) else None
-
-
-class _Unfollowed(Exception):
-    """A dimension given as something other than an integer: where the units go is not followed."""
-
-
-@dataclass
-class _Call:
-    """An op's arguments, read as dimensions of its ``ndim``-d input."""
-
-    args: Sequence
-    kwargs: dict
-    ndim: int
-
-    def arg(self, i: int, *keys: str, default=None):
-        return next((self.kwargs[k] for k in keys if k in self.kwargs), self.args[i] if len(self.args) > i else
-                    default)
-
-    def dim(self, v) -> int:
-        try:
-            return operator.index(v) % self.ndim  # numpy and torch integers too
-        except TypeError:
-            raise _Unfollowed from None
-
-    def dims(self, v) -> list[int]:
-        return [self.dim(x) for x in (list(v) if isinstance(v, (list, tuple)) else [v])]
-
-
-def _moved_dim(name: str, call: _Call, d: int, shape: tuple[int, ...]):
-    """Where op ``name`` puts dimension ``d`` of its input: a dimension, None (rearranged along it or not
-    followed) or _OTHER (the op names no dimension: ``_aligned`` decides)."""
-    ndim, arg = call.ndim, call.arg
-    if name in _SCRAMBLES:
-        return None
-    if name in ("t", "H") and ndim < 2:
-        return d
-    if name in ("select", "unbind"):  # remove their dimension
-        dim = call.dim(arg(1, "dim", default=0))
-        return None if dim == d else d - (dim < d)
-    if name in ("cat", "concat", "concatenate", "chunk", "split", "tensor_split", "split_with_sizes"):
-        dim = call.dim(arg(1 if name in ("cat", "concat", "concatenate") else 2, "dim", "axis", default=0))
-        return None if dim == d else d  # along another dimension (the batch: ghost batches) units stay
-    if name == "stack":  # inserts a dimension
-        dim = operator.index(arg(1, "dim", default=0)) % (ndim + 1)
-        return d + (dim <= d)
-    if name in ("t", "H", "mT", "mH", "adjoint") or name in _SWAPS:
-        a, b = (call.dim(arg(1, "dim0", "axis0")), call.dim(arg(2, "dim1", "axis1"))) if name in _SWAPS else \
-            (0, 1) if name in ("t", "H") else (ndim - 2, ndim - 1)
-        return b if d == a else a if d == b else d
-    if name == "T":
-        return ndim - 1 - d
-    if name == "permute":
-        order = call.dims(call.args[1] if len(call.args) == 2 else list(call.args[1:]) or call.kwargs.get("dims", []))
-        return order.index(d) if d in order else None
-    if name in ("movedim", "moveaxis"):
-        return _after_movedim(ndim, d, call.dims(arg(1, "source")), call.dims(arg(2, "destination")))
-    if name in ("flip", "fliplr", "flipud", "roll", "rot90"):
-        given = {"fliplr": 1, "flipud": 0}.get(name, arg(2, "dims") if name in ("roll", "rot90") else
-                                                    [v for a in call.args[1:] for v in call.dims(a)]
-                                                    or call.kwargs.get("dims"))
-        dims = (0, 1) if name == "rot90" and given is None else given
-        return None if dims is None or d in call.dims(dims) else d
-    if name == "take_along_dim" or name in _ALONG_DIM:
-        dim = arg(2 if name == "take_along_dim" else 1, "dim", default=_ALONG_DIM.get(name))
-        return None if dim is None or call.dim(dim) == d else _OTHER
-    if name in _REDUCTIONS and not (len(call.args) > 1 and torch.is_tensor(call.args[1])):
-        at = 2 if name == "norm" else 1  # torch.norm(input, p, dim, keepdim)
-        dims = arg(at, "dim", "axis")
-        if dims is None or d in (reduced := call.dims(dims)):
-            return None
-        return d if arg(at + 1, "keepdim", default=False) is True else d - sum(k < d for k in reduced)
-    if name == "__getitem__":
-        where = _index_map(call.args[1] if len(call.args) > 1 else None, shape)
-        return None if where is None else where[0][d]
-    return _OTHER
-
-
-def _after_movedim(ndim: int, d: int, source: list[int], destination: list[int]) -> int | None:
-    if len(source) != len(destination):
-        return None
-    order: list[int | None] = [None] * ndim
-    for s, t in zip(source, destination):
-        order[t] = s
-    rest = iter(k for k in range(ndim) if k not in source)
-    order = [next(rest) if k is None else k for k in order]
-    return order.index(d)
-
-
-def _index_map(index, shape: tuple[int, ...]) -> tuple[list[int | None], int] | None:
-    """For basic indexing (ints, slices, None, one Ellipsis) of a tensor of ``shape``: for each input dimension
-    the output dimension holding it whole (None: indexed away or cut), and the output's dimensions; None for
-    advanced indexing (tensors, lists, booleans), whose arrangement is not followed."""
-    items = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, bool) or not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in items):
-        return None
-    if sum(i is Ellipsis for i in items) > 1:
-        return None
-    consumed = sum(isinstance(i, (int, slice)) for i in items)
-    expanded: list = []
-    for i in items:
-        expanded += [slice(None)] * (len(shape) - consumed) if i is Ellipsis else [i]
-    if not any(i is Ellipsis for i in items):
-        expanded += [slice(None)] * (len(shape) - consumed)
-    where: list[int | None] = []
-    out = 0
-    for i in expanded:
-        if i is None:
-            out += 1
-            continue
-        if isinstance(i, slice):
-            size = shape[len(where)]
-            where.append(out if i.indices(size) == (0, size, 1) else None)
-            out += 1
-        else:
-            where.append(None)
-    return where, out
 
 
 @torch.no_grad()
@@ -558,7 +376,7 @@ def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, a
     if isinstance(module, _NORMS):
         lineage.in_norm -= 1
         if x is not None and x.dim() >= 2:
-            sources, channels = lineage.of(x), _layout(x.shape, _channel_dim(module, x.dim()))
+            sources, channels = lineage.of(x), units_at(x.shape, _channel_dim(module, x.dim()))
             exact = frozenset(s for s, layout in sources.items() if layout == channels)
             flow.exact[name].append(exact)
             flow.moved[name] |= {s for s in sources if s not in exact and not exact - {s}}
@@ -566,7 +384,7 @@ def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, a
             lineage.reach_normalization(x, name, module)
     if isinstance(module, PRUNABLE) and torch.is_tensor(out) and out.dim() >= 1:
         spatial = len(module.kernel_size) if isinstance(module, torch.nn.modules.conv._ConvNd) else 0
-        lineage.mark(out, {name: _layout(out.shape, out.dim() - 1 - spatial)}, lineage.shifts_of(out),
+        lineage.mark(out, {name: units_at(out.shape, out.dim() - 1 - spatial)}, lineage.shifts_of(out),
                      lineage.pending_of(out))
 
 
