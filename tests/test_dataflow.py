@@ -413,30 +413,40 @@ class PreActivation(Head):
 
 
 class TokenMLP(nn.Module):
-    """A transformer's MLP on (N, T, D) tokens, pre-LayerNorm, with the residual."""
+    """A transformer's MLP on (N, T, D) tokens with the residual: pre-LayerNorm, or post-LayerNorm (``post``, the
+    original Transformer's order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, post: bool = False) -> None:
         super().__init__()
-        self.embed, self.ln1 = nn.Linear(8, 16), nn.LayerNorm(16)
+        self.post, self.embed, self.ln1 = post, nn.Linear(8, 16), nn.LayerNorm(16)
         self.fc1, self.fc2, self.ln2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.LayerNorm(16), nn.Linear(
             16, 4)
 
     def forward(self, x):
+        if self.post:
+            x = self.ln1(self.embed(x))
+            return self.head(self.ln2(x + self.fc2(F.relu(self.fc1(x)))).mean(1))
         x = self.embed(x)
         x = x + self.fc2(F.gelu(self.fc1(self.ln1(x))))
         return self.head(self.ln2(x).mean(1))
 
 
 class ShiftThenBatchNorm(Head):
-    """A learned shift before the unit's own affine BatchNorm: masking the BatchNorm zeroes the unit anyway."""
+    """A learned shift before the unit's own affine BatchNorm (``buffered``: written into a buffer first): masking
+    the BatchNorm zeroes the unit anyway."""
 
-    def __init__(self) -> None:
+    def __init__(self, buffered: bool = False) -> None:
         super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.buffered, self.conv1, self.bn1 = buffered, nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
         self.pos, self.head = nn.Parameter(0.5 * torch.randn(1, 8, 8, 8)), nn.Linear(8, 4)
 
     def forward(self, x):
-        return self.head_of(self.bn1(self.conv1(x) + self.pos))
+        h = self.conv1(x) + self.pos
+        if self.buffered:
+            buf = torch.empty_like(h)
+            buf[:] = h
+            h = buf
+        return self.head_of(self.bn1(h))
 
 
 @pytest.mark.parametrize("how, what", [
@@ -567,11 +577,10 @@ def test_a_separable_conv_without_bias_or_norm_in_between_is_accepted(tmp_path):
 
 
 class TwoLayers(Head):
-    """conv_a and conv_b concatenated, then ``after`` (pruning conv_a): its channels are its own there."""
+    """conv_a and conv_b concatenated, then a learned bias: conv_a's channels are its own there."""
 
-    def __init__(self, after: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.after = after
         self.conv_a, self.bn_a = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
         self.conv_b, self.bn_b = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
         self.bias, self.pw, self.head = nn.Parameter(torch.full((8,), 0.5)), nn.Conv2d(8, 8, 1), nn.Linear(8, 4)
@@ -595,40 +604,11 @@ def test_depthwise_chains_and_statistics_over_units_are_refused(tmp_path, model)
 
 def test_a_shift_after_a_concatenation_reaches_each_layer(tmp_path):
     assert "the output of 'conv_a' goes through parameter 'bias', a learned shift" in refused(
-        tmp_path, lambda: TwoLayers("bias"), "conv_a")
-
-
-class PostNorm(nn.Module):
-    """A post-LayerNorm transformer MLP block (the original Transformer's order) on (N, T, D) tokens."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed, self.ln0 = nn.Linear(8, 16), nn.LayerNorm(16)
-        self.fc1, self.fc2, self.ln2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.LayerNorm(16), nn.Linear(
-            16, 4)
-
-    def forward(self, x):
-        x = self.ln0(self.embed(x))
-        return self.head(self.ln2(x + self.fc2(F.relu(self.fc1(x)))).mean(1))
-
-
-class BufferWrite(Head):
-    """A learned shift written into a buffer that the unit's own BatchNorm then normalizes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.pos, self.head = nn.Parameter(0.5 * torch.randn(1, 8, 8, 8)), nn.Linear(8, 4)
-
-    def forward(self, x):
-        h = self.conv1(x)
-        buf = torch.empty_like(h)
-        buf[:] = h + self.pos
-        return self.head_of(self.bn1(buf))
+        tmp_path, TwoLayers, "conv_a")
 
 
 @pytest.mark.parametrize("model, layer, shape", [
-    (PostNorm, "fc2", (8, 8)), (BufferWrite, "conv1", (1, 8, 8)),
+    (lambda: TokenMLP(post=True), "fc2", (8, 8)), (lambda: ShiftThenBatchNorm(buffered=True), "conv1", (1, 8, 8)),
     (lambda: nn.Sequential(nn.Flatten(), nn.Unflatten(1, (8, 8)), nn.Linear(8, 16),
                            nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), nn.Flatten(), nn.Linear(128, 4)),
      "3.linear2", (8, 8))])
