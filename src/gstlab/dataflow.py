@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 
 from gstlab import config as C
 from gstlab.errors import one_line
-from gstlab.layouts import Layout, carry, index_map, plain, unit_dim, units_at
+from gstlab.layouts import Layout, argument, carry, index_map, plain, unit_dim, units_at
 from gstlab.models import units_from_names
 from gstlab.parts import PRUNABLE
 
@@ -122,7 +122,7 @@ class _Lineage(TorchFunctionMode):
             return out
         self.consumed.update(id(t) for t in ins)
         depthwise = _per_channel(name, args, kwargs)
-        if name in _MIXING or depthwise:  # a new source (a Conv/Linear module's hook then names its own output)
+        if name in _MIXING:  # a new source (a Conv/Linear module's hook then names its own output)
             self._reach_mixing(name, args, kwargs, ins)
             pending = self._after_depthwise(name, args, kwargs, ins) if depthwise else {}
             for t in outs:
@@ -211,8 +211,7 @@ class _Lineage(TorchFunctionMode):
             what = f"parameter {learned[0]!r}, a learned shift that masking does not zero" if learned else None
         if not what:
             return {}
-        after = {s: frozenset(f"{w}, then {what}" for w in ws) for t in ins for s, ws in self.pending_of(t).items()}
-        return _merged({s: frozenset({what}) for s in self._alone(ins)}, after)
+        return _merged({s: frozenset({what}) for s in self._alone(ins)}, self._pending_met(ins, what))
 
     def _reach_mixing(self, name: str, args: Sequence, kwargs: dict, ins: list) -> None:
         """Record the shifts that reach a mixing op (the next layer sees them), and the mixing ops masking cannot
@@ -224,8 +223,7 @@ class _Lineage(TorchFunctionMode):
             what = f"F.{name}, whose statistics and shift masking does not zero"
             if not self.in_norm:
                 self.record({s: frozenset({what}) for s in self._alone(ins)})
-            self.record({s: frozenset(f"{w}, then {what}" for w in ws) for t in ins
-                         for s, ws in self.pending_of(t).items()})
+            self.record(self._pending_met(ins, what))
 
     def _after_depthwise(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
         """A per-channel (depthwise) convolution keeps one layer's dead channel at zero only without a bias and
@@ -233,7 +231,7 @@ class _Lineage(TorchFunctionMode):
         pending (``pending``: recorded where a normalization or shift meets it)."""
         x = _conv_input(args, kwargs)
         what = f"a per-channel {name} (groups={x.shape[1]})"
-        if kwargs.get("bias", args[2] if len(args) > 2 else None) is not None:
+        if argument(args, kwargs, 2, "bias") is not None:
             self.record({s: frozenset({f"{what} with a bias, which masking does not zero"}) for s in self._alone([x])})
             return {}
         new = {s: frozenset({f"{what}, whose channels masking does not follow"}) for s in self._alone([x])}
@@ -242,8 +240,7 @@ class _Lineage(TorchFunctionMode):
     def _absorb(self, args: Sequence, kwargs: dict, outs: list) -> None:
         """A masked affine BatchNorm (a module's own F.batch_norm) fed by one layer alone zeroes its pruned units
         whatever shift came before: that layer's shifts end there."""
-        x = kwargs.get("input", args[0] if args else None)
-        weight = kwargs.get("weight", args[3] if len(args) > 3 else None)
+        x, weight = argument(args, kwargs, 0, "input"), argument(args, kwargs, 3, "weight")
         sources = self.of(x) if torch.is_tensor(x) else {}
         if id(weight) not in self.masked_affine or len(sources) != 1 or x.dim() < 2:
             return
@@ -254,8 +251,11 @@ class _Lineage(TorchFunctionMode):
     def reach_normalization(self, x, norm: str, module: torch.nn.Module) -> None:
         """Pending depthwise conditions met by a normalization that gives a zero channel a value."""
         if not _zero_anywhere(module):
-            self.record({s: frozenset(f"{w}, then {type(module).__name__} {norm!r}" for w in ws)
-                         for s, ws in self.pending_of(x).items()})
+            self.record(self._pending_met([x], f"{type(module).__name__} {norm!r}"))
+
+    def _pending_met(self, tensors: list, what: str) -> dict[str, frozenset[str]]:
+        """The pending depthwise conditions of ``tensors`` made shifts by ``what`` (a normalization or shift)."""
+        return {s: frozenset(f"{w}, then {what}" for w in ws) for t in tensors for s, ws in self.pending_of(t).items()}
 
     def record(self, shifts: dict[str, frozenset[str]]) -> None:
         for source, what in shifts.items():
@@ -286,7 +286,7 @@ def _per_channel(name: str, args: Sequence, kwargs: dict) -> bool:
     if x is None or x.dim() < 2:
         return False
     try:
-        groups = operator.index(kwargs.get("groups", args[6] if len(args) > 6 else 1))
+        groups = operator.index(argument(args, kwargs, 6, "groups", default=1))
     except TypeError:
         return False
     return 1 < groups == x.shape[1]
@@ -299,7 +299,7 @@ def _mixed_dim(name: str, ndim: int) -> int:
 
 
 def _conv_input(args: Sequence, kwargs: dict):
-    x = kwargs.get("input", args[0] if args else None)
+    x = argument(args, kwargs, 0, "input")
     return x if torch.is_tensor(x) else None
 
 
@@ -312,8 +312,7 @@ def _keeps_zero_functional(name: str, args: Sequence, kwargs: dict) -> bool:
     F.group_norm and F.layer_norm subtract statistics over other units."""
     if name not in ("batch_norm", "instance_norm"):
         return False
-    given = dict(zip(("input", "running_mean", "running_var", "weight", "bias"), args))
-    return all(kwargs.get(k, given.get(k)) is None for k in ("running_mean", "bias"))
+    return argument(args, kwargs, 1, "running_mean") is None and argument(args, kwargs, 4, "bias") is None
 
 
 @torch.no_grad()

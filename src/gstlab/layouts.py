@@ -36,6 +36,11 @@ def plain(name: str) -> str:
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
+def argument(args: Sequence, kwargs: dict, i: int, *keys: str, default=None):
+    """An op's argument given by keyword (any of ``keys``) or at position ``i``."""
+    return next((kwargs[k] for k in keys if k in kwargs), args[i] if len(args) > i else default)
+
+
 def units_at(shape: Sequence[int], dim: int) -> tuple[int, int]:
     """The layout of units on dimension ``dim`` of a tensor of ``shape``."""
     return math.prod(shape[:dim]), int(shape[dim])
@@ -94,8 +99,7 @@ class _Call:
     ndim: int
 
     def arg(self, i: int, *keys: str, default=None):
-        return next((self.kwargs[k] for k in keys if k in self.kwargs), self.args[i] if len(self.args) > i else
-                    default)
+        return argument(self.args, self.kwargs, i, *keys, default=default)
 
     def dim(self, v) -> int:
         try:
