@@ -29,7 +29,7 @@ from gstlab import config as C
 from gstlab.callbacks import EpochCallback
 from gstlab.data import as_integer
 from gstlab.errors import one_line
-from gstlab.fingerprints import code_text, model_tree, module_attributes
+from gstlab.fingerprints import code_text, model_tree, module_attributes, tensor_bytes
 from gstlab.models import trained_copy
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
@@ -196,9 +196,8 @@ def model_fingerprint(model: nn.Module, units: list[PrunableUnit]) -> str:
 
 
 def _update(h: hashlib._Hash, name: str, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
     h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(tensor_bytes(t))
 
 
 # -------------------------------------------------------------------------------------------------- data

@@ -118,11 +118,15 @@ def module_attributes(module, depth: int = 0) -> str:
         _DESCRIBING.discard(id(module))
 
 
-def tensor_text(t) -> str:
+def tensor_bytes(t) -> bytes:
+    """A tensor's values as raw bytes (on the CPU, row-major), what every fingerprint of a tensor hashes."""
     import torch  # noqa: PLC0415
 
-    t = t.detach().cpu().contiguous()
-    return f"tensor{tuple(t.shape)}:{t.dtype}:{_digest(t.reshape(-1).view(torch.uint8).numpy().tobytes())}"
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def tensor_text(t) -> str:
+    return f"tensor{tuple(t.shape)}:{t.dtype}:{_digest(tensor_bytes(t))}"
 
 
 def _digest(data: bytes) -> str:
