@@ -32,7 +32,10 @@ def main() -> None:
             results.append((regime, regime_tests(regime)))
         except ValueError as err:
             parser.exit(1, f"verdict_table: --regime {name}: {err}\n")
-    print(verdict_table(results))
+    try:
+        print(verdict_table(results))
+    except ValueError as err:
+        parser.exit(1, f"verdict_table: {err}\n")
     for regime, tests in results:
         print(f"- {regime.name}: {summary_line(tests)}.")
 

@@ -483,6 +483,20 @@ def test_report_figure2_scores_no_pruning_over_the_pruned_runs_window_and_shows_
     assert "peak test accuracy over all epochs is 99.00%" in text
     runs = pd.read_csv(study / "report" / "runs.csv")
     assert set(runs["window_start"]) == {6}
+    assert ("- common window: epochs ≥ 6, the latest last pruning epoch among the finished pruned runs (Prune_S 1%, "
+            "Prune_S 13%, Prune_R 13%, Prune_L 13%)") in text and "may start earlier" not in text
+
+
+def test_report_says_when_a_pruned_setting_without_finished_runs_could_move_the_common_window(tmp_path, no_draw):
+    """The window starts at the latest last pruning epoch of the *finished* runs: with every run of the setting
+    that prunes last failed or pending, it would start earlier than the study's schedule (an audit, 2026-12-06)."""
+    study = make_study(tmp_path / "s", "figure2", failed=False)
+    for run_dir in (study / "runs").glob("vgg11_bn_3s*"):  # every Prune_R 13% run failed
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "failed", "failure": "diverged"}))
+        seal(run_dir)
+    text = write_report(study).read_text()
+    assert "- **no finished run of Prune_R 13%: the common window may start earlier than the study's schedule**" in text
 
 
 def test_report_figure2_tests_memorization_at_the_common_window_best_epoch_under_label_noise(tmp_path, no_draw):

@@ -53,7 +53,7 @@ def _figure2_runs(memorization: bool) -> pd.DataFrame:
             window = level + (0.5 + 0.01 * seed if label == "Prune_L 13%" else 0.0)
             rows.append({"run_id": f"{label}-{seed}", "label": label, "seed": seed, "side": side or np.nan,
                          "scratch": scratch, "intervention": "none", "status": "finished",
-                         "mean_stability": stability + 0.01 * seed, "best_test_acc": best,
+                         "mean_stability": stability + 0.01 * seed, "best_test_acc": best, "window_start": 274,
                          "generalization_gap": 100.0 - best, "window_best_test_acc": window,
                          "window_memorization": (stability - 50.0 + 0.01 * seed) if memorization else np.nan})
     return pd.DataFrame(rows)
@@ -67,7 +67,7 @@ def test_the_tradeoff_tests_use_only_the_paper_panel_and_the_benefit_test_pairs_
     r = stats.pearsonr(panel["mean_stability"], panel["best_test_acc"]).statistic
     assert by["T1", True].estimate == pytest.approx(r) and by["T1", True].n == "15"
     paired = by["T3", True]  # primary: paired over the five seeds on the common-window best
-    assert paired.method == "paired t, common window" and paired.n == "5 pairs"
+    assert paired.method == "paired t, common window (epochs ≥ 274)" and paired.n == "5 pairs"
     assert paired.estimate == pytest.approx(0.52)
     assert paired.reproduced and paired.claim == "Prune_L 13% beats No Pruning"
     student = by["T3", False]  # secondary: Student t on the own-window best, where seeds differ by 12 points
@@ -83,7 +83,7 @@ def test_under_label_noise_memorization_gets_its_two_tests():
     assert tests["T13", True].estimate == pytest.approx(1.0) and tests["T13", True].reproduced
     t14 = tests["T14", True]  # No Pruning (50) memorizes more than Prune_L 13% (~47): expected +
     assert t14.method == "Student t, common window" and t14.estimate == pytest.approx(3.0) and t14.reproduced
-    assert tests["T14", False].method == "paired t, common window"
+    assert tests["T14", False].method == "paired t, common window (epochs ≥ 274)"
 
 
 def test_a_wrong_sign_is_never_reproduced_however_small_p():
@@ -120,6 +120,81 @@ def test_each_noise_variant_keeps_its_test_number_whatever_the_rows_order_or_a_m
 def test_two_prune_l_settings_are_refused_rather_than_pooled_into_t3():
     runs = _figure2_runs(memorization=False)
     other = runs[runs["label"] == "Prune_L 13%"].assign(label="Prune_L 1%", run_id=lambda df: df["run_id"] + "b")
-    with pytest.raises(ValueError, match="T3 and T14 need one Prune_L \\(largest-score\\) setting; these runs have "
-                                         "2: Prune_L 13%, Prune_L 1%"):
+    with pytest.raises(ValueError, match="T3 and T14 compare one Prune_L \\(largest-score\\) setting; these runs "
+                                         "have 2: Prune_L 13%, Prune_L 1%"):
         figure2_tests(pd.concat([runs, other], ignore_index=True), PAIRED)
+
+
+# Input the preregistration does not define is refused, naming the test (an audit of 2026-12-06 found each one
+# giving a number: pooled baselines, mis-paired seeds, a silent "not testable").
+
+
+def _t3(runs: pd.DataFrame, primary: str = PAIRED) -> verdicts.Verdict:
+    return next(v for v in figure2_tests(runs, primary) if v.test == "T3" and v.primary)
+
+
+def test_a_seed_twice_or_a_run_without_a_seed_is_refused_in_either_version():
+    runs = _figure2_runs(memorization=False)
+    twice = pd.concat([runs, runs[(runs["label"] == "Prune_L 13%") & (runs["seed"] == 2)]], ignore_index=True)
+    for primary in (STUDENT, PAIRED):  # Student had pooled the extra run (n = 6 vs 5)
+        with pytest.raises(ValueError, match="T3: Prune_L 13% has seed\\(s\\) 2 more than once"):
+            _t3(twice, primary)
+    blank = runs.assign(seed=runs["seed"].astype(float))
+    blank.loc[(blank["label"] == "No Pruning") & (blank["seed"] == 1), "seed"] = np.nan
+    blank.loc[(blank["label"] == "Prune_L 13%") & (blank["seed"] == 0), "seed"] = np.nan
+    with pytest.raises(ValueError, match="T3: .* has a run without a seed"):  # the two had been paired
+        _t3(blank)
+
+
+def test_the_paired_test_itself_refuses_keys_that_would_mis_pair():
+    from gstlab.analysis.stats import paired_ttest
+
+    with pytest.raises(ValueError, match="a has a value without a key"):
+        paired_ttest(pd.Series([1.0, 2.0, 3.0], [0, np.nan, 2]), pd.Series([1.0, 2.0, 3.0], [0, np.nan, 2]))
+    with pytest.raises(ValueError, match="b has key\\(s\\) 1 more than once"):
+        paired_ttest(pd.Series([1.0, 2.0, 3.0], [0, 1, 2]), pd.Series([1.0, 2.0, 3.0], [0, 1, 1]))
+
+
+def test_runs_scored_over_different_windows_are_not_paired():
+    runs = _figure2_runs(memorization=False)
+    runs.loc[runs["label"] == "No Pruning", "window_start"] = 0
+    with pytest.raises(ValueError, match="T3: the compared runs were scored over different windows \\(epochs from "
+                                         "0, 274\\)"):
+        _t3(runs)
+
+
+def test_a_primary_test_whose_column_is_missing_is_refused_not_untestable():
+    with pytest.raises(ValueError, match="T3: its primary \\(paired\\) test reads window_best_test_acc, which "
+                                         "runs.csv does not have"):
+        regime_tests(Regime.from_prefix("mini", FIGURES / "confirm", PAIRED))
+
+
+def test_without_prune_l_runs_t3_keeps_its_preregistered_claim_and_is_not_testable():
+    runs = _figure2_runs(memorization=False)
+    t3 = _t3(runs[runs["label"] != "Prune_L 13%"])
+    assert t3.claim == "Prune_L 13% beats No Pruning" and t3.verdict == "not testable"
+
+
+def test_figure5_refuses_two_unpruned_settings_pooled_into_no_noise():
+    runs = report_runs(FIGURES / "confirm_fig5" / "runs.csv")
+    other = runs[runs["setting"] == "F2_VGG_0"].assign(label="No Pruning, width 2", setting="extra",
+                                                        run_id=lambda df: df["run_id"] + "b")
+    with pytest.raises(ValueError, match="T5-T10 compare one unpruned setting; these runs have 2"):
+        verdicts.figure5_tests(pd.concat([runs, other], ignore_index=True), STUDENT)
+
+
+def test_figure6_refuses_last_probes_at_different_epochs():
+    runs = report_runs(FIGURES / "confirm_fig2_vgg" / "runs.csv")
+    curvature = pd.read_csv(FIGURES / "confirm_fig6" / "curvature.csv")
+    assert verdicts.figure6_test(runs, curvature).n == "60"
+    early = curvature["run_id"] == runs["run_id"].iloc[0]
+    with pytest.raises(ValueError, match="T4: the runs' last flatness probes lie at different epochs \\(200, 314\\)"):
+        verdicts.figure6_test(runs, curvature.assign(epoch=curvature["epoch"].where(~early, 200)))
+
+
+def test_pooled_figure3_tests_leave_scratch_out_as_the_report_does():
+    runs = report_runs(FIGURES / "confirm_fig3" / "runs.csv")
+    extra = runs.head(3).assign(scratch=True, mean_stability=50.0, best_test_acc=99.0,
+                                run_id=lambda df: df["run_id"] + "s")
+    with_scratch = {v.test: v for v in verdicts.figure3_tests(pd.concat([runs, extra], ignore_index=True))}
+    assert with_scratch["T11"].n == "105"

@@ -446,6 +446,26 @@ def _status_lines(all_runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _window_lines(all_runs: pd.DataFrame) -> list[str]:
+    """Where the common window starts, which setting sets it, and which pruned settings had no finished run to
+    take part (with all of one setting's runs failed, the window starts at an earlier setting's last event)."""
+    if "window_start" not in all_runs or not all_runs["window_start"].notna().any():
+        return []
+    start = int(all_runs["window_start"].dropna().iloc[0])
+    candidates = all_runs[pruned(all_runs) & ~scratch(all_runs)]
+    finished = candidates["status"] == "finished"
+    setters = candidates[finished & (pd.to_numeric(candidates["last_pruned_epoch"], errors="coerce") == start)]
+    lines = [f"- common window: epochs ≥ {start}, the latest last pruning epoch among the finished pruned runs "
+             f"({', '.join(map(str, dict.fromkeys(setters['label']))) or 'none'})" if start else
+             "- common window: every epoch (no finished run prunes)"]
+    missing = [str(label) for label, g in candidates.groupby("label", sort=False) if not (g["status"] ==
+                                                                                         "finished").any()]
+    if missing:
+        lines.append(f"- **no finished run of {', '.join(missing)}: the common window may start earlier than the "
+                     f"study's schedule**")
+    return lines
+
+
 def _criteria_lines(runs: pd.DataFrame) -> list[str]:
     """The score criteria of the pruned runs, described as their registry entries describe them."""
     from gstlab.registry import criteria  # noqa: PLC0415
@@ -459,7 +479,7 @@ def _criteria_lines(runs: pd.DataFrame) -> list[str]:
 def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
     lines = [f"# Study report: {name}", "",
              f"- figure: `{rep.kind}` ({PAPER_FIGURE.get(rep.kind, 'no figure')} of the paper, see docs/paper.md); "
-             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs),
+             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *_window_lines(all_runs),
              *(f"- {line}" for line in machine_lines(rep.runs)),
              *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",

@@ -121,6 +121,8 @@ def paired_ttest(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> dict:
     (``scipy.stats.ttest_rel``): the mean difference ``diff = mean(a - b)``, its t interval and Cohen's d_z
     (mean difference over the standard deviation of the differences). Same keys as :func:`ttest`; ``n_a`` and
     ``n_b`` are the number of pairs."""
+    for name, values in (("a", a), ("b", b)):
+        _check_keys(values, name)
     joined = pd.concat([pd.to_numeric(a, errors="coerce"), pd.to_numeric(b, errors="coerce")], axis=1,
                        join="inner").dropna()
     x, y = joined.iloc[:, 0].to_numpy(float), joined.iloc[:, 1].to_numpy(float)
@@ -141,6 +143,18 @@ def paired_ttest(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> dict:
     if not _no_spread(sd, np.concatenate([x, y])):
         out.update(t=float(res.statistic), p=float(res.pvalue), cohens_d=diff / sd)
     return out
+
+
+def _check_keys(values: pd.Series, name: str) -> None:
+    """A paired test pairs by key: a missing key would pair with another missing one, a repeated key with each
+    of the other side's values (pandas pairs them all)."""
+    keys = values.index
+    if keys.hasnans:
+        raise ValueError(f"paired t-test: {name} has a value without a key (seed); each value needs its own")
+    repeated = list(dict.fromkeys(keys[keys.duplicated()]))
+    if repeated:
+        raise ValueError(f"paired t-test: {name} has key(s) {', '.join(map(str, repeated))} more than once; "
+                         f"each key pairs one value with one")
 
 
 def group_table(df: pd.DataFrame, by: str | Sequence[str], columns: Sequence[str],

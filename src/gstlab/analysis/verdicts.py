@@ -6,11 +6,18 @@ The definitions are the preregistered ones (examples/confirm_*.yaml, examples/co
 T1/T2 r(mean stability, best test accuracy / gap) over the Figure 2 pruned runs without Prune_R and scratch;
 T3 Prune_L 13% beats No Pruning; T4 r(mean stability, Σ top-k Hessian eigenvalues at the last probe) over every
 Figure 6 run; T5-T10 each Figure 5 noise variant beats No Noise; T11/T12 as T1/T2 pooled over every Figure 3
-run; under label noise T13 r(mean stability, memorization) over T1's runs and T14 No Pruning memorizes more
-than Prune_L 13% (both at the common-window best epoch). A benefit test is either the Student t-test on each
+run. Where the runs record memorization (label noise), T13 r(mean stability, memorization) over T1's runs and
+T14 No Pruning memorizes more than Prune_L 13% (both at the common-window best epoch) join them, as issue 21
+defines them for a label-noise regime; neither confirmation so far has label noise, so neither preregisters
+them, and they are absent from both tables. A benefit test is either the Student t-test on each
 run's best test accuracy from its own last pruning epoch on (the first confirmation) or the paired t-test over
 seeds on the best test accuracy over the common window (the second one's primary); a regime names which is
 primary, and the other is computed too, as its secondary.
+
+Input that would give a number the preregistration does not define is refused (ValueError naming the test):
+two settings where a test compares one, a seed twice or a run without a seed in a compared setting, a
+primary test's column missing, compared runs scored over different windows, Figure 6 probes at different
+epochs.
 """
 
 from __future__ import annotations
@@ -106,11 +113,13 @@ def benefit_test(test: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, versio
                  column: str | None = None) -> Verdict:
     """``a`` reaches a higher value than ``b``: Student t on each run's best test accuracy from its own last
     pruning epoch on, or paired t over seeds on the common-window best (``column`` overrides either)."""
+    for group in (a, b):
+        _one_run_per_seed(test, group)
     if version == PAIRED:
         col = column or "window_best_test_acc"
         by_seed = [g.set_index("seed")[col] if col in g else pd.Series(dtype=float) for g in (a, b)]
         t = paired_ttest(*by_seed)
-        n, method = f"{t['n_a']} pairs", "paired t, common window"
+        n, method = f"{t['n_a']} pairs", f"paired t, common window{_window(test, a, b)}"
     else:
         col = column or "best_test_acc"
         t = ttest(*(g[col] if col in g else [] for g in (a, b)))
@@ -119,16 +128,55 @@ def benefit_test(test: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, versio
                    cohens_d=t["cohens_d"], means=(t["mean_a"], t["mean_b"]))
 
 
+def _one_run_per_seed(test: str, runs: pd.DataFrame) -> None:
+    """A benefit test compares one run per seed of each setting (seeds pair the runs of a paired test)."""
+    if "seed" not in runs or not len(runs):
+        return
+    what = f"{test}: {_label(runs, 'a compared setting')}"
+    seeds = pd.to_numeric(runs["seed"], errors="coerce")
+    if seeds.isna().any():
+        raise ValueError(f"{what} has a run without a seed in runs.csv; each run needs its seed")
+    repeated = list(dict.fromkeys(seeds[seeds.duplicated()].astype(int)))
+    if repeated:
+        raise ValueError(f"{what} has seed(s) {', '.join(map(str, repeated))} more than once; one run per seed "
+                         f"is compared")
+
+
+def _window(test: str, a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """' (epochs ≥ N)', the common window both sides were scored over ('' where runs.csv does not say)."""
+    both = pd.concat([a, b])
+    starts = sorted(set(pd.to_numeric(both["window_start"], errors="coerce").dropna().astype(int))) if (
+        "window_start" in both) else []
+    if len(starts) > 1:
+        raise ValueError(f"{test}: the compared runs were scored over different windows (epochs from "
+                         f"{', '.join(map(str, starts))}); a paired test compares one common window")
+    return f" (epochs ≥ {starts[0]})" if starts else ""
+
+
 def _benefits(test: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, primary: str,
               column: str | None = None) -> list[Verdict]:
     """The primary version of a benefit test, then the other one (secondary) where the runs record what it
     needs (a runs.csv written before the common window was added has no ``window_*`` columns)."""
     other = PAIRED if primary == STUDENT else STUDENT
+    own = _column(primary, column)
+    if own not in a or own not in b:
+        raise ValueError(f"{test}: its primary ({primary}) test reads {own}, which runs.csv does not have (a report "
+                         f"written before the common window was added: run `gst report` on the study again)")
     tests = [benefit_test(test, claim, a, b, primary, True, column)]
-    needs = column or ("window_best_test_acc" if other == PAIRED else "best_test_acc")
+    needs = _column(other, column)
     if needs in a and needs in b:
         tests.append(benefit_test(test, claim, a, b, other, False, column))
     return tests
+
+
+def _column(version: str, column: str | None) -> str:
+    return column or ("window_best_test_acc" if version == PAIRED else "best_test_acc")
+
+
+def _one_setting(runs: pd.DataFrame, what: str, tests: str) -> None:
+    labels = list(dict.fromkeys(runs["label"])) if "label" in runs else []
+    if len(labels) > 1:  # pooled, a seed would have two runs
+        raise ValueError(f"{tests} compare one {what}; these runs have {len(labels)}: {', '.join(map(str, labels))}")
 
 
 def figure2_tests(runs: pd.DataFrame, primary: str) -> list[Verdict]:
@@ -137,11 +185,8 @@ def figure2_tests(runs: pd.DataFrame, primary: str) -> list[Verdict]:
     largest = runs[(runs["side"] == "largest") & ~scratch(runs) & (intervention(runs) == "")]
     baseline = runs[~pruned(runs)]
     for group, what in ((largest, "Prune_L (largest-score) setting"), (baseline, "unpruned setting")):
-        labels = list(dict.fromkeys(group["label"])) if "label" in group else []
-        if len(labels) > 1:  # T3 and T14 compare one with the other: pooled, a seed would have two runs
-            raise ValueError(f"Figure 2 verdicts: T3 and T14 need one {what}; these runs have {len(labels)}: "
-                             f"{', '.join(map(str, labels))}")
-    name = _label(largest, "Prune_L")
+        _one_setting(group, what, "Figure 2 verdicts: T3 and T14")
+    name = _label(largest, PRESETS["F2_VGG_4"].label)  # the claim stays the preregistered one without runs
     tests = [correlation_test("T1", "less stable pruning → higher best test accuracy", panel,
                               "mean_stability", "best_test_acc", -1),
              correlation_test("T2", "less stable pruning → smaller generalization gap", panel,
@@ -161,8 +206,13 @@ def _label(runs: pd.DataFrame, default: str) -> str:
 
 
 def figure6_test(runs: pd.DataFrame, curvature: pd.DataFrame) -> Verdict:
-    probes = last_probes(curvature)[["run_id", "eig_sum"]] if len(curvature) else pd.DataFrame(
-        columns=["run_id", "eig_sum"])
+    probes = last_probes(curvature)[["run_id", "epoch", "eig_sum"]] if len(curvature) else pd.DataFrame(
+        columns=["run_id", "epoch", "eig_sum"])
+    probes = probes[probes["run_id"].isin(runs["run_id"])]
+    epochs = sorted(set(pd.to_numeric(probes["epoch"]).astype(int)))
+    if len(epochs) > 1:
+        raise ValueError(f"T4: the runs' last flatness probes lie at different epochs ({', '.join(map(str, epochs))}); "
+                         f"the test compares every run at one epoch")
     return correlation_test("T4", "less stable pruning → flatter model (Σ top Hessian eigenvalues)",
                             runs.merge(probes, on="run_id", how="inner"), "mean_stability", "eig_sum", 1)
 
@@ -174,6 +224,7 @@ def figure5_tests(runs: pd.DataFrame, primary: str) -> list[Verdict]:
     """T5-T10: each noise variant, by its preset (``setting``: F5_1..F5_6), against No Noise. A variant with no
     finished run is "not testable" under its own number: the others keep theirs, whatever the row order."""
     baseline = runs[~pruned(runs)]
+    _one_setting(baseline, "unpruned setting", "Figure 5 verdicts: T5-T10")
     tests = []
     for setting, test in FIGURE5_TESTS.items():
         group = runs[(runs["setting"] == setting) & (intervention(runs) != "")]
@@ -182,7 +233,7 @@ def figure5_tests(runs: pd.DataFrame, primary: str) -> list[Verdict]:
 
 
 def figure3_tests(runs: pd.DataFrame) -> list[Verdict]:
-    every = runs[pruned(runs)]
+    every = runs[pruned(runs) & ~scratch(runs)]  # as the report's Figure 3: scratch has no iterative rate
     return [correlation_test("T11", "pooled over rates and sides: less stable → higher best test accuracy", every,
                              "mean_stability", "best_test_acc", -1),
             correlation_test("T12", "pooled over rates and sides: less stable → smaller gap", every,
