@@ -83,6 +83,8 @@ def test_grid_expansion_and_run_ids_are_stable():
     ({"setings": []}, "study: unknown key(s) ['setings']"),
     ({"grid": {"seed": [1, 2]}}, "grid.seed: a run's seed comes from the study's seeds; allowed: seeds: n"),
     ({"set": {"seed": 5}}, "set.seed: a run's seed comes from the study's seeds"),
+    ({"override": {"seed.x": 1}}, "override.seed.x: a run's seed comes from the study's seeds"),  # was dropped
+    ({"grid": {"seed.x": [1, 2]}}, "grid.seed.x: a run's seed comes from the study's seeds"),
     # runs that silently collapsed into fewer, or a value silently replaced
     ({"seeds": [1, 1, 2]}, "seeds: seed 1 is listed twice (the same runs); allowed: distinct seeds"),
     ({"grid": {"optim.lr": [0.1, 0.1]}}, "grid.optim.lr: value 0.1 is listed twice"),

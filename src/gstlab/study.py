@@ -133,8 +133,9 @@ def first_repeat(values: list) -> Any:
 
 def _refuse_seed(keys: dict, where: str) -> None:
     """Each run's seed is one of the study's ``seeds``: a seed set or gridded was overwritten by it (silently)."""
-    if "seed" in keys:
-        raise C.ConfigError(f"{where}.seed: a run's seed comes from the study's seeds; allowed: seeds: n (seeds "
+    key = next((k for k in keys if str(k).split(".")[0].strip() == "seed"), None)  # also seed.x: replaced too
+    if key is not None:
+        raise C.ConfigError(f"{where}.{key}: a run's seed comes from the study's seeds; allowed: seeds: n (seeds "
                             f"0..n-1) or a list of seeds")
 
 
