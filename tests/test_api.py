@@ -477,6 +477,13 @@ def test_a_users_epoch_callbacks_run_resume_and_must_match_on_resume(tmp_path, m
     assert results(tmp_path / "cut") == results(tmp_path / "whole")
     with pytest.raises(C.ConfigError, match=r"callbacks\[0\]: type a class \(give an instance\)"):
         api.run(SHORT, tmp_path / "x", model=net, data=DATA, callbacks=[EpochLog])
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):  # a run saved without callbacks: one added on resume would see a part
+        api.run(SHORT, tmp_path / "none", model=net, data=DATA)
+    monkeypatch.undo()
+    with pytest.raises(C.ConfigError, match=r"^callbacks: .*checkpoint.pt was saved with the epoch callbacks \[\], "
+                                            r"this run has \[test_api.EpochLog\]"):
+        api.run(SHORT, tmp_path / "none", model=net, data=DATA, callbacks=[EpochLog()])
 
 
 class StopsAfterEpoch1(EpochLog):

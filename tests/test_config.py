@@ -216,3 +216,17 @@ def test_official_compatibility_windows_keep_their_ids_under_the_intervention_re
     assert C.result_revisions(C.parse(compat)) == {}  # acc_after is the perturbed post-event evaluation there
     restore = {**compat, "intervention": {**compat["intervention"], "kind": "zero_restore"}}
     assert C.result_revisions(C.parse(restore)) == {"intervention": 2}  # the bias of a layer without BatchNorm
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"arch": "vgg11_bn", "channels": [8, 16, 32, 32, 128, 128, 128, 256], "width": 0.25},
+     "model.width: not read (model.channels gives vgg11_bn's 8 conv widths)"),  # the mini presets' case
+    ({"arch": "resnet20", "hidden": [4]}, "model.hidden: not read (resnet20 is not mlp)"),
+    ({"arch": "resnet20", "batch_norm": False}, "model.batch_norm: not read (resnet20 is not mlp)"),
+    ({"arch": "mlp", "width": 2.0}, "model.width: not read (mlp sizes its layers by model.hidden)"),
+])
+def test_a_model_field_its_architecture_does_not_read_is_refused(model, message):
+    """Each had renamed the run (a new id) and built the same network (an audit, 2026-12-06)."""
+    with pytest.raises(C.ConfigError, match=re.escape(message)):
+        C.parse({"model": model}, [])
+    C.parse({"model": {"arch": "vgg11_bn", "width": 0.25}}, [])  # width is read without channels

@@ -115,6 +115,13 @@ def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
      "pruning.activation_every: 20 training batches before the first activation score, but the first event "
      "(layer 'fc1', epoch 0) comes after 8; allowed: at most 8"),
     ("data.name=fashion_mnist", "data.synthetic_shape: not read for data.name 'fashion_mnist' (only for synthetic)"),
+    # accepted and then ignored (an audit, 2026-12-06)
+    ("model.width=0.5", "model.width: not read (mlp sizes its layers by model.hidden), so it would change the run id"),
+    ("data.root=/nonexistent", "data.root: not read for data.name 'synthetic' (only for fashion_mnist, cifar10, "
+                               "cifar100), so it would be ignored"),
+    ("train.compile_mode=max-autotune", "train.compile_mode: 'max-autotune' is read only with train.compile: true"),
+    ("train.epochs=4 --set train.epochs=5", "--set train.epochs: given twice; give each key once"),
+    ("optim.lr=0.1 --set optim={lr: 0.2}", "--set: keys 'optim.lr' and 'optim' both set optim.lr"),
 ], ids=lambda v: v.split("=")[0] if "=" in v else None)
 def test_values_that_would_train_something_else_are_refused(tmp_path, capsys, override, field):
     sets = [a for o in override.split(" --set ") for a in ("--set", o)]
@@ -177,7 +184,8 @@ def test_flatness_refuses_a_seed_beyond_64_bits(tmp_path, capsys):
 
 
 def _study(tmp_path: Path, **changes) -> Path:
-    data = {"name": "t", "seeds": 1, "settings": [{"inline": TINY}], **changes}
+    inline = {k: v for k, v in TINY.items() if k != "seed"}  # each run's seed is the study's
+    data = {"name": "t", "seeds": 1, "settings": [{"inline": inline}], **changes}
     return _write(tmp_path, data, "study.yaml")
 
 

@@ -197,3 +197,42 @@ def test_an_events_accuracies_are_measured_in_eval_mode_with_no_training_step_be
         assert around[0] == around[-1] == "eval"  # evaluated before and after the event
     assert run.rows["events"] and all(e["acc_before"] == run.rows["metrics"][e["epoch"]]["test_acc_pre"]
                                       for e in run.rows["events"])
+
+
+def test_kept_epochs_a_finished_or_resumed_run_will_not_write_are_named_not_silently_dropped(tmp_path, capsys,
+                                                                                            monkeypatch):
+    """``train.keep_checkpoints`` is outside the run id: asking for more on a finished run, or for an epoch before
+    a resume, writes nothing for them (an audit, 2026-12-06: the flatness error then advised the same field)."""
+    from gstlab.runner import run_or_skip
+
+    cfg = C.parse(TINY, [])
+    run_or_skip(cfg, tmp_path / "done")
+    capsys.readouterr()
+    _, executed = run_or_skip(C.parse(TINY, ["train.keep_checkpoints=[0, 5]"]), tmp_path / "done")
+    err = capsys.readouterr().err
+    assert not executed and "train.keep_checkpoints: epoch(s) 0, 5 asked, but" in err and "holds this run, ended" in err
+    interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_or_skip(cfg, tmp_path / "cut")
+    monkeypatch.undo()
+    capsys.readouterr()
+    run_or_skip(C.parse(TINY, ["train.keep_checkpoints=[1, 4]"]), tmp_path / "cut")
+    err = capsys.readouterr().err
+    assert "epoch(s) 1 asked, but" in err and "resumes this run after epoch 2" in err  # 4 is still written
+    assert (tmp_path / "cut" / "model_epoch4.pt").is_file() and not (tmp_path / "cut" / "model_epoch1.pt").exists()
+
+
+def test_a_layer_fraction_that_removes_no_unit_is_warned_by_the_run_and_by_the_sweep(tmp_path, capsys):
+    """ceil((1 - 0.02) x 32) keeps all 32 units of fc1: the run had pruned nothing, with no word (fraction 0 had
+    its own warning)."""
+    from gstlab.runner import run_or_skip
+
+    run_or_skip(C.parse(TINY, ["pruning.layers.0.fraction=0.02"]), tmp_path / "r")
+    assert ("pruning.layers[0].fraction: 0.02 of fc1's 32 units removes none (ceil((1 - fraction) x 32) keeps all), "
+            "so fc1 is never pruned") in capsys.readouterr().err
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({"name": "s", "seeds": 2, "settings": [
+        {"inline": TINY, "set": {"pruning.layers.0.fraction": 0.02}}]}))
+    assert main(["sweep", str(study), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("of fc1's 32 units removes none") == 1 and "setting 'setting0': pruning.layers[0]" in err

@@ -21,7 +21,8 @@ from gstlab.runner import execute
 from gstlab.study import expand, grid_points, load_study_file, study_from_dict
 from test_runner import TINY
 
-SMALL = C.to_dict(C.parse(TINY, ["train.epochs=4", "pruning.layers.0.end=3", "pruning.layers.1.end=3"]))
+SMALL = {k: v for k, v in C.to_dict(C.parse(TINY, ["train.epochs=4", "pruning.layers.0.end=3",
+                                                     "pruning.layers.1.end=3"])).items() if k != "seed"}  # the study's
 
 
 def study(**extra) -> dict:
@@ -85,6 +86,8 @@ def test_grid_expansion_and_run_ids_are_stable():
     ({"set": {"seed": 5}}, "set.seed: a run's seed comes from the study's seeds"),
     ({"override": {"seed.x": 1}}, "override.seed.x: a run's seed comes from the study's seeds"),  # was dropped
     ({"grid": {"seed.x": [1, 2]}}, "grid.seed.x: a run's seed comes from the study's seeds"),
+    ({"grid": {"train.channels_last": [True, False]}},  # outside the run id: one value would never run
+     "grid: points {'train.channels_last': True} and {'train.channels_last': False} of setting 'L' give one run"),
     # runs that silently collapsed into fewer, or a value silently replaced
     ({"seeds": [1, 1, 2]}, "seeds: seed 1 is listed twice (the same runs); allowed: distinct seeds"),
     ({"grid": {"optim.lr": [0.1, 0.1]}}, "grid.optim.lr: value 0.1 is listed twice"),
@@ -539,3 +542,39 @@ def test_a_set_mapping_on_a_section_may_sit_beside_a_grid_on_another_field_of_it
     assert [(r.cfg.optim.lr, r.cfg.optim.momentum) for r in runs] == [(0.01, 0.8), (0.01, 0.9)]
     with pytest.raises(C.ConfigError, match=r"^set.optim: the study's grid varies optim.momentum"):
         study_from_dict({**base, "set": {"optim": {"momentum": 0.5}}})
+
+
+def test_a_sweeps_set_mapping_keeps_the_files_other_keys_of_that_section_and_each_key_is_given_once(tmp_path, capsys):
+    """``--set optim={lr: ..}`` had replaced the file's whole ``override: {optim: {...}}`` (momentum reset)."""
+    path = write_study(tmp_path, study(override={"optim": {"lr": 0.1, "momentum": 0.5}}))
+    s, _ = cli_study(["sweep", str(path), "--set", "optim={lr: 0.2}"])
+    assert {(r.cfg.optim.lr, r.cfg.optim.momentum) for r in expand(s)} == {(0.2, 0.5)}
+    for flags, message in ((["--set", "optim.lr=0.1", "--set", "optim.lr=0.2"], "--set optim.lr: given twice"),
+                           (["--set", "optim.lr=0.1", "--set", "optim={lr: 0.2}"], "keys 'optim.lr' and 'optim' both")):
+        assert main(["sweep", str(path), "--dry-run", *flags]) == 2
+        assert message in capsys.readouterr().err
+
+
+def cli_study(argv: list[str]):
+    from gstlab.cli import _study_from_args, build_parser
+
+    return _study_from_args(build_parser().parse_args(argv))
+
+
+def test_a_studys_own_threads_must_agree_with_the_sweeps_threads_per_worker():
+    from gstlab.executors import Resources, _check_threads
+
+    runs = expand(study_from_dict(study(set={"train.threads": 1})))
+    _check_threads(runs, Resources(threads=1))
+    with pytest.raises(C.ConfigError, match="setting 'L': train.threads: 1, but the sweep runs each run on 2 "
+                                            "thread\\(s\\).*give --threads-per-worker 1 or leave train.threads out"):
+        _check_threads(runs, Resources(threads=2))  # each run's threads had been replaced by 2
+
+
+def test_a_settings_own_seed_is_said_to_be_replaced_by_the_studys(tmp_path, capsys):
+    """A config gstlab wrote holds its run's seed, so one pasted into a setting is common: each run takes the
+    study's seed instead, and the sweep says so once (it had been replaced silently; an audit, 2026-12-06)."""
+    data = study(settings=[{"inline": {**SMALL, "seed": 7}, "label": "L"}])
+    assert [r.cfg.seed for r in expand(study_from_dict(data))] == [0, 1]
+    assert main(["sweep", str(write_study(tmp_path, data)), "--dry-run"]) == 0
+    assert capsys.readouterr().err.count("setting 'L': its config's seed 7 is replaced by each of the study's") == 1

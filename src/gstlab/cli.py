@@ -37,7 +37,7 @@ def _config_from_args(args: argparse.Namespace) -> C.RunConfig:
     if args.config and args.scale:
         raise UsageError("--scale applies to --preset only; a config file gives its own sizes (change them with --set)")
     data = C.load_yaml(args.config) if args.config else preset_config(args.preset, args.scale or DEFAULT_SCALE)
-    overrides = list(args.set or [])
+    overrides = [f"{key}={value}" for key, value in _set_flags(args.set).items()]
     if args.no_progress:
         overrides.append("train.progress=false")
     if args.tensorboard:
@@ -189,15 +189,31 @@ def _study_from_args(args: argparse.Namespace):
     else:
         raw, base = study_dict(args.study, args.scale or DEFAULT_SCALE), Path(".")
     if args.set:
-        raw = {**raw, "override": {**(raw.get("override") or {}), **dict(_key_value(a) for a in args.set)}}
+        override = dict(raw.get("override") or {})
+        for key, value in _set_flags(args.set).items():  # after the file's own: a mapping keeps its other keys
+            override[key] = C.merged_section(override.get(key), C.parse_value(key, value))
+        raw = {**raw, "override": override}
     return study_from_dict(raw, base, seeds=args.seeds), raw
 
 
-def _key_value(assignment: str) -> tuple[str, object]:
-    if "=" not in assignment:
-        raise UsageError(f"--set {assignment!r}: expected dotted.key=value")
-    key, value = assignment.split("=", 1)
-    return key.strip(), C.parse_value(key, value)
+def _set_flags(assignments: list[str] | None) -> dict[str, str]:
+    """``--set`` flags as {key: raw value}; UsageError for one without '=', a key given twice or two keys that set
+    one field (``optim.lr=..`` and ``optim={lr: ..}``): one would silently win."""
+    from gstlab.study import refuse_same_field  # noqa: PLC0415
+
+    out: dict[str, str] = {}
+    for assignment in assignments or []:
+        if "=" not in assignment:
+            raise UsageError(f"--set {assignment!r}: expected dotted.key=value")
+        key, value = assignment.split("=", 1)
+        if key.strip() in out:
+            raise UsageError(f"--set {key.strip()}: given twice; give each key once")
+        out[key.strip()] = value
+    try:
+        refuse_same_field({k: C.parse_value(k, v) for k, v in out.items()}, "--set")
+    except C.ConfigError as err:
+        raise UsageError(str(err)) from None
+    return out
 
 
 def _dry_run_estimate(runs: list, store_dir: Path, workers: int, threads: int, local: bool) -> str:
@@ -234,7 +250,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         detect_gpus,
         sweep,
     )
-    from gstlab.study import expand  # noqa: PLC0415
+    from gstlab.study import expand, setting_notes  # noqa: PLC0415
 
     study, raw = _study_from_args(args)
     out = _out_arg(args.out, "--out") or Path("studies") / study.name.replace("@", "-")
@@ -249,7 +265,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     res = Resources(workers=workers, threads=threads, runs_per_gpu=per_gpu, gpus=gpus)
     if args.dry_run:
         runs = expand(study)
-        check_runs(runs, res, args.tensorboard)  # the sweep's checks: no estimate of a run it would refuse
+        check_runs(runs, res, args.tensorboard, setting_notes(study))  # the sweep's checks: no estimate of a run it
+        # would refuse
         check_out_dirs(out, store_dir)
         print(f"{study.name}: {len(runs)} runs ({len(study.settings)} settings x {len(study.seeds)} seeds"
               f"{' x grid' if study.grid else ''}) -> {out}")
@@ -520,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=_count(1), metavar="N", help="use seeds 0..N-1 instead of the study's")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field in every run, after each setting's own set and the grid point "
-                            "(kept in study.yaml as override:), e.g. --set model.width=0.25 (repeatable); a key "
+                            "(kept in study.yaml as override:), e.g. --set optim.lr=0.0005 (repeatable); a key "
                             "the grid varies is refused")
     sweep.add_argument("--out", metavar="DIR",
                        help="study directory (default: studies/<name> for a study file, its name: with @ as -; "

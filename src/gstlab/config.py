@@ -407,15 +407,15 @@ def apply_override(data: dict, assignment: str) -> dict:
     if isinstance(node, list):
         node[_index(node, last, parts)] = value
     else:
-        node[last] = _merged(node.get(last), value)
+        node[last] = merged_section(node.get(last), value)
     return data
 
 
-def _merged(old: Any, new: Any) -> Any:
+def merged_section(old: Any, new: Any) -> Any:
     """``new`` over ``old``: a mapping given for a section changes the keys it names and keeps the others (it
     had replaced the whole section, silently resetting them to defaults)."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+        return {**old, **{k: merged_section(old.get(k), v) for k, v in new.items()}}
     return new
 
 
@@ -460,6 +460,8 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     _check_supplied(cfg)
     if not cfg.data.supplied:
         _check_unread(cfg.data)
+    if not cfg.model.supplied:
+        _check_unread_model(cfg.model)
     _check_training(cfg)
     epochs = cfg.train.epochs
     p = cfg.pruning
@@ -545,6 +547,9 @@ def _check_training(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.momentum: must be in [0, 1), got {o.momentum}")
     if list(o.milestones) != sorted(set(o.milestones)):
         raise ConfigError(f"optim.milestones: must be strictly increasing, got {list(o.milestones)}")
+    if t.compile_mode != TrainConfig().compile_mode and not t.compile:
+        raise ConfigError(f"train.compile_mode: {t.compile_mode!r} is read only with train.compile: true; set both, or "
+                          f"remove it")
     # a milestone m takes effect from epoch m (MultiStepLR counts epochs done: it never reaches 0; m = epochs is
     # the end of training); a kept checkpoint is the model after epoch e
     for name, values, low, high in (("optim.milestones", o.milestones, 1, epochs),
@@ -599,17 +604,36 @@ NOT_FOR_SUPPLIED = {"model": ("arch", "width", "channels", "vgg_pools", "hidden"
 # data fields and the built-in data sets that read them (a user's data set may read any): set for another built-in
 # one, they would change the run id and nothing else, so they are refused
 READ_BY = {"synthetic_shape": ("synthetic",), "synthetic_classes": ("synthetic",), "synthetic_train": ("synthetic",),
-           "synthetic_test": ("synthetic",), "normalize": ("fashion_mnist", "cifar10", "cifar100")}
+           "synthetic_test": ("synthetic",), "normalize": ("fashion_mnist", "cifar10", "cifar100"),
+           "root": ("fashion_mnist", "cifar10", "cifar100"), "download": ("fashion_mnist", "cifar10", "cifar100")}
 
 
 def _check_unread(d: DataConfig) -> None:
     if not datasets.shipped(d.name):
         return
     default = DataConfig()
+    in_id = {f.name for f in dataclasses.fields(DataConfig) if f.metadata.get("result", True)}
     for name, readers in READ_BY.items():
         if d.name not in readers and getattr(d, name) != getattr(default, name):
+            effect = "change the run id and nothing else" if name in in_id else "be ignored"
             raise ConfigError(f"data.{name}: not read for data.name {d.name!r} (only for {', '.join(readers)}), so "
-                              f"it would change the run id and nothing else; remove it")
+                              f"it would {effect}; remove it")
+
+
+def _check_unread_model(m: ModelConfig) -> None:
+    """A shipped architecture's fields that it does not build from: they would rename the run and change nothing
+    (``--set model.width=0.25`` on a mini VGG preset, whose ``channels`` give the widths, had done so)."""
+    if not architectures.shipped(m.arch):
+        return  # a registered builder receives the whole ModelConfig and may read any field
+    default = ModelConfig()
+    mlp = m.arch == "mlp"
+    unread = {"width": "mlp sizes its layers by model.hidden" if mlp else
+                       "model.channels gives vgg11_bn's 8 conv widths" if m.channels else "",
+              "hidden": "" if mlp else f"{m.arch} is not mlp", "batch_norm": "" if mlp else f"{m.arch} is not mlp"}
+    for name, why in unread.items():
+        if why and getattr(m, name) != getattr(default, name):
+            raise ConfigError(f"model.{name}: not read ({why}), so it would change the run id and nothing else; "
+                              f"remove it")
 
 
 def _check_supplied(cfg: RunConfig) -> None:

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from gstlab import config as C
 from gstlab import portable, preflight, recovery, sinks, store
 from gstlab.errors import one_line, warn
 from gstlab.progress import EpochProgress
-from gstlab.study import Study, StudyRun, expand, run_status, self_contained, write_index
+from gstlab.study import Study, StudyRun, expand, run_status, self_contained, setting_notes, write_index
 from gstlab.surprises import surprises
 
 
@@ -413,18 +414,31 @@ def check_out_dirs(study_dir: Path, store_dir: Path | None) -> None:
             store.check_dir(Path(path), flag)
 
 
-def check_runs(runs: list[StudyRun], resources: Resources, tensorboard: bool = False) -> None:
+def _check_threads(runs: list[StudyRun], resources: Resources) -> None:
+    """A study's own ``train.threads`` would be replaced by the sweep's threads per worker (both locally and on
+    Ray): refused unless they agree (the thread count is one of the conditions for bit-identical CPU results)."""
+    asking = next((r for r in runs if r.cfg.train.threads not in (None, resources.threads)), None)
+    if asking is not None:
+        raise C.ConfigError(f"setting {asking.setting!r}: train.threads: {asking.cfg.train.threads}, but the sweep "
+                            f"runs each run on {resources.threads} thread(s) (--threads-per-worker; default: all cores "
+                            f"locally, 1 on Ray); give --threads-per-worker {asking.cfg.train.threads} or leave "
+                            f"train.threads out")
+
+
+def check_runs(runs: list[StudyRun], resources: Resources, tensorboard: bool = False,
+               notes: Sequence[str] = ()) -> None:
     """What a sweep checks before it writes anything (``gst sweep --dry-run`` too, before it estimates): model
     sizes and layer names (preflight), the GPU a run names, TensorBoard where asked; then one warning per
     surprising setting."""
-    preflight.check_study(runs)
+    idle = preflight.check_study(runs)
     _check_gpu_choice(runs, resources)
+    _check_threads(runs, resources)
     if tensorboard:
         sinks.require_tensorboard("--tensorboard")
     asking = next((r for r in runs if r.cfg.train.tensorboard), None)
     if asking is not None:
         sinks.require_tensorboard(f"setting {asking.setting!r}: train.tensorboard")
-    for line in dict.fromkeys(line for run in runs for line in surprises(run.cfg)):
+    for line in [*notes, *dict.fromkeys(line for run in runs for line in surprises(run.cfg)), *idle]:
         warn(line)
 
 
@@ -433,7 +447,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     """Run every unfinished run of ``study``; returns the outcomes of the runs executed now. ``tensorboard``:
     each ended run's metrics also go to TensorBoard event files under ``study_dir/tensorboard``."""
     runs = expand(study)  # every config is validated before anything starts
-    check_runs(runs, resources, tensorboard)
+    check_runs(runs, resources, tensorboard, setting_notes(study))
     if executor == "ray":
         connect_ray(address, resources)
     check_out_dirs(study_dir, store_dir)  # both checked before either is made

@@ -52,21 +52,35 @@ def check_threads(cfg: C.TrainConfig) -> None:
                             f"allowed: 1..{cores} or null (all)")
 
 
-def surviving_parameters(cfg: C.RunConfig, model: torch.nn.Module, units) -> int:
-    """Parameters left when every scheduled layer has lost its whole fraction (what the last probe sees)."""
-    total = sum(p.numel() for p in model.parameters())
+def _plans(cfg: C.RunConfig, model: torch.nn.Module, units) -> list[tuple[LayerPlan, torch.nn.Module, object]]:
+    """(schedule, layer module, unit) of each scheduled layer, in the config's order."""
     by_name = {u.name: u for u in units}
-    removed = 0
+    out = []
     for layer in cfg.pruning.layers:
         unit = by_name[layer.name]
         module = model.get_submodule(unit.module)
-        n = int(module.weight.shape[0])
+        epochs = tuple(event_epochs(layer.start, layer.end, cfg.pruning.period_of(layer)))
+        out.append((LayerPlan(layer.name, int(module.weight.shape[0]), layer.fraction, epochs), module, unit))
+    return out
+
+
+def surviving_parameters(cfg: C.RunConfig, model: torch.nn.Module, units) -> int:
+    """Parameters left when every scheduled layer has lost its whole fraction (what the last probe sees)."""
+    removed = 0
+    for plan, module, unit in _plans(cfg, model, units):
         per_unit = module.weight[0].numel() + (module.bias is not None)
         if unit.bn is not None and cfg.pruning.bn_masking:
             per_unit += 2
-        epochs = tuple(event_epochs(layer.start, layer.end, cfg.pruning.period_of(layer)))
-        removed += per_unit * sum(LayerPlan(layer.name, n, layer.fraction, epochs).removals().values())
-    return total - removed
+        removed += per_unit * sum(plan.removals().values())
+    return sum(p.numel() for p in model.parameters()) - removed
+
+
+def idle_layers(cfg: C.RunConfig, model: torch.nn.Module, units) -> list[str]:
+    """A warning line for each scheduled layer whose fraction removes no unit: ceil((1 - fraction) x n) keeps
+    all n (fraction 0 has its own warning, gstlab.surprises)."""
+    return [f"pruning.layers[{i}].fraction: {plan.fraction} of {plan.name}'s {plan.n_units} units removes none "
+            f"(ceil((1 - fraction) x {plan.n_units}) keeps all), so {plan.name} is never pruned"
+            for i, (plan, _, _) in enumerate(_plans(cfg, model, units)) if plan.fraction > 0 and not plan.removals()]
 
 
 def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
@@ -155,9 +169,11 @@ def check_sizes(d: C.DataConfig) -> None:
         check_image_size(d.image_size, known[0])
 
 
-def check_study(runs: list) -> None:
+def check_study(runs: list) -> list[str]:
     """Before a sweep writes anything: every run's model size and the layers its schedule names (each distinct
-    data + model pair is built once, on the meta device). ``runs``: StudyRuns; ConfigError names the setting."""
+    data + model pair is built once, on the meta device). ``runs``: StudyRuns; ConfigError names the setting.
+    Returns the warnings of scheduled layers that no event prunes (``idle_layers``), each naming its setting."""
+    warnings: list[str] = []
     seen: dict[tuple, torch.nn.Module | None] = {}
     for run in runs:
         cfg = run.cfg
@@ -173,6 +189,9 @@ def check_study(runs: list) -> None:
             check_training_data(cfg, data_sizes(cfg.data)[0], known[0], seen[key])
             if seen[key] is None:
                 continue
-            C.validate(cfg, [u.name for u in DEFAULT_PARTS.units_of(cfg, seen[key])])  # as the run finds them
+            units = DEFAULT_PARTS.units_of(cfg, seen[key])
+            C.validate(cfg, [u.name for u in units])  # as the run finds them
+            warnings += [f"setting {run.setting!r}: {line}" for line in idle_layers(cfg, seen[key], units)]
         except C.ConfigError as err:
             raise C.ConfigError(f"setting {run.setting!r}: {err}") from None
+    return list(dict.fromkeys(warnings))

@@ -104,6 +104,8 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     dataflow.check_units(model, units, flow)
     C.validate(cfg, [u.name for u in units])
     preflight.check_probes(cfg, model, units)
+    for line in preflight.idle_layers(cfg, model, units):
+        warn(line)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     gens = {s: generator(cfg.seed, s) for s in ("order", "prune", "noise")}
@@ -378,6 +380,7 @@ def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None,
     out = Path(out)
     done = _settled_summary(cfg, out)  # the common case, without loading data or taking the lock
     if done is not None:
+        _warn_unkept(cfg, out, int(done.get("epochs_done") or 0), "holds this run, ended")
         return done, False
     run = prepare(cfg, out, parts)  # bad input fails here, before anything is written
     if cfg.train.tensorboard:
@@ -388,6 +391,7 @@ def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None,
         summary, problem = recovery.verify_finished(out)
         if summary is not None:
             recovery.settle(out, summary, notes)
+            _warn_unkept(cfg, out, int(summary.get("epochs_done") or 0), "holds this run, ended")
             return summary, False
         if problem is not None:
             warn(f"{out}/{problem}; running it again")
@@ -402,6 +406,7 @@ def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
     for path in store.leftovers(out):  # half-written files of a killed write
         path.unlink()
     run = _resume(run, notes)
+    _warn_unkept(cfg, out, run.start_epoch, f"resumes this run after epoch {run.start_epoch - 1}")
     store.atomic_write_text(out / "config.yaml", C.dump_yaml(cfg))
     info = manifest(cfg, run.device, run.speed, stream_seeds(cfg.seed))
     if run.start_epoch:
@@ -471,10 +476,12 @@ def callback_name(cb: object) -> str:
 
 def _check_callbacks(run: Run, state: dict, path: Path) -> None:
     """ConfigError when ``state`` was saved with other epoch callbacks than the run has (their states are
-    restored in order: another list would hand one callback's state to another, or drop one)."""
+    restored in order: another list would hand one callback's state to another, or drop one; one added to a run
+    saved without it would see only the epochs after the resume). A checkpoint from before callbacks were saved
+    (no ``callbacks`` entry) is not judged."""
     saved = [s["type"] for s in state.get("callbacks", []) if isinstance(s, dict) and "type" in s]
     have = [callback_name(cb) for cb in run.callbacks]
-    if saved and saved != have:
+    if ("callbacks" in state or saved) and saved != have:
         raise ConfigError(f"callbacks: {path} was saved with the epoch callbacks [{', '.join(saved)}], this run has "
                           f"[{', '.join(have)}]; resume with the same callbacks (probes included), in the same order")
 
@@ -551,6 +558,16 @@ def _save_final(run: Run, status: str) -> None:
                     diverged=True)
     elif rows:
         _save_model(run, run.out / "model_final.pt", int(rows[-1]["epoch"]))
+
+
+def _warn_unkept(cfg: C.RunConfig, out: Path, upto: int, what: str) -> None:
+    """Kept epochs a run directory lacks and will not get: ``train.keep_checkpoints`` is outside the run id, so
+    asking for more on an ended run, or for an epoch before a resume, does not redo those epochs."""
+    missing = [e for e in cfg.train.keep_checkpoints if e < upto and not (out / f"model_epoch{e}.pt").is_file()]
+    if missing:
+        warn(f"train.keep_checkpoints: epoch(s) {', '.join(map(str, missing))} asked, but {out} {what}, so their "
+             f"model_epochN.pt files are not written (the field is not part of the run id); choose another --out "
+             f"to train it anew with them")
 
 
 def _settled_summary(cfg: C.RunConfig, out: Path) -> dict | None:

@@ -72,7 +72,7 @@ def _overrides(value: Any, where: str) -> tuple[str, ...]:
         raise C.ConfigError(f"{where}: expected a mapping of dotted.key: value")
     _check_keys(value, where)
     _refuse_seed(value, where)
-    _refuse_same_field(value, where)
+    refuse_same_field(value, where)
     return tuple(_assignment(k, v) for k, v in value.items())
 
 
@@ -98,7 +98,7 @@ def _fields(key: str, value: Any) -> list[str]:
     return [key]
 
 
-def _refuse_same_field(value: dict, where: str) -> None:
+def refuse_same_field(value: dict, where: str) -> None:
     """Two keys that set one field (``optim.lr: 0.5`` and ``optim: {lr: 0.1}``): one would silently win."""
     shared = _shared_field({key: _fields(key, item) for key, item in value.items()})
     if shared is not None:
@@ -310,6 +310,23 @@ def _written_setting(item: dict, setting: Setting, base: Path, inline: bool) -> 
 # ------------------------------------------------------------------------------------------------ expansion
 
 
+def _refuse_collapsed_point(first: StudyRun, setting: str, seed: int, point: dict[str, Any]) -> None:
+    """Two grid points of one setting and seed that are one run: a value the grid lists would never run (a field
+    kept out of the run id, e.g. ``train.channels_last``, or one the setting does not read)."""
+    if (first.setting, first.seed) == (setting, seed) and first.grid != point:
+        raise C.ConfigError(f"grid: points {first.grid} and {point} of setting {setting!r} give one run (their values "
+                            f"differ only where the run id does not: fields that do not change results); allowed: a "
+                            f"grid over fields that change the run")
+
+
+def setting_notes(study: Study) -> list[str]:
+    """Warnings about the settings: a setting's own seed, which each run replaces by one of the study's seeds (a
+    config gstlab wrote holds its run's seed, so a pasted one is common: said, not refused)."""
+    default = C.RunConfig().seed
+    return [f"setting {s.key!r}: its config's seed {s.data['seed']!r} is replaced by each of the study's seeds"
+            for s in study.settings if isinstance(s.data, dict) and s.data.get("seed", default) != default]
+
+
 def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
     keys = list(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
@@ -332,6 +349,7 @@ def expand(study: Study) -> list[StudyRun]:
                 rid = C.run_id(cfg)
                 if rid in runs:
                     first = runs[rid]
+                    _refuse_collapsed_point(first, setting.key, seed, point)
                     runs[rid] = dataclasses.replace(first, aliases=(*first.aliases, setting.key))
                 else:
                     _claim_label(owner, setting.label, cfg.model.arch if by_arch else "", i)
