@@ -311,8 +311,8 @@ def _written_setting(item: dict, setting: Setting, base: Path, inline: bool) -> 
 
 
 def _refuse_collapsed_point(first: StudyRun, setting: str, seed: int, point: dict[str, Any]) -> None:
-    """Two grid points of one setting and seed that are one run: a value the grid lists would never run (a field
-    kept out of the run id, e.g. ``train.channels_last``, or one the setting does not read)."""
+    """Two grid points of one setting and seed that are one run: a value the grid lists would never run (values
+    differing only in fields kept out of the run id, e.g. ``train.channels_last``)."""
     if (first.setting, first.seed) == (setting, seed) and first.grid != point:
         raise C.ConfigError(f"grid: points {first.grid} and {point} of setting {setting!r} give one run (their values "
                             f"differ only where the run id does not: fields that do not change results); allowed: a "
