@@ -235,4 +235,23 @@ def test_a_layer_fraction_that_removes_no_unit_is_warned_by_the_run_and_by_the_s
         {"inline": TINY, "set": {"pruning.layers.0.fraction": 0.02}}]}))
     assert main(["sweep", str(study), "--dry-run"]) == 0
     err = capsys.readouterr().err
-    assert err.count("of fc1's 32 units removes none") == 1 and "setting 'setting0': pruning.layers[0]" in err
+    assert err.count("of fc1's 32 units removes none") == 1 and "so fc1 is never pruned (setting 'setting0')" in err
+
+
+def test_a_checkpoint_with_untyped_callback_states_from_an_earlier_version_resumes(tmp_path, monkeypatch):
+    """Before callbacks were saved with their types (2026-12-06, 07:08) a run with probes saved bare states; the
+    check of added callbacks must not read that as "saved with none" (a review found such runs refused)."""
+    from gstlab.runner import run_or_skip
+
+    cfg = C.parse(TINY, ["probes.epochs=[5]", "probes.samples=16", "probes.top_k=2", "probes.grad_moment=false"])
+    interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_or_skip(cfg, tmp_path / "r")
+    monkeypatch.undo()
+    for name in (store.CHECKPOINT, store.PREVIOUS_CHECKPOINT):
+        if (tmp_path / "r" / name).exists():
+            state = store.load_checkpoint(tmp_path / "r" / name)
+            state["callbacks"] = [s["state"] for s in state["callbacks"]]  # the earlier, untyped form
+            store.save_checkpoint(tmp_path / "r" / name, state)
+    summary, executed = run_or_skip(cfg, tmp_path / "r")
+    assert executed and summary["status"] == "finished" and summary["epochs_done"] == 6

@@ -87,7 +87,8 @@ def test_grid_expansion_and_run_ids_are_stable():
     ({"override": {"seed.x": 1}}, "override.seed.x: a run's seed comes from the study's seeds"),  # was dropped
     ({"grid": {"seed.x": [1, 2]}}, "grid.seed.x: a run's seed comes from the study's seeds"),
     ({"grid": {"train.channels_last": [True, False]}},  # outside the run id: one value would never run
-     "grid: points {'train.channels_last': True} and {'train.channels_last': False} of setting 'L' give one run"),
+     "grid: points {'train.channels_last': True} and {'train.channels_last': False} of setting 'L' give one run on "
+     "this machine"),
     # runs that silently collapsed into fewer, or a value silently replaced
     ({"seeds": [1, 1, 2]}, "seeds: seed 1 is listed twice (the same runs); allowed: distinct seeds"),
     ({"grid": {"optim.lr": [0.1, 0.1]}}, "grid.optim.lr: value 0.1 is listed twice"),
@@ -561,14 +562,16 @@ def cli_study(argv: list[str]):
     return _study_from_args(build_parser().parse_args(argv))
 
 
-def test_a_studys_own_threads_must_agree_with_the_sweeps_threads_per_worker():
-    from gstlab.executors import Resources, _check_threads
+def test_a_studys_own_threads_replaced_by_the_sweeps_threads_per_worker_are_said():
+    from gstlab.executors import Resources, threads_notes
 
     runs = expand(study_from_dict(study(set={"train.threads": 1})))
-    _check_threads(runs, Resources(threads=1))
-    with pytest.raises(C.ConfigError, match="setting 'L': train.threads: 1, but the sweep runs each run on 2 "
-                                            "thread\\(s\\).*give --threads-per-worker 1 or leave train.threads out"):
-        _check_threads(runs, Resources(threads=2))  # each run's threads had been replaced by 2
+    assert threads_notes(runs, Resources(threads=1)) == []
+    assert threads_notes(runs, Resources(threads=2)) == [  # each run's threads had been replaced silently
+        "setting 'L': its train.threads 1 is replaced by the sweep's 2 thread(s) per run (--threads-per-worker; "
+        "default: all cores locally, 1 on Ray)",
+        "setting 'S': its train.threads 1 is replaced by the sweep's 2 thread(s) per run (--threads-per-worker; "
+        "default: all cores locally, 1 on Ray)"]
 
 
 def test_a_settings_own_seed_is_said_to_be_replaced_by_the_studys(tmp_path, capsys):
@@ -578,3 +581,14 @@ def test_a_settings_own_seed_is_said_to_be_replaced_by_the_studys(tmp_path, caps
     assert [r.cfg.seed for r in expand(study_from_dict(data))] == [0, 1]
     assert main(["sweep", str(write_study(tmp_path, data)), "--dry-run"]) == 0
     assert capsys.readouterr().err.count("setting 'L': its config's seed 7 is replaced by each of the study's") == 1
+
+
+def test_a_sweep_says_when_finished_runs_lack_epochs_it_now_asks_to_keep(tmp_path, capsys):
+    """keep_checkpoints is outside the run id: a second sweep asking for more skips the finished runs, and had
+    said nothing (their warning came only from a run that executes; found by a review, 2026-12-06)."""
+    path = write_study(tmp_path, study(seeds=1, settings=[{"inline": SMALL, "label": "L"}]))
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--out", str(out), "--no-progress", "--set", "train.keep_checkpoints=[1]"]) == 0
+    assert "train.keep_checkpoints: 1 finished run(s) lack epochs the study asks to keep" in capsys.readouterr().err

@@ -87,7 +87,7 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
         source, fingerprint = _supplied_data(data, classes)
         parts = dataclasses.replace(parts, data=source)
         cfg = C.replace(cfg, data=C.replace(cfg.data, supplied=fingerprint))
-    return execute(C.validate(cfg), out, progress, parts)
+    return execute(C.check_intent(C.validate(cfg)), out, progress, parts)
 
 
 def _callbacks(callbacks: Sequence[EpochCallback]) -> dict:

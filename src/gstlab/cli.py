@@ -42,7 +42,7 @@ def _config_from_args(args: argparse.Namespace) -> C.RunConfig:
         overrides.append("train.progress=false")
     if args.tensorboard:
         overrides.append("train.tensorboard=true")
-    return C.parse(data, overrides)
+    return C.check_intent(C.parse(data, overrides))
 
 
 def _out_arg(value: str | None, flag: str) -> Path | None:

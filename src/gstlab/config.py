@@ -458,10 +458,6 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     _check_positive(cfg)
     _check_bounds(cfg)
     _check_supplied(cfg)
-    if not cfg.data.supplied:
-        _check_unread(cfg.data)
-    if not cfg.model.supplied:
-        _check_unread_model(cfg.model)
     _check_training(cfg)
     epochs = cfg.train.epochs
     p = cfg.pruning
@@ -547,9 +543,6 @@ def _check_training(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.momentum: must be in [0, 1), got {o.momentum}")
     if list(o.milestones) != sorted(set(o.milestones)):
         raise ConfigError(f"optim.milestones: must be strictly increasing, got {list(o.milestones)}")
-    if t.compile_mode != TrainConfig().compile_mode and not t.compile:
-        raise ConfigError(f"train.compile_mode: {t.compile_mode!r} is read only with train.compile: true; set both, or "
-                          f"remove it")
     # a milestone m takes effect from epoch m (MultiStepLR counts epochs done: it never reaches 0; m = epochs is
     # the end of training); a kept checkpoint is the model after epoch e
     for name, values, low, high in (("optim.milestones", o.milestones, 1, epochs),
@@ -606,6 +599,21 @@ NOT_FOR_SUPPLIED = {"model": ("arch", "width", "channels", "vgg_pools", "hidden"
 READ_BY = {"synthetic_shape": ("synthetic",), "synthetic_classes": ("synthetic",), "synthetic_train": ("synthetic",),
            "synthetic_test": ("synthetic",), "normalize": ("fashion_mnist", "cifar10", "cifar100"),
            "root": ("fashion_mnist", "cifar10", "cifar100"), "download": ("fashion_mnist", "cifar10", "cifar100")}
+
+
+def check_intent(cfg: RunConfig) -> RunConfig:
+    """Fields that the rest of the config makes unread (they would rename the run, or do nothing): refused where a
+    user gives a config (``gst run``, a study's runs, ``gstlab.api.run``), not where a stored one is read back (a
+    run of an earlier version resumes, and ``gst flatness`` measures it, as written). Returns ``cfg``."""
+    if not cfg.data.supplied:
+        _check_unread(cfg.data)
+    if not cfg.model.supplied:
+        _check_unread_model(cfg.model)
+    t = cfg.train
+    if t.compile_mode != TrainConfig().compile_mode and not t.compile:
+        raise ConfigError(f"train.compile_mode: {t.compile_mode!r} is read only with train.compile: true; set both, or "
+                          f"remove it")
+    return cfg
 
 
 def _check_unread(d: DataConfig) -> None:

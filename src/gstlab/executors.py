@@ -414,15 +414,14 @@ def check_out_dirs(study_dir: Path, store_dir: Path | None) -> None:
             store.check_dir(Path(path), flag)
 
 
-def _check_threads(runs: list[StudyRun], resources: Resources) -> None:
-    """A study's own ``train.threads`` would be replaced by the sweep's threads per worker (both locally and on
-    Ray): refused unless they agree (the thread count is one of the conditions for bit-identical CPU results)."""
-    asking = next((r for r in runs if r.cfg.train.threads not in (None, resources.threads)), None)
-    if asking is not None:
-        raise C.ConfigError(f"setting {asking.setting!r}: train.threads: {asking.cfg.train.threads}, but the sweep "
-                            f"runs each run on {resources.threads} thread(s) (--threads-per-worker; default: all cores "
-                            f"locally, 1 on Ray); give --threads-per-worker {asking.cfg.train.threads} or leave "
-                            f"train.threads out")
+def threads_notes(runs: list[StudyRun], resources: Resources) -> list[str]:
+    """Warnings for a study's own ``train.threads`` that the sweep's threads per worker replace (locally and on
+    Ray; the thread count is one of the conditions for bit-identical CPU results). Said, not refused: every
+    config.yaml a sweep wrote holds the threads it ran with, so a study built from them carries them."""
+    return list(dict.fromkeys(
+        f"setting {r.setting!r}: its train.threads {r.cfg.train.threads} is replaced by the sweep's "
+        f"{resources.threads} thread(s) per run (--threads-per-worker; default: all cores locally, 1 on Ray)"
+        for r in runs if r.cfg.train.threads not in (None, resources.threads)))
 
 
 def check_runs(runs: list[StudyRun], resources: Resources, tensorboard: bool = False,
@@ -432,13 +431,13 @@ def check_runs(runs: list[StudyRun], resources: Resources, tensorboard: bool = F
     surprising setting."""
     idle = preflight.check_study(runs)
     _check_gpu_choice(runs, resources)
-    _check_threads(runs, resources)
     if tensorboard:
         sinks.require_tensorboard("--tensorboard")
     asking = next((r for r in runs if r.cfg.train.tensorboard), None)
     if asking is not None:
         sinks.require_tensorboard(f"setting {asking.setting!r}: train.tensorboard")
-    for line in [*notes, *dict.fromkeys(line for run in runs for line in surprises(run.cfg)), *idle]:
+    surprising = dict.fromkeys(line for run in runs for line in surprises(run.cfg))
+    for line in [*notes, *threads_notes(runs, resources), *surprising, *idle]:
         warn(line)
 
 
@@ -460,6 +459,12 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     final = {row["run_id"]: row["status"] for row in rows if row["status"] in recovery.FINAL}
     todo = [r for r in runs if r.run_id not in final]
     by_id = {r.run_id: r for r in runs}
+    unkept = [rid for rid, status in final.items() if status == "finished" and recovery.unkept_epochs(
+        by_id[rid].cfg.train.keep_checkpoints, store_dir / "runs" / rid, by_id[rid].cfg.train.epochs)]
+    if unkept:
+        warn(f"train.keep_checkpoints: {len(unkept)} finished run(s) lack epochs the study asks to keep (e.g. "
+             f"{unkept[0]}); the field is not part of the run id, so a finished run is not rerun: give another "
+             f"--out and --store to train them anew with them")
     for rid in final:
         if by_id[rid].cfg.train.tensorboard:  # found finished: the events its config asks for
             sinks.export_missing(store_dir / "runs" / rid)

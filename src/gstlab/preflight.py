@@ -172,8 +172,9 @@ def check_sizes(d: C.DataConfig) -> None:
 def check_study(runs: list) -> list[str]:
     """Before a sweep writes anything: every run's model size and the layers its schedule names (each distinct
     data + model pair is built once, on the meta device). ``runs``: StudyRuns; ConfigError names the setting.
-    Returns the warnings of scheduled layers that no event prunes (``idle_layers``), each naming its setting."""
-    warnings: list[str] = []
+    Returns the warnings of scheduled layers that no event prunes (``idle_layers``), one per layer and fraction,
+    naming the settings it holds for."""
+    idle: dict[str, list[str]] = {}
     seen: dict[tuple, torch.nn.Module | None] = {}
     for run in runs:
         cfg = run.cfg
@@ -191,7 +192,9 @@ def check_study(runs: list) -> list[str]:
                 continue
             units = DEFAULT_PARTS.units_of(cfg, seen[key])
             C.validate(cfg, [u.name for u in units])  # as the run finds them
-            warnings += [f"setting {run.setting!r}: {line}" for line in idle_layers(cfg, seen[key], units)]
+            for line in idle_layers(cfg, seen[key], units):
+                idle.setdefault(line, []).append(run.setting)
         except C.ConfigError as err:
             raise C.ConfigError(f"setting {run.setting!r}: {err}") from None
-    return list(dict.fromkeys(warnings))
+    return [f"{line} (setting{'s' if len(set(s)) > 1 else ''} {', '.join(map(repr, dict.fromkeys(s)))})"
+            for line, s in idle.items()]

@@ -21,6 +21,12 @@ FINAL = ("finished", "failed")
 UNCHECKED = ("manifest.json", "config.yaml", store.CHECKPOINT, store.PREVIOUS_CHECKPOINT)  # config: run identity
 
 
+def unkept_epochs(kept: tuple[int, ...], run_dir: Path, upto: int) -> list[int]:
+    """Epochs of ``train.keep_checkpoints`` before ``upto`` whose model_epochN.pt ``run_dir`` lacks: the field is
+    outside the run id, so an ended run (or a resumed one, before its resume epoch) will not write them."""
+    return [e for e in kept if e < upto and not (run_dir / f"model_epoch{e}.pt").is_file()]
+
+
 def note(file: str, problem: str, action: str) -> dict:
     return {"file": file, "problem": problem, "action": action, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

@@ -104,8 +104,6 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     dataflow.check_units(model, units, flow)
     C.validate(cfg, [u.name for u in units])
     preflight.check_probes(cfg, model, units)
-    for line in preflight.idle_layers(cfg, model, units):
-        warn(line)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     gens = {s: generator(cfg.seed, s) for s in ("order", "prune", "noise")}
@@ -383,6 +381,8 @@ def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None,
         _warn_unkept(cfg, out, int(done.get("epochs_done") or 0), "holds this run, ended")
         return done, False
     run = prepare(cfg, out, parts)  # bad input fails here, before anything is written
+    for line in preflight.idle_layers(cfg, run.model, list(run.masks.units.values())):  # a run that trains
+        warn(line)
     if cfg.train.tensorboard:
         sinks.require_tensorboard()
     store.make_dir(out, "--out")
@@ -478,10 +478,12 @@ def _check_callbacks(run: Run, state: dict, path: Path) -> None:
     """ConfigError when ``state`` was saved with other epoch callbacks than the run has (their states are
     restored in order: another list would hand one callback's state to another, or drop one; one added to a run
     saved without it would see only the epochs after the resume). A checkpoint from before callbacks were saved
-    (no ``callbacks`` entry) is not judged."""
-    saved = [s["type"] for s in state.get("callbacks", []) if isinstance(s, dict) and "type" in s]
+    with their types (no ``callbacks`` entry, or bare states) is not judged."""
+    entries = state.get("callbacks", [])
+    typed = "callbacks" in state and all(isinstance(s, dict) and "type" in s for s in entries)
+    saved = [s["type"] for s in entries if isinstance(s, dict) and "type" in s]
     have = [callback_name(cb) for cb in run.callbacks]
-    if ("callbacks" in state or saved) and saved != have:
+    if (typed or saved) and saved != have:
         raise ConfigError(f"callbacks: {path} was saved with the epoch callbacks [{', '.join(saved)}], this run has "
                           f"[{', '.join(have)}]; resume with the same callbacks (probes included), in the same order")
 
@@ -563,7 +565,7 @@ def _save_final(run: Run, status: str) -> None:
 def _warn_unkept(cfg: C.RunConfig, out: Path, upto: int, what: str) -> None:
     """Kept epochs a run directory lacks and will not get: ``train.keep_checkpoints`` is outside the run id, so
     asking for more on an ended run, or for an epoch before a resume, does not redo those epochs."""
-    missing = [e for e in cfg.train.keep_checkpoints if e < upto and not (out / f"model_epoch{e}.pt").is_file()]
+    missing = recovery.unkept_epochs(cfg.train.keep_checkpoints, out, upto)
     if missing:
         warn(f"train.keep_checkpoints: epoch(s) {', '.join(map(str, missing))} asked, but {out} {what}, so their "
              f"model_epochN.pt files are not written (the field is not part of the run id); choose another --out "

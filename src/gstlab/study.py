@@ -314,9 +314,10 @@ def _refuse_collapsed_point(first: StudyRun, setting: str, seed: int, point: dic
     """Two grid points of one setting and seed that are one run: a value the grid lists would never run (values
     differing only in fields kept out of the run id, e.g. ``train.channels_last``)."""
     if (first.setting, first.seed) == (setting, seed) and first.grid != point:
-        raise C.ConfigError(f"grid: points {first.grid} and {point} of setting {setting!r} give one run (their values "
-                            f"differ only where the run id does not: fields that do not change results); allowed: a "
-                            f"grid over fields that change the run")
+        raise C.ConfigError(f"grid: points {first.grid} and {point} of setting {setting!r} give one run on this "
+                            f"machine (equal once parsed, or differing only in fields outside the run id, e.g. "
+                            f"train.channels_last, or resolving alike here, e.g. train.precision auto on a CPU); "
+                            f"allowed: values that give different runs")
 
 
 def setting_notes(study: Study) -> list[str]:
@@ -343,7 +344,7 @@ def expand(study: Study) -> list[StudyRun]:
                 overrides = [*study.overrides, *setting.overrides, *(_assignment(k, v) for k, v in point.items()),
                              *study.final, f"seed={seed}"]
                 try:
-                    cfg = C.parse(setting.data, overrides)
+                    cfg = C.check_intent(C.parse(setting.data, overrides))
                 except C.ConfigError as err:
                     raise C.ConfigError(f"setting {setting.key!r}: {err}") from None
                 rid = C.run_id(cfg)
