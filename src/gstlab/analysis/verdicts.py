@@ -115,13 +115,12 @@ def benefit_test(test: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, versio
     pruning epoch on, or paired t over seeds on the common-window best (``column`` overrides either)."""
     for group in (a, b):
         _one_run_per_seed(test, group)
+    col = _column(version, column)
     if version == PAIRED:
-        col = column or "window_best_test_acc"
         by_seed = [g.set_index("seed")[col] if col in g else pd.Series(dtype=float) for g in (a, b)]
         t = paired_ttest(*by_seed)
         n, method = f"{t['n_a']} pairs", f"paired t, common window{_window(test, a, b)}"
     else:
-        col = column or "best_test_acc"
         t = ttest(*(g[col] if col in g else [] for g in (a, b)))
         n, method = f"{t['n_a']} vs {t['n_b']}", f"Student t, {'common' if column else 'own'} window"
     return Verdict(test, claim, 1, t["diff"], (t["diff_ci_low"], t["diff_ci_high"]), t["p"], n, method, primary,
