@@ -255,3 +255,41 @@ def test_a_checkpoint_with_untyped_callback_states_from_an_earlier_version_resum
             store.save_checkpoint(tmp_path / "r" / name, state)
     summary, executed = run_or_skip(cfg, tmp_path / "r")
     assert executed and summary["status"] == "finished" and summary["epochs_done"] == 6
+
+
+class ThreadLog:
+    """An epoch callback that records torch's thread count during the run."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+
+    def after_epoch(self, run, epoch, events):
+        import torch
+
+        self.seen.append(torch.get_num_threads())
+
+    def write(self, run):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_a_run_uses_its_threads_and_leaves_the_process_as_it_found_it(tmp_path, threads):
+    """A sweep's in-process worker once left torch at one thread, so a later run with threads: null (this file's
+    resume test) reduced floats differently from the same run in a fresh process."""
+    import torch
+
+    from gstlab import api
+
+    before = torch.get_num_threads()
+    log = ThreadLog()
+    api.run(C.to_dict(cfg_of(TINY, "train.epochs=3", "optim.milestones=[2]", "pruning.layers.0.end=2",
+                              "pruning.layers.1.end=2", f"train.threads={threads or 'null'}")),
+            tmp_path / "run", callbacks=[log])
+    assert log.seen == [threads or before] * 3
+    assert torch.get_num_threads() == before

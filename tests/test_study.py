@@ -49,15 +49,8 @@ def results(run_dir: Path) -> tuple:
     return metrics, (run_dir / "events.csv").read_text(), summary
 
 
-@pytest.fixture
-def one_thread():
-    """References run with the workers' thread count: float reductions depend on it."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def reference_run(run, out: Path) -> Path:
+    """The run executed here with the workers' thread count (float reductions depend on it)."""
     execute(C.replace(run.cfg, train=C.replace(run.cfg.train, threads=1)), out)
     return out
 
@@ -216,7 +209,7 @@ def sweep_cmd(study_file: Path, out: Path, *extra: str) -> list[str]:
             "--threads-per-worker", "1", *extra]
 
 
-def test_killed_sweep_resumes_and_skips_finished_runs(tmp_path, one_thread):
+def test_killed_sweep_resumes_and_skips_finished_runs(tmp_path):
     data = study(seeds=1, set={"train.epochs": 8, "data.synthetic_train": 2048, "pruning.layers.0.end": 7})
     study_file, out = write_study(tmp_path, data), tmp_path / "s"
     proc = subprocess.Popen(sweep_cmd(study_file, out), start_new_session=True,
@@ -251,7 +244,7 @@ def _second_run_started(out: Path) -> bool:
         return False
 
 
-def test_two_studies_sharing_a_store_do_not_corrupt_each_other(tmp_path, one_thread):
+def test_two_studies_sharing_a_store_do_not_corrupt_each_other(tmp_path):
     a = write_study(tmp_path, study(seeds=[0, 1]), "a.yaml")
     b = write_study(tmp_path, study(seeds=[1, 2]), "b.yaml")
     store = tmp_path / "store"

@@ -85,7 +85,7 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 256
     device: str = field(default="auto", metadata=NOT_RESULT)  # auto | cpu | cuda | cuda:N
-    threads: int | None = field(default=None, metadata=NOT_RESULT)  # torch CPU threads for this run
+    threads: int | None = field(default=None, metadata=NOT_RESULT)  # torch CPU threads for this run (null: as set)
     checkpoint_every: int = field(default=1, metadata=NOT_RESULT)  # epochs between resume checkpoints
     keep_checkpoints: tuple[int, ...] = field(default=(), metadata=NOT_RESULT)  # epochs whose model is kept
     progress: bool = field(default=True, metadata=NOT_RESULT)

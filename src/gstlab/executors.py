@@ -317,8 +317,6 @@ def unmet_request(options: dict, nodes: list[dict]) -> str | None:
 
 def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool, str]:
     """Body of a Ray task: execute one run in this worker; returns (status, executed, detail)."""
-    import torch  # noqa: PLC0415
-
     from gstlab.runner import run_or_skip  # noqa: PLC0415
 
     cfg = C.from_dict(C.RunConfig, cfg_dict)
@@ -326,7 +324,6 @@ def _ray_task(cfg_dict: dict, run_dir: str, threads: int) -> tuple[str, bool, st
     if C.run_id(cfg) != Path(run_dir).name:  # e.g. train.precision=auto resolves differently on this worker
         raise RuntimeError(f"run {Path(run_dir).name} has id {C.run_id(cfg)} on this worker (precision "
                            f"{C.resolved_precision(cfg.train)}); set train.precision explicitly")
-    torch.set_num_threads(threads)  # prepare sets it from train.threads as well; set here for what runs before
     summary, executed = run_or_skip(cfg, Path(run_dir), progress=False)
     status = str(summary.get("status", "failed"))
     return status, executed, "" if status == "finished" else failure_detail(summary)

@@ -10,7 +10,7 @@ from gstlab import config as C
 from gstlab import store
 from gstlab.flatness import ProbeError, measure
 from gstlab.measures import end_measures, initial_parameters
-from gstlab.runner import prepare
+from gstlab.runner import prepare, run_threads
 from gstlab.seeding import derive_seed
 
 
@@ -73,14 +73,16 @@ def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: 
                                                          "train")
     check_used(probes, overrides)
     cfg = C.validate(C.replace(cfg, probes=probes, train=train))
-    run = prepare(cfg, run_dir)
-    init = initial_parameters(run.model)  # prepare builds the model as the run was initialized
-    run.model.load_state_dict(state["model"])
-    run.masks.refresh()
-    x, y = run.trainer.eval_data
-    seed = derive_seed(cfg.seed, "probe") if seed is None else seed
-    row, eps_rows = measure(run.model, run.masks, x, y, cfg.probes, seed, cfg.train.eval_batch_size, progress)
-    train = run.trainer.train_batches
-    row.update(end_measures(run.model, run.masks, init, train.x, train.y, cfg.probes, cfg.train.eval_batch_size))
+    with run_threads(cfg.train):
+        run = prepare(cfg, run_dir)
+        init = initial_parameters(run.model)  # prepare builds the model as the run was initialized
+        run.model.load_state_dict(state["model"])
+        run.masks.refresh()
+        x, y = run.trainer.eval_data
+        seed = derive_seed(cfg.seed, "probe") if seed is None else seed
+        row, eps_rows = measure(run.model, run.masks, x, y, cfg.probes, seed, cfg.train.eval_batch_size, progress)
+        train = run.trainer.train_batches
+        row.update(end_measures(run.model, run.masks, init, train.x, train.y, cfg.probes,
+                                cfg.train.eval_batch_size))
     row.update(epoch=state["epoch"], trigger="cli")
     return row, [dict(r, epoch=state["epoch"]) for r in eps_rows]

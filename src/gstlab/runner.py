@@ -7,12 +7,14 @@ and nothing is written before the config, the data and the layer names have been
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +90,6 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     parts.check(cfg)
     device = resolve_device(cfg.train.device)
     preflight.check_threads(cfg.train)
-    if cfg.train.threads or portable.requested():
-        torch.set_num_threads(1 if portable.requested() else cfg.train.threads)  # portable: one thread
     speed = resolve_speed(cfg.train, device)
     data = load_data(cfg.data, seed=derive_seed(cfg.seed, "data"), source=parts.data).to(device)
     if speed.channels_last:
@@ -380,6 +380,25 @@ def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None,
     if done is not None:
         _warn_unkept(cfg, out, int(done.get("epochs_done") or 0), "holds this run, ended")
         return done, False
+    with run_threads(cfg.train):
+        return _prepare_and_execute(cfg, out, progress, parts)
+
+
+@contextlib.contextmanager
+def run_threads(train: C.TrainConfig) -> Iterator[None]:
+    """torch's CPU threads for one run (``train.threads``; one in portable mode; null: as the process has them),
+    restored afterwards, so a run in a notebook or a sweep's in-process worker leaves the process as it found it:
+    a later run with ``threads: null`` must not inherit an earlier run's count (float reductions depend on it)."""
+    before = torch.get_num_threads()
+    if train.threads or portable.requested():
+        torch.set_num_threads(1 if portable.requested() else train.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _prepare_and_execute(cfg: C.RunConfig, out: Path, progress: bool | None, parts: Parts) -> tuple[dict, bool]:
     run = prepare(cfg, out, parts)  # bad input fails here, before anything is written
     for line in preflight.idle_layers(cfg, run.model, list(run.masks.units.values())):  # a run that trains
         warn(line)
