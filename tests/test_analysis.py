@@ -499,6 +499,21 @@ def test_report_says_when_a_pruned_setting_without_finished_runs_could_move_the_
     assert "- **no finished run of Prune_R 13%: the common window may start earlier than the study's schedule**" in text
 
 
+
+def test_window_lines_name_a_grid_point_without_finished_runs_and_a_window_set_at_epoch_0():
+    """A grid point of one setting whose runs all failed is named with its point (its label alone is shared with
+    the finished points); pruning only at epoch 0 sets a window from epoch 0, not 'no finished run prunes'."""
+    from gstlab.analysis.report import _window_lines
+
+    runs = pd.DataFrame({"label": ["P", "P", "P", "P", "N"], "side": ["smallest"] * 4 + [""],
+                         "optim.lr": [0.1, 0.1, 0.01, 0.01, 0.1], "status": ["finished"] * 2 + ["failed"] * 2 + [
+                             "finished"], "last_pruned_epoch": [0, 0, 5, 5, None], "window_start": [0] * 5})
+    assert _window_lines(runs, ("optim.lr",)) == [
+        "- common window: epochs ≥ 0, the latest last pruning epoch among the finished pruned runs (P)",
+        "- **no finished run of P (optim.lr=0.01): the common window may start earlier than the study's schedule**"]
+    unpruned = runs.assign(side="", last_pruned_epoch=None)
+    assert _window_lines(unpruned, ()) == ["- common window: every epoch (no finished run prunes)"]
+
 def test_report_figure2_tests_memorization_at_the_common_window_best_epoch_under_label_noise(tmp_path, no_draw):
     study = make_study(tmp_path / "s", "figure2", failed=False)
     for run_dir in (study / "runs").iterdir():

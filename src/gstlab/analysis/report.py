@@ -446,9 +446,10 @@ def _status_lines(all_runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _window_lines(all_runs: pd.DataFrame) -> list[str]:
-    """Where the common window starts, which setting sets it, and which pruned settings had no finished run to
-    take part (with all of one setting's runs failed, the window starts at an earlier setting's last event)."""
+def _window_lines(all_runs: pd.DataFrame, grid: tuple[str, ...]) -> list[str]:
+    """Where the common window starts, which setting sets it, and which pruned settings (or grid points of one)
+    had no finished run to take part (with all of one setting's runs failed, the window starts at an earlier
+    setting's last event)."""
     if "window_start" not in all_runs or not all_runs["window_start"].notna().any():
         return []
     start = int(all_runs["window_start"].dropna().iloc[0])
@@ -456,14 +457,22 @@ def _window_lines(all_runs: pd.DataFrame) -> list[str]:
     finished = candidates["status"] == "finished"
     setters = candidates[finished & (pd.to_numeric(candidates["last_pruned_epoch"], errors="coerce") == start)]
     lines = [f"- common window: epochs ≥ {start}, the latest last pruning epoch among the finished pruned runs "
-             f"({', '.join(map(str, dict.fromkeys(setters['label']))) or 'none'})" if start else
+             f"({', '.join(map(str, dict.fromkeys(setters['label'])))})" if len(setters) else
              "- common window: every epoch (no finished run prunes)"]
-    missing = [str(label) for label, g in candidates.groupby("label", sort=False) if not (g["status"] ==
-                                                                                         "finished").any()]
+    keys = ["label", *(k for k in grid if k in candidates and candidates[k].nunique(dropna=False) > 1)]
+    missing = [_point_name(keys, values) for values, g in candidates.groupby(keys, sort=False, dropna=False)
+               if not (g["status"] == "finished").any()]
     if missing:
         lines.append(f"- **no finished run of {', '.join(missing)}: the common window may start earlier than the "
                      f"study's schedule**")
     return lines
+
+
+def _point_name(keys: list[str], values) -> str:
+    """``label`` or ``label (key=value, ...)`` of one group of ``groupby(keys)``."""
+    values = values if isinstance(values, tuple) else (values,)
+    where = ", ".join(f"{k}={v}" for k, v in zip(keys[1:], values[1:]))
+    return f"{values[0]} ({where})" if where else str(values[0])
 
 
 def _criteria_lines(runs: pd.DataFrame) -> list[str]:
@@ -479,7 +488,7 @@ def _criteria_lines(runs: pd.DataFrame) -> list[str]:
 def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
     lines = [f"# Study report: {name}", "",
              f"- figure: `{rep.kind}` ({PAPER_FIGURE.get(rep.kind, 'no figure')} of the paper, see docs/paper.md); "
-             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *_window_lines(all_runs),
+             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *_window_lines(all_runs, rep.grid),
              *(f"- {line}" for line in machine_lines(rep.runs)),
              *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
