@@ -208,11 +208,22 @@ def _study(tmp_path: Path, **changes) -> Path:
     ({"grid": {"data.train_subset": [32, 65]}}, [],
      "setting 'setting0': train.batch_size: 32 leaves a last batch of 1"),
     ({"set": {"data.synthetic_shape": [1, 40], "data.augment": True}}, [], "setting 'setting0': data.augment: random"),
+    ({"set": {"probes.at_end": True, "probes.top_k": 5000}}, [],  # each run had failed alone at its start
+     "setting 'setting0': probes.top_k: 5000 eigenvalues asked, but only"),
+    ({"set": {"model.hidden": [4096, 4096], "probes.at_end": True, "probes.max_iter": 1_000_000}}, [],
+     "setting 'setting0': probes.max_iter: a Lanczos basis of 17,"),
 ], ids=["seeds-1e9", "--seeds-1e9-dry-run", "preset-list", "preset-unknown", "name-escapes", "layer-conv5",
         "set-into-int", "threads", "workers", "nul-in-path", "set-a-grid-key", "subset-beyond-the-data",
-        "last-batch-of-one", "augment-1d"])
+        "last-batch-of-one", "augment-1d", "top-k-beyond-the-survivors", "lanczos-beyond-memory"])
 def test_bad_studies_and_sweep_flags_are_refused_before_anything_is_written(tmp_path, capsys, changes, extra, field):
     _refused(tmp_path, capsys, ["sweep", str(_study(tmp_path, **changes)), "--no-progress", *extra], field)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_local_sweep_refuses_a_device_this_machine_lacks_before_anything_is_written(tmp_path, capsys):
+    """Each run had failed alone at its start (a study written for a GPU machine, swept on a laptop)."""
+    _refused(tmp_path, capsys, ["sweep", str(_study(tmp_path, set={"train.device": "cuda"})), "--no-progress"],
+             "setting 'setting0': train.device: 'cuda' requested but CUDA is not available")
 
 
 def test_a_store_that_is_a_file_leaves_no_study_directory(tmp_path, capsys):

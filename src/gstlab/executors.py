@@ -421,13 +421,13 @@ def threads_notes(runs: list[StudyRun], resources: Resources) -> list[str]:
         for r in runs if r.cfg.train.threads not in (None, resources.threads)))
 
 
-def check_runs(runs: list[StudyRun], resources: Resources, tensorboard: bool = False,
+def check_runs(runs: list[StudyRun], resources: Resources, executor: str, tensorboard: bool = False,
                notes: Sequence[str] = ()) -> None:
     """What a sweep checks before it writes anything (``gst sweep --dry-run`` too, before it estimates): model
-    sizes and layer names (preflight), the GPU a run names, TensorBoard where asked; then one warning per
-    surprising setting."""
-    idle = preflight.check_study(runs)
+    sizes, layer names and probes (preflight; Lanczos memory on this machine's device for a local sweep), the GPU
+    a run names, TensorBoard where asked; then one warning per surprising setting."""
     _check_gpu_choice(runs, resources)
+    idle = preflight.check_study(runs, local=executor == "local")
     if tensorboard:
         sinks.require_tensorboard("--tensorboard")
     asking = next((r for r in runs if r.cfg.train.tensorboard), None)
@@ -443,7 +443,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     """Run every unfinished run of ``study``; returns the outcomes of the runs executed now. ``tensorboard``:
     each ended run's metrics also go to TensorBoard event files under ``study_dir/tensorboard``."""
     runs = expand(study)  # every config is validated before anything starts
-    check_runs(runs, resources, tensorboard, setting_notes(study))
+    check_runs(runs, resources, executor, tensorboard, setting_notes(study))
     if executor == "ray":
         connect_ray(address, resources)
     check_out_dirs(study_dir, store_dir)  # both checked before either is made

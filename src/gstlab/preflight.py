@@ -12,6 +12,7 @@ import torch
 from gstlab import config as C
 from gstlab.data import BUILT_IN, check_image_size, check_subsets
 from gstlab.dataflow import BATCHNORM
+from gstlab.environment import resolve_device
 from gstlab.flatness import basis_memory_problem
 from gstlab.models import build_model
 from gstlab.parts import DEFAULT_PARTS
@@ -83,10 +84,11 @@ def idle_layers(cfg: C.RunConfig, model: torch.nn.Module, units) -> list[str]:
             for i, (plan, _, _) in enumerate(_plans(cfg, model, units)) if plan.fraction > 0 and not plan.removals()]
 
 
-def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
+def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units, memory_of: torch.device | None) -> None:
     """ConfigError when ``probes.top_k`` asks for more eigenvalues than parameters survive the schedule, or
-    when the Lanczos basis of the unpruned model (the largest a probe of the run can need) would not fit in
-    memory: refused before training, not after the epochs leading to the first probe."""
+    when the Lanczos basis of the unpruned model (the largest a probe of the run can need) would not fit in the
+    memory of ``memory_of`` (None: not checked): refused before training, not after the epochs leading to the
+    first probe."""
     p = cfg.probes
     if not (p.epochs or p.at_events or p.at_end):
         return
@@ -94,8 +96,8 @@ def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
     if p.top_k > left:
         raise C.ConfigError(f"probes.top_k: {p.top_k} eigenvalues asked, but only {left:,} parameters survive "
                             f"the pruning schedule; allowed: at most {left:,}")
-    trainable = [q for q in model.parameters() if q.requires_grad]
-    if trainable and (problem := basis_memory_problem(sum(q.numel() for q in trainable), p, trainable[0].device)):
+    trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    if memory_of is not None and trainable and (problem := basis_memory_problem(trainable, p, memory_of)):
         raise C.ConfigError(problem)
 
 
@@ -169,16 +171,18 @@ def check_sizes(d: C.DataConfig) -> None:
         check_image_size(d.image_size, known[0])
 
 
-def check_study(runs: list) -> list[str]:
-    """Before a sweep writes anything: every run's model size and the layers its schedule names (each distinct
-    data + model pair is built once, on the meta device). ``runs``: StudyRuns; ConfigError names the setting.
-    Returns the warnings of scheduled layers that no event prunes (``idle_layers``), one per layer and fraction,
-    naming the settings it holds for."""
+def check_study(runs: list, local: bool) -> list[str]:
+    """Before a sweep writes anything: every run's model size, the layers its schedule names and its probes (each
+    distinct data + model pair is built once, on the meta device; ``local``: the runs will run on this machine,
+    so their ``train.device`` must exist here and the Lanczos memory is checked against it). ``runs``:
+    StudyRuns; ConfigError names the setting. Returns the warnings of scheduled layers that no event prunes
+    (``idle_layers``), one per layer and fraction, naming the settings it holds for."""
     idle: dict[str, list[str]] = {}
     seen: dict[tuple, torch.nn.Module | None] = {}
     for run in runs:
         cfg = run.cfg
         try:
+            device = resolve_device(cfg.train.device) if local else None  # refused here, not in every run
             known = data_shape(cfg.data)
             if known is None or cfg.model.supplied:
                 continue
@@ -192,6 +196,7 @@ def check_study(runs: list) -> list[str]:
                 continue
             units = DEFAULT_PARTS.units_of(cfg, seen[key])
             C.validate(cfg, [u.name for u in units])  # as the run finds them
+            check_probes(cfg, seen[key], units, device)
             for line in idle_layers(cfg, seen[key], units):
                 idle.setdefault(line, []).append(run.setting)
         except C.ConfigError as err:
