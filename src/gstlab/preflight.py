@@ -174,7 +174,7 @@ def check_sizes(d: C.DataConfig) -> None:
 def check_study(runs: list, local: bool) -> list[str]:
     """Before a sweep writes anything: every run's model size, the layers its schedule names and its probes (each
     distinct data + model pair is built once, on the meta device; ``local``: the runs will run on this machine,
-    so their ``train.device`` must exist here and the Lanczos memory is checked against it). ``runs``:
+    so their ``train.device`` must exist here and, on a CPU, the Lanczos memory is checked against it). ``runs``:
     StudyRuns; ConfigError names the setting. Returns the warnings of scheduled layers that no event prunes
     (``idle_layers``), one per layer and fraction, naming the settings it holds for."""
     idle: dict[str, list[str]] = {}
@@ -196,7 +196,8 @@ def check_study(runs: list, local: bool) -> list[str]:
                 continue
             units = DEFAULT_PARTS.units_of(cfg, seen[key])
             C.validate(cfg, [u.name for u in units])  # as the run finds them
-            check_probes(cfg, seen[key], units, device)
+            # a GPU's memory is read in the run: asking here would hold a CUDA context in the sweep's process
+            check_probes(cfg, seen[key], units, device if device is not None and device.type == "cpu" else None)
             for line in idle_layers(cfg, seen[key], units):
                 idle.setdefault(line, []).append(run.setting)
         except C.ConfigError as err:
