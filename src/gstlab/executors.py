@@ -424,8 +424,8 @@ def threads_notes(runs: list[StudyRun], resources: Resources) -> list[str]:
 def check_runs(runs: list[StudyRun], resources: Resources, executor: str, tensorboard: bool = False,
                notes: Sequence[str] = ()) -> None:
     """What a sweep checks before it writes anything (``gst sweep --dry-run`` too, before it estimates): model
-    sizes, layer names and probes (preflight; Lanczos memory on this machine's device for a local sweep), the GPU
-    a run names, TensorBoard where asked; then one warning per surprising setting."""
+    sizes, layer names and probes (preflight; for a local sweep also each run's device and a CPU run's Lanczos
+    memory), the GPU a run names, TensorBoard where asked; then one warning per surprising setting."""
     _check_gpu_choice(runs, resources)
     idle = preflight.check_study(runs, local=executor == "local")
     if tensorboard:
