@@ -19,7 +19,7 @@ import torch
 from gstlab import config as C
 from gstlab.analysis.report import report_runs
 from gstlab.remeasure import load_model_checkpoint
-from gstlab.runner import prepare
+from gstlab.runner import prepare, run_threads
 
 METHODS = {"NP": "No Pruning", "S13": "Prune_S", "L13": "Prune_L"}  # a study's one label starting with each
 
@@ -51,12 +51,13 @@ def last_round(event_epochs: set[int]) -> int:
 def class_recalls(run_dir: Path) -> torch.Tensor:
     """Test recall (%) per class of the run's final model (rebuilt as `gst flatness` rebuilds it)."""
     state = load_model_checkpoint(run_dir, None)
-    run = prepare(C.from_dict(C.RunConfig, state["config"]), run_dir)
-    run.model.load_state_dict(state["model"])
-    run.masks.refresh()
-    run.model.eval()
-    x, y = run.trainer.eval_data
-    with torch.no_grad():
+    cfg = C.from_dict(C.RunConfig, state["config"])
+    with run_threads(cfg.train), torch.no_grad():  # the run's threads, as gst flatness measures
+        run = prepare(cfg, run_dir)
+        run.model.load_state_dict(state["model"])
+        run.masks.refresh()
+        run.model.eval()
+        x, y = run.trainer.eval_data
         pred = torch.cat([run.model(x[i:i + 512]).argmax(1) for i in range(0, len(y), 512)])
     return torch.stack([(pred[y == c] == c).float().mean() for c in range(int(y.max()) + 1)]) * 100
 

@@ -499,7 +499,6 @@ def test_report_says_when_a_pruned_setting_without_finished_runs_could_move_the_
     assert "- **no finished run of Prune_R 13%: the common window may start earlier than the study's schedule**" in text
 
 
-
 def test_window_lines_name_a_grid_point_without_finished_runs_and_a_window_set_at_epoch_0():
     """A grid point of one setting whose runs all failed is named with its point (its label alone is shared with
     the finished points); pruning only at epoch 0 sets a window from epoch 0, not 'no finished run prunes'."""

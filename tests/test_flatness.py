@@ -180,6 +180,23 @@ def test_run_writes_curvature_rows_at_scheduled_epochs_and_cli_measures_the_chec
         assert float(again[key]) == pytest.approx(float(rows[-1][key]), rel=1e-6, nan_ok=True)
 
 
+
+def test_flatness_measures_with_the_runs_threads_and_restores_the_process_count(tmp_path, monkeypatch):
+    from gstlab import remeasure
+
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(probing_config(tmp_path)), "--out", str(out), "--no-progress",
+                 "--set", "train.threads=1"]) == 0
+    seen, real = [], remeasure.measure
+    monkeypatch.setattr(remeasure, "measure", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["flatness", str(out), "--top-k", "4", "--no-progress"]) == 0
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
 def test_a_probe_that_cannot_be_measured_ends_the_run_as_failed_after_its_epoch(tmp_path, monkeypatch, capsys):
     import gstlab.flatness  # noqa: PLC0415
 

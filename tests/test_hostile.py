@@ -226,6 +226,22 @@ def test_a_local_sweep_refuses_a_device_this_machine_lacks_before_anything_is_wr
              "setting 'setting0': train.device: 'cuda' requested but CUDA is not available")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_study_that_ended_elsewhere_is_not_judged_by_this_machine(tmp_path, capsys):
+    """The device and memory checks are for runs that will run here: a study finished on a GPU machine and
+    copied to a laptop (train.device is not in the run id) sweeps and dry-runs there as 'nothing to do'."""
+    study_file = _study(tmp_path, set={"train.precision": "fp32", "train.epochs": 3, "optim.milestones": [2],
+                                       "pruning.layers.0.end": 2, "pruning.layers.1.end": 2})
+    out = tmp_path / "s"
+    assert main(["sweep", str(study_file), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--dry-run"]):
+        assert main(["sweep", str(study_file), "--out", str(out), "--no-progress", "--set", "train.device=cuda",
+                     *extra]) == 0
+        printed = capsys.readouterr().out
+        assert "0 runs executed now" in printed or "0 runs to do" in printed, printed
+
+
 def test_a_store_that_is_a_file_leaves_no_study_directory(tmp_path, capsys):
     (tmp_path / "store").write_text("a file")
     err = _one_line_exit(capsys, ["sweep", str(_study(tmp_path)), "--out", str(tmp_path / "s"),

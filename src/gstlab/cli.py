@@ -266,7 +266,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         runs = expand(study)
         # the sweep's checks: no estimate of a run it would refuse
-        check_runs(runs, res, args.executor, args.tensorboard, setting_notes(study))
+        check_runs(runs, res, args.executor, Path(store_dir or out), args.tensorboard, setting_notes(study))
         check_out_dirs(out, store_dir)
         print(f"{study.name}: {len(runs)} runs ({len(study.settings)} settings x {len(study.seeds)} seeds"
               f"{' x grid' if study.grid else ''}) -> {out}")

@@ -581,7 +581,7 @@ def _check_bounds(cfg: RunConfig) -> None:
         if any(not 1 <= n <= MAX_UNITS for n in sizes):
             raise ConfigError(f"{name}: every entry must be in [1, {MAX_UNITS:,}], got {list(sizes)}")
     if cfg.train.threads is not None and cfg.train.threads < 1:
-        raise ConfigError(f"train.threads: must be >= 1 or null (all cores), got {cfg.train.threads}")
+        raise ConfigError(f"train.threads: must be >= 1 or null (the process's count), got {cfg.train.threads}")
     p = cfg.probes
     if p.eps_step > 0 and p.eps_max / p.eps_step > MAX_EPS_POINTS:
         raise ConfigError(f"probes.eps_step: the grid 0..eps_max={p.eps_max} in steps of {p.eps_step} has more "

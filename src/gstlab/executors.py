@@ -421,13 +421,16 @@ def threads_notes(runs: list[StudyRun], resources: Resources) -> list[str]:
         for r in runs if r.cfg.train.threads not in (None, resources.threads)))
 
 
-def check_runs(runs: list[StudyRun], resources: Resources, executor: str, tensorboard: bool = False,
-               notes: Sequence[str] = ()) -> None:
+def check_runs(runs: list[StudyRun], resources: Resources, executor: str, store_dir: Path,
+               tensorboard: bool = False, notes: Sequence[str] = ()) -> None:
     """What a sweep checks before it writes anything (``gst sweep --dry-run`` too, before it estimates): model
-    sizes, layer names and probes (preflight; for a local sweep also each run's device and a CPU run's Lanczos
-    memory), the GPU a run names, TensorBoard where asked; then one warning per surprising setting."""
+    sizes, layer names and probes (preflight; for a local sweep's runs not yet ended in ``store_dir`` also their
+    device and a CPU run's Lanczos memory), the GPU a run names, TensorBoard where asked; then one warning per
+    surprising setting."""
     _check_gpu_choice(runs, resources)
-    idle = preflight.check_study(runs, local=executor == "local")
+    here = [r.run_id for r in runs if run_status(store_dir / "runs" / r.run_id) not in recovery.FINAL] \
+        if executor == "local" else []
+    idle = preflight.check_study(runs, set(here))
     if tensorboard:
         sinks.require_tensorboard("--tensorboard")
     asking = next((r for r in runs if r.cfg.train.tensorboard), None)
@@ -443,7 +446,7 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
     """Run every unfinished run of ``study``; returns the outcomes of the runs executed now. ``tensorboard``:
     each ended run's metrics also go to TensorBoard event files under ``study_dir/tensorboard``."""
     runs = expand(study)  # every config is validated before anything starts
-    check_runs(runs, resources, executor, tensorboard, setting_notes(study))
+    check_runs(runs, resources, executor, Path(store_dir or study_dir), tensorboard, setting_notes(study))
     if executor == "ray":
         connect_ray(address, resources)
     check_out_dirs(study_dir, store_dir)  # both checked before either is made

@@ -134,7 +134,7 @@ def basis_memory_problem(dim: int, cfg: ProbeConfig, device: torch.device) -> st
     if total and need > total / 2:
         return (f"probes.max_iter: a Lanczos basis of {dim:,} parameters x {steps:,} steps needs "
                 f"{need / 2**30:,.1f} GiB, over half of this device's {total / 2**30:,.1f} GiB; allowed: "
-                "fewer steps (--max-iter) or method power")
+                "fewer steps (probes.max_iter; gst flatness --max-iter) or method power")
     return None
 
 

@@ -6,6 +6,7 @@ run directory is created, and raise ConfigError (exit 2)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 import torch
 
@@ -50,7 +51,7 @@ def check_threads(cfg: C.TrainConfig) -> None:
     cores = os.cpu_count() or 1
     if cfg.threads is not None and cfg.threads > cores:
         raise C.ConfigError(f"train.threads: {cfg.threads} asked but this machine has {cores} CPU cores; "
-                            f"allowed: 1..{cores} or null (all)")
+                            f"allowed: 1..{cores} or null (the process's count)")
 
 
 def _plans(cfg: C.RunConfig, model: torch.nn.Module, units) -> list[tuple[LayerPlan, torch.nn.Module, object]]:
@@ -171,18 +172,19 @@ def check_sizes(d: C.DataConfig) -> None:
         check_image_size(d.image_size, known[0])
 
 
-def check_study(runs: list, local: bool) -> list[str]:
+def check_study(runs: list, here: Collection[str] = ()) -> list[str]:
     """Before a sweep writes anything: every run's model size, the layers its schedule names and its probes (each
-    distinct data + model pair is built once, on the meta device; ``local``: the runs will run on this machine,
-    so their ``train.device`` must exist here and, on a CPU, the Lanczos memory is checked against it). ``runs``:
-    StudyRuns; ConfigError names the setting. Returns the warnings of scheduled layers that no event prunes
-    (``idle_layers``), one per layer and fraction, naming the settings it holds for."""
+    distinct data + model pair is built once, on the meta device). ``here``: the ids of the runs that will run on
+    this machine (a local sweep's runs not yet ended): their ``train.device`` must exist here and, on a CPU, the
+    Lanczos basis must fit its memory (an ended run is not judged by the machine it is swept from again).
+    ``runs``: StudyRuns; ConfigError names the setting. Returns the warnings of scheduled layers that no event
+    prunes (``idle_layers``), one per layer and fraction, naming the settings it holds for."""
     idle: dict[str, list[str]] = {}
     seen: dict[tuple, torch.nn.Module | None] = {}
     for run in runs:
         cfg = run.cfg
         try:
-            device = resolve_device(cfg.train.device) if local else None  # refused here, not in every run
+            device = resolve_device(cfg.train.device) if run.run_id in here else None  # not in every run
             known = data_shape(cfg.data)
             if known is None or cfg.model.supplied:
                 continue
