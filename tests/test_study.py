@@ -18,7 +18,7 @@ from gstlab import config as C
 from gstlab.cli import main
 from gstlab.experiments.presets import SCALES
 from gstlab.runner import execute
-from gstlab.study import expand, grid_points, load_study_file, study_from_dict
+from gstlab.study import expand, grid_points, load_study_file, setting_notes, study_from_dict
 from test_runner import TINY
 
 SMALL = {k: v for k, v in C.to_dict(C.parse(TINY, ["train.epochs=4", "pruning.layers.0.end=3",
@@ -575,6 +575,16 @@ def test_a_settings_own_seed_is_said_to_be_replaced_by_the_studys(tmp_path, caps
     assert main(["sweep", str(write_study(tmp_path, data)), "--dry-run"]) == 0
     assert capsys.readouterr().err.count("setting 'L': its config's seed 7 is replaced by each of the study's") == 1
 
+
+
+def test_a_scale_no_preset_setting_reads_is_said_to_be_unused():
+    """``scale:`` picks the size of preset settings only; beside config or inline settings it changed nothing and
+    was printed in the report as if it had (an audit, 2026-12-06): said, not refused."""
+    note = "scale: 'paper' is read only by preset settings and this study has none"
+    assert note in " ".join(setting_notes(study_from_dict(study(scale="paper"))))
+    assert not setting_notes(study_from_dict(study()))  # no scale given
+    with_preset = study(scale="paper", settings=[{"preset": "F2_VGG_0"}])
+    assert not setting_notes(study_from_dict(with_preset))
 
 def test_a_sweep_says_when_finished_runs_lack_epochs_it_now_asks_to_keep(tmp_path, capsys):
     """keep_checkpoints is outside the run id: a second sweep asking for more skips the finished runs, and had

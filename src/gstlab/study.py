@@ -49,6 +49,7 @@ class Study:
     overrides: tuple[str, ...] = ()  # ``set``: before each setting's own ``set`` (a setting may change them)
     final: tuple[str, ...] = ()  # ``override`` (``gst sweep --set``): after the setting and the grid point
     base: Path = Path(".")  # the folder ``config:`` paths are relative to (the study file's)
+    scale_read: bool = True  # False: the file gives ``scale:`` but no preset setting reads it
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,7 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
         name=name, figure=figure, scale=scale, seeds=study_seeds,
         settings=tuple(_setting(item, i, scale, base, grid) for i, item in enumerate(items)),
         grid=grid, overrides=overrides, final=final, base=base,
+        scale_read="scale" not in data or any(isinstance(item, dict) and "preset" in item for item in items),
     )
 
 
@@ -322,10 +324,14 @@ def _refuse_collapsed_point(first: StudyRun, setting: str, seed: int, point: dic
 
 def setting_notes(study: Study) -> list[str]:
     """Warnings about the settings: a setting's own seed, which each run replaces by one of the study's seeds (a
-    config gstlab wrote holds its run's seed, so a pasted one is common: said, not refused)."""
+    config gstlab wrote holds its run's seed, so a pasted one is common), and a ``scale:`` no preset setting reads
+    (config and inline settings give their own sizes); said, not refused."""
     default = C.RunConfig().seed
-    return [f"setting {s.key!r}: its config's seed {s.data['seed']!r} is replaced by each of the study's seeds"
-            for s in study.settings if isinstance(s.data, dict) and s.data.get("seed", default) != default]
+    unread = [] if study.scale_read else [f"scale: {study.scale!r} is read only by preset settings and this study "
+                                          f"has none; its config and inline settings give their own sizes"]
+    return unread + [f"setting {s.key!r}: its config's seed {s.data['seed']!r} is replaced by each of the study's "
+                     f"seeds" for s in study.settings if isinstance(s.data, dict) and s.data.get("seed", default)
+                     != default]
 
 
 def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
