@@ -334,6 +334,16 @@ def test_figure3_groups_rates_equal_up_to_rounding_and_leaves_out_scratch_runs(t
     assert "| iterative rate 12.86% | mean_stability | best_test_acc | 12 |" in md.read_text()  # 4 labels x 3 seeds
 
 
+
+def test_report_says_no_scale_when_no_setting_is_a_preset(tmp_path, no_draw):
+    """``scale:`` sizes preset settings only: beside inline settings the report had printed it as the study's."""
+    study = make_study(tmp_path / "s", "figure2", seeds=2, failed=False)
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    (study / "study.yaml").write_text(yaml.safe_dump({**spec, "settings": [{"inline": {}, "label": "x"}]}))
+    assert "scale: none (no preset setting; each sets its own sizes)" in write_report(study).read_text()
+    (study / "study.yaml").write_text(yaml.safe_dump({**spec, "settings": [{"preset": "F2_VGG_0"}]}))
+    assert "scale: `smoke`" in write_report(study).read_text()
+
 def test_report_single_seed_and_missing_study_yaml(tmp_path, no_draw):
     study = make_study(tmp_path / "s", "figure2", seeds=1, failed=False)
     (study / "study.yaml").unlink()

@@ -475,6 +475,16 @@ def _point_name(keys: list[str], values) -> str:
     return f"{values[0]} ({where})" if where else str(values[0])
 
 
+def _scale_text(spec: dict) -> str:
+    """The study's scale, which only preset settings read (config and inline settings give their own sizes);
+    as written where the file lists no settings (or is missing: n/a)."""
+    if "settings" not in spec:
+        return f"scale: `{spec.get('scale', 'n/a')}`"
+    if not any(isinstance(item, dict) and "preset" in item for item in spec["settings"] or []):
+        return "scale: none (no preset setting; each sets its own sizes)"
+    return f"scale: `{spec.get('scale', 'mini')}`"
+
+
 def _criteria_lines(runs: pd.DataFrame) -> list[str]:
     """The score criteria of the pruned runs, described as their registry entries describe them."""
     from gstlab.registry import criteria  # noqa: PLC0415
@@ -488,7 +498,7 @@ def _criteria_lines(runs: pd.DataFrame) -> list[str]:
 def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
     lines = [f"# Study report: {name}", "",
              f"- figure: `{rep.kind}` ({PAPER_FIGURE.get(rep.kind, 'no figure')} of the paper, see docs/paper.md); "
-             f"scale: `{spec.get('scale', 'n/a')}`", *_status_lines(all_runs), *_window_lines(all_runs, rep.grid),
+             + _scale_text(spec), *_status_lines(all_runs), *_window_lines(all_runs, rep.grid),
              *(f"- {line}" for line in machine_lines(rep.runs)),
              *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
