@@ -262,7 +262,7 @@ def study_from_dict(data: dict, base: Path = Path("."), seeds: int | None = None
         name=name, figure=figure, scale=scale, seeds=study_seeds,
         settings=tuple(_setting(item, i, scale, base, grid) for i, item in enumerate(items)),
         grid=grid, overrides=overrides, final=final, base=base,
-        scale_read="scale" not in data or any(isinstance(item, dict) and "preset" in item for item in items),
+        scale_read="scale" not in data or has_preset(items),
     )
 
 
@@ -320,6 +320,11 @@ def _refuse_collapsed_point(first: StudyRun, setting: str, seed: int, point: dic
                             f"machine (equal once parsed, or differing only in fields outside the run id, e.g. "
                             f"train.channels_last, or resolving alike here, e.g. train.precision auto on a CPU); "
                             f"allowed: values that give different runs")
+
+
+def has_preset(items: Any) -> bool:
+    """Whether a study's ``settings`` list holds a preset setting, the only kind that reads ``scale:``."""
+    return isinstance(items, list) and any(isinstance(item, dict) and "preset" in item for item in items)
 
 
 def setting_notes(study: Study) -> list[str]:

@@ -480,7 +480,9 @@ def _scale_text(spec: dict) -> str:
     as written where the file lists no settings (or is missing: n/a)."""
     if "settings" not in spec:
         return f"scale: `{spec.get('scale', 'n/a')}`"
-    if not any(isinstance(item, dict) and "preset" in item for item in spec["settings"] or []):
+    from gstlab.study import has_preset  # noqa: PLC0415
+
+    if not has_preset(spec["settings"]):
         return "scale: none (no preset setting; each sets its own sizes)"
     return f"scale: `{spec.get('scale', 'mini')}`"
 
