@@ -344,6 +344,55 @@ def test_report_says_no_scale_when_no_setting_is_a_preset(tmp_path, no_draw):
     (study / "study.yaml").write_text(yaml.safe_dump({**spec, "settings": [{"preset": "F2_VGG_0"}]}))
     assert "scale: `smoke`" in write_report(study).read_text()
 
+
+def _two_lr_points(study: Path) -> pd.DataFrame:
+    """Put make_study's runs on a grid over optim.lr: even seeds at 0.001, odd ones at 0.0003."""
+    index = pd.read_csv(study / "index.csv")
+    index.insert(11, "optim.lr", np.where(index["seed"] % 2 == 0, 0.001, 0.0003))
+    index.to_csv(study / "index.csv", index=False)
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    (study / "study.yaml").write_text(yaml.safe_dump({**spec, "grid": {"optim.lr": [0.001, 0.0003]}}))
+    return index
+
+
+def test_a_correlation_over_grid_points_says_it_pools_them(tmp_path, no_draw):
+    """Within each point the tradeoff can hold while the pooled runs reverse it (an audit's Simpson's paradox,
+    2026-12-06): a claim over runs of several points names the pooling."""
+    study = make_study(tmp_path / "s", "figure2", seeds=4, failed=False)
+    _two_lr_points(study)
+    tradeoff = [line for line in write_report(study).read_text().splitlines() if line.startswith("- **Tradeoff**")]
+    assert tradeoff and all("pooled over grid points (optim.lr: 0.001, 0.0003)" in line for line in tradeoff)
+    plain = make_study(tmp_path / "p", "figure2", seeds=4, failed=False)
+    assert "pooled over grid points" not in write_report(plain).read_text()
+
+
+def test_labels_name_their_grid_point_when_every_run_of_another_point_failed(tmp_path, no_draw):
+    study = make_study(tmp_path / "s", "figure2", seeds=4, failed=False)
+    index = _two_lr_points(study)
+    for run_dir in index.loc[index["optim.lr"] == 0.0003, "run_dir"]:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        (Path(run_dir) / "summary.json").write_text(json.dumps({**summary, "status": "failed", "failure": "x"}))
+        seal(Path(run_dir))
+    text = write_report(study).read_text()
+    assert "| Prune_L 13% (optim.lr=0.001) |" in text and "| Prune_L 13% |" not in text
+
+
+def test_figure5_baselines_keep_their_grid_point_in_the_legend(tmp_path, monkeypatch):
+    legends, real = {}, figures.save
+
+    def save(fig, stem):
+        legend = fig.axes[0].get_legend()
+        legends[Path(stem).name] = [t.get_text() for t in legend.get_texts()] if legend else []
+        return real(fig, stem)
+
+    monkeypatch.setattr(figures, "save", save)
+    study = make_study(tmp_path / "s", "figure5", settings=FIG5, seeds=4, failed=False)
+    _two_lr_points(study)
+    write_report(study)
+    noise = [t for t in legends["dynamics_zero"] if "No Noise" in t]
+    assert len(noise) == 2 and any("optim.lr=0.001" in t for t in noise) and any("optim.lr=0.0003" in t
+                                                                                  for t in noise)
+
 def test_report_single_seed_and_missing_study_yaml(tmp_path, no_draw):
     study = make_study(tmp_path / "s", "figure2", seeds=1, failed=False)
     (study / "study.yaml").unlink()

@@ -586,6 +586,15 @@ def test_a_scale_no_preset_setting_reads_is_said_to_be_unused():
     with_preset = study(scale="paper", settings=[{"preset": "F2_VGG_0"}])
     assert not setting_notes(study_from_dict(with_preset))
 
+
+def test_a_grid_axis_named_as_an_index_column_is_refused():
+    """index.csv writes each grid value under its axis name beside its own columns: an axis `intervention` had
+    overwritten the intervention column, and the Figure 5 report then dropped its panels without a word."""
+    data = study(grid={"intervention": [{"kind": "none"}, {"kind": "zero", "batches": 2}]})
+    with pytest.raises(C.ConfigError, match=r"^grid.intervention: an axis named as a column of index.csv would "
+                                            r"overwrite it; allowed: its fields as dotted keys \(e.g. interven"):
+        study_from_dict(data)
+
 def test_a_sweep_says_when_finished_runs_lack_epochs_it_now_asks_to_keep(tmp_path, capsys):
     """keep_checkpoints is outside the run id: a second sweep asking for more skips the finished runs, and had
     said nothing (their warning came only from a run that executes; found by a review, 2026-12-06)."""

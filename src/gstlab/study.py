@@ -211,6 +211,9 @@ def _grid(value: Any) -> dict[str, list]:
     _check_keys(value, "grid")
     _refuse_seed(value, "grid")
     for key, values in value.items():
+        if key in INDEX_COLUMNS:  # index.csv holds the grid values beside its own columns, by axis name
+            raise C.ConfigError(f"grid.{key}: an axis named as a column of index.csv would overwrite it; allowed: "
+                                f"its fields as dotted keys (e.g. {key}.kind), or one setting per value")
         if not isinstance(values, list) or not values:
             raise C.ConfigError(f"grid.{key}: expected a non-empty list of values")
         twice = first_repeat(values)

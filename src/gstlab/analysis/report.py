@@ -140,15 +140,24 @@ class Report:
         """Correlation of x and y over ``runs``, recorded once per (scope, x, y, runs) for the correlations
         table (two groups whose scopes read alike keep their own numbers)."""
         key = (scope, x, y, tuple(sorted(runs["run_id"])) if "run_id" in runs else len(runs))
+        scope += self.pooled(runs)
         if key not in self._corr_cache:
             c = correlation(runs[x], runs[y]) if x in runs and y in runs else correlation([], [])
             self._corr_cache[key] = {"runs": scope, "x": x, "y": y, **c}
             self.correlations.append(self._corr_cache[key])
         return self._corr_cache[key]
 
+    def pooled(self, runs: pd.DataFrame) -> str:
+        """``; pooled over grid points (key: v1, v2)`` where ``runs`` span several points of the study's grid (a
+        relation within each point can differ from the pooled one, even in sign), else ""."""
+        varied = {k: list(dict.fromkeys(runs[k])) for k in self.grid if k in runs and runs[k].nunique(dropna=False) > 1}
+        return "; pooled over grid points ({})".format("; ".join(
+            f"{k}: {', '.join(map(str, v))}" for k, v in varied.items())) if varied else ""
+
     def corr_claim(self, claim: tuple, runs: pd.DataFrame, scope: str) -> dict:
         name, statement, x, y, sign = claim
         c = self.corr(runs, x, y, scope)
+        scope = c["runs"]
         verdict = corr_verdict(c["pearson_r"], c["pearson_p"], sign)
         if verdict == "not testable":
             detail = f"n = {c['n']} runs (needs at least 3 runs with varying values)"
@@ -322,7 +331,7 @@ def _noise(rep: Report, panels: tuple[tuple[str, str], ...]) -> None:
     """Figure 5 / D2: dynamics of each intervention kind with the permanent Prune_L control and the baseline."""
     runs = rep.runs
     base, kind = ~pruned(runs), intervention(runs)
-    rename = dict.fromkeys(runs.loc[base, "label"], "No Noise")
+    rename = dict(zip(runs.loc[base, "label"], grid_labels(runs[base].assign(label="No Noise"), rep.grid)))
     control = pruned(runs) & (kind == "") & ~scratch(runs)
     for k, title in panels:
         rep.dynamics(runs[base | control | (kind == k)], f"dynamics_{k}", f"Test accuracy: {title}", rename=rename)
@@ -428,7 +437,7 @@ def _corr_table(rows: list[dict]) -> str:
         f"{_ci(c['kendall_ci_low'], c['kendall_ci_high'], 3)} | {_p(c['kendall_p'])} |" for c in rows) + "\n"
 
 
-def _status_lines(all_runs: pd.DataFrame) -> list[str]:
+def _status_lines(all_runs: pd.DataFrame, grid: tuple[str, ...]) -> list[str]:
     counts = all_runs["status"].value_counts()
     n_ok, n_failed = int(counts.get("finished", 0)), int(counts.get("failed", 0))
     lines = [f"- runs: {len(all_runs)} in index.csv; {n_ok} finished, {n_failed} failed, "
@@ -440,8 +449,8 @@ def _status_lines(all_runs: pd.DataFrame) -> list[str]:
     bad = all_runs[all_runs["status"] != "finished"]
     if len(bad):
         lines += ["", "Excluded runs:", "", "| run_id | label | seed | status | reason |", "|---|---|---|---|---|"]
-        reason = _text(bad, "failure")
-        lines += [f"| {r['run_id']} | {r['label']} | {r['seed']} | {r['status']} | {reason[i] or '-'} |"
+        reason, label = _text(bad, "failure"), grid_labels(all_runs, grid)  # labels name their grid point
+        lines += [f"| {r['run_id']} | {label[i]} | {r['seed']} | {r['status']} | {reason[i] or '-'} |"
                   for i, r in bad.iterrows()]
     return lines
 
@@ -500,7 +509,7 @@ def _criteria_lines(runs: pd.DataFrame) -> list[str]:
 def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str:
     lines = [f"# Study report: {name}", "",
              f"- figure: `{rep.kind}` ({PAPER_FIGURE.get(rep.kind, 'no figure')} of the paper, see docs/paper.md); "
-             + _scale_text(spec), *_status_lines(all_runs), *_window_lines(all_runs, rep.grid),
+             + _scale_text(spec), *_status_lines(all_runs, rep.grid), *_window_lines(all_runs, rep.grid),
              *(f"- {line}" for line in machine_lines(rep.runs)),
              *_criteria_lines(rep.runs), "",
              "## Runs per label", "", _label_table(rep.runs) if len(rep.runs) else "No finished runs.\n",
@@ -616,8 +625,10 @@ def write_report(study_dir: str | Path) -> Path:
     for key, table in tables.items():
         if key in ("epochs", "events") or len(table):
             store.atomic_write_text(out / f"{key}.csv", table.to_csv(index=False))
-    ok = all_runs[all_runs["status"] == "finished"].reset_index(drop=True)
-    ok["label"] = grid_labels(ok, spec.get("grid") or {})  # runs of one setting at two grid points differ
+    # runs of one setting at two grid points differ: named by the keys that vary in the index, so a point whose
+    # runs all failed still makes the others' labels name theirs
+    named = all_runs.assign(label=grid_labels(all_runs, spec.get("grid") or {}))
+    ok = named[named["status"] == "finished"].reset_index(drop=True)
     labels = dict(zip(ok["run_id"], ok["label"]))
     keep = {k: t[t["run_id"].isin(ok["run_id"])].assign(label=lambda df: df["run_id"].map(labels))
             for k, t in tables.items()}
