@@ -428,9 +428,10 @@ def check_runs(runs: list[StudyRun], resources: Resources, executor: str, store_
     device and a CPU run's Lanczos memory), the GPU a run names, TensorBoard where asked; then one warning per
     surprising setting."""
     _check_gpu_choice(runs, resources)
-    here = [r.run_id for r in runs if run_status(store_dir / "runs" / r.run_id) not in recovery.FINAL] \
-        if executor == "local" else []
-    idle = preflight.check_study(runs, set(here))
+    def ended(run_id: str) -> bool:
+        return run_status(store_dir / "runs" / run_id) in recovery.FINAL
+
+    idle = preflight.check_study(runs, ended if executor == "local" else None)
     if tensorboard:
         sinks.require_tensorboard("--tensorboard")
     asking = next((r for r in runs if r.cfg.train.tensorboard), None)

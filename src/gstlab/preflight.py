@@ -6,11 +6,12 @@ run directory is created, and raise ConfigError (exit 2)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Callable
 
 import torch
 
 from gstlab import config as C
+from gstlab import probes
 from gstlab.data import BUILT_IN, check_image_size, check_subsets
 from gstlab.dataflow import BATCHNORM
 from gstlab.environment import resolve_device
@@ -87,19 +88,34 @@ def idle_layers(cfg: C.RunConfig, model: torch.nn.Module, units) -> list[str]:
 
 def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units, memory_of: torch.device | None) -> None:
     """ConfigError when ``probes.top_k`` asks for more eigenvalues than parameters survive the schedule, or
-    when the Lanczos basis of the unpruned model (the largest a probe of the run can need) would not fit in the
-    memory of ``memory_of`` (None: not checked): refused before training, not after the epochs leading to the
-    first probe."""
+    when the Lanczos basis of the unpruned model would not fit in the memory of ``memory_of`` (None: not
+    checked; ``basis_problem``): refused before training, not after the epochs leading to the first probe."""
     p = cfg.probes
-    if not (p.epochs or p.at_events or p.at_end):
+    if not probes.scheduled(cfg):
         return
     left = surviving_parameters(cfg, model, units)
     if p.top_k > left:
         raise C.ConfigError(f"probes.top_k: {p.top_k} eigenvalues asked, but only {left:,} parameters survive "
                             f"the pruning schedule; allowed: at most {left:,}")
-    trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
-    if memory_of is not None and trainable and (problem := basis_memory_problem(trainable, p, memory_of)):
+    if memory_of is not None and (problem := basis_problem(cfg, model, memory_of)):
         raise C.ConfigError(problem)
+
+
+def basis_problem(cfg: C.RunConfig, model: torch.nn.Module, device: torch.device) -> str | None:
+    """Why the Lanczos basis of the unpruned model (the largest a probe of the run can need) would not fit in
+    ``device``'s memory; None when it fits or the run does not probe."""
+    trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    if not probes.scheduled(cfg) or not trainable:
+        return None
+    return basis_memory_problem(trainable, cfg.probes, device)
+
+
+def _this_device(train: C.TrainConfig) -> tuple[torch.device | None, str | None]:
+    """(the run's device on this machine, None), or (None, why this machine lacks it)."""
+    try:
+        return resolve_device(train.device), None
+    except C.ConfigError as err:
+        return None, str(err)
 
 
 def data_shape(cfg: C.DataConfig) -> tuple[tuple[int, ...], int] | None:
@@ -172,19 +188,25 @@ def check_sizes(d: C.DataConfig) -> None:
         check_image_size(d.image_size, known[0])
 
 
-def check_study(runs: list, here: Collection[str] = ()) -> list[str]:
+def check_study(runs: list, ended: Callable[[str], bool] | None = None) -> list[str]:
     """Before a sweep writes anything: every run's model size, the layers its schedule names and its probes (each
-    distinct data + model pair is built once, on the meta device). ``here``: the ids of the runs that will run on
-    this machine (a local sweep's runs not yet ended): their ``train.device`` must exist here and, on a CPU, the
-    Lanczos basis must fit its memory (an ended run is not judged by the machine it is swept from again).
-    ``runs``: StudyRuns; ConfigError names the setting. Returns the warnings of scheduled layers that no event
-    prunes (``idle_layers``), one per layer and fraction, naming the settings it holds for."""
+    distinct data + model pair is built once, on the meta device). ``ended``: given where the runs run on this
+    machine (a local sweep), whether a run id has ended: a run that has not must find its ``train.device`` here
+    and, on a CPU, memory for its Lanczos basis (an ended run is not judged by the machine it is swept from again;
+    asked only of a run this machine would refuse, since it verifies the run's files). ``runs``: StudyRuns;
+    ConfigError names the setting. Returns the warnings of scheduled layers that no event prunes
+    (``idle_layers``), one per layer and fraction, naming the settings it holds for."""
+    def refuse_here(problem: str | None, run_id: str) -> None:
+        if problem and ended is not None and not ended(run_id):
+            raise C.ConfigError(problem)
+
     idle: dict[str, list[str]] = {}
     seen: dict[tuple, torch.nn.Module | None] = {}
     for run in runs:
         cfg = run.cfg
         try:
-            device = resolve_device(cfg.train.device) if run.run_id in here else None  # not in every run
+            device, problem = _this_device(cfg.train) if ended is not None else (None, None)
+            refuse_here(problem, run.run_id)
             known = data_shape(cfg.data)
             if known is None or cfg.model.supplied:
                 continue
@@ -198,8 +220,10 @@ def check_study(runs: list, here: Collection[str] = ()) -> list[str]:
                 continue
             units = DEFAULT_PARTS.units_of(cfg, seen[key])
             C.validate(cfg, [u.name for u in units])  # as the run finds them
+            check_probes(cfg, seen[key], units, None)
             # a GPU's memory is read in the run: asking here would hold a CUDA context in the sweep's process
-            check_probes(cfg, seen[key], units, device if device is not None and device.type == "cpu" else None)
+            if device is not None and device.type == "cpu":
+                refuse_here(basis_problem(cfg, seen[key], device), run.run_id)
             for line in idle_layers(cfg, seen[key], units):
                 idle.setdefault(line, []).append(run.setting)
         except C.ConfigError as err:

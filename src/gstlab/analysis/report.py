@@ -150,7 +150,7 @@ class Report:
     def pooled(self, runs: pd.DataFrame) -> str:
         """``; pooled over grid points (key: v1, v2)`` where ``runs`` span several points of the study's grid (a
         relation within each point can differ from the pooled one, even in sign), else ""."""
-        varied = {k: list(dict.fromkeys(runs[k])) for k in self.grid if k in runs and runs[k].nunique(dropna=False) > 1}
+        varied = {k: list(dict.fromkeys(runs[k])) for k in varying(runs, self.grid)}
         return "; pooled over grid points ({})".format("; ".join(
             f"{k}: {', '.join(map(str, v))}" for k, v in varied.items())) if varied else ""
 
@@ -468,20 +468,12 @@ def _window_lines(all_runs: pd.DataFrame, grid: tuple[str, ...]) -> list[str]:
     lines = [f"- common window: epochs ≥ {start}, the latest last pruning epoch among the finished pruned runs "
              f"({', '.join(map(str, dict.fromkeys(setters['label'])))})" if len(setters) else
              "- common window: every epoch (no finished run prunes)"]
-    keys = ["label", *(k for k in grid if k in candidates and candidates[k].nunique(dropna=False) > 1)]
-    missing = [_point_name(keys, values) for values, g in candidates.groupby(keys, sort=False, dropna=False)
+    missing = [str(name) for name, g in candidates.groupby(grid_labels(candidates, grid), sort=False)
                if not (g["status"] == "finished").any()]
     if missing:
         lines.append(f"- **no finished run of {', '.join(missing)}: the common window may start earlier than the "
                      f"study's schedule**")
     return lines
-
-
-def _point_name(keys: list[str], values) -> str:
-    """``label`` or ``label (key=value, ...)`` of one group of ``groupby(keys)``."""
-    values = values if isinstance(values, tuple) else (values,)
-    where = ", ".join(f"{k}={v}" for k, v in zip(keys[1:], values[1:]))
-    return f"{values[0]} ({where})" if where else str(values[0])
 
 
 def _scale_text(spec: dict) -> str:
@@ -526,9 +518,14 @@ def _markdown(rep: Report, spec: dict, all_runs: pd.DataFrame, name: str) -> str
     return "\n".join(lines)
 
 
+def varying(runs: pd.DataFrame, keys) -> list[str]:
+    """The grid keys whose values differ among ``runs``."""
+    return [k for k in keys if k in runs and runs[k].nunique(dropna=False) > 1]
+
+
 def grid_labels(runs: pd.DataFrame, keys) -> pd.Series:
     """Labels that also name the grid point (``label (key=value, ...)``) for the grid keys that vary."""
-    keys = [k for k in keys if k in runs and runs[k].nunique(dropna=False) > 1]
+    keys = varying(runs, keys)
     if not keys:
         return runs["label"]
     return runs.apply(lambda r: f"{r['label']} ({', '.join(f'{k}={r[k]}' for k in keys)})", axis=1)
