@@ -366,6 +366,53 @@ def test_a_correlation_over_grid_points_says_it_pools_them(tmp_path, no_draw):
     assert "pooled over grid points" not in write_report(plain).read_text()
 
 
+def test_a_pooled_correlation_is_followed_by_the_correlation_within_each_grid_point(tmp_path, no_draw):
+    """The pooled r alone hid each point's (an audit's Simpson's paradox): each point's r, against scipy on that
+    point's runs, is in the correlations table and beside the claim."""
+    study = make_study(tmp_path / "s", "figure2", seeds=4, failed=False)
+    _two_lr_points(study)
+    text = write_report(study).read_text()
+    runs = pd.read_csv(study / "report" / "runs.csv")
+    keep = runs["side"].isin(["smallest", "largest"]) & ~runs["scratch"]  # Figure 2's: no Prune_R, no scratch
+    claim = next(line for line in text.splitlines() if line.startswith("- **Tradeoff**"))
+    for lr in ("0.001", "0.0003"):
+        point = runs[keep & (runs["optim.lr"] == float(lr))]
+        r = sps.pearsonr(point["mean_stability"], point["best_test_acc"])[0]
+        assert f"optim.lr={lr}: r = {r:.3f}, n = {len(point)}" in claim
+        row = f"| pruned runs, no scratch, no Prune_R; grid point optim.lr={lr} | mean_stability | best_test_acc |"
+        assert f"{row} {len(point)} | {r:.3f} " in text
+    plain = make_study(tmp_path / "p", "figure2", seeds=4, failed=False)
+    assert "within each grid point" not in write_report(plain).read_text()
+
+
+def test_grid_values_read_back_as_floats_are_named_as_the_study_wrote_them(tmp_path, no_draw):
+    """index.csv's ``null`` and ``1000`` of one axis are read as NaN and 1000.0: labels said ``nan``, ``1000.0``."""
+    from gstlab.analysis.text import value
+
+    assert [value(v) for v in (float("nan"), None, 1000.0, 0.5, "sgd", 3, -2.0)] == [
+        "null", "null", "1000", "0.5", "sgd", "3", "-2"]
+    study = make_study(tmp_path / "s", "figure2", seeds=2, failed=False)
+    index = pd.read_csv(study / "index.csv")
+    index.insert(11, "data.max_train", np.where(index["seed"] == 0, 1000, None))
+    index.to_csv(study / "index.csv", index=False)
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    (study / "study.yaml").write_text(yaml.safe_dump({**spec, "grid": {"data.max_train": [1000, None]}}))
+    text = write_report(study).read_text()
+    assert "| Prune_L 13% (data.max_train=1000) | 1 |" in text and "| Prune_L 13% (data.max_train=null) | 1 |" in text
+    assert "than No Pruning (data.max_train=1000);" in text and "nan" not in text.replace("n/a", "")
+
+
+def test_palette_gives_distinct_colours_to_any_number_of_labels():
+    from gstlab.analysis.figures import palette
+
+    ten = palette(range(10))
+    for n in (15, 20, 25, 40):
+        colours = palette(range(n))
+        assert len(set(colours.values())) == n
+        if n <= 20:
+            assert all(colours[i] == ten[i] for i in range(10))  # a grid's first ten labels keep tab10's
+
+
 def test_labels_name_their_grid_point_when_every_run_of_another_point_failed(tmp_path, no_draw):
     study = make_study(tmp_path / "s", "figure2", seeds=4, failed=False)
     index = _two_lr_points(study)
@@ -571,6 +618,17 @@ def test_window_lines_name_a_grid_point_without_finished_runs_and_a_window_set_a
         "- **no finished run of P (optim.lr=0.01): the common window may start earlier than the study's schedule**"]
     unpruned = runs.assign(side="", last_pruned_epoch=None)
     assert _window_lines(unpruned, ()) == ["- common window: every epoch (no finished run prunes)"]
+
+def test_window_lines_name_the_architecture_whose_pruned_runs_all_failed():
+    """A label shared by two architectures: one architecture's finished runs hid the other's failed setting."""
+    from gstlab.analysis.report import _window_lines
+
+    runs = pd.DataFrame({"label": ["P"] * 4, "arch": ["vgg11_bn"] * 2 + ["resnet18"] * 2, "side": ["largest"] * 4,
+                         "status": ["finished"] * 2 + ["failed"] * 2, "last_pruned_epoch": [3, 3, 5, 5],
+                         "window_start": [3] * 4})
+    assert _window_lines(runs, ())[1:] == [
+        "- **no finished run of resnet18: P: the common window may start earlier than the study's schedule**"]
+
 
 def test_report_figure2_tests_memorization_at_the_common_window_best_epoch_under_label_noise(tmp_path, no_draw):
     study = make_study(tmp_path / "s", "figure2", failed=False)

@@ -52,9 +52,17 @@ def save(fig, stem: str | Path) -> Path:
 
 
 def palette(labels) -> dict:
-    """label -> colour, in order of first appearance (pass one palette to every panel of a report)."""
-    cmap = matplotlib.colormaps["tab10"]
-    return {label: cmap(i % 10) for i, label in enumerate(dict.fromkeys(labels))}
+    """label -> colour, in order of first appearance (pass one palette to every panel of a report); distinct
+    colours for any number of labels (tab10, then tab20, then evenly spaced along turbo: a grid's labels
+    outnumber ten)."""
+    labels = list(dict.fromkeys(labels))
+    n = len(labels)
+    if n <= 10:
+        return {label: matplotlib.colormaps["tab10"](i) for i, label in enumerate(labels)}
+    if n <= 20:  # tab20's dark shades first (tab10's hues), then its light ones
+        return {label: matplotlib.colormaps["tab20"](2 * i % 20 + i // 10) for i, label in enumerate(labels)}
+    cmap = matplotlib.colormaps["turbo"]
+    return {label: cmap(0.05 + 0.9 * i / (n - 1)) for i, label in enumerate(labels)}
 
 
 def _colors(colors: dict | None, labels) -> dict:

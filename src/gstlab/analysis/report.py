@@ -34,6 +34,7 @@ from gstlab.analysis.stats import correlation, group_table, paired_ttest, ttest
 from gstlab.analysis.text import interval as _ci
 from gstlab.analysis.text import number as _f
 from gstlab.analysis.text import pvalue as _p
+from gstlab.analysis.text import value as _value
 from gstlab.analysis.window import common_window_start, with_window
 
 KINDS = ("figure2", "figure3", "figure4", "figure5", "figure6", "figureB2", "figureC3", "figureD2", "figureE",
@@ -138,21 +139,31 @@ class Report:
 
     def corr(self, runs: pd.DataFrame, x: str, y: str, scope: str) -> dict:
         """Correlation of x and y over ``runs``, recorded once per (scope, x, y, runs) for the correlations
-        table (two groups whose scopes read alike keep their own numbers)."""
+        table (two groups whose scopes read alike keep their own numbers). Over runs of several grid points it
+        is followed in the table by the correlation within each point (listed under ``within``)."""
         key = (scope, x, y, tuple(sorted(runs["run_id"])) if "run_id" in runs else len(runs))
-        scope += self.pooled(runs)
         if key not in self._corr_cache:
             c = correlation(runs[x], runs[y]) if x in runs and y in runs else correlation([], [])
-            self._corr_cache[key] = {"runs": scope, "x": x, "y": y, **c}
+            self._corr_cache[key] = {"runs": scope + self.pooled(runs), "x": x, "y": y, **c}
             self.correlations.append(self._corr_cache[key])
+            self._corr_cache[key]["within"] = [(where, self.corr(g, x, y, f"{scope}; grid point {where}"))
+                                               for where, g in self.points(runs)]
         return self._corr_cache[key]
+
+    def points(self, runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+        """(``key=value, ...``, runs) per grid point of ``runs`` by the grid keys that vary; [] for one point."""
+        keys = varying(runs, self.grid)
+        if not keys:
+            return []
+        return [(", ".join(f"{k}={_value(v)}" for k, v in zip(keys, values)), g)
+                for values, g in runs.groupby(keys, sort=False, dropna=False)]
 
     def pooled(self, runs: pd.DataFrame) -> str:
         """``; pooled over grid points (key: v1, v2)`` where ``runs`` span several points of the study's grid (a
         relation within each point can differ from the pooled one, even in sign), else ""."""
-        varied = {k: list(dict.fromkeys(runs[k])) for k in varying(runs, self.grid)}
+        varied = {k: list(dict.fromkeys(map(_value, runs[k]))) for k in varying(runs, self.grid)}
         return "; pooled over grid points ({})".format("; ".join(
-            f"{k}: {', '.join(map(str, v))}" for k, v in varied.items())) if varied else ""
+            f"{k}: {', '.join(v)}" for k, v in varied.items())) if varied else ""
 
     def corr_claim(self, claim: tuple, runs: pd.DataFrame, scope: str) -> dict:
         name, statement, x, y, sign = claim
@@ -165,6 +176,9 @@ class Report:
             detail = (f"Pearson r = {c['pearson_r']:.3f} {_ci(c['pearson_ci_low'], c['pearson_ci_high'], 3)}, "
                       f"p = {_p(c['pearson_p'])}; Kendall τ = {c['kendall_tau']:.3f}, p = {_p(c['kendall_p'])}; "
                       f"n = {c['n']} runs")
+        if c["within"]:  # the pooled relation can differ from each point's, even in sign: both are shown
+            detail += "; within each grid point (descriptive, no verdict): " + "; ".join(
+                f"{where}: r = {_f(w['pearson_r'], 3)}, n = {w['n']}" for where, w in c["within"])
         self.claims.append(f"**{name}** ({statement}; expected sign of r: {'+' if sign > 0 else '−'}), {scope}: "
                            f"{detail} → verdict: **{verdict}**.")
         self.tested += verdict != "not testable"
@@ -295,7 +309,7 @@ def with_baselines(rep: Report, runs: pd.DataFrame, unpruned: pd.DataFrame, name
         match = pd.Series(True, index=unpruned.index)
         for key, value in zip(keys, values):
             match &= unpruned[key].eq(value) | (unpruned[key].isna() & pd.isna(value))
-        baseline, where = unpruned[match], ", ".join(f"{k}={v}" for k, v in zip(keys, values))
+        baseline, where = unpruned[match], ", ".join(f"{k}={_value(v)}" for k, v in zip(keys, values))
         labels = list(dict.fromkeys(baseline["setting"] if "setting" in baseline else baseline["label"]))
         if len(labels) == 1:
             yield tested, baseline, f"{name} ({where})" if where else name
@@ -468,7 +482,10 @@ def _window_lines(all_runs: pd.DataFrame, grid: tuple[str, ...]) -> list[str]:
     lines = [f"- common window: epochs ≥ {start}, the latest last pruning epoch among the finished pruned runs "
              f"({', '.join(map(str, dict.fromkeys(setters['label'])))})" if len(setters) else
              "- common window: every epoch (no finished run prunes)"]
-    missing = [str(name) for name, g in candidates.groupby(grid_labels(candidates, grid), sort=False)
+    named = grid_labels(candidates, grid)  # a label repeated across architectures is one setting per arch
+    if len(arch_groups(candidates)) > 1:
+        named = _text(candidates, "arch") + ": " + named
+    missing = [str(name) for name, g in candidates.groupby(named, sort=False)
                if not (g["status"] == "finished").any()]
     if missing:
         lines.append(f"- **no finished run of {', '.join(missing)}: the common window may start earlier than the "
@@ -528,7 +545,7 @@ def grid_labels(runs: pd.DataFrame, keys) -> pd.Series:
     keys = varying(runs, keys)
     if not keys:
         return runs["label"]
-    return runs.apply(lambda r: f"{r['label']} ({', '.join(f'{k}={r[k]}' for k in keys)})", axis=1)
+    return runs.apply(lambda r: f"{r['label']} ({', '.join(f'{k}={_value(r[k])}' for k in keys)})", axis=1)
 
 
 def _read_spec(study_dir: Path) -> dict:
