@@ -216,6 +216,10 @@ def test_official_compatibility_windows_keep_their_ids_under_the_intervention_re
     assert C.result_revisions(C.parse(compat)) == {}  # acc_after is the perturbed post-event evaluation there
     restore = {**compat, "intervention": {**compat["intervention"], "kind": "zero_restore"}}
     assert C.result_revisions(C.parse(restore)) == {"intervention": 2}  # the bias of a layer without BatchNorm
+    supplied = C.replace(C.parse(restore), model=C.replace(C.parse(restore).model, supplied="MyNet:abc"))
+    assert C.result_revisions(supplied) == {"intervention": 3}  # a non-affine BatchNorm's bias and running mean
+    zero = {**restore, "intervention": {"kind": "zero", "batches": 50}}
+    assert C.result_revisions(C.replace(C.parse(zero), model=supplied.model)) == {"intervention": 2}
 
 
 @pytest.mark.parametrize("model, message", [

@@ -184,8 +184,30 @@ def test_layers_the_eval_pass_does_not_see_run_unjudged_and_tied_weights_are_ref
                       units=[PrunableUnit("aux_conv", "aux_conv", bn="aux_bn")])
     assert summary["status"] == "finished" and summary["n_events"] == 2
     assert refused(tmp_path, Tied, "fc1") == (
-        "unit 'fc1': the weight of 'fc1' is also 'fc2''s (tied weights), and a mask on it would prune that layer "
-        "too; allowed: a layer whose parameters are its own")
+        "unit 'fc1': a parameter of 'fc1' is also 'fc2''s (tied), and a mask on it would prune that module's "
+        "channels too; allowed: a layer whose parameters are its own")
+
+
+class TiedBatchNorm(Head):
+    """Two BatchNorms sharing gamma and beta: masking conv1's unit zeroed conv2's channel too, unrecorded (an
+    audit, 2026-12-07)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+        self.bn2.weight, self.bn2.bias = self.bn1.weight, self.bn1.bias
+
+    def forward(self, x):
+        return self.head_of(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+def test_a_batchnorm_tied_to_another_is_refused(tmp_path, layer):
+    other = {"conv1": "bn2", "conv2": "bn1"}[layer]
+    assert refused(tmp_path, TiedBatchNorm, layer) == (
+        f"unit {layer!r}: a parameter of 'bn{layer[-1]}' is also {other!r}'s (tied), and a mask on it would prune "
+        f"that module's channels too; allowed: a BatchNorm whose parameters are its own")
 
 
 def test_the_activation_criterion_needs_a_module_that_runs_once_and_trains(tmp_path):
@@ -618,3 +640,41 @@ def test_post_norm_transformers_and_buffered_shifts_before_the_units_batchnorm_a
     on); a shift written into a buffer reaches the unit's own BatchNorm, which zeroes the pruned units."""
     summary = api.run(config(layer), tmp_path / "run", model=model, data=data(shape))
     assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+class AttentionOverUnits(nn.Module):
+    """A gate: softmax over a Linear's units, used to weight features (the units compete in the softmax)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.head = nn.Linear(64, 8), nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = x.flatten(1)
+        weights = torch.softmax(self.gate(h), dim=1)
+        return self.head(h * weights.repeat(1, 8))
+
+
+class SkipIntoLogits(nn.Module):
+    """Logits = head(h) + a second head's output: a pruned unit of one lives on in the sum, as removing it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head, self.aux = nn.Linear(64, 16), nn.Linear(16, 4), nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = x.flatten(1)
+        return self.head(F.relu(self.body(h))) + self.aux(h)
+
+
+def test_a_layer_whose_units_compete_in_a_softmax_or_are_the_logits_is_refused(tmp_path):
+    """Pruning the classifier pruned classes whose logit 0 was still predicted (an audit, 2026-12-07: a pruned
+    class predicted for 46 of 64 test inputs)."""
+    allowed = "allowed: a layer whose units a later layer reads"
+    assert refused(tmp_path, Tied, "head") == (
+        "unit 'head': the output of 'head' is the model's output (its units are the class logits), where a pruned "
+        f"unit's 0 would still take a share of the softmax and of the prediction (a removed one would not); {allowed}")
+    assert refused(tmp_path, AttentionOverUnits, "gate").startswith(
+        "unit 'gate': the output of 'gate' goes into a softmax over its units, where a pruned unit's 0")
+    summary = api.run(config("body", "head"), tmp_path / "skip", model=SkipIntoLogits, data=data())
+    assert summary["status"] == "finished"  # 'head' summed with 'aux' into the logits: each class lives on

@@ -213,3 +213,44 @@ def test_an_events_acc_after_perturbs_only_the_windows_it_opened(tmp_path, monke
     execute(cfg, tmp_path / "run")
     assert (["fc2"], ["fc1", "fc2"], ["fc2"]) in calls  # fc1's window, opened an epoch earlier, is left as it is
     assert all(perturbed == event for event, _, perturbed in calls) and len(calls) == 5  # fc1 at 1, 3, 5; fc2 at 2, 4
+
+
+class _NonAffineBN(torch.nn.Module):
+    """conv -> BatchNorm without affine parameters -> conv: a pruned unit of c1 is dead only with its bias and
+    running mean zeroed."""
+
+    def __init__(self, affine: bool) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.b1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8, affine=affine)
+        self.c2, self.b2, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        relu = torch.nn.functional.relu
+        return self.fc(relu(self.b2(self.c2(relu(self.b1(self.c1(x)))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_zero_restore_measures_the_drop_pruning_the_same_units_gives(tmp_path, affine):
+    """An event's acc_after is measured in eval mode: before a non-affine BatchNorm a zeroed unit had put out
+    (bias - running mean) / std (an audit, 2026-12-07: 39.06 % under zero_restore, 50.0 % pruned)."""
+    from gstlab import api
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(192, 1, 8, 8, generator=g), torch.arange(192) % 4
+    x[:, :, :4] += y[:, None, None, None] * 0.5
+    events = {}
+    for kind in ("none", "zero_restore"):
+        cfg = {"train": {"epochs": 2, "batch_size": 32, "progress": False}, "optim": {"name": "adam", "lr": 0.01},
+               "intervention": {"kind": kind, "batches": int(kind != "none")},
+               "pruning": {"criterion": "l2", "side": "largest", "period": 1,
+                           "layers": [{"name": "c1", "fraction": 0.5, "start": 1, "end": 1}]}}
+        torch.manual_seed(0)
+        api.run(cfg, tmp_path / kind, model=_NonAffineBN(affine), data=(x[:128], y[:128], x[128:], y[128:]),
+                progress=False)
+        with open(tmp_path / kind / "events.csv") as f:
+            events[kind] = next(csv.DictReader(f))
+    assert events["none"]["units"] == events["zero_restore"]["units"]
+    assert events["none"]["acc_before"] == events["zero_restore"]["acc_before"]
+    assert events["none"]["acc_after"] == events["zero_restore"]["acc_after"]
+    assert events["none"]["acc_after"] != events["none"]["acc_before"]  # the drop is not zero: a real comparison

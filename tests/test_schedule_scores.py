@@ -185,6 +185,33 @@ def test_activation_scores_of_a_linear_on_sequences_sum_over_all_but_its_unit_ax
     assert torch.equal(tracker.scores("0"), out.detach().abs().sum((0, 1)))
 
 
+def test_activation_scores_after_a_transpose_into_batchnorm_are_per_feature():
+    """PointNet: a Linear on (N, P, D) transposed into BatchNorm1d(D). The hook on the BatchNorm had taken the
+    Linear's last axis, P there: per-point sums, or a refusal at the first event when P != D (an audit,
+    2026-12-07)."""
+    from torch import nn
+
+    from gstlab.models.units import PrunableUnit
+    from gstlab.pruning.scores import ActivationTracker
+
+    class PointNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.b1 = nn.Linear(3, 16), nn.BatchNorm1d(16)
+
+        def forward(self, x):
+            return self.b1(self.l1(x).transpose(1, 2))
+
+    torch.manual_seed(0)
+    net = PointNet()
+    for points in (12, 16):
+        tracker = ActivationTracker(net, [PrunableUnit("l1", "l1", bn="b1")], every=1, momentum=0.0)
+        tracker.before_batch()
+        out = net(torch.randn(8, points, 3))
+        assert torch.equal(tracker.scores("l1"), out.detach().abs().sum((0, 2)))
+        tracker.remove()
+
+
 def test_ebn_keeps_its_digits_far_in_the_left_tail():
     """E[ReLU(N(-t, 1))] = phi(t) (1/t^2 - 3/t^4 + 15/t^6 - ...): the official form cancelled above t ~ 6 (relative
     error 8e-2 at t = 7.5, a negative value at t = 8, a larger one at 8.2 than at 8, 0 from 8.5 on)."""

@@ -360,6 +360,10 @@ def result_revisions(cfg: RunConfig) -> dict[str, int]:
     iv = cfg.intervention  # 2: an event's acc_after applies only its own windows (other layers' open ones had been
     if iv.kind != "none" and (not iv.count_eval_batches or iv.kind == "zero_restore"):  # applied too; compat mode
         revisions["intervention"] = 2  # measures the perturbed evaluation); zero_restore zeroes a BN-less bias
+    # 3: zero_restore also zeroes the bias and running mean of a unit before a BatchNorm without affine parameters
+    # (in eval mode it had put out (b - mean) / std); only a user's model has one, so the zoo's runs keep their ids
+    if iv.kind == "zero_restore" and (cfg.model.supplied or registered_code(cfg).get("model.arch")):
+        revisions["intervention"] = 3
     return revisions
 
 

@@ -16,7 +16,9 @@ A learned shift added to a layer's output alone (a Parameter outside a normaliza
 functional normalization that does not keep zero at zero (``F.group_norm``, ``F.layer_norm``, ``F.batch_norm`` with
 a shift or running statistics) are recorded as ``shifted`` where they reach the next mixing op (the layer's own
 affine BatchNorm on the way zeroes a pruned unit whatever came before), and so is a depthwise convolution after the
-layer followed by a bias, a normalization or a shift: masking cannot zero them.
+layer followed by a bias, a normalization or a shift: masking cannot zero them. A layer whose units, alone, are
+the model's output (the classifier) or go into a softmax over them is recorded as ``competing``: a pruned unit's
+0 would still take a share of the softmax, which a removed unit would not.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class Flow:
     sources: dict[str, frozenset[str]] = field(default_factory=dict)  # every layer reaching it (first call)
     calls: collections.Counter = field(default_factory=collections.Counter)
     shifted: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
+    # layer -> where its units, alone, compete: the model's output (class logits) or a softmax over them; a
+    # pruned unit's 0 still takes a share there, which removing the unit would not give it
+    competing: dict[str, str] = field(default_factory=dict)
 
     @property
     def fed_by(self) -> dict[str, str]:
@@ -219,11 +224,25 @@ class _Lineage(TorchFunctionMode):
         per-channel (depthwise) convolution, whose channels would need masking too."""
         for t in ins:
             self.record(self.shifts_of(t))
+        if name in ("softmax", "log_softmax"):
+            x, dim = argument(args, kwargs, 0, "input"), argument(args, kwargs, 1, "dim")
+            if torch.is_tensor(x) and isinstance(dim, int):
+                self.compete(x, dim, f"goes into a {name} over its units")
         if name in _NORM_FUNCTIONS:  # group_norm, layer_norm: statistics over the units
             what = f"F.{name}, whose statistics and shift masking does not zero"
             if not self.in_norm:
                 self.record({s: frozenset({what}) for s in self._alone(ins)})
             self.record(self._pending_met(ins, what))
+
+    def compete(self, x: torch.Tensor, dim: int, where: str) -> None:
+        """Record the layers alone in ``x`` with their units on dimension ``dim`` as competing ``where`` (a
+        layer summed with another's output on the same units lives on in the sum, as a residual's channel)."""
+        if x.dim() < 1:
+            return
+        on_dim, alone = units_at(x.shape, dim % x.dim()), self._alone([x])
+        for source, layout in self.of(x).items():
+            if source in alone and layout == on_dim:
+                self.flow.competing.setdefault(source, where)
 
     def _after_depthwise(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
         """A per-channel (depthwise) convolution keeps one layer's dead channel at zero only without a bias and
@@ -349,6 +368,7 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
         got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise C.ConfigError(f"model: {len(x)} inputs give {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
+    lineage.compete(out, 1, "is the model's output (its units are the class logits)")
     return flow
 
 
@@ -424,6 +444,11 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
             raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} goes through "
                                 f"{'; and '.join(sorted(flow.shifted[unit.module]))}: a pruned unit would get a "
                                 f"non-zero output; allowed: a shift inside the unit's BatchNorm, or none")
+        if unit.module in flow.competing:
+            raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} {flow.competing[unit.module]}, "
+                                f"where a pruned unit's 0 would still take a share of the softmax and of the "
+                                f"prediction (a removed one would not); allowed: a layer whose units a later layer "
+                                f"reads")
         _check_pairing(model, unit, fed_by, modules)
         _refuse_shared_batchnorm(unit, flow)
 
@@ -456,10 +481,12 @@ def check_activations(model: torch.nn.Module, units, flow: Flow) -> None:
 
 
 def _refuse_tied(unit, shared: dict[str, str]) -> None:
-    if unit.module in shared:
-        raise C.ConfigError(f"unit {unit.name!r}: the weight of {unit.module!r} is also {shared[unit.module]!r}'s "
-                            f"(tied weights), and a mask on it would prune that layer too; allowed: a layer whose "
-                            f"parameters are its own")
+    """The unit's layer and BatchNorm own their parameters: a mask on a tied one prunes the other module too."""
+    for what, name in (("layer", unit.module), ("BatchNorm", unit.bn)):
+        if name in shared:
+            raise C.ConfigError(f"unit {unit.name!r}: a parameter of {name!r} is also {shared[name]!r}'s (tied), "
+                                f"and a mask on it would prune that module's channels too; allowed: a {what} whose "
+                                f"parameters are its own")
 
 
 def _shared_parameters(model: torch.nn.Module) -> dict[str, str]:

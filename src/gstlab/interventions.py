@@ -6,10 +6,10 @@ the targeted units are zeroed or noised for N training batches instead of being 
 - ``gaussian``: before each of the next N training batches, fresh N(0, sigma) noise is added to the newly
   targeted units' weights (it accumulates, as in the paper). sigma is ``intervention.scale`` or, by the
   paper's rule, the std of the layer's first never-targeted unit, recomputed before each batch.
-- ``zero_restore``: all units targeted so far (weights, BN gamma and beta; the bias of a layer without BatchNorm)
-  are zeroed before each of the next N training batches; right after the N-th optimizer step their weights,
-  biases, BN affine parameters and BN running statistics are restored bit-exactly (whatever training did to them
-  meanwhile is discarded).
+- ``zero_restore``: all units targeted so far (weights, BN gamma and beta; the bias of a layer without an affine
+  BatchNorm, and a non-affine BatchNorm's running mean) are zeroed before each of the next N training batches;
+  right after the N-th optimizer step their weights, biases, BN affine parameters and BN running statistics are
+  restored bit-exactly (whatever training did to them meanwhile is discarded).
 
 Interventions act only on training batches: evaluations never count towards N and add no perturbation of their
 own, so every evaluation and probe sees the model as training left it (during a ``zero`` window that is one
@@ -57,18 +57,20 @@ class Intervention:
 
     def _slices(self, layer: str) -> dict[str, torch.Tensor]:
         """The tensors a zero_restore window zeroes (z_*) and restores (all): weight, BN affine and stats; the
-        layer's bias where no BatchNorm follows it (else the zeroed units would still put out their bias)."""
+        layer's bias where no affine BatchNorm follows it, and a non-affine BatchNorm's running mean (else a zeroed
+        unit would still put out its bias, or in eval mode -mean/std: pruning masks the same tensors)."""
         unit = self.units[layer]
         out = {"z_weight": self._weight(layer)}
         bias = self.run.model.get_submodule(unit.module).bias
-        if unit.bn is None and bias is not None:
+        bn = self.run.model.get_submodule(unit.bn) if unit.bn is not None else None
+        affine = bn is not None and bn.weight is not None
+        if not affine and bias is not None:
             out["z_bias"] = bias.data
-        if unit.bn is not None:
-            bn = self.run.model.get_submodule(unit.bn)
-            if bn.weight is not None:
-                out.update(z_gamma=bn.weight.data, z_beta=bn.bias.data)
-            if bn.running_mean is not None:
-                out.update(running_mean=bn.running_mean, running_var=bn.running_var)
+        if affine:
+            out.update(z_gamma=bn.weight.data, z_beta=bn.bias.data)
+        if bn is not None and bn.running_mean is not None:
+            out.update({"running_mean" if affine else "z_running_mean": bn.running_mean,
+                        "running_var": bn.running_var})
         return out
 
     # ------------------------------------------------------------------------------------------ the action
@@ -102,11 +104,10 @@ class Intervention:
             noise = torch.randn(shape, generator=self.run.generators["noise"], dtype=torch.float32)
             weight[w.indices] += sigma * noise.to(weight.device, weight.dtype)
             return
-        names = ("z_weight", "z_bias", "z_gamma", "z_beta") if self.cfg.kind == "zero_restore" else ("z_weight",)
         slices = self._slices(w.layer)
-        for name in names:
-            if name in slices:
-                slices[name][w.indices] = 0
+        for name, tensor in slices.items():
+            if name == "z_weight" or (self.cfg.kind == "zero_restore" and name.startswith("z_")):
+                tensor[w.indices] = 0
 
     def _sigma(self, layer: str) -> torch.Tensor | float:
         if self.cfg.scale is not None:

@@ -64,6 +64,16 @@ def random_scores(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=generator)
 
 
+def _last_axis(model: nn.Module, unit: PrunableUnit) -> bool:
+    """Whether the unit's activation holds its units on the last axis: a Linear's output, or a module after it
+    that keeps its shape (a Linear on (N, P, D) has its features last); a normalization's are its channels,
+    axis 1 (a BatchNorm1d after a PointNet's transpose to (N, D, P))."""
+    activation = model.get_submodule(unit.activation_module)
+    if isinstance(activation, nn.modules.batchnorm._NormBase):
+        return False
+    return isinstance(model.get_submodule(unit.module), nn.Linear)
+
+
 class ActivationTracker:
     """EMA of per-channel sum over (batch, H, W) of |activation| (docs/paper.md#scores), on every ``every``-th
     training batch, counted from 1 over the whole run as the official counter (batches every, 2*every, ...;
@@ -80,8 +90,7 @@ class ActivationTracker:
         self._handles = []
         for unit in units:
             module = model.get_submodule(unit.activation_module)
-            last = isinstance(model.get_submodule(unit.module), nn.Linear)  # the layer's units: its last axis
-            self._handles.append(module.register_forward_hook(self._hook(unit.name, last)))
+            self._handles.append(module.register_forward_hook(self._hook(unit.name, _last_axis(model, unit))))
 
     def _hook(self, name: str, last_axis: bool):
         # Not traced by torch.compile: its branch on the Python batch counter would recompile the model on every
