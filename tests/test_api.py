@@ -130,6 +130,14 @@ class UnitsAsAList(example.SmallCNN):
     prunable_units = [PrunableUnit("conv1", "conv1", bn="bn1")]
 
 
+class Aliased(example.SmallCNN):
+    """conv1 registered a second time, as ``conv``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = self.conv1
+
+
 def results(out: Path) -> tuple[list[dict], dict]:
     """metrics.csv without the wall-clock column, and summary.json."""
     with open(out / "metrics.csv") as f:
@@ -156,10 +164,30 @@ def test_user_objects_are_not_changed_and_a_different_model_is_another_run(tmp_p
     before = {k: v.clone() for k, v in model.state_dict().items()}
     api.run(SHORT, tmp_path / "run", model=model, data=DATA)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(runner.RunDirError, match="holds a different run"):
+    with pytest.raises(runner.RunDirError, match=r"holds a different run .*; choose another out$"):
         api.run(SHORT, tmp_path / "run", model=net(1), data=DATA)
     with pytest.raises(runner.RunDirError, match="holds a different run"):
         api.run(SHORT, tmp_path / "run", model=model, data=example.make_data(128, 64, seed=1))
+
+
+def test_load_model_gives_the_runs_trained_model(tmp_path):
+    """The loaded model reaches the run's final test accuracy on its test set; its pruned units are zeros and
+    its masks the run's. A model of another shape is one line; so is a directory without a saved model."""
+    from gstlab.remeasure import CheckpointError
+
+    summary = api.run(SHORT, tmp_path / "run", model=net(0), data=DATA)
+    model = api.load_model(tmp_path / "run", example.SmallCNN).eval()
+    with torch.no_grad():
+        accuracy = 100.0 * (model(DATA[2]).argmax(1) == DATA[3]).float().mean().item()
+    assert accuracy == pytest.approx(summary["final_test_acc"], abs=1e-9)
+    dead = model.conv1.unit_mask == 0
+    assert int(dead.sum()) == model.conv1.out_channels // 2  # SHORT prunes half of conv1 by its last event
+    assert (model.conv1.weight[dead] == 0).all() and (model.conv1.weight[~dead] != 0).any()
+    with pytest.raises(C.ConfigError, match=r"^model: the weights of .* do not fit a Linear \(.*\); allowed: the "
+                                            r"architecture the run trained$"):
+        api.load_model(tmp_path / "run", torch.nn.Linear(3, 4))
+    with pytest.raises(CheckpointError, match="no such directory"):
+        api.load_model(tmp_path / "nothing", example.SmallCNN)
 
 
 def test_a_model_function_is_seeded_by_the_run_seed():
@@ -285,6 +313,15 @@ def test_the_cli_refuses_a_config_whose_model_only_the_api_has(tmp_path, capsys)
      "units[0] (u): activation 'relu9' is not in the model; allowed: a module of the model (conv1, bn1, "),
     ({"model": net, "data": (TensorDataset(DATA[0], DATA[1] + 0.7), TensorDataset(DATA[2], DATA[3]))},
      "data: y_train must be class indices"),  # float labels from a Dataset were truncated by int()
+    ({"model": net, "data": (DATA[0], DATA[1] - 1, DATA[2], DATA[3])},
+     "data: y_train must be class indices (a 1-d integer tensor, >= 0), got label -1 (index 0)"),
+    ({"model": net, "data": ([{"x": x, "y": y} for x, y in zip(DATA[0], DATA[1])], TensorDataset(*DATA[2:]))},
+     "data: item 0 of the train split is a dict; allowed: (input, label) pairs"),
+    ({"model": lambda: Aliased(), "data": DATA, "units": [PrunableUnit("u", "conv", bn="bn1")]},
+     "units[0] (u): module 'conv' is the module 'conv1' under a second name; name it 'conv1'"),
+    ({"model": net, "data": (DATA[0].flatten(1), DATA[1], DATA[2].flatten(1), DATA[3]),
+      "config": ["data.augment=true"]},
+     "data.augment: random crops and flips need images (C, H, W); the data given to gstlab.api.run has inputs"),
     ({"model": net, "data": DATA, "config": ["data.train_subset=1000"]},
      "data.train_subset: 1,000 examples asked but the data given to gstlab.api.run has 128"),
     ({"model": lambda: example.SmallCNN(classes=2), "data": DATA},

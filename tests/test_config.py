@@ -220,6 +220,9 @@ def test_official_compatibility_windows_keep_their_ids_under_the_intervention_re
     assert C.result_revisions(supplied) == {"intervention": 3}  # a non-affine BatchNorm's bias and running mean
     zero = {**restore, "intervention": {"kind": "zero", "batches": 50}}
     assert C.result_revisions(C.replace(C.parse(zero), model=supplied.model)) == {"intervention": 2}
+    activation = C.parse({"pruning": {**VGG_SCHEDULE, "criterion": "activation"}})
+    assert C.result_revisions(activation) == {}  # the zoo's scores did not change
+    assert C.result_revisions(C.replace(activation, model=supplied.model)) == {"activation": 2}
 
 
 @pytest.mark.parametrize("model, message", [

@@ -254,3 +254,20 @@ def test_zero_restore_measures_the_drop_pruning_the_same_units_gives(tmp_path, a
     assert events["none"]["acc_before"] == events["zero_restore"]["acc_before"]
     assert events["none"]["acc_after"] == events["zero_restore"]["acc_after"]
     assert events["none"]["acc_after"] != events["none"]["acc_before"]  # the drop is not zero: a real comparison
+
+
+def test_the_papers_noise_scale_on_units_of_one_weight_is_refused_before_training(tmp_path):
+    """The std of one weight is NaN: the run had failed at its first event as 'diverged: training loss nan'."""
+    from gstlab import api
+
+    one = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1), torch.nn.Linear(1, 8),
+                              torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 10))
+    cfg = {k: v for k, v in BASE.items() if k != "model"} | {
+        "intervention": {"kind": "gaussian", "batches": 2},
+        "pruning": {**BASE["pruning"], "layers": [{"name": "2", "fraction": 0.5, "start": 1, "end": 1}]}}
+    with pytest.raises(C.ConfigError, match=r"^intervention.scale: null takes sigma as the std of a never-targeted "
+                                            r"unit's weights, and each unit of '2' \(pruning.layers\[0\]\) has one"):
+        api.run(cfg, tmp_path / "one", model=one)
+    assert not (tmp_path / "one").exists()
+    scaled = cfg | {"intervention": {"kind": "gaussian", "batches": 2, "scale": 0.1}}
+    assert api.run(scaled, tmp_path / "scaled", model=one)["status"] == "finished"

@@ -9,7 +9,7 @@ It is the CLI's path (``gst run``): the same schedule, events, probes, run direc
 and resume of an interrupted one. What you give replaces the registered piece it stands for
 (``gstlab.parts``); the config then records its fingerprint (``model.supplied``, ``data.supplied``), which
 enters the run id, so a different model or data set never reuses a run directory. Your objects are not changed:
-the run trains a copy of the model; the trained weights are in ``out/model_final.pt``.
+the run trains a copy of the model; the trained weights are in ``out/model_final.pt`` (``load_model``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from gstlab.fingerprints import code_text, model_tree, module_attributes, tensor
 from gstlab.models import trained_copy
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
-from gstlab.runner import execute
+from gstlab.pruning.masks import MASK_BUFFER
+from gstlab.runner import RunDirError, execute
 from gstlab.seeding import derive_seed
 
 ModelLike = nn.Module | Callable[[], nn.Module]
@@ -87,7 +88,37 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
         source, fingerprint = _supplied_data(data, classes)
         parts = dataclasses.replace(parts, data=source)
         cfg = C.replace(cfg, data=C.replace(cfg.data, supplied=fingerprint))
-    return execute(C.check_intent(C.validate(cfg)), out, progress, parts)
+    try:
+        return execute(C.check_intent(C.validate(cfg)), out, progress, parts)
+    except RunDirError as err:  # its advice names the CLI's flag; here the directory is the argument ``out``
+        raise RunDirError(str(err).replace("--out", "out")) from None
+
+
+def load_model(out: str | Path, model: ModelLike, epoch: int | None = None) -> nn.Module:
+    """The trained weights of run directory ``out`` (``model_final.pt``, or ``model_epoch{E}.pt`` kept with
+    ``train.keep_checkpoints``), checked against their checksum and loaded into ``model`` (an instance of the
+    architecture the run trained, or a function that builds one); returns that model. Pruned units are exact
+    zeros in the saved weights, and each pruned layer gets the run's ``unit_mask`` buffer (1 alive, 0 pruned),
+    so the model computes what the run's did. ConfigError (one line) when the weights do not fit it;
+    ``gstlab.remeasure.CheckpointError`` when the file is missing or damaged."""
+    from gstlab.remeasure import load_model_checkpoint  # noqa: PLC0415
+
+    weights = load_model_checkpoint(Path(out), epoch)["model"]
+    instance = model if isinstance(model, nn.Module) else _built(model)
+    if not isinstance(instance, nn.Module):
+        raise C.ConfigError(f"model: {type(instance).__name__}; allowed: an nn.Module or a function building one")
+    modules = dict(instance.named_modules())
+    for key, mask in weights.items():
+        path, _, leaf = key.rpartition(".")
+        layer = modules.get(path)
+        if leaf == MASK_BUFFER and layer is not None and not hasattr(layer, MASK_BUFFER):
+            layer.register_buffer(MASK_BUFFER, torch.ones_like(mask))
+    try:
+        instance.load_state_dict(weights)
+    except RuntimeError as err:
+        raise C.ConfigError(f"model: the weights of {out} do not fit a {type(instance).__name__} "
+                            f"({one_line(err, 300)}); allowed: the architecture the run trained") from None
+    return instance
 
 
 def _callbacks(callbacks: Sequence[EpochCallback]) -> dict:
@@ -238,10 +269,19 @@ def _read(split: Split, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     dataset = split.dataset if isinstance(split, DataLoader) else split
     try:
         pairs = [dataset[i] for i in range(len(dataset))]
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as err:
+        raise C.ConfigError(f"data: the {name} split cannot be read item by item ({one_line(err)}); allowed: a "
+                            f"dataset (len and [i]) of (input, label) pairs") from None
+    odd = next((i for i, item in enumerate(pairs) if not isinstance(item, (tuple, list)) or len(item) != 2), None)
+    if odd is not None:
+        item = pairs[odd]
+        what = f"a {type(item).__name__}" + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+        raise C.ConfigError(f"data: item {odd} of the {name} split is {what}; allowed: (input, label) pairs")
+    try:
         return torch.stack([torch.as_tensor(x) for x, _ in pairs]), torch.stack([torch.as_tensor(y) for _, y in pairs])
     except (TypeError, ValueError, RuntimeError) as err:
         raise C.ConfigError(f"data: the {name} split is not a dataset of (input, label) pairs of one shape "
-                            f"({err})") from None
+                            f"({one_line(err)})") from None
 
 
 def _classes(classes: int | None, top: int) -> int:
@@ -255,7 +295,10 @@ def _classes(classes: int | None, top: int) -> int:
 
 
 def _labels(y: torch.Tensor, name: str) -> torch.Tensor:
-    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or (len(y) and int(y.min()) < 0):
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex():
         raise C.ConfigError(f"data: {name} must be class indices (a 1-d integer tensor, >= 0), got "
                             f"{y.dtype} of shape {tuple(y.shape)}")
+    if len(y) and int(y.min()) < 0:
+        raise C.ConfigError(f"data: {name} must be class indices (a 1-d integer tensor, >= 0), got label "
+                            f"{int(y.min())} (index {int(y.argmin())})")
     return y.long()

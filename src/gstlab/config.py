@@ -362,8 +362,13 @@ def result_revisions(cfg: RunConfig) -> dict[str, int]:
         revisions["intervention"] = 2  # measures the perturbed evaluation); zero_restore zeroes a BN-less bias
     # 3: zero_restore also zeroes the bias and running mean of a unit before a BatchNorm without affine parameters
     # (in eval mode it had put out (b - mean) / std); only a user's model has one, so the zoo's runs keep their ids
-    if iv.kind == "zero_restore" and (cfg.model.supplied or registered_code(cfg).get("model.arch")):
+    users = bool(cfg.model.supplied or registered_code(cfg).get("model.arch"))
+    if iv.kind == "zero_restore" and users:
         revisions["intervention"] = 3
+    # 2: the activation score of a Linear unit is taken on its BatchNorm's channel axis (after a transpose to
+    # (N, D, P) it had been taken per point); the zoo's Linear units see (N, D), where both axes are one
+    if cfg.pruning.criterion == "activation" and cfg.pruning.layers and users:
+        revisions["activation"] = 2
     return revisions
 
 

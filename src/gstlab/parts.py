@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gstlab import config as C
-from gstlab.models.units import PRUNABLE, PrunableUnit, units_from_names
+from gstlab.models.units import PRUNABLE, PrunableUnit, first_name, units_from_names
 
 ModelBuilder = Callable[[C.ModelConfig, tuple[int, ...], int], nn.Module]
 DataSource = Callable[[C.DataConfig], tuple[tuple, int]]
@@ -64,6 +64,12 @@ def checked_units(units: list, model: nn.Module, where: str) -> list[PrunableUni
         if not isinstance(unit, PrunableUnit):
             raise C.ConfigError(f"{where}[{i}]: a {type(unit).__name__} ({unit!r}); allowed: "
                                 f"gstlab.models.PrunableUnit(name, module, bn=None, ...)")
+        for field in ("module", "bn", "shortcut", "activation"):
+            path = getattr(unit, field)
+            first = first_name(model, path) if path is not None else None
+            if first is not None:
+                raise C.ConfigError(f"{where}[{i}] ({unit.name}): {field} {path!r} is the module {first!r} under a "
+                                    f"second name; name it {first!r}")
         layer = modules.get(unit.module)
         if not isinstance(layer, PRUNABLE):
             raise C.ConfigError(f"{where}[{i}] ({unit.name}): module {unit.module!r} is "

@@ -86,6 +86,19 @@ def idle_layers(cfg: C.RunConfig, model: torch.nn.Module, units) -> list[str]:
             for i, (plan, _, _) in enumerate(_plans(cfg, model, units)) if plan.fraction > 0 and not plan.removals()]
 
 
+def check_noise_scale(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
+    """ConfigError when Gaussian noise takes the paper's sigma (the std of a never-targeted unit's weights) on a
+    layer whose units have one weight each: the std of one number is undefined (NaN), and the run had failed at
+    its first event as a training divergence."""
+    if cfg.intervention.kind != "gaussian" or cfg.intervention.scale is not None:
+        return
+    for i, (plan, module, _) in enumerate(_plans(cfg, model, units)):
+        if module.weight[0].numel() < 2:
+            raise C.ConfigError(f"intervention.scale: null takes sigma as the std of a never-targeted unit's weights, "
+                                f"and each unit of {plan.name!r} (pruning.layers[{i}]) has one weight; allowed: a "
+                                f"number (sigma), or layers whose units have two weights or more")
+
+
 def check_probes(cfg: C.RunConfig, model: torch.nn.Module, units, memory_of: torch.device | None) -> None:
     """ConfigError when ``probes.top_k`` asks for more eigenvalues than parameters survive the schedule, or
     when the Lanczos basis of the unpruned model would not fit in the memory of ``memory_of`` (None: not
@@ -149,7 +162,8 @@ def check_training_data(cfg: C.RunConfig, n_train: int, input_shape: tuple[int, 
     train on it; dropping it would leave an example unseen each epoch). ``model``: None when not known yet."""
     d, batch = cfg.data, cfg.train.batch_size
     if d.augment and len(input_shape) != 3:
-        raise C.ConfigError(f"data.augment: random crops and flips need images (C, H, W); {d.name} has inputs of "
+        source = "the data given to gstlab.api.run" if d.supplied else d.name
+        raise C.ConfigError(f"data.augment: random crops and flips need images (C, H, W); {source} has inputs of "
                             f"shape {tuple(input_shape)}; allowed: false")
     if d.label_noise > 0 and round(d.label_noise * n_train) == 0:
         raise C.ConfigError(f"data.label_noise: {d.label_noise:g} of {n_train:,} training examples rounds to no "

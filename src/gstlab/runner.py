@@ -103,6 +103,7 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     units = parts.units_of(cfg, model)
     dataflow.check_units(model, units, flow)
     C.validate(cfg, [u.name for u in units])
+    preflight.check_noise_scale(cfg, model, units)
     preflight.check_probes(cfg, model, units, device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -41,6 +41,15 @@ def unit_count(model: nn.Module, unit: PrunableUnit) -> int:
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)  # the layer types whose output units can be pruned
 
 
+def first_name(model: nn.Module, path: str) -> str | None:
+    """The name a module is known by (``named_modules``) when ``path`` is a second name of it, else None."""
+    modules = dict(model.named_modules())
+    if path in modules:
+        return None
+    alias = dict(model.named_modules(remove_duplicate=False)).get(path)
+    return next((n for n, m in modules.items() if m is alias), None) if alias is not None else None
+
+
 def units_from_names(model: nn.Module, names: list[str]) -> list[PrunableUnit]:
     """Prunable units for any model: each named conv/linear, with the first BatchNorm that follows it in
     module order and has the same number of features (if any). No shortcut masking is inferred."""
@@ -49,9 +58,8 @@ def units_from_names(model: nn.Module, names: list[str]) -> list[PrunableUnit]:
     units = []
     for name in names:
         if name not in modules:
-            alias = dict(model.named_modules(remove_duplicate=False)).get(name)
-            if alias is not None:
-                first = next(n for n, m in modules.items() if m is alias)
+            first = first_name(model, name)
+            if first is not None:
                 raise ValueError(f"{name!r} is the module {first!r} under a second name; name it {first!r}")
             raise ValueError(f"unknown module {name!r}; modules with weights: "
                              + ", ".join(n for n, m in modules.items() if isinstance(m, PRUNABLE)))
