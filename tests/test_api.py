@@ -166,6 +166,9 @@ def test_user_objects_are_not_changed_and_a_different_model_is_another_run(tmp_p
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(runner.RunDirError, match=r"holds a different run .*; choose another out$"):
         api.run(SHORT, tmp_path / "run", model=net(1), data=DATA)
+    api.run(SHORT, tmp_path / "my--out", model=model, data=DATA)  # the argument is named, the path kept whole
+    with pytest.raises(runner.RunDirError, match=r"my--out holds a different run .*; choose another out$"):
+        api.run(SHORT, tmp_path / "my--out", model=net(1), data=DATA)
     with pytest.raises(runner.RunDirError, match="holds a different run"):
         api.run(SHORT, tmp_path / "run", model=model, data=example.make_data(128, 64, seed=1))
 
@@ -188,6 +191,11 @@ def test_load_model_gives_the_runs_trained_model(tmp_path):
         api.load_model(tmp_path / "run", torch.nn.Linear(3, 4))
     with pytest.raises(CheckpointError, match="no such directory"):
         api.load_model(tmp_path / "nothing", example.SmallCNN)
+    other = {**SHORT, "pruning": {**SHORT["pruning"], "layers": [{"name": "conv2", "fraction": 0.5, "start": 0,
+                                                                   "end": 2}]}}
+    api.run(other, tmp_path / "other", model=net(0), data=DATA)
+    again = api.load_model(tmp_path / "other", model)  # the first run's conv1 mask is dropped, not a misfit
+    assert again is model and not hasattr(model.conv1, "unit_mask") and (model.conv2.unit_mask == 0).any()
 
 
 def test_a_model_function_is_seeded_by_the_run_seed():

@@ -224,6 +224,19 @@ def test_official_compatibility_windows_keep_their_ids_under_the_intervention_re
     assert C.result_revisions(activation) == {}  # the zoo's scores did not change
     assert C.result_revisions(C.replace(activation, model=supplied.model)) == {"activation": 2}
 
+    from gstlab.pruning.criteria import Activation
+    from gstlab.registry import criteria
+
+    class Mine(Activation):
+        description = "a user's criterion on the activation statistics"
+
+    criteria.register("mine_on_activations", Mine())
+    try:
+        mine = C.parse({"pruning": {**VGG_SCHEDULE, "criterion": "mine_on_activations"}})
+        assert C.result_revisions(C.replace(mine, model=supplied.model)) == {"activation": 2}
+    finally:
+        criteria.unregister("mine_on_activations")
+
 
 @pytest.mark.parametrize("model, message", [
     ({"arch": "vgg11_bn", "channels": [8, 16, 32, 32, 128, 128, 128, 256], "width": 0.25},

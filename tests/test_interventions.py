@@ -271,3 +271,5 @@ def test_the_papers_noise_scale_on_units_of_one_weight_is_refused_before_trainin
     assert not (tmp_path / "one").exists()
     scaled = cfg | {"intervention": {"kind": "gaussian", "batches": 2, "scale": 0.1}}
     assert api.run(scaled, tmp_path / "scaled", model=one)["status"] == "finished"
+    idle = cfg | {"pruning": {**cfg["pruning"], "layers": [{"name": "2", "fraction": 0.05, "start": 1, "end": 1}]}}
+    assert api.run(idle, tmp_path / "idle", model=one)["status"] == "finished"  # a layer losing no unit: no noise

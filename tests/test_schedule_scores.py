@@ -212,6 +212,39 @@ def test_activation_scores_after_a_transpose_into_batchnorm_are_per_feature():
         tracker.remove()
 
 
+def test_activation_scores_follow_the_units_the_trace_finds_after_a_transpose():
+    """An activation module after the transposed BatchNorm (a ReLU, declared with ``activation=``) holds the
+    features on axis 1 too: its layer type said 'last axis', the points (a review, 2026-12-07)."""
+    from torch import nn
+
+    from gstlab import config as C
+    from gstlab import dataflow
+    from gstlab.models.units import PrunableUnit
+    from gstlab.runner import _tracker
+
+    class PointNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.b1, self.relu, self.head = nn.Linear(3, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.relu(self.b1(self.l1(x).transpose(1, 2))).amax(2))
+
+    torch.manual_seed(0)
+    net, x = PointNet(), torch.randn(8, 16, 3)  # as many points as features: a wrong axis keeps the shape
+    units = [PrunableUnit("l1", "l1", bn="b1", activation="relu")]
+    cfg = C.parse({"pruning": {"criterion": "activation", "activation_every": 1, "activation_momentum": 0.0,
+                               "layers": [{"name": "l1", "fraction": 0.5, "start": 1, "end": 1}]}})
+    flow = dataflow.trace(net, x[:2], 4)
+    assert flow.unit_dims["relu"] == {"l1": 1} and flow.unit_dims["l1"] == {"l1": 2}
+    tracker = _tracker(cfg, net, units, flow)
+    tracker.before_batch()
+    net.train()
+    net(x)
+    h = net.relu(net.b1(net.l1(x).transpose(1, 2))).detach()
+    assert torch.equal(tracker.scores("l1"), h.abs().sum((0, 2)))
+
+
 def test_ebn_keeps_its_digits_far_in_the_left_tail():
     """E[ReLU(N(-t, 1))] = phi(t) (1/t^2 - 3/t^4 + 15/t^6 - ...): the official form cancelled above t ~ 6 (relative
     error 8e-2 at t = 7.5, a negative value at t = 8, a larger one at 8.2 than at 8, 0 from 8.5 on)."""

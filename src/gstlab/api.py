@@ -34,7 +34,7 @@ from gstlab.models import trained_copy
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
 from gstlab.pruning.masks import MASK_BUFFER
-from gstlab.runner import RunDirError, execute
+from gstlab.runner import OUT_NAME, execute
 from gstlab.seeding import derive_seed
 
 ModelLike = nn.Module | Callable[[], nn.Module]
@@ -88,10 +88,11 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
         source, fingerprint = _supplied_data(data, classes)
         parts = dataclasses.replace(parts, data=source)
         cfg = C.replace(cfg, data=C.replace(cfg.data, supplied=fingerprint))
+    token = OUT_NAME.set("out")  # messages name the directory by this function's argument, not the CLI's --out
     try:
         return execute(C.check_intent(C.validate(cfg)), out, progress, parts)
-    except RunDirError as err:  # its advice names the CLI's flag; here the directory is the argument ``out``
-        raise RunDirError(str(err).replace("--out", "out")) from None
+    finally:
+        OUT_NAME.reset(token)
 
 
 def load_model(out: str | Path, model: ModelLike, epoch: int | None = None) -> nn.Module:
@@ -107,12 +108,12 @@ def load_model(out: str | Path, model: ModelLike, epoch: int | None = None) -> n
     instance = model if isinstance(model, nn.Module) else _built(model)
     if not isinstance(instance, nn.Module):
         raise C.ConfigError(f"model: {type(instance).__name__}; allowed: an nn.Module or a function building one")
-    modules = dict(instance.named_modules())
-    for key, mask in weights.items():
-        path, _, leaf = key.rpartition(".")
-        layer = modules.get(path)
-        if leaf == MASK_BUFFER and layer is not None and not hasattr(layer, MASK_BUFFER):
-            layer.register_buffer(MASK_BUFFER, torch.ones_like(mask))
+    for path, layer in instance.named_modules():  # the run's masks replace any the model carries
+        key = f"{path}.{MASK_BUFFER}" if path else MASK_BUFFER
+        if key in weights:
+            layer.register_buffer(MASK_BUFFER, torch.ones_like(weights[key]))
+        elif MASK_BUFFER in layer._buffers:
+            del layer._buffers[MASK_BUFFER]
     try:
         instance.load_state_dict(weights)
     except RuntimeError as err:

@@ -365,9 +365,10 @@ def result_revisions(cfg: RunConfig) -> dict[str, int]:
     users = bool(cfg.model.supplied or registered_code(cfg).get("model.arch"))
     if iv.kind == "zero_restore" and users:
         revisions["intervention"] = 3
-    # 2: the activation score of a Linear unit is taken on its BatchNorm's channel axis (after a transpose to
-    # (N, D, P) it had been taken per point); the zoo's Linear units see (N, D), where both axes are one
-    if cfg.pruning.criterion == "activation" and cfg.pruning.layers and users:
+    # 2: activation statistics sum on the axis the data-flow trace finds a unit's units on (after a transpose to
+    # (N, D, P) a Linear's had been summed per point); the zoo's units see (N, D) or (N, C, H, W): unchanged
+    tracked = cfg.pruning.criterion in criteria and criteria.get(cfg.pruning.criterion).needs_activations
+    if tracked and cfg.pruning.layers and users:
         revisions["activation"] = 2
     return revisions
 

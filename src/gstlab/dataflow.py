@@ -60,8 +60,10 @@ _CREATES = frozenset({"empty_like", "zeros_like", "ones_like", "full_like", "ran
 @dataclass
 class Flow:
     """What one forward pass showed: for each normalization, the layers whose output reached its input, exactly
-    (channel for channel) or moved, per call; how often each module ran (as a module); and the layers whose
-    output alone a learned shift or a functional normalization changed (``shifted``: layer -> what)."""
+    (channel for channel) or moved, per call; how often each module ran (as a module); the layers whose output
+    alone a learned shift or a functional normalization changed (``shifted``: layer -> what); the layers whose
+    units are the logits or go into a softmax (``competing``); and where each module's output holds each layer's
+    units (``unit_dims``)."""
 
     exact: dict[str, list[frozenset[str]]] = field(default_factory=lambda: collections.defaultdict(list))
     moved: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
@@ -71,6 +73,9 @@ class Flow:
     # layer -> where its units, alone, compete: the model's output (class logits) or a softmax over them; a
     # pruned unit's 0 still takes a share there, which removing the unit would not give it
     competing: dict[str, str] = field(default_factory=dict)
+    # module -> {layer: the dimension holding that layer's units in the module's output (first call)}: where an
+    # activation score sums (a BatchNorm1d after a PointNet's transpose, or a ReLU after it, holds them on 1)
+    unit_dims: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def fed_by(self) -> dict[str, str]:
@@ -405,6 +410,9 @@ def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, a
         spatial = len(module.kernel_size) if isinstance(module, torch.nn.modules.conv._ConvNd) else 0
         lineage.mark(out, {name: units_at(out.shape, out.dim() - 1 - spatial)}, lineage.shifts_of(out),
                      lineage.pending_of(out))
+    if torch.is_tensor(out) and name not in flow.unit_dims:
+        dims = {s: unit_dim(tuple(out.shape), layout) for s, layout in lineage.of(out).items() if layout is not None}
+        flow.unit_dims[name] = {s: d for s, d in dims.items() if d is not None}
 
 
 def _channel_dim(norm: torch.nn.Module, ndim: int) -> int:
@@ -414,9 +422,10 @@ def _channel_dim(norm: torch.nn.Module, ndim: int) -> int:
 
 
 def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
-    """ConfigError when masking cannot hold a unit's output at zero (see the module's text): its layer shares its
-    weight with another module, or its output reaches a normalization that runs more than once, that it reaches
-    with its channels moved, that masking cannot follow, or that is not the BatchNorm the unit is paired with. A
+    """ConfigError when masking cannot make a unit act as removed (see the module's text): its layer or BatchNorm
+    shares a parameter with another module, its output reaches a normalization that runs more than once, that it
+    reaches with its channels moved, that masking cannot follow, or that is not the BatchNorm the unit is paired
+    with, or its units are the logits or go into a softmax. A
     model not traced (an empty Flow: lazy parameters) and a layer the pass did not run are not judged."""
     if not flow.calls:
         return

@@ -93,7 +93,7 @@ def check_noise_scale(cfg: C.RunConfig, model: torch.nn.Module, units) -> None:
     if cfg.intervention.kind != "gaussian" or cfg.intervention.scale is not None:
         return
     for i, (plan, module, _) in enumerate(_plans(cfg, model, units)):
-        if module.weight[0].numel() < 2:
+        if module.weight[0].numel() < 2 and plan.removals():  # a layer that loses no unit gets no noise
             raise C.ConfigError(f"intervention.scale: null takes sigma as the std of a never-targeted unit's weights, "
                                 f"and each unit of {plan.name!r} (pruning.layers[{i}]) has one weight; allowed: a "
                                 f"number (sigma), or layers whose units have two weights or more")

@@ -8,6 +8,7 @@ and nothing is written before the config, the data and the layer names have been
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import inspect
@@ -41,6 +42,10 @@ from gstlab.seeding import derive_seed, generator, stream_seeds
 from gstlab.train import Pass, Trainer, diverged
 
 LABEL_NOISE_FILE = "label_noise.csv"  # the noisy training examples of a run with data.label_noise > 0
+
+
+# how messages name the run directory: the CLI's flag, or gstlab.api.run's argument (set there)
+OUT_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("out_name", default="--out")
 
 
 class RunDirError(RuntimeError):
@@ -111,7 +116,7 @@ def prepare(cfg: C.RunConfig, out: Path, parts: Parts = DEFAULT_PARTS) -> Run:
     masks = UnitMasks(model, units, bn_masking=cfg.pruning.bn_masking)
     optimizer = build_optimizer(cfg.optim, model, fused=speed.fused_optimizer)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
-    tracker = _tracker(cfg, model, units)
+    tracker = _tracker(cfg, model, units, flow)
     if tracker is not None:
         preflight.check_activation_start(cfg, math.ceil(len(data.y_train) / cfg.train.batch_size))
         dataflow.check_activations(model, tracked_units(cfg, units), flow)
@@ -154,11 +159,15 @@ def build_optimizer(cfg: C.OptimConfig, model: torch.nn.Module, fused: bool = Fa
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
 
 
-def _tracker(cfg: C.RunConfig, model, units) -> ActivationTracker | None:
+def _tracker(cfg: C.RunConfig, model, units, flow: dataflow.Flow) -> ActivationTracker | None:
+    """The activation statistics a criterion that needs them ranks by, each unit's summed on the axis where the
+    data-flow trace found its units (``flow``; an untraced model: by layer type)."""
     if not criteria.get(cfg.pruning.criterion).needs_activations or not cfg.pruning.layers:
         return None
-    return ActivationTracker(model, tracked_units(cfg, units), cfg.pruning.activation_every,
-                             cfg.pruning.activation_momentum)
+    tracked = tracked_units(cfg, units)
+    dims = {u.name: flow.unit_dims[u.activation_module][u.module] for u in tracked
+            if u.module in flow.unit_dims.get(u.activation_module, {})}
+    return ActivationTracker(model, tracked, cfg.pruning.activation_every, cfg.pruning.activation_momentum, dims)
 
 
 def tracked_units(cfg: C.RunConfig, units) -> list:
@@ -405,7 +414,7 @@ def _prepare_and_execute(cfg: C.RunConfig, out: Path, progress: bool | None, par
         warn(line)
     if cfg.train.tensorboard:
         sinks.require_tensorboard()
-    store.make_dir(out, "--out")
+    store.make_dir(out, OUT_NAME.get())
     with store.dir_lock(out):  # another process (a second study sharing this run) may hold it
         notes = _repair_config(cfg, out)
         summary, problem = recovery.verify_finished(out)
@@ -588,8 +597,8 @@ def _warn_unkept(cfg: C.RunConfig, out: Path, upto: int, what: str) -> None:
     missing = recovery.unkept_epochs(cfg.train.keep_checkpoints, out, upto)
     if missing:
         warn(f"train.keep_checkpoints: epoch(s) {', '.join(map(str, missing))} asked, but {out} {what}, so their "
-             f"model_epochN.pt files are not written (the field is not part of the run id); choose another --out "
-             f"to train it anew with them")
+             f"model_epochN.pt files are not written (the field is not part of the run id); choose another "
+             f"{OUT_NAME.get()} to train it anew with them")
 
 
 def _settled_summary(cfg: C.RunConfig, out: Path) -> dict | None:
@@ -616,16 +625,16 @@ def _identity_problem(cfg: C.RunConfig, out: Path) -> str | None:
     if have == want and recorded and want not in recorded:  # config.yaml hashes anew under a result revision
         raise RunDirError(f"{out} holds run {recorded[0]}: this config's id is now {want} (a result revision, "
                           f"docs/decisions.md#run-ids-and-result-revisions: its results were computed before a "
-                          f"fix); choose another --out to compute it anew")
+                          f"fix); choose another {OUT_NAME.get()} to compute it anew")
     if have == want:
         return None
     if want in recorded:
         return problem or f"config.yaml is damaged (it describes run {have}, manifest.json says {want})"
     if have is not None or recorded:
         raise RunDirError(f"{out} holds a different run (id {have or recorded[0]}, this config is {want}); "
-                          f"choose another --out")
+                          f"choose another {OUT_NAME.get()}")
     raise RunDirError(f"{out}/{problem} and no other file says which run it holds: remove the directory "
-                      f"(rm -r {out}) to run here, or choose another --out")
+                      f"(rm -r {out}) to run here, or choose another {OUT_NAME.get()}")
 
 
 def _repair_config(cfg: C.RunConfig, out: Path) -> list[dict]:

@@ -155,8 +155,7 @@ class Report:
         keys = varying(runs, self.grid)
         if not keys:
             return []
-        return [(", ".join(f"{k}={_value(v)}" for k, v in zip(keys, values)), g)
-                for values, g in runs.groupby(keys, sort=False, dropna=False)]
+        return [(point_name(keys, values), g) for values, g in runs.groupby(keys, sort=False, dropna=False)]
 
     def pooled(self, runs: pd.DataFrame) -> str:
         """``; pooled over grid points (key: v1, v2)`` where ``runs`` span several points of the study's grid (a
@@ -309,7 +308,7 @@ def with_baselines(rep: Report, runs: pd.DataFrame, unpruned: pd.DataFrame, name
         match = pd.Series(True, index=unpruned.index)
         for key, value in zip(keys, values):
             match &= unpruned[key].eq(value) | (unpruned[key].isna() & pd.isna(value))
-        baseline, where = unpruned[match], ", ".join(f"{k}={_value(v)}" for k, v in zip(keys, values))
+        baseline, where = unpruned[match], point_name(keys, values)
         labels = list(dict.fromkeys(baseline["setting"] if "setting" in baseline else baseline["label"]))
         if len(labels) == 1:
             yield tested, baseline, f"{name} ({where})" if where else name
@@ -540,12 +539,18 @@ def varying(runs: pd.DataFrame, keys) -> list[str]:
     return [k for k in keys if k in runs and runs[k].nunique(dropna=False) > 1]
 
 
+def point_name(keys, values) -> str:
+    """``key=value, ...`` of a grid point, values as the study file spells them (``null``, ``1000``)."""
+    values = values if isinstance(values, (tuple, list)) else (values,)
+    return ", ".join(f"{k}={_value(v)}" for k, v in zip(keys, values))
+
+
 def grid_labels(runs: pd.DataFrame, keys) -> pd.Series:
     """Labels that also name the grid point (``label (key=value, ...)``) for the grid keys that vary."""
     keys = varying(runs, keys)
     if not keys:
         return runs["label"]
-    return runs.apply(lambda r: f"{r['label']} ({', '.join(f'{k}={_value(r[k])}' for k in keys)})", axis=1)
+    return runs.apply(lambda r: f"{r['label']} ({point_name(keys, [r[k] for k in keys])})", axis=1)
 
 
 def _read_spec(study_dir: Path) -> dict:

@@ -64,14 +64,14 @@ def random_scores(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=generator)
 
 
-def _last_axis(model: nn.Module, unit: PrunableUnit) -> bool:
-    """Whether the unit's activation holds its units on the last axis: a Linear's output, or a module after it
-    that keeps its shape (a Linear on (N, P, D) has its features last); a normalization's are its channels,
-    axis 1 (a BatchNorm1d after a PointNet's transpose to (N, D, P))."""
-    activation = model.get_submodule(unit.activation_module)
-    if isinstance(activation, nn.modules.batchnorm._NormBase):
-        return False
-    return isinstance(model.get_submodule(unit.module), nn.Linear)
+def _unit_axis(model: nn.Module, unit: PrunableUnit, dims: dict[str, int]) -> int | None:
+    """The axis of the unit's activation that holds its units (None: the last): as the data-flow trace saw it
+    (``dims``: unit name -> axis), else 1 for a normalization's channels and a Conv's, last for a Linear's."""
+    if unit.name in dims:
+        return dims[unit.name]
+    if isinstance(model.get_submodule(unit.activation_module), nn.modules.batchnorm._NormBase):
+        return 1
+    return None if isinstance(model.get_submodule(unit.module), nn.Linear) else 1
 
 
 class ActivationTracker:
@@ -83,23 +83,25 @@ class ActivationTracker:
     and only on counted batches, and stay on the device (no synchronization).
     """
 
-    def __init__(self, model: nn.Module, units: list[PrunableUnit], every: int = 10, momentum: float = 0.9) -> None:
+    def __init__(self, model: nn.Module, units: list[PrunableUnit], every: int = 10, momentum: float = 0.9,
+                 dims: dict[str, int] | None = None) -> None:
         self.every, self.momentum = every, momentum
         self.batch = -1
         self._scores: dict[str, torch.Tensor] = {}
         self._handles = []
         for unit in units:
             module = model.get_submodule(unit.activation_module)
-            self._handles.append(module.register_forward_hook(self._hook(unit.name, _last_axis(model, unit))))
+            axis = _unit_axis(model, unit, dims or {})
+            self._handles.append(module.register_forward_hook(self._hook(unit.name, axis)))
 
-    def _hook(self, name: str, last_axis: bool):
+    def _hook(self, name: str, unit_axis: int | None):
         # Not traced by torch.compile: its branch on the Python batch counter would recompile the model on every
         # batch until dynamo gives up compiling (8 graphs), losing CUDA graphs silently.
         @torch.compiler.disable
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
             if not module.training or (self.batch + 1) % self.every != 0:
                 return
-            axis = output.dim() - 1 if last_axis else 1  # a Linear's units: the last axis (after it, too)
+            axis = output.dim() - 1 if unit_axis is None else unit_axis
             dims = [d for d in range(output.dim()) if d != axis]
             new = output.detach().abs().sum(dim=dims, dtype=torch.float32)  # bf16 under autocast: sum in fp32
             old = self._scores.get(name)
