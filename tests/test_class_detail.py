@@ -109,3 +109,24 @@ def test_scratch_event_and_empty_events_are_left_out():
     assert math.isnan(summarize_classes(rows, events, scratch=True)["mean_flips"])
     assert summarize_classes(rows, events, scratch=False)["mean_flips"] == 50.0
     assert math.isnan(summarize_classes(rows, [{**events[0], "units_removed": 0}], scratch=False)["mean_flips"])
+
+
+def test_a_class_whose_recall_equals_the_accuracy_has_no_sign_despite_rounding():
+    """r_k = A exactly (6/11 = 54/99) can differ in the last bit as percentages, which gave the term a sign (an
+    audit, 2026-12-07: -0.142857 where the definition gives 0)."""
+    from fractions import Fraction
+
+    n, b = [11, 37, 18], [6, 29, 1]
+    y = torch.cat([torch.full((k,), c) for c, k in enumerate(n)])
+    before = y.clone()
+    for c, r in enumerate(b):
+        before[(y == c).nonzero().flatten()[r:]] = (c + 1) % 3
+    after = before.clone()
+    after[0] = 1
+    rows = class_table(y, before, after)
+    terms = distortion_terms(rows)
+    assert terms[0] == 0.0  # 6/11 = 36/66: exactly the accuracy
+    correct_after = [sum(1 for i in range(len(y)) if y[i] == c and after[i] == c) for c in range(3)]
+    acc_b, acc_a = Fraction(sum(b), sum(n)), Fraction(sum(correct_after), sum(n))
+    exact = [(Fraction(ca, k) / acc_a) / (Fraction(cb, k) / acc_b) - 1 for k, cb, ca in zip(n, b, correct_after)]
+    assert terms[1:] == pytest.approx([float(exact[1]), -float(exact[2])])

@@ -31,11 +31,48 @@ def test_granulated_tau_by_hand_and_of_a_measure_against_itself():
     axes = study_axes(runs)
     assert axes == ["side", "iterative_rate"]
     # side varies within rate 1: tau(+1) and rate 13: tau(-1) -> psi_side = 0; rate varies within smallest:
-    # y constant (tau undefined, left out) and largest: tau(-1) -> psi_rate = -1; Psi = -1/2
+    # y constant (Jiang's tau: the tied pair counts 0) and largest: tau(-1) -> psi_rate = -1/2; Psi = -1/4
     psi, per_axis = granulated_tau(runs, "x", "y", axes)
-    assert per_axis == {"side": 0.0, "iterative_rate": -1.0} and psi == -0.5
+    assert per_axis == {"side": 0.0, "iterative_rate": -0.5} and psi == -0.25
     assert granulated_tau(runs, "x", "x", axes) == (1.0, {"side": 1.0, "iterative_rate": 1.0})
     assert math.isnan(granulated_tau(runs, "x", "y", [])[0])
+
+
+def test_granulated_tau_is_jiangs_tau_a_over_every_group_where_the_axis_varies():
+    """Jiang et al.'s eq. 3 counts a tied pair 0 (scipy's tau_b divides it out) and eq. 4 averages every group;
+    a group whose measure is constant gives 0, not a group left out (an audit, 2026-12-07: 0.8165 for 1/3)."""
+    from gstlab.analysis.measures import tau_a
+
+    runs = pd.DataFrame({"criterion": ["l2"] * 3 + ["l1"] * 3, "iterative_rate": [1, 5, 13] * 2,
+                         "m": [1.0, 2.0, 3.0, 7.0, 7.0, 7.0], "gap": [1.0, 2.0, 2.0, 1.0, 2.0, 3.0]})
+    assert tau_a([1.0, 2.0, 3.0], [1.0, 2.0, 2.0]) == pytest.approx(2 / 3)  # pairs: +1, +1, 0
+    psi, per_axis = granulated_tau(runs, "m", "gap", ["criterion", "iterative_rate"])
+    assert per_axis["iterative_rate"] == pytest.approx(1 / 3)  # (2/3 + 0) / 2
+
+
+def test_runs_without_a_value_do_not_make_an_axis_vary_in_their_group():
+    """The axis was checked for variation before runs without the measure were dropped, so a group left with one
+    setting gave a tau over seeds alone (an audit: Psi 0.25 where the definition gives 0.5)."""
+    rows = [("l2", 1, 1.0, 1.0), ("l2", 1, 2.0, 2.0), ("l2", 13, 3.0, 3.0), ("l2", 13, 4.0, 4.0),
+            ("l1", 1, 2.0, 1.0), ("l1", 1, 1.0, 2.0), ("l1", 13, math.nan, 3.0), ("l1", 13, math.nan, 4.0)]
+    runs = pd.DataFrame(rows, columns=["criterion", "iterative_rate", "m", "gap"])
+    assert granulated_tau(runs, "m", "gap", study_axes(runs)) == (0.5, {"criterion": 0.0, "iterative_rate": 1.0})
+
+
+def test_columns_that_split_the_runs_alike_are_one_axis_and_inseparable_axes_are_named():
+    """index.csv's period beside a gridded pruning.period: each fixed the other, so the grid's only axis gave
+    no psi, unsaid (an audit, 2026-12-07)."""
+    from gstlab.analysis.measures import inseparable
+
+    rows = [{"criterion": c, "period": p, "pruning.period": p, "seed": s}
+            for c in ("l2", "random") for p in (2, 4) for s in range(3)]
+    runs = pd.DataFrame(rows)
+    runs["y"] = runs["period"] + 0.1 * runs["seed"] + (runs["criterion"] == "l2")
+    axes = study_axes(runs, {"pruning.period": [2, 4]})
+    assert axes == ["criterion", "period = pruning.period"]
+    assert granulated_tau(runs, "y", "y", axes) == (1.0, {"criterion": 1.0, "period = pruning.period": 1.0})
+    xor = pd.DataFrame({"a": [0, 0, 1, 1], "b": [0, 1, 0, 1], "c": [0, 1, 1, 0]})  # c moves with a and b
+    assert inseparable(xor, ["a", "b", "c"]) == ["a", "b", "c"] and inseparable(xor, ["a", "b"]) == []
 
 
 def test_measure_rows_sorted_by_abs_tau_with_n():
@@ -75,7 +112,7 @@ def test_report_has_the_generalization_measures_section_and_class_figure(tmp_pat
     body = text.split("## Generalization measures")[1].split("\n## ")[0]
     assert "### vs generalization gap" in body and "### vs best test accuracy" in body
     for name in ("mean stability (%)", "mean prediction flips (%)", "Σ top-k Hessian eigenvalues",
-                 "gradient-noise trace", "memorization (%)"):
+                 "gradient second-moment trace", "memorization (%)"):
         assert f"| {name} | {len(finished)} |" in body, name
     assert "prunability (kept fraction)" in body.split("Not available")[1]  # the synthetic probes have none
     assert (study / "report" / "class_detail.png").stat().st_size > 0

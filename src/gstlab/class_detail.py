@@ -59,17 +59,25 @@ def distortion_terms(rows: list[dict]) -> list[float]:
     """One event's per-class intensification terms ``s_k * (d_k - 1)``: ``d_k = (r_k' / A') / (r_k / A)`` is
     class k's recall relative to accuracy after the event over the same before, ``s_k`` the sign of
     ``r_k - A`` (classes below accuracy: -1). Classes with ``r_k = 0`` (and events with ``A' = 0``) have no
-    ``d_k``."""
+    ``d_k``. ``s_k`` compares correct counts (r_k = A exactly when c_k N = C n_k), not rounded percentages."""
     acc_before, acc_after = _weighted(rows, "recall_before"), _weighted(rows, "recall_after")
     if acc_after == 0:
         return []
+    n_all, c_all = sum(int(r["count"]) for r in rows), sum(_correct(r) for r in rows)
     terms = []
     for r in rows:
         before, after = float(r["recall_before"]), float(r["recall_after"])
         if before > 0:
             ratio = (after / acc_after) / (before / acc_before)
-            terms.append(math.copysign(1.0, before - acc_before) * (ratio - 1.0) if before != acc_before else 0.0)
+            above, below = _correct(r) * n_all, c_all * int(r["count"])
+            sign = (above > below) - (above < below)  # of r_k - A
+            terms.append(sign * (ratio - 1.0) if sign else 0.0)
     return terms
+
+
+def _correct(row: dict) -> int:
+    """A class's correct predictions before the event, from its recall (%) and count."""
+    return round(float(row["recall_before"]) * int(row["count"]) / 100)
 
 
 def summarize_classes(rows: list[dict], events: list[dict], scratch: bool) -> dict:

@@ -592,8 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--trace-samples", type=_count(0), metavar="M", help="Hutchinson probes (0: skip)")
     flat.add_argument("--eps-directions", type=_count(0), metavar="D", help="eigenvectors to sweep (0: skip)")
     flat.add_argument("--prunability", action="store_true",
-                      help="also measure prunability: the smallest kept fraction of the surviving weights (global "
-                           "magnitude, no retraining) whose training loss stays within (1 + delta) x the model's")
+                      help="also measure prunability: the kept fraction of the surviving weights (global magnitude, "
+                           "no retraining) found by bisection whose training loss stays within (1 + delta) x the "
+                           "model's (the smallest such where the loss grows monotonically as weights go)")
     flat.add_argument("--prunability-delta", type=float, metavar="D",
                       help="prunability's loss tolerance (default: the run's probes.prunability_delta, 0.1 unless "
                            "set); only where prunability is measured (--prunability or the run's probes)")

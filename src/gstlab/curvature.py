@@ -360,9 +360,11 @@ def per_example_grad_moment(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Ten
     return moment, moment - mean_sq, mean_sq
 
 
-def tic(cov_trace: float, hessian_trace: float) -> float:
-    """Takeuchi information criterion, trace-ratio approximation: tr(H^-1 C) ~ tr(C) / tr(H) (nan if tr(H) = 0)."""
-    return cov_trace / hessian_trace if hessian_trace != 0 else math.nan
+def tic(gradient_trace: float, curvature: float) -> float:
+    """Takeuchi information criterion, trace-ratio approximation: tr(H^-1 C) ~ tr(C) / tr(H) (nan if the
+    curvature is 0). The probes pass the uncentred gradient second moment for tr(C) and the sum of the top-k
+    Hessian eigenvalues for tr(H) (docs/decisions.md#flatness-curvaturepy-flatnesspy)."""
+    return gradient_trace / curvature if curvature != 0 else math.nan
 
 
 # ---------------------------------------------------------------------------------------------------- eps-flatness

@@ -4,12 +4,13 @@ Generalization in Deep Neural Networks", 2021).
 
 - ``distance_init``: ``||w - w0||_2`` over the surviving parameters (every parameter entry that pruning has not
   removed), ``w0`` the model as ``runner.prepare`` built it from the run's init seed.
-- ``prunability``: the smallest fraction of the surviving conv/linear weights that can be kept, removing the
-  rest by global magnitude (smallest ``|w|`` first, ties in parameter order) in one shot without retraining,
-  while the training loss stays <= (1 + delta) x the unpruned model's. Loss: mean cross-entropy, eval mode,
-  fp32, on the first ``probes.prunability_samples`` training examples (a fixed subset). Found by bisection on
-  the number of kept weights, exact to one weight (the loss need not be monotone in it; bisection returns a
-  count whose loss passes while one weight fewer fails).
+- ``prunability``: a fraction of the surviving conv/linear weights that can be kept (the smallest where the
+  loss rises monotonically as weights go), removing the rest by global magnitude (smallest ``|w|`` first, ties
+  in parameter order) in one shot without retraining, while the training loss stays <= (1 + delta) x the
+  unpruned model's. Loss: mean cross-entropy, eval mode, fp32, on the first ``probes.prunability_samples``
+  training examples (a fixed subset). Found by bisection on the number of kept weights, exact to one weight
+  (the loss need not be monotone in it; bisection returns a count whose loss passes while one weight fewer
+  fails).
 """
 
 from __future__ import annotations

@@ -3,19 +3,17 @@
 Per measure available in a study's finished runs, against the generalization gap and against the best test
 accuracy: Kendall τ and Pearson r with 95% CIs (``stats.correlation``), and the granulated τ Ψ of Jiang et al.
 ("Fantastic Generalization Measures and Where to Find Them", ICLR 2020): for each axis of the study's grid, the
-mean of τ over the groups of runs that agree on every other axis (seeds are replicates inside a group), then the
-mean over the axes. Rows are sorted by |τ| and give their n. Plus the class-detail figure: per-class recall
-before and after the least stable events.
+mean of their τ (τ_a, a tie counting 0) over the groups of runs that agree on every other axis and vary on this
+one (seeds are replicates inside a group), then the mean over the axes. Rows are sorted by |τ| and give their
+n. Plus the class-detail figure: per-class recall before and after the least stable events.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from gstlab.analysis import figures as F
 from gstlab.analysis.results import last_probes, load_event_classes, load_flatness
@@ -27,7 +25,7 @@ MEASURES = (
     ("mean_stability", "mean stability (%)"), ("mean_flips", "mean prediction flips (%)"),
     ("worst_class_drop", "worst per-class recall drop (points)"), ("recall_distortion", "recall distortion"),
     ("eig_sum", "Σ top-k Hessian eigenvalues"), ("hutchinson_trace", "Hessian trace (Hutchinson)"),
-    ("grad_moment_trace", "gradient-noise trace"), ("prunability", "prunability (kept fraction)"),
+    ("grad_moment_trace", "gradient second-moment trace"), ("prunability", "prunability (kept fraction)"),
     ("distance_init", "distance from initialization"), ("memorization", "memorization (%)"),
 )
 PROBE_MEASURES = ("eig_sum", "hutchinson_trace", "grad_moment_trace", "prunability", "distance_init")
@@ -84,9 +82,23 @@ def with_measures(runs: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
 
 
 def study_axes(runs: pd.DataFrame, grid: dict | list | None = ()) -> list[str]:
-    """The grid axes that vary over ``runs``: the settings' own (index.csv's side, rate, ...) and the grid's."""
-    axes = [*AXES, *(k for k in (grid or ()) if k not in AXES)]
-    return [a for a in axes if a in runs and _as_keys(runs[[a]])[a].nunique() > 1]
+    """The grid axes that vary over ``runs``: the settings' own (index.csv's side, rate, ...) and the grid's.
+    Columns that split the runs alike (``period`` and ``iterative_rate``, a gridded ``pruning.period`` beside
+    index.csv's ``period``) are one axis, named ``a = b``: as two, each fixed the other, so neither varied within
+    a group and both dropped out of Ψ."""
+    columns = [*AXES, *(k for k in (grid or ()) if k not in AXES)]
+    columns = [a for a in columns if a in runs and _as_keys(runs[[a]])[a].nunique() > 1]
+    merged: dict[str, list[str]] = {}  # first column -> the columns splitting the runs as it does
+    for column in columns:
+        first = next((f for f in merged if _splits_alike(runs, f, column)), column)
+        merged.setdefault(first, []).append(column)
+    return [" = ".join(group) for group in merged.values()]
+
+
+def _splits_alike(runs: pd.DataFrame, a: str, b: str) -> bool:
+    """Each value of ``a`` goes with one value of ``b`` and back."""
+    keys = _as_keys(runs[[a, b]])
+    return keys.groupby(a)[b].nunique().max() == 1 and keys.groupby(b)[a].nunique().max() == 1
 
 
 def _as_keys(columns: pd.DataFrame) -> pd.DataFrame:
@@ -95,30 +107,52 @@ def _as_keys(columns: pd.DataFrame) -> pd.DataFrame:
     return columns.astype(object).where(columns.notna(), "").astype(str)
 
 
-def _tau(x, y) -> float:
+def _axis_keys(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """One key column per axis (an axis ``a = b`` keyed by its first column)."""
+    return pd.DataFrame({axis: _as_keys(runs[[axis.split(" = ")[0]]]).iloc[:, 0] for axis in axes},
+                        index=runs.index)
+
+
+def tau_a(x, y) -> float:
+    """Jiang et al.'s τ (their eq. 3): the mean over all pairs of sign(Δx)·sign(Δy), a tied pair counting 0;
+    NaN with fewer than 2 finite pairs."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if x.size < 2:
         return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(sps.kendalltau(x, y).statistic)
+    i, j = np.triu_indices(x.size, 1)
+    return float(np.mean(np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])))
 
 
-def granulated_tau(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> tuple[float, dict[str, float]]:
-    """(Ψ, axis -> ψ_axis): ψ_axis is the mean τ(x, y) over the groups of runs equal on every other axis in which
-    ``axis`` varies (groups where τ is undefined are left out); Ψ the mean of the defined ψ."""
-    keys = _as_keys(runs[axes]) if axes else pd.DataFrame(index=runs.index)
-    per_axis = {}
+def axis_groups(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> dict[str, list[pd.Index]]:
+    """Per axis, the groups of runs (their index) equal on every other axis in which the axis varies, among the
+    runs with both an ``x`` and a ``y`` value."""
+    both = pd.to_numeric(runs[x], errors="coerce").notna() & pd.to_numeric(runs[y], errors="coerce").notna()
+    keys = _axis_keys(runs[both], axes)
+    out = {}
     for axis in axes:
         others = [a for a in axes if a != axis]
         groups = [g.index for _, g in keys.groupby(others, sort=False)] if others else [keys.index]
-        taus = [_tau(runs.loc[idx, x], runs.loc[idx, y]) for idx in groups if keys.loc[idx, axis].nunique() > 1]
-        taus = [t for t in taus if math.isfinite(t)]
-        if taus:
-            per_axis[axis] = float(np.mean(taus))
+        out[axis] = [idx for idx in groups if keys.loc[idx, axis].nunique() > 1]
+    return out
+
+
+def granulated_tau(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> tuple[float, dict[str, float]]:
+    """(Ψ, axis -> ψ_axis) of Jiang et al. (ICLR 2020, eq. 4): ψ_axis is the mean of τ_a(x, y) (``tau_a``) over
+    the axis's ``axis_groups``; Ψ is the mean of the ψ defined (an axis that never varies with the others fixed
+    has none)."""
+    per_axis = {axis: float(np.mean([tau_a(runs.loc[idx, x], runs.loc[idx, y]) for idx in groups]))
+                for axis, groups in axis_groups(runs, x, y, axes).items() if groups}
     return (float(np.mean(list(per_axis.values()))) if per_axis else math.nan), per_axis
+
+
+def inseparable(runs: pd.DataFrame, axes: list[str]) -> list[str]:
+    """The axes that never vary while every other axis is fixed (they move with the others, as a rate with its
+    schedule's period and fraction): no ψ can be computed for them."""
+    keys = _axis_keys(runs, axes)
+    return [axis for axis in axes if len(axes) > 1 and not any(
+        g[axis].nunique() > 1 for _, g in keys.groupby([a for a in axes if a != axis], sort=False))]
 
 
 def measure_rows(runs: pd.DataFrame, axes: list[str], target: str) -> list[dict]:
@@ -129,8 +163,9 @@ def measure_rows(runs: pd.DataFrame, axes: list[str], target: str) -> list[dict]
         if col not in runs or runs[col].notna().sum() < MIN_RUNS or col == target:
             continue
         psi, per_axis = granulated_tau(runs, col, target, axes)
+        groups = {axis: len(g) for axis, g in axis_groups(runs, col, target, axes).items()}
         rows.append({"measure": name, "column": col, **correlation(runs[col], runs[target]), "psi": psi,
-                     "per_axis": per_axis})
+                     "per_axis": per_axis, "groups": groups})
     return sorted(rows, key=lambda r: -abs(r["kendall_tau"]) if math.isfinite(r["kendall_tau"]) else math.inf)
 
 
@@ -143,20 +178,27 @@ def _with_ci(value, low, high) -> str:
 def _psi(row: dict) -> str:
     if not math.isfinite(row["psi"]):
         return "n/a"
-    return f"{row['psi']:.3f} ({', '.join(f'{a} {t:.2f}' for a, t in row['per_axis'].items())})"
+    return f"{row['psi']:.3f} ({'; '.join(_one_psi(a, t, row['groups'][a]) for a, t in row['per_axis'].items())})"
+
+
+def _one_psi(axis: str, psi: float, groups: int) -> str:
+    return f"{axis} {psi:.2f}, {groups} group{'s' if groups != 1 else ''}"
 
 
 def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
     """The markdown of the "Generalization measures" section for a study's finished ``runs``."""
     runs = with_measures(runs, probes)
     axes = study_axes(runs, grid)
+    flat = inseparable(runs, axes)
     lines = ["## Generalization measures", "",
              f"Which measure of a run predicts how it generalizes, over this study's {len(runs)} finished runs: "
              "Kendall τ and Pearson r with 95% CIs (τ: paired bootstrap; r: Fisher z), and the granulated τ Ψ of "
-             "Jiang et al. (ICLR 2020): per grid axis, the mean τ over the groups of runs that agree on every other "
-             "axis (ψ per axis in brackets), then the mean over axes. Grid axes of this study: "
-             f"{', '.join(axes) or 'none vary'}. Sorted by |τ|; n = runs with both values. Probe measures come from "
-             "each run's last probe row (curvature.csv, else `gst flatness`'s flatness.csv).", ""]
+             "Jiang et al. (ICLR 2020): per grid axis, the mean of their τ (τ_a: ties count 0) over the groups of "
+             "runs that agree on every other axis and vary on this one (ψ per axis in brackets), then the mean over "
+             f"axes. Grid axes of this study: {', '.join(axes) or 'none vary'}"
+             + (f" (no ψ for {', '.join(flat)}: never varying while the others are fixed)" if flat else "")
+             + ". Sorted by |τ|; n = runs with both values. Probe measures come from each run's last probe row "
+             "(curvature.csv, else `gst flatness`'s flatness.csv).", ""]
     for target, name in TARGETS:
         rows = measure_rows(runs, axes, target)
         lines += [f"### vs {name}", ""]
