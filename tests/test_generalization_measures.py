@@ -149,3 +149,13 @@ def test_probe_notes_name_capped_solvers_unrecorded_convergence_and_mixed_settin
     assert notes[1].startswith("Flatness: 1 of 4 runs' last probes do not record whether the eigensolver converged")
     assert "(method lanczos, k 20, samples 512: 3 runs; method lanczos, k 5, samples 512: 1 runs)" in notes[2]
     assert probe_notes(last.iloc[[0, 3]].assign(k=20)) == [] and probe_notes(last.iloc[:0]) == []
+
+
+def test_a_measure_equal_in_every_run_says_why_it_has_no_correlation():
+    from gstlab.analysis.measures import section
+
+    runs = pd.DataFrame({"run_id": list("abcd"), "generalization_gap": [1.0, 2.0, 3.0, 4.0],
+                         "best_test_acc": [80.0, 81.0, 79.0, 82.0], "mean_flips": [2.5] * 4,
+                         "side": ["smallest", "largest"] * 2})
+    text = section(runs, pd.DataFrame())
+    assert "The same in every run, so without a correlation (n/a): mean prediction flips (%) (2.500)." in text

@@ -219,6 +219,10 @@ def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
         lines += [f"Not available in {MIN_RUNS} or more runs: {', '.join(missing)} (probe measures need `probes` "
                   "in the runs' configs or `gst flatness RUN_DIR --prunability` on their saved models; "
                   "memorization needs `data.label_noise`; class detail needs pruning events).", ""]
+    constant = [f"{name} ({number(runs[col].dropna().iloc[0], 3)})" for col, name in MEASURES
+                if runs[col].notna().sum() >= MIN_RUNS and runs[col].nunique() == 1]
+    if constant:
+        lines += [f"The same in every run, so without a correlation (n/a): {', '.join(constant)}.", ""]
     return "\n".join(lines)
 
 
