@@ -425,8 +425,8 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
     """ConfigError when masking cannot make a unit act as removed (see the module's text): its layer or BatchNorm
     shares a parameter with another module, its output reaches a normalization that runs more than once, that it
     reaches with its channels moved, that masking cannot follow, or that is not the BatchNorm the unit is paired
-    with, or its units are the logits or go into a softmax. A
-    model not traced (an empty Flow: lazy parameters) and a layer the pass did not run are not judged."""
+    with, or its units are the logits or go into a softmax. A model not traced (an empty Flow: lazy parameters)
+    and a layer the pass did not run are not judged."""
     if not flow.calls:
         return
     modules = dict(model.named_modules())
