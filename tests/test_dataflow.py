@@ -231,6 +231,35 @@ def test_the_activation_criterion_needs_a_module_that_runs_once_and_trains(tmp_p
         tmp_path, locked, "conv0", criterion="activation")
 
 
+class ActivationAfterFlatten(Head):
+    """conv -> BatchNorm -> Flatten -> Unflatten: the Flatten's output holds the conv's units merged with H, W."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 4)
+        self.flat, self.back, self.pre = nn.Flatten(), nn.Unflatten(1, (4, 8, 8)), nn.Identity()
+
+    def forward(self, x):
+        return self.head_of(self.back(self.flat(self.bn(self.conv(self.pre(x))))))
+
+
+@pytest.mark.parametrize(("activation", "how"), [
+    ("flat", "holds its units moved or merged (a flatten, permutation or concatenation)"),
+    ("pre", "does not receive its output")])
+def test_an_activation_module_without_the_layers_units_on_one_dimension_is_refused(tmp_path, activation, how):
+    """A flatten gave 64 scores for 4 units, refused only at the first event; a permutation would have scored the
+    wrong units, unsaid (a review, 2026-12-07)."""
+    units = [PrunableUnit("conv", "conv", bn="bn", activation=activation)]
+    assert refused(tmp_path, ActivationAfterFlatten, "conv", criterion="activation", units=units) == (
+        f"unit 'conv': its activation module {activation!r} {how}, so no activation per unit of 'conv' can be "
+        f"read there; pruning.criterion=activation needs a module whose output keeps the layer's units on one "
+        f"dimension (declare PrunableUnit(..., activation=...)), or use another criterion")
+    units = [PrunableUnit("conv", "conv", bn="bn", activation="back")]  # unflattened: the units are whole again
+    summary = api.run(config("conv", criterion="activation"), tmp_path / "ok", model=ActivationAfterFlatten,
+                      units=units, data=data())
+    assert summary["status"] == "finished"
+
+
 def test_small_batches_float64_and_aliases_are_one_line_each(tmp_path):
     mlp = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16, track_running_stats=False),  # noqa: E731
                                 nn.ReLU(), nn.Linear(16, 4))

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gstlab.analysis import figures, stats
-from gstlab.analysis.measures import granulated_tau, least_stable, measure_rows, probe_notes, study_axes
+from gstlab.analysis.measures import _psi, granulated_tau, least_stable, measure_rows, probe_notes, study_axes
 from gstlab.analysis.report import write_report
 from gstlab.class_detail import CLASS_COLUMNS
 from gstlab.store import read_json_or_none, write_csv, write_json
@@ -62,8 +62,6 @@ def test_runs_without_a_value_do_not_make_an_axis_vary_in_their_group():
 def test_columns_that_split_the_runs_alike_are_one_axis_and_inseparable_axes_are_named():
     """index.csv's period beside a gridded pruning.period: each fixed the other, so the grid's only axis gave
     no psi, unsaid (an audit, 2026-12-07)."""
-    from gstlab.analysis.measures import inseparable
-
     rows = [{"criterion": c, "period": p, "pruning.period": p, "seed": s}
             for c in ("l2", "random") for p in (2, 4) for s in range(3)]
     runs = pd.DataFrame(rows)
@@ -71,8 +69,23 @@ def test_columns_that_split_the_runs_alike_are_one_axis_and_inseparable_axes_are
     axes = study_axes(runs, {"pruning.period": [2, 4]})
     assert axes == ["criterion", "period = pruning.period"]
     assert granulated_tau(runs, "y", "y", axes) == (1.0, {"criterion": 1.0, "period = pruning.period": 1.0})
-    xor = pd.DataFrame({"a": [0, 0, 1, 1], "b": [0, 1, 0, 1], "c": [0, 1, 1, 0]})  # c moves with a and b
-    assert inseparable(xor, ["a", "b", "c"]) == ["a", "b", "c"] and inseparable(xor, ["a", "b"]) == []
+    xor = pd.DataFrame({"a": [0, 0, 1, 1] * 2, "b": [0, 1, 0, 1] * 2, "c": [0, 1, 1, 0] * 2,  # c moves with a, b
+                        "y": np.arange(8.0), "generalization_gap": np.arange(8.0) % 3})
+    (row,) = [r for r in measure_rows(xor.rename(columns={"y": "mean_stability"}), ["a", "b", "c"],
+                                      "generalization_gap")]
+    assert row["no_psi"] == ["a", "b", "c"] and "n/a (no ψ for a, b, c: never varying" in _psi(row)
+
+
+def test_psi_merges_columns_anew_over_the_runs_that_have_the_measure_and_ignores_infinite_values():
+    """A measure only two settings record: over those runs criterion and side split alike (a review: groups 0,
+    Psi n/a unsaid); an infinite value had made every psi NaN."""
+    runs = pd.DataFrame({"criterion": ["l1", "l1", "l2", "l2"] * 2, "side": ["smallest", "largest"] * 4,
+                         "generalization_gap": np.arange(8.0),
+                         "distance_init": [1.0, np.nan, np.nan, 4.0, 5.0, np.nan, np.nan, 8.0],
+                         "recall_distortion": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, np.inf]})
+    rows = {r["column"]: r for r in measure_rows(runs, ["criterion", "side"], "generalization_gap")}
+    assert rows["distance_init"]["per_axis"] == {"criterion = side": 1.0}
+    assert rows["recall_distortion"]["psi"] == 1.0  # the inf run left out, as by the correlation
 
 
 def test_measure_rows_sorted_by_abs_tau_with_n():
@@ -158,4 +171,5 @@ def test_a_measure_equal_in_every_run_says_why_it_has_no_correlation():
                          "best_test_acc": [80.0, 81.0, 79.0, 82.0], "mean_flips": [2.5] * 4,
                          "side": ["smallest", "largest"] * 2})
     text = section(runs, pd.DataFrame())
-    assert "The same in every run, so without a correlation (n/a): mean prediction flips (%) (2.500)." in text
+    assert "The same in every run, so Kendall τ and Pearson r are n/a (Jiang's τ counts the ties 0): mean " \
+           "prediction flips (%) (2.500)." in text

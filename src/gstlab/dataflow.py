@@ -73,9 +73,10 @@ class Flow:
     # layer -> where its units, alone, compete: the model's output (class logits) or a softmax over them; a
     # pruned unit's 0 still takes a share there, which removing the unit would not give it
     competing: dict[str, str] = field(default_factory=dict)
-    # module -> {layer: the dimension holding that layer's units in the module's output (first call)}: where an
-    # activation score sums (a BatchNorm1d after a PointNet's transpose, or a ReLU after it, holds them on 1)
-    unit_dims: dict[str, dict[str, int]] = field(default_factory=dict)
+    # module -> {layer: the dimension holding that layer's units in the module's output (first call), None where
+    # they are moved or merged}: where an activation score sums (a BatchNorm1d after a PointNet's transpose, or a
+    # ReLU after it, holds them on 1)
+    unit_dims: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
     @property
     def fed_by(self) -> dict[str, str]:
@@ -410,9 +411,9 @@ def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, a
         spatial = len(module.kernel_size) if isinstance(module, torch.nn.modules.conv._ConvNd) else 0
         lineage.mark(out, {name: units_at(out.shape, out.dim() - 1 - spatial)}, lineage.shifts_of(out),
                      lineage.pending_of(out))
-    if torch.is_tensor(out) and name not in flow.unit_dims:
-        dims = {s: unit_dim(tuple(out.shape), layout) for s, layout in lineage.of(out).items() if layout is not None}
-        flow.unit_dims[name] = {s: d for s, d in dims.items() if d is not None}
+    if torch.is_tensor(out) and name not in flow.unit_dims:  # None: the layer's units moved or merged there
+        flow.unit_dims[name] = {s: None if layout is None else unit_dim(tuple(out.shape), layout)
+                                for s, layout in lineage.of(out).items()}
 
 
 def _channel_dim(norm: torch.nn.Module, ndim: int) -> int:
@@ -480,6 +481,14 @@ def check_activations(model: torch.nn.Module, units, flow: Flow) -> None:
                 how = "never runs as a module" if not flow.calls[name] else f"runs {flow.calls[name]} times"
                 raise C.ConfigError(f"unit {unit.name!r}: its activation module {name!r} {how} in one forward pass; "
                                     f"pruning.criterion=activation needs a module that runs once (declare "
+                                    f"PrunableUnit(..., activation=...)), or use another criterion")
+            held = flow.unit_dims.get(name, {})
+            if held.get(unit.module, -1) is None or unit.module not in held:
+                how = "holds its units moved or merged (a flatten, permutation or concatenation)" if unit.module in \
+                    held else "does not receive its output"
+                raise C.ConfigError(f"unit {unit.name!r}: its activation module {name!r} {how}, so no activation "
+                                    f"per unit of {unit.module!r} can be read there; pruning.criterion=activation "
+                                    f"needs a module whose output keeps the layer's units on one dimension (declare "
                                     f"PrunableUnit(..., activation=...)), or use another criterion")
             if not model.get_submodule(name).training:
                 raise C.ConfigError(f"unit {unit.name!r}: its activation module {name!r} stays in eval mode when "

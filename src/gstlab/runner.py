@@ -165,8 +165,8 @@ def _tracker(cfg: C.RunConfig, model, units, flow: dataflow.Flow) -> ActivationT
     if not criteria.get(cfg.pruning.criterion).needs_activations or not cfg.pruning.layers:
         return None
     tracked = tracked_units(cfg, units)
-    dims = {u.name: flow.unit_dims[u.activation_module][u.module] for u in tracked
-            if u.module in flow.unit_dims.get(u.activation_module, {})}
+    held = {u.name: flow.unit_dims.get(u.activation_module, {}).get(u.module) for u in tracked}
+    dims = {name: dim for name, dim in held.items() if dim is not None}  # None: refused by check_activations
     return ActivationTracker(model, tracked, cfg.pruning.activation_every, cfg.pruning.activation_momentum, dims)
 
 

@@ -86,8 +86,14 @@ def study_axes(runs: pd.DataFrame, grid: dict | list | None = ()) -> list[str]:
     Columns that split the runs alike (``period`` and ``iterative_rate``, a gridded ``pruning.period`` beside
     index.csv's ``period``) are one axis, named ``a = b``: as two, each fixed the other, so neither varied within
     a group and both dropped out of Ψ."""
-    columns = [*AXES, *(k for k in (grid or ()) if k not in AXES)]
-    columns = [a for a in columns if a in runs and _as_keys(runs[[a]])[a].nunique() > 1]
+    return merged_axes(runs, [*AXES, *(k for k in (grid or ()) if k not in AXES)])
+
+
+def merged_axes(runs: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The ``columns`` (or axes ``a = b``, split into theirs) that vary over ``runs``, those that split the runs
+    alike merged into one axis ``a = b``."""
+    columns = [c for axis in columns for c in axis.split(" = ")]
+    columns = [c for c in dict.fromkeys(columns) if c in runs and _as_keys(runs[[c]])[c].nunique() > 1]
     merged: dict[str, list[str]] = {}  # first column -> the columns splitting the runs as it does
     for column in columns:
         first = next((f for f in merged if _splits_alike(runs, f, column)), column)
@@ -128,14 +134,19 @@ def tau_a(x, y) -> float:
 def axis_groups(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> dict[str, list[pd.Index]]:
     """Per axis, the groups of runs (their index) equal on every other axis in which the axis varies, among the
     runs with both an ``x`` and a ``y`` value."""
-    both = pd.to_numeric(runs[x], errors="coerce").notna() & pd.to_numeric(runs[y], errors="coerce").notna()
-    keys = _axis_keys(runs[both], axes)
+    keys = _axis_keys(runs[_both(runs, x, y)], axes)
     out = {}
     for axis in axes:
         others = [a for a in axes if a != axis]
         groups = [g.index for _, g in keys.groupby(others, sort=False)] if others else [keys.index]
         out[axis] = [idx for idx in groups if keys.loc[idx, axis].nunique() > 1]
     return out
+
+
+def _both(runs: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """The runs with a finite ``x`` and ``y`` (the ones a τ can use)."""
+    return pd.Series(np.isfinite(pd.to_numeric(runs[x], errors="coerce").to_numpy(dtype=float))
+                     & np.isfinite(pd.to_numeric(runs[y], errors="coerce").to_numpy(dtype=float)), index=runs.index)
 
 
 def granulated_tau(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> tuple[float, dict[str, float]]:
@@ -147,25 +158,20 @@ def granulated_tau(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> tuple
     return (float(np.mean(list(per_axis.values()))) if per_axis else math.nan), per_axis
 
 
-def inseparable(runs: pd.DataFrame, axes: list[str]) -> list[str]:
-    """The axes that never vary while every other axis is fixed (they move with the others, as a rate with its
-    schedule's period and fraction): no ψ can be computed for them."""
-    keys = _axis_keys(runs, axes)
-    return [axis for axis in axes if len(axes) > 1 and not any(
-        g[axis].nunique() > 1 for _, g in keys.groupby([a for a in axes if a != axis], sort=False))]
-
-
 def measure_rows(runs: pd.DataFrame, axes: list[str], target: str) -> list[dict]:
-    """One row per measure with at least MIN_RUNS values: correlation with ``target`` and granulated τ; sorted by
-    |τ| (undefined last)."""
+    """One row per measure with at least MIN_RUNS values: correlation with ``target`` and granulated τ over the
+    runs that have both values (their axes merged anew: columns can split those runs alike and not all of them);
+    sorted by |τ| (undefined last)."""
     rows = []
     for col, name in MEASURES:
         if col not in runs or runs[col].notna().sum() < MIN_RUNS or col == target:
             continue
-        psi, per_axis = granulated_tau(runs, col, target, axes)
-        groups = {axis: len(g) for axis, g in axis_groups(runs, col, target, axes).items()}
+        usable = runs[_both(runs, col, target)]
+        own = merged_axes(usable, axes)
+        psi, per_axis = granulated_tau(usable, col, target, own)
+        groups = {axis: len(g) for axis, g in axis_groups(usable, col, target, own).items()}
         rows.append({"measure": name, "column": col, **correlation(runs[col], runs[target]), "psi": psi,
-                     "per_axis": per_axis, "groups": groups})
+                     "per_axis": per_axis, "groups": groups, "no_psi": [a for a in own if a not in per_axis]})
     return sorted(rows, key=lambda r: -abs(r["kendall_tau"]) if math.isfinite(r["kendall_tau"]) else math.inf)
 
 
@@ -176,9 +182,11 @@ def _with_ci(value, low, high) -> str:
 
 
 def _psi(row: dict) -> str:
+    none = f"no ψ for {', '.join(row['no_psi'])}: never varying while the others are fixed" if row["no_psi"] else ""
     if not math.isfinite(row["psi"]):
-        return "n/a"
-    return f"{row['psi']:.3f} ({'; '.join(_one_psi(a, t, row['groups'][a]) for a, t in row['per_axis'].items())})"
+        return f"n/a ({none})" if none else "n/a"
+    parts = [_one_psi(a, t, row["groups"][a]) for a, t in row["per_axis"].items()] + ([none] if none else [])
+    return f"{row['psi']:.3f} ({'; '.join(parts)})"
 
 
 def _one_psi(axis: str, psi: float, groups: int) -> str:
@@ -189,16 +197,14 @@ def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
     """The markdown of the "Generalization measures" section for a study's finished ``runs``."""
     runs = with_measures(runs, probes)
     axes = study_axes(runs, grid)
-    flat = inseparable(runs, axes)
     lines = ["## Generalization measures", "",
              f"Which measure of a run predicts how it generalizes, over this study's {len(runs)} finished runs: "
              "Kendall τ and Pearson r with 95% CIs (τ: paired bootstrap; r: Fisher z), and the granulated τ Ψ of "
              "Jiang et al. (ICLR 2020): per grid axis, the mean of their τ (τ_a: ties count 0) over the groups of "
              "runs that agree on every other axis and vary on this one (ψ per axis in brackets), then the mean over "
-             f"axes. Grid axes of this study: {', '.join(axes) or 'none vary'}"
-             + (f" (no ψ for {', '.join(flat)}: never varying while the others are fixed)" if flat else "")
-             + ". Sorted by |τ|; n = runs with both values. Probe measures come from each run's last probe row "
-             "(curvature.csv, else `gst flatness`'s flatness.csv).", ""]
+             f"axes. Grid axes of this study: {', '.join(axes) or 'none vary'} (merged anew over each measure's "
+             "runs, where columns can split them alike). Sorted by |τ|; n = runs with both values. Probe measures "
+             "come from each run's last probe row (curvature.csv, else `gst flatness`'s flatness.csv).", ""]
     for target, name in TARGETS:
         rows = measure_rows(runs, axes, target)
         lines += [f"### vs {name}", ""]
@@ -222,7 +228,8 @@ def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
     constant = [f"{name} ({number(runs[col].dropna().iloc[0], 3)})" for col, name in MEASURES
                 if runs[col].notna().sum() >= MIN_RUNS and runs[col].nunique() == 1]
     if constant:
-        lines += [f"The same in every run, so without a correlation (n/a): {', '.join(constant)}.", ""]
+        lines += [f"The same in every run, so Kendall τ and Pearson r are n/a (Jiang's τ counts the ties 0): "
+                  f"{', '.join(constant)}.", ""]
     return "\n".join(lines)
 
 
