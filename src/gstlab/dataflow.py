@@ -483,9 +483,9 @@ def check_activations(model: torch.nn.Module, units, flow: Flow) -> None:
                                     f"pruning.criterion=activation needs a module that runs once (declare "
                                     f"PrunableUnit(..., activation=...)), or use another criterion")
             held = flow.unit_dims.get(name, {})
-            if held.get(unit.module, -1) is None or unit.module not in held:
-                how = "holds its units moved or merged (a flatten, permutation or concatenation)" if unit.module in \
-                    held else "does not receive its output"
+            if held.get(unit.module) is None:  # None: moved or merged there; absent: not reached
+                how = ("holds its units moved or merged (a flatten, permutation or concatenation)"
+                       if unit.module in held else "does not receive its output")
                 raise C.ConfigError(f"unit {unit.name!r}: its activation module {name!r} {how}, so no activation "
                                     f"per unit of {unit.module!r} can be read there; pruning.criterion=activation "
                                     f"needs a module whose output keeps the layer's units on one dimension (declare "

@@ -153,8 +153,13 @@ def granulated_tau(runs: pd.DataFrame, x: str, y: str, axes: list[str]) -> tuple
     """(Ψ, axis -> ψ_axis) of Jiang et al. (ICLR 2020, eq. 4): ψ_axis is the mean of τ_a(x, y) (``tau_a``) over
     the axis's ``axis_groups``; Ψ is the mean of the ψ defined (an axis that never varies with the others fixed
     has none)."""
-    per_axis = {axis: float(np.mean([tau_a(runs.loc[idx, x], runs.loc[idx, y]) for idx in groups]))
-                for axis, groups in axis_groups(runs, x, y, axes).items() if groups}
+    return _psi_of(runs, x, y, axis_groups(runs, x, y, axes))
+
+
+def _psi_of(runs: pd.DataFrame, x: str, y: str, groups: dict[str, list[pd.Index]]) -> tuple[float, dict[str, float]]:
+    """(Ψ, axis -> ψ_axis) from each axis's ``axis_groups``."""
+    per_axis = {axis: float(np.mean([tau_a(runs.loc[idx, x], runs.loc[idx, y]) for idx in of_axis]))
+                for axis, of_axis in groups.items() if of_axis}
     return (float(np.mean(list(per_axis.values()))) if per_axis else math.nan), per_axis
 
 
@@ -168,10 +173,11 @@ def measure_rows(runs: pd.DataFrame, axes: list[str], target: str) -> list[dict]
             continue
         usable = runs[_both(runs, col, target)]
         own = merged_axes(usable, axes)
-        psi, per_axis = granulated_tau(usable, col, target, own)
-        groups = {axis: len(g) for axis, g in axis_groups(usable, col, target, own).items()}
+        groups = axis_groups(usable, col, target, own)
+        psi, per_axis = _psi_of(usable, col, target, groups)
         rows.append({"measure": name, "column": col, **correlation(runs[col], runs[target]), "psi": psi,
-                     "per_axis": per_axis, "groups": groups, "no_psi": [a for a in own if a not in per_axis]})
+                     "per_axis": per_axis, "groups": {axis: len(g) for axis, g in groups.items()},
+                     "no_psi": [a for a in own if a not in per_axis]})
     return sorted(rows, key=lambda r: -abs(r["kendall_tau"]) if math.isfinite(r["kendall_tau"]) else math.inf)
 
 
