@@ -175,7 +175,7 @@ def test_user_objects_are_not_changed_and_a_different_model_is_another_run(tmp_p
 
 def test_load_model_gives_the_runs_trained_model(tmp_path):
     """The loaded model reaches the run's final test accuracy on its test set; its pruned units are zeros and
-    its masks the run's. A model of another shape is one line; so is a directory without a saved model."""
+    its masks the run's. A model of another shape or class is one line; so is a directory without a saved model."""
     from gstlab.remeasure import CheckpointError
 
     summary = api.run(SHORT, tmp_path / "run", model=net(0), data=DATA)
@@ -186,9 +186,17 @@ def test_load_model_gives_the_runs_trained_model(tmp_path):
     dead = model.conv1.unit_mask == 0
     assert int(dead.sum()) == model.conv1.out_channels // 2  # SHORT prunes half of conv1 by its last event
     assert (model.conv1.weight[dead] == 0).all() and (model.conv1.weight[~dead] != 0).any()
-    with pytest.raises(C.ConfigError, match=r"^model: the weights of .* do not fit a Linear \(.*\); allowed: the "
+    with pytest.raises(C.ConfigError, match=r"^model: the weights of .* do not fit a SmallCNN \(.*\); allowed: the "
                                             r"architecture the run trained$"):
-        api.load_model(tmp_path / "run", torch.nn.Linear(3, 4))
+        api.load_model(tmp_path / "run", example.SmallCNN(classes=3))
+
+    class SameWeightsOtherCode(example.SmallCNN):  # fits the weights, computes something else
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -super().forward(x)
+
+    with pytest.raises(C.ConfigError, match=r"^model: a SameWeightsOtherCode; the run in .*run trained a SmallCNN "
+                                            r"\(model.supplied\); allowed: a SmallCNN$"):
+        api.load_model(tmp_path / "run", SameWeightsOtherCode())
     with pytest.raises(CheckpointError, match="no such directory"):
         api.load_model(tmp_path / "nothing", example.SmallCNN)
     other = {**SHORT, "pruning": {**SHORT["pruning"], "layers": [{"name": "conv2", "fraction": 0.5, "start": 0,

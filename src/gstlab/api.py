@@ -100,14 +100,20 @@ def load_model(out: str | Path, model: ModelLike, epoch: int | None = None) -> n
     ``train.keep_checkpoints``), checked against their checksum and loaded into ``model`` (an instance of the
     architecture the run trained, or a function that builds one); returns that model. Pruned units are exact
     zeros in the saved weights, and each pruned layer gets the run's ``unit_mask`` buffer (1 alive, 0 pruned),
-    so the model computes what the run's did. ConfigError (one line) when the weights do not fit it;
+    so the model computes what the run's did. ConfigError (one line) when the weights do not fit it, or when the
+    run trained a model given to :func:`run` of another class (by name: ``model.supplied``);
     ``gstlab.remeasure.CheckpointError`` when the file is missing or damaged."""
     from gstlab.remeasure import load_model_checkpoint  # noqa: PLC0415
 
-    weights = load_model_checkpoint(Path(out), epoch)["model"]
+    saved = load_model_checkpoint(Path(out), epoch)
+    weights = saved["model"]
     instance = model if isinstance(model, nn.Module) else _built(model)
     if not isinstance(instance, nn.Module):
         raise C.ConfigError(f"model: {type(instance).__name__}; allowed: an nn.Module or a function building one")
+    trained = str(((saved.get("config") or {}).get("model") or {}).get("supplied") or "").split(":")[0]
+    if trained and type(instance).__name__ != trained:  # weights that fit another class compute something else
+        raise C.ConfigError(f"model: a {type(instance).__name__}; the run in {out} trained a {trained} "
+                            f"(model.supplied); allowed: a {trained}")
     for path, layer in instance.named_modules():  # the run's masks replace any the model carries
         key = f"{path}.{MASK_BUFFER}" if path else MASK_BUFFER
         if key in weights:
