@@ -173,6 +173,33 @@ def test_user_objects_are_not_changed_and_a_different_model_is_another_run(tmp_p
         api.run(SHORT, tmp_path / "run", model=model, data=example.make_data(128, 64, seed=1))
 
 
+def test_load_model_without_a_model_builds_the_registered_architecture_the_run_trained(tmp_path):
+    """A run of gstlab's own model loads without one: the architecture its config names, built anew (torch's
+    random state untouched), reaches the run's final test accuracy; a run of a given model asks for it."""
+    from gstlab.data import load_data
+
+    config = {"data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 128,
+                       "synthetic_test": 64},
+              "model": {"arch": "mlp", "hidden": [16], "batch_norm": True},
+              "train": {"epochs": 2, "batch_size": 32, "progress": False},
+              "pruning": {"criterion": "l2", "side": "smallest", "period": 1,
+                          "layers": [{"name": "fc1", "fraction": 0.5, "start": 0, "end": 1}]}, "seed": 3}
+    summary = api.run(config, tmp_path / "zoo")
+    state = torch.random.get_rng_state()
+    model = api.load_model(tmp_path / "zoo").eval()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    data = load_data(C.parse(config).data, seed=0)  # the test set does not depend on the seed
+    with torch.no_grad():
+        accuracy = 100.0 * (model(data.x_test[:]).argmax(1) == data.y_test).float().mean().item()
+    assert accuracy == pytest.approx(summary["final_test_acc"], abs=1e-9)
+    assert int((model.fc1.unit_mask == 0).sum()) == 8
+    api.run(SHORT, tmp_path / "mine", model=net(0), data=DATA)
+    with pytest.raises(C.ConfigError, match=r"^model: none given; the run in .*mine trained a SmallCNN given to "
+                                            r"gstlab.api.run \(model.supplied\); allowed: that model, e.g. "
+                                            r"load_model\(out, SmallCNN\)$"):
+        api.load_model(tmp_path / "mine")
+
+
 def test_load_model_gives_the_runs_trained_model(tmp_path):
     """The loaded model reaches the run's final test accuracy on its test set; its pruned units are zeros and
     its masks the run's. A model of another shape or class is one line; so is a directory without a saved model."""

@@ -95,10 +95,11 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
         OUT_NAME.reset(token)
 
 
-def load_model(out: str | Path, model: ModelLike, epoch: int | None = None) -> nn.Module:
+def load_model(out: str | Path, model: ModelLike | None = None, epoch: int | None = None) -> nn.Module:
     """The trained weights of run directory ``out`` (``model_final.pt``, or ``model_epoch{E}.pt`` kept with
     ``train.keep_checkpoints``), checked against their checksum and loaded into ``model`` (an instance of the
-    architecture the run trained, or a function that builds one); returns that model. Pruned units are exact
+    architecture the run trained, or a function that builds one; None: the registered architecture the run's
+    config names, built anew, for a run of gstlab's own model); returns that model. Pruned units are exact
     zeros in the saved weights, and each pruned layer gets the run's ``unit_mask`` buffer (1 alive, 0 pruned),
     so the model computes what the run's did. ConfigError (one line) when the weights do not fit it, or when the
     run trained a model given to :func:`run` of another class (by name: ``model.supplied``);
@@ -107,7 +108,8 @@ def load_model(out: str | Path, model: ModelLike, epoch: int | None = None) -> n
 
     saved = load_model_checkpoint(Path(out), epoch)
     weights = saved["model"]
-    instance = model if isinstance(model, nn.Module) else _built(model)
+    instance = _registered_model(saved, out) if model is None else model if isinstance(model, nn.Module) else (
+        _built(model))
     if not isinstance(instance, nn.Module):
         raise C.ConfigError(f"model: {type(instance).__name__}; allowed: an nn.Module or a function building one")
     trained = str(((saved.get("config") or {}).get("model") or {}).get("supplied") or "").split(":")[0]
@@ -126,6 +128,26 @@ def load_model(out: str | Path, model: ModelLike, epoch: int | None = None) -> n
         raise C.ConfigError(f"model: the weights of {out} do not fit a {type(instance).__name__} "
                             f"({one_line(err, 300)}); allowed: the architecture the run trained") from None
     return instance
+
+
+def _registered_model(saved: dict, out: str | Path) -> nn.Module:
+    """The architecture a saved run's config names, built for its data's shape without touching torch's random
+    state; ConfigError when the run trained a model given to :func:`run` or on data of unknown shape."""
+    from gstlab.models import build_model  # noqa: PLC0415
+    from gstlab.preflight import data_shape  # noqa: PLC0415
+
+    cfg = C.from_dict(C.RunConfig, saved["config"])
+    if cfg.model.supplied:
+        name = cfg.model.supplied.split(":")[0]
+        raise C.ConfigError(f"model: none given; the run in {out} trained a {name} given to gstlab.api.run "
+                            f"(model.supplied); allowed: that model, e.g. load_model(out, {name})")
+    shape = data_shape(cfg.data)
+    if shape is None:
+        raise C.ConfigError(f"model: none given; the run in {out} trained on data set {cfg.data.name!r}, "
+                            f"registered elsewhere, whose input shape gstlab cannot know unloaded; allowed: the "
+                            f"model, built as the run built it")
+    with torch.random.fork_rng(devices=[]):
+        return build_model(cfg.model, *shape)
 
 
 def _callbacks(callbacks: Sequence[EpochCallback]) -> dict:
