@@ -241,6 +241,8 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
     for flags, message in (  # a setting of a measurement not made was accepted and ignored
             (["--prunability-delta", "0.5"], "--prunability-delta: prunability is not measured"),
             (["--prunability-samples", "10"], "--prunability-samples: prunability is not measured"),
+            (["--pac-bayes-draws", "3"], "--pac-bayes-draws: PAC-Bayes flatness is not measured"),
+            (["--pac-bayes", "--pac-bayes-drop", "0"], "probes.pac_bayes_drop: 0.0; allowed: accuracy points"),
             (["--eps-directions", "0", "--eps-samples", "10"], "--eps-samples: no eps directions are swept")):
         assert main(["flatness", str(out), *flags, "--no-progress"]) == 2
         err = capsys.readouterr().err

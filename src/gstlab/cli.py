@@ -429,7 +429,10 @@ def cmd_flatness(args: argparse.Namespace) -> int:
                                    ("eps_directions", args.eps_directions), ("eps_samples", args.eps_samples),
                                    ("prunability", args.prunability or None),
                                    ("prunability_delta", args.prunability_delta),
-                                   ("prunability_samples", args.prunability_samples))
+                                   ("prunability_samples", args.prunability_samples),
+                                   ("pac_bayes", args.pac_bayes or None), ("pac_bayes_drop", args.pac_bayes_drop),
+                                   ("pac_bayes_draws", args.pac_bayes_draws),
+                                   ("pac_bayes_samples", args.pac_bayes_samples))
                  if v is not None}
     row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress,
                                        device=args.device)
@@ -445,6 +448,11 @@ def cmd_flatness(args: argparse.Namespace) -> int:
     prunable = (f"   prunability {row['prunability']:.4g} (delta {row['prunability_delta']:g}, "
                 f"{row['prunability_samples']} training examples)" if "prunability" in row else "")
     print(f"  distance from init {row['distance_init']:.4g}{prunable}")
+    if "pac_bayes_sigma" in row:
+        print(f"  PAC-Bayes sigma {row['pac_bayes_sigma']:.4g} (flatness 1/sigma^2 {row['pac_bayes_flatness']:.4g}), "
+              f"magnitude-aware {row['pac_bayes_mag_sigma']:.4g} ({row['pac_bayes_mag_flatness']:.4g}); at most "
+              f"{row['pac_bayes_drop']:g} points below {row['pac_bayes_acc']:.2f}% on {row['pac_bayes_samples']} "
+              f"training examples, {row['pac_bayes_draws']} draws")
     print(f"  rows appended to {run_dir / 'flatness.csv'}")
     return EXIT_OK
 
@@ -572,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure flatness of a run's saved model (model_final.pt, or model_epoch{E}.pt kept with "
                     "train.keep_checkpoints): top-k Hessian eigenvalues over the surviving parameters, the "
                     "gradient second-moment trace, TIC and eps-flatness along the top eigenvectors, the distance "
-                    "from initialization (surviving parameters) and, with --prunability, prunability, with the "
+                    "from initialization (surviving parameters) and, with --prunability and --pac-bayes, "
+                    "prunability and PAC-Bayes flatness, with the "
                     "run's probe settings unless overridden. Appends a row to RUN_DIR/flatness.csv and the eps "
                     "sweep to RUN_DIR/flatness_eps.csv.")
     flat.add_argument("run_dir", metavar="RUN_DIR")
@@ -601,6 +610,19 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--prunability-samples", type=_count(1), metavar="N",
                       help="prunability's training subset: the first N training examples (default: the run's "
                            "probes.prunability_samples, 2048 unless set); only where prunability is measured")
+    flat.add_argument("--pac-bayes", action="store_true",
+                      help="also measure PAC-Bayes flatness (Jiang et al. 2020): the largest sigma of Gaussian noise "
+                           "on the weights, plain and magnitude-aware, that costs at most --pac-bayes-drop points of "
+                           "mean training accuracy, and 1/sigma^2")
+    flat.add_argument("--pac-bayes-drop", type=float, metavar="P",
+                      help="accuracy points the noise may cost (default: the run's probes.pac_bayes_drop, 10 unless "
+                           "set); only where PAC-Bayes flatness is measured (--pac-bayes or the run's probes)")
+    flat.add_argument("--pac-bayes-draws", type=_count(1), metavar="M",
+                      help="noise draws averaged per sigma (default: the run's probes.pac_bayes_draws, 10 unless "
+                           "set); only where PAC-Bayes flatness is measured")
+    flat.add_argument("--pac-bayes-samples", type=_count(1), metavar="N",
+                      help="its training subset: the first N training examples (default: the run's "
+                           "probes.pac_bayes_samples, 2048 unless set); only where PAC-Bayes flatness is measured")
     flat.add_argument("--seed", type=_count(0, 2**63 - 1), help="probe seed (default: derived from the run's seed)")
     flat.add_argument("--device", type=_device, metavar="D",
                       help="measure on D (auto, cpu, cuda, cuda:N, mps; default: the run's train.device), e.g. cpu "

@@ -156,6 +156,10 @@ class ProbeConfig:
     prunability: bool = False  # also measure prunability (Kuhn et al. 2021; gstlab/measures.py)
     prunability_delta: float = 0.1  # training loss may grow by this factor: <= (1 + delta) x unpruned
     prunability_samples: int = 2048  # its fixed training subset: the first N training examples
+    pac_bayes: bool = False  # also measure PAC-Bayes flatness (Jiang et al. 2020; gstlab/pac_bayes.py)
+    pac_bayes_drop: float = 10.0  # the training accuracy (%) the noise may cost, in points (Jiang et al.: 10)
+    pac_bayes_draws: int = 10  # Monte-Carlo draws of the noise per sigma tried
+    pac_bayes_samples: int = 2048  # its fixed training subset: the first N training examples
 
 
 @dataclass(frozen=True)
@@ -508,6 +512,8 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
     _check_probes(cfg.probes)
     if cfg.probes.prunability_delta <= 0:
         raise ConfigError(f"probes.prunability_delta: must be > 0, got {cfg.probes.prunability_delta}")
+    if not 0 < cfg.probes.pac_bayes_drop < 100:
+        raise ConfigError(f"probes.pac_bayes_drop: {cfg.probes.pac_bayes_drop}; allowed: accuracy points in (0, 100)")
     return cfg
 
 
@@ -678,6 +684,8 @@ def _check_positive(cfg: RunConfig) -> None:
         "probes.samples": cfg.probes.samples,
         "probes.top_k": cfg.probes.top_k,
         "probes.prunability_samples": cfg.probes.prunability_samples,
+        "probes.pac_bayes_draws": cfg.probes.pac_bayes_draws,
+        "probes.pac_bayes_samples": cfg.probes.pac_bayes_samples,
     }
     for name, value in checks.items():
         if value < 1:

@@ -1,6 +1,6 @@
 """Generalization measures of a trained model beyond flatness, measured with every flatness probe (and by
-``gst flatness``): distance from initialization and prunability (Kuhn et al., "Robustness to Pruning Predicts
-Generalization in Deep Neural Networks", 2021).
+``gst flatness``): distance from initialization, prunability (Kuhn et al., "Robustness to Pruning Predicts
+Generalization in Deep Neural Networks", 2021) and PAC-Bayes flatness (``gstlab.pac_bayes``).
 
 - ``distance_init``: ``||w - w0||_2`` over the surviving parameters (every parameter entry that pruning has not
   removed), ``w0`` the model as ``runner.prepare`` built it from the run's init seed.
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from gstlab.data.tensor_data import Images
+from gstlab.pac_bayes import pac_bayes
 from gstlab.train import evaluate
 
 
@@ -122,13 +123,19 @@ def prunability(model: nn.Module, x, y, delta: float, batch_size: int,
 
 
 def end_measures(model: nn.Module, masks, init: dict[str, torch.Tensor], x_train, y_train, cfg,
-                 batch_size: int) -> dict:
-    """The row entries for one probe: distance from init always, prunability when ``cfg.prunability``
-    (``cfg``: the run's ProbeConfig; ``masks``: UnitMasks or None)."""
+                 batch_size: int, seed: int) -> dict:
+    """The row entries for one probe: distance from init always, prunability when ``cfg.prunability``, PAC-Bayes
+    flatness (its noise drawn from ``seed``) when ``cfg.pac_bayes`` (``cfg``: the run's ProbeConfig; ``masks``:
+    UnitMasks or None)."""
     param_masks = masks.param_masks() if masks is not None else None
     row = {"distance_init": distance_from_init(model, init, param_masks)}
     if cfg.prunability:
         x, y = training_subset(x_train, y_train, cfg.prunability_samples)
         row.update(prunability(model, x, y, cfg.prunability_delta, batch_size, param_masks),
                    prunability_delta=cfg.prunability_delta, prunability_samples=len(x))
+    if cfg.pac_bayes:
+        x, y = training_subset(x_train, y_train, cfg.pac_bayes_samples)
+        row.update(pac_bayes(model, x, y, cfg.pac_bayes_drop, cfg.pac_bayes_draws, batch_size, seed, param_masks),
+                   pac_bayes_drop=cfg.pac_bayes_drop, pac_bayes_draws=cfg.pac_bayes_draws,
+                   pac_bayes_samples=len(x))
     return row

@@ -1,6 +1,7 @@
 """Flatness probes as an epoch callback: at the configured epochs, after every event and/or at the end, measure
 the Hessian spectrum (surviving parameters only), traces, gradient noise and eps-flatness on a fixed probe set,
-distance from initialization and, with ``probes.prunability``, prunability (``gstlab.measures``), and append
+distance from initialization and, with ``probes.prunability`` / ``probes.pac_bayes``, prunability and PAC-Bayes
+flatness (``gstlab.measures``), and append
 rows to ``curvature.csv`` / ``eps_sweep.csv`` in the run directory."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ CURVATURE_COLUMNS = (
     "eig_sum", "eig_max", "eigenvalues",
     "hutchinson_trace", "hutchinson_stderr", "grad_moment_trace", "grad_cov_trace", "tic", "delta_w",
     "convention", "distance_init", "prunability", "prunability_delta", "prunability_samples", "prunability_loss",
-    "wall_s",
+    "pac_bayes_sigma", "pac_bayes_flatness", "pac_bayes_mag_sigma", "pac_bayes_mag_flatness", "pac_bayes_acc",
+    "pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples", "wall_s",
 )
 EPS_COLUMNS = ("epoch", "direction", "eps", "loss", "acc", "base_loss")
 
@@ -53,13 +55,13 @@ class FlatnessProbe:
             return
         from gstlab.flatness import ProbeError, measure  # noqa: PLC0415 (curvature code loads only when probing)
 
+        seed = derive_seed(run.cfg.seed, "probe")
         try:
-            row, eps_rows = measure(run.model, run.masks, self.x_eval, self.y_eval, self.cfg,
-                                    seed=derive_seed(run.cfg.seed, "probe"),
+            row, eps_rows = measure(run.model, run.masks, self.x_eval, self.y_eval, self.cfg, seed=seed,
                                     eval_batch_size=run.cfg.train.eval_batch_size)
             start = time.perf_counter()
             row.update(end_measures(run.model, run.masks, self.init, self.x_train, self.y_train, self.cfg,
-                                    run.cfg.train.eval_batch_size))
+                                    run.cfg.train.eval_batch_size, derive_seed(seed, "pac_bayes")))
         except ProbeError as err:  # e.g. a non-finite probe loss: the run cannot give the rows it was asked for
             raise EndRun(f"{trigger} probe: {err}") from err
         row["wall_s"] += time.perf_counter() - start

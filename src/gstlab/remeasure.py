@@ -41,6 +41,7 @@ def load_model_checkpoint(run_dir: Path, epoch: int | None) -> dict:
 
 
 NOT_PRUNABILITY = "prunability is not measured (neither --prunability nor the run's probes.prunability)"
+NOT_PAC_BAYES = "PAC-Bayes flatness is not measured (neither --pac-bayes nor the run's probes.pac_bayes)"
 NOT_EPS = "no eps directions are swept (--eps-directions, or the run's probes.eps_directions, is 0)"
 
 
@@ -49,6 +50,9 @@ def check_used(probes: C.ProbeConfig, overrides: dict) -> None:
     a measurement ``probes`` does not make: it would be accepted and ignored."""
     unused = {} if probes.prunability else {"prunability_delta": (NOT_PRUNABILITY, "add --prunability"),
                                             "prunability_samples": (NOT_PRUNABILITY, "add --prunability")}
+    if not probes.pac_bayes:
+        unused.update({key: (NOT_PAC_BAYES, "add --pac-bayes")
+                       for key in ("pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples")})
     if not probes.eps_directions:
         unused["eps_samples"] = (NOT_EPS, "add --eps-directions D (D > 0)")
     for key, (why, allowed) in unused.items():
@@ -83,6 +87,6 @@ def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: 
         row, eps_rows = measure(run.model, run.masks, x, y, cfg.probes, seed, cfg.train.eval_batch_size, progress)
         train = run.trainer.train_batches
         row.update(end_measures(run.model, run.masks, init, train.x, train.y, cfg.probes,
-                                cfg.train.eval_batch_size))
+                                cfg.train.eval_batch_size, derive_seed(seed, "pac_bayes")))
     row.update(epoch=state["epoch"], trigger="cli")
     return row, [dict(r, epoch=state["epoch"]) for r in eps_rows]

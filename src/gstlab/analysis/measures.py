@@ -26,9 +26,11 @@ MEASURES = (
     ("worst_class_drop", "worst per-class recall drop (points)"), ("recall_distortion", "recall distortion"),
     ("eig_sum", "Σ top-k Hessian eigenvalues"), ("hutchinson_trace", "Hessian trace (Hutchinson)"),
     ("grad_moment_trace", "gradient second-moment trace"), ("prunability", "prunability (kept fraction)"),
-    ("distance_init", "distance from initialization"), ("memorization", "memorization (%)"),
+    ("distance_init", "distance from initialization"), ("pac_bayes_flatness", "PAC-Bayes flatness 1/σ²"),
+    ("pac_bayes_mag_flatness", "magnitude-aware PAC-Bayes flatness 1/σ²"), ("memorization", "memorization (%)"),
 )
-PROBE_MEASURES = ("eig_sum", "hutchinson_trace", "grad_moment_trace", "prunability", "distance_init")
+PROBE_MEASURES = ("eig_sum", "hutchinson_trace", "grad_moment_trace", "prunability", "distance_init",
+                  "pac_bayes_flatness", "pac_bayes_mag_flatness")
 TARGETS = (("generalization_gap", "generalization gap"), ("best_test_acc", "best test accuracy"))
 AXES = ("arch", "criterion", "side", "period", "iterative_rate", "intervention", "batches", "scratch")
 MIN_RUNS = 3  # a measure needs this many runs with a value to be ranked
@@ -229,7 +231,7 @@ def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
     missing = [name for col, name in MEASURES if runs[col].notna().sum() < MIN_RUNS]
     if missing:
         lines += [f"Not available in {MIN_RUNS} or more runs: {', '.join(missing)} (probe measures need `probes` "
-                  "in the runs' configs or `gst flatness RUN_DIR --prunability` on their saved models; "
+                  "in the runs' configs or `gst flatness RUN_DIR --prunability --pac-bayes` on their saved models; "
                   "memorization needs `data.label_noise`; class detail needs pruning events).", ""]
     constant = [f"{name} ({number(runs[col].dropna().iloc[0], 3)})" for col, name in MEASURES
                 if runs[col].notna().sum() >= MIN_RUNS and runs[col].nunique() == 1]

@@ -1,0 +1,121 @@
+"""PAC-Bayes flatness (Jiang et al., "Fantastic Generalization Measures and Where to Find Them", ICLR 2020: their
+``pacbayes.flatness`` and ``pacbayes.mag.flatness``, the flatness measures that predicted generalization best
+there), measured with every flatness probe when ``probes.pac_bayes`` is set (and by ``gst flatness --pac-bayes``).
+
+- ``pac_bayes_sigma``: the largest σ such that Gaussian noise ``u ~ N(0, σ² I)`` added to the trained weights
+  lowers the mean training accuracy (over ``probes.pac_bayes_draws`` draws of u) by at most
+  ``probes.pac_bayes_drop`` points (Jiang et al.: 0.1 of accuracy, 10 points); ``pac_bayes_flatness = 1/σ²``
+  (larger: sharper).
+- ``pac_bayes_mag_sigma`` and ``pac_bayes_mag_flatness``: the same with magnitude-aware noise,
+  ``u_i ~ N(0, σ² w_i² + ε²)``, ε = 10⁻³ (Jiang et al.), so σ is relative to each weight's size.
+
+Noise goes on every trainable parameter's surviving entries (a pruned entry stays removed); buffers (BatchNorm
+statistics) are kept. Accuracy: eval mode, fp32, on the first ``probes.pac_bayes_samples`` training examples. The
+draws are fixed for the whole search (common random numbers: draw m is the same standard normal vector z_m at
+every σ, scaled), so the estimated accuracy is one deterministic function of σ. σ is found by doubling or halving
+from 0.05, then bisection in log σ to 1% (as prunability's bisection, a σ that passes with the next larger one
+failing, where accuracy is not monotone in σ). A model whose accuracy never drops that far (every σ up to 2¹⁰
+passes: at chance level, say) has σ = inf and flatness 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from gstlab.train import evaluate
+
+MAG_EPS = 1e-3  # ε of the magnitude-aware noise (Jiang et al.)
+START_SIGMA = 0.05
+MIN_SIGMA, MAX_SIGMA = 2.0 ** -30, 2.0 ** 10
+REL_TOL = 0.01  # the search stops when its bracket [lo, hi] has hi / lo <= 1 + REL_TOL
+
+
+def largest_passing_sigma(passes: Callable[[float], bool], start: float = START_SIGMA) -> float:
+    """The largest σ with ``passes(σ)`` where it is monotone (else one that passes with a larger one, within
+    ``REL_TOL``, failing): doubling or halving from ``start``, then bisection in log σ. 0 when nothing from
+    ``MIN_SIGMA`` passes, inf when everything up to ``MAX_SIGMA`` does."""
+    lo, hi = start, start
+    if passes(start):
+        while passes(hi := lo * 2):
+            lo = hi
+            if lo >= MAX_SIGMA:
+                return math.inf
+    else:
+        while not passes(lo := hi / 2):
+            hi = lo
+            if hi <= MIN_SIGMA:
+                return 0.0
+    while hi / lo > 1 + REL_TOL:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if passes(mid) else (lo, mid)
+    return lo
+
+
+class Perturbation:
+    """Puts ``σ``-scaled noise draw ``m`` on ``model``'s trainable parameters (their surviving entries) and takes
+    it off again; draw m's standard normal vector comes from a CPU generator seeded ``seed + m``, so it is the
+    same at every σ and on every device."""
+
+    def __init__(self, model: nn.Module, param_masks: dict[str, torch.Tensor] | None, seed: int,
+                 magnitude: bool) -> None:
+        masks = param_masks or {}
+        self.params = [(p, masks.get(name)) for name, p in model.named_parameters() if p.requires_grad]
+        self.saved = [p.detach().clone() for p, _ in self.params]
+        self.seed, self.magnitude = seed, magnitude
+
+    @torch.no_grad()
+    def apply(self, sigma: float, draw: int) -> None:
+        gen = torch.Generator().manual_seed(self.seed + draw)
+        for (p, keep), w in zip(self.params, self.saved):
+            z = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype)
+            scale = torch.sqrt(sigma ** 2 * w.float() ** 2 + MAG_EPS ** 2).to(p.dtype) if self.magnitude else sigma
+            noise = z * scale
+            if keep is not None:
+                noise = noise * keep.to(p.device, p.dtype)
+            p.copy_(w + noise)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for (p, _), w in zip(self.params, self.saved):
+            p.copy_(w)
+
+
+def pac_bayes_sigma(model: nn.Module, x, y, drop: float, draws: int, batch_size: int, seed: int,
+                    magnitude: bool, param_masks: dict[str, torch.Tensor] | None = None) -> tuple[float, float, int]:
+    """(σ, the unperturbed accuracy, accuracy evaluations made); the model is restored exactly afterwards."""
+    base = evaluate(model, x, y, batch_size).acc
+    noise = Perturbation(model, param_masks, seed, magnitude)
+    evaluations = 0
+
+    def passes(sigma: float) -> bool:
+        nonlocal evaluations
+        total = 0.0
+        for m in range(draws):
+            noise.apply(sigma, m)
+            total += evaluate(model, x, y, batch_size).acc
+        evaluations += draws
+        return base - total / draws <= drop
+
+    try:
+        sigma = largest_passing_sigma(passes)
+    finally:
+        noise.restore()
+    return sigma, base, evaluations
+
+
+def pac_bayes(model: nn.Module, x, y, drop: float, draws: int, batch_size: int, seed: int,
+              param_masks: dict[str, torch.Tensor] | None = None) -> dict:
+    """The probe row's PAC-Bayes entries: both σ, both flatness values (1/σ²), the unperturbed accuracy and the
+    accuracy evaluations made."""
+    row: dict = {}
+    evaluations = 0
+    for prefix, magnitude in (("pac_bayes", False), ("pac_bayes_mag", True)):
+        sigma, base, made = pac_bayes_sigma(model, x, y, drop, draws, batch_size, seed, magnitude, param_masks)
+        row[f"{prefix}_sigma"] = sigma
+        row[f"{prefix}_flatness"] = 1.0 / sigma ** 2 if sigma > 0 else math.inf
+        evaluations += made
+    return {**row, "pac_bayes_acc": base, "pac_bayes_evals": evaluations}
