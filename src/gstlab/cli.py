@@ -1,8 +1,8 @@
 """The ``gst`` command line: run, presets, demo, flatness, sweep, report.
 
-Exit status: 0 success, 1 a run failed (diverged, or a probe could not measure it), a study had failed runs, a
-report left out damaged runs or a disk failed mid-run, 2 bad input (the message names the field and what is
-allowed; nothing is written), 130 interrupted (Ctrl-C), 141 the output was closed early (``gst ... | head``).
+Exit status: 0 success, 1 a run failed (diverged, or a probe during training could not measure it), a study had
+failed runs, a report left out damaged runs or a disk failed mid-run, 2 bad input (the message names the field
+and what is allowed; nothing is written; for ``gst flatness`` also a saved model it cannot measure), 130 interrupted (Ctrl-C), 141 the output was closed early (``gst ... | head``).
 """
 
 from __future__ import annotations
@@ -479,9 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gst", description="Train while pruning on a schedule and measure the generalization-stability "
                                 "tradeoff (Bartoldson et al., NeurIPS 2020).",
-        epilog="exit status: 0 finished; 1 a run failed (diverged, or a probe could not measure it), a study has "
-               "failed runs, a report left out damaged runs, or a disk turned read-only or full (one line naming "
-               "the file); 2 bad input (one line naming the field and what is allowed; nothing is written); 130 "
+        epilog="exit status: 0 finished; 1 a run failed (diverged, or a probe during training could not measure it), "
+               "a study has failed runs, a report left out damaged runs, or a disk turned read-only or full (one "
+               "line naming the file); 2 bad input (one line naming the field and what is allowed; nothing is written; for gst "
+               "flatness also a saved model it cannot measure: missing, damaged, non-finite loss); 130 "
                "interrupted (Ctrl-C: rerun to resume); 141 the output was closed early (e.g. by head). Damaged "
                "files are repaired or reported with the command that fixes them: docs/reliability.md.")
     parser.add_argument("--portable", action="store_true",
