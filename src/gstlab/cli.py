@@ -2,7 +2,8 @@
 
 Exit status: 0 success, 1 a run failed (diverged, or a probe during training could not measure it), a study had
 failed runs, a report left out damaged runs or a disk failed mid-run, 2 bad input (the message names the field
-and what is allowed; nothing is written; for ``gst flatness`` also a saved model it cannot measure), 130 interrupted (Ctrl-C), 141 the output was closed early (``gst ... | head``).
+and what is allowed; nothing is written; for ``gst flatness`` also a saved model it cannot measure), 130
+interrupted (Ctrl-C), 141 the output was closed early (``gst ... | head``).
 """
 
 from __future__ import annotations
@@ -481,8 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "tradeoff (Bartoldson et al., NeurIPS 2020).",
         epilog="exit status: 0 finished; 1 a run failed (diverged, or a probe during training could not measure it), "
                "a study has failed runs, a report left out damaged runs, or a disk turned read-only or full (one "
-               "line naming the file); 2 bad input (one line naming the field and what is allowed; nothing is written; for gst "
-               "flatness also a saved model it cannot measure: missing, damaged, non-finite loss); 130 "
+               "line naming the file); 2 bad input (one line naming the field and what is allowed; nothing is "
+               "written; for gst flatness also a saved model it cannot measure: missing, damaged, non-finite "
+               "loss); 130 "
                "interrupted (Ctrl-C: rerun to resume); 141 the output was closed early (e.g. by head). Damaged "
                "files are repaired or reported with the command that fixes them: docs/reliability.md.")
     parser.add_argument("--portable", action="store_true",
