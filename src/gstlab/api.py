@@ -108,8 +108,10 @@ def load_model(out: str | Path, model: ModelLike | None = None, epoch: int | Non
 
     saved = load_model_checkpoint(Path(out), epoch)
     weights = saved["model"]
-    instance = _registered_model(saved, out) if model is None else model if isinstance(model, nn.Module) else (
-        _built(model))
+    if model is None:
+        instance = _registered_model(saved, out)
+    else:
+        instance = model if isinstance(model, nn.Module) else _built(model)
     if not isinstance(instance, nn.Module):
         raise C.ConfigError(f"model: {type(instance).__name__}; allowed: an nn.Module or a function building one")
     trained = str(((saved.get("config") or {}).get("model") or {}).get("supplied") or "").split(":")[0]
