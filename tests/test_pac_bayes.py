@@ -13,7 +13,15 @@ from scipy import optimize, stats
 from torch import nn
 
 from gstlab import config as C
-from gstlab.pac_bayes import MAG_EPS, REL_TOL, Perturbation, largest_passing_sigma, pac_bayes, pac_bayes_sigma
+from gstlab.pac_bayes import (
+    MAG_EPS,
+    REL_TOL,
+    Perturbation,
+    largest_passing_sigma,
+    pac_bayes,
+    pac_bayes_sigma,
+    within_drop,
+)
 
 DROP = 10.0
 
@@ -61,6 +69,14 @@ def test_the_search_finds_a_threshold_to_its_tolerance_or_says_inf_or_zero():
         assert threshold / (1 + REL_TOL) <= sigma <= threshold
     assert largest_passing_sigma(lambda s: True) == math.inf
     assert largest_passing_sigma(lambda s: False) == 0.0
+    assert largest_passing_sigma(lambda s: s <= 1100) == math.inf  # every doubling up to 2^10 passes (819.2)
+    assert 800 / (1 + REL_TOL) <= largest_passing_sigma(lambda s: s <= 800) <= 800
+
+
+def test_the_drop_is_compared_in_counts_so_an_exact_tie_passes():
+    # 300 examples, 3 draws: 206 right unperturbed, 176 per draw: exactly 10 points (as percentages, 10.000000000000007)
+    assert 100.0 * 206 / 300 - 3 * (100.0 * 176 / 300) / 3 > 10
+    assert within_drop(206, 3 * 176, 3, 300, 10.0) and not within_drop(206, 3 * 176 - 1, 3, 300, 10.0)
 
 
 def test_noise_spares_pruned_entries_and_the_model_comes_back_exactly():
@@ -96,6 +112,24 @@ def test_noise_spares_pruned_entries_and_the_model_comes_back_exactly():
 def test_a_drop_outside_0_100_is_one_line(drop, message):
     with pytest.raises(C.ConfigError, match=rf"^probes.pac_bayes_drop: .*{message}$"):
         C.parse({"probes": {"pac_bayes": True}}, [f"probes.pac_bayes_drop={drop}"])
+
+
+def test_a_draw_count_beyond_the_limit_is_one_line():
+    with pytest.raises(C.ConfigError, match=r"^probes.pac_bayes_draws: must be <= 100,000, got 1,000,000,000,000$"):
+        C.parse({"probes": {"pac_bayes": True}}, ["probes.pac_bayes_draws=1000000000000"])
+
+
+def test_reports_count_the_sharpest_runs_and_note_different_settings():
+    import pandas as pd
+
+    from gstlab.analysis.measures import probe_notes
+
+    last = pd.DataFrame({"run_id": ["a", "b", "c"], "epoch": [9, 9, 9], "pac_bayes_flatness": [4.0, 9.0, 1.0],
+                         "pac_bayes_mag_flatness": [math.inf, 2.0, math.inf], "pac_bayes_drop": [10.0, 10.0, 5.0]})
+    notes = probe_notes(last)
+    assert any(n.startswith("magnitude-aware PAC-Bayes flatness: 2 of 3 runs have σ = 0") for n in notes)
+    assert not any(n.startswith("PAC-Bayes flatness:") for n in notes)
+    assert any("different settings (pac_bayes_drop 10.0: 2 runs; pac_bayes_drop 5.0: 1 runs)" in n for n in notes)
 
 
 def test_off_by_default_and_out_of_the_run_id():

@@ -539,7 +539,7 @@ LIMITS = {
     "data.synthetic_test": 1_000_000,
     "data.synthetic_classes": 100_000, "model.width": 16.0, "probes.samples": 1_000_000,
     "probes.top_k": 10_000, "probes.trace_samples": 100_000, "probes.eps_directions": 10_000,
-    "probes.max_iter": 1_000_000,
+    "probes.max_iter": 1_000_000, "probes.pac_bayes_draws": 100_000,
     "intervention.batches": 100_000_000,
 }
 MAX_UNITS = 65_536  # model.hidden and model.channels widths, data.synthetic_shape sides

@@ -14,8 +14,10 @@ statistics) are kept. Accuracy: eval mode, fp32, on the first ``probes.pac_bayes
 draws are fixed for the whole search (common random numbers: draw m is the same standard normal vector z_m at
 every σ, scaled), so the estimated accuracy is one deterministic function of σ. σ is found by doubling or halving
 from 0.05, then bisection in log σ to 1% (as prunability's bisection, a σ that passes with the next larger one
-failing, where accuracy is not monotone in σ). A model whose accuracy never drops that far (every σ up to 2¹⁰
-passes: at chance level, say) has σ = inf and flatness 0.
+failing, where accuracy is not monotone in σ); the drop is compared in correct counts, so an exact tie passes. A
+model whose accuracy never drops that far (every doubling up to 2¹⁰ passes, the last 0.05 · 2¹⁴ = 819.2: at chance
+level, say) has σ = inf and flatness 0; one that no halving down to 2⁻³⁰ keeps within the drop has σ = 0 and
+flatness inf (reports leave it out of correlations and count it in a note).
 """
 
 from __future__ import annotations
@@ -36,19 +38,19 @@ REL_TOL = 0.01  # the search stops when its bracket [lo, hi] has hi / lo <= 1 + 
 
 def largest_passing_sigma(passes: Callable[[float], bool], start: float = START_SIGMA) -> float:
     """The largest σ with ``passes(σ)`` where it is monotone (else one that passes with a larger one, within
-    ``REL_TOL``, failing): doubling or halving from ``start``, then bisection in log σ. 0 when nothing from
-    ``MIN_SIGMA`` passes, inf when everything up to ``MAX_SIGMA`` does."""
+    ``REL_TOL``, failing): doubling or halving from ``start``, then bisection in log σ. 0 when no halving down to
+    ``MIN_SIGMA`` passes, inf when every doubling up to ``MAX_SIGMA`` does."""
     lo, hi = start, start
     if passes(start):
-        while passes(hi := lo * 2):
+        while (hi := lo * 2) <= MAX_SIGMA and passes(hi):
             lo = hi
-            if lo >= MAX_SIGMA:
-                return math.inf
+        if hi > MAX_SIGMA:
+            return math.inf
     else:
-        while not passes(lo := hi / 2):
+        while (lo := hi / 2) >= MIN_SIGMA and not passes(lo):
             hi = lo
-            if hi <= MIN_SIGMA:
-                return 0.0
+        if lo < MIN_SIGMA:
+            return 0.0
     while hi / lo > 1 + REL_TOL:
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if passes(mid) else (lo, mid)
@@ -87,24 +89,37 @@ class Perturbation:
 def pac_bayes_sigma(model: nn.Module, x, y, drop: float, draws: int, batch_size: int, seed: int,
                     magnitude: bool, param_masks: dict[str, torch.Tensor] | None = None) -> tuple[float, float, int]:
     """(σ, the unperturbed accuracy, accuracy evaluations made); the model is restored exactly afterwards."""
+    n = len(y)
     base = evaluate(model, x, y, batch_size).acc
+    base_correct = _correct(base, n)
     noise = Perturbation(model, param_masks, seed, magnitude)
     evaluations = 0
 
     def passes(sigma: float) -> bool:
         nonlocal evaluations
-        total = 0.0
+        correct = 0
         for m in range(draws):
             noise.apply(sigma, m)
-            total += evaluate(model, x, y, batch_size).acc
+            correct += _correct(evaluate(model, x, y, batch_size).acc, n)
         evaluations += draws
-        return base - total / draws <= drop
+        return within_drop(base_correct, correct, draws, n, drop)
 
     try:
         sigma = largest_passing_sigma(passes)
     finally:
         noise.restore()
     return sigma, base, evaluations
+
+
+def within_drop(base_correct: int, correct: int, draws: int, n: int, drop: float) -> bool:
+    """Whether ``correct`` right predictions summed over ``draws`` evaluations of ``n`` examples lose at most
+    ``drop`` accuracy points against ``base_correct``, in counts (in percentages rounding decides exact ties)."""
+    return 100 * (draws * base_correct - correct) <= drop * n * draws
+
+
+def _correct(accuracy: float, n: int) -> int:
+    """The count behind ``evaluate``'s accuracy (100 * correct / n)."""
+    return round(accuracy * n / 100.0)
 
 
 def pac_bayes(model: nn.Module, x, y, drop: float, draws: int, batch_size: int, seed: int,

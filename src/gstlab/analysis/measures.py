@@ -63,12 +63,19 @@ def probe_notes(last: pd.DataFrame) -> list[str]:
         if unknown:
             notes.append(f"Flatness: {unknown} of {len(last)} runs' last probes do not record whether the "
                          "eigensolver converged (made before gstlab recorded it).")
-    keys = [c for c in ("method", "k", "samples") if c in last]
+    for col, name in (("pac_bayes_flatness", "PAC-Bayes"), ("pac_bayes_mag_flatness", "magnitude-aware PAC-Bayes")):
+        sharpest = int(np.isposinf(pd.to_numeric(last[col], errors="coerce")).sum()) if col in last else 0
+        if sharpest:
+            notes.append(f"{name} flatness: {sharpest} of {len(last)} runs have σ = 0 (even the smallest noise "
+                         "tried costs more than the allowed drop: flatness ∞, the sharpest runs) and are left out "
+                         "of its correlations.")
+    keys = [c for c in ("method", "k", "samples", "prunability_delta", "prunability_samples", "pac_bayes_drop",
+                        "pac_bayes_draws", "pac_bayes_samples") if c in last and last[c].notna().any()]
     if keys and len(last[keys].astype(str).drop_duplicates()) > 1:
         kinds = last[keys].astype(str).value_counts()
         listed = "; ".join(f"{', '.join(f'{k} {v}' for k, v in zip(keys, combo))}: {n} runs"
                            for combo, n in kinds.items())
-        notes.append(f"Flatness: the runs' last probes were made with different settings ({listed}); their "
+        notes.append(f"Probes: the runs' last probes were made with different settings ({listed}); their "
                      "values are different quantities and are compared as they are.")
     return notes
 
