@@ -108,13 +108,13 @@ def load_model(out: str | Path, model: ModelLike | None = None, epoch: int | Non
 
     saved = load_model_checkpoint(Path(out), epoch)
     weights = saved["model"]
+    trained = _supplied_class(saved)
     if model is None:
-        instance = _registered_model(saved, out)
+        instance = _registered_model(saved, out, trained)
     else:
         instance = model if isinstance(model, nn.Module) else _built(model)
     if not isinstance(instance, nn.Module):
         raise C.ConfigError(f"model: {type(instance).__name__}; allowed: an nn.Module or a function building one")
-    trained = str(((saved.get("config") or {}).get("model") or {}).get("supplied") or "").split(":")[0]
     if trained and type(instance).__name__ != trained:  # weights that fit another class compute something else
         raise C.ConfigError(f"model: a {type(instance).__name__}; the run in {out} trained a {trained} "
                             f"(model.supplied); allowed: a {trained}")
@@ -132,17 +132,23 @@ def load_model(out: str | Path, model: ModelLike | None = None, epoch: int | Non
     return instance
 
 
-def _registered_model(saved: dict, out: str | Path) -> nn.Module:
+def _supplied_class(saved: dict) -> str:
+    """The class name in a saved run's ``model.supplied`` (``model_fingerprint``'s ``Class:hex``); "" for a run
+    of a registered architecture."""
+    return str(((saved.get("config") or {}).get("model") or {}).get("supplied") or "").split(":")[0]
+
+
+def _registered_model(saved: dict, out: str | Path, supplied: str) -> nn.Module:
     """The architecture a saved run's config names, built for its data's shape without touching torch's random
-    state; ConfigError when the run trained a model given to :func:`run` or on data of unknown shape."""
+    state; ConfigError when the run trained a model given to :func:`run` (class ``supplied``) or on data of
+    unknown shape."""
     from gstlab.models import build_model  # noqa: PLC0415
     from gstlab.preflight import data_shape  # noqa: PLC0415
 
+    if supplied:
+        raise C.ConfigError(f"model: none given; the run in {out} trained a {supplied} given to gstlab.api.run "
+                            f"(model.supplied); allowed: that model, e.g. load_model(out, {supplied})")
     cfg = C.from_dict(C.RunConfig, saved["config"])
-    if cfg.model.supplied:
-        name = cfg.model.supplied.split(":")[0]
-        raise C.ConfigError(f"model: none given; the run in {out} trained a {name} given to gstlab.api.run "
-                            f"(model.supplied); allowed: that model, e.g. load_model(out, {name})")
     shape = data_shape(cfg.data)
     if shape is None:
         raise C.ConfigError(f"model: none given; the run in {out} trained on data set {cfg.data.name!r}, "

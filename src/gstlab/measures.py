@@ -23,6 +23,7 @@ from torch import nn
 
 from gstlab.data.tensor_data import Images
 from gstlab.pac_bayes import pac_bayes
+from gstlab.seeding import derive_seed
 from gstlab.train import evaluate
 
 
@@ -123,10 +124,10 @@ def prunability(model: nn.Module, x, y, delta: float, batch_size: int,
 
 
 def end_measures(model: nn.Module, masks, init: dict[str, torch.Tensor], x_train, y_train, cfg,
-                 batch_size: int, seed: int) -> dict:
+                 batch_size: int, probe_seed: int) -> dict:
     """The row entries for one probe: distance from init always, prunability when ``cfg.prunability``, PAC-Bayes
-    flatness (its noise drawn from ``seed``) when ``cfg.pac_bayes`` (``cfg``: the run's ProbeConfig; ``masks``:
-    UnitMasks or None)."""
+    flatness (its noise drawn from ``probe_seed``'s "pac_bayes" stream) when ``cfg.pac_bayes`` (``cfg``: the
+    run's ProbeConfig; ``masks``: UnitMasks or None)."""
     param_masks = masks.param_masks() if masks is not None else None
     row = {"distance_init": distance_from_init(model, init, param_masks)}
     if cfg.prunability:
@@ -135,6 +136,7 @@ def end_measures(model: nn.Module, masks, init: dict[str, torch.Tensor], x_train
                    prunability_delta=cfg.prunability_delta, prunability_samples=len(x))
     if cfg.pac_bayes:
         x, y = training_subset(x_train, y_train, cfg.pac_bayes_samples)
+        seed = derive_seed(probe_seed, "pac_bayes")
         row.update(pac_bayes(model, x, y, cfg.pac_bayes_drop, cfg.pac_bayes_draws, batch_size, seed, param_masks),
                    pac_bayes_drop=cfg.pac_bayes_drop, pac_bayes_draws=cfg.pac_bayes_draws,
                    pac_bayes_samples=len(x))

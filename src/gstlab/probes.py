@@ -61,7 +61,7 @@ class FlatnessProbe:
                                     eval_batch_size=run.cfg.train.eval_batch_size)
             start = time.perf_counter()
             row.update(end_measures(run.model, run.masks, self.init, self.x_train, self.y_train, self.cfg,
-                                    run.cfg.train.eval_batch_size, derive_seed(seed, "pac_bayes")))
+                                    run.cfg.train.eval_batch_size, seed))
         except ProbeError as err:  # e.g. a non-finite probe loss: the run cannot give the rows it was asked for
             raise EndRun(f"{trigger} probe: {err}") from err
         row["wall_s"] += time.perf_counter() - start

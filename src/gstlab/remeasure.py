@@ -87,6 +87,6 @@ def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: 
         row, eps_rows = measure(run.model, run.masks, x, y, cfg.probes, seed, cfg.train.eval_batch_size, progress)
         train = run.trainer.train_batches
         row.update(end_measures(run.model, run.masks, init, train.x, train.y, cfg.probes,
-                                cfg.train.eval_batch_size, derive_seed(seed, "pac_bayes")))
+                                cfg.train.eval_batch_size, seed))
     row.update(epoch=state["epoch"], trigger="cli")
     return row, [dict(r, epoch=state["epoch"]) for r in eps_rows]
