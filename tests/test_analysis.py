@@ -541,6 +541,19 @@ def test_last_probes_keeps_each_runs_highest_epoch_whatever_the_row_order():
     assert dict(zip(last["run_id"], last["eig_sum"])) == {"a": 2.0, "b": 4.0}
 
 
+def test_last_probes_keeps_an_earlier_same_epoch_rows_optional_measures_the_last_row_skipped():
+    nan = float("nan")
+    curvature = pd.DataFrame({  # a: in-run probe with PAC-Bayes, then gst flatness without it at the same epoch
+        "run_id": ["a", "a", "a", "b", "b"], "epoch": [100, 314, 314, 200, 314],
+        "eig_sum": [9.0, 2.0, 5.0, 1.0, 3.0],
+        "pac_bayes_drop": [10.0, 10.0, nan, 10.0, nan], "pac_bayes_flatness": [7.0, 4.0, nan, 8.0, nan],
+        "prunability_delta": [nan, nan, 0.1, nan, nan], "prunability": [nan, nan, 0.6, nan, nan]})
+    last = last_probes(curvature).set_index("run_id")
+    assert last.loc["a", ["eig_sum", "pac_bayes_flatness", "prunability"]].tolist() == [5.0, 4.0, 0.6]
+    # b's only PAC-Bayes value is from an earlier epoch (another model): not carried forward
+    assert last.loc["b", "eig_sum"] == 3.0 and np.isnan(last.loc["b", "pac_bayes_flatness"])
+
+
 def test_paired_ttest_by_hand_and_pairs_only_shared_seeds():
     a = pd.Series([1.0, 2.0, 3.0, 4.0, 9.0], index=[10, 11, 12, 13, 14])
     b = pd.Series([0.0, 1.0, 1.0, 3.0, 5.0], index=[10, 11, 12, 13, 99])  # seed 14 / 99 have no partner

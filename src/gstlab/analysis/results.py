@@ -199,10 +199,29 @@ def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> p
     return _long(study_dir, "curvature.csv", columns, runs)
 
 
+# A probe row's optional measures (column that is set exactly when the group was measured, the group's columns)
+OPTIONAL_PROBE_GROUPS = (
+    ("prunability_delta", tuple(c for c in CURVATURE_COLUMNS if c.startswith("prunability"))),
+    ("pac_bayes_drop", tuple(c for c in CURVATURE_COLUMNS if c.startswith("pac_bayes"))),
+)
+
+
 def last_probes(curvature: pd.DataFrame) -> pd.DataFrame:
     """Each run's last flatness probe: the row with the highest epoch per run_id (a stable sort: of two rows at
-    one epoch, the later in the table, e.g. flatness.csv's after curvature.csv's)."""
-    return curvature.sort_values(["run_id", "epoch"], kind="stable").groupby("run_id").tail(1)
+    one epoch, the later in the table, e.g. flatness.csv's after curvature.csv's). An optional measure group
+    (prunability, PAC-Bayes) the last row did not measure comes from the latest row at that same epoch that did,
+    so a later ``gst flatness`` without ``--pac-bayes`` does not hide an earlier probe's PAC-Bayes values."""
+    ordered = curvature.sort_values(["run_id", "epoch"], kind="stable")
+    final = ordered[ordered["epoch"] == ordered.groupby("run_id")["epoch"].transform("max")]
+    last = final.groupby("run_id").tail(1).copy()
+    for key, group in OPTIONAL_PROBE_GROUPS:
+        if key not in final:
+            continue
+        measured = final[final[key].notna()].groupby("run_id").tail(1).set_index("run_id")
+        fill = last[key].isna() & last["run_id"].isin(measured.index)
+        for col in (c for c in group if c in final and fill.any()):
+            last.loc[fill, col] = last.loc[fill, "run_id"].map(measured[col])
+    return last
 
 
 def load_event_classes(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
