@@ -6,6 +6,8 @@
 #   suite       (not in the defaults) tests/test_device.py on the GPU (GSTLAB_TEST_DEVICE=cuda), then the fast
 #               suite on the machine's CPUs and its torch/Python (pytest-xdist, SUITE_WORKERS processes; the suite
 #               hides the GPU, see tests/conftest.py). Tests that read Fashion-MNIST need it where gstlab looks;
+#   pac_bayes   (not in the defaults) bench_pac_bayes.py at paper width on the GPU: one σ of the PAC-Bayes
+#               flatness search with its noise draws kept on the GPU vs drawn anew on the CPU;
 #   throughput  bench_throughput.py at paper width (vgg11_bn, resnet18) on CIFAR-shaped data: the fast path vs a
 #               DataLoader loop, peak memory, event cost;
 #   alone       one real Figure 2 VGG11 run (Prune_L 13%, bf16) for ALONE_S seconds;
@@ -65,6 +67,12 @@ if [[ $STEPS == *suite* ]]; then
   timeout 300 $PY -m pytest -m "not slow" -p no:cacheprovider -n "$SUITE_WORKERS" --deselect tests/test_ray_cluster.py tests \
     > "$OUT/suite.log" 2>&1
   echo "suite rc=$?"; tail -3 "$OUT/suite.log"
+fi
+
+if [[ $STEPS == *pac_bayes* ]]; then
+  echo "== 0c. PAC-Bayes draws kept vs anew"
+  $PY benchmarks/bench_pac_bayes.py --device "$DEVICE" --width 1 --size 32 --channels 3 > "$OUT/pac_bayes.txt" 2>&1
+  tail -8 "$OUT/pac_bayes.txt"
 fi
 
 if [[ $STEPS == *throughput* ]]; then

@@ -16,6 +16,7 @@ from gstlab import config as C
 from gstlab.pac_bayes import (
     MAG_EPS,
     REL_TOL,
+    NoiseDraws,
     Perturbation,
     largest_passing_sigma,
     pac_bayes,
@@ -87,7 +88,7 @@ def test_noise_spares_pruned_entries_and_the_model_comes_back_exactly():
     with torch.no_grad():
         model[0].weight[~keep] = 0
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    noise = Perturbation(model, {"0.weight": keep}, seed=3, magnitude=False)
+    noise = Perturbation(model, {"0.weight": keep}, NoiseDraws(model, seed=3, draws=1), magnitude=False)
     noise.apply(0.5, 0)
     first = model[0].weight.detach().clone()
     assert (first[~keep] == 0).all() and (first[keep] != before["0.weight"][keep]).all()
@@ -103,6 +104,29 @@ def test_noise_spares_pruned_entries_and_the_model_comes_back_exactly():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert row["pac_bayes_flatness"] == pytest.approx(1 / row["pac_bayes_sigma"] ** 2)
     assert row["pac_bayes_mag_flatness"] == pytest.approx(1 / row["pac_bayes_mag_sigma"] ** 2)
+
+
+def test_kept_draws_give_bit_identical_noise_and_sigma_to_draws_made_anew():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(200, 5), torch.randint(0, 3, (200,))
+    kept, anew = NoiseDraws(model, seed=4, draws=3), NoiseDraws(model, seed=4, draws=3, cache_bytes=0)
+    assert anew.cache is None and kept.cache == {}
+    size = 3 * 4 * (5 * 8 + 8 + 8 * 3 + 3)  # 3 draws of 75 float32 parameters
+    assert NoiseDraws(model, 4, 3, cache_bytes=size).cache == {} and NoiseDraws(model, 4, 3, size - 1).cache is None
+    for magnitude in (False, True):
+        for sigma, draw in ((0.3, 0), (0.3, 2), (1.7, 0)):
+            noisy = []
+            for normals in (kept, anew):
+                noise = Perturbation(model, None, normals, magnitude)
+                noise.apply(sigma, draw)
+                noisy.append([p.detach().clone() for p in model.parameters()])
+                noise.restore()
+            assert all(torch.equal(a, b) for a, b in zip(*noisy))
+    assert sorted(kept.cache) == [0, 2]
+    for magnitude in (False, True):
+        assert (pac_bayes_sigma(model, x, y, DROP, 3, 64, 4, magnitude, normals=kept)
+                == pac_bayes_sigma(model, x, y, DROP, 3, 64, 4, magnitude, normals=anew))
 
 
 @pytest.mark.parametrize(("drop", "message"), [("0", "; allowed: accuracy points in \\(0, 100\\)"),

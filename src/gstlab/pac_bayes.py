@@ -12,7 +12,8 @@ there), measured with every flatness probe when ``probes.pac_bayes`` is set (and
 Noise goes on every trainable parameter's surviving entries (a pruned entry stays removed); buffers (BatchNorm
 statistics) are kept. Accuracy: eval mode, fp32, on the first ``probes.pac_bayes_samples`` training examples. The
 draws are fixed for the whole search (common random numbers: draw m is the same standard normal vector z_m at
-every σ, scaled), so the estimated accuracy is one deterministic function of σ. σ is found by doubling or halving
+every σ, scaled; drawn once and kept on the model's device when the M draws fit in 2 GiB), so the estimated
+accuracy is one deterministic function of σ. σ is found by doubling or halving
 from 0.05, then bisection in log σ to 1% (as prunability's bisection, a σ that passes with the next larger one
 failing, where accuracy is not monotone in σ); the drop is compared in correct counts, so an exact tie passes. A
 model whose accuracy never drops that far (every doubling up to 2¹⁰ passes, the last 0.05 · 2¹⁴ = 819.2: at chance
@@ -34,6 +35,7 @@ MAG_EPS = 1e-3  # ε of the magnitude-aware noise (Jiang et al.)
 START_SIGMA = 0.05
 MIN_SIGMA, MAX_SIGMA = 2.0 ** -30, 2.0 ** 10
 REL_TOL = 0.01  # the search stops when its bracket [lo, hi] has hi / lo <= 1 + REL_TOL
+CACHE_BYTES = 2 ** 31  # the noise draws are kept on the model's device up to this size (NoiseDraws)
 
 
 def largest_passing_sigma(passes: Callable[[float], bool], start: float = START_SIGMA) -> float:
@@ -57,23 +59,43 @@ def largest_passing_sigma(passes: Callable[[float], bool], start: float = START_
     return lo
 
 
-class Perturbation:
-    """Puts ``σ``-scaled noise draw ``m`` on ``model``'s trainable parameters (their surviving entries) and takes
-    it off again; draw m's standard normal vector comes from a CPU generator seeded ``seed + m``, so it is the
-    same at every σ and on every device."""
+class NoiseDraws:
+    """Draw m's standard normal vectors, one per trainable parameter of ``model``: from a CPU generator seeded
+    ``seed + m``, so they are the same at every σ and on every device. Kept on the parameters' device once drawn
+    when all ``draws`` of them fit in ``cache_bytes`` (default ``CACHE_BYTES``), else drawn anew at each use: on
+    a GPU a CPU draw of a paper-scale model costs ~20 evaluations of the subset (docs/decisions.md)."""
 
-    def __init__(self, model: nn.Module, param_masks: dict[str, torch.Tensor] | None, seed: int,
+    def __init__(self, model: nn.Module, seed: int, draws: int, cache_bytes: int | None = None) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.seed = seed
+        size = draws * sum(p.numel() * p.element_size() for p in self.params)
+        self.cache: dict[int, list[torch.Tensor]] | None = (
+            {} if size <= (CACHE_BYTES if cache_bytes is None else cache_bytes) else None)
+
+    def __call__(self, draw: int) -> list[torch.Tensor]:
+        if self.cache is not None and draw in self.cache:
+            return self.cache[draw]
+        gen = torch.Generator().manual_seed(self.seed + draw)
+        z = [torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype) for p in self.params]
+        if self.cache is not None:
+            self.cache[draw] = z
+        return z
+
+
+class Perturbation:
+    """Puts ``σ``-scaled noise draw ``m`` (``normals(m)``) on ``model``'s trainable parameters (their surviving
+    entries) and takes it off again."""
+
+    def __init__(self, model: nn.Module, param_masks: dict[str, torch.Tensor] | None, normals: NoiseDraws,
                  magnitude: bool) -> None:
         masks = param_masks or {}
         self.params = [(p, masks.get(name)) for name, p in model.named_parameters() if p.requires_grad]
         self.saved = [p.detach().clone() for p, _ in self.params]
-        self.seed, self.magnitude = seed, magnitude
+        self.normals, self.magnitude = normals, magnitude
 
     @torch.no_grad()
     def apply(self, sigma: float, draw: int) -> None:
-        gen = torch.Generator().manual_seed(self.seed + draw)
-        for (p, keep), w in zip(self.params, self.saved):
-            z = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype)
+        for (p, keep), w, z in zip(self.params, self.saved, self.normals(draw), strict=True):
             scale = torch.sqrt(sigma ** 2 * w.float() ** 2 + MAG_EPS ** 2).to(p.dtype) if self.magnitude else sigma
             noise = z * scale
             if keep is not None:
@@ -87,12 +109,14 @@ class Perturbation:
 
 
 def pac_bayes_sigma(model: nn.Module, x, y, drop: float, draws: int, batch_size: int, seed: int,
-                    magnitude: bool, param_masks: dict[str, torch.Tensor] | None = None) -> tuple[float, float, int]:
-    """(σ, the unperturbed accuracy, accuracy evaluations made); the model is restored exactly afterwards."""
+                    magnitude: bool, param_masks: dict[str, torch.Tensor] | None = None,
+                    normals: NoiseDraws | None = None) -> tuple[float, float, int]:
+    """(σ, the unperturbed accuracy, accuracy evaluations made); the model is restored exactly afterwards.
+    ``normals``: the noise draws (default: drawn from ``seed``; pass one to share its cache between calls)."""
     n = len(y)
     base = evaluate(model, x, y, batch_size).acc
     base_correct = _correct(base, n)
-    noise = Perturbation(model, param_masks, seed, magnitude)
+    noise = Perturbation(model, param_masks, normals or NoiseDraws(model, seed, draws), magnitude)
     evaluations = 0
 
     def passes(sigma: float) -> bool:
@@ -128,8 +152,10 @@ def pac_bayes(model: nn.Module, x, y, drop: float, draws: int, batch_size: int, 
     accuracy evaluations made."""
     row: dict = {}
     evaluations = 0
+    normals = NoiseDraws(model, seed, draws)  # both variants scale the same draws
     for prefix, magnitude in (("pac_bayes", False), ("pac_bayes_mag", True)):
-        sigma, base, made = pac_bayes_sigma(model, x, y, drop, draws, batch_size, seed, magnitude, param_masks)
+        sigma, base, made = pac_bayes_sigma(model, x, y, drop, draws, batch_size, seed, magnitude, param_masks,
+                                            normals)
         row[f"{prefix}_sigma"] = sigma
         row[f"{prefix}_flatness"] = 1.0 / sigma ** 2 if sigma > 0 else math.inf
         evaluations += made
