@@ -2,6 +2,7 @@
 models and data take the CLI's path (run directory, skip, resume) under run ids that fingerprint them; the zoo
 path keeps its run ids."""
 
+import copy
 import csv
 import functools
 import importlib.util
@@ -175,7 +176,8 @@ def test_user_objects_are_not_changed_and_a_different_model_is_another_run(tmp_p
 
 def test_load_model_without_a_model_builds_the_registered_architecture_the_run_trained(tmp_path):
     """A run of gstlab's own model loads without one: the architecture its config names, built anew (torch's
-    random state untouched), reaches the run's final test accuracy; a run of a given model asks for it."""
+    random state untouched), reaches the run's final test accuracy; one given must be of that class; a run of a
+    given model asks for it."""
     from gstlab.data import load_data
 
     config = {"data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 128,
@@ -193,6 +195,17 @@ def test_load_model_without_a_model_builds_the_registered_architecture_the_run_t
         accuracy = 100.0 * (model(data.x_test[:]).argmax(1) == data.y_test).float().mean().item()
     assert accuracy == pytest.approx(summary["final_test_acc"], abs=1e-9)
     assert int((model.fc1.unit_mask == 0).sum()) == 8
+    assert api.load_model(tmp_path / "zoo", model).fc1 is model.fc1  # gstlab's own class, given: loaded into it
+
+    class Flipped(type(model)):  # fits the weights, computes something else
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -super().forward(x)
+
+    flipped = Flipped.__new__(Flipped)
+    flipped.__dict__.update(copy.deepcopy(model).__dict__)
+    with pytest.raises(C.ConfigError, match=r"^model: a Flipped; the run in .*zoo trained a MLP \(model.arch "
+                                            r"'mlp'\); allowed: a MLP$"):
+        api.load_model(tmp_path / "zoo", flipped)
     api.run(SHORT, tmp_path / "mine", model=net(0), data=DATA)
     with pytest.raises(C.ConfigError, match=r"^model: none given; the run in .*mine trained a SmallCNN given to "
                                             r"gstlab.api.run \(model.supplied\); allowed: that model, e.g. "

@@ -101,8 +101,9 @@ def load_model(out: str | Path, model: ModelLike | None = None, epoch: int | Non
     architecture the run trained, or a function that builds one; None: the registered architecture the run's
     config names, built anew, for a run of gstlab's own model); returns that model. Pruned units are exact
     zeros in the saved weights, and each pruned layer gets the run's ``unit_mask`` buffer (1 alive, 0 pruned),
-    so the model computes what the run's did. ConfigError (one line) when the weights do not fit it, or when the
-    run trained a model given to :func:`run` of another class (by name: ``model.supplied``);
+    so the model computes what the run's did. ConfigError (one line) when the weights do not fit it, or when
+    it is of another class (by name) than the run trained: a model given to :func:`run` (``model.supplied``) or
+    gstlab's own architecture (``model.arch``);
     ``gstlab.remeasure.CheckpointError`` when the file is missing or damaged."""
     from gstlab.remeasure import load_model_checkpoint  # noqa: PLC0415
 
@@ -115,9 +116,10 @@ def load_model(out: str | Path, model: ModelLike | None = None, epoch: int | Non
         instance = model if isinstance(model, nn.Module) else _built(model)
     if not isinstance(instance, nn.Module):
         raise C.ConfigError(f"model: {type(instance).__name__}; allowed: an nn.Module or a function building one")
-    if trained and type(instance).__name__ != trained:  # weights that fit another class compute something else
-        raise C.ConfigError(f"model: a {type(instance).__name__}; the run in {out} trained a {trained} "
-                            f"(model.supplied); allowed: a {trained}")
+    expected, field = (trained, "model.supplied") if trained else _registered_class(saved)
+    if expected and type(instance).__name__ != expected:  # weights that fit another class compute something else
+        raise C.ConfigError(f"model: a {type(instance).__name__}; the run in {out} trained a {expected} "
+                            f"({field}); allowed: a {expected}")
     for path, layer in instance.named_modules():  # the run's masks replace any the model carries
         key = f"{path}.{MASK_BUFFER}" if path else MASK_BUFFER
         if key in weights:
@@ -136,6 +138,22 @@ def _supplied_class(saved: dict) -> str:
     """The class name in a saved run's ``model.supplied`` (``model_fingerprint``'s ``Class:hex``); "" for a run
     of a registered architecture."""
     return str(((saved.get("config") or {}).get("model") or {}).get("supplied") or "").split(":")[0]
+
+
+def _registered_class(saved: dict) -> tuple[str, str]:
+    """(class name, the config field naming it) of gstlab's own architecture a saved run trained, built on the
+    meta device (no memory, no random draws); ("", "") for an architecture registered elsewhere (its builder may
+    do anything) or data of unknown shape."""
+    from gstlab.models import build_model  # noqa: PLC0415
+    from gstlab.preflight import data_shape  # noqa: PLC0415
+    from gstlab.registry import architectures  # noqa: PLC0415
+
+    cfg = C.from_dict(C.RunConfig, saved["config"])
+    shape = data_shape(cfg.data)
+    if shape is None or not architectures.shipped(cfg.model.arch):
+        return "", ""
+    with torch.device("meta"):
+        return type(build_model(cfg.model, *shape)).__name__, f"model.arch {cfg.model.arch!r}"
 
 
 def _registered_model(saved: dict, out: str | Path, supplied: str) -> nn.Module:
