@@ -539,6 +539,8 @@ def test_last_probes_keeps_each_runs_highest_epoch_whatever_the_row_order():
                               "eig_sum": [4.0, 2.0, 1.0, 3.0]})
     last = last_probes(curvature)
     assert dict(zip(last["run_id"], last["eig_sum"])) == {"a": 2.0, "b": 4.0}
+    no_epochs = pd.DataFrame({"run_id": ["c", "c"], "epoch": [float("nan")] * 2, "eig_sum": [1.0, 5.0]})
+    assert last_probes(pd.concat([curvature, no_epochs]))["eig_sum"].tolist() == [2.0, 4.0, 5.0]
 
 
 def test_last_probes_keeps_an_earlier_same_epoch_rows_optional_measures_the_last_row_skipped():

@@ -213,6 +213,26 @@ def test_load_model_without_a_model_builds_the_registered_architecture_the_run_t
         api.load_model(tmp_path / "mine")
 
 
+def test_load_model_needs_only_the_model_and_data_a_run_named_registered_now(tmp_path):
+    """A run of gstlab's own MLP pruned by a plugin's criterion loads after the plugin is gone (with or without
+    a model given): only the config's model and data sections are read."""
+    from gstlab.pruning.criteria import L2
+    from gstlab.registry import criteria
+
+    config = {"data": {"name": "synthetic", "synthetic_shape": [1, 8, 8], "synthetic_train": 64,
+                       "synthetic_test": 32},
+              "model": {"arch": "mlp", "hidden": [16]}, "train": {"epochs": 1, "batch_size": 32, "progress": False},
+              "pruning": {"criterion": "plugin_l2", "side": "smallest", "period": 1,
+                          "layers": [{"name": "fc1", "fraction": 0.5, "start": 0, "end": 0}]}}
+    criteria.register("plugin_l2", L2)
+    try:
+        api.run(config, tmp_path / "run")
+    finally:
+        criteria.unregister("plugin_l2")
+    model = api.load_model(tmp_path / "run")
+    assert api.load_model(tmp_path / "run", model) is model and int((model.fc1.unit_mask == 0).sum()) == 8
+
+
 def test_load_model_gives_the_runs_trained_model(tmp_path):
     """The loaded model reaches the run's final test accuracy on its test set; its pruned units are zeros and
     its masks the run's. A model of another shape or class is one line; so is a directory without a saved model."""

@@ -14,10 +14,12 @@ from torch import nn
 
 from gstlab import config as C
 from gstlab.pac_bayes import (
+    CACHE_BYTES,
     MAG_EPS,
     REL_TOL,
     NoiseDraws,
     Perturbation,
+    cache_budget,
     largest_passing_sigma,
     pac_bayes,
     pac_bayes_sigma,
@@ -127,6 +129,14 @@ def test_kept_draws_give_bit_identical_noise_and_sigma_to_draws_made_anew():
     for magnitude in (False, True):
         assert (pac_bayes_sigma(model, x, y, DROP, 3, 64, 4, magnitude, normals=kept)
                 == pac_bayes_sigma(model, x, y, DROP, 3, 64, 4, magnitude, normals=anew))
+
+
+def test_the_draws_kept_on_a_gpu_take_at_most_a_quarter_of_its_free_memory(monkeypatch):
+    free = {"free": 2 ** 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["free"], 80 * 2 ** 30))
+    assert cache_budget(torch.device("cuda", 0)) == 2 ** 28
+    free["free"] = 64 * 2 ** 30
+    assert cache_budget(torch.device("cuda", 0)) == CACHE_BYTES == cache_budget(torch.device("cpu"))
 
 
 @pytest.mark.parametrize(("drop", "message"), [("0", "; allowed: accuracy points in \\(0, 100\\)"),

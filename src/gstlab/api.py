@@ -140,40 +140,51 @@ def _supplied_class(saved: dict) -> str:
     return str(((saved.get("config") or {}).get("model") or {}).get("supplied") or "").split(":")[0]
 
 
+def _model_and_data(saved: dict) -> tuple[C.ModelConfig, C.DataConfig]:
+    """The model and data sections of a saved run's config, parsed alone (another section may name a plugin's
+    criterion that is registered no more); ConfigError when they name an entry that is not registered now."""
+    raw = saved.get("config") or {}
+    return (C.from_dict(C.ModelConfig, raw.get("model") or {}, "model"),
+            C.from_dict(C.DataConfig, raw.get("data") or {}, "data"))
+
+
 def _registered_class(saved: dict) -> tuple[str, str]:
     """(class name, the config field naming it) of gstlab's own architecture a saved run trained, built on the
     meta device (no memory, no random draws); ("", "") for an architecture registered elsewhere (its builder may
-    do anything) or data of unknown shape."""
+    do anything; registered or not now), or data of unknown shape: the weights' fit is then the only check."""
     from gstlab.models import build_model  # noqa: PLC0415
     from gstlab.preflight import data_shape  # noqa: PLC0415
     from gstlab.registry import architectures  # noqa: PLC0415
 
-    cfg = C.from_dict(C.RunConfig, saved["config"])
-    shape = data_shape(cfg.data)
-    if shape is None or not architectures.shipped(cfg.model.arch):
+    try:
+        model, data = _model_and_data(saved)
+    except C.ConfigError:
+        return "", ""
+    shape = data_shape(data)
+    if shape is None or not architectures.shipped(model.arch):
         return "", ""
     with torch.device("meta"):
-        return type(build_model(cfg.model, *shape)).__name__, f"model.arch {cfg.model.arch!r}"
+        return type(build_model(model, *shape)).__name__, f"model.arch {model.arch!r}"
 
 
 def _registered_model(saved: dict, out: str | Path, supplied: str) -> nn.Module:
     """The architecture a saved run's config names, built for its data's shape without touching torch's random
-    state; ConfigError when the run trained a model given to :func:`run` (class ``supplied``) or on data of
-    unknown shape."""
+    state; ConfigError when the run trained a model given to :func:`run` (class ``supplied``), an architecture
+    not registered now, or on data of unknown shape."""
     from gstlab.models import build_model  # noqa: PLC0415
     from gstlab.preflight import data_shape  # noqa: PLC0415
 
     if supplied:
         raise C.ConfigError(f"model: none given; the run in {out} trained a {supplied} given to gstlab.api.run "
                             f"(model.supplied); allowed: that model, e.g. load_model(out, {supplied})")
-    cfg = C.from_dict(C.RunConfig, saved["config"])
-    shape = data_shape(cfg.data)
+    model, data = _model_and_data(saved)
+    shape = data_shape(data)
     if shape is None:
-        raise C.ConfigError(f"model: none given; the run in {out} trained on data set {cfg.data.name!r}, "
+        raise C.ConfigError(f"model: none given; the run in {out} trained on data set {data.name!r}, "
                             f"registered elsewhere, whose input shape gstlab cannot know unloaded; allowed: the "
                             f"model, built as the run built it")
     with torch.random.fork_rng(devices=[]):
-        return build_model(cfg.model, *shape)
+        return build_model(model, *shape)
 
 
 def _callbacks(callbacks: Sequence[EpochCallback]) -> dict:

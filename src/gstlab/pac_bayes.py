@@ -12,7 +12,8 @@ there), measured with every flatness probe when ``probes.pac_bayes`` is set (and
 Noise goes on every trainable parameter's surviving entries (a pruned entry stays removed); buffers (BatchNorm
 statistics) are kept. Accuracy: eval mode, fp32, on the first ``probes.pac_bayes_samples`` training examples. The
 draws are fixed for the whole search (common random numbers: draw m is the same standard normal vector z_m at
-every σ, scaled; drawn once and kept on the model's device when the M draws fit in 2 GiB), so the estimated
+every σ, scaled; drawn once and kept on the model's device when the M draws fit in 2 GiB, on a GPU also in a
+quarter of its free memory), so the estimated
 accuracy is one deterministic function of σ. σ is found by doubling or halving
 from 0.05, then bisection in log σ to 1% (as prunability's bisection, a σ that passes with the next larger one
 failing, where accuracy is not monotone in σ); the drop is compared in correct counts, so an exact tie passes. A
@@ -35,7 +36,8 @@ MAG_EPS = 1e-3  # ε of the magnitude-aware noise (Jiang et al.)
 START_SIGMA = 0.05
 MIN_SIGMA, MAX_SIGMA = 2.0 ** -30, 2.0 ** 10
 REL_TOL = 0.01  # the search stops when its bracket [lo, hi] has hi / lo <= 1 + REL_TOL
-CACHE_BYTES = 2 ** 31  # the noise draws are kept on the model's device up to this size (NoiseDraws)
+CACHE_BYTES = 2 ** 31  # the noise draws are kept on the model's device up to this size (NoiseDraws) ...
+CACHE_GPU_SHARE = 4  # ... and on a GPU up to 1/4 of its free memory
 
 
 def largest_passing_sigma(passes: Callable[[float], bool], start: float = START_SIGMA) -> float:
@@ -62,15 +64,16 @@ def largest_passing_sigma(passes: Callable[[float], bool], start: float = START_
 class NoiseDraws:
     """Draw m's standard normal vectors, one per trainable parameter of ``model``: from a CPU generator seeded
     ``seed + m``, so they are the same at every σ and on every device. Kept on the parameters' device once drawn
-    when all ``draws`` of them fit in ``cache_bytes`` (default ``CACHE_BYTES``), else drawn anew at each use: on
+    when all ``draws`` of them fit in ``cache_bytes`` (default ``cache_budget``), else drawn anew at each use: on
     a GPU a CPU draw of a paper-scale model costs ~20 evaluations of the subset (docs/decisions.md)."""
 
     def __init__(self, model: nn.Module, seed: int, draws: int, cache_bytes: int | None = None) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.seed = seed
         size = draws * sum(p.numel() * p.element_size() for p in self.params)
-        self.cache: dict[int, list[torch.Tensor]] | None = (
-            {} if size <= (CACHE_BYTES if cache_bytes is None else cache_bytes) else None)
+        if cache_bytes is None:
+            cache_bytes = cache_budget(self.params[0].device) if self.params else 0
+        self.cache: dict[int, list[torch.Tensor]] | None = {} if size <= cache_bytes else None
 
     def __call__(self, draw: int) -> list[torch.Tensor]:
         if self.cache is not None and draw in self.cache:
@@ -80,6 +83,14 @@ class NoiseDraws:
         if self.cache is not None:
             self.cache[draw] = z
         return z
+
+
+def cache_budget(device: torch.device) -> int:
+    """Bytes of noise draws ``NoiseDraws`` keeps on ``device``: ``CACHE_BYTES``, on a GPU at most a
+    ``CACHE_GPU_SHARE``-th of its free memory (an in-run probe shares it with training and other packed runs)."""
+    if device.type == "cuda":
+        return min(CACHE_BYTES, torch.cuda.mem_get_info(device)[0] // CACHE_GPU_SHARE)
+    return CACHE_BYTES
 
 
 class Perturbation:

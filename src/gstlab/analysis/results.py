@@ -212,7 +212,8 @@ def last_probes(curvature: pd.DataFrame) -> pd.DataFrame:
     (prunability, PAC-Bayes) the last row did not measure comes from the latest row at that same epoch that did,
     so a later ``gst flatness`` without ``--pac-bayes`` does not hide an earlier probe's PAC-Bayes values."""
     ordered = curvature.sort_values(["run_id", "epoch"], kind="stable")
-    final = ordered[ordered["epoch"] == ordered.groupby("run_id")["epoch"].transform("max")]
+    latest = ordered.groupby("run_id")["epoch"].transform("max")
+    final = ordered[(ordered["epoch"] == latest) | latest.isna()]  # a table without epochs: its last row
     last = final.groupby("run_id").tail(1).copy()
     for key, group in OPTIONAL_PROBE_GROUPS:
         if key not in final:
