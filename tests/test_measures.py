@@ -20,7 +20,8 @@ from test_runner import TINY
 
 PROBED = {**TINY, "probes": {"at_end": True, "samples": 64, "top_k": 2, "grad_moment": False, "prunability": True,
                              "prunability_samples": 100, "pac_bayes": True, "pac_bayes_samples": 100,
-                             "pac_bayes_draws": 2}}
+                             "pac_bayes_draws": 2, "sharpness": True, "sharpness_samples": 100,
+                             "sharpness_batch": 40, "sharpness_steps": 3}}
 
 
 def test_distance_from_init_is_zero_for_an_untrained_model_rebuilt_from_the_seed(tmp_path):
@@ -120,8 +121,9 @@ def test_end_probe_and_gst_flatness_agree_on_the_final_model(tmp_path):
     assert float(probe["prunability_delta"]) == 0.1 and int(probe["prunability_samples"]) == 100
     assert float(probe["pac_bayes_sigma"]) > 0 and int(probe["pac_bayes_draws"]) == 2
     assert float(probe["pac_bayes_mag_flatness"]) == pytest.approx(1 / float(probe["pac_bayes_mag_sigma"]) ** 2)
+    assert float(probe["sharpness"]) > 0 and int(probe["sharpness_batch"]) == 40
     assert main(["flatness", str(out), "--top-k", "2", "--samples", "64", "--prunability", "--no-progress"]) == 0
     again = read_csv(out / "flatness.csv")[-1]
     for key in ("distance_init", "prunability", "prunability_loss", "pac_bayes_sigma", "pac_bayes_mag_sigma",
-                "pac_bayes_acc"):
+                "pac_bayes_acc", "sharpness", "sharpness_loss"):
         assert float(again[key]) == pytest.approx(float(probe[key]), rel=1e-6), key

@@ -433,7 +433,11 @@ def cmd_flatness(args: argparse.Namespace) -> int:
                                    ("prunability_samples", args.prunability_samples),
                                    ("pac_bayes", args.pac_bayes or None), ("pac_bayes_drop", args.pac_bayes_drop),
                                    ("pac_bayes_draws", args.pac_bayes_draws),
-                                   ("pac_bayes_samples", args.pac_bayes_samples))
+                                   ("pac_bayes_samples", args.pac_bayes_samples),
+                                   ("sharpness", args.sharpness or None), ("sharpness_rho", args.sharpness_rho),
+                                   ("sharpness_steps", args.sharpness_steps),
+                                   ("sharpness_samples", args.sharpness_samples),
+                                   ("sharpness_batch", args.sharpness_batch))
                  if v is not None}
     row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress,
                                        device=args.device)
@@ -454,6 +458,10 @@ def cmd_flatness(args: argparse.Namespace) -> int:
               f"magnitude-aware {row['pac_bayes_mag_sigma']:.4g} ({row['pac_bayes_mag_flatness']:.4g}); at most "
               f"{row['pac_bayes_drop']:g} points below {row['pac_bayes_acc']:.2f}% on {row['pac_bayes_samples']} "
               f"training examples, {row['pac_bayes_draws']} draws")
+    if "sharpness" in row:
+        print(f"  adaptive worst-case sharpness {row['sharpness']:.4g} (rho {row['sharpness_rho']:g}, "
+              f"{row['sharpness_steps']} ascent steps, {row['sharpness_samples']} training examples in batches of "
+              f"{row['sharpness_batch']}; loss {row['sharpness_loss']:.4g})")
     print(f"  rows appended to {run_dir / 'flatness.csv'}")
     return EXIT_OK
 
@@ -583,8 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure flatness of a run's saved model (model_final.pt, or model_epoch{E}.pt kept with "
                     "train.keep_checkpoints): top-k Hessian eigenvalues over the surviving parameters, the "
                     "gradient second-moment trace, TIC and eps-flatness along the top eigenvectors, the distance "
-                    "from initialization (surviving parameters) and, with --prunability and --pac-bayes, "
-                    "prunability and PAC-Bayes flatness, with the "
+                    "from initialization (surviving parameters) and, with --prunability, --pac-bayes and "
+                    "--sharpness, prunability, PAC-Bayes flatness and adaptive sharpness, with the "
                     "run's probe settings unless overridden. Appends a row to RUN_DIR/flatness.csv and the eps "
                     "sweep to RUN_DIR/flatness_eps.csv.")
     flat.add_argument("run_dir", metavar="RUN_DIR")
@@ -626,6 +634,21 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--pac-bayes-samples", type=_count(1), metavar="N",
                       help="its training subset: the first N training examples (default: the run's "
                            "probes.pac_bayes_samples, 2048 unless set); only where PAC-Bayes flatness is measured")
+    flat.add_argument("--sharpness", action="store_true",
+                      help="also measure adaptive worst-case sharpness (Andriushchenko et al. 2023): the mean over "
+                           "batches of the largest training-loss increase over w + |w|*gamma, ||gamma||_2 <= rho")
+    flat.add_argument("--sharpness-rho", type=float, metavar="R",
+                      help="its radius, relative to each weight's size (default: the run's probes.sharpness_rho, "
+                           "0.5 unless set); only where sharpness is measured (--sharpness or the run's probes)")
+    flat.add_argument("--sharpness-steps", type=_count(1), metavar="S",
+                      help="gradient ascent steps per batch (default: the run's probes.sharpness_steps, 20 unless "
+                           "set); only where sharpness is measured")
+    flat.add_argument("--sharpness-samples", type=_count(1), metavar="N",
+                      help="its training subset: the first N training examples (default: the run's "
+                           "probes.sharpness_samples, 1024 unless set); only where sharpness is measured")
+    flat.add_argument("--sharpness-batch", type=_count(1), metavar="M",
+                      help="batch size m, each batch with its own worst case (default: the run's "
+                           "probes.sharpness_batch, 128 unless set); only where sharpness is measured")
     flat.add_argument("--seed", type=_count(0, 2**63 - 1), help="probe seed (default: derived from the run's seed)")
     flat.add_argument("--device", type=_device, metavar="D",
                       help="measure on D (auto, cpu, cuda, cuda:N, mps; default: the run's train.device), e.g. cpu "

@@ -160,6 +160,11 @@ class ProbeConfig:
     pac_bayes_drop: float = 10.0  # the training accuracy (%) the noise may cost, in points (Jiang et al.: 10)
     pac_bayes_draws: int = 10  # Monte-Carlo draws of the noise per sigma tried
     pac_bayes_samples: int = 2048  # its fixed training subset: the first N training examples
+    sharpness: bool = False  # also measure adaptive worst-case sharpness (Andriushchenko et al. 2023; sharpness.py)
+    sharpness_rho: float = 0.5  # radius of the perturbation, relative to each weight's size (l2)
+    sharpness_steps: int = 20  # projected gradient ascent steps per batch
+    sharpness_samples: int = 1024  # its fixed training subset: the first N training examples ...
+    sharpness_batch: int = 128  # ... in batches of m, each with its own worst case (m-sharpness)
 
 
 @dataclass(frozen=True)
@@ -514,6 +519,8 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
         raise ConfigError(f"probes.prunability_delta: must be > 0, got {cfg.probes.prunability_delta}")
     if not 0 < cfg.probes.pac_bayes_drop < 100:
         raise ConfigError(f"probes.pac_bayes_drop: {cfg.probes.pac_bayes_drop}; allowed: accuracy points in (0, 100)")
+    if cfg.probes.sharpness_rho <= 0:
+        raise ConfigError(f"probes.sharpness_rho: {cfg.probes.sharpness_rho}; allowed: a radius > 0")
     return cfg
 
 
@@ -539,7 +546,7 @@ LIMITS = {
     "data.synthetic_test": 1_000_000,
     "data.synthetic_classes": 100_000, "model.width": 16.0, "probes.samples": 1_000_000,
     "probes.top_k": 10_000, "probes.trace_samples": 100_000, "probes.eps_directions": 10_000,
-    "probes.max_iter": 1_000_000, "probes.pac_bayes_draws": 100_000,
+    "probes.max_iter": 1_000_000, "probes.pac_bayes_draws": 100_000, "probes.sharpness_steps": 100_000,
     "intervention.batches": 100_000_000,
 }
 MAX_UNITS = 65_536  # model.hidden and model.channels widths, data.synthetic_shape sides
@@ -686,6 +693,9 @@ def _check_positive(cfg: RunConfig) -> None:
         "probes.prunability_samples": cfg.probes.prunability_samples,
         "probes.pac_bayes_draws": cfg.probes.pac_bayes_draws,
         "probes.pac_bayes_samples": cfg.probes.pac_bayes_samples,
+        "probes.sharpness_steps": cfg.probes.sharpness_steps,
+        "probes.sharpness_samples": cfg.probes.sharpness_samples,
+        "probes.sharpness_batch": cfg.probes.sharpness_batch,
     }
     for name, value in checks.items():
         if value < 1:

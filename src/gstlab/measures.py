@@ -1,6 +1,7 @@
 """Generalization measures of a trained model beyond flatness, measured with every flatness probe (and by
 ``gst flatness``): distance from initialization, prunability (Kuhn et al., "Robustness to Pruning Predicts
-Generalization in Deep Neural Networks", 2021) and PAC-Bayes flatness (``gstlab.pac_bayes``).
+Generalization in Deep Neural Networks", 2021), PAC-Bayes flatness (``gstlab.pac_bayes``) and adaptive
+worst-case sharpness (``gstlab.sharpness``).
 
 - ``distance_init``: ``||w - w0||_2`` over the surviving parameters (every parameter entry that pruning has not
   removed), ``w0`` the model as ``runner.prepare`` built it from the run's init seed.
@@ -126,8 +127,9 @@ def prunability(model: nn.Module, x, y, delta: float, batch_size: int,
 def end_measures(model: nn.Module, masks, init: dict[str, torch.Tensor], x_train, y_train, cfg,
                  batch_size: int, probe_seed: int) -> dict:
     """The row entries for one probe: distance from init always, prunability when ``cfg.prunability``, PAC-Bayes
-    flatness (its noise drawn from ``probe_seed``'s "pac_bayes" stream) when ``cfg.pac_bayes`` (``cfg``: the
-    run's ProbeConfig; ``masks``: UnitMasks or None)."""
+    flatness (its noise drawn from ``probe_seed``'s "pac_bayes" stream) when ``cfg.pac_bayes``, adaptive
+    sharpness (its starts from the "sharpness" stream) when ``cfg.sharpness`` (``cfg``: the run's ProbeConfig;
+    ``masks``: UnitMasks or None)."""
     param_masks = masks.param_masks() if masks is not None else None
     row = {"distance_init": distance_from_init(model, init, param_masks)}
     if cfg.prunability:
@@ -140,4 +142,15 @@ def end_measures(model: nn.Module, masks, init: dict[str, torch.Tensor], x_train
         row.update(pac_bayes(model, x, y, cfg.pac_bayes_drop, cfg.pac_bayes_draws, batch_size, seed, param_masks),
                    pac_bayes_drop=cfg.pac_bayes_drop, pac_bayes_draws=cfg.pac_bayes_draws,
                    pac_bayes_samples=len(x))
+    if cfg.sharpness:
+        import torch.nn.functional as F  # noqa: PLC0415
+
+        from gstlab.sharpness import adaptive_sharpness  # noqa: PLC0415 (curvature code loads only when probing)
+
+        x, y = training_subset(x_train, y_train, cfg.sharpness_samples)
+        row.update(adaptive_sharpness(model, F.cross_entropy, x, y, cfg.sharpness_rho, cfg.sharpness_steps,
+                                      cfg.sharpness_batch, batch_size, derive_seed(probe_seed, "sharpness"),
+                                      param_masks),
+                   sharpness_rho=cfg.sharpness_rho, sharpness_steps=cfg.sharpness_steps, sharpness_samples=len(x),
+                   sharpness_batch=cfg.sharpness_batch)
     return row

@@ -1,7 +1,7 @@
 """Flatness probes as an epoch callback: at the configured epochs, after every event and/or at the end, measure
 the Hessian spectrum (surviving parameters only), traces, gradient noise and eps-flatness on a fixed probe set,
-distance from initialization and, with ``probes.prunability`` / ``probes.pac_bayes``, prunability and PAC-Bayes
-flatness (``gstlab.measures``), and append
+distance from initialization and, with ``probes.prunability`` / ``probes.pac_bayes`` / ``probes.sharpness``,
+prunability, PAC-Bayes flatness and adaptive sharpness (``gstlab.measures``), and append
 rows to ``curvature.csv`` / ``eps_sweep.csv`` in the run directory."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ CURVATURE_COLUMNS = (
     "hutchinson_trace", "hutchinson_stderr", "grad_moment_trace", "grad_cov_trace", "tic", "delta_w",
     "convention", "distance_init", "prunability", "prunability_delta", "prunability_samples", "prunability_loss",
     "pac_bayes_sigma", "pac_bayes_flatness", "pac_bayes_mag_sigma", "pac_bayes_mag_flatness", "pac_bayes_acc",
-    "pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples", "wall_s",
+    "pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples", "sharpness", "sharpness_loss", "sharpness_rho",
+    "sharpness_steps", "sharpness_samples", "sharpness_batch", "wall_s",
 )
 EPS_COLUMNS = ("epoch", "direction", "eps", "loss", "acc", "base_loss")
 

@@ -27,10 +27,11 @@ MEASURES = (
     ("eig_sum", "Σ top-k Hessian eigenvalues"), ("hutchinson_trace", "Hessian trace (Hutchinson)"),
     ("grad_moment_trace", "gradient second-moment trace"), ("prunability", "prunability (kept fraction)"),
     ("distance_init", "distance from initialization"), ("pac_bayes_flatness", "PAC-Bayes flatness 1/σ²"),
-    ("pac_bayes_mag_flatness", "magnitude-aware PAC-Bayes flatness 1/σ²"), ("memorization", "memorization (%)"),
+    ("pac_bayes_mag_flatness", "magnitude-aware PAC-Bayes flatness 1/σ²"),
+    ("sharpness", "adaptive worst-case sharpness"), ("memorization", "memorization (%)"),
 )
 PROBE_MEASURES = ("eig_sum", "hutchinson_trace", "grad_moment_trace", "prunability", "distance_init",
-                  "pac_bayes_flatness", "pac_bayes_mag_flatness")
+                  "pac_bayes_flatness", "pac_bayes_mag_flatness", "sharpness")
 TARGETS = (("generalization_gap", "generalization gap"), ("best_test_acc", "best test accuracy"))
 AXES = ("arch", "criterion", "side", "period", "iterative_rate", "intervention", "batches", "scratch")
 MIN_RUNS = 3  # a measure needs this many runs with a value to be ranked
@@ -70,7 +71,8 @@ def probe_notes(last: pd.DataFrame) -> list[str]:
                          "tried costs more than the allowed drop: flatness ∞, the sharpest runs) and are left out "
                          "of its correlations.")
     keys = [c for c in ("method", "k", "samples", "prunability_delta", "prunability_samples", "pac_bayes_drop",
-                        "pac_bayes_draws", "pac_bayes_samples") if c in last and last[c].notna().any()]
+                        "pac_bayes_draws", "pac_bayes_samples", "sharpness_rho", "sharpness_steps",
+                        "sharpness_samples", "sharpness_batch") if c in last and last[c].notna().any()]
     if keys and len(last[keys].astype(str).drop_duplicates()) > 1:
         kinds = last[keys].astype(str).value_counts()
         listed = "; ".join(f"{', '.join(f'{k} {v}' for k, v in zip(keys, combo))}: {n} runs"
@@ -238,7 +240,8 @@ def section(runs: pd.DataFrame, probes: pd.DataFrame, grid=()) -> str:
     missing = [name for col, name in MEASURES if runs[col].notna().sum() < MIN_RUNS]
     if missing:
         lines += [f"Not available in {MIN_RUNS} or more runs: {', '.join(missing)} (probe measures need `probes` "
-                  "in the runs' configs or `gst flatness RUN_DIR --prunability --pac-bayes` on their saved models; "
+                  "in the runs' configs or `gst flatness RUN_DIR --prunability --pac-bayes --sharpness` on their saved "
+                  "models; "
                   "memorization needs `data.label_noise`; class detail needs pruning events).", ""]
     constant = [f"{name} ({number(runs[col].dropna().iloc[0], 3)})" for col, name in MEASURES
                 if runs[col].notna().sum() >= MIN_RUNS and runs[col].nunique() == 1]

@@ -203,14 +203,16 @@ def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> p
 OPTIONAL_PROBE_GROUPS = (
     ("prunability_delta", tuple(c for c in CURVATURE_COLUMNS if c.startswith("prunability"))),
     ("pac_bayes_drop", tuple(c for c in CURVATURE_COLUMNS if c.startswith("pac_bayes"))),
+    ("sharpness_rho", tuple(c for c in CURVATURE_COLUMNS if c.startswith("sharpness"))),
 )
 
 
 def last_probes(curvature: pd.DataFrame) -> pd.DataFrame:
     """Each run's last flatness probe: the row with the highest epoch per run_id (a stable sort: of two rows at
     one epoch, the later in the table, e.g. flatness.csv's after curvature.csv's). An optional measure group
-    (prunability, PAC-Bayes) the last row did not measure comes from the latest row at that same epoch that did,
-    so a later ``gst flatness`` without ``--pac-bayes`` does not hide an earlier probe's PAC-Bayes values."""
+    (prunability, PAC-Bayes, sharpness) the last row did not measure comes from the latest row at that same epoch
+    that did, so a later ``gst flatness`` without ``--pac-bayes`` does not hide an earlier probe's PAC-Bayes
+    values."""
     ordered = curvature.sort_values(["run_id", "epoch"], kind="stable")
     latest = ordered.groupby("run_id")["epoch"].transform("max")
     final = ordered[(ordered["epoch"] == latest) | latest.isna()]  # a table without epochs: its last row

@@ -1,0 +1,79 @@
+"""Adaptive worst-case sharpness (Kwon et al. 2021, "ASAM"; Andriushchenko et al., "A Modern Look at the
+Relationship between Sharpness and Generalization", ICML 2023: their adaptive l2 m-sharpness, which they find
+correlates poorly with generalization), measured with every flatness probe when ``probes.sharpness`` is set (and
+by ``gst flatness --sharpness``):
+
+    sharpness = mean over batches B of  max_{||γ||_2 <= ρ}  L_B(w + |w| ⊙ γ) - L_B(w)
+
+L_B: mean cross-entropy on batch B (eval mode, fp32) of the first ``probes.sharpness_samples`` training examples
+split into batches of ``probes.sharpness_batch`` (Andriushchenko et al.: 1,024 examples, m = 128; a shorter
+last batch weighs by its size); ρ:
+``probes.sharpness_rho``; w: the surviving trainable parameters (a pruned entry has |w| = 0 and cannot move,
+nor can any weight that is exactly 0). Scaling the perturbation by |w| makes the measure invariant to rescaling a
+ReLU network's layers without changing its function, which Hessian eigenvalues are not (Dinh et al. 2017).
+
+The maximum is searched by projected gradient ascent on γ from a random point of the sphere ||γ|| = ρ (seeded):
+``probes.sharpness_steps`` steps γ <- Π(γ + ρ g/||g||), g the gradient of L_B with respect to γ, Π the projection
+onto the ball; each batch's value is the largest loss increase seen, a lower bound of the maximum (as every ascent
+gives). For a quadratic loss at its minimum the maximum is ρ²/2 · λ_max(D H D), D = diag|w|, and for a linear
+loss ρ ||w ⊙ ∇L||; both are tested.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gstlab.curvature import HessianOperator, LossFn
+
+
+def worst_case_increase(op: HessianOperator, rho: float, steps: int, generator: torch.Generator) -> tuple[float, float]:
+    """(largest increase of ``op``'s loss found over w + |w| ⊙ γ with ||γ||_2 <= ``rho``, the loss at w): projected
+    normalized gradient ascent; the parameters are restored exactly afterwards."""
+    saved = [p.detach().clone() for p in op.params]
+    scale = op.params_to_flat(saved).double().abs()
+    base, _ = op.loss_and_grad()
+    start = torch.randn(op.dim, generator=generator, dtype=torch.float64).to(scale.device)
+    gamma = rho * start / start.norm()
+    best = base
+    try:
+        for step in range(steps + 1):
+            _move(op, saved, scale * gamma)
+            loss, grad = op.loss_and_grad()
+            best = max(best, loss)
+            ascent = scale * grad
+            norm = ascent.norm()
+            if step == steps or not torch.isfinite(norm) or norm == 0:
+                break
+            gamma = gamma + rho * ascent / norm
+            gamma = gamma * min(1.0, rho / float(gamma.norm()))
+    finally:
+        with torch.no_grad():
+            for p, w in zip(op.params, saved):
+                p.copy_(w)
+    return best - base, base
+
+
+@torch.no_grad()
+def _move(op: HessianOperator, saved: list[Tensor], delta: Tensor) -> None:
+    """Set the parameters to ``saved`` + the flat surviving vector ``delta``."""
+    for p, w, d in zip(op.params, saved, op.flat_to_params(delta)):
+        p.copy_(w + d)
+
+
+def adaptive_sharpness(model: nn.Module, loss_fn: LossFn, x, y, rho: float, steps: int, batch: int,
+                       eval_batch_size: int, seed: int, param_masks: dict[str, Tensor] | None = None) -> dict:
+    """The probe row's sharpness entries: the mean over batches of ``batch`` examples of their worst-case increase
+    (``sharpness``) and of their loss at w (``sharpness_loss``)."""
+    generator = torch.Generator().manual_seed(seed)
+    increases, losses, sizes = [], [], []
+    for start in range(0, len(y), batch):
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        op = HessianOperator(model, loss_fn, xb, yb, param_masks, eval_batch_size)
+        increase, base = worst_case_increase(op, rho, steps, generator)
+        increases.append(increase)
+        losses.append(base)
+        sizes.append(len(yb))
+    n = sum(sizes)  # batches weigh by their size (equal but for a shorter last one)
+    return {"sharpness": sum(v * size for v, size in zip(increases, sizes)) / n,
+            "sharpness_loss": sum(v * size for v, size in zip(losses, sizes)) / n}

@@ -1,0 +1,107 @@
+"""Adaptive worst-case sharpness (gstlab.sharpness) against its exact value for a quadratic loss at its minimum
+(ρ²/2 · λ_max(D H D)) and a linear loss (ρ ||D g||), D = diag|w|; its invariance to rescaling a ReLU network's
+layers; pruned entries; the wiring into probes and `gst flatness` is in tests/test_measures.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gstlab import config as C
+from gstlab.curvature import HessianOperator
+from gstlab.sharpness import adaptive_sharpness, worst_case_increase
+
+
+class Vector(nn.Module):
+    """Outputs its parameter vector for every example, so a loss of the output is a function of the parameters."""
+
+    def __init__(self, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(theta.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.theta.unsqueeze(0).expand(len(x), -1)
+
+
+def problem(d: int = 6):
+    gen = torch.Generator().manual_seed(0)
+    theta = 0.5 + 1.5 * torch.rand(d, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    hessian = q @ torch.diag(torch.linspace(0.2, 3.0, d, dtype=torch.float64)) @ q.T
+    return Vector(theta).double(), theta, hessian, torch.zeros(8, 1, dtype=torch.float64), torch.zeros(8)
+
+
+def test_a_quadratic_at_its_minimum_gives_rho_squared_over_2_times_the_top_eigenvalue_of_dhd():
+    model, theta, hessian, x, y = problem()
+
+    def loss(out, _):
+        diff = out[0] - theta
+        return 0.5 * diff @ hessian @ diff
+
+    d = torch.diag(theta.abs())
+    exact = 0.5 * 0.3 ** 2 * float(torch.linalg.eigvalsh(d @ hessian @ d).max())
+    op = HessianOperator(model, loss, x, y, batch_size=4)
+    increase, base = worst_case_increase(op, 0.3, 200, torch.Generator().manual_seed(1))
+    assert base == pytest.approx(0.0, abs=1e-12)
+    assert increase == pytest.approx(exact, rel=1e-6)
+    assert torch.equal(model.theta.detach(), theta)  # restored exactly
+
+
+def test_a_linear_loss_gives_rho_times_the_norm_of_the_scaled_gradient_and_pruned_entries_stay():
+    model, theta, _, x, y = problem()
+    with torch.no_grad():
+        model.theta[2] = 0.0  # a pruned entry: |w| = 0, it cannot move
+    keep = torch.ones(6, dtype=torch.bool)
+    keep[2] = False
+    g = torch.tensor([1.0, -2.0, 5.0, 0.5, 3.0, -1.0], dtype=torch.float64)
+    seen = []
+
+    def loss(out, _):
+        seen.append(float(out[0][2].detach()))
+        return out[0] @ g
+
+    op = HessianOperator(model, loss, x, y, masks={"theta": keep}, batch_size=8)
+    increase, _ = worst_case_increase(op, 0.2, 300, torch.Generator().manual_seed(2))
+    exact = 0.2 * float((model.theta.detach().abs() * g)[keep].norm())
+    assert increase == pytest.approx(exact, rel=1e-4) and set(seen) == {0.0}
+
+
+def mlp_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    return model, torch.randn(96, 5), torch.randint(0, 3, (96,))
+
+
+def test_rescaling_a_relu_layer_and_its_successor_leaves_it_unchanged():
+    model, x, y = mlp_and_data()
+    kwargs = dict(rho=0.3, steps=10, batch=32, eval_batch_size=32, seed=5)
+    before = adaptive_sharpness(model, nn.functional.cross_entropy, x, y, **kwargs)
+    with torch.no_grad():
+        model[0].weight *= 4.0
+        model[0].bias *= 4.0
+        model[2].weight /= 4.0
+    after = adaptive_sharpness(model, nn.functional.cross_entropy, x, y, **kwargs)
+    assert after["sharpness_loss"] == pytest.approx(before["sharpness_loss"], rel=1e-5)
+    assert after["sharpness"] == pytest.approx(before["sharpness"], rel=1e-3) and before["sharpness"] > 0
+
+
+def test_batches_weigh_by_size_and_the_model_comes_back_exactly():
+    model, x, y = mlp_and_data()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    whole = adaptive_sharpness(model, nn.functional.cross_entropy, x[:40], y[:40], 0.3, 5, 40, 40, seed=1)
+    parts = [adaptive_sharpness(model, nn.functional.cross_entropy, x[i:i + 20], y[i:i + 20], 0.3, 5, 20, 20, seed=1)
+             for i in (0, 20)]
+    split = adaptive_sharpness(model, nn.functional.cross_entropy, x[:40], y[:40], 0.3, 5, 20, 20, seed=1)
+    assert split["sharpness_loss"] == pytest.approx((parts[0]["sharpness_loss"] + parts[1]["sharpness_loss"]) / 2)
+    assert whole["sharpness_loss"] == pytest.approx(split["sharpness_loss"], rel=1e-6)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_radius_of_zero_or_less_is_one_line():
+    with pytest.raises(C.ConfigError, match=r"^probes.sharpness_rho: -0.5; allowed: a radius > 0$"):
+        C.parse({"probes": {"sharpness": True}}, ["probes.sharpness_rho=-0.5"])
+
+
+def test_off_by_default_and_out_of_the_run_id():
+    assert C.run_id(C.parse({"probes": {"sharpness_rho": 0.5}})) == C.run_id(C.parse({}))
