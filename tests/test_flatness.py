@@ -244,7 +244,7 @@ def test_flatness_bad_input_exits_2(tmp_path, capsys):
             (["--pac-bayes-draws", "3"], "--pac-bayes-draws: PAC-Bayes flatness is not measured"),
             (["--pac-bayes", "--pac-bayes-drop", "0"], "probes.pac_bayes_drop: 0.0; allowed: accuracy points"),
             (["--sharpness-steps", "3"], "--sharpness-steps: adaptive sharpness is not measured"),
-            (["--sharpness", "--sharpness-rho", "0"], "probes.sharpness_rho: 0.0; allowed: a radius > 0"),
+            (["--sharpness", "--sharpness-rho", "0"], "probes.sharpness_rho: 0.0; allowed: a radius in [0.0001, 100]"),
             (["--eps-directions", "0", "--eps-samples", "10"], "--eps-samples: no eps directions are swept")):
         assert main(["flatness", str(out), *flags, "--no-progress"]) == 2
         err = capsys.readouterr().err

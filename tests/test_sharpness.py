@@ -86,6 +86,27 @@ def test_rescaling_a_relu_layer_and_its_successor_leaves_it_unchanged():
     assert after["sharpness"] == pytest.approx(before["sharpness"], rel=1e-3) and before["sharpness"] > 0
 
 
+def test_a_perturbed_loss_that_is_not_finite_is_the_sharpest_there_is():
+    model, theta, _, x, y = problem()
+
+    def loss(out, _):
+        diff = out[0] - theta
+        return diff @ diff * (float("nan") if bool((diff != 0).any()) else 1.0)
+
+    op = HessianOperator(model, loss, x, y, batch_size=8)
+    assert worst_case_increase(op, 0.3, 5, torch.Generator().manual_seed(1)) == (float("inf"), 0.0)
+    assert torch.equal(model.theta.detach(), theta)
+
+
+def test_a_shorter_last_batch_weighs_by_its_size(monkeypatch):
+    import gstlab.sharpness as sharpness
+
+    model, x, y = mlp_and_data()
+    monkeypatch.setattr(sharpness, "worst_case_increase", lambda op, *_: (float(len(op.y)), 1.0))
+    row = sharpness.adaptive_sharpness(model, nn.functional.cross_entropy, x[:50], y[:50], 0.3, 5, 20, 20, seed=1)
+    assert row["sharpness"] == pytest.approx((20 * 20 + 20 * 20 + 10 * 10) / 50)  # unweighted: 50 / 3
+
+
 def test_batches_weigh_by_size_and_the_model_comes_back_exactly():
     model, x, y = mlp_and_data()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -98,10 +119,27 @@ def test_batches_weigh_by_size_and_the_model_comes_back_exactly():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_a_radius_of_zero_or_less_is_one_line():
-    with pytest.raises(C.ConfigError, match=r"^probes.sharpness_rho: -0.5; allowed: a radius > 0$"):
-        C.parse({"probes": {"sharpness": True}}, ["probes.sharpness_rho=-0.5"])
+@pytest.mark.parametrize("rho", ["-0.5", "0", "1e-320", "5e-5", "101"])
+def test_a_radius_outside_its_range_is_one_line(rho):
+    with pytest.raises(C.ConfigError, match=r"^probes.sharpness_rho: .*; allowed: a radius in \[0.0001, 100\]$"):
+        C.parse({"probes": {"sharpness": True}}, [f"probes.sharpness_rho={rho}"])
 
 
 def test_off_by_default_and_out_of_the_run_id():
     assert C.run_id(C.parse({"probes": {"sharpness_rho": 0.5}})) == C.run_id(C.parse({}))
+
+
+def test_reports_compare_settings_only_among_the_runs_that_measured_it():
+    import pandas as pd
+
+    from gstlab.analysis.measures import probe_notes
+
+    nan = float("nan")
+    last = pd.DataFrame({"run_id": list("abcd"), "method": ["lanczos"] * 4, "k": [20] * 4,
+                         "sharpness_rho": [0.5, 0.5, nan, nan], "pac_bayes_drop": [nan, nan, 10.0, 10.0]})
+    assert not any("different settings" in n for n in probe_notes(last))  # not measured is not another setting
+    last.loc[1, "sharpness_rho"] = 1.0
+    notes = [n for n in probe_notes(last) if "different settings" in n]
+    assert len(notes) == 1 and notes[0].startswith("Probes: the runs' last sharpness probes were made with "
+                                                   "different settings (sharpness_rho 0.5: 1 runs; sharpness_rho "
+                                                   "1.0: 1 runs)")

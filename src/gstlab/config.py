@@ -519,8 +519,9 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
         raise ConfigError(f"probes.prunability_delta: must be > 0, got {cfg.probes.prunability_delta}")
     if not 0 < cfg.probes.pac_bayes_drop < 100:
         raise ConfigError(f"probes.pac_bayes_drop: {cfg.probes.pac_bayes_drop}; allowed: accuracy points in (0, 100)")
-    if cfg.probes.sharpness_rho <= 0:
-        raise ConfigError(f"probes.sharpness_rho: {cfg.probes.sharpness_rho}; allowed: a radius > 0")
+    if not SHARPNESS_RHO[0] <= cfg.probes.sharpness_rho <= SHARPNESS_RHO[1]:
+        raise ConfigError(f"probes.sharpness_rho: {cfg.probes.sharpness_rho}; allowed: a radius in "
+                          f"[{SHARPNESS_RHO[0]:g}, {SHARPNESS_RHO[1]:g}]")
     return cfg
 
 
@@ -549,6 +550,7 @@ LIMITS = {
     "probes.max_iter": 1_000_000, "probes.pac_bayes_draws": 100_000, "probes.sharpness_steps": 100_000,
     "intervention.batches": 100_000_000,
 }
+SHARPNESS_RHO = (1e-4, 100.0)  # probes.sharpness_rho, relative to each weight (below, fp32 weights barely move)
 MAX_UNITS = 65_536  # model.hidden and model.channels widths, data.synthetic_shape sides
 MAX_EPS_POINTS = 10_000  # probes.eps_max / probes.eps_step
 

@@ -15,24 +15,28 @@ ReLU network's layers without changing its function, which Hessian eigenvalues a
 The maximum is searched by projected gradient ascent on γ from a random point of the sphere ||γ|| = ρ (seeded):
 ``probes.sharpness_steps`` steps γ <- Π(γ + ρ g/||g||), g the gradient of L_B with respect to γ, Π the projection
 onto the ball; each batch's value is the largest loss increase seen, a lower bound of the maximum (as every ascent
-gives). For a quadratic loss at its minimum the maximum is ρ²/2 · λ_max(D H D), D = diag|w|, and for a linear
-loss ρ ||w ⊙ ∇L||; both are tested.
+gives; one start can end at a local maximum of the sphere: on tiny networks a review found 0.78-1.00 of the best
+of 40 optimizer starts), inf where a perturbed loss is not finite. For a quadratic loss at its minimum the
+maximum is ρ²/2 · λ_max(D H D), D = diag|w|, and for a linear loss ρ ||w ⊙ ∇L||; both are tested.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from gstlab.curvature import HessianOperator, LossFn
+from gstlab.curvature import HessianOperator, LossFn, loss_and_fraction_correct
 
 
 def worst_case_increase(op: HessianOperator, rho: float, steps: int, generator: torch.Generator) -> tuple[float, float]:
     """(largest increase of ``op``'s loss found over w + |w| ⊙ γ with ||γ||_2 <= ``rho``, the loss at w): projected
-    normalized gradient ascent; the parameters are restored exactly afterwards."""
+    normalized gradient ascent; inf where a perturbed loss is not finite (the sharpest there is); the parameters
+    are restored exactly afterwards."""
     saved = [p.detach().clone() for p in op.params]
     scale = op.params_to_flat(saved).double().abs()
-    base, _ = op.loss_and_grad()
+    base, _ = loss_and_fraction_correct(op.model, op.loss_fn, op.x, op.y, op.batch_size)
     start = torch.randn(op.dim, generator=generator, dtype=torch.float64).to(scale.device)
     gamma = rho * start / start.norm()
     best = base
@@ -40,13 +44,17 @@ def worst_case_increase(op: HessianOperator, rho: float, steps: int, generator: 
         for step in range(steps + 1):
             _move(op, saved, scale * gamma)
             loss, grad = op.loss_and_grad()
+            if not math.isfinite(loss):
+                return math.inf, base
             best = max(best, loss)
             ascent = scale * grad
             norm = ascent.norm()
             if step == steps or not torch.isfinite(norm) or norm == 0:
                 break
             gamma = gamma + rho * ascent / norm
-            gamma = gamma * min(1.0, rho / float(gamma.norm()))
+            length = float(gamma.norm())
+            if length > rho:
+                gamma = gamma * (rho / length)
     finally:
         with torch.no_grad():
             for p, w in zip(op.params, saved):

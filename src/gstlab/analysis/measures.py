@@ -35,6 +35,11 @@ PROBE_MEASURES = ("eig_sum", "hutchinson_trace", "grad_moment_trace", "prunabili
 TARGETS = (("generalization_gap", "generalization gap"), ("best_test_acc", "best test accuracy"))
 AXES = ("arch", "criterion", "side", "period", "iterative_rate", "intervention", "batches", "scratch")
 MIN_RUNS = 3  # a measure needs this many runs with a value to be ranked
+PROBE_SETTINGS = (  # (measurement, the probe row's columns that set it)
+    ("Hessian", ("method", "k", "samples")), ("prunability", ("prunability_delta", "prunability_samples")),
+    ("PAC-Bayes", ("pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples")),
+    ("sharpness", ("sharpness_rho", "sharpness_steps", "sharpness_samples", "sharpness_batch")),
+)
 CLASS_PANELS = 6  # events in the class-detail figure
 
 
@@ -70,16 +75,20 @@ def probe_notes(last: pd.DataFrame) -> list[str]:
             notes.append(f"{name} flatness: {sharpest} of {len(last)} runs have σ = 0 (even the smallest noise "
                          "tried costs more than the allowed drop: flatness ∞, the sharpest runs) and are left out "
                          "of its correlations.")
-    keys = [c for c in ("method", "k", "samples", "prunability_delta", "prunability_samples", "pac_bayes_drop",
-                        "pac_bayes_draws", "pac_bayes_samples", "sharpness_rho", "sharpness_steps",
-                        "sharpness_samples", "sharpness_batch") if c in last and last[c].notna().any()]
-    if keys and len(last[keys].astype(str).drop_duplicates()) > 1:
-        kinds = last[keys].astype(str).value_counts()
-        listed = "; ".join(f"{', '.join(f'{k} {v}' for k, v in zip(keys, combo))}: {n} runs"
-                           for combo, n in kinds.items())
-        notes.append(f"Probes: the runs' last probes were made with different settings ({listed}); their "
-                     "values are different quantities and are compared as they are.")
-    return notes
+    return notes + [note for group in PROBE_SETTINGS if (note := _settings_note(last, *group))]
+
+
+def _settings_note(last: pd.DataFrame, name: str, columns: tuple[str, ...]) -> str:
+    """A note when the runs that measured ``name`` did so with different settings (``columns``); runs that did not
+    measure it (older files, the option off) are not a different setting."""
+    keys = [c for c in columns if c in last]
+    measured = last[last[keys].notna().any(axis=1)] if keys else last.iloc[:0]
+    kinds = measured[keys].astype(object).fillna("?").astype(str).value_counts()
+    if len(kinds) < 2:
+        return ""
+    listed = "; ".join(f"{', '.join(f'{k} {v}' for k, v in zip(keys, combo))}: {n} runs" for combo, n in kinds.items())
+    return (f"Probes: the runs' last {name} probes were made with different settings ({listed}); their values are "
+            "different quantities and are compared as they are.")
 
 
 def with_measures(runs: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
