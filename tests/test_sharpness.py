@@ -138,6 +138,9 @@ def test_reports_compare_settings_only_among_the_runs_that_measured_it():
     last = pd.DataFrame({"run_id": list("abcd"), "method": ["lanczos"] * 4, "k": [20] * 4,
                          "sharpness_rho": [0.5, 0.5, nan, nan], "pac_bayes_drop": [nan, nan, 10.0, 10.0]})
     assert not any("different settings" in n for n in probe_notes(last))  # not measured is not another setting
+    last["sharpness"] = [0.1, float("inf"), nan, nan]
+    assert "Sharpness: 1 of 4 runs have sharpness ∞ (a perturbed loss within the radius was not finite: the " \
+           "sharpest runs) and are left out of its correlations." in probe_notes(last)
     last.loc[1, "sharpness_rho"] = 1.0
     notes = [n for n in probe_notes(last) if "different settings" in n]
     assert len(notes) == 1 and notes[0].startswith("Probes: the runs' last sharpness probes were made with "

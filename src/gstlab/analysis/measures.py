@@ -75,6 +75,10 @@ def probe_notes(last: pd.DataFrame) -> list[str]:
             notes.append(f"{name} flatness: {sharpest} of {len(last)} runs have σ = 0 (even the smallest noise "
                          "tried costs more than the allowed drop: flatness ∞, the sharpest runs) and are left out "
                          "of its correlations.")
+    unbounded = int(np.isposinf(pd.to_numeric(last["sharpness"], errors="coerce")).sum()) if "sharpness" in last else 0
+    if unbounded:
+        notes.append(f"Sharpness: {unbounded} of {len(last)} runs have sharpness ∞ (a perturbed loss within the "
+                     "radius was not finite: the sharpest runs) and are left out of its correlations.")
     return notes + [note for group in PROBE_SETTINGS if (note := _settings_note(last, *group))]
 
 
