@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gstlab import config as C
@@ -428,16 +429,8 @@ def cmd_flatness(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("top_k", args.top_k), ("samples", args.samples), ("method", args.method),
                                    ("max_iter", args.max_iter), ("trace_samples", args.trace_samples),
                                    ("eps_directions", args.eps_directions), ("eps_samples", args.eps_samples),
-                                   ("prunability", args.prunability or None),
-                                   ("prunability_delta", args.prunability_delta),
-                                   ("prunability_samples", args.prunability_samples),
-                                   ("pac_bayes", args.pac_bayes or None), ("pac_bayes_drop", args.pac_bayes_drop),
-                                   ("pac_bayes_draws", args.pac_bayes_draws),
-                                   ("pac_bayes_samples", args.pac_bayes_samples),
-                                   ("sharpness", args.sharpness or None), ("sharpness_rho", args.sharpness_rho),
-                                   ("sharpness_steps", args.sharpness_steps),
-                                   ("sharpness_samples", args.sharpness_samples),
-                                   ("sharpness_batch", args.sharpness_batch))
+                                   *((_field(s), getattr(args, _field(s)) or None) for s in MEASURED_BY),
+                                   *((_field(f), getattr(args, _field(f))) for f, *_ in _measure_settings()))
                  if v is not None}
     row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress,
                                        device=args.device)
@@ -482,6 +475,29 @@ def _append_csv(path: Path, rows: list[dict], columns, store) -> None:
         store.checksum_path(path).unlink(missing_ok=True)
         old = []
     store.write_checked_text(path, store.csv_text(old + rows, columns))
+
+
+MEASURED_BY = {"--prunability": "prunability", "--pac-bayes": "PAC-Bayes flatness", "--sharpness": "sharpness"}
+
+
+def _measure_settings() -> tuple[tuple[str, Callable, str, str], ...]:
+    """(flag, type, metavar, what it sets) of ``gst flatness``'s settings of its optional measurements; a flag
+    starts with its measurement's switch (``MEASURED_BY``) and names the probes field it overrides."""
+    return (
+        ("--prunability-delta", float, "D", "prunability's loss tolerance"),
+        ("--prunability-samples", _count(1), "N", "prunability's training subset: the first N training examples"),
+        ("--pac-bayes-drop", float, "P", "accuracy points the noise may cost"),
+        ("--pac-bayes-draws", _count(1), "M", "noise draws averaged per sigma"),
+        ("--pac-bayes-samples", _count(1), "N", "its training subset: the first N training examples"),
+        ("--sharpness-rho", float, "R", "its radius, relative to each weight's size"),
+        ("--sharpness-steps", _count(1), "S", "gradient ascent steps per batch"),
+        ("--sharpness-samples", _count(1), "N", "its training subset: the first N training examples"),
+        ("--sharpness-batch", _count(1), "M", "batch size m, each batch with its own worst case"),
+    )
+
+
+def _field(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -615,40 +631,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also measure prunability: the kept fraction of the surviving weights (global magnitude, "
                            "no retraining) found by bisection whose training loss stays within (1 + delta) x the "
                            "model's (the smallest such where the loss grows monotonically as weights go)")
-    flat.add_argument("--prunability-delta", type=float, metavar="D",
-                      help="prunability's loss tolerance (default: the run's probes.prunability_delta, 0.1 unless "
-                           "set); only where prunability is measured (--prunability or the run's probes)")
-    flat.add_argument("--prunability-samples", type=_count(1), metavar="N",
-                      help="prunability's training subset: the first N training examples (default: the run's "
-                           "probes.prunability_samples, 2048 unless set); only where prunability is measured")
     flat.add_argument("--pac-bayes", action="store_true",
                       help="also measure PAC-Bayes flatness (Jiang et al. 2020): the largest sigma of Gaussian noise "
                            "on the weights, plain and magnitude-aware, that costs at most --pac-bayes-drop points of "
                            "mean training accuracy, and 1/sigma^2")
-    flat.add_argument("--pac-bayes-drop", type=float, metavar="P",
-                      help="accuracy points the noise may cost (default: the run's probes.pac_bayes_drop, 10 unless "
-                           "set); only where PAC-Bayes flatness is measured (--pac-bayes or the run's probes)")
-    flat.add_argument("--pac-bayes-draws", type=_count(1), metavar="M",
-                      help="noise draws averaged per sigma (default: the run's probes.pac_bayes_draws, 10 unless "
-                           "set); only where PAC-Bayes flatness is measured")
-    flat.add_argument("--pac-bayes-samples", type=_count(1), metavar="N",
-                      help="its training subset: the first N training examples (default: the run's "
-                           "probes.pac_bayes_samples, 2048 unless set); only where PAC-Bayes flatness is measured")
     flat.add_argument("--sharpness", action="store_true",
                       help="also measure adaptive worst-case sharpness (Andriushchenko et al. 2023): the mean over "
                            "batches of the largest training-loss increase over w + |w|*gamma, ||gamma||_2 <= rho")
-    flat.add_argument("--sharpness-rho", type=float, metavar="R",
-                      help="its radius, relative to each weight's size (default: the run's probes.sharpness_rho, "
-                           "0.5 unless set); only where sharpness is measured (--sharpness or the run's probes)")
-    flat.add_argument("--sharpness-steps", type=_count(1), metavar="S",
-                      help="gradient ascent steps per batch (default: the run's probes.sharpness_steps, 20 unless "
-                           "set); only where sharpness is measured")
-    flat.add_argument("--sharpness-samples", type=_count(1), metavar="N",
-                      help="its training subset: the first N training examples (default: the run's "
-                           "probes.sharpness_samples, 1024 unless set); only where sharpness is measured")
-    flat.add_argument("--sharpness-batch", type=_count(1), metavar="M",
-                      help="batch size m, each batch with its own worst case (default: the run's "
-                           "probes.sharpness_batch, 128 unless set); only where sharpness is measured")
+    for flag, kind, metavar, what in _measure_settings():
+        switch = next(s for s in MEASURED_BY if flag.startswith(f"{s}-"))
+        flat.add_argument(flag, type=kind, metavar=metavar,
+                          help=f"{what} (default: the run's probes.{_field(flag)}, "
+                               f"{getattr(C.ProbeConfig(), _field(flag)):g} unless set); only where "
+                               f"{MEASURED_BY[switch]} is measured ({switch} or the run's probes)")
     flat.add_argument("--seed", type=_count(0, 2**63 - 1), help="probe seed (default: derived from the run's seed)")
     flat.add_argument("--device", type=_device, metavar="D",
                       help="measure on D (auto, cpu, cuda, cuda:N, mps; default: the run's train.device), e.g. cpu "
