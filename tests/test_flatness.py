@@ -301,3 +301,10 @@ def test_a_run_whose_lanczos_basis_would_not_fit_is_refused_before_training(tmp_
     path = tmp_path / "power.yaml"
     path.write_text(C.dump_yaml(C.parse(C.load_yaml(probing_config(tmp_path)), ["probes.method=power"])))
     assert main(["run", "--config", str(path), "--out", str(out), "--no-progress"]) == 0  # no basis to keep
+
+
+def test_gst_flatness_has_a_flag_for_every_setting_of_an_optional_measurement():
+    from gstlab.cli import _measure_settings
+
+    flags = {flag for flag, *_ in _measure_settings()}
+    assert flags == {f"--{key.replace('_', '-')}" for _, settings in C.OPTIONAL_MEASURES.values() for key in settings}

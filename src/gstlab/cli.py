@@ -477,7 +477,7 @@ def _append_csv(path: Path, rows: list[dict], columns, store) -> None:
     store.write_checked_text(path, store.csv_text(old + rows, columns))
 
 
-MEASURED_BY = {"--prunability": "prunability", "--pac-bayes": "PAC-Bayes flatness", "--sharpness": "sharpness"}
+MEASURED_BY = {f"--{switch.replace('_', '-')}": what for switch, (what, _) in C.OPTIONAL_MEASURES.items()}
 
 
 def _measure_settings() -> tuple[tuple[str, Callable, str, str], ...]:

@@ -167,6 +167,15 @@ class ProbeConfig:
     sharpness_batch: int = 128  # ... in batches of m, each with its own worst case (m-sharpness)
 
 
+# ProbeConfig's optional measurements: switch field -> (what it measures, the fields that set it; a probe row records
+# those exactly when it made the measurement)
+OPTIONAL_MEASURES = {
+    "prunability": ("prunability", ("prunability_delta", "prunability_samples")),
+    "pac_bayes": ("PAC-Bayes flatness", ("pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples")),
+    "sharpness": ("adaptive sharpness", ("sharpness_rho", "sharpness_steps", "sharpness_samples", "sharpness_batch")),
+}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = DataConfig()

@@ -40,23 +40,15 @@ def load_model_checkpoint(run_dir: Path, epoch: int | None) -> dict:
     return state
 
 
-NOT_PRUNABILITY = "prunability is not measured (neither --prunability nor the run's probes.prunability)"
-NOT_PAC_BAYES = "PAC-Bayes flatness is not measured (neither --pac-bayes nor the run's probes.pac_bayes)"
-NOT_SHARPNESS = "adaptive sharpness is not measured (neither --sharpness nor the run's probes.sharpness)"
 NOT_EPS = "no eps directions are swept (--eps-directions, or the run's probes.eps_directions, is 0)"
 
 
 def check_used(probes: C.ProbeConfig, overrides: dict) -> None:
     """ConfigError for a setting given (``overrides``: probe field -> value, the flags of ``gst flatness``) for
     a measurement ``probes`` does not make: it would be accepted and ignored."""
-    unused = {} if probes.prunability else {"prunability_delta": (NOT_PRUNABILITY, "add --prunability"),
-                                            "prunability_samples": (NOT_PRUNABILITY, "add --prunability")}
-    if not probes.pac_bayes:
-        unused.update({key: (NOT_PAC_BAYES, "add --pac-bayes")
-                       for key in ("pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples")})
-    if not probes.sharpness:
-        unused.update({key: (NOT_SHARPNESS, "add --sharpness")
-                       for key in ("sharpness_rho", "sharpness_steps", "sharpness_samples", "sharpness_batch")})
+    unused = {key: (f"{what} is not measured (neither --{flag} nor the run's probes.{switch})", f"add --{flag}")
+              for switch, (what, settings) in C.OPTIONAL_MEASURES.items() if not getattr(probes, switch)
+              for flag in [switch.replace("_", "-")] for key in settings}
     if not probes.eps_directions:
         unused["eps_samples"] = (NOT_EPS, "add --eps-directions D (D > 0)")
     for key, (why, allowed) in unused.items():

@@ -19,6 +19,7 @@ from gstlab.analysis import figures as F
 from gstlab.analysis.results import last_probes, load_event_classes, load_flatness
 from gstlab.analysis.stats import correlation
 from gstlab.analysis.text import interval, number, pvalue
+from gstlab.config import OPTIONAL_MEASURES
 
 # (column, name); the run's summary.json, else its last probe row (curvature.csv, else gst flatness's flatness.csv)
 MEASURES = (
@@ -36,9 +37,9 @@ TARGETS = (("generalization_gap", "generalization gap"), ("best_test_acc", "best
 AXES = ("arch", "criterion", "side", "period", "iterative_rate", "intervention", "batches", "scratch")
 MIN_RUNS = 3  # a measure needs this many runs with a value to be ranked
 PROBE_SETTINGS = (  # (measurement, the probe row's columns that set it)
-    ("Hessian", ("method", "k", "samples")), ("prunability", ("prunability_delta", "prunability_samples")),
-    ("PAC-Bayes", ("pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples")),
-    ("sharpness", ("sharpness_rho", "sharpness_steps", "sharpness_samples", "sharpness_batch")),
+    ("Hessian", ("method", "k", "samples")),
+    *((name, OPTIONAL_MEASURES[switch][1])
+      for switch, name in (("prunability", "prunability"), ("pac_bayes", "PAC-Bayes"), ("sharpness", "sharpness"))),
 )
 CLASS_PANELS = 6  # events in the class-detail figure
 

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from gstlab import recovery, store
+from gstlab.config import OPTIONAL_MEASURES
 from gstlab.errors import warn
 from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
 from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS
@@ -200,11 +201,8 @@ def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> p
 
 
 # A probe row's optional measures (column that is set exactly when the group was measured, the group's columns)
-OPTIONAL_PROBE_GROUPS = (
-    ("prunability_delta", tuple(c for c in CURVATURE_COLUMNS if c.startswith("prunability"))),
-    ("pac_bayes_drop", tuple(c for c in CURVATURE_COLUMNS if c.startswith("pac_bayes"))),
-    ("sharpness_rho", tuple(c for c in CURVATURE_COLUMNS if c.startswith("sharpness"))),
-)
+OPTIONAL_PROBE_GROUPS = tuple((settings[0], tuple(c for c in CURVATURE_COLUMNS if c.startswith(switch)))
+                              for switch, (_, settings) in OPTIONAL_MEASURES.items())
 
 
 def last_probes(curvature: pd.DataFrame) -> pd.DataFrame:
