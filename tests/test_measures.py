@@ -21,7 +21,8 @@ from test_runner import TINY
 PROBED = {**TINY, "probes": {"at_end": True, "samples": 64, "top_k": 2, "grad_moment": False, "prunability": True,
                              "prunability_samples": 100, "pac_bayes": True, "pac_bayes_samples": 100,
                              "pac_bayes_draws": 2, "sharpness": True, "sharpness_samples": 100,
-                             "sharpness_batch": 40, "sharpness_steps": 3}}
+                             "sharpness_batch": 40, "sharpness_steps": 3,
+                             "sharpness_restarts": 2}}
 
 
 def test_distance_from_init_is_zero_for_an_untrained_model_rebuilt_from_the_seed(tmp_path):
@@ -127,3 +128,8 @@ def test_end_probe_and_gst_flatness_agree_on_the_final_model(tmp_path):
     for key in ("distance_init", "prunability", "prunability_loss", "pac_bayes_sigma", "pac_bayes_mag_sigma",
                 "pac_bayes_acc", "sharpness", "sharpness_loss"):
         assert float(again[key]) == pytest.approx(float(probe[key]), rel=1e-6), key
+    assert int(probe["sharpness_restarts"]) == int(again["sharpness_restarts"]) == 2
+    assert main(["flatness", str(out), "--top-k", "2", "--samples", "64", "--sharpness-restarts", "1",
+                 "--no-progress"]) == 0
+    single = read_csv(out / "flatness.csv")[-1]  # its one start is the first of the two
+    assert int(single["sharpness_restarts"]) == 1 and float(single["sharpness"]) <= float(probe["sharpness"])

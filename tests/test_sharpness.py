@@ -4,6 +4,8 @@ layers; pruned entries; the wiring into probes and `gst flatness` is in tests/te
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -146,3 +148,65 @@ def test_reports_compare_settings_only_among_the_runs_that_measured_it():
     assert len(notes) == 1 and notes[0].startswith("Probes: the runs' last sharpness probes were made with "
                                                    "different settings (sharpness_rho 0.5: 1 runs; sharpness_rho "
                                                    "1.0: 1 runs)")
+
+
+def cap_problem():
+    """A loss that rises only in a cap of the sphere ||γ|| = 0.5 around γ = (0.5, 0) (its exact maximum over the
+    ball: 3 x 0.05 at that point); elsewhere it is 0 and flat, so an ascent that starts outside the cap stays."""
+    theta = torch.ones(2, dtype=torch.float64)  # |w| = 1: γ is the step itself
+    model = Vector(theta).double()
+
+    def loss(out, _):
+        return 3.0 * torch.relu(out[0][0] - theta[0] - 0.45)
+
+    return HessianOperator(model, loss, torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4), batch_size=4)
+
+
+def test_more_starts_find_the_exact_maximum_one_start_misses():
+    op = cap_problem()
+    single, _ = worst_case_increase(op, 0.5, 20, torch.Generator().manual_seed(2))
+    starts = [torch.Generator().manual_seed(2), *(torch.Generator().manual_seed(100 + r) for r in range(31))]
+    several, base = worst_case_increase(op, 0.5, 20, starts)
+    assert single == 0.0 and base == 0.0  # its one start lay outside the cap
+    assert several == pytest.approx(3 * 0.05, rel=1e-9)
+    assert torch.equal(op.model.theta.detach(), torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("batch", [96, 32, 20])
+def test_one_restart_is_the_single_start_measurement_and_more_never_measure_less(batch):
+    model, x, y = mlp_and_data()
+    kwargs = dict(rho=1.0, steps=4, batch=batch, eval_batch_size=32, seed=7)
+    one = adaptive_sharpness(model, nn.functional.cross_entropy, x, y, **kwargs)
+    assert adaptive_sharpness(model, nn.functional.cross_entropy, x, y, **kwargs, restarts=1) == one
+    if batch == 96:
+        op = HessianOperator(model, nn.functional.cross_entropy, x, y, batch_size=32)
+        assert one["sharpness"] == worst_case_increase(op, 1.0, 4, torch.Generator().manual_seed(7))[0]
+    several = adaptive_sharpness(model, nn.functional.cross_entropy, x, y, **kwargs, restarts=4)
+    assert several["sharpness_loss"] == one["sharpness_loss"]
+    assert several["sharpness"] >= one["sharpness"] > 0
+
+
+def test_rows_made_before_restarts_were_recorded_read_as_one_start():
+    import pandas as pd
+
+    from gstlab.analysis.measures import probe_notes
+    from gstlab.analysis.results import with_later_settings
+
+    nan = float("nan")
+    old = pd.DataFrame({"run_id": list("abc"), "method": ["lanczos"] * 3, "k": [20] * 3,
+                        "sharpness": [0.1, 0.2, nan], "sharpness_rho": [0.5, 0.5, nan]})
+    filled = with_later_settings(old.copy())
+    assert filled["sharpness_restarts"].tolist()[:2] == [1, 1] and pd.isna(filled["sharpness_restarts"][2])
+    new = pd.DataFrame({"run_id": ["d"], "method": ["lanczos"], "k": [20], "sharpness": [0.3],
+                        "sharpness_rho": [0.5], "sharpness_restarts": [1]})
+    both = with_later_settings(pd.concat([old, new], ignore_index=True))
+    assert not any("different settings" in n for n in probe_notes(both))
+    both.loc[3, "sharpness_restarts"] = 4
+    notes = [n for n in probe_notes(both) if "different settings" in n]
+    assert len(notes) == 1 and re.search(r"sharpness_restarts 4(\.0)?: 1 runs", notes[0])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "10001"])
+def test_restarts_outside_their_range_are_one_line(value):
+    with pytest.raises(C.ConfigError, match=r"^probes.sharpness_restarts: "):
+        C.parse({"probes": {"sharpness": True}}, [f"probes.sharpness_restarts={value}"])

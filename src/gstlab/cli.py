@@ -453,7 +453,8 @@ def cmd_flatness(args: argparse.Namespace) -> int:
               f"training examples, {row['pac_bayes_draws']} draws")
     if "sharpness" in row:
         print(f"  adaptive worst-case sharpness {row['sharpness']:.4g} (rho {row['sharpness_rho']:g}, "
-              f"{row['sharpness_steps']} ascent steps, {row['sharpness_samples']} training examples in batches of "
+              f"{row['sharpness_steps']} ascent steps from {row['sharpness_restarts']} start(s), "
+              f"{row['sharpness_samples']} training examples in batches of "
               f"{row['sharpness_batch']}; loss {row['sharpness_loss']:.4g})")
     print(f"  rows appended to {run_dir / 'flatness.csv'}")
     return EXIT_OK
@@ -493,6 +494,7 @@ def _measure_settings() -> tuple[tuple[str, Callable, str, str], ...]:
         ("--sharpness-steps", _count(1), "S", "gradient ascent steps per batch"),
         ("--sharpness-samples", _count(1), "N", "its training subset: the first N training examples"),
         ("--sharpness-batch", _count(1), "M", "batch size m, each batch with its own worst case"),
+        ("--sharpness-restarts", _count(1), "R", "random starts of the ascent per batch, the largest increase counts"),
     )
 
 

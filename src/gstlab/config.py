@@ -165,6 +165,7 @@ class ProbeConfig:
     sharpness_steps: int = 20  # projected gradient ascent steps per batch
     sharpness_samples: int = 1024  # its fixed training subset: the first N training examples ...
     sharpness_batch: int = 128  # ... in batches of m, each with its own worst case (m-sharpness)
+    sharpness_restarts: int = 1  # random starts of the ascent per batch (the largest increase counts)
 
 
 # ProbeConfig's optional measurements: switch field -> (what it measures, the fields that set it; a probe row records
@@ -172,7 +173,8 @@ class ProbeConfig:
 OPTIONAL_MEASURES = {
     "prunability": ("prunability", ("prunability_delta", "prunability_samples")),
     "pac_bayes": ("PAC-Bayes flatness", ("pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples")),
-    "sharpness": ("adaptive sharpness", ("sharpness_rho", "sharpness_steps", "sharpness_samples", "sharpness_batch")),
+    "sharpness": ("adaptive sharpness", ("sharpness_rho", "sharpness_steps", "sharpness_samples", "sharpness_batch",
+                                         "sharpness_restarts")),
 }
 
 
@@ -557,6 +559,7 @@ LIMITS = {
     "data.synthetic_classes": 100_000, "model.width": 16.0, "probes.samples": 1_000_000,
     "probes.top_k": 10_000, "probes.trace_samples": 100_000, "probes.eps_directions": 10_000,
     "probes.max_iter": 1_000_000, "probes.pac_bayes_draws": 100_000, "probes.sharpness_steps": 100_000,
+    "probes.sharpness_restarts": 10_000,
     "intervention.batches": 100_000_000,
 }
 SHARPNESS_RHO = (1e-4, 100.0)  # probes.sharpness_rho, relative to each weight (below, fp32 weights barely move)
@@ -707,6 +710,7 @@ def _check_positive(cfg: RunConfig) -> None:
         "probes.sharpness_steps": cfg.probes.sharpness_steps,
         "probes.sharpness_samples": cfg.probes.sharpness_samples,
         "probes.sharpness_batch": cfg.probes.sharpness_batch,
+        "probes.sharpness_restarts": cfg.probes.sharpness_restarts,
     }
     for name, value in checks.items():
         if value < 1:

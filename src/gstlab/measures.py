@@ -150,7 +150,7 @@ def end_measures(model: nn.Module, masks, init: dict[str, torch.Tensor], x_train
         x, y = training_subset(x_train, y_train, cfg.sharpness_samples)
         row.update(adaptive_sharpness(model, F.cross_entropy, x, y, cfg.sharpness_rho, cfg.sharpness_steps,
                                       cfg.sharpness_batch, batch_size, derive_seed(probe_seed, "sharpness"),
-                                      param_masks),
+                                      param_masks, cfg.sharpness_restarts),
                    sharpness_rho=cfg.sharpness_rho, sharpness_steps=cfg.sharpness_steps, sharpness_samples=len(x),
-                   sharpness_batch=cfg.sharpness_batch)
+                   sharpness_batch=cfg.sharpness_batch, sharpness_restarts=cfg.sharpness_restarts)
     return row

@@ -21,7 +21,7 @@ CURVATURE_COLUMNS = (
     "convention", "distance_init", "prunability", "prunability_delta", "prunability_samples", "prunability_loss",
     "pac_bayes_sigma", "pac_bayes_flatness", "pac_bayes_mag_sigma", "pac_bayes_mag_flatness", "pac_bayes_acc",
     "pac_bayes_drop", "pac_bayes_draws", "pac_bayes_samples", "sharpness", "sharpness_loss", "sharpness_rho",
-    "sharpness_steps", "sharpness_samples", "sharpness_batch", "wall_s",
+    "sharpness_steps", "sharpness_samples", "sharpness_batch", "sharpness_restarts", "wall_s",
 )
 EPS_COLUMNS = ("epoch", "direction", "eps", "loss", "acc", "base_loss")
 

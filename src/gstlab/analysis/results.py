@@ -197,7 +197,22 @@ def load_events(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.D
 def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows of every run's ``curvature.csv`` (flatness probes)."""
     columns = tuple("probe_seed" if c == "seed" else c for c in CURVATURE_COLUMNS)
-    return _long(study_dir, "curvature.csv", columns, runs)
+    return with_later_settings(_long(study_dir, "curvature.csv", columns, runs))
+
+
+# Probe settings added after their measurement: (the column set when it was measured, the value rows made before
+# the setting existed were measured with)
+LATER_SETTINGS = {"sharpness_restarts": ("sharpness", 1)}
+
+
+def with_later_settings(probes: pd.DataFrame) -> pd.DataFrame:
+    """``probes`` with each later setting filled in where a row measured its group before the setting was
+    recorded, so that older rows are not read as another setting."""
+    for col, (key, then) in LATER_SETTINGS.items():
+        if key in probes:
+            recorded = probes[col] if col in probes else pd.Series(np.nan, index=probes.index)
+            probes[col] = recorded.where(recorded.notna() | probes[key].isna(), then)
+    return probes
 
 
 # A probe row's optional measures (column that is set exactly when the group was measured, the group's columns)
@@ -235,7 +250,7 @@ def load_event_classes(study_dir: str | Path, runs: pd.DataFrame | None = None) 
 def load_flatness(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows of every run's ``flatness.csv`` (``gst flatness`` on its saved models)."""
     columns = tuple("probe_seed" if c == "seed" else c for c in CURVATURE_COLUMNS)
-    return _long(study_dir, "flatness.csv", columns, runs)
+    return with_later_settings(_long(study_dir, "flatness.csv", columns, runs))
 
 
 def load_eps(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
