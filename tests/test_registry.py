@@ -329,12 +329,40 @@ class Meddler(Recorder):
                     p.add_(0.01)
 
 
-def test_a_callback_cannot_revive_or_prune_units(registered, tmp_path):
+class Borrower(Recorder):
+    """Perturbs every weight, evaluates, and copies the weights back exactly; draws from torch's global RNG."""
+
+    def after_epoch(self, run, epoch, events) -> None:
+        saved = [p.detach().clone() for p in run.model.parameters()]
+        with torch.no_grad():
+            for p in run.model.parameters():
+                p.add_(torch.randn_like(p))
+            for p, w in zip(run.model.parameters(), saved):
+                p.copy_(w)
+        super().after_epoch(run, epoch, events)
+
+
+class Tweaker(Recorder):
+    """Changes one buffer, as a callback that ran the model in train mode would change BatchNorm's statistics."""
+
+    def after_epoch(self, run, epoch, events) -> None:
+        run.model.register_buffer("seen", torch.ones(1)) if epoch == 0 else run.model.seen.add_(1)
+
+
+def test_a_callback_that_changes_weights_buffers_or_masks_is_refused(registered, tmp_path):
     run = prepare(C.parse(CFG), tmp_path / "run")
     run.callbacks.append(Meddler(prune=False))
-    run_epoch(run, 0)
-    alive = run.masks.alive("hidden")
-    assert bool((run.model.hidden.weight[~alive] == 0).all()) and bool((run.model.hidden.bias[~alive] == 0).all())
+    with pytest.raises(C.ConfigError, match=r"^epoch callback Meddler changed the model's hidden.weight in epoch 0; "
+                                            r"callbacks observe \(they are not part of the run id\): restore"):
+        run_epoch(run, 0)
+    run = prepare(C.parse(CFG), tmp_path / "buffer")
+    run.callbacks.append(Tweaker())
+    with pytest.raises(C.ConfigError,
+                       match="epoch callback Tweaker changed the model's set of parameters and buffers in epoch 0"):
+        run_epoch(run, 0)  # a buffer added
+    run.model.seen = torch.ones(1)
+    with pytest.raises(C.ConfigError, match="epoch callback Tweaker changed the model's seen in epoch 1"):
+        run_epoch(run, 1)  # a buffer changed
     run = prepare(C.parse(CFG), tmp_path / "again")
     run.callbacks.append(Meddler(prune=True))
     with pytest.raises(C.ConfigError, match="epoch callback Meddler changed run.masks in epoch 0; a callback may read"):
@@ -343,6 +371,23 @@ def test_a_callback_cannot_revive_or_prune_units(registered, tmp_path):
     run.callbacks.append(MeddlerThatEnds(prune=True))  # ending the run does not let its pruning through
     with pytest.raises(C.ConfigError, match="epoch callback MeddlerThatEnds changed run.masks in epoch 0"):
         run_epoch(run, 0)
+
+
+def test_a_callback_that_restores_what_it_changes_leaves_the_run_as_without_it(registered, tmp_path):
+    plain = prepare(C.parse(CFG), tmp_path / "plain")
+    borrowed = prepare(C.parse(CFG), tmp_path / "borrowed")
+    borrowed.callbacks.append(Borrower())
+    for epoch in range(2):
+        rng = torch.get_rng_state()
+        run_epoch(borrowed, epoch)
+        after = torch.get_rng_state()
+        torch.set_rng_state(rng)  # the plain run's epoch starts from the same global random state
+        run_epoch(plain, epoch)
+        assert torch.equal(torch.get_rng_state(), after)  # the callback's draws were put back
+    assert len(borrowed.callbacks[0].seen) == 2
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
+                                                 borrowed.model.state_dict().values()))
+    assert [r["test_acc"] for r in plain.rows["metrics"]] == [r["test_acc"] for r in borrowed.rows["metrics"]]
 
 
 class MeddlerThatEnds(Meddler):

@@ -65,8 +65,9 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
     - ``callbacks``: epoch callbacks (:class:`gstlab.callbacks.EpochCallback`): each sees a ``RunView`` after
       every epoch's events, appends rows to the run's tables and writes its files; its ``state_dict`` goes into
       the checkpoints, so a resumed run continues it (resume with the same callbacks, in the same order). They
-      observe: a callback may not change the masks (refused), pruned units stay zero whatever it does to the
-      weights, and they are not part of the run id (a finished run is not run again for a new callback).
+      observe, and are not part of the run id (a finished run is not run again for a new callback): one that
+      leaves the model's parameters or buffers or the masks changed is refused (one line naming it and the
+      tensor), and torch's global random state is put back after them.
     """
     cfg = _config(config)
     _check_out(out)

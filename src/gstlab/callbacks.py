@@ -4,7 +4,9 @@ A callback runs after each epoch's events (``after_epoch``), writes its files wi
 (``write``) and keeps its state in the run's checkpoints (``state_dict``/``load_state_dict``), so a resumed run
 ends as an uninterrupted one. It sees a :class:`RunView`, not the run being executed: the config, the output
 directory, the model and its masks, and the run's tables, to which it appends its rows (the tables are saved in
-checkpoints). Flatness probes (``gstlab.probes``) are such a callback. A callback that cannot do what the run
+checkpoints). Callbacks observe (they are not part of the run id): the runner refuses one that leaves the model's
+parameters or buffers or the masks changed, and puts torch's global random state back after them. Flatness
+probes (``gstlab.probes``) are such a callback. A callback that cannot do what the run
 asks of it raises :class:`EndRun`: the run ends after that epoch as failed, with the reason in its summary.
 """
 

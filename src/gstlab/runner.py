@@ -272,26 +272,45 @@ def _set_global_rng(device: torch.device, state: dict) -> None:
 
 
 def _run_callbacks(run: Run, epoch: int, events: list[PruningEvent]) -> None:
-    """The epoch callbacks, then the masks again: a callback that changed weights cannot revive a pruned unit,
-    and one that pruned (the pruner would not know: its events, counts and later choices) is refused. A callback
+    """The epoch callbacks, which observe: they are not part of the run id, so one that changed the model's
+    parameters or buffers, or pruned (the pruner would not know: its events, counts and later choices), is refused,
+    and torch's global random state is put back after them (a user model's dropout draws from it). A callback
     raising ``EndRun`` sets ``run.ended`` (the callbacks after it do not run this epoch)."""
     if not run.callbacks:
         return
     pruned = run.masks.total_pruned()
+    before = {name: t.detach().clone() for name, t in run.model.state_dict().items()}
+    rng = _global_rng(run.device)
     try:
         for cb in run.callbacks:
             cb.after_epoch(run.view(), epoch, events)
-            _refuse_pruning(run, cb, epoch, pruned)
+            _refuse_changes(run, cb, epoch, pruned, before)
     except EndRun as stop:
-        _refuse_pruning(run, cb, epoch, pruned)
+        _refuse_changes(run, cb, epoch, pruned, before)
         run.ended = f"epoch callback {type(cb).__name__} ended the run after epoch {epoch}: {stop}"
-    run.masks.apply_()
+    _set_global_rng(run.device, rng)
 
 
-def _refuse_pruning(run: Run, cb: EpochCallback, epoch: int, pruned: int) -> None:
+def _refuse_changes(run: Run, cb: EpochCallback, epoch: int, pruned: int, before: dict[str, torch.Tensor]) -> None:
+    """ConfigError naming ``cb`` when the masks or any entry of the model's state differ from ``before``."""
+    name = type(cb).__name__
     if run.masks.total_pruned() != pruned:
-        raise ConfigError(f"epoch callback {type(cb).__name__} changed run.masks in epoch {epoch}; a callback may "
+        raise ConfigError(f"epoch callback {name} changed run.masks in epoch {epoch}; a callback may "
                           f"read the masks, pruning is the schedule's (pruning.layers)")
+    state = run.model.state_dict()
+    changed = next((key for key, old in before.items() if key not in state or not _same(state[key], old)), None)
+    if changed is not None or len(state) != len(before):
+        what = f"the model's {changed}" if changed else "the model's set of parameters and buffers"
+        raise ConfigError(f"epoch callback {name} changed {what} in epoch {epoch}; "
+                          "callbacks observe (they are not part of the run id): restore what one changes, e.g. "
+                          "evaluate in eval mode and copy perturbed weights back")
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit alike but for NaN payloads (a NaN is never equal to itself)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a, b) or (a.is_floating_point() and bool(torch.where(a.isnan(), b.isnan(), a == b).all()))
 
 
 def run_epoch(run: Run, epoch: int) -> Pass:
