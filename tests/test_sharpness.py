@@ -4,6 +4,7 @@ layers; pruned entries; the wiring into probes and `gst flatness` is in tests/te
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -98,6 +99,26 @@ def test_a_perturbed_loss_that_is_not_finite_is_the_sharpest_there_is():
     op = HessianOperator(model, loss, x, y, batch_size=8)
     assert worst_case_increase(op, 0.3, 5, torch.Generator().manual_seed(1)) == (float("inf"), 0.0)
     assert torch.equal(model.theta.detach(), theta)
+
+
+def test_a_loss_at_w_that_is_not_finite_gives_no_value_and_reports_say_so():
+    import pandas as pd
+
+    from gstlab.analysis.measures import probe_notes
+
+    model, theta, _, x, y = problem()
+
+    def loss(out, _):
+        diff = out[0] - theta
+        return diff @ diff + (float("nan") if bool((diff == 0).all()) else 0.0)
+
+    op = HessianOperator(model, loss, x, y, batch_size=8)
+    increase, base = worst_case_increase(op, 0.3, 5, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert math.isnan(increase) and math.isnan(base)  # not the sharpest (inf): no value
+    nan = float("nan")
+    last = pd.DataFrame({"run_id": list("abc"), "sharpness": [0.1, nan, nan], "sharpness_rho": [0.5, 0.5, nan]})
+    assert "Sharpness: 1 of 3 runs measured it without a value (their training loss at w is not finite) and are " \
+           "left out of its correlations." in probe_notes(last)
 
 
 def test_a_shorter_last_batch_weighs_by_its_size(monkeypatch):

@@ -17,7 +17,8 @@ sphere ||γ|| = ρ (seeded; one by default): ``probes.sharpness_steps`` steps γ
 of L_B with respect to γ, Π the projection onto the ball; each batch's value is the largest loss increase seen over
 its starts, a lower bound of the maximum (as every ascent gives; one start can end at a local maximum of the
 sphere: on tiny networks a review found 0.78-1.00 of the best of 40 optimizer starts; more starts can only raise
-it, since the first start is the one a single-start measurement makes), inf where a perturbed loss is not finite.
+it, since the first start is the one a single-start measurement makes), inf where a perturbed loss is not finite,
+NaN where the loss at w is (no value: reports count such runs).
 For a quadratic loss at its minimum the maximum is ρ²/2 · λ_max(D H D), D = diag|w|, and for a linear loss
 ρ ||w ⊙ ∇L||; both are tested.
 """
@@ -46,9 +47,10 @@ def worst_case_increase(op: HessianOperator, rho: float, steps: int,
     best = base
     try:
         for generator in generators:
-            best = max(best, _ascend(op, saved, scale, rho, steps, generator))
-            if not math.isfinite(best):
+            found = _ascend(op, saved, scale, rho, steps, generator)
+            if not math.isfinite(found):
                 return math.inf, base
+            best = max(best, found)
     finally:
         with torch.no_grad():
             for p, w in zip(op.params, saved):

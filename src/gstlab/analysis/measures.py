@@ -76,10 +76,16 @@ def probe_notes(last: pd.DataFrame) -> list[str]:
             notes.append(f"{name} flatness: {sharpest} of {len(last)} runs have σ = 0 (even the smallest noise "
                          "tried costs more than the allowed drop: flatness ∞, the sharpest runs) and are left out "
                          "of its correlations.")
-    unbounded = int(np.isposinf(pd.to_numeric(last["sharpness"], errors="coerce")).sum()) if "sharpness" in last else 0
+    sharpness = pd.to_numeric(last["sharpness"], errors="coerce") if "sharpness" in last else pd.Series(dtype=float)
+    unbounded = int(np.isposinf(sharpness).sum())
     if unbounded:
         notes.append(f"Sharpness: {unbounded} of {len(last)} runs have sharpness ∞ (a perturbed loss within the "
                      "radius was not finite: the sharpest runs) and are left out of its correlations.")
+    measured = last["sharpness_rho"].notna() if "sharpness_rho" in last else pd.Series(False, index=last.index)
+    undefined = int((measured & sharpness.reindex(last.index).isna()).sum())
+    if undefined:
+        notes.append(f"Sharpness: {undefined} of {len(last)} runs measured it without a value (their training "
+                     "loss at w is not finite) and are left out of its correlations.")
     return notes + [note for group in PROBE_SETTINGS if (note := _settings_note(last, *group))]
 
 
