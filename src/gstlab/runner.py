@@ -279,7 +279,7 @@ def _run_callbacks(run: Run, epoch: int, events: list[PruningEvent]) -> None:
     if not run.callbacks:
         return
     pruned = run.masks.total_pruned()
-    before = {name: t.detach().clone() for name, t in run.model.state_dict().items()}
+    before = {name: t.detach().to("cpu", copy=True) for name, t in run.model.state_dict().items()}  # not on a GPU
     rng = _global_rng(run.device)
     try:
         for cb in run.callbacks:
@@ -298,7 +298,7 @@ def _refuse_changes(run: Run, cb: EpochCallback, epoch: int, pruned: int, before
         raise ConfigError(f"epoch callback {name} changed run.masks in epoch {epoch}; a callback may "
                           f"read the masks, pruning is the schedule's (pruning.layers)")
     state = run.model.state_dict()
-    changed = next((key for key, old in before.items() if key not in state or not _same(state[key], old)), None)
+    changed = next((key for key, old in before.items() if key not in state or not _same(state[key].cpu(), old)), None)
     if changed is not None or len(state) != len(before):
         what = f"the model's {changed}" if changed else "the model's set of parameters and buffers"
         raise ConfigError(f"epoch callback {name} changed {what} in epoch {epoch}; "
