@@ -4,6 +4,7 @@ epoch callbacks see a RunView."""
 
 import csv
 import importlib.metadata
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from torch import nn
 
 from gstlab import config as C
 from gstlab.analysis.report import _criteria_lines
-from gstlab.callbacks import EndRun, RunView
+from gstlab.callbacks import EndRun, RunView, first_change
 from gstlab.data import Images
 from gstlab.models.units import PrunableUnit
 from gstlab.pruning.criteria import Criterion, Layer
@@ -357,8 +358,7 @@ def test_a_callback_that_changes_weights_buffers_or_masks_is_refused(registered,
         run_epoch(run, 0)
     run = prepare(C.parse(CFG), tmp_path / "buffer")
     run.callbacks.append(Tweaker())
-    with pytest.raises(C.ConfigError,
-                       match="epoch callback Tweaker changed the model's set of parameters and buffers in epoch 0"):
+    with pytest.raises(C.ConfigError, match="epoch callback Tweaker changed the model's seen in epoch 0"):
         run_epoch(run, 0)  # a buffer added
     run.model.seen = torch.ones(1)
     with pytest.raises(C.ConfigError, match="epoch callback Tweaker changed the model's seen in epoch 1"):
@@ -371,6 +371,75 @@ def test_a_callback_that_changes_weights_buffers_or_masks_is_refused(registered,
     run.callbacks.append(MeddlerThatEnds(prune=True))  # ending the run does not let its pruning through
     with pytest.raises(C.ConfigError, match="epoch callback MeddlerThatEnds changed run.masks in epoch 0"):
         run_epoch(run, 0)
+
+
+class Act(Recorder):
+    """Does one thing to the model after each epoch (and nothing else)."""
+
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.act = act
+
+    def after_epoch(self, run, epoch, events) -> None:
+        self.act(run.model)
+
+
+def _train_mode_forward(model) -> None:
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 6))
+
+
+@pytest.mark.parametrize(("act", "changed", "sets"), [
+    (lambda m: m.hidden.weight.requires_grad_(False), "the model's parameter hidden.weight (its object or "
+                                                       "requires_grad)", []),
+    (lambda m: setattr(m.hidden, "bias", nn.Parameter(m.hidden.bias.detach().clone())),
+     "the model's parameter hidden.bias (its object or requires_grad)", []),
+    (_train_mode_forward, "the activation tracker's scores", ["pruning.criterion=activation",
+                                                              "pruning.activation_every=1"]),
+])
+def test_what_a_callback_may_not_change_beyond_the_values_is_refused(registered, tmp_path, act, changed, sets):
+    run = prepare(C.parse(CFG, sets), tmp_path / "run")
+    run.callbacks.append(Act(act))
+    with pytest.raises(C.ConfigError, match=rf"^epoch callback Act changed {re.escape(changed)} in epoch 0; "):
+        run_epoch(run, 0)
+
+
+def test_state_is_compared_bit_for_bit():
+    nan, zero = float("nan"), torch.tensor([0.0, 1.0])
+    assert first_change({"w": torch.tensor([nan, 1.0])}, {"w": torch.tensor([nan, 1.0])}) is None
+    assert first_change({"w": zero}, {"w": torch.tensor([-0.0, 1.0])}) == "w"  # == would call them equal
+    assert first_change({"w": zero}, {"w": zero.double()}) == "w"
+    assert first_change({"w": zero, "b": 1}, {"w": zero}) == "b"
+    assert first_change({"w": zero}, {"w": zero, "new": 1}) == "new"
+    assert first_change({"s": {"t": np.arange(3)}}, {"s": {"t": np.arange(3)}}) is None
+
+
+class WithExtraState(nn.Module):
+    """A module whose state dict holds a non-tensor entry (``get_extra_state``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setting = {"scale": np.float64(2.0), "table": np.arange(3)}
+
+    def get_extra_state(self):
+        return self.setting
+
+    def set_extra_state(self, state) -> None:
+        self.setting = state
+
+    def forward(self, x):
+        return x
+
+
+def test_non_tensor_state_entries_are_compared_too(registered, tmp_path):
+    run = prepare(C.parse(CFG), tmp_path / "run")
+    run.model.extra = WithExtraState()
+    run.callbacks.append(Recorder())
+    run_epoch(run, 0)  # an unchanged array-valued extra state passes
+    run.callbacks.append(Act(lambda m: m.extra.setting.update(scale=np.float64(3.0))))
+    with pytest.raises(C.ConfigError, match=r"^epoch callback Act changed the model's extra._extra_state in epoch 1"):
+        run_epoch(run, 1)
 
 
 def test_a_callback_that_restores_what_it_changes_leaves_the_run_as_without_it(registered, tmp_path):

@@ -108,13 +108,17 @@ def test_a_loss_at_w_that_is_not_finite_gives_no_value_and_reports_say_so():
 
     model, theta, _, x, y = problem()
 
-    def loss(out, _):
+    def only_at_w(out, _):
         diff = out[0] - theta
         return diff @ diff + (float("nan") if bool((diff == 0).all()) else 0.0)
 
-    op = HessianOperator(model, loss, x, y, batch_size=8)
-    increase, base = worst_case_increase(op, 0.3, 5, [torch.Generator().manual_seed(s) for s in (1, 2)])
-    assert math.isnan(increase) and math.isnan(base)  # not the sharpest (inf): no value
+    def everywhere(out, _):
+        return out[0].sum() * float("nan")
+
+    for loss in (only_at_w, everywhere):
+        op = HessianOperator(model, loss, x, y, batch_size=8)
+        increase, base = worst_case_increase(op, 0.3, 5, [torch.Generator().manual_seed(s) for s in (1, 2)])
+        assert math.isnan(increase) and math.isnan(base), loss  # not the sharpest (inf): no value
     nan = float("nan")
     last = pd.DataFrame({"run_id": list("abc"), "sharpness": [0.1, nan, nan], "sharpness_rho": [0.5, 0.5, nan]})
     assert "Sharpness: 1 of 3 runs measured it without a value (their training loss at w is not finite) and are " \
@@ -215,7 +219,7 @@ def test_rows_made_before_restarts_were_recorded_read_as_one_start():
 
     nan = float("nan")
     old = pd.DataFrame({"run_id": list("abc"), "method": ["lanczos"] * 3, "k": [20] * 3,
-                        "sharpness": [0.1, 0.2, nan], "sharpness_rho": [0.5, 0.5, nan]})
+                        "sharpness": [0.1, nan, nan], "sharpness_rho": [0.5, 0.5, nan]})  # b: no value
     filled = with_later_settings(old.copy())
     assert filled["sharpness_restarts"].tolist()[:2] == [1, 1] and pd.isna(filled["sharpness_restarts"][2])
     new = pd.DataFrame({"run_id": ["d"], "method": ["lanczos"], "k": [20], "sharpness": [0.3],

@@ -66,8 +66,9 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
       every epoch's events, appends rows to the run's tables and writes its files; its ``state_dict`` goes into
       the checkpoints, so a resumed run continues it (resume with the same callbacks, in the same order). They
       observe, and are not part of the run id (a finished run is not run again for a new callback): one that
-      leaves the model's parameters or buffers or the masks changed is refused (one line naming it and the
-      tensor), and torch's global random state is put back after them.
+      leaves the masks, the model's state, a parameter's object or ``requires_grad``, or the activation
+      tracker's scores changed is refused (one line naming it and what changed), and torch's global random
+      state is put back after them.
     """
     cfg = _config(config)
     _check_out(out)

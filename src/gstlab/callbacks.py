@@ -4,19 +4,23 @@ A callback runs after each epoch's events (``after_epoch``), writes its files wi
 (``write``) and keeps its state in the run's checkpoints (``state_dict``/``load_state_dict``), so a resumed run
 ends as an uninterrupted one. It sees a :class:`RunView`, not the run being executed: the config, the output
 directory, the model and its masks, and the run's tables, to which it appends its rows (the tables are saved in
-checkpoints). Callbacks observe (they are not part of the run id): the runner refuses one that leaves the model's
-parameters or buffers or the masks changed, and puts torch's global random state back after them. Flatness
+checkpoints). Callbacks observe (they are not part of the run id): the runner refuses one that leaves anything
+:func:`observed` holds changed (the model's state and masks, a parameter's object or ``requires_grad``, the
+activation tracker's scores), and puts torch's global random state back after them. Flatness
 probes (``gstlab.probes``) are such a callback. A callback that cannot do what the run
 asks of it raises :class:`EndRun`: the run ends after that epoch as failed, with the reason in its summary.
 """
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import nn
 
 from gstlab.config import RunConfig
@@ -54,3 +58,51 @@ class EpochCallback(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+def observed(model: nn.Module, tracker_state: dict | None = None) -> dict[str, Any]:
+    """What a callback may not change, by the name a refusal gives it: the model's state (parameters, buffers,
+    extra states), each parameter's object and ``requires_grad`` (the optimizer holds the objects), and the
+    activation tracker's state (the activation criterion prunes by it). Copied into host memory."""
+    seen = {f"the model's {key}": _copy(value) for key, value in model.state_dict().items()}
+    seen.update({f"the model's parameter {name} (its object or requires_grad)": (id(p), p.requires_grad)
+                 for name, p in model.named_parameters()})
+    if tracker_state is not None:
+        seen["the activation tracker's scores"] = _copy(tracker_state)
+    return seen
+
+
+def first_change(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """The name of the first entry of ``observed`` that differs, was added or was removed; None: none."""
+    names = [*before, *(name for name in after if name not in before)]
+    return next((n for n in names if n not in before or n not in after or not _same(before[n], after[n])), None)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)  # not a large model's second copy on its GPU
+    if isinstance(value, dict):
+        return {key: _copy(v) for key, v in value.items()}
+    return copy.deepcopy(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Bit for bit alike: tensors as their bytes (-0.0 is not 0.0, a NaN is itself), dicts entry by entry, other
+    values by ``==`` or, where that gives no answer, by their pickles (alike where neither can tell)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and torch.equal(_bytes(a), _bytes(b)))
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
+            _same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 (an array's ambiguous truth value, a comparison that raises)
+        try:
+            return pickle.dumps(a) == pickle.dumps(b)
+        except Exception:  # noqa: BLE001
+            return True
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).contiguous().view(torch.uint8)

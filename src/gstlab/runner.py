@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from gstlab import config as C
 from gstlab import dataflow, portable, preflight, recovery, sinks, store
 from gstlab.analysis.summary import summarize
-from gstlab.callbacks import EndRun, EpochCallback, RunView
+from gstlab.callbacks import EndRun, EpochCallback, RunView, first_change, observed
 from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
@@ -279,7 +279,7 @@ def _run_callbacks(run: Run, epoch: int, events: list[PruningEvent]) -> None:
     if not run.callbacks:
         return
     pruned = run.masks.total_pruned()
-    before = {name: t.detach().to("cpu", copy=True) for name, t in run.model.state_dict().items()}  # not on a GPU
+    before = _observed(run)
     rng = _global_rng(run.device)
     try:
         for cb in run.callbacks:
@@ -291,26 +291,22 @@ def _run_callbacks(run: Run, epoch: int, events: list[PruningEvent]) -> None:
     _set_global_rng(run.device, rng)
 
 
-def _refuse_changes(run: Run, cb: EpochCallback, epoch: int, pruned: int, before: dict[str, torch.Tensor]) -> None:
-    """ConfigError naming ``cb`` when the masks or any entry of the model's state differ from ``before``."""
+def _observed(run: Run) -> dict:
+    return observed(run.model, None if run.tracker is None else run.tracker.state_dict())
+
+
+def _refuse_changes(run: Run, cb: EpochCallback, epoch: int, pruned: int, before: dict) -> None:
+    """ConfigError naming ``cb`` when the masks or anything else ``callbacks.observed`` holds differ from
+    ``before``."""
     name = type(cb).__name__
     if run.masks.total_pruned() != pruned:
         raise ConfigError(f"epoch callback {name} changed run.masks in epoch {epoch}; a callback may "
                           f"read the masks, pruning is the schedule's (pruning.layers)")
-    state = run.model.state_dict()
-    changed = next((key for key, old in before.items() if key not in state or not _same(state[key].cpu(), old)), None)
-    if changed is not None or len(state) != len(before):
-        what = f"the model's {changed}" if changed else "the model's set of parameters and buffers"
-        raise ConfigError(f"epoch callback {name} changed {what} in epoch {epoch}; "
-                          "callbacks observe (they are not part of the run id): restore what one changes, e.g. "
-                          "evaluate in eval mode and copy perturbed weights back")
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit for bit alike but for NaN payloads (a NaN is never equal to itself)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    return torch.equal(a, b) or (a.is_floating_point() and bool(torch.where(a.isnan(), b.isnan(), a == b).all()))
+    changed = first_change(before, _observed(run))
+    if changed is not None:
+        raise ConfigError(f"epoch callback {name} changed {changed} in epoch {epoch}; callbacks observe (they are "
+                          "not part of the run id): restore what one changes, e.g. evaluate in eval mode and copy "
+                          "perturbed weights back")
 
 
 def run_epoch(run: Run, epoch: int) -> Pass:

@@ -39,11 +39,14 @@ def worst_case_increase(op: HessianOperator, rho: float, steps: int,
                         starts: torch.Generator | Sequence[torch.Generator]) -> tuple[float, float]:
     """(largest increase of ``op``'s loss found over w + |w| ⊙ γ with ||γ||_2 <= ``rho``, the loss at w): projected
     normalized gradient ascent from one random start per generator in ``starts``; inf where a perturbed loss is
-    not finite (the sharpest there is); the parameters are restored exactly afterwards."""
+    not finite (the sharpest there is), NaN where the loss at w is; the parameters are restored exactly
+    afterwards."""
     generators = [starts] if isinstance(starts, torch.Generator) else list(starts)
     saved = [p.detach().clone() for p in op.params]
     scale = op.params_to_flat(saved).double().abs()
     base, _ = loss_and_fraction_correct(op.model, op.loss_fn, op.x, op.y, op.batch_size)
+    if not math.isfinite(base):
+        return math.nan, base  # no value: not the sharpest either
     best = base
     try:
         for generator in generators:

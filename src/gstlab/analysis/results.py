@@ -200,9 +200,9 @@ def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> p
     return with_later_settings(_long(study_dir, "curvature.csv", columns, runs))
 
 
-# Probe settings added after their measurement: (the column set when it was measured, the value rows made before
-# the setting existed were measured with)
-LATER_SETTINGS = {"sharpness_restarts": ("sharpness", 1)}
+# Probe settings added after their measurement: (a column set exactly when it was measured, the value rows made
+# before the setting existed were measured with)
+LATER_SETTINGS = {"sharpness_restarts": ("sharpness_rho", 1)}
 
 
 def with_later_settings(probes: pd.DataFrame) -> pd.DataFrame:
