@@ -60,15 +60,17 @@ class EpochCallback(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def observed(model: nn.Module, tracker_state: dict | None = None) -> dict[str, Any]:
+def observed(model: nn.Module, tracker_state: dict | None = None, keep: bool = True) -> dict[str, Any]:
     """What a callback may not change, by the name a refusal gives it: the model's state (parameters, buffers,
     extra states), each parameter's object and ``requires_grad`` (the optimizer holds the objects), and the
-    activation tracker's state (the activation criterion prunes by it). Copied into host memory."""
-    seen = {f"the model's {key}": _copy(value) for key, value in model.state_dict().items()}
+    activation tracker's state (the activation criterion prunes by it). ``keep``: copied into host memory (the
+    state before the callbacks); else the live values, to compare with such a copy."""
+    hold = _copy if keep else (lambda value: value)
+    seen = {f"the model's {key}": hold(value) for key, value in model.state_dict().items()}
     seen.update({f"the model's parameter {name} (its object or requires_grad)": (id(p), p.requires_grad)
                  for name, p in model.named_parameters()})
     if tracker_state is not None:
-        seen["the activation tracker's scores"] = _copy(tracker_state)
+        seen["the activation tracker's scores"] = hold(tracker_state)
     return seen
 
 
@@ -105,4 +107,4 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1).contiguous().view(torch.uint8)
+    return t.detach().reshape(-1).contiguous().view(torch.uint8).cpu()  # a live GPU tensor: one at a time

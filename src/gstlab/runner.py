@@ -291,8 +291,8 @@ def _run_callbacks(run: Run, epoch: int, events: list[PruningEvent]) -> None:
     _set_global_rng(run.device, rng)
 
 
-def _observed(run: Run) -> dict:
-    return observed(run.model, None if run.tracker is None else run.tracker.state_dict())
+def _observed(run: Run, keep: bool = True) -> dict:
+    return observed(run.model, None if run.tracker is None else run.tracker.state_dict(), keep)
 
 
 def _refuse_changes(run: Run, cb: EpochCallback, epoch: int, pruned: int, before: dict) -> None:
@@ -302,7 +302,7 @@ def _refuse_changes(run: Run, cb: EpochCallback, epoch: int, pruned: int, before
     if run.masks.total_pruned() != pruned:
         raise ConfigError(f"epoch callback {name} changed run.masks in epoch {epoch}; a callback may "
                           f"read the masks, pruning is the schedule's (pruning.layers)")
-    changed = first_change(before, _observed(run))
+    changed = first_change(before, _observed(run, keep=False))
     if changed is not None:
         raise ConfigError(f"epoch callback {name} changed {changed} in epoch {epoch}; callbacks observe (they are "
                           "not part of the run id): restore what one changes, e.g. evaluate in eval mode and copy "

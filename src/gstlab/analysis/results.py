@@ -200,15 +200,15 @@ def load_curvature(study_dir: str | Path, runs: pd.DataFrame | None = None) -> p
     return with_later_settings(_long(study_dir, "curvature.csv", columns, runs))
 
 
-# Probe settings added after their measurement: (a column set exactly when it was measured, the value rows made
-# before the setting existed were measured with)
-LATER_SETTINGS = {"sharpness_restarts": ("sharpness_rho", 1)}
+# Probe settings added after their measurement: the value rows made before the setting existed were measured with
+LATER_SETTINGS = {"sharpness_restarts": 1}
 
 
 def with_later_settings(probes: pd.DataFrame) -> pd.DataFrame:
-    """``probes`` with each later setting filled in where a row measured its group before the setting was
-    recorded, so that older rows are not read as another setting."""
-    for col, (key, then) in LATER_SETTINGS.items():
+    """``probes`` with each later setting filled in where a row measured its group (``OPTIONAL_PROBE_GROUPS``)
+    before the setting was recorded, so that older rows are not read as another setting."""
+    for col, then in LATER_SETTINGS.items():
+        key = next(key for key, group in OPTIONAL_PROBE_GROUPS if col in group)
         if key in probes:
             recorded = probes[col] if col in probes else pd.Series(np.nan, index=probes.index)
             probes[col] = recorded.where(recorded.notna() | probes[key].isna(), then)
