@@ -390,6 +390,20 @@ def test_a_study_index_is_checksummed_and_an_edited_one_is_never_used(tmp_path, 
     assert "index.csv: line 3 has status 'finish' (truncated or damaged)" in capsys.readouterr().err
 
 
+def test_a_damaged_index_is_exit_1_even_when_it_lists_no_runs(tmp_path, capsys):
+    """The checksum is checked before the index is asked for runs: an index cut to its header (or not UTF-8)
+    beside its checksum file was exit 2, "lists no runs", as if nothing were wrong with it."""
+    index = tmp_path / "index.csv"
+    store.write_checked_text(index, "run_id,status\nabc,finished\n")
+    for damaged in (b"run_id,status\n", b"run_id,status\n\xff\xfe,finished\n"):
+        index.write_bytes(damaged)
+        assert main(["report", str(tmp_path)]) == 1
+        assert "index.csv: does not match index.csv.sha256 (edited or damaged)" in capsys.readouterr().err
+    store.write_checked_text(index, "run_id,status\n")  # intact, and empty
+    assert main(["report", str(tmp_path)]) == 2
+    assert "index.csv: lists no runs (empty or damaged)" in capsys.readouterr().err
+
+
 def test_a_study_file_kept_by_a_sweep_is_checksummed_and_an_edited_one_is_never_used(tmp_path, capsys):
     """study.yaml tells the report which figure it draws and how: an edit would change the report silently."""
     from test_study import SMALL, write_study

@@ -44,7 +44,9 @@ class RunView:
     out: Path  # the run directory
     model: nn.Module  # the model as training left it (masks applied)
     masks: UnitMasks
-    rows: dict[str, list[dict]]  # the run's tables by name (metrics, events, curvature, eps): append only
+    # the run's tables by name (metrics, events, classes, curvature, eps), append only; the epoch's metrics and
+    # events rows are added after the callbacks (its events come as after_epoch's argument)
+    rows: dict[str, list[dict]]
 
 
 class EpochCallback(Protocol):

@@ -9,6 +9,7 @@ interrupted (Ctrl-C), 141 the output was closed early (``gst ... | head``).
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import sys
@@ -339,12 +340,13 @@ def _check_machine(workers: int, threads: int, gpu_slots: int) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from gstlab.analysis.report import write_report  # noqa: PLC0415
+    from gstlab.analysis.results import index_text  # noqa: PLC0415
 
     study_dir = _out_arg(args.study_dir, "STUDY_DIR")
     index = study_dir / "index.csv"
     if not index.exists():
         raise UsageError(f"{study_dir}: not a study directory (no index.csv); run `gst sweep` first")
-    if not _has_rows(index):
+    if not _lists_runs(index_text(study_dir)[0]):  # a damaged or edited index is exit 1 (DamagedFileError) first
         raise UsageError(f"{index}: lists no runs (empty or damaged); run `gst sweep` on the study again to "
                          f"rewrite it (finished runs are not re-run)")
     path = write_report(study_dir)
@@ -373,14 +375,13 @@ def _left_out(study_dir: Path, runs_csv: Path) -> int:
     return EXIT_FAILED
 
 
-def _has_rows(index: Path) -> bool:
-    """True when ``index`` is a CSV with a run_id column and at least one run."""
+def _lists_runs(index: str) -> bool:
+    """True when the text ``index`` is a CSV with a run_id column and at least one run."""
     import csv  # noqa: PLC0415
 
     try:
-        with index.open(newline="", encoding="utf-8") as f:
-            return any(row.get("run_id") for row in csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
+        return any(row.get("run_id") for row in csv.DictReader(io.StringIO(index, newline="")))
+    except csv.Error:
         return False
 
 
@@ -608,11 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
         "flatness", help="Hessian spectrum, traces, gradient noise and eps-flatness of a saved model",
         description="Measure flatness of a run's saved model (model_final.pt, or model_epoch{E}.pt kept with "
                     "train.keep_checkpoints): top-k Hessian eigenvalues over the surviving parameters, the "
-                    "gradient second-moment trace, TIC and eps-flatness along the top eigenvectors, the distance "
-                    "from initialization (surviving parameters) and, with --prunability, --pac-bayes and "
-                    "--sharpness, prunability, PAC-Bayes flatness and adaptive sharpness, with the "
-                    "run's probe settings unless overridden. Appends a row to RUN_DIR/flatness.csv and the eps "
-                    "sweep to RUN_DIR/flatness_eps.csv.")
+                    "gradient second-moment trace, TIC, the distance from initialization (surviving parameters) "
+                    "and, with --prunability, --pac-bayes and --sharpness, prunability, PAC-Bayes flatness and "
+                    "adaptive sharpness, with the run's probe settings unless overridden; eps-flatness along the "
+                    "top eigenvectors and the Hutchinson trace where --eps-directions / --trace-samples (or the "
+                    "run's settings) are > 0. Appends a row to RUN_DIR/flatness.csv and the eps sweep to "
+                    "RUN_DIR/flatness_eps.csv.")
     flat.add_argument("run_dir", metavar="RUN_DIR")
     flat.add_argument("--epoch", type=_count(0, C.MAX_EPOCHS - 1), metavar="E",
                       help="use model_epoch{E}.pt (default: model_final.pt)")
@@ -621,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--method", choices=("lanczos", "power"), help="eigen-solver (default: the run's)")
     flat.add_argument("--max-iter", type=_count(1), metavar="M",
                       help="the solver's step cap (default: the run's probes.max_iter; unset: Lanczos "
-                           "max(2K + 20, 3K) steps, power iteration 20 per eigenpair); the row records whether "
-                           "it converged")
+                           "min(parameters, max(2K + 20, 3K)) steps, power iteration 20 per eigenpair); the row "
+                           "records whether it converged")
     flat.add_argument("--eps-samples", type=_count(1), metavar="N",
                       help="eps-sweep set: first N evaluation examples (default: the run's probes.eps_samples; "
                            "unset: all, as the paper); only where eps directions are swept (--eps-directions D > 0 "

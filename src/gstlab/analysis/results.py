@@ -70,11 +70,17 @@ def _scratch(row: pd.Series, run_dir: Path) -> bool:
     return "scratch" in str(row.get("label", "")).lower()
 
 
+def index_text(study_dir: Path) -> tuple[str, bool]:
+    """The text of ``index.csv`` and whether ``index.csv.sha256`` vouched for it (store.DamagedFileError when it
+    does not match, or the file is not UTF-8)."""
+    return store.read_checked_text(study_dir / "index.csv", f"`gst sweep` on the study ({study_dir}/study.yaml)")
+
+
 def read_index(study_dir: Path) -> pd.DataFrame:
     """``index.csv``, verified against ``index.csv.sha256`` (store.DamagedFileError when it does not match; a
     warning when an index from before checksums has none)."""
     path = study_dir / "index.csv"
-    text, checked = store.read_checked_text(path, f"`gst sweep` on the study ({study_dir}/study.yaml)")
+    text, checked = index_text(study_dir)
     if not checked:
         warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as it is. "
              f"`gst sweep` on the study writes one")
