@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from gstlab import runner, store
+from gstlab import recovery, runner, store
 from gstlab import study as S
 from gstlab.cli import main
 from gstlab.data import DataMissingError, cifar
@@ -35,10 +35,12 @@ TRAIN_LINE = TINY_TEXT.splitlines().index("train:") + 1
 
 
 def _one_line_exit(capsys, argv: list[str], code: int = 2) -> str:
-    """``gst ARGV`` exits ``code`` with exactly one line on stderr (no traceback); returns the line."""
+    """``gst ARGV`` exits ``code`` with exactly one line on stderr (no traceback) and nothing on stdout (a banner
+    printed before the error had made it more than one line); returns the line."""
     assert main(argv) == code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert out == "", out
     return err
 
 
@@ -473,6 +475,19 @@ def test_a_report_leaves_out_runs_whose_files_do_not_match_and_says_how_to_redo_
     assert "1 runs left out" in (tmp_path / "s" / "report" / "report.md").read_text()
 
 
+def test_the_sweep_a_report_names_settles_a_run_whose_manifest_is_gone(tmp_path, capsys, finished_study):
+    """A run whose manifest (and so its checksums) is gone is left out of a report, which says to sweep the
+    study again; that sweep found the run finished and skipped it, so the next report left it out again."""
+    code, err, _ = _report(tmp_path, capsys, finished_study, lambda s, run_dir: (run_dir / "manifest.json").unlink())
+    assert code == 1 and "manifest.json is missing or damaged" in err
+    study_dir = tmp_path / "s"
+    assert main(["sweep", str(study_dir / "study.yaml"), "--out", str(study_dir), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "0 runs executed now" in out and "manifest.json is damaged or missing; rebuilt it" in err
+    assert main(["report", str(study_dir)]) == 0
+    assert "left out" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("checksummed", [True, False])
 def test_a_binary_study_yaml_is_one_line_naming_the_command_that_rewrites_it(tmp_path, capsys, finished_study,
                                                                                checksummed):
@@ -512,6 +527,37 @@ def test_flatness_sets_a_binary_flatness_csv_aside(tmp_path, capsys, reference):
     assert "flatness.csv is damaged; moved it aside to flatness.csv.damaged-1" in err and "Traceback" not in err
     with open(run_dir / "flatness.csv") as f:
         assert len(list(csv.DictReader(f))) == 1
+
+
+@pytest.mark.parametrize("settle", ["measured mid-run", "manifest rebuilt"])
+def test_a_run_settled_after_gst_flatness_stays_verified_when_flatness_adds_rows(
+        tmp_path, capsys, monkeypatch, reference, settle):
+    """A run's final checksums covered every file there, the tables gst flatness appends to among them (when it
+    measured a kept epoch of an unfinished run, or before a manifest was rebuilt): its next row made the run
+    read damaged, to be trained again."""
+    run_dir, cfg = tmp_path / "run", cfg_of(TINY, "train.keep_checkpoints=[1]")
+    flatness = ["flatness", str(run_dir), "--top-k", "2", "--eps-directions", "1", "--samples", "16", "--no-progress"]
+    if settle == "measured mid-run":
+        _cut_off(monkeypatch, cfg, run_dir)
+        assert main([*flatness, "--epoch", "1"]) == 0
+    else:
+        shutil.copytree(reference, run_dir)
+        assert main(flatness) == 0
+        (run_dir / "manifest.json").unlink()
+    execute(cfg, run_dir)  # resumed to its end, or found ended: its checksums computed
+    files = json.loads((run_dir / "manifest.json").read_text())["files"]
+    assert "metrics.csv" in files and not [name for name in files if name.startswith("flatness")]
+    assert main(flatness) == 0
+    summary, problem = recovery.verify_finished(run_dir, strict=True)
+    assert problem is None and summary["status"] == "finished"
+    assert "running it again" not in capsys.readouterr().err
+    manifest = json.loads((run_dir / "manifest.json").read_text())  # settled by a gstlab that listed the tables
+    manifest["files"].update({"flatness.csv": "0" * 64, "flatness.csv.sha256": "0" * 64})
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert recovery.verify_finished(run_dir, strict=True)[1] is None
+    manifest["files"]["metrics.csv"] = "0" * 64  # a result file's checksum is still checked
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert recovery.verify_finished(run_dir, strict=True)[1] == "metrics.csv is damaged (checksum mismatch)"
 
 
 def test_an_edited_flatness_table_is_left_out_of_the_report_and_set_aside_by_the_next_measurement(

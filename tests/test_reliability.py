@@ -27,11 +27,12 @@ from test_runner import TINY, _comparable, _write, cfg_of
 
 
 def _bad(tmp_path: Path, capsys, argv: list[str], field: str) -> None:
-    """``gst ARGV`` exits 2 with one line naming ``field``; nothing is written under tmp_path/never."""
+    """``gst ARGV`` exits 2 with one line naming ``field`` (nothing on stdout); nothing is written under
+    tmp_path/never."""
     out = tmp_path / "never"
     assert main([*argv, "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert field in err and err.count("\n") == 1, err
+    printed, err = capsys.readouterr()
+    assert field in err and err.count("\n") == 1 and printed == "", (err, printed)
     assert not out.exists() and not list(tmp_path.glob(".never*"))
 
 

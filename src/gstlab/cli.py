@@ -167,9 +167,9 @@ def _list_studies() -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gstlab.demo import computed_on, format_table, run_demo  # noqa: PLC0415
 
+    out = _out_arg(args.out, "--out")  # a bad --out is one line, before anything is printed
     print("gstlab demo: Figure 2's No Pruning, Prune_S 13% and Prune_L 13% at mini scale (325 epochs, VGG11 on "
           "2,000 Fashion-MNIST images at 16x16), on 2 worker processes\n")
-    out = _out_arg(args.out, "--out")
     results = run_demo(out, seed=args.seed, progress=not args.no_progress, tensorboard=args.tensorboard)
     print("\n" + format_table(results))
     print("\n".join(["", *computed_on(out, args.seed)]))
@@ -417,6 +417,7 @@ def _count(least: int, most: int = MAX_COUNT):
 def cmd_flatness(args: argparse.Namespace) -> int:
     from gstlab import store  # noqa: PLC0415
     from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS  # noqa: PLC0415
+    from gstlab.recovery import FLATNESS_EPS_TABLE, FLATNESS_TABLE  # noqa: PLC0415
     from gstlab.remeasure import measure_checkpoint  # noqa: PLC0415
 
     run_dir = Path(args.run_dir)
@@ -435,9 +436,9 @@ def cmd_flatness(args: argparse.Namespace) -> int:
                  if v is not None}
     row, eps_rows = measure_checkpoint(run_dir, args.epoch, overrides, args.seed, progress=not args.no_progress,
                                        device=args.device)
-    _append_csv(run_dir / "flatness.csv", [row], CURVATURE_COLUMNS, store)
+    _append_csv(run_dir / FLATNESS_TABLE, [row], CURVATURE_COLUMNS, store)
     if eps_rows:
-        _append_csv(run_dir / "flatness_eps.csv", eps_rows, EPS_COLUMNS, store)
+        _append_csv(run_dir / FLATNESS_EPS_TABLE, eps_rows, EPS_COLUMNS, store)
     converged = "" if row["converged"] else ", NOT converged: raise --max-iter"
     print(f"epoch {row['epoch']}: top-{row['k']} eigenvalues ({row['method']}, {row['n_hvp']} HVPs{converged}, "
           f"seed {row['seed']}): max {row['eig_max']:.4g}, sum {row['eig_sum']:.4g}")
@@ -457,7 +458,7 @@ def cmd_flatness(args: argparse.Namespace) -> int:
               f"{row['sharpness_steps']} ascent steps from {row['sharpness_restarts']} start(s), "
               f"{row['sharpness_samples']} training examples in batches of "
               f"{row['sharpness_batch']}; loss {row['sharpness_loss']:.4g})")
-    print(f"  rows appended to {run_dir / 'flatness.csv'}")
+    print(f"  rows appended to {run_dir / FLATNESS_TABLE}")
     return EXIT_OK
 
 
@@ -522,9 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train one run (resumes if cut off, skips if finished)",
                          description="Train one run while pruning on its schedule. Writes config.yaml, "
-                                     "manifest.json, metrics.csv, events.csv, summary.json and checkpoints to "
-                                     "--out. Re-running the same command resumes a killed run; a finished run "
-                                     "is not re-run.")
+                                     "manifest.json, metrics.csv, events.csv, events_classes.csv, summary.json "
+                                     "and model_final.pt to --out (with probes curvature.csv and eps_sweep.csv), "
+                                     "and checkpoints while it runs. Re-running the same command resumes a killed "
+                                     "run; a finished run is not re-run.")
     run.add_argument("--config", metavar="FILE", help="YAML config (sections data, model, optim, train, "
                                                         "pruning, intervention, probes, seed)")
     run.add_argument("--preset", metavar="NAME", help="a paper configuration, e.g. F2_VGG_4 (see `gst presets`)")

@@ -466,7 +466,10 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
         warn(f"train.keep_checkpoints: {len(unkept)} finished run(s) lack epochs the study asks to keep (e.g. "
              f"{unkept[0]}); the field is not part of the run id, so a finished run is not rerun: give another "
              f"--out and --store to train them anew with them")
+    from gstlab.runner import settle_ended  # noqa: PLC0415
+
     for rid in final:
+        settle_ended(by_id[rid].cfg, store_dir / "runs" / rid)  # as `gst run` would: e.g. a manifest without checksums
         if by_id[rid].cfg.train.tensorboard:  # found finished: the events its config asks for
             sinks.export_missing(store_dir / "runs" / rid)
         if tensorboard:

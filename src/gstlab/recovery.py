@@ -19,6 +19,10 @@ from gstlab.errors import warn
 
 FINAL = ("finished", "failed")
 UNCHECKED = ("manifest.json", "config.yaml", store.CHECKPOINT, store.PREVIOUS_CHECKPOINT)  # config: run identity
+# tables `gst flatness` appends to after a run ended: each has a checksum file of its own (NAME.sha256) and may be
+# set aside (NAME.damaged-N); in the manifest, the next row would make the run read damaged
+FLATNESS_TABLE, FLATNESS_EPS_TABLE = "flatness.csv", "flatness_eps.csv"
+ADDED_LATER = (FLATNESS_TABLE, FLATNESS_EPS_TABLE)
 
 
 def unkept_epochs(kept: tuple[int, ...], run_dir: Path, upto: int) -> list[int]:
@@ -35,9 +39,14 @@ def note(file: str, problem: str, action: str) -> dict:
 
 
 def checksums(run_dir: Path) -> dict[str, str]:
-    """SHA-256 of every result file of ``run_dir`` (not the manifest, config or checkpoints)."""
+    """SHA-256 of every result file of ``run_dir`` (not the manifest, config, checkpoints or what ``gst
+    flatness`` adds later)."""
     return {p.name: store.file_digest(p) for p in sorted(run_dir.iterdir())
-            if p.is_file() and not p.name.startswith(".") and p.name not in UNCHECKED}
+            if p.is_file() and not p.name.startswith(".") and p.name not in UNCHECKED and not _added_later(p.name)}
+
+
+def _added_later(name: str) -> bool:
+    return name.partition(".damaged-")[0].removesuffix(".sha256") in ADDED_LATER
 
 
 def verify_finished(run_dir: Path, strict: bool = False,
@@ -65,7 +74,11 @@ def verify_finished(run_dir: Path, strict: bool = False,
 
 
 def _check_sums(run_dir: Path, files: dict) -> str | None:
+    """The first listed file missing or not matching; what ``gst flatness`` adds is checked by its own checksum
+    file (a manifest settled before it was left out may list it)."""
     for name, digest in files.items():
+        if _added_later(name):
+            continue
         path = run_dir / name
         if not path.is_file():
             return f"{name} is missing"

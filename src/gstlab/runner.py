@@ -431,10 +431,8 @@ def _prepare_and_execute(cfg: C.RunConfig, out: Path, progress: bool | None, par
         sinks.require_tensorboard()
     store.make_dir(out, OUT_NAME.get())
     with store.dir_lock(out):  # another process (a second study sharing this run) may hold it
-        notes = _repair_config(cfg, out)
-        summary, problem = recovery.verify_finished(out)
+        summary, problem, notes = _settle(cfg, out)
         if summary is not None:
-            recovery.settle(out, summary, notes)
             _warn_unkept(cfg, out, int(summary.get("epochs_done") or 0), "holds this run, ended")
             return summary, False
         if problem is not None:
@@ -442,6 +440,24 @@ def _prepare_and_execute(cfg: C.RunConfig, out: Path, progress: bool | None, par
             notes.append(recovery.note(problem.split()[0], problem, "ran the run again"))
             recovery.discard_summary(out)
         return _execute(run, progress, notes), True
+
+
+def settle_ended(cfg: C.RunConfig, out: Path) -> None:
+    """Bring the directory of an ended run to its final state as running it again would (a sweep does not run
+    an ended run again): config.yaml repaired, the manifest's status and checksums, no checkpoint left.
+    Nothing when it is settled already or has not ended."""
+    if _settled_summary(cfg, out) is None:
+        with store.dir_lock(out):
+            _settle(cfg, out)
+
+
+def _settle(cfg: C.RunConfig, out: Path) -> tuple[dict | None, str | None, list[dict]]:
+    """(summary, problem, notes) of ``recovery.verify_finished``, an ended run settled; ``notes``: the repairs."""
+    notes = _repair_config(cfg, out)
+    summary, problem = recovery.verify_finished(out)
+    if summary is not None:
+        recovery.settle(out, summary, notes)
+    return summary, problem, notes
 
 
 def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:

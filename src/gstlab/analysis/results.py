@@ -256,7 +256,7 @@ def load_event_classes(study_dir: str | Path, runs: pd.DataFrame | None = None) 
 def load_flatness(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows of every run's ``flatness.csv`` (``gst flatness`` on its saved models)."""
     columns = tuple("probe_seed" if c == "seed" else c for c in CURVATURE_COLUMNS)
-    return with_later_settings(_long(study_dir, "flatness.csv", columns, runs))
+    return with_later_settings(_long(study_dir, recovery.FLATNESS_TABLE, columns, runs))
 
 
 def load_eps(study_dir: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
