@@ -468,8 +468,8 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
              f"--out and --store to train them anew with them")
     from gstlab.runner import settle_ended  # noqa: PLC0415
 
-    for rid in final:
-        settle_ended(by_id[rid].cfg, store_dir / "runs" / rid)  # as `gst run` would: e.g. a manifest without checksums
+    for rid, status in final.items():
+        settle_ended(by_id[rid].cfg, store_dir / "runs" / rid, status)  # e.g. a manifest without checksums
         if by_id[rid].cfg.train.tensorboard:  # found finished: the events its config asks for
             sinks.export_missing(store_dir / "runs" / rid)
         if tensorboard:
