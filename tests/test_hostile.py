@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from gstlab import config as C
 from gstlab import recovery, runner, store
 from gstlab import study as S
 from gstlab.cli import main
@@ -148,6 +149,22 @@ def test_other_empty_paths_are_refused_too(tmp_path, capsys, monkeypatch, argv, 
     monkeypatch.setattr(executors, "run_local", lambda *a, **k: pytest.fail("the demo ran"))
     assert message in _one_line_exit(capsys, argv)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_demo_checks_its_out_before_printing_anything(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert "exists and is not a directory" in _one_line_exit(capsys, ["demo", "--out", str(tmp_path / "afile")])
+
+
+def test_a_report_on_an_index_it_cannot_read_is_one_line(tmp_path, capsys):
+    (tmp_path / "index.csv").mkdir()
+    assert "no index.csv file" in _one_line_exit(capsys, ["report", str(tmp_path)])
+    (tmp_path / "index.csv").rmdir()
+    (tmp_path / "index.csv").write_text('run_id,seed,status\nabc,1,"finished\n')  # no checksum file: from before them
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err  # the warning that it has no checksum file, and the error
+    assert "Traceback" not in err and err.count("\n") == 2 and "index.csv has no checksum file" in err
+    assert "index.csv: not a CSV table (" in err and "`gst sweep` on the study rewrites it" in err
 
 
 def test_a_nul_byte_in_the_run_name_or_out_is_one_line_and_makes_no_directory(tmp_path, capsys, monkeypatch):
@@ -475,17 +492,46 @@ def test_a_report_leaves_out_runs_whose_files_do_not_match_and_says_how_to_redo_
     assert "1 runs left out" in (tmp_path / "s" / "report" / "report.md").read_text()
 
 
+def _manifest_and_config_gone(study_dir: Path, run_dir: Path) -> None:
+    (run_dir / "manifest.json").unlink()
+    (run_dir / "config.yaml").write_text("garbage: [")
+    (run_dir / ".flatness.csv.x1y2.tmp").write_text("a gst flatness write under way")  # it takes no lock
+
+
 def test_the_sweep_a_report_names_settles_a_run_whose_manifest_is_gone(tmp_path, capsys, finished_study):
     """A run whose manifest (and so its checksums) is gone is left out of a report, which says to sweep the
     study again; that sweep found the run finished and skipped it, so the next report left it out again."""
-    code, err, _ = _report(tmp_path, capsys, finished_study, lambda s, run_dir: (run_dir / "manifest.json").unlink())
+    code, err, _ = _report(tmp_path, capsys, finished_study, _manifest_and_config_gone)
     assert code == 1 and "manifest.json is missing or damaged" in err
     study_dir = tmp_path / "s"
-    assert main(["sweep", str(study_dir / "study.yaml"), "--out", str(study_dir), "--no-progress"]) == 0
+    run_dir = sorted(p for p in (study_dir / "runs").iterdir() if p.is_dir())[0]
+    sweep = ["sweep", str(study_dir / "study.yaml"), "--out", str(study_dir), "--no-progress"]
+    assert main([*sweep, "--threads-per-worker", "1"]) == 0
     out, err = capsys.readouterr()
     assert "0 runs executed now" in out and "manifest.json is damaged or missing; rebuilt it" in err
+    repaired = C.parse(C.load_yaml(run_dir / "config.yaml"))
+    assert C.run_id(repaired) == run_dir.name and repaired.train.threads == 1  # as a worker writes it
+    assert (run_dir / ".flatness.csv.x1y2.tmp").exists()  # not taken for a killed write's leftover
     assert main(["report", str(study_dir)]) == 0
     assert "left out" not in capsys.readouterr().err
+
+
+def test_a_run_the_sweep_cannot_settle_is_a_warning_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch,
+                                                                          finished_study):
+    def read_only(cfg, out):
+        raise OSError(errno.EROFS, "Read-only file system", str(out / "manifest.json"))
+
+    study_dir = tmp_path / "s"
+    shutil.copytree(finished_study, study_dir)
+    first, second = sorted(p for p in (study_dir / "runs").iterdir() if p.is_dir())
+    (first / "manifest.json").unlink()
+    shutil.rmtree(second)  # to be trained by this sweep
+    monkeypatch.setattr(runner, "settle_ended", read_only)
+    assert main(["sweep", str(study_dir / "study.yaml"), "--out", str(study_dir), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 runs executed now" in out
+    line = next(line for line in err.splitlines() if "could not be settled" in line)
+    assert line.startswith(f"gst: warning: {first}: ended, but could not be settled (") and "Read-only" in line, err
 
 
 @pytest.mark.parametrize("checksummed", [True, False])
@@ -527,6 +573,12 @@ def test_flatness_sets_a_binary_flatness_csv_aside(tmp_path, capsys, reference):
     assert "flatness.csv is damaged; moved it aside to flatness.csv.damaged-1" in err and "Traceback" not in err
     with open(run_dir / "flatness.csv") as f:
         assert len(list(csv.DictReader(f))) == 1
+
+
+def test_only_gst_flatness_tables_are_kept_out_of_a_manifest():
+    later = ["flatness.csv", "flatness.csv.sha256", "flatness.csv.damaged-2", "flatness_eps.csv.sha256"]
+    checked = ["flatness.csv.damaged-backup", "flatness.csv.gz", "my_flatness.csv", "metrics.csv", "flatness"]
+    assert [recovery._added_later(n) for n in later + checked] == [True] * len(later) + [False] * len(checked)
 
 
 @pytest.mark.parametrize("settle", ["measured mid-run", "manifest rebuilt"])

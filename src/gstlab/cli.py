@@ -165,9 +165,11 @@ def _list_studies() -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from gstlab import store  # noqa: PLC0415
     from gstlab.demo import computed_on, format_table, run_demo  # noqa: PLC0415
 
     out = _out_arg(args.out, "--out")  # a bad --out is one line, before anything is printed
+    store.check_dir(out, "--out")
     print("gstlab demo: Figure 2's No Pruning, Prune_S 13% and Prune_L 13% at mini scale (325 epochs, VGG11 on "
           "2,000 Fashion-MNIST images at 16x16), on 2 worker processes\n")
     results = run_demo(out, seed=args.seed, progress=not args.no_progress, tensorboard=args.tensorboard)
@@ -344,8 +346,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     study_dir = _out_arg(args.study_dir, "STUDY_DIR")
     index = study_dir / "index.csv"
-    if not index.exists():
-        raise UsageError(f"{study_dir}: not a study directory (no index.csv); run `gst sweep` first")
+    if not index.is_file():
+        raise UsageError(f"{study_dir}: not a study directory (no index.csv file); run `gst sweep` first")
     if not _lists_runs(index_text(study_dir)[0]):  # a damaged or edited index is exit 1 (DamagedFileError) first
         raise UsageError(f"{index}: lists no runs (empty or damaged); run `gst sweep` on the study again to "
                          f"rewrite it (finished runs are not re-run)")

@@ -411,6 +411,22 @@ def check_out_dirs(study_dir: Path, store_dir: Path | None) -> None:
             store.check_dir(Path(path), flag)
 
 
+def _settle_found(run: StudyRun, run_dir: Path, status: str, threads: int) -> None:
+    """An ended run found unsettled (a manifest without checksums, e.g. deleted; a checkpoint left) is settled as
+    `gst run` on it would, its config.yaml as a worker writes it (the sweep's threads); settled ones are told apart
+    by their manifest and leftovers (the index has just verified their files). One that cannot be settled (a
+    read-only store) is a warning: the sweep goes on."""
+    if recovery.settled(run_dir, {"status": status}):
+        return
+    from gstlab.runner import RunDirError, settle_ended  # noqa: PLC0415
+
+    try:
+        settle_ended(C.validate(C.replace(run.cfg, train=C.replace(run.cfg.train, threads=threads))), run_dir)
+    except (OSError, RunDirError) as err:
+        warn(f"{run_dir}: ended, but could not be settled ({one_line(err)}); `gst run` on it, or this sweep "
+             f"again, settles it")
+
+
 def threads_notes(runs: list[StudyRun], resources: Resources) -> list[str]:
     """Warnings for a study's own ``train.threads`` that the sweep's threads per worker replace (locally and on
     Ray; the thread count is one of the conditions for bit-identical CPU results). Said, not refused: every
@@ -466,10 +482,8 @@ def sweep(study: Study, raw: dict, study_dir: Path, executor: str, resources, ad
         warn(f"train.keep_checkpoints: {len(unkept)} finished run(s) lack epochs the study asks to keep (e.g. "
              f"{unkept[0]}); the field is not part of the run id, so a finished run is not rerun: give another "
              f"--out and --store to train them anew with them")
-    from gstlab.runner import settle_ended  # noqa: PLC0415
-
     for rid, status in final.items():
-        settle_ended(by_id[rid].cfg, store_dir / "runs" / rid, status)  # e.g. a manifest without checksums
+        _settle_found(by_id[rid], store_dir / "runs" / rid, status, resources.threads)
         if by_id[rid].cfg.train.tensorboard:  # found finished: the events its config asks for
             sinks.export_missing(store_dir / "runs" / rid)
         if tensorboard:

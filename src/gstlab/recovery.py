@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import time
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def checksums(run_dir: Path) -> dict[str, str]:
 
 
 def _added_later(name: str) -> bool:
-    return name.partition(".damaged-")[0].removesuffix(".sha256") in ADDED_LATER
+    """``name`` is a table of ``gst flatness``, its checksum file or one of them set aside."""
+    return re.sub(r"\.damaged-\d+$", "", name).removesuffix(".sha256") in ADDED_LATER
 
 
 def verify_finished(run_dir: Path, strict: bool = False,
@@ -170,8 +172,11 @@ def settled(run_dir: Path, summary: dict) -> bool:
 
 
 def _transient(run_dir: Path) -> list[Path]:
+    """Checkpoints and a killed write's temporary files; not those of ``gst flatness``'s tables (it takes no
+    lock: a write of it under way would be deleted)."""
     ckpts = [run_dir / store.CHECKPOINT, run_dir / store.PREVIOUS_CHECKPOINT]
-    return [p for p in ckpts if p.exists()] + store.leftovers(run_dir)
+    flatness = tuple(f".{table}." for table in ADDED_LATER)
+    return [p for p in ckpts if p.exists()] + [p for p in store.leftovers(run_dir) if not p.name.startswith(flatness)]
 
 
 def remove_transient(run_dir: Path) -> None:

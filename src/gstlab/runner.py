@@ -442,13 +442,12 @@ def _prepare_and_execute(cfg: C.RunConfig, out: Path, progress: bool | None, par
         return _execute(run, progress, notes), True
 
 
-def settle_ended(cfg: C.RunConfig, out: Path, status: str) -> None:
-    """Bring the directory of a run verified to have ended with ``status`` to its final state as running it
-    again would (a sweep does not run an ended run again): config.yaml repaired, the manifest's status and
-    checksums, no checkpoint left. Settled ones are told apart without hashing their files a second time."""
-    if not recovery.settled(out, {"status": status}) or _identity_problem(cfg, out) is not None:
-        with store.dir_lock(out):
-            _settle(cfg, out)
+def settle_ended(cfg: C.RunConfig, out: Path) -> None:
+    """Bring the directory of an ended run to its final state as running it again would (a sweep does not run
+    an ended run again): config.yaml repaired, the manifest's status and checksums, no checkpoint left. Its
+    files are verified again under the run's lock (another process may have changed them)."""
+    with store.dir_lock(out):
+        _settle(cfg, out)
 
 
 def _settle(cfg: C.RunConfig, out: Path) -> tuple[dict | None, str | None, list[dict]]:

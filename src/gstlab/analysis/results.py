@@ -20,7 +20,7 @@ import yaml
 
 from gstlab import recovery, store
 from gstlab.config import OPTIONAL_MEASURES
-from gstlab.errors import warn
+from gstlab.errors import one_line, warn
 from gstlab.probes import CURVATURE_COLUMNS, EPS_COLUMNS
 from gstlab.store import EVENT_COLUMNS, METRIC_COLUMNS
 
@@ -84,7 +84,11 @@ def read_index(study_dir: Path) -> pd.DataFrame:
     if not checked:
         warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as it is. "
              f"`gst sweep` on the study writes one")
-    index = pd.read_csv(io.StringIO(text), dtype={"run_id": str, "setting": str, "label": str})
+    try:
+        index = pd.read_csv(io.StringIO(text), dtype={"run_id": str, "setting": str, "label": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:  # an index from before checksums
+        raise store.DamagedFileError(f"{path}: not a CSV table ({one_line(err)}); `gst sweep` on the study "
+                                     f"rewrites it (finished runs are not re-run)") from None
     _check_rows(index, path)
     return index
 
