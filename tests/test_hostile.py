@@ -504,9 +504,11 @@ def test_the_sweep_a_report_names_settles_a_run_whose_manifest_is_gone(tmp_path,
     code, err, _ = _report(tmp_path, capsys, finished_study, _manifest_and_config_gone)
     assert code == 1 and "manifest.json is missing or damaged" in err
     study_dir = tmp_path / "s"
-    run_dir = sorted(p for p in (study_dir / "runs").iterdir() if p.is_dir())[0]
+    run_dir, settled = sorted(p for p in (study_dir / "runs").iterdir() if p.is_dir())
+    untouched = (settled / "manifest.json").stat().st_mtime_ns
     sweep = ["sweep", str(study_dir / "study.yaml"), "--out", str(study_dir), "--no-progress"]
     assert main([*sweep, "--threads-per-worker", "1"]) == 0
+    assert (settled / "manifest.json").stat().st_mtime_ns == untouched  # a settled run is left as it is
     out, err = capsys.readouterr()
     assert "0 runs executed now" in out and "manifest.json is damaged or missing; rebuilt it" in err
     repaired = C.parse(C.load_yaml(run_dir / "config.yaml"))
