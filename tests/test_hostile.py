@@ -111,8 +111,9 @@ def test_a_config_that_never_ends_is_refused(tmp_path, capsys):
     ("data.synthetic_shape=[]", "data.synthetic_shape: []; allowed: 1 to 3 sizes"),
     ("data.synthetic_shape=[1,40] --set data.augment=true", "data.augment: random crops and flips need images"),
     ("data.synthetic_shape=[1,40] --set data.image_size=20", "data.image_size: 20 must divide the side of square"),
-    ("data.label_noise=0.001", "data.label_noise: 0.001 of 256 training examples rounds to no noisy label; "
-                               "allowed: 0, or at least 0.00391 (one label)"),
+    ("data.label_noise=0.001", "data.label_noise: 0.001 of 256 training examples rounds to no noisy label "
+                               "(Python's round: half to even); allowed: 0, or above 0.00195 (p x N above one half)"),
+    ("data.label_noise=0.001953125", "data.label_noise: 0.00195312 of 256 training examples rounds to no noisy label"),
     ("data.train_subset=33", "train.batch_size: 32 leaves a last batch of 1 of the 33 training examples"),
     ("pruning.criterion=activation --set pruning.layers.0.start=0 --set pruning.activation_every=20",
      "pruning.activation_every: 20 training batches before the first activation score, but the first event "

@@ -526,9 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train one run (resumes if cut off, skips if finished)",
                          description="Train one run while pruning on its schedule. Writes config.yaml, "
                                      "manifest.json, metrics.csv, events.csv, events_classes.csv, summary.json "
-                                     "and model_final.pt to --out (with probes curvature.csv and eps_sweep.csv), "
-                                     "and checkpoints while it runs. Re-running the same command resumes a killed "
-                                     "run; a finished run is not re-run.")
+                                     "and model_final.pt to --out (with probes curvature.csv and eps_sweep.csv, "
+                                     "with data.label_noise label_noise.csv, with --tensorboard "
+                                     "tensorboard/), and checkpoints while it runs. Re-running the same "
+                                     "command resumes a killed run; a finished run is not re-run.")
     run.add_argument("--config", metavar="FILE", help="YAML config (sections data, model, optim, train, "
                                                         "pruning, intervention, probes, seed)")
     run.add_argument("--preset", metavar="NAME", help="a paper configuration, e.g. F2_VGG_4 (see `gst presets`)")

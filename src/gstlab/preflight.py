@@ -167,7 +167,8 @@ def check_training_data(cfg: C.RunConfig, n_train: int, input_shape: tuple[int, 
                             f"shape {tuple(input_shape)}; allowed: false")
     if d.label_noise > 0 and round(d.label_noise * n_train) == 0:
         raise C.ConfigError(f"data.label_noise: {d.label_noise:g} of {n_train:,} training examples rounds to no "
-                            f"noisy label; allowed: 0, or at least {1 / n_train:.3g} (one label)")
+                            f"noisy label (Python's round: half to even); allowed: 0, or above {0.5 / n_train:.3g} "
+                            f"(p x N above one half)")
     if n_train % batch == 1 and model is not None and any(isinstance(m, BATCHNORM) for m in model.modules()):
         raise C.ConfigError(f"train.batch_size: {batch} leaves a last batch of 1 of the {n_train:,} training "
                             f"examples, on which the model's BatchNorm cannot train; allowed: a batch size (or "

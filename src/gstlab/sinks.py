@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,8 +81,8 @@ class TensorBoardSink:
         self.last_epoch = step
 
     def close(self, summary: dict) -> None:
-        for key, value in summary.items():
-            if _number(value) is not None:
+        for key, value in summary.items():  # NaN (JSON null in summary.json) is left out, as export_run does
+            if _number(value) is not None and not math.isnan(_number(value)):
                 self.writer.add_scalar(f"summary/{key}", _number(value), max(self.last_epoch, 0))
         self.writer.add_text("summary", "```\n" + json.dumps(summary, indent=1, default=str) + "\n```",
                              max(self.last_epoch, 0))
