@@ -2,6 +2,7 @@
 kernels computed them. That a portable run reproduces bit for bit: tests/test_reference_run.py."""
 
 import json
+import os
 
 import pytest
 
@@ -18,6 +19,25 @@ def test_pinning_after_torch_is_imported_is_refused_in_one_line(monkeypatch, cap
     assert cli.main(["--portable", "presets"]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith("gst: error: --portable") and "\n" not in err
+
+
+def test_portable_through_the_python_api(tmp_path, monkeypatch):
+    """GSTLAB_PORTABLE=1 with gstlab.api ran unpinned (only `gst` pinned): importing gstlab pins before torch, and a
+    run in a process that imported torch first is refused instead of running unpinned."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in portable.PINNED_ENV} | {portable.SWITCH: "1"}
+    run = ("from gstlab import api; api.run({'data': {'name': 'synthetic', 'synthetic_shape': [1, 4, 4], "
+           "'synthetic_train': 64, 'synthetic_test': 32}, 'model': {'arch': 'mlp', 'hidden': [8]}, "
+           "'train': {'epochs': 1, 'batch_size': 32, 'progress': False}}, " + repr(str(tmp_path / "OUT")) + ")")
+    pinned = subprocess.run([sys.executable, "-c", run.replace("OUT", "a")], env=env, capture_output=True, text=True)
+    assert pinned.returncode == 0, pinned.stderr
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["machine"]["portable"] is True
+    late = subprocess.run([sys.executable, "-c", "import torch; " + run.replace("OUT", "b")], env=env, capture_output=True,
+                          text=True)
+    assert late.returncode == 1 and "PortableError: --portable / GSTLAB_PORTABLE=1: torch was imported" in late.stderr
+    assert not (tmp_path / "b" / "summary.json").exists()
 
 
 def test_an_already_pinned_process_is_accepted(monkeypatch):

@@ -405,6 +405,8 @@ def run_or_skip(cfg: C.RunConfig, out: str | Path, progress: bool | None = None,
     if done is not None:
         _warn_unkept(cfg, out, int(done.get("epochs_done") or 0), "holds this run, ended")
         return done, False
+    if portable.requested():  # PortableError where torch was imported first: the run would not be portable
+        portable.pin()
     with run_threads(cfg.train):
         return _prepare_and_execute(cfg, out, progress, parts)
 
