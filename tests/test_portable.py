@@ -34,8 +34,8 @@ def test_portable_through_the_python_api(tmp_path, monkeypatch):
     pinned = subprocess.run([sys.executable, "-c", run.replace("OUT", "a")], env=env, capture_output=True, text=True)
     assert pinned.returncode == 0, pinned.stderr
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["machine"]["portable"] is True
-    late = subprocess.run([sys.executable, "-c", "import torch; " + run.replace("OUT", "b")], env=env, capture_output=True,
-                          text=True)
+    late = subprocess.run([sys.executable, "-c", "import torch; " + run.replace("OUT", "b")], env=env,
+                          capture_output=True, text=True)
     assert late.returncode == 1 and "PortableError: --portable / GSTLAB_PORTABLE=1: torch was imported" in late.stderr
     assert not (tmp_path / "b" / "summary.json").exists()
 
