@@ -1,18 +1,23 @@
 #!/bin/bash
 # The second preregistered confirmation (docs/where_pruning_helps.md, "Second confirmation"), run and finished
-# with one command each, so a lost workspace costs one command to restart (it has been lost twice).
+# with one command each, so a lost workspace costs one command to restart (it has been lost three times).
 #
-#   bash examples/confirm2.sh run      # (re)start or resume all four studies, in order, from a frozen checkout
-#   bash examples/confirm2.sh finish   # when all have ended: reports into docs/figures/confirm2_*, verdicts
+#   bash examples/confirm2.sh run      # (re)start or resume the studies, in order, from a frozen checkout
+#   bash examples/confirm2.sh report   # report every study that has finished and has no report yet
+#   bash examples/confirm2.sh finish   # when all are reported: the verdict table beside the first confirmation's
 #
 # `run` makes a frozen checkout of 585271d (the commit that added the four files) at $FROZEN if there is none,
 # sets it up, and runs each file's own header command there (`gst --portable sweep ... --store STUDIES/store`,
 # STUDIES = $STUDIES), in the order Figure 2, 6, 5, 3. The same command resumes: finished runs are kept, a run
 # cut off resumes from its checkpoint. Run it in the background (it takes ~16 h of two cores), e.g.
 #   nohup setsid bash examples/confirm2.sh run >> $STUDIES/confirm2.log 2>&1 &
-# `finish` runs this checkout's `gst report` on each study, checks the counts and windows the files name,
-# copies each report (figures, report.md, runs.csv, curvature.csv, SHA256SUMS) to docs/figures/confirm2_*,
-# checks the copies against their SHA256SUMS, and prints the verdict table beside the first confirmation's.
+# Each study is reported as soon as all its runs have finished, into docs/figures/confirm2_* (to be committed:
+# the workspace outside the repository has been lost three times, the committed reports survive), and a study
+# with a report there that matches its SHA256SUMS is not run again.
+# A report is this checkout's `gst report` on the study; it checks the run counts (60 / 60 / 80 / 105) and the
+# common windows (Figure 2: 274, from the erratum in docs/where_pruning_helps.md, which corrects its file's
+# 246; Figure 5: 246, as its file says), copies report.md, runs.csv, curvature.csv, SHA256SUMS and the figures
+# to docs/figures/confirm2_* and checks the copies against their SHA256SUMS.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 FROZEN=${FROZEN:-/work/frozen-confirm2}
@@ -42,49 +47,88 @@ frozen_checkout() {
     echo "confirm2: $FROZEN has changes to examples/ or src/; the study runs unchanged" >&2; exit 1; }
 }
 
-run() {
-  frozen_checkout
-  mkdir -p "$STUDIES"
-  cd "$FROZEN"
-  for study in "${ORDER[@]}"; do
-    local cmd rc=0
-    cmd=$(header_command "$study")
-    echo "=== $(date -u +%FT%TZ) start $study: $cmd"
-    .venv/bin/$cmd || rc=$?
-    echo "=== $(date -u +%FT%TZ) end $study rc=$rc"
-  done
+reported() {  # the study's report is in docs/figures and matches its SHA256SUMS
+  local dest="$REPO/docs/figures/$1"
+  [ -f "$dest/SHA256SUMS" ] && (cd "$dest" && sha256sum --quiet -c --ignore-missing SHA256SUMS)
 }
 
-finish() {
-  local gst="$REPO/.venv/bin/gst" py="$REPO/.venv/bin/python"
-  for study in "${ORDER[@]}"; do
-    local dir="$STUDIES/$study" dest="$REPO/docs/figures/$study"
-    local finished
-    finished=$(awk -F, 'NR>1 && $NF=="finished"' "$dir/index.csv" | wc -l)
-    [ "$finished" = "${RUNS[$study]}" ] || {
-      echo "confirm2: $study has $finished finished runs of ${RUNS[$study]}" >&2; exit 1; }
-    "$gst" report "$dir"
-    (cd "$dir/report" && sha256sum --quiet -c --ignore-missing SHA256SUMS)
-    rm -rf "$dest" && mkdir -p "$dest"
-    cp "$dir"/report/{report.md,runs.csv,SHA256SUMS} "$dir"/report/*.png "$dest"/
-    [ ! -f "$dir/report/curvature.csv" ] || cp "$dir/report/curvature.csv" "$dest"/
-    (cd "$dest" && sha256sum --quiet -c --ignore-missing SHA256SUMS)
-    if [ -n "${WINDOW[$study]:-}" ]; then
-      "$py" - "$dest/runs.csv" "${WINDOW[$study]}" <<'EOF'
+finished_runs() {
+  local index="$STUDIES/$1/index.csv"
+  [ -f "$index" ] || { echo 0; return; }
+  awk -F, 'NR>1 && $NF=="finished"' "$index" | wc -l
+}
+
+report_study() {  # report one finished study into docs/figures/STUDY; every step checked (called under ||,
+  # where set -e does not apply)
+  local study=$1 dir="$STUDIES/$1" dest="$REPO/docs/figures/$1" py="$REPO/.venv/bin/python"
+  local finished
+  finished=$(finished_runs "$study")
+  [ "$finished" = "${RUNS[$study]}" ] || {
+    echo "confirm2: $study has $finished finished runs of ${RUNS[$study]}" >&2; return 1; }
+  echo "=== $(date -u +%FT%TZ) report $study with gst at $(git -C "$REPO" rev-parse --short=7 HEAD)"
+  "$REPO/.venv/bin/gst" report "$dir" || return 1
+  (cd "$dir/report" && sha256sum --quiet -c --ignore-missing SHA256SUMS) || return 1
+  if [ -n "${WINDOW[$study]:-}" ]; then
+    "$py" - "$dir/report/runs.csv" "${WINDOW[$study]}" <<'PY' || return 1
 import sys
 import pandas as pd
 starts = set(pd.read_csv(sys.argv[1])["window_start"].dropna().astype(int))
 if starts != {int(sys.argv[2])}:
-    sys.exit(f"confirm2: {sys.argv[1]}: common window starts {sorted(starts)}, the files name {sys.argv[2]}")
-EOF
-    fi
+    sys.exit(f"confirm2: {sys.argv[1]}: common window starts {sorted(starts)}, expected {sys.argv[2]}")
+PY
+  fi
+  rm -rf "$dest" && mkdir -p "$dest" || return 1
+  cp "$dir"/report/{report.md,runs.csv,SHA256SUMS} "$dir"/report/*.png "$dest"/ || return 1
+  [ ! -f "$dir/report/curvature.csv" ] || cp "$dir/report/curvature.csv" "$dest"/ || return 1
+  reported "$study" || return 1
+  echo "=== $(date -u +%FT%TZ) reported $study into docs/figures/$study: commit it"
+}
+
+report() {  # every study that has finished and is not reported yet
+  local study rc=0
+  for study in "${ORDER[@]}"; do
+    reported "$study" || report_study "$study" || rc=1
   done
-  "$py" "$REPO/examples/verdict_table.py" --regime "2,000 images (first)" "$REPO/docs/figures/confirm" student \
+  return $rc
+}
+
+run() {
+  frozen_checkout
+  mkdir -p "$STUDIES"
+  local study cmd rc
+  for study in "${ORDER[@]}"; do
+    if reported "$study"; then
+      echo "=== $(date -u +%FT%TZ) $study is reported in docs/figures/$study: not run again"
+      continue
+    fi
+    cmd=$(header_command "$study")
+    echo "=== $(date -u +%FT%TZ) start $study: $cmd"
+    rc=0
+    (cd "$FROZEN" && .venv/bin/$cmd) || rc=$?  # $cmd split into words
+    echo "=== $(date -u +%FT%TZ) end $study rc=$rc"
+    [ "$rc" != 0 ] || report_study "$study" || echo "=== confirm2: reporting $study failed; the next study runs" >&2
+  done
+}
+
+finish() {
+  local study
+  for study in "${ORDER[@]}"; do
+    reported "$study" || { echo "confirm2: $study has no checked report in docs/figures/$study" >&2; exit 1; }
+  done
+  "$REPO/.venv/bin/python" "$REPO/examples/verdict_table.py" \
+    --regime "2,000 images (first)" "$REPO/docs/figures/confirm" student \
     --regime "4,000 images (second)" "$REPO/docs/figures/confirm2" paired
 }
 
-case "${1:-}" in
-  run) run ;;
-  finish) finish ;;
-  *) echo "usage: bash examples/confirm2.sh run|finish" >&2; exit 2 ;;
-esac
+main() {
+  case "${1:-}" in
+    run) run ;;
+    report) report ;;
+    finish) finish ;;
+    *) echo "usage: bash examples/confirm2.sh run|report|finish" >&2; exit 2 ;;
+  esac
+}
+
+# One line, read whole before it runs: bash reads a script as it executes it, so an edit to this file while
+# `run` works would otherwise hand bash a fragment of the new file when `run` returns.
+main "$@"; exit
