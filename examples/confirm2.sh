@@ -47,9 +47,12 @@ frozen_checkout() {
     echo "confirm2: $FROZEN has changes to examples/ or src/; the study runs unchanged" >&2; exit 1; }
 }
 
-reported() {  # the study's report is in docs/figures and matches its SHA256SUMS
-  local dest="$REPO/docs/figures/$1"
-  [ -f "$dest/SHA256SUMS" ] && (cd "$dest" && sha256sum --quiet -c --ignore-missing SHA256SUMS)
+reported() {  # the study's report is in docs/figures, whole, and matches its SHA256SUMS (which also lists
+  # report files not copied, hence --ignore-missing)
+  local dest="$REPO/docs/figures/$1" file
+  for file in SHA256SUMS report.md runs.csv; do [ -f "$dest/$file" ] || return 1; done
+  [ "$1" != confirm2_fig6 ] || [ -f "$dest/curvature.csv" ] || return 1
+  (cd "$dest" && sha256sum --quiet -c --ignore-missing SHA256SUMS)
 }
 
 finished_runs() {
@@ -77,10 +80,10 @@ if starts != {int(sys.argv[2])}:
     sys.exit(f"confirm2: {sys.argv[1]}: common window starts {sorted(starts)}, expected {sys.argv[2]}")
 PY
   fi
-  rm -rf "$dest" && mkdir -p "$dest" || return 1
-  cp "$dir"/report/{report.md,runs.csv,SHA256SUMS} "$dir"/report/*.png "$dest"/ || return 1
-  [ ! -f "$dir/report/curvature.csv" ] || cp "$dir/report/curvature.csv" "$dest"/ || return 1
-  reported "$study" || return 1
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp" || return 1  # copied whole, then renamed: never half a folder
+  cp "$dir"/report/{report.md,runs.csv,SHA256SUMS} "$dir"/report/*.png "$dest.tmp"/ || return 1
+  [ ! -f "$dir/report/curvature.csv" ] || cp "$dir/report/curvature.csv" "$dest.tmp"/ || return 1
+  rm -rf "$dest" && mv "$dest.tmp" "$dest" && reported "$study" || return 1
   echo "=== $(date -u +%FT%TZ) reported $study into docs/figures/$study: commit it"
 }
 
