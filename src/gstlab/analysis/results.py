@@ -78,18 +78,19 @@ def index_text(study_dir: Path) -> tuple[str, bool]:
 
 def read_index(study_dir: Path) -> pd.DataFrame:
     """``index.csv``, verified against ``index.csv.sha256`` (store.DamagedFileError when it does not match; a
-    warning when an index from before checksums has none)."""
+    warning when an index from before checksums has none and is used: one that is refused gets only the
+    error)."""
     path = study_dir / "index.csv"
     text, checked = index_text(study_dir)
-    if not checked:
-        warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as it is. "
-             f"`gst sweep` on the study writes one")
     try:
         index = pd.read_csv(io.StringIO(text), dtype={"run_id": str, "setting": str, "label": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:  # an index from before checksums
         raise store.DamagedFileError(f"{path}: not a CSV table ({one_line(err)}); `gst sweep` on the study "
                                      f"rewrites it (finished runs are not re-run)") from None
     _check_rows(index, path)
+    if not checked:
+        warn(f"{path} has no checksum file (written before gstlab checksummed study indexes); used as it is. "
+             f"`gst sweep` on the study writes one")
     return index
 
 
