@@ -68,9 +68,10 @@ def plain_training(preset: str) -> dict:
     from gstlab.data import load_data
     from gstlab.experiments.presets import preset_config
     from gstlab.models import build_model
+    from gstlab.seeding import derive_seed
 
     cfg = C.parse(preset_config(preset, "mini"))
-    data = load_data(cfg.data, seed=0)
+    data = load_data(cfg.data, seed=derive_seed(cfg.seed, "data"))  # the training subset `gst run` draws
     x_train, x_test = data.x_train[:], data.x_test[:]  # decoded once: float tensors, as a plain loop holds them
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     opt = torch.optim.Adam(model.parameters(), cfg.optim.lr)

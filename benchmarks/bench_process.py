@@ -66,9 +66,11 @@ def plain(epochs: int, threads: int, root: Path) -> None:
 
     from gstlab.config import ModelConfig
     from gstlab.models import build_model
+    from gstlab.seeding import derive_seed
 
     torch.set_num_threads(threads)
-    keep = torch.randperm(60000, generator=torch.Generator().manual_seed(0))[:8000].sort().values.numpy()
+    g = torch.Generator().manual_seed(derive_seed(0, "data"))  # the subset `gst run` draws for the config's seed 0
+    keep = torch.randperm(60000, generator=g)[:8000].sort().values.numpy()
     x, y = _images(root, "train", keep)
     xt, yt = _images(root, "t10k", slice(0, 5000))
     model = build_model(ModelConfig(arch="vgg11_bn", width=0.125), (1, 32, 32), 10)

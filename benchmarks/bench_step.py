@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gstlab.config import ModelConfig
+from gstlab.environment import cpu_model
 from gstlab.models import build_model
 
 
@@ -75,10 +76,11 @@ def main() -> None:
         "compile + fused Adam": {"fused": True, "compile_mode": "default"},
         "compile reduce-overhead (CUDA graphs) + fused Adam": {"fused": True, "compile_mode": "reduce-overhead"},
     }
-    print(f"{args.arch} width {args.width} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}"
-          f", torch {torch.__version__}\n\n| variant | images/s | vs gstlab step |\n|---|---|---|", flush=True)
-    base = None
-    for name, kw in variants.items():
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    print(f"{args.arch} width {args.width} on {machine}, torch {torch.__version__}\n\n"
+          "| variant | images/s | vs gstlab step |\n|---|---|---|", flush=True)
+    base = None  # the gstlab step's rate (the first variant); if it fails, no ratios rather than another base
+    for i, (name, kw) in enumerate(variants.items()):
         try:
             step, batch = make_step(args, device, **kw)
             warmup = args.warmup * (3 if "compile_mode" in kw else 1)
@@ -86,8 +88,8 @@ def main() -> None:
         except Exception as err:  # noqa: BLE001 (report the variant that fails, go on with the others)
             print(f"| {name} | failed: {type(err).__name__}: {str(err)[:80]} | |", flush=True)
             continue
-        base = base or rate
-        print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x |", flush=True)
+        base = rate if i == 0 else base
+        print(f"| {name} | {rate:,.0f} | {'n/a' if base is None else f'{rate / base:.2f}x'} |", flush=True)
 
 
 if __name__ == "__main__":

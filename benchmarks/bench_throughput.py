@@ -1,5 +1,5 @@
 """Training and evaluation throughput of gstlab's fast path against a plain PyTorch loop with a standard
-DataLoader, on the same device, model and data, in one run; plus peak memory and the cost of a pruning event
+DataLoader, on the same device, model and data, in one run; plus peak memory (on CUDA) and the cost of a pruning event
 (two evaluations of the test set) relative to a training epoch.
 
 - plain: CPU-resident uint8->float tensors in a ``TensorDataset`` + ``DataLoader`` (shuffle, ``--workers``
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gstlab.config import ModelConfig, OptimConfig, TrainConfig
 from gstlab.data import TrainLoader, augment_batch
-from gstlab.environment import resolve_speed
+from gstlab.environment import cpu_model, resolve_speed
 from gstlab.models import build_model
 from gstlab.runner import build_optimizer
 from gstlab.train import Trainer
@@ -40,12 +39,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_mb(device: torch.device) -> float:
+def peak_mb(device: torch.device) -> float | None:
+    """Peak memory of the variant just run: CUDA's allocator peak since ``reset_peak``. None on a CPU, where the
+    only peak is the process's lifetime RSS, which would charge each variant with all before it
+    (bench_process.py compares whole processes' peak RSS instead)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource  # noqa: PLC0415
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
 
 
 def reset_peak(device: torch.device) -> None:
@@ -150,6 +150,10 @@ def bench_arch(arch: str, args, data, device) -> dict:
     }
 
 
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 def table(rows: list[dict], device_name: str) -> str:
     lines = [f"Machine: {device_name}; torch {torch.__version__}", "",
              "| model | width | train img/s plain | train img/s gstlab | speedup | eval img/s plain | "
@@ -157,7 +161,7 @@ def table(rows: list[dict], device_name: str) -> str:
     for r in rows:
         lines.append(f"| {r['arch']} | {r['width']} | {r['plain_train_img_s']:.0f} | {r['gstlab_train_img_s']:.0f} | "
                      f"{r['train_speedup']:.2f}x | {r['plain_eval_img_s']:.0f} | {r['gstlab_eval_img_s']:.0f} | "
-                     f"{r['event_cost_over_epoch']:.2f} | {r['plain_peak_mb']:.0f} | {r['gstlab_peak_mb']:.0f} |")
+                     f"{r['event_cost_over_epoch']:.2f} | {_mb(r['plain_peak_mb'])} | {_mb(r['gstlab_peak_mb'])} |")
     return "\n".join(lines)
 
 
@@ -179,7 +183,7 @@ def main() -> None:
     device = torch.device(args.device)
     data = fake_cifar(args.n, args.n_test)
     rows = [bench_arch(arch, args, data, device) for arch in args.arch]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(table(rows, f"{name} ({torch.get_num_threads()} threads)"))
     print(json.dumps(rows, indent=2))
 
