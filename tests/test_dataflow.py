@@ -702,8 +702,155 @@ def test_a_layer_whose_units_compete_in_a_softmax_or_are_the_logits_is_refused(t
     allowed = "allowed: a layer whose units a later layer reads"
     assert refused(tmp_path, Tied, "head") == (
         "unit 'head': the output of 'head' is the model's output (its units are the class logits), where a pruned "
-        f"unit's 0 would still take a share of the softmax and of the prediction (a removed one would not); {allowed}")
+        f"unit's 0 would still take part (a share of a softmax, a place in a max or sort; a removed one would not); "
+        f"{allowed}")
     assert refused(tmp_path, AttentionOverUnits, "gate").startswith(
         "unit 'gate': the output of 'gate' goes into a softmax over its units, where a pruned unit's 0")
     summary = api.run(config("body", "head"), tmp_path / "skip", model=SkipIntoLogits, data=data())
     assert summary["status"] == "finished"  # 'head' summed with 'aux' into the logits: each class lives on
+
+
+class Ranked(nn.Module):
+    """A Linear's units ranked: ``how`` takes a max, sort or quantile of them (``view`` first: a maxout's groups)."""
+
+    def __init__(self, how, width: int = 8) -> None:
+        super().__init__()
+        self.how, self.f1, self.head = how, nn.Linear(64, 8), nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.head(self.how(self.f1(x.flatten(1))))
+
+
+@pytest.mark.parametrize(("how", "width", "op"), [
+    (lambda h: h.view(-1, 4, 2).amax(-1), 4, "amax"),  # maxout: a pruned piece's 0 beats negative ones
+    (lambda h: h * h.max(1, keepdim=True).values, 8, "max"),
+    (lambda h: torch.cat([h, h.logsumexp(1, keepdim=True).expand(-1, 7)], 1)[:, :8], 8, "logsumexp"),
+    (lambda h: h.sort(1).values, 8, "sort"),
+    (lambda h: h.topk(2, dim=1).values.repeat(1, 4), 8, "topk"),
+    (lambda h: h.amin((0, 1), keepdim=True) * h, 8, "amin"),
+])
+def test_a_layer_whose_units_are_ranked_is_refused(tmp_path, how, width, op):
+    """A max, min, sort or top-k over a layer's units lets a pruned unit's 0 take part, which removing it would not
+    (an audit, 2026-12-07: maxout and a channel max were accepted, masked and removed models disagreed)."""
+    assert refused(tmp_path, lambda: Ranked(how, width), "f1").startswith(
+        f"unit 'f1': the output of 'f1' goes into a {op} over its units, where a pruned unit's 0 would still take part")
+
+
+def test_a_max_over_other_dimensions_or_elementwise_is_accepted(tmp_path):
+    """A max over points (PointNet) or two tensors' element-wise max does not rank a layer's units."""
+    class PointMax(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f1, self.head = nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x):  # (N, 1, 8, 8) as 8 points of 8 features
+            h = F.relu(self.f1(x.flatten(1, 2)))
+            return self.head(torch.maximum(h, torch.zeros_like(h)).amax(1) + torch.max(h, h).mean(1))
+
+    summary = api.run(config("f1"), tmp_path / "run", model=PointMax, data=data())
+    assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+class Recurrent(nn.Module):
+    """A Linear into an LSTM, GRU or RNN whose hidden size equals its input size, then a BatchNorm1d: the
+    recurrent layer mixes the Linear's units, so the BatchNorm is not the Linear's."""
+
+    def __init__(self, kind) -> None:
+        super().__init__()
+        self.f1, self.rnn, self.bn, self.head = nn.Linear(8, 16), kind(16, 16, batch_first=True), nn.BatchNorm1d(16), \
+            nn.Linear(16, 4)
+
+    def forward(self, x):  # (N, 1, 8, 8) as 8 steps of 8 features
+        h, _ = self.rnn(F.relu(self.f1(x.squeeze(1))))
+        return self.head(F.relu(self.bn(h[:, -1])))
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_a_recurrent_layer_ends_a_layers_lineage(tmp_path, kind):
+    """Until 2026-12-07 the BatchNorm after the LSTM was paired with the Linear before it: pruning the Linear
+    zeroed that BatchNorm's channels, killing live LSTM units, and the right declaration was refused (an audit)."""
+    op = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn_tanh"}[kind]
+    assert refused(tmp_path, lambda: Recurrent(kind), "f1") == (
+        f"unit 'f1': the forward pass applies 'bn' to the output of '<{op}, which mixes channels>', but it is "
+        "paired with 'bn' by module declaration order; declare "
+        "PrunableUnit('f1', 'f1', bn=None) (gstlab.api.run units=, or the model's prunable_units())")
+    torch.manual_seed(0)
+    out = tmp_path / "declared"
+    summary = api.run(config("f1"), out, model=lambda: Recurrent(kind), data=data(), units=[PrunableUnit("f1", "f1")])
+    assert summary["status"] == "finished" and summary["n_events"] == 2
+    model = api.load_model(out, lambda: Recurrent(kind))
+    assert model.bn.weight.abs().min() > 0  # no BatchNorm channel was pruned with f1
+    assert (model.f1.weight.abs().sum(1) == 0).sum() == 8  # half of f1's 16 units pruned
+
+
+class AuxiliaryHead(nn.Module):
+    """Inception style: a tuple (logits, auxiliary logits) in train mode, logits in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f1, self.head, self.aux = nn.Linear(64, 8), nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = F.relu(self.f1(x.flatten(1)))
+        return (self.head(h), self.aux(h)) if self.training else self.head(h)
+
+
+def test_a_model_whose_train_mode_output_is_not_logits_is_refused_before_anything_is_written(tmp_path):
+    """It failed in the loss with a traceback, leaving a run directory marked running (an audit, 2026-12-07)."""
+    assert refused(tmp_path, AuxiliaryHead, "f1") == (
+        "model: in train mode 2 inputs give a tuple (in eval mode, logits); the loss needs (batch, 4) logits in both "
+        "modes; allowed: a forward that returns the logits in train mode too (no auxiliary outputs)")
+
+
+def test_the_train_mode_check_changes_nothing(tmp_path):
+    """The check runs the model in train mode once: BatchNorm statistics and the dropout stream are restored, so a
+    run's numbers are those of the run without it."""
+    from gstlab import dataflow
+
+    class Dropped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f1, self.bn, self.drop, self.head = nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), \
+                nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.drop(F.relu(self.bn(self.f1(x.flatten(1))))))
+
+    torch.manual_seed(0)
+    model = Dropped()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = data()[0][:2]
+    rng = torch.get_rng_state()
+    dataflow.trace(model, x, 4)
+    assert torch.equal(torch.get_rng_state(), rng) and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class TwoConvs(Head):
+    """conv1 -> bn1 -> relu -> conv2 -> bn2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head_of(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+def test_two_units_of_one_name_are_refused(tmp_path):
+    """The last unit of a name took the mask, the first was never pruned (an audit, 2026-12-07)."""
+    units = [PrunableUnit("a", "conv1", bn="bn1"), PrunableUnit("a", "conv2", bn="bn2")]
+    assert refused(tmp_path, TwoConvs, "a", units=units) == (
+        "units[1] (a): name 'a' is another unit's too; masks, schedules and records are keyed by name, so allowed: "
+        "a name per unit")
+
+
+def test_units_given_as_a_generator_are_used_whole(tmp_path):
+    """A generator was used up by the run id's fingerprint, and the run then saw no units (an audit)."""
+    summary = api.run(config("conv1"), tmp_path / "run", model=TwoConvs, data=data(),
+                      units=(u for u in ["conv1", "conv2"]))
+    assert summary["status"] == "finished" and summary["n_events"] == 2
+    assert refused(tmp_path / "empty", TwoConvs, "conv1", units=[]) == (
+        "pruning.layers[0].name: unknown layer 'conv1'; the model declares no prunable units (e.g. units=[] given "
+        "to gstlab.api.run), so allowed: no pruning.layers")

@@ -81,6 +81,8 @@ def run(config: C.RunConfig | dict | str | Path, out: str | Path, *, model: Mode
         raise C.ConfigError("classes: give it with data=...; a registered data set knows its classes")
     if units is not None and model is None:
         raise C.ConfigError("units: give them with model=...; a zoo model declares its own prunable units")
+    if units is not None:
+        units = list(units)  # a generator would be used up by the first look (the run id's fingerprint)
     parts = Parts(units=None if units is None else _units_of(units), **_callbacks(callbacks))
     if model is not None:
         builder, fingerprint = _supplied_model(model, cfg, parts)

@@ -509,7 +509,9 @@ def validate(cfg: RunConfig, unit_names: list[str] | None = None) -> RunConfig:
             raise ConfigError(f"{where}: scratch pruning prunes once at epoch 0; set start: 0 and end: 0")
         if unit_names is not None and layer.name not in unit_names:
             raise ConfigError(
-                f"{where}.name: unknown layer {layer.name!r}; allowed: {', '.join(unit_names)}"
+                f"{where}.name: unknown layer {layer.name!r}; allowed: {', '.join(unit_names)}" if unit_names else
+                f"{where}.name: unknown layer {layer.name!r}; the model declares no prunable units (e.g. units=[] "
+                f"given to gstlab.api.run), so allowed: no pruning.layers"
             )
     if len(set(names)) != len(names):
         raise ConfigError(f"pruning.layers: a layer is listed twice ({', '.join(names)})")

@@ -17,14 +17,16 @@ functional normalization that does not keep zero at zero (``F.group_norm``, ``F.
 a shift or running statistics) are recorded as ``shifted`` where they reach the next mixing op (the layer's own
 affine BatchNorm on the way zeroes a pruned unit whatever came before), and so is a depthwise convolution after the
 layer followed by a bias, a normalization or a shift: masking cannot zero them. A layer whose units, alone, are
-the model's output (the classifier) or go into a softmax over them is recorded as ``competing``: a pruned unit's
-0 would still take a share of the softmax, which a removed unit would not.
+the model's output (the classifier) or go into a softmax, a max, a sort or a quantile over them is recorded as
+``competing``: a pruned unit's 0 would still take a share of the softmax or a place in the ranking, which a
+removed unit would not.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +48,15 @@ _MIXING = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_tra
                      "convolution", "_convolution", "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm",
                      "bmm", "mv", "addmm", "addmv", "addbmm", "baddbmm", "einsum", "tensordot", "group_norm",
                      "layer_norm", "softmax", "log_softmax", "normalize", "multi_head_attention_forward",
-                     "scaled_dot_product_attention"})
+                     "scaled_dot_product_attention", "lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell",
+                     "rnn_tanh_cell", "rnn_relu_cell"})  # (ops not listed here, that keep a layer's units where they
+# were, are taken to act per element: docs/decisions.md, "Custom models")
+# reductions that rank or compare a tensor's entries along a dimension: (position of the dim argument, its default;
+# None for all dimensions). A pruned unit's 0 takes part in them, where a removed unit would not
+_RANKING = {"max": (1, None), "min": (1, None), "amax": (1, None), "amin": (1, None), "argmax": (1, None),
+            "argmin": (1, None), "logsumexp": (1, None), "median": (1, None), "nanmedian": (1, None),
+            "topk": (2, -1), "kthvalue": (2, -1), "sort": (1, -1), "argsort": (1, -1), "msort": (None, 0),
+            "cummax": (1, None), "cummin": (1, None), "quantile": (2, None), "nanquantile": (2, None)}
 # functional normalizations; outside a normalization module they shift a dead unit (see _keeps_zero_functional)
 _NORM_FUNCTIONS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm"})
 _SHIFTS = frozenset({"add", "sub", "subtract", "__add__", "__radd__", "__sub__", "__rsub__", "__iadd__", "__isub__",
@@ -140,6 +150,8 @@ class _Lineage(TorchFunctionMode):
                 self.mark(t, {f"<{name}, which mixes channels>": units_at(t.shape, _mixed_dim(name, t.dim()))}, {},
                           pending)
             return out
+        if name in _RANKING:
+            self._rank(name, args, kwargs)
         new_shifts = self._new_shifts(name, args, kwargs, ins)
         for o in outs:
             self._label(o, name, args, kwargs, ins, new_shifts)
@@ -240,6 +252,26 @@ class _Lineage(TorchFunctionMode):
                 self.record({s: frozenset({what}) for s in self._alone(ins)})
             self.record(self._pending_met(ins, what))
 
+    def _rank(self, name: str, args: Sequence, kwargs: dict) -> None:
+        """A max, min, sort or quantile over a layer's units: a pruned unit's 0 takes part (the maximum of
+        negative values, the minimum of positive ones), which a removed unit would not."""
+        x = argument(args, kwargs, 0, "input")
+        at, default = _RANKING[name]
+        dims = default if at is None else argument(args, kwargs, at, "dim", default=default)
+        if not torch.is_tensor(x) or x.dim() < 1 or isinstance(dims, torch.Tensor):  # max(a, b): element-wise
+            return
+        every = dims is None or dims == () or dims == []
+        try:
+            reduced = set(range(x.dim())) if every else {operator.index(d) % x.dim() for d in (
+                dims if isinstance(dims, (list, tuple)) else [dims])}
+        except TypeError:
+            return
+        alone = self._alone([x])
+        for source, layout in self.of(x).items():
+            span = _units_span(tuple(x.shape), layout)
+            if source in alone and span and any(d in reduced and x.shape[d] > 1 for d in span):
+                self.flow.competing.setdefault(source, f"goes into a {name} over its units")
+
     def compete(self, x: torch.Tensor, dim: int, where: str) -> None:
         """Record the layers alone in ``x`` with their units on dimension ``dim`` as competing ``where`` (a
         layer summed with another's output on the same units lives on in the sum, as a residual's channel)."""
@@ -291,6 +323,21 @@ class _Lineage(TorchFunctionMode):
         for tensor_id, shifts in self.shifts.items():
             if tensor_id not in self.consumed:
                 self.record(shifts)
+
+
+def _units_span(shape: tuple[int, ...], layout: Layout) -> range | None:
+    """The dimensions of ``shape`` that hold the units of ``layout``: one, or several where a view split them
+    (a maxout's (N, groups, pieces)); None where they are not found (moved)."""
+    if layout is None:
+        return None
+    before, units = layout
+    start = next((d for d in range(len(shape) + 1) if math.prod(shape[:d]) == before), None)
+    if start is None:
+        return None
+    for end in range(start, len(shape)):
+        if math.prod(shape[start:end + 1]) == units:
+            return range(start, end + 1)
+    return None
 
 
 def _op_name(func) -> str:
@@ -375,7 +422,31 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
         raise C.ConfigError(f"model: {len(x)} inputs give {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
     lineage.compete(out, 1, "is the model's output (its units are the class logits)")
+    _check_train_output(model, x, classes)
     return flow
+
+
+def _check_train_output(model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
+    """ConfigError unless ``model`` gives (batch, classes) logits in train mode too (an auxiliary head's tuple
+    would otherwise fail deep in the loss, with the run directory made). Its state (BatchNorm statistics) and the
+    random streams (dropout) are restored, so the run is as without the check; an error of the pass itself is
+    left to training to report (the eval pass showed the model takes the inputs)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            out = model(x)
+    except Exception:  # noqa: BLE001
+        return
+    finally:
+        model.load_state_dict(state)
+        model.train(was_training)
+    if not torch.is_tensor(out) or tuple(out.shape) != (len(x), classes):
+        got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+        raise C.ConfigError(f"model: in train mode {len(x)} inputs give {got} (in eval mode, logits); the loss "
+                            f"needs (batch, {classes}) logits in both modes; allowed: a forward that returns the "
+                            f"logits in train mode too (no auxiliary outputs)")
 
 
 def _check_dtype(model: torch.nn.Module) -> None:
@@ -456,9 +527,9 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
                                 f"non-zero output; allowed: a shift inside the unit's BatchNorm, or none")
         if unit.module in flow.competing:
             raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} {flow.competing[unit.module]}, "
-                                f"where a pruned unit's 0 would still take a share of the softmax and of the "
-                                f"prediction (a removed one would not); allowed: a layer whose units a later layer "
-                                f"reads")
+                                f"where a pruned unit's 0 would still take part (a share of a softmax, a "
+                                f"place in a max or sort; a removed one would not); allowed: a layer whose units a "
+                                f"later layer reads")
         _check_pairing(model, unit, fed_by, modules)
         _refuse_shared_batchnorm(unit, flow)
 

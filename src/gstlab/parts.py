@@ -91,6 +91,9 @@ def checked_units(units: list, model: nn.Module, where: str) -> list[PrunableUni
             raise C.ConfigError(f"{where}[{i}] ({unit.name}): module {unit.module!r} computes its weight (weight_norm, "
                                 f"spectral_norm or another parametrization), so a mask on it would not hold; allowed: "
                                 f"a layer whose weight is its own parameter")
+        if unit.name in (u.name for u in units[:i] if isinstance(u, PrunableUnit)):
+            raise C.ConfigError(f"{where}[{i}] ({unit.name}): name {unit.name!r} is another unit's too; masks, "
+                                f"schedules and records are keyed by name, so allowed: a name per unit")
         if unit.module in (u.module for u in units[:i] if isinstance(u, PrunableUnit)):
             raise C.ConfigError(f"{where}[{i}] ({unit.name}): module {unit.module!r} is another unit's too; one mask "
                                 f"per layer, so allowed: each module in one unit")
