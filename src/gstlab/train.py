@@ -1,4 +1,5 @@
-"""The training loop, kept small: train an epoch -> evaluate -> event -> evaluate -> probes -> record.
+"""The training pass and the evaluation pass, kept small. The epoch around them (train -> evaluate -> event ->
+evaluate -> callbacks -> record) is ``runner.run_epoch``.
 
 Everything that is not plain training is a hook (per batch) or a callback (per epoch) with an explicit
 schedule: masks are re-applied after each optimizer step, activation scores and interventions act before
