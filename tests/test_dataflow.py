@@ -702,8 +702,8 @@ def test_a_layer_whose_units_compete_in_a_softmax_or_are_the_logits_is_refused(t
     allowed = "allowed: a layer whose units a later layer reads"
     assert refused(tmp_path, Tied, "head") == (
         "unit 'head': the output of 'head' is the model's output (its units are the class logits), where a pruned "
-        f"unit's 0 would still take part (a share of a softmax, a place in a max or sort; a removed one would not); "
-        f"{allowed}")
+        f"unit's 0 would still count (a share of a softmax, a place in a max or sort, a term of a mean; a removed one "
+        f"would not); {allowed}")
     assert refused(tmp_path, AttentionOverUnits, "gate").startswith(
         "unit 'gate': the output of 'gate' goes into a softmax over its units, where a pruned unit's 0")
     summary = api.run(config("body", "head"), tmp_path / "skip", model=SkipIntoLogits, data=data())
@@ -728,16 +728,20 @@ class Ranked(nn.Module):
     (lambda h: h.sort(1).values, 8, "sort"),
     (lambda h: h.topk(2, dim=1).values.repeat(1, 4), 8, "topk"),
     (lambda h: h.amin((0, 1), keepdim=True) * h, 8, "amin"),
+    (lambda h: h * h.mean(1, keepdim=True), 8, "mean"),  # CBAM's channel mean: a removed unit leaves the divisor
+    (lambda h: h * h.var(True), 8, "var"),  # the old positional unbiased: every dimension
+    (lambda h: h * h.prod(dim=1, keepdim=True), 8, "prod"),
 ])
-def test_a_layer_whose_units_are_ranked_is_refused(tmp_path, how, width, op):
-    """A max, min, sort or top-k over a layer's units lets a pruned unit's 0 take part, which removing it would not
+def test_a_layer_whose_units_are_ranked_or_averaged_is_refused(tmp_path, how, width, op):
+    """A max, sort, mean or product over a layer's units counts a pruned unit's 0, which removing it would not
     (an audit, 2026-12-07: maxout and a channel max were accepted, masked and removed models disagreed)."""
     assert refused(tmp_path, lambda: Ranked(how, width), "f1").startswith(
-        f"unit 'f1': the output of 'f1' goes into a {op} over its units, where a pruned unit's 0 would still take part")
+        f"unit 'f1': the output of 'f1' goes into a {op} over its units, where a pruned unit's 0 would still count")
 
 
 def test_a_max_over_other_dimensions_or_elementwise_is_accepted(tmp_path):
-    """A max over points (PointNet) or two tensors' element-wise max does not rank a layer's units."""
+    """A max over points (PointNet), a mean over them or two tensors' element-wise max does not reduce a layer's
+    units; a sum or a norm over them would count a 0 as removing it does."""
     class PointMax(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -745,7 +749,8 @@ def test_a_max_over_other_dimensions_or_elementwise_is_accepted(tmp_path):
 
         def forward(self, x):  # (N, 1, 8, 8) as 8 points of 8 features
             h = F.relu(self.f1(x.flatten(1, 2)))
-            return self.head(torch.maximum(h, torch.zeros_like(h)).amax(1) + torch.max(h, h).mean(1))
+            both = torch.maximum(h, torch.zeros_like(h)).amax(1) + torch.max(h, h).mean(1)
+            return self.head(both * h.sum(2).norm(dim=1, keepdim=True) / h.norm(dim=2).sum(1, keepdim=True))
 
     summary = api.run(config("f1"), tmp_path / "run", model=PointMax, data=data())
     assert summary["status"] == "finished" and summary["n_events"] == 2

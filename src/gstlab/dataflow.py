@@ -17,9 +17,9 @@ functional normalization that does not keep zero at zero (``F.group_norm``, ``F.
 a shift or running statistics) are recorded as ``shifted`` where they reach the next mixing op (the layer's own
 affine BatchNorm on the way zeroes a pruned unit whatever came before), and so is a depthwise convolution after the
 layer followed by a bias, a normalization or a shift: masking cannot zero them. A layer whose units, alone, are
-the model's output (the classifier) or go into a softmax, a max, a sort or a quantile over them is recorded as
-``competing``: a pruned unit's 0 would still take a share of the softmax or a place in the ranking, which a
-removed unit would not.
+the model's output (the classifier) or go into a softmax, a max, a sort, a mean or a product over them is
+recorded as ``competing``: a pruned unit's 0 would still count there (a share of the softmax, a place in the
+ranking, a term of the mean), where a removed unit would not.
 """
 
 from __future__ import annotations
@@ -51,12 +51,16 @@ _MIXING = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_tra
                      "scaled_dot_product_attention", "lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell",
                      "rnn_tanh_cell", "rnn_relu_cell"})  # (ops not listed here, that keep a layer's units where they
 # were, are taken to act per element: docs/decisions.md, "Custom models")
-# reductions that rank or compare a tensor's entries along a dimension: (position of the dim argument, its default;
-# None for all dimensions). A pruned unit's 0 takes part in them, where a removed unit would not
-_RANKING = {"max": (1, None), "min": (1, None), "amax": (1, None), "amin": (1, None), "argmax": (1, None),
-            "argmin": (1, None), "logsumexp": (1, None), "median": (1, None), "nanmedian": (1, None),
-            "topk": (2, -1), "kthvalue": (2, -1), "sort": (1, -1), "argsort": (1, -1), "msort": (None, 0),
-            "cummax": (1, None), "cummin": (1, None), "quantile": (2, None), "nanquantile": (2, None)}
+# reductions over a dimension in which a pruned unit's 0 counts where a removed unit would not (it can be a max,
+# a min, a rank; it is a term of a mean, a factor of a product): (position of the dim argument, its default; None
+# for all dimensions). A sum or a norm is not here: a 0 adds nothing to them
+_OVER_UNITS = {"max": (1, None), "min": (1, None), "amax": (1, None), "amin": (1, None), "argmax": (1, None),
+               "argmin": (1, None), "logsumexp": (1, None), "median": (1, None), "nanmedian": (1, None),
+               "mode": (1, -1), "topk": (2, -1), "kthvalue": (2, -1), "sort": (1, -1), "argsort": (1, -1),
+               "msort": (None, 0), "cummax": (1, None), "cummin": (1, None), "cumprod": (1, None),
+               "quantile": (2, None), "nanquantile": (2, None), "mean": (1, None), "nanmean": (1, None),
+               "var": (1, None), "std": (1, None), "var_mean": (1, None), "std_mean": (1, None),
+               "prod": (1, None), "all": (1, None)}
 # functional normalizations; outside a normalization module they shift a dead unit (see _keeps_zero_functional)
 _NORM_FUNCTIONS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm"})
 _SHIFTS = frozenset({"add", "sub", "subtract", "__add__", "__radd__", "__sub__", "__rsub__", "__iadd__", "__isub__",
@@ -139,6 +143,8 @@ class _Lineage(TorchFunctionMode):
         outs = [t for t in pytree.tree_leaves(out) if torch.is_tensor(t) and t.dim() >= 1]
         values = args[:1] if name in _SHAPE_ONLY else (args, {k: v for k, v in kwargs.items() if k != "out"})
         ins = [t for t in pytree.tree_leaves(values) if torch.is_tensor(t)]
+        if name in _OVER_UNITS:  # before the scalar outputs leave: x.mean() reduces the units too
+            self._over_units(name, args, kwargs)
         if not outs or name in _CREATES:
             return out
         self.consumed.update(id(t) for t in ins)
@@ -150,8 +156,6 @@ class _Lineage(TorchFunctionMode):
                 self.mark(t, {f"<{name}, which mixes channels>": units_at(t.shape, _mixed_dim(name, t.dim()))}, {},
                           pending)
             return out
-        if name in _RANKING:
-            self._rank(name, args, kwargs)
         new_shifts = self._new_shifts(name, args, kwargs, ins)
         for o in outs:
             self._label(o, name, args, kwargs, ins, new_shifts)
@@ -252,12 +256,14 @@ class _Lineage(TorchFunctionMode):
                 self.record({s: frozenset({what}) for s in self._alone(ins)})
             self.record(self._pending_met(ins, what))
 
-    def _rank(self, name: str, args: Sequence, kwargs: dict) -> None:
-        """A max, min, sort or quantile over a layer's units: a pruned unit's 0 takes part (the maximum of
-        negative values, the minimum of positive ones), which a removed unit would not."""
+    def _over_units(self, name: str, args: Sequence, kwargs: dict) -> None:
+        """A max, sort, mean or product over a layer's units: a pruned unit's 0 counts (the maximum of negative
+        values, a term of the mean), where a removed unit would not."""
         x = argument(args, kwargs, 0, "input")
-        at, default = _RANKING[name]
+        at, default = _OVER_UNITS[name]
         dims = default if at is None else argument(args, kwargs, at, "dim", default=default)
+        if isinstance(dims, bool):  # x.var(True): the old positional ``unbiased``, not a dimension
+            dims = default
         if not torch.is_tensor(x) or x.dim() < 1 or isinstance(dims, torch.Tensor):  # max(a, b): element-wise
             return
         every = dims is None or dims == () or dims == []
@@ -527,9 +533,9 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
                                 f"non-zero output; allowed: a shift inside the unit's BatchNorm, or none")
         if unit.module in flow.competing:
             raise C.ConfigError(f"unit {unit.name!r}: the output of {unit.module!r} {flow.competing[unit.module]}, "
-                                f"where a pruned unit's 0 would still take part (a share of a softmax, a "
-                                f"place in a max or sort; a removed one would not); allowed: a layer whose units a "
-                                f"later layer reads")
+                                f"where a pruned unit's 0 would still count (a share of a softmax, a "
+                                f"place in a max or sort, a term of a mean; a removed one would not); allowed: a "
+                                f"layer whose units a later layer reads")
         _check_pairing(model, unit, fed_by, modules)
         _refuse_shared_batchnorm(unit, flow)
 
