@@ -859,3 +859,38 @@ def test_units_given_as_a_generator_are_used_whole(tmp_path):
     assert refused(tmp_path / "empty", TwoConvs, "conv1", units=[]) == (
         "pruning.layers[0].name: unknown layer 'conv1'; the model declares no prunable units (e.g. units=[] given "
         "to gstlab.api.run), so allowed: no pruning.layers")
+
+
+class SpareBatchNorm(Head):
+    """conv1 with a BatchNorm that ``use`` says when to apply: never, in training only, or through F.batch_norm."""
+
+    def __init__(self, use: str) -> None:
+        super().__init__()
+        self.use, self.conv1, self.bn1, self.head = use, nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), \
+            nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        if self.use == "functional":
+            h = F.batch_norm(h, self.bn1.running_mean, self.bn1.running_var, self.bn1.weight, self.bn1.bias,
+                             self.training)
+        elif self.use == "training" and self.training:
+            h = self.bn1(h)
+        return self.head_of(h)
+
+
+def test_a_batchnorm_that_never_runs_is_not_a_units(tmp_path):
+    """It was paired by declaration order: E[BN] then scored every unit by the untrained BatchNorm's constant and
+    pruned them in index order (an audit, 2026-12-07). One that runs in training only, or whose parameters are
+    used through F.batch_norm, is the unit's."""
+    assert refused(tmp_path, lambda: SpareBatchNorm("never"), "conv1", criterion="ebn") == (
+        "unit 'conv1': BatchNorm 'bn1', paired with it, never runs (in eval or train mode) and no op reads its "
+        "parameters, so it is not the unit's (its scores, e.g. E[BN], would be an untrained BatchNorm's); declare "
+        "PrunableUnit('conv1', 'conv1', bn=None)")
+    summary = api.run(config("conv1"), tmp_path / "none", model=lambda: SpareBatchNorm("never"), data=data(),
+                      units=[PrunableUnit("conv1", "conv1")])
+    assert summary["status"] == "finished"
+    for use in ("training", "functional"):
+        summary = api.run(config("conv1", criterion="ebn"), tmp_path / use, model=lambda u=use: SpareBatchNorm(u),
+                          data=data())
+        assert summary["status"] == "finished" and summary["n_events"] == 2

@@ -91,6 +91,9 @@ class Flow:
     # they are moved or merged}: where an activation score sums (a BatchNorm1d after a PointNet's transpose, or a
     # ReLU after it, holds them on 1)
     unit_dims: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    # the modules that ran (eval or train mode) or whose parameters or buffers an op read (F.batch_norm with a
+    # module's own); None when the train-mode pass failed, so that what runs only in training is not known
+    used: set[str] | None = field(default_factory=set)
 
     @property
     def fed_by(self) -> dict[str, str]:
@@ -116,6 +119,7 @@ class _Lineage(TorchFunctionMode):
         self.consumed: set[int] = set()  # tensors an op has read (the others' shifts are recorded at the end)
         self.held: list[torch.Tensor] = []
         self.in_norm = 0  # depth of normalization modules running (their own F.batch_norm is not a shift)
+        self.owners: dict[int, str] = {}  # a parameter's or buffer's id -> its module (Flow.used)
 
     def of(self, tensor: torch.Tensor) -> dict[str, Layout]:
         return self.sources.get(id(tensor), {})
@@ -143,6 +147,8 @@ class _Lineage(TorchFunctionMode):
         outs = [t for t in pytree.tree_leaves(out) if torch.is_tensor(t) and t.dim() >= 1]
         values = args[:1] if name in _SHAPE_ONLY else (args, {k: v for k, v in kwargs.items() if k != "out"})
         ins = [t for t in pytree.tree_leaves(values) if torch.is_tensor(t)]
+        if self.flow.used is not None:
+            self.flow.used.update(self.owners[id(t)] for t in ins if id(t) in self.owners)
         if name in _OVER_UNITS:  # before the scalar outputs leave: x.mean() reduces the units too
             self._over_units(name, args, kwargs)
         if not outs or name in _CREATES:
@@ -406,6 +412,8 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
     was_training = model.training
     masked_affine = {id(m.weight) for m in model.modules() if isinstance(m, BATCHNORM) and m.affine}
     lineage = _Lineage(flow, {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}, masked_affine)
+    lineage.owners = {id(t): name for name, m in model.named_modules()
+                      for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))}
     hookable = [(n, m) for n, m in model.named_modules() if not isinstance(m, torch.jit.ScriptModule)]  # no hooks
     hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name), with_kwargs=True)
              for name, m in hookable]
@@ -428,24 +436,31 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
         raise C.ConfigError(f"model: {len(x)} inputs give {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
     lineage.compete(out, 1, "is the model's output (its units are the class logits)")
-    _check_train_output(model, x, classes)
+    in_training = _check_train_output(model, x, classes)
+    flow.used = None if in_training is None else flow.used | set(flow.calls) | in_training
     return flow
 
 
-def _check_train_output(model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
+def _check_train_output(model: torch.nn.Module, x: torch.Tensor, classes: int) -> set[str] | None:
     """ConfigError unless ``model`` gives (batch, classes) logits in train mode too (an auxiliary head's tuple
     would otherwise fail deep in the loss, with the run directory made). Its state (BatchNorm statistics) and the
     random streams (dropout) are restored, so the run is as without the check; an error of the pass itself is
-    left to training to report (the eval pass showed the model takes the inputs)."""
+    left to training to report (the eval pass showed the model takes the inputs). Returns the modules that ran,
+    None when the pass failed."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     was_training = model.training
+    ran: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda *_, name=name: ran.add(name)) for name, m in model.named_modules()
+             if not isinstance(m, torch.jit.ScriptModule)]
     model.train()
     try:
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             out = model(x)
     except Exception:  # noqa: BLE001
-        return
+        return None
     finally:
+        for hook in hooks:
+            hook.remove()
         model.load_state_dict(state)
         model.train(was_training)
     if not torch.is_tensor(out) or tuple(out.shape) != (len(x), classes):
@@ -453,6 +468,7 @@ def _check_train_output(model: torch.nn.Module, x: torch.Tensor, classes: int) -
         raise C.ConfigError(f"model: in train mode {len(x)} inputs give {got} (in eval mode, logits); the loss "
                             f"needs (batch, {classes}) logits in both modes; allowed: a forward that returns the "
                             f"logits in train mode too (no auxiliary outputs)")
+    return ran
 
 
 def _check_dtype(model: torch.nn.Module) -> None:
@@ -536,6 +552,11 @@ def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
                                 f"where a pruned unit's 0 would still count (a share of a softmax, a "
                                 f"place in a max or sort, a term of a mean; a removed one would not); allowed: a "
                                 f"layer whose units a later layer reads")
+        if unit.bn is not None and flow.used is not None and unit.bn not in flow.used:
+            raise C.ConfigError(f"unit {unit.name!r}: BatchNorm {unit.bn!r}, paired with it, never runs (in eval or "
+                                f"train mode) and no op reads its parameters, so it is not the unit's (its scores, "
+                                f"e.g. E[BN], would be an untrained BatchNorm's); declare PrunableUnit("
+                                f"{unit.name!r}, {unit.module!r}, bn=None)")
         _check_pairing(model, unit, fed_by, modules)
         _refuse_shared_batchnorm(unit, flow)
 
