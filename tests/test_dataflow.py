@@ -894,3 +894,26 @@ def test_a_batchnorm_that_never_runs_is_not_a_units(tmp_path):
         summary = api.run(config("conv1", criterion="ebn"), tmp_path / use, model=lambda u=use: SpareBatchNorm(u),
                           data=data())
         assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+class TokenRMSNorm(nn.Module):
+    """A Linear on (N, P, D) into an RMSNorm over its features, as a Llama MLP's input: the norm's statistic
+    counts a pruned unit's 0, which a removed unit would not (``functional``: F.rms_norm)."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional, self.f1, self.norm, self.head = functional, nn.Linear(8, 8), nn.RMSNorm(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.f1(x.flatten(1, 2))
+        h = F.rms_norm(h, (8,), self.norm.weight) if self.functional else self.norm(h)
+        return self.head(h.mean(1))
+
+
+def test_a_layer_into_an_rmsnorm_is_refused_as_into_a_layernorm(tmp_path):
+    """RMSNorm was not a known op: it was taken to act per element, and accepted (found 2026-12-07)."""
+    assert refused(tmp_path, lambda: TokenRMSNorm(False), "f1") == (
+        "unit 'f1': the output of 'f1' goes into RMSNorm 'norm', which would give a pruned unit a non-zero output (a "
+        "shift, or statistics over other units); allowed after a pruned layer: BatchNorm, InstanceNorm without affine "
+        "or running statistics, or none")
+    assert "F.rms_norm, whose statistics" in refused(tmp_path, lambda: TokenRMSNorm(True), "f1")

@@ -42,12 +42,14 @@ from gstlab.models import units_from_names
 from gstlab.parts import PRUNABLE
 
 BATCHNORM = torch.nn.modules.batchnorm._BatchNorm
-_NORMS = (BATCHNORM, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.modules.instancenorm._InstanceNorm)
+# normalize their last dimensions (normalized_shape); RMSNorm since torch 2.4 (the floor is 2.1)
+_LAST_DIMS_NORMS = (torch.nn.LayerNorm, *((torch.nn.RMSNorm,) if hasattr(torch.nn, "RMSNorm") else ()))
+_NORMS = (BATCHNORM, torch.nn.GroupNorm, *_LAST_DIMS_NORMS, torch.nn.modules.instancenorm._InstanceNorm)
 # ops whose output channels mix their input's: a layer's lineage ends there (its units no longer map 1:1)
 _MIXING = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                      "convolution", "_convolution", "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm",
                      "bmm", "mv", "addmm", "addmv", "addbmm", "baddbmm", "einsum", "tensordot", "group_norm",
-                     "layer_norm", "softmax", "log_softmax", "normalize", "multi_head_attention_forward",
+                     "layer_norm", "rms_norm", "softmax", "log_softmax", "normalize", "multi_head_attention_forward",
                      "scaled_dot_product_attention", "lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell",
                      "rnn_tanh_cell", "rnn_relu_cell"})  # (ops not listed here, that keep a layer's units where they
 # were, are taken to act per element: docs/decisions.md, "Custom models")
@@ -62,7 +64,7 @@ _OVER_UNITS = {"max": (1, None), "min": (1, None), "amax": (1, None), "amin": (1
                "var": (1, None), "std": (1, None), "var_mean": (1, None), "std_mean": (1, None),
                "prod": (1, None), "all": (1, None)}
 # functional normalizations; outside a normalization module they shift a dead unit (see _keeps_zero_functional)
-_NORM_FUNCTIONS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm"})
+_NORM_FUNCTIONS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"})
 _SHIFTS = frozenset({"add", "sub", "subtract", "__add__", "__radd__", "__sub__", "__rsub__", "__iadd__", "__isub__",
                      "rsub", "addcmul", "addcdiv", "lerp"})  # ops adding a tensor: with a learned one, a dead unit
 # is shifted (in-place variants by their name without the trailing _)
@@ -510,9 +512,9 @@ def _record(flow: Flow, lineage: _Lineage, name: str, module: torch.nn.Module, a
 
 
 def _channel_dim(norm: torch.nn.Module, ndim: int) -> int:
-    """The dimension a normalization takes for its channels: 1, or a LayerNorm's first normalized one (the
-    features of a transformer's (N, T, D))."""
-    return ndim - len(norm.normalized_shape) if isinstance(norm, torch.nn.LayerNorm) else 1
+    """The dimension a normalization takes for its channels: 1, or a LayerNorm's or RMSNorm's first normalized
+    one (the features of a transformer's (N, T, D))."""
+    return ndim - len(norm.normalized_shape) if isinstance(norm, _LAST_DIMS_NORMS) else 1
 
 
 def check_units(model: torch.nn.Module, units, flow: Flow) -> None:
