@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from torch.utils import _pytree as pytree
 
 from gstlab import config as C
 from gstlab.errors import one_line
-from gstlab.layouts import Layout, argument, carry, index_map, plain, unit_dim, units_at
+from gstlab.layouts import Layout, argument, carry, index_map, plain, unit_dim, unit_span, units_at
 from gstlab.models import units_from_names
 from gstlab.parts import PRUNABLE
 
@@ -282,7 +281,7 @@ class _Lineage(TorchFunctionMode):
             return
         alone = self._alone([x])
         for source, layout in self.of(x).items():
-            span = _units_span(tuple(x.shape), layout)
+            span = unit_span(tuple(x.shape), layout)
             if source in alone and span and any(d in reduced and x.shape[d] > 1 for d in span):
                 self.flow.competing.setdefault(source, f"goes into a {name} over its units")
 
@@ -337,21 +336,6 @@ class _Lineage(TorchFunctionMode):
         for tensor_id, shifts in self.shifts.items():
             if tensor_id not in self.consumed:
                 self.record(shifts)
-
-
-def _units_span(shape: tuple[int, ...], layout: Layout) -> range | None:
-    """The dimensions of ``shape`` that hold the units of ``layout``: one, or several where a view split them
-    (a maxout's (N, groups, pieces)); None where they are not found (moved)."""
-    if layout is None:
-        return None
-    before, units = layout
-    start = next((d for d in range(len(shape) + 1) if math.prod(shape[:d]) == before), None)
-    if start is None:
-        return None
-    for end in range(start, len(shape)):
-        if math.prod(shape[start:end + 1]) == units:
-            return range(start, end + 1)
-    return None
 
 
 def _op_name(func) -> str:

@@ -51,6 +51,21 @@ def unit_dim(shape: tuple[int, ...], layout: tuple[int, int]) -> int | None:
     return next((d for d in range(len(shape)) if units_at(shape, d) == layout), None)
 
 
+def unit_span(shape: tuple[int, ...], layout: Layout) -> range | None:
+    """The dimensions of ``shape`` that hold the units of ``layout``: one, or several where a view split them
+    (a maxout's (N, groups, pieces)); None where they are not found (moved)."""
+    if layout is None:
+        return None
+    before, units = layout
+    start = next((d for d in range(len(shape) + 1) if math.prod(shape[:d]) == before), None)
+    if start is None:
+        return None
+    for end in range(start, len(shape)):
+        if math.prod(shape[start:end + 1]) == units:
+            return range(start, end + 1)
+    return None
+
+
 def carry(name: str, args: Sequence, kwargs: dict, t: torch.Tensor, o: torch.Tensor, layout: Layout) -> Layout:
     """The layout, in op ``name``'s output ``o``, of the units that have ``layout`` in its input ``t``."""
     if layout is None:
