@@ -72,18 +72,18 @@ class TensorBoardSink:
     def epoch(self, metrics: dict, events: Sequence[dict]) -> None:
         step = int(metrics["epoch"])
         for column, value in metrics.items():
-            if column != "epoch" and _number(value) is not None:
-                self.writer.add_scalar(TAGS.get(column, f"metrics/{column}"), _number(value), step)
+            if column != "epoch" and (number := _number(value)) is not None:
+                self.writer.add_scalar(TAGS.get(column, f"metrics/{column}"), number, step)
         for ev in events:
-            if _number(ev.get("instability")) is not None:
-                self.writer.add_scalar(f"instability/{ev['layer']}", _number(ev["instability"]), step)
+            if (number := _number(ev.get("instability"))) is not None:
+                self.writer.add_scalar(f"instability/{ev['layer']}", number, step)
         self.writer.flush()
         self.last_epoch = step
 
     def close(self, summary: dict) -> None:
         for key, value in summary.items():  # NaN (JSON null in summary.json) is left out, as export_run does
-            if _number(value) is not None and not math.isnan(_number(value)):
-                self.writer.add_scalar(f"summary/{key}", _number(value), max(self.last_epoch, 0))
+            if (number := _number(value)) is not None and not math.isnan(number):
+                self.writer.add_scalar(f"summary/{key}", number, max(self.last_epoch, 0))
         self.writer.add_text("summary", "```\n" + json.dumps(summary, indent=1, default=str) + "\n```",
                              max(self.last_epoch, 0))
         self.writer.close()
