@@ -1,6 +1,8 @@
 """A user's model: where masking cannot hold a pruned unit at zero, the run is refused in one line before anything
 is written; where it can, the masked model computes what the physically smaller one does."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from gstlab import api
 from gstlab import config as C
+from gstlab.layouts import dims_holding, units_at
 from gstlab.models import PrunableUnit
 
 
@@ -753,6 +756,63 @@ def test_a_max_over_other_dimensions_or_elementwise_is_accepted(tmp_path):
             return self.head(both * h.sum(2).norm(dim=1, keepdim=True) / h.norm(dim=2).sum(1, keepdim=True))
 
     summary = api.run(config("f1"), tmp_path / "run", model=PointMax, data=data())
+    assert summary["status"] == "finished" and summary["n_events"] == 2
+
+
+class Merged(nn.Module):
+    """A conv's channels merged with its positions by a flatten (N, C·H·W) before ``how`` takes them."""
+
+    def __init__(self, how, width: int = 36) -> None:
+        super().__init__()
+        self.how, self.conv, self.head = how, nn.Conv2d(1, 4, 3, stride=2), nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.head(self.how(F.relu(self.conv(x))))
+
+
+@pytest.mark.parametrize(("how", "op"), [
+    (lambda h: h.flatten(1) * h.flatten(1).mean(1, keepdim=True), "mean"),  # divides by C·H·W, pruned or not
+    (lambda h: F.softmax(h.flatten(1), 1), "softmax"),  # a pruned channel's 0s keep their shares
+    (lambda h: h.flatten(0, 1).amax(0, keepdim=True).expand(len(h) * 4, -1, -1).reshape(len(h), -1), "amax"),
+])
+def test_units_merged_with_other_dimensions_by_a_flatten_are_still_followed_into_a_reduction(tmp_path, how, op):
+    """Until 2026-12-07 a mean or softmax over a flatten of (N, C, H, W) was accepted: the units were looked for
+    as a dimension of their own, and a merged one was taken for none of theirs."""
+    assert refused(tmp_path, lambda: Merged(how), "conv").startswith(
+        f"unit 'conv': the output of 'conv' goes into a {op} over its units, where a pruned unit's 0 would still count")
+
+
+def varying_dims(shape: tuple[int, ...], original: tuple[int, ...], dim: int) -> set[int]:
+    """Brute force: the dimensions of ``shape`` (a view of ``original``) along which the index on ``original``'s
+    dimension ``dim`` changes."""
+    unit = torch.arange(math.prod(original)).reshape(original).div(math.prod(original[dim + 1:]),
+                                                                   rounding_mode="floor") % original[dim]
+    unit = unit.reshape(shape)
+    return {d for d in range(len(shape)) if (unit != unit.narrow(d, 0, 1)).any()}
+
+
+@pytest.mark.parametrize(("original", "dim", "shape"), [
+    ((2, 4, 3, 3), 1, (2, 36)), ((2, 4, 3, 3), 1, (8, 3, 3)), ((2, 4, 3, 3), 1, (2, 4, 9)),
+    ((2, 8), 1, (2, 4, 2)), ((2, 8), 1, (2, 2, 2, 2)), ((2, 8, 8), 2, (2, 64)), ((2, 8, 8), 2, (16, 8)),
+    ((3, 6, 4), 1, (3, 2, 12)), ((3, 6, 4), 1, (72,)), ((2, 4, 3, 3), 1, (2, 4, 3, 3)),
+])
+def test_dims_holding_finds_a_layers_units_split_or_merged_by_a_view(original, dim, shape):
+    """Against brute force: the dimensions along which the unit index changes."""
+    layout = units_at(original, dim)
+    assert dims_holding(shape, layout) == varying_dims(shape, original, dim)
+
+
+def test_dims_holding_counts_an_unaligned_view_as_holding_the_units():
+    """A view that cuts the units' digits unaligned ((6 units, 4 after) as (…, 8, 3)) is conservatively holding them
+    wherever brute force says so, and possibly more."""
+    for shape in [(3, 8, 3), (9, 8), (3, 3, 8), (4, 18)]:
+        assert varying_dims(shape, (3, 6, 4), 1) <= dims_holding(shape, units_at((3, 6, 4), 1))
+
+
+def test_a_reduction_over_positions_only_is_accepted_after_a_flatten(tmp_path):
+    """Global average pooling by a flatten of the positions (N, C, H·W).mean(2) does not reduce the channels."""
+    summary = api.run(config("conv"), tmp_path / "run", model=lambda: Merged(lambda h: h.flatten(2).mean(2), 4),
+                      data=data())
     assert summary["status"] == "finished" and summary["n_events"] == 2
 
 

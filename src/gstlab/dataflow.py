@@ -36,7 +36,7 @@ from torch.utils import _pytree as pytree
 
 from gstlab import config as C
 from gstlab.errors import one_line
-from gstlab.layouts import Layout, argument, carry, index_map, plain, unit_dim, unit_span, units_at
+from gstlab.layouts import Layout, argument, carry, dims_holding, index_map, plain, unit_dim, units_at
 from gstlab.models import units_from_names
 from gstlab.parts import PRUNABLE
 
@@ -255,8 +255,8 @@ class _Lineage(TorchFunctionMode):
             self.record(self.shifts_of(t))
         if name in ("softmax", "log_softmax"):
             x, dim = argument(args, kwargs, 0, "input"), argument(args, kwargs, 1, "dim")
-            if torch.is_tensor(x) and isinstance(dim, int):
-                self.compete(x, dim, f"goes into a {name} over its units")
+            if torch.is_tensor(x) and x.dim() and isinstance(dim, int):
+                self.compete(x, {dim % x.dim()}, f"goes into a {name} over its units")
         if name in _NORM_FUNCTIONS:  # group_norm, layer_norm: statistics over the units
             what = f"F.{name}, whose statistics and shift masking does not zero"
             if not self.in_norm:
@@ -279,20 +279,15 @@ class _Lineage(TorchFunctionMode):
                 dims if isinstance(dims, (list, tuple)) else [dims])}
         except TypeError:
             return
+        self.compete(x, reduced, f"goes into a {name} over its units")
+
+    def compete(self, x: torch.Tensor, dims: set[int], where: str) -> None:
+        """Record the layers alone in ``x`` with units on any of dimensions ``dims`` (``dims_holding``: split by
+        a view or merged by a flatten too) as competing ``where`` (a layer summed with another's output on the same
+        units lives on in the sum, as a residual's channel)."""
         alone = self._alone([x])
         for source, layout in self.of(x).items():
-            span = unit_span(tuple(x.shape), layout)
-            if source in alone and span and any(d in reduced and x.shape[d] > 1 for d in span):
-                self.flow.competing.setdefault(source, f"goes into a {name} over its units")
-
-    def compete(self, x: torch.Tensor, dim: int, where: str) -> None:
-        """Record the layers alone in ``x`` with their units on dimension ``dim`` as competing ``where`` (a
-        layer summed with another's output on the same units lives on in the sum, as a residual's channel)."""
-        if x.dim() < 1:
-            return
-        on_dim, alone = units_at(x.shape, dim % x.dim()), self._alone([x])
-        for source, layout in self.of(x).items():
-            if source in alone and layout == on_dim:
+            if source in alone and dims & dims_holding(tuple(x.shape), layout):
                 self.flow.competing.setdefault(source, where)
 
     def _after_depthwise(self, name: str, args: Sequence, kwargs: dict, ins: list) -> dict[str, frozenset[str]]:
@@ -421,7 +416,7 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
         got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise C.ConfigError(f"model: {len(x)} inputs give {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
-    lineage.compete(out, 1, "is the model's output (its units are the class logits)")
+    lineage.compete(out, {1}, "is the model's output (its units are the class logits)")
     in_training = _check_train_output(model, x, classes)
     flow.used = None if in_training is None else flow.used | set(flow.calls) | in_training
     return flow

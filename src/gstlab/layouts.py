@@ -51,19 +51,23 @@ def unit_dim(shape: tuple[int, ...], layout: tuple[int, int]) -> int | None:
     return next((d for d in range(len(shape)) if units_at(shape, d) == layout), None)
 
 
-def unit_span(shape: tuple[int, ...], layout: Layout) -> range | None:
-    """The dimensions of ``shape`` that hold the units of ``layout``: one, or several where a view split them
-    (a maxout's (N, groups, pieces)); None where they are not found (moved)."""
-    if layout is None:
-        return None
-    before, units = layout
-    start = next((d for d in range(len(shape) + 1) if math.prod(shape[:d]) == before), None)
-    if start is None:
-        return None
-    for end in range(start, len(shape)):
-        if math.prod(shape[start:end + 1]) == units:
-            return range(start, end + 1)
-    return None
+def dims_holding(shape: tuple[int, ...], layout: Layout) -> frozenset[int]:
+    """The dimensions of ``shape`` (of size above 1) along which the unit of ``layout`` changes: its own; several
+    where a view split the units (a maxout's (N, groups, pieces)); one shared with others where a flatten merged
+    them (N, C·H·W). A dimension is apart from the units when its row-major digits lie wholly below theirs or
+    wholly above, aligned; one that cuts across their digits unaligned counts as holding them (conservative)."""
+    if layout is None or layout[1] < 2:
+        return frozenset()
+    block, numel = math.prod(layout), math.prod(shape)
+    if not block or numel % block:
+        return frozenset()
+    start = numel // block  # the stride of the unit dimension where the layout was made
+    end = start * layout[1]
+
+    def apart(stride: int, size: int) -> bool:
+        return (stride * size <= start and start % (stride * size) == 0) or (stride >= end and stride % end == 0)
+
+    return frozenset(d for d in range(len(shape)) if shape[d] > 1 and not apart(math.prod(shape[d + 1:]), shape[d]))
 
 
 def carry(name: str, args: Sequence, kwargs: dict, t: torch.Tensor, o: torch.Tensor, layout: Layout) -> Layout:
