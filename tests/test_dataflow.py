@@ -922,7 +922,8 @@ def test_units_given_as_a_generator_are_used_whole(tmp_path):
 
 
 class SpareBatchNorm(Head):
-    """conv1 with a BatchNorm that ``use`` says when to apply: never, in training only, or through F.batch_norm."""
+    """conv1 with a BatchNorm that ``use`` says when to apply: never, in training only, or through F.batch_norm
+    (always, or in training only)."""
 
     def __init__(self, use: str) -> None:
         super().__init__()
@@ -931,7 +932,7 @@ class SpareBatchNorm(Head):
 
     def forward(self, x):
         h = self.conv1(x)
-        if self.use == "functional":
+        if self.use == "functional" or self.use == "functional in training" and self.training:
             h = F.batch_norm(h, self.bn1.running_mean, self.bn1.running_var, self.bn1.weight, self.bn1.bias,
                              self.training)
         elif self.use == "training" and self.training:
@@ -942,7 +943,7 @@ class SpareBatchNorm(Head):
 def test_a_batchnorm_that_never_runs_is_not_a_units(tmp_path):
     """It was paired by declaration order: E[BN] then scored every unit by the untrained BatchNorm's constant and
     pruned them in index order (an audit, 2026-12-07). One that runs in training only, or whose parameters are
-    used through F.batch_norm, is the unit's."""
+    used through F.batch_norm, is the unit's (through F.batch_norm in training only: refused until 2026-12-07)."""
     assert refused(tmp_path, lambda: SpareBatchNorm("never"), "conv1", criterion="ebn") == (
         "unit 'conv1': BatchNorm 'bn1', paired with it, never runs (in eval or train mode) and no op reads its "
         "parameters, so it is not the unit's (its scores, e.g. E[BN], would be an untrained BatchNorm's); declare "
@@ -950,7 +951,7 @@ def test_a_batchnorm_that_never_runs_is_not_a_units(tmp_path):
     summary = api.run(config("conv1"), tmp_path / "none", model=lambda: SpareBatchNorm("never"), data=data(),
                       units=[PrunableUnit("conv1", "conv1")])
     assert summary["status"] == "finished"
-    for use in ("training", "functional"):
+    for use in ("training", "functional", "functional in training"):
         summary = api.run(config("conv1", criterion="ebn"), tmp_path / use, model=lambda u=use: SpareBatchNorm(u),
                           data=data())
         assert summary["status"] == "finished" and summary["n_events"] == 2

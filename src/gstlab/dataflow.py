@@ -417,25 +417,41 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
         raise C.ConfigError(f"model: {len(x)} inputs give {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
     lineage.compete(out, {1}, "is the model's output (its units are the class logits)")
-    in_training = _check_train_output(model, x, classes)
+    in_training = _check_train_output(model, x, classes, lineage.owners)
     flow.used = None if in_training is None else flow.used | set(flow.calls) | in_training
     return flow
 
 
-def _check_train_output(model: torch.nn.Module, x: torch.Tensor, classes: int) -> set[str] | None:
+class _Reads(TorchFunctionMode):
+    """Records the modules whose parameters or buffers an op reads (``owners``: a tensor's id -> its module)."""
+
+    def __init__(self, owners: dict[int, str]) -> None:
+        super().__init__()
+        self.owners, self.used = owners, set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.used.update(self.owners[id(t)] for t in pytree.tree_leaves((args, kwargs))
+                         if torch.is_tensor(t) and id(t) in self.owners)
+        return func(*args, **kwargs)
+
+
+def _check_train_output(model: torch.nn.Module, x: torch.Tensor, classes: int,
+                        owners: dict[int, str]) -> set[str] | None:
     """ConfigError unless ``model`` gives (batch, classes) logits in train mode too (an auxiliary head's tuple
     would otherwise fail deep in the loss, with the run directory made). Its state (BatchNorm statistics) and the
     random streams (dropout) are restored, so the run is as without the check; an error of the pass itself is
-    left to training to report (the eval pass showed the model takes the inputs). Returns the modules that ran,
-    None when the pass failed."""
+    left to training to report (the eval pass showed the model takes the inputs). Returns the modules that ran or
+    whose parameters or buffers an op read (``owners``), None when the pass failed."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     was_training = model.training
     ran: set[str] = set()
     hooks = [m.register_forward_pre_hook(lambda *_, name=name: ran.add(name)) for name, m in model.named_modules()
              if not isinstance(m, torch.jit.ScriptModule)]
+    reads = _Reads(owners)
     model.train()
     try:
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), reads:
             out = model(x)
     except Exception:  # noqa: BLE001
         return None
@@ -449,7 +465,7 @@ def _check_train_output(model: torch.nn.Module, x: torch.Tensor, classes: int) -
         raise C.ConfigError(f"model: in train mode {len(x)} inputs give {got} (in eval mode, logits); the loss "
                             f"needs (batch, {classes}) logits in both modes; allowed: a forward that returns the "
                             f"logits in train mode too (no auxiliary outputs)")
-    return ran
+    return ran | reads.used
 
 
 def _check_dtype(model: torch.nn.Module) -> None:
