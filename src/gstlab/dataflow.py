@@ -36,7 +36,7 @@ from torch.utils import _pytree as pytree
 
 from gstlab import config as C
 from gstlab.errors import one_line
-from gstlab.layouts import Layout, argument, carry, dims_holding, index_map, plain, unit_dim, units_at
+from gstlab.layouts import Layout, argument, as_dims, carry, dims_holding, index_map, plain, unit_dim, units_at
 from gstlab.models import units_from_names
 from gstlab.parts import PRUNABLE
 
@@ -275,8 +275,7 @@ class _Lineage(TorchFunctionMode):
             return
         every = dims is None or dims == () or dims == []
         try:
-            reduced = set(range(x.dim())) if every else {operator.index(d) % x.dim() for d in (
-                dims if isinstance(dims, (list, tuple)) else [dims])}
+            reduced = set(range(x.dim())) if every else set(as_dims(dims, x.dim()))
         except TypeError:
             return
         self.compete(x, reduced, f"goes into a {name} over its units")

@@ -46,6 +46,12 @@ def units_at(shape: Sequence[int], dim: int) -> tuple[int, int]:
     return math.prod(shape[:dim]), int(shape[dim])
 
 
+def as_dims(v, ndim: int) -> list[int]:
+    """A dimension argument (an integer, or a list or tuple of them) as dimensions of an ``ndim``-d tensor;
+    TypeError where one is not an integer (numpy and torch integers are)."""
+    return [operator.index(x) % ndim for x in (list(v) if isinstance(v, (list, tuple)) else [v])]
+
+
 def unit_dim(shape: tuple[int, ...], layout: tuple[int, int]) -> int | None:
     """The dimension of ``shape`` holding the units of ``layout``; None when they are merged with another."""
     return next((d for d in range(len(shape)) if units_at(shape, d) == layout), None)
@@ -127,7 +133,10 @@ class _Call:
             raise _Unfollowed from None
 
     def dims(self, v) -> list[int]:
-        return [self.dim(x) for x in (list(v) if isinstance(v, (list, tuple)) else [v])]
+        try:
+            return as_dims(v, self.ndim)
+        except TypeError:
+            raise _Unfollowed from None
 
 
 def _moved_dim(name: str, call: _Call, d: int, shape: tuple[int, ...]):
