@@ -868,8 +868,9 @@ def test_a_model_whose_train_mode_output_is_not_logits_is_refused_before_anythin
 
 
 def test_the_train_mode_check_changes_nothing(tmp_path):
-    """The check runs the model in train mode once: BatchNorm statistics and the dropout stream are restored, so a
-    run's numbers are those of the run without it."""
+    """The check runs the model in eval and in train mode once: BatchNorm statistics, every buffer and the random
+    stream are restored, so a run's numbers are those of the run without it (until 2026-12-07 buffers outside the
+    state dict, and what the eval pass changed, were not)."""
     from gstlab import dataflow
 
     class Dropped(nn.Module):
@@ -877,18 +878,29 @@ def test_the_train_mode_check_changes_nothing(tmp_path):
             super().__init__()
             self.f1, self.bn, self.drop, self.head = nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), \
                 nn.Linear(8, 4)
+            self.register_buffer("calls", torch.zeros(()), persistent=False)  # outside the state dict
+            self.register_buffer("last", torch.zeros(8), persistent=False)
+            self.register_buffer("seen", torch.zeros(()))
 
         def forward(self, x):
-            return self.head(self.drop(F.relu(self.bn(self.f1(x.flatten(1))))))
+            h = self.f1(x.flatten(1))
+            self.seen = self.seen + len(x)  # in eval mode too, replaced
+            if self.training:
+                self.calls += 1  # in place
+                self.last = h.detach().mean(0)  # replaced
+            return self.head(self.drop(F.relu(self.bn(F.dropout(h, 0.1, training=True)))))  # MC dropout: always
 
     torch.manual_seed(0)
     model = Dropped()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    buffers = dict(model.named_buffers())
     x = data()[0][:2]
     rng = torch.get_rng_state()
     dataflow.trace(model, x, 4)
     assert torch.equal(torch.get_rng_state(), rng) and model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.calls is buffers["calls"] and model.calls == 0 and model.seen is buffers["seen"] and model.seen == 0
+    assert model.last is buffers["last"] and not model.last.any()
 
 
 class TwoConvs(Head):

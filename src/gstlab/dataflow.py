@@ -25,6 +25,7 @@ ranking, a term of the mean), where a removed unit would not.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import operator
 from collections.abc import Sequence
@@ -382,14 +383,20 @@ def _keeps_zero_functional(name: str, args: Sequence, kwargs: dict) -> bool:
 @torch.no_grad()
 def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
     """ConfigError unless ``model`` maps the inputs ``x`` (a batch of up to two) to ``classes`` logits each: a
-    model that does not fit its data otherwise fails deep in torch. Eval mode, no gradient: no BatchNorm statistic
-    or random stream changes. Returns the ``Flow`` of the pass. A model with parameters still uninitialized (lazy
-    modules) is not run (an empty Flow): its first forward would draw its initial weights here."""
+    model that does not fit its data otherwise fails deep in torch. Eval mode, no gradient, then one train-mode
+    pass (``_check_train_output``); the model's state and the random streams are then put back (``_kept``), so a
+    run is as without the check. Returns the ``Flow`` of the eval pass. A model with parameters still
+    uninitialized (lazy modules) is not run (an empty Flow): its first forward would draw its initial weights."""
     flow = Flow()
     if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
         return flow
     _check_dtype(model)
-    was_training = model.training
+    with _kept(model, x):
+        return _trace(model, x, classes, flow)
+
+
+def _trace(model: torch.nn.Module, x: torch.Tensor, classes: int, flow: Flow) -> Flow:
+    """``trace``'s two passes, filling ``flow``."""
     masked_affine = {id(m.weight) for m in model.modules() if isinstance(m, BATCHNORM) and m.affine}
     lineage = _Lineage(flow, {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}, masked_affine)
     lineage.owners = {id(t): name for name, m in model.named_modules()
@@ -408,7 +415,6 @@ def trace(model: torch.nn.Module, x: torch.Tensor, classes: int) -> Flow:
         raise C.ConfigError(f"model: its forward pass fails on an input of shape {tuple(x.shape[1:])} "
                             f"({one_line(err)}); the model must take the data's inputs") from None
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     if not torch.is_tensor(out) or tuple(out.shape) != (len(x), classes):
@@ -438,33 +444,55 @@ class _Reads(TorchFunctionMode):
 def _check_train_output(model: torch.nn.Module, x: torch.Tensor, classes: int,
                         owners: dict[int, str]) -> set[str] | None:
     """ConfigError unless ``model`` gives (batch, classes) logits in train mode too (an auxiliary head's tuple
-    would otherwise fail deep in the loss, with the run directory made). Its state (BatchNorm statistics) and the
-    random streams (dropout) are restored, so the run is as without the check; an error of the pass itself is
-    left to training to report (the eval pass showed the model takes the inputs). Returns the modules that ran or
-    whose parameters or buffers an op read (``owners``), None when the pass failed."""
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    was_training = model.training
+    would otherwise fail deep in the loss, with the run directory made); ``trace`` restores what the pass changes.
+    An error of the pass itself is left to training to report (the eval pass showed the model takes the inputs).
+    Returns the modules that ran or whose parameters or buffers an op read (``owners``), None when the pass
+    failed."""
     ran: set[str] = set()
     hooks = [m.register_forward_pre_hook(lambda *_, name=name: ran.add(name)) for name, m in model.named_modules()
              if not isinstance(m, torch.jit.ScriptModule)]
     reads = _Reads(owners)
     model.train()
     try:
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), reads:
+        with reads:
             out = model(x)
     except Exception:  # noqa: BLE001
         return None
     finally:
         for hook in hooks:
             hook.remove()
-        model.load_state_dict(state)
-        model.train(was_training)
     if not torch.is_tensor(out) or tuple(out.shape) != (len(x), classes):
         got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise C.ConfigError(f"model: in train mode {len(x)} inputs give {got} (in eval mode, logits); the loss "
                             f"needs (batch, {classes}) logits in both modes; allowed: a forward that returns the "
                             f"logits in train mode too (no auxiliary outputs)")
     return ran | reads.used
+
+
+@contextlib.contextmanager
+def _kept(model: torch.nn.Module, x: torch.Tensor):
+    """The model's state dict, every buffer (those outside the state dict too: ``persistent=False``), its
+    train/eval mode and the random streams as they were before, whatever the passes inside change (BatchNorm
+    statistics, dropout draws, a counter a forward keeps)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    buffers = {n: (b, b.clone()) for n, b in model.named_buffers(remove_duplicate=False)}
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            yield
+    finally:
+        model.load_state_dict(state)
+        _restore_buffers(model, buffers)
+        model.train(was_training)
+
+
+def _restore_buffers(model: torch.nn.Module, saved: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put back each buffer: the tensor its name held, with the values it had, whether the forward pass changed it
+    in place or replaced it."""
+    with torch.no_grad():
+        for name, (tensor, values) in saved.items():
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, tensor.copy_(values))
 
 
 def _check_dtype(model: torch.nn.Module) -> None:
