@@ -233,6 +233,17 @@ def test_load_model_needs_only_the_model_and_data_a_run_named_registered_now(tmp
     assert api.load_model(tmp_path / "run", model) is model and int((model.fc1.unit_mask == 0).sum()) == 8
 
 
+def test_load_model_puts_back_a_buffer_outside_the_state_dict(tmp_path):
+    """Until 2026-12-07 model_final.pt held the state dict only: the loaded model centred by 0, not the run's
+    running mean, and its accuracy was not the run's."""
+    summary = api.run(SHORT, tmp_path / "run", model=WithUnsavedCentre, data=DATA)
+    model = api.load_model(tmp_path / "run", WithUnsavedCentre).eval()
+    assert model.centre != 0
+    with torch.no_grad():
+        accuracy = 100.0 * (model(DATA[2]).argmax(1) == DATA[3]).float().mean().item()
+    assert accuracy == pytest.approx(summary["final_test_acc"], abs=1e-9)
+
+
 def test_load_model_gives_the_runs_trained_model(tmp_path):
     """The loaded model reaches the run's final test accuracy on its test set; its pruned units are zeros and
     its masks the run's. A model of another shape or class is one line; so is a directory without a saved model."""
@@ -344,9 +355,23 @@ class WithDropout(example.SmallCNN):
         return super().forward(torch.nn.functional.dropout(x, 0.3, self.training))
 
 
-@pytest.mark.parametrize("model", [net, WithDropout], ids=["plain", "dropout"])
+class WithUnsavedCentre(example.SmallCNN):
+    """SmallCNN that centres its input by a running mean kept in a buffer outside the state dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("centre", torch.zeros(()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.centre.mul_(0.5).add_(0.5 * x.mean() + 0.1)
+        return super().forward(x - 10 * self.centre)
+
+
+@pytest.mark.parametrize("model", [net, WithDropout, WithUnsavedCentre], ids=["plain", "dropout", "unsaved buffer"])
 def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch, model):
-    """With dropout, the resumed run must continue the global random stream (it restarted from the seed)."""
+    """With dropout, the resumed run must continue the global random stream (it restarted from the seed); with a
+    buffer outside the state dict, from the buffer's value (until 2026-12-07 it restarted from the initial one)."""
     api.run(SHORT, tmp_path / "whole", model=model, data=DATA)
     real = interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):

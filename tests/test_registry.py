@@ -113,6 +113,42 @@ def test_a_run_prunes_with_the_registered_criterion_architecture_and_data(regist
     assert state["hidden.unit_mask"].tolist() == [1.0] * 8 + [0.0] * 8  # the highest indices, as scored
 
 
+class CentredNet(TwoLayerNet):
+    """Centres its input by a running mean kept in a buffer outside the state dict."""
+
+    def __init__(self, inputs: int, classes: int) -> None:
+        super().__init__(inputs, classes)
+        self.register_buffer("centre", torch.zeros(()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.centre.mul_(0.5).add_(0.5 * x.mean() + 0.1)
+        return super().forward(x - self.centre)
+
+
+def test_gst_flatness_measures_a_model_with_its_buffers_outside_the_state_dict(registered, tmp_path, monkeypatch):
+    """The probes of `gst flatness` see the buffer's trained value (until 2026-12-07: its initial 0)."""
+    from gstlab import remeasure
+
+    architectures.register("centred", lambda cfg, shape, classes: CentredNet(int(torch.tensor(shape).prod()),
+                                                                             classes))
+    try:
+        execute(C.parse({**CFG, "model": {"arch": "centred"}}), tmp_path / "run")
+        seen = []
+
+        def measure(model, *args, **kwargs):
+            seen.append(float(model.centre))
+            raise KeyboardInterrupt  # the value is all this test needs
+
+        monkeypatch.setattr(remeasure, "measure", measure)
+        with pytest.raises(KeyboardInterrupt):
+            remeasure.measure_checkpoint(tmp_path / "run", None, {}, progress=False)
+    finally:
+        architectures.unregister("centred")
+    saved = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)["buffers"]["centre"]
+    assert seen == [float(saved)] and saved != 0
+
+
 def test_a_builder_that_hands_out_one_instance_is_trained_as_a_copy(registered, tmp_path):
     """A registered builder may return a persistent (e.g. pretrained) model: training it in place would start
     the next run from this one's pruned weights."""

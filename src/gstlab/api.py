@@ -30,7 +30,7 @@ from gstlab.callbacks import EpochCallback
 from gstlab.data import as_integer
 from gstlab.errors import one_line
 from gstlab.fingerprints import code_text, model_tree, module_attributes, tensor_bytes
-from gstlab.models import trained_copy
+from gstlab.models import load_unsaved_buffers, trained_copy
 from gstlab.models.units import PrunableUnit, units_from_names
 from gstlab.parts import Parts
 from gstlab.pruning.masks import MASK_BUFFER
@@ -135,6 +135,7 @@ def load_model(out: str | Path, model: ModelLike | None = None, epoch: int | Non
     except RuntimeError as err:
         raise C.ConfigError(f"model: the weights of {out} do not fit a {type(instance).__name__} "
                             f"({one_line(err, 300)}); allowed: the architecture the run trained") from None
+    load_unsaved_buffers(instance, saved.get("buffers", {}))
     return instance
 
 

@@ -10,6 +10,7 @@ from gstlab import config as C
 from gstlab import store
 from gstlab.flatness import ProbeError, measure
 from gstlab.measures import end_measures, initial_parameters
+from gstlab.models import load_unsaved_buffers
 from gstlab.runner import prepare, run_threads
 from gstlab.seeding import derive_seed
 
@@ -77,6 +78,7 @@ def measure_checkpoint(run_dir: Path, epoch: int | None, overrides: dict, seed: 
         run = prepare(cfg, run_dir)
         init = initial_parameters(run.model)  # prepare builds the model as the run was initialized
         run.model.load_state_dict(state["model"])
+        load_unsaved_buffers(run.model, state.get("buffers", {}))
         run.masks.refresh()
         x, y = run.trainer.eval_data
         seed = derive_seed(cfg.seed, "probe") if seed is None else seed

@@ -32,7 +32,7 @@ from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
 from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
 from gstlab.errors import ConfigError, one_line, warn
 from gstlab.interventions import Intervention
-from gstlab.models import build_model
+from gstlab.models import build_model, load_unsaved_buffers, unsaved_buffers
 from gstlab.parts import DEFAULT_PARTS, Parts
 from gstlab.pruning.masks import UnitMasks
 from gstlab.pruning.pruner import Pruner, PruningEvent
@@ -215,6 +215,7 @@ def checkpoint_state(run: Run, next_epoch: int) -> dict:
         "config": C.to_dict(run.cfg),
         "epoch": next_epoch,
         "model": run.model.state_dict(),
+        "buffers": unsaved_buffers(run.model),
         "optimizer": run.trainer.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "generators": {k: g.get_state() for k, g in run.generators.items()},
@@ -234,6 +235,7 @@ def checkpoint_state(run: Run, next_epoch: int) -> dict:
 
 def restore(run: Run, state: dict) -> None:
     run.model.load_state_dict(state["model"])
+    load_unsaved_buffers(run.model, state.get("buffers", {}))
     run.masks.refresh()
     run.trainer.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -608,7 +610,8 @@ def _checkpoint(run: Run, epoch: int) -> None:
 def _save_model(run: Run, path: Path, epoch: int, diverged: bool = False) -> None:
     store.save_checkpoint(path, {"format": store.CHECKPOINT_FORMAT, "kind": "model", "epoch": epoch,
                                  "run_id": C.run_id(run.cfg), "config": C.to_dict(run.cfg),
-                                 "model": run.model.state_dict(), **({"diverged": True} if diverged else {})})
+                                 "model": run.model.state_dict(), "buffers": unsaved_buffers(run.model),
+                                 **({"diverged": True} if diverged else {})})
 
 
 def _save_final(run: Run, status: str) -> None:

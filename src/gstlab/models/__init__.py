@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from gstlab.config import ConfigError, ModelConfig
@@ -42,6 +43,26 @@ def trained_copy(model: nn.Module, where: str) -> nn.Module:
     except (RuntimeError, TypeError) as err:
         raise ConfigError(f"{where}: copy.deepcopy fails on the model ({one_line(err)}); gstlab trains a copy, so "
                           f"allowed: a model that can be deep-copied") from None
+
+
+def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's buffers its state dict leaves out (``persistent=False``): a user's model may keep state there
+    (a running statistic, a step count) that a resumed run or a loaded model needs."""
+    saved = model.state_dict().keys()
+    return {n: b for n, b in model.named_buffers() if n not in saved}
+
+
+def load_unsaved_buffers(model: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Put ``unsaved_buffers``' values back into ``model``'s buffers of those names (absent in files written
+    before 2026-12-07: nothing to put back)."""
+    held = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in buffers.items():
+            if name in held and held[name].shape == value.shape:
+                held[name].copy_(value)
+            elif name in held:
+                owner, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(owner), leaf, value.to(held[name].device))
 
 
 def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
