@@ -121,7 +121,6 @@ class _Lineage(TorchFunctionMode):
         self.consumed: set[int] = set()  # tensors an op has read (the others' shifts are recorded at the end)
         self.held: list[torch.Tensor] = []
         self.in_norm = 0  # depth of normalization modules running (their own F.batch_norm is not a shift)
-        self.owners: dict[int, str] = {}  # a parameter's or buffer's id -> its module (Flow.used)
 
     def of(self, tensor: torch.Tensor) -> dict[str, Layout]:
         return self.sources.get(id(tensor), {})
@@ -147,10 +146,7 @@ class _Lineage(TorchFunctionMode):
             self._write(*args[:3])
             return out
         outs = [t for t in pytree.tree_leaves(out) if torch.is_tensor(t) and t.dim() >= 1]
-        values = args[:1] if name in _SHAPE_ONLY else (args, {k: v for k, v in kwargs.items() if k != "out"})
-        ins = [t for t in pytree.tree_leaves(values) if torch.is_tensor(t)]
-        if self.flow.used is not None:
-            self.flow.used.update(self.owners[id(t)] for t in ins if id(t) in self.owners)
+        ins = _read(name, args, kwargs)
         if name in _OVER_UNITS:  # before the scalar outputs leave: x.mean() reduces the units too
             self._over_units(name, args, kwargs)
         if not outs or name in _CREATES:
@@ -399,8 +395,9 @@ def _trace(model: torch.nn.Module, x: torch.Tensor, classes: int, flow: Flow) ->
     """``trace``'s two passes, filling ``flow``."""
     masked_affine = {id(m.weight) for m in model.modules() if isinstance(m, BATCHNORM) and m.affine}
     lineage = _Lineage(flow, {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}, masked_affine)
-    lineage.owners = {id(t): name for name, m in model.named_modules()
-                      for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))}
+    owners = {id(t): name for name, m in model.named_modules()
+              for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))}
+    reads = _Reads(owners)
     hookable = [(n, m) for n, m in model.named_modules() if not isinstance(m, torch.jit.ScriptModule)]  # no hooks
     hooks = [m.register_forward_hook(functools.partial(_record, flow, lineage, name), with_kwargs=True)
              for name, m in hookable]
@@ -408,7 +405,7 @@ def _trace(model: torch.nn.Module, x: torch.Tensor, classes: int, flow: Flow) ->
               for _, m in hookable if isinstance(m, _NORMS)]
     model.eval()
     try:
-        with lineage:
+        with lineage, reads:
             out = model(x)
         lineage.finish()
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
@@ -422,13 +419,20 @@ def _trace(model: torch.nn.Module, x: torch.Tensor, classes: int, flow: Flow) ->
         raise C.ConfigError(f"model: {len(x)} inputs give {got}; the data has {classes} classes, so allowed: "
                             f"(batch, {classes}) logits")
     lineage.compete(out, {1}, "is the model's output (its units are the class logits)")
-    in_training = _check_train_output(model, x, classes, lineage.owners)
-    flow.used = None if in_training is None else flow.used | set(flow.calls) | in_training
+    in_training = _check_train_output(model, x, classes, owners)
+    flow.used = None if in_training is None else reads.used | set(flow.calls) | in_training
     return flow
 
 
+def _read(name: str, args: Sequence, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors op ``name`` reads: not an ``out=`` it writes, nor a second tensor that gives only a shape."""
+    values = args[:1] if name in _SHAPE_ONLY else (args, {k: v for k, v in kwargs.items() if k != "out"})
+    return [t for t in pytree.tree_leaves(values) if torch.is_tensor(t)]
+
+
 class _Reads(TorchFunctionMode):
-    """Records the modules whose parameters or buffers an op reads (``owners``: a tensor's id -> its module)."""
+    """Records the modules whose parameters or buffers an op reads (``owners``: a tensor's id -> its module), in
+    both passes of ``trace`` (in the eval pass inside ``_Lineage``). A ``__setitem__`` is a write, not counted."""
 
     def __init__(self, owners: dict[int, str]) -> None:
         super().__init__()
@@ -436,8 +440,9 @@ class _Reads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        self.used.update(self.owners[id(t)] for t in pytree.tree_leaves((args, kwargs))
-                         if torch.is_tensor(t) and id(t) in self.owners)
+        name = _op_name(func)
+        if name != "__setitem__":
+            self.used.update(self.owners[id(t)] for t in _read(name, args, kwargs) if id(t) in self.owners)
         return func(*args, **kwargs)
 
 
