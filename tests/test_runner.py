@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -221,6 +222,65 @@ def test_kept_epochs_a_finished_or_resumed_run_will_not_write_are_named_not_sile
     assert "epoch(s) 1 asked, but" in err and "resumes this run after epoch 2" in err  # 4 is still written
     assert (tmp_path / "cut" / "model_epoch4.pt").is_file() and not (tmp_path / "cut" / "model_epoch1.pt").exists()
 
+
+
+def _cut(monkeypatch, cfg: C.RunConfig, out: Path, epoch: int) -> None:
+    """Run ``cfg`` into ``out`` (resuming what is there) until it is cut off at ``epoch``."""
+    from gstlab.runner import run_or_skip
+
+    interrupt_at(monkeypatch, epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_or_skip(cfg, out)
+    monkeypatch.undo()
+
+
+def test_a_run_resumed_on_other_kernels_keeps_the_machine_of_its_earlier_epochs(tmp_path, capsys, monkeypatch):
+    """The manifest named only the machine of a run's last stretch: a run cut off on one machine and resumed on
+    another (or under other kernels, threads or torch) read as computed wholly on the second, whose numbers it
+    does not reproduce. The earlier stretches are kept, warned once, and named by reports."""
+    from gstlab.analysis.results import machine_lines
+    from gstlab.runner import run_or_skip
+
+    cfg, out = C.parse(TINY, []), tmp_path / "r"
+    _cut(monkeypatch, cfg, out, 2)
+    _cut(monkeypatch, cfg, out, 4)  # resumed on the same machine: nothing to keep
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["resumed_at_epoch"] == 2 and "earlier_machines" not in manifest
+    other = {**manifest["machine"], "cpu_model": "Other CPU", "aten_capability": "AVX512", "portable": False}
+    store.write_json(out / "manifest.json", {**manifest, "machine": other, "device_name": "Other CPU"})  # epochs 0-3
+    capsys.readouterr()
+    _cut(monkeypatch, cfg, out, 5)
+    err = capsys.readouterr().err
+    assert "resumes at epoch 4 on" in err and "epochs 0-3 ran on Other CPU (AVX512; AVX512 kernels)" in err
+    run_or_skip(cfg, out)  # resumed again on this machine: the stretch is kept, no new one, no new warning
+    assert "earlier_machines" not in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    [stretch] = manifest["earlier_machines"]
+    assert stretch["epochs"] == [0, 3] and stretch["machine"] == other
+    assert manifest["machine"]["cpu_model"] != "Other CPU" and manifest["status"] == "finished"
+    [line] = machine_lines(pd.DataFrame({"run_dir": [str(out)]}))
+    assert "(resumed there; epochs 0-3 were computed on Other CPU (AVX512; AVX512 kernels)" in line
+
+
+def test_earlier_machines_are_contiguous_stretches_of_whatever_differed():
+    from gstlab.environment import earlier_machines
+
+    def on(cpu: str, torch_version: str = "2.13.0", earlier: list | None = None) -> dict:
+        info = {"machine": {"cpu_model": cpu, "cpu_count": 2}, "torch_threads": 1, "device": "cpu",
+                "versions": {"torch": torch_version}, "git_commit": cpu}
+        return {**info, "earlier_machines": earlier} if earlier else info
+
+    assert earlier_machines(on("A"), on("A"), 5) == []
+    assert earlier_machines({"status": "running"}, on("A"), 5) == []  # a manifest from before machines: unknown
+    assert earlier_machines(on("A"), {**on("A"), "git_commit": "B"}, 5) == []  # the code alone is not the kernels
+    first = earlier_machines(on("A"), on("B"), 5)
+    assert [(s["epochs"], s["machine"]["cpu_model"]) for s in first] == [([0, 4], "A")]
+    assert earlier_machines(on("B", earlier=first), on("B"), 9) == first
+    back = earlier_machines(on("B", earlier=first), on("A"), 12)  # B computed 5-11 over two of its stretches
+    assert [(s["epochs"], s["machine"]["cpu_model"]) for s in back] == [([0, 4], "A"), ([5, 11], "B")]
+    assert earlier_machines(on("B", earlier=first), on("C"), 5) == first  # no epoch finished on B
+    torch_only = earlier_machines(on("A", "2.12.0"), on("A"), 3)
+    assert [s["versions"]["torch"] for s in torch_only] == ["2.12.0"]
 
 def test_a_layer_fraction_that_removes_no_unit_is_warned_by_the_run_and_by_the_sweep(tmp_path, capsys):
     """ceil((1 - 0.02) x 32) keeps all 32 units of fc1: the run had pruned nothing, with no word (fraction 0 had

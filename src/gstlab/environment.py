@@ -151,6 +151,47 @@ def machine(device: torch.device | None = None) -> dict:
             **portable.describe()}
 
 
+# what an earlier stretch keeps of its manifest: where, with which kernels and by which code it was computed
+COMPUTED_ON = ("device", "device_name", "machine", "torch_threads", "speed", "versions", "git_commit")
+
+
+def kernels(info: dict) -> dict:
+    """What in a manifest decides the numbers beside the config: machine and kernels (not its core count),
+    threads, device, speed settings and torch."""
+    machine_ = {k: v for k, v in (info.get("machine") or {}).items() if k != "cpu_count"}
+    return {"machine": machine_, "threads": info.get("torch_threads"), "device": info.get("device"),
+            "speed": info.get("speed"), "torch": (info.get("versions") or {}).get("torch")}
+
+
+def recorded_stretches(info: dict) -> list[dict]:
+    """A manifest's ``earlier_machines``: the stretches of epochs other machines or kernels computed."""
+    return [s for s in info.get("earlier_machines") or [] if isinstance(s, dict)]
+
+
+def earlier_machines(previous: dict, current: dict, start_epoch: int) -> list[dict]:
+    """The stretches of epochs before ``start_epoch`` computed on other machines or kernels than ``current`` (the
+    manifest a run resumed at ``start_epoch`` gets), from ``previous`` (the one it had): [] where one kind
+    computed every epoch. A manifest from before machines were recorded adds nothing (it tells nothing), nor
+    one under which no epoch finished."""
+    stretches = recorded_stretches(previous)
+    first = stretches[-1]["epochs"][1] + 1 if stretches else 0
+    if "machine" in previous and first < start_epoch and kernels(previous) != kernels(current):
+        stretches.append({"epochs": [first, start_epoch - 1], **{k: previous.get(k) for k in COMPUTED_ON}})
+    return stretches
+
+
+def machine_text(info: dict) -> str:
+    """A manifest's (or an earlier stretch's) machine in one line: device, vector ISA and kernels (portable or
+    not), threads, torch and gstlab's commit."""
+    box = info.get("machine") or {}
+    device = box.get("gpu") or info.get("device_name") or "unknown device"
+    kernels_ = f"{box.get('aten_capability', '?')} kernels{', portable' if box.get('portable') else ''}"
+    torch_version = (info.get("versions") or {}).get("torch", "?")
+    commit = str(info.get("git_commit") or "no git commit")[:7]
+    return (f"{device} ({box.get('cpu_isa', '?')}; {kernels_}), {info.get('torch_threads', '?')} thread(s), "
+            f"torch {torch_version}, gstlab {commit}")
+
+
 def manifest(cfg: C.RunConfig, device: torch.device, speed: Speed, seeds: dict[str, int]) -> dict:
     return {
         "run_id": C.run_id(cfg),

@@ -202,9 +202,8 @@ def settle(run_dir: Path, summary: dict, notes: list[dict]) -> None:
     store.write_json(run_dir / "manifest.json", manifest)
 
 
-def previous_notes(run_dir: Path) -> list[dict]:
-    """The repairs recorded in ``run_dir``'s manifest so far."""
-    manifest = store.read_json_or_none(run_dir / "manifest.json") or {}
+def previous_notes(manifest: dict) -> list[dict]:
+    """The repairs recorded so far in a run's ``manifest`` (its manifest.json as read)."""
     notes = manifest.get("recovered")
     return notes if isinstance(notes, list) else []
 

@@ -29,7 +29,15 @@ from gstlab.callbacks import EndRun, EpochCallback, RunView, first_change, obser
 from gstlab.class_detail import CLASS_COLUMNS, event_rows, summarize_classes
 from gstlab.data import TrainLoader, crop_padding, load_data
 from gstlab.data.label_noise import LABEL_COLUMNS, NOISE_COLUMNS, LabelNoise
-from gstlab.environment import Speed, manifest, resolve_device, resolve_speed
+from gstlab.environment import (
+    Speed,
+    earlier_machines,
+    machine_text,
+    manifest,
+    recorded_stretches,
+    resolve_device,
+    resolve_speed,
+)
 from gstlab.errors import ConfigError, one_line, warn
 from gstlab.interventions import Intervention
 from gstlab.models import build_model, load_unsaved_buffers, unsaved_buffers
@@ -471,10 +479,12 @@ def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
     run = _resume(run, notes)
     _warn_unkept(cfg, out, run.start_epoch, f"resumes this run after epoch {run.start_epoch - 1}")
     store.atomic_write_text(out / "config.yaml", C.dump_yaml(cfg))
+    previous = store.read_json_or_none(out / "manifest.json") or {}
     info = manifest(cfg, run.device, run.speed, stream_seeds(cfg.seed))
     if run.start_epoch:
         info["resumed_at_epoch"] = run.start_epoch  # the run was cut off; its last resume started here
-    recovered = [*recovery.previous_notes(out), *notes]
+        _record_other_machines(info, previous, run.start_epoch, out)
+    recovered = [*recovery.previous_notes(previous), *notes]
     if recovered:
         info["recovered"] = recovered
     store.write_json(out / "manifest.json", info)
@@ -493,6 +503,21 @@ def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
                  "files": recovery.checksums(out)})
     store.write_json(out / "manifest.json", info)
     return summary
+
+
+
+def _record_other_machines(info: dict, previous: dict, start_epoch: int, out: Path) -> None:
+    """A run resumed on another machine, kernels or torch than computed its earlier epochs keeps those in its
+    manifest (``earlier_machines``; reports name them) and says so: its numbers are no one machine's."""
+    earlier = earlier_machines(previous, info, start_epoch)
+    if earlier:
+        info["earlier_machines"] = earlier
+    if len(earlier) > len(recorded_stretches(previous)):  # a stretch ended now: other kernels than it stopped on
+        last = earlier[-1]
+        warn(f"{out}: resumes at epoch {start_epoch} on {machine_text(info)}; epochs {last['epochs'][0]}-"
+             f"{start_epoch - 1} ran on {machine_text(last)}. Its numbers are no single machine's (bits "
+             f"reproduce only on one kind: docs/decisions.md, \"Where results reproduce\"); recorded in "
+             f"manifest.json as earlier_machines")
 
 
 def _resume(run: Run, notes: list[dict]) -> Run:
