@@ -1,14 +1,16 @@
 """A machine checks itself against a committed reference run (issue 25).
 
 tests/data/reference_run.json holds the summary and the per-epoch numbers of a short pruned run (F2_VGG_4,
-Prune_L 13%, at smoke scale) made in portable mode (``gst --portable``: CPU kernels pinned to AVX2, one
-thread), and the machine and torch that made it. The test reruns it in a fresh portable process and compares
-every recorded value as text, which is bit for bit (floats are written as their shortest exact repr).
+Prune_L 13%, at smoke scale) made in portable mode (``gst --portable``: ATen and oneDNN pinned to AVX2, MKL to
+its COMPATIBLE branch, one thread), and the machine and torch that made it. The test reruns it in a fresh
+portable process and compares every recorded value as text, which is bit for bit (floats are written as their
+shortest exact repr).
 
 Where the reference's conditions hold (same torch version, an x86 CPU with AVX2, the same CPU model name) a
 difference fails the test. Elsewhere the run is still compared: identical passes; different is reported as a
 skip naming both machines and the first differing epoch, because portable mode is verified only across the
-instruction sets of one CPU family (docs/decisions.md, "Where results reproduce"). Regenerate (only when a
+instruction sets of one CPU family, and its MKL branch across vendors only on the Intel side (docs/decisions.md,
+"Where results reproduce"). Regenerate (only when a
 change is meant to change results): ``python tests/test_reference_run.py --write``.
 """
 

@@ -518,9 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
                "interrupted (Ctrl-C: rerun to resume); 141 the output was closed early (e.g. by head). Damaged "
                "files are repaired or reported with the command that fixes them: docs/reliability.md.")
     parser.add_argument("--portable", action="store_true",
-                        help="pin the CPU kernels to AVX2 and every run to one thread (also GSTLAB_PORTABLE=1), so "
-                             "that AVX2 and AVX-512 machines compute the same bits; slower on AVX-512. What "
-                             "reproduces where: docs/decisions.md")
+                        help="pin the CPU kernels (ATen and oneDNN to AVX2, MKL to its Intel/AMD-compatible branch) "
+                             "and every run to one thread (also GSTLAB_PORTABLE=1), so that x86 machines with AVX2 "
+                             "compute the same bits whatever their vendor and best ISA; slower on AVX-512. What "
+                             "is verified where: docs/decisions.md")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train one run (resumes if cut off, skips if finished)",

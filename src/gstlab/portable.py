@@ -4,9 +4,11 @@ PyTorch picks its CPU kernels by the instruction set of the machine: ATen's vect
 reductions, the optimizer's elementwise ops) use 16 float lanes on AVX-512 and 8 on AVX2, oneDNN's
 convolutions block and accumulate differently per ISA, and MKL dispatches its GEMMs per CPU. Each changes the
 order of floating-point sums, so a run differs from the first epoch between an AVX-512 and an AVX2 machine.
-Portable mode pins all three to AVX2 (which every x86-64 CPU of the last ten years has) and a run to one
-thread, before torch is imported (the libraries read these variables once, at first use). What this does and
-does not make identical: docs/decisions.md ("Where results reproduce").
+Portable mode pins ATen and oneDNN to AVX2 (which every x86-64 CPU of the last ten years has), MKL to its
+COMPATIBLE branch (the one Intel documents as giving the same results on Intel and non-Intel CPUs: its AVX2
+branch exists only on Intel CPUs, and elsewhere MKL silently dispatches by CPU instead) and a run to one thread,
+before torch is imported (the libraries read these variables once, at first use). What this does and does not
+make identical: docs/decisions.md ("Where results reproduce").
 
 ``gst --portable ...`` or ``GSTLAB_PORTABLE=1`` turn it on; worker processes inherit it.
 """
@@ -20,7 +22,9 @@ SWITCH = "GSTLAB_PORTABLE"
 PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",  # ATen's vectorized kernels
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (convolutions)
-    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: the AVX2 code path on any CPU
+    # MKL's conditional numerical reproducibility: SSE2 without approximate reciprocals, the same code on Intel
+    # and AMD (MKL_CBWR=AVX2, used until 2026-12-07, is Intel-only: an AMD CPU ran MKL's own choice)
+    "MKL_CBWR": "COMPATIBLE",
     "OMP_NUM_THREADS": "1",  # reductions split over threads sum in another order
     "MKL_NUM_THREADS": "1",
 }
