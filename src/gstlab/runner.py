@@ -505,7 +505,6 @@ def _execute(run: Run, progress: bool | None, notes: list[dict]) -> dict:
     return summary
 
 
-
 def _record_other_machines(info: dict, previous: dict, start_epoch: int, out: Path) -> None:
     """A run resumed on another machine, kernels or torch than computed its earlier epochs keeps those in its
     manifest (``earlier_machines``; reports name them) and says so: its numbers are no one machine's."""
