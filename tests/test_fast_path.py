@@ -51,11 +51,15 @@ def test_channels_last_gives_the_same_decisions_and_accuracies(tmp_path):
     fast = run(tmp_path, "fast", "train.channels_last=on")
     assert fast[3]["speed"]["channels_last"] and not plain[3]["speed"]["channels_last"]
     assert all(torch.equal(plain[1][k], fast[1][k]) for k in plain[1])  # the same units were pruned
+    # the layouts compute the same function up to rounding: the first epoch's loss agrees closely (1e-6 apart on
+    # an Intel Xeon); training amplifies the rounding (which oneDNN kernel runs depends on the CPU) by ~10x an
+    # epoch, to 1.9e-3 by epoch 2 there, so later epochs get a looser bound
+    assert float(plain[2][0]["train_loss"]) == pytest.approx(float(fast[2][0]["train_loss"]), rel=1e-4)
     for a, b in zip(plain[2], fast[2]):
         # this 4-epoch model sits at 9-19% accuracy, where most predictions are near ties: layout-dependent
-        # rounding (which oneDNN kernel runs depends on the CPU) flips up to a few of the 256 test images
+        # rounding flips up to a few of the 256 test images
         assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=2.0)
-        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-2)
 
 
 def test_bf16_autocast_keeps_pruning_decisions_and_accuracy_close(tmp_path):
