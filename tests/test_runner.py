@@ -279,6 +279,10 @@ def test_earlier_machines_are_contiguous_stretches_of_whatever_differed():
     back = earlier_machines(on("B", earlier=first), on("A"), 12)  # B computed 5-11 over two of its stretches
     assert [(s["epochs"], s["machine"]["cpu_model"]) for s in back] == [([0, 4], "A"), ([5, 11], "B")]
     assert earlier_machines(on("B", earlier=first), on("C"), 5) == first  # no epoch finished on B
+    def mkl(branch: str) -> dict:
+        return {**on("A"), "machine": {"cpu_model": "A", "pinned_env": {"MKL_CBWR": branch}}}
+
+    assert len(earlier_machines(mkl("AVX2"), mkl("COMPATIBLE"), 3)) == 1  # portable mode before and after 2026-12-07
     torch_only = earlier_machines(on("A", "2.12.0"), on("A"), 3)
     assert [s["versions"]["torch"] for s in torch_only] == ["2.12.0"]
 
