@@ -48,6 +48,16 @@ def interrupt_at(monkeypatch, epoch: int):
     return real
 
 
+def _cut(monkeypatch, cfg: C.RunConfig, out: Path, epoch: int) -> None:
+    """Run ``cfg`` into ``out`` (resuming what is there) until it is cut off at ``epoch``."""
+    from gstlab.runner import run_or_skip
+
+    interrupt_at(monkeypatch, epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_or_skip(cfg, out)
+    monkeypatch.undo()
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -212,26 +222,12 @@ def test_kept_epochs_a_finished_or_resumed_run_will_not_write_are_named_not_sile
     _, executed = run_or_skip(C.parse(TINY, ["train.keep_checkpoints=[0, 5]"]), tmp_path / "done")
     err = capsys.readouterr().err
     assert not executed and "train.keep_checkpoints: epoch(s) 0, 5 asked, but" in err and "holds this run, ended" in err
-    interrupt_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        run_or_skip(cfg, tmp_path / "cut")
-    monkeypatch.undo()
+    _cut(monkeypatch, cfg, tmp_path / "cut", 3)
     capsys.readouterr()
     run_or_skip(C.parse(TINY, ["train.keep_checkpoints=[1, 4]"]), tmp_path / "cut")
     err = capsys.readouterr().err
     assert "epoch(s) 1 asked, but" in err and "resumes this run after epoch 2" in err  # 4 is still written
     assert (tmp_path / "cut" / "model_epoch4.pt").is_file() and not (tmp_path / "cut" / "model_epoch1.pt").exists()
-
-
-
-def _cut(monkeypatch, cfg: C.RunConfig, out: Path, epoch: int) -> None:
-    """Run ``cfg`` into ``out`` (resuming what is there) until it is cut off at ``epoch``."""
-    from gstlab.runner import run_or_skip
-
-    interrupt_at(monkeypatch, epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run_or_skip(cfg, out)
-    monkeypatch.undo()
 
 
 def test_a_run_resumed_on_other_kernels_keeps_the_machine_of_its_earlier_epochs(tmp_path, capsys, monkeypatch):
@@ -279,12 +275,14 @@ def test_earlier_machines_are_contiguous_stretches_of_whatever_differed():
     back = earlier_machines(on("B", earlier=first), on("A"), 12)  # B computed 5-11 over two of its stretches
     assert [(s["epochs"], s["machine"]["cpu_model"]) for s in back] == [([0, 4], "A"), ([5, 11], "B")]
     assert earlier_machines(on("B", earlier=first), on("C"), 5) == first  # no epoch finished on B
+
     def mkl(branch: str) -> dict:
         return {**on("A"), "machine": {"cpu_model": "A", "pinned_env": {"MKL_CBWR": branch}}}
 
     assert len(earlier_machines(mkl("AVX2"), mkl("COMPATIBLE"), 3)) == 1  # portable mode before and after 2026-12-07
     torch_only = earlier_machines(on("A", "2.12.0"), on("A"), 3)
     assert [s["versions"]["torch"] for s in torch_only] == ["2.12.0"]
+
 
 def test_a_layer_fraction_that_removes_no_unit_is_warned_by_the_run_and_by_the_sweep(tmp_path, capsys):
     """ceil((1 - 0.02) x 32) keeps all 32 units of fc1: the run had pruned nothing, with no word (fraction 0 had
@@ -308,10 +306,7 @@ def test_a_checkpoint_with_untyped_callback_states_from_an_earlier_version_resum
     from gstlab.runner import run_or_skip
 
     cfg = C.parse(TINY, ["probes.epochs=[5]", "probes.samples=16", "probes.top_k=2", "probes.grad_moment=false"])
-    interrupt_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        run_or_skip(cfg, tmp_path / "r")
-    monkeypatch.undo()
+    _cut(monkeypatch, cfg, tmp_path / "r", 3)
     for name in (store.CHECKPOINT, store.PREVIOUS_CHECKPOINT):
         if (tmp_path / "r" / name).exists():
             state = store.load_checkpoint(tmp_path / "r" / name)

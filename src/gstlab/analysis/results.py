@@ -181,13 +181,13 @@ def machine_lines(runs: pd.DataFrame) -> list[str]:
     """Where the finished ``runs`` were computed, from their manifests: device, vector ISA and the kernels used
     (portable or not), threads, torch, and gstlab's git commit, with run counts; numbers reproduce bit for bit only
     on the same kind of machine (docs/decisions.md, "Where results reproduce")."""
-    from gstlab.environment import machine_text  # noqa: PLC0415
+    from gstlab.environment import machine_text, recorded_stretches  # noqa: PLC0415
 
     kinds: dict[str, int] = {}
     for run_dir in runs.get("run_dir", pd.Series(dtype=str)):
         m = store.read_json_or_none(Path(run_dir) / "manifest.json") or {}
         key = machine_text(m) + "".join(f" (resumed there; epochs {s['epochs'][0]}-{s['epochs'][1]} were computed on "
-                                        f"{machine_text(s)})" for s in m.get("earlier_machines") or [])
+                                        f"{machine_text(s)})" for s in recorded_stretches(m))
         kinds[key] = kinds.get(key, 0) + 1
     return [f"computed on: {key}: {n} run{'s' if n > 1 else ''}" for key, n in kinds.items()]
 
