@@ -1,6 +1,6 @@
 #!/bin/bash
 # The second preregistered confirmation (docs/where_pruning_helps.md, "Second confirmation"), run and finished
-# with one command each, so a lost workspace costs one command to restart (it has been lost five times).
+# with one command each, so a lost workspace costs one command to restart (it has been lost six times).
 #
 #   bash examples/confirm2.sh run      # (re)start or resume the studies, in order, from a frozen checkout
 #   bash examples/confirm2.sh report   # report every study that has finished and has no report yet
@@ -12,7 +12,7 @@
 # cut off resumes from its checkpoint. Run it in the background (it takes ~16 h of two cores), e.g.
 #   nohup setsid bash examples/confirm2.sh run >> $STUDIES/confirm2.log 2>&1 &
 # Each study is reported as soon as all its runs have finished, into docs/figures/confirm2_* (to be committed:
-# the workspace outside the repository has been lost five times, the committed reports survive), and a study
+# the workspace outside the repository has been lost six times, the committed reports survive), and a study
 # with a report there that matches its SHA256SUMS is not run again.
 # A report is this checkout's `gst report` on the study; it checks the run counts (60 / 60 / 80 / 105) and the
 # common windows (Figure 2: 274, from the erratum in docs/where_pruning_helps.md, which corrects its file's
