@@ -1,17 +1,18 @@
 """A machine checks itself against a committed reference run (issue 25).
 
-tests/data/reference_run.json holds the summary and the per-epoch numbers of a short pruned run (F2_VGG_4,
-Prune_L 13%, at smoke scale) made in portable mode (``gst --portable``: ATen and oneDNN pinned to AVX2, MKL to
-its COMPATIBLE branch, one thread), and the machine and torch that made it. The test reruns it in a fresh
-portable process and compares every recorded value as text, which is bit for bit (floats are written as their
-shortest exact repr).
+tests/data/reference_run.json holds a short pruned run (F2_VGG_4, Prune_L 13%, at smoke scale) made in portable
+mode (``gst --portable``: ATen and oneDNN pinned to AVX2, MKL to its COMPATIBLE branch, one thread): the digest of
+its final weights, its summary and per-epoch numbers, and the machine and torch that made it. The test reruns it
+in a fresh portable process and compares the weights' digest and every recorded value as text, which is bit for
+bit (floats are written as their shortest exact repr). The digest matters: a printed training loss can agree
+while the weights differ in their last bits.
 
-Where the reference's conditions hold (same torch version, an x86 CPU with AVX2, the same CPU model name) a
-difference fails the test. Elsewhere the run is still compared: identical passes; different is reported as a
-skip naming both machines and the first differing epoch, because portable mode is verified only across the
-instruction sets of one CPU family, and its MKL branch across vendors only on the Intel side (docs/decisions.md,
-"Where results reproduce"). Regenerate (only when a
-change is meant to change results): ``python tests/test_reference_run.py --write``.
+Where the reference's conditions hold (same torch version, the same CPU model name) a difference fails the
+test. Elsewhere the run is still compared: identical passes; different is reported as a skip naming both
+machines, whether the final weights agree, and the first differing value, because portable mode does not make
+every machine compute the same bits (docs/decisions.md, "Where results reproduce"; which kernels differ:
+test_kernel_fingerprint.py). Regenerate (only when a change is meant to change results):
+``python tests/test_reference_run.py --write``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from gstlab import portable
 from gstlab.environment import cpu_model, native_isa
+from gstlab.store import state_digest
 
 REFERENCE = Path(__file__).parent / "data" / "reference_run.json"
 PRESET, SCALE = "F2_VGG_4", "smoke"
@@ -49,13 +51,25 @@ def portable_run(out: Path) -> dict:
     with open(out / "metrics.csv") as f:
         epochs = [{k: row[k] for k in EPOCH_KEYS} for row in csv.DictReader(f)]
     machine = json.loads((out / "manifest.json").read_text())["machine"]
-    return {"conditions": {"torch": torch.__version__, "cpu_model": machine["cpu_model"],
+    final = torch.load(out / "model_final.pt", weights_only=False)
+    weights = state_digest({"model": final["model"], "buffers": final["buffers"]})
+    return {"weights": weights,
+            "conditions": {"torch": torch.__version__, "cpu_model": machine["cpu_model"],
                            "cpu_isa": machine["cpu_isa"], "aten_capability": machine["aten_capability"],
                            "torch_threads": machine["torch_threads"], "portable": machine["portable"]},
             "summary": {k: repr(summary.get(k)) for k in SUMMARY_KEYS}, "epochs": epochs}
 
 
 def first_difference(ref: dict, got: dict) -> str | None:
+    """The first recorded value that differs, and whether training computed the same final weights (a printed
+    loss can agree while weights differ in their last bits; an evaluation can differ while weights agree)."""
+    value = _first_value_difference(ref, got)
+    if ref["weights"] != got["weights"]:
+        return f"final weights differ (training); {value or 'every recorded value agrees'}"
+    return None if value is None else f"final weights identical, {value}"
+
+
+def _first_value_difference(ref: dict, got: dict) -> str | None:
     for key in SUMMARY_KEYS:
         if ref["summary"][key] != got["summary"][key]:
             return f"summary {key}: {ref['summary'][key]} vs {got['summary'][key]}"
@@ -64,6 +78,17 @@ def first_difference(ref: dict, got: dict) -> str | None:
             if a[key] != b[key]:
                 return f"epoch {epoch} {key}: {a[key]} vs {b[key]}"
     return None
+
+
+def test_first_difference_says_whether_training_or_only_evaluation_differs():
+    ref = {"weights": "w", "summary": dict.fromkeys(SUMMARY_KEYS, "1"), "epochs": [dict.fromkeys(EPOCH_KEYS, "1")]}
+    same = json.loads(json.dumps(ref))
+    assert first_difference(ref, same) is None
+    evaluation = json.loads(json.dumps(ref))
+    evaluation["epochs"][0]["test_loss"] = "2"
+    assert first_difference(ref, evaluation) == "final weights identical, epoch 0 test_loss: 1 vs 2"
+    training = json.loads(json.dumps(ref)) | {"weights": "v"}
+    assert first_difference(ref, training) == "final weights differ (training); every recorded value agrees"
 
 
 def _x86_avx2() -> bool:
