@@ -519,9 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                "files are repaired or reported with the command that fixes them: docs/reliability.md.")
     parser.add_argument("--portable", action="store_true",
                         help="pin the CPU kernels (ATen and oneDNN to AVX2, MKL to its Intel/AMD-compatible branch) "
-                             "and every run to one thread (also GSTLAB_PORTABLE=1), so that x86 machines with AVX2 "
-                             "compute the same bits whatever their vendor and best ISA; slower on AVX-512. What "
-                             "is verified where: docs/decisions.md")
+                             "and every run to one thread (also GSTLAB_PORTABLE=1), so that x86 machines of one vendor "
+                             "with AVX2 compute the same bits whatever their best ISA (Intel and AMD CPUs still "
+                             "differ); slower on AVX-512. What is verified where: docs/decisions.md")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train one run (resumes if cut off, skips if finished)",

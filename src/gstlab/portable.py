@@ -1,4 +1,5 @@
-"""Portable mode: pin the CPU kernels so that machines of different instruction sets compute the same bits.
+"""Portable mode: pin the CPU kernels so that machines of one vendor and different instruction sets compute the
+same bits (Intel and AMD CPUs still differ: docs/decisions.md).
 
 PyTorch picks its CPU kernels by the instruction set of the machine: ATen's vectorized kernels (BatchNorm,
 reductions, the optimizer's elementwise ops) use 16 float lanes on AVX-512 and 8 on AVX2, oneDNN's
@@ -7,8 +8,10 @@ order of floating-point sums, so a run differs from the first epoch between an A
 Portable mode pins ATen and oneDNN to AVX2 (which every x86-64 CPU of the last ten years has), MKL to its
 COMPATIBLE branch (the one Intel documents as giving the same results on Intel and non-Intel CPUs: its AVX2
 branch exists only on Intel CPUs, and elsewhere MKL silently dispatches by CPU instead) and a run to one thread,
-before torch is imported (the libraries read these variables once, at first use). What this does and does not
-make identical: docs/decisions.md ("Where results reproduce").
+before torch is imported (the libraries read these variables once, at first use). Even so an Intel Xeon and an
+AMD EPYC train differently in portable mode, by kernels not yet identified (tests/test_kernel_fingerprint.py
+names them once run on both). What this does and does not make identical: docs/decisions.md ("Where results
+reproduce").
 
 ``gst --portable ...`` or ``GSTLAB_PORTABLE=1`` turn it on; worker processes inherit it.
 """
