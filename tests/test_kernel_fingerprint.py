@@ -9,7 +9,7 @@ that initializes weights) on inputs that are the same on every machine (integers
 when multiplied, and hashes each result's bytes. tests/data/kernel_fingerprint.json holds the hashes of the
 machine that wrote it.
 
-Under the reference's conditions (same torch, same CPU model name) a difference fails; elsewhere the test is a
+Under the reference's conditions (same torch, CPU model name and cpu_id) a difference fails; elsewhere the test is a
 skip naming the ops that differ (docs/decisions.md, "Where results reproduce"). Regenerate (when the op list
 changes, or to move the reference): ``python tests/test_kernel_fingerprint.py --write``.
 """
@@ -109,7 +109,7 @@ def fingerprint() -> dict:
     """Run in this process (pinned before torch loads): the conditions and each op's hash."""
     import torch  # noqa: PLC0415
 
-    from gstlab.environment import cpu_model, native_isa  # noqa: PLC0415
+    from gstlab.environment import cpu_id, cpu_model, native_isa  # noqa: PLC0415
 
     torch.set_num_threads(1)
     hashes = {}
@@ -118,7 +118,8 @@ def fingerprint() -> dict:
         for t in op():
             digest.update(t.detach().contiguous().numpy().tobytes())
         hashes[name] = digest.hexdigest()[:16]
-    return {"conditions": {"torch": torch.__version__, "cpu_model": cpu_model(), "cpu_isa": native_isa(),
+    return {"conditions": {"torch": torch.__version__, "cpu_model": cpu_model(), "cpu_id": cpu_id(),
+                           "cpu_isa": native_isa(),
                            "aten_capability": torch.backends.cpu.get_cpu_capability()}, "ops": hashes}
 
 
@@ -147,7 +148,7 @@ def test_differing_names_the_ops_and_refuses_a_changed_list():
 
 
 def test_kernel_fingerprint():
-    from gstlab.environment import cpu_model, native_isa  # noqa: PLC0415
+    from gstlab.environment import cpu_id, cpu_model, native_isa  # noqa: PLC0415
 
     if native_isa() not in ("AVX2", "AVX512"):
         pytest.skip("portable mode pins x86 AVX2 kernels; this CPU has no AVX2")
@@ -159,9 +160,9 @@ def test_kernel_fingerprint():
     if not diff:
         return
     want = ref["conditions"]
-    where = (f"reference: {want['cpu_model']} ({want['cpu_isa']}), torch {want['torch']}; this machine: "
-             f"{cpu_model()} ({native_isa()}), torch {got['conditions']['torch']}")
-    same = want["torch"] == got["conditions"]["torch"] and want["cpu_model"] == cpu_model()
+    where = (f"reference: {want['cpu_model']} [{want['cpu_id']}] ({want['cpu_isa']}), torch {want['torch']}; this "
+             f"machine: {cpu_model()} [{cpu_id()}] ({native_isa()}), torch {got['conditions']['torch']}")
+    same = (want["torch"], want["cpu_model"], want["cpu_id"]) == (got["conditions"]["torch"], cpu_model(), cpu_id())
     assert not same, f"portable kernels differ from the reference under its conditions ({where}): {diff}"
     pytest.skip(f"{len(diff)} of {len(ref['ops'])} portable kernels differ from the reference ({where}): "
                 f"{'; '.join(diff)}; see docs/decisions.md (Where results reproduce)")

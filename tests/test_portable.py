@@ -63,6 +63,44 @@ def test_manifest_names_the_machine_and_kernels():
     json.dumps(info)  # it goes into manifest.json
 
 
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu avx2 fma
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7B13
+stepping\t: 0
+"""
+
+
+def test_cpu_id_tells_generations_apart_that_share_a_model_name(tmp_path):
+    """A VM's model name can hide the CPU's generation ("AMD EPYC" named a Zen 3 and a Zen 4 here, which portable
+    mode had to be verified between): the manifest also records vendor, family, model and stepping (the first
+    processor's), and where /proc/cpuinfo has no such fields (ARM, no /proc) nothing."""
+    from gstlab.environment import cpu_id, machine_text
+
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text(X86_CPUINFO)
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n")
+    assert cpu_id(x86) == "AuthenticAMD family 25 model 17 stepping 1"
+    assert cpu_id(arm) is None and cpu_id(tmp_path / "missing") is None
+    assert machine()["cpu_id"] == cpu_id()
+    box = {"aten_capability": "AVX2", "portable": True, "cpu_isa": "AVX512"}
+    info = {"device_name": "AMD EPYC", "torch_threads": 1, "versions": {"torch": "2.13.0"}, "git_commit": "0123456789"}
+    line = machine_text({**info, "machine": {**box, "cpu_id": cpu_id(x86)}})
+    assert line.startswith("AMD EPYC [AuthenticAMD family 25 model 17 stepping 1] (AVX512; AVX2 kernels, portable)")
+    assert machine_text({**info, "machine": box}).startswith("AMD EPYC (AVX512; ")  # recorded before cpu_id
+    gpu = machine_text({**info, "machine": {**box, "cpu_id": cpu_id(x86), "gpu": "NVIDIA H100"}})
+    assert gpu.startswith("NVIDIA H100 (AVX512; ")  # a GPU run: the GPU computed it
+
+
 def test_a_cpu_run_on_a_gpu_machine_names_no_gpu_and_a_missing_device_is_one_line(monkeypatch):
     """The manifest's gpu says what computed the run, not what the machine has; an absent device is refused."""
     import torch

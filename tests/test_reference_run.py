@@ -7,11 +7,11 @@ in a fresh portable process and compares the weights' digest and every recorded 
 bit (floats are written as their shortest exact repr). The digest matters: a printed training loss can agree
 while the weights differ in their last bits.
 
-Where the reference's conditions hold (same torch version, the same CPU model name) a difference fails the
-test. Elsewhere the run is still compared: identical passes; different is reported as a skip naming both
-machines, whether the final weights agree, and the first differing value, because portable mode does not make
-every machine compute the same bits (docs/decisions.md, "Where results reproduce"; which kernels differ:
-test_kernel_fingerprint.py). Regenerate (only when a change is meant to change results):
+Where the reference's conditions hold (same torch version, the same CPU model name, vendor, family, model and
+stepping) a difference fails the test. Elsewhere the run is still compared: identical passes; different is
+reported as a skip naming both machines, whether the final weights agree, and the first differing value, because
+portable mode does not make every machine compute the same bits (docs/decisions.md, "Where results reproduce";
+which kernels differ: test_kernel_fingerprint.py). Regenerate (only when a change is meant to change results):
 ``python tests/test_reference_run.py --write``.
 """
 
@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from gstlab import portable
-from gstlab.environment import cpu_model, native_isa
+from gstlab.environment import cpu_id, cpu_model, native_isa
 from gstlab.store import state_digest
 
 REFERENCE = Path(__file__).parent / "data" / "reference_run.json"
@@ -54,7 +54,7 @@ def portable_run(out: Path) -> dict:
     final = torch.load(out / "model_final.pt", weights_only=False)
     weights = state_digest({"model": final["model"], "buffers": final["buffers"]})
     return {"weights": weights,
-            "conditions": {"torch": torch.__version__, "cpu_model": machine["cpu_model"],
+            "conditions": {"torch": torch.__version__, "cpu_model": machine["cpu_model"], "cpu_id": machine["cpu_id"],
                            "cpu_isa": machine["cpu_isa"], "aten_capability": machine["aten_capability"],
                            "torch_threads": machine["torch_threads"], "portable": machine["portable"]},
             "summary": {k: repr(summary.get(k)) for k in SUMMARY_KEYS}, "epochs": epochs}
@@ -105,9 +105,9 @@ def test_reference_run(tmp_path):
     if difference is None:
         return
     want, have = ref["conditions"], got["conditions"]
-    same = want["torch"] == have["torch"] and want["cpu_model"] == cpu_model()
-    where = (f"reference: {want['cpu_model']} ({want['cpu_isa']}), torch {want['torch']}; this machine: "
-             f"{have['cpu_model']} ({have['cpu_isa']}), torch {have['torch']}")
+    same = want["torch"] == have["torch"] and want["cpu_model"] == cpu_model() and want["cpu_id"] == cpu_id()
+    where = (f"reference: {want['cpu_model']} [{want['cpu_id']}] ({want['cpu_isa']}), torch {want['torch']}; this "
+             f"machine: {have['cpu_model']} [{have['cpu_id']}] ({have['cpu_isa']}), torch {have['torch']}")
     assert not same, f"portable run differs from the reference under the reference's conditions ({where}): " \
                      f"{difference}"
     pytest.skip(f"not bit-identical to the reference on another machine type or torch ({where}): {difference}; "

@@ -364,10 +364,11 @@ def test_a_study_index_is_checksummed_and_an_edited_one_is_never_used(tmp_path, 
     index, checksum = out / "index.csv", out / "index.csv.sha256"
     assert checksum.read_text() == f"{store.file_digest(index)}  index.csv\n"  # sha256sum's format
     assert main(["report", str(out)]) == 0
-    from gstlab.environment import cpu_model, native_isa
+    from gstlab.environment import cpu_id, cpu_model, native_isa
 
     computed_on = [line for line in (out / "report" / "report.md").read_text().splitlines() if "computed on" in line]
-    assert len(computed_on) == 1 and computed_on[0].startswith(f"- computed on: {cpu_model()} ({native_isa()}; ")
+    cpu = f"{cpu_model()} [{cpu_id()}]" if cpu_id() else cpu_model()
+    assert len(computed_on) == 1 and computed_on[0].startswith(f"- computed on: {cpu} ({native_isa()}; ")
     assert computed_on[0].endswith(": 2 runs")  # the machine of each run, from its manifest
     capsys.readouterr()
     lines = index.read_text().splitlines()

@@ -242,12 +242,14 @@ def test_a_run_resumed_on_other_kernels_keeps_the_machine_of_its_earlier_epochs(
     _cut(monkeypatch, cfg, out, 4)  # resumed on the same machine: nothing to keep
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["resumed_at_epoch"] == 2 and "earlier_machines" not in manifest
-    other = {**manifest["machine"], "cpu_model": "Other CPU", "aten_capability": "AVX512", "portable": False}
+    other = {**manifest["machine"], "cpu_model": "Other CPU", "cpu_id": "GenuineIntel family 6 model 143 stepping 8",
+             "aten_capability": "AVX512", "portable": False}
     store.write_json(out / "manifest.json", {**manifest, "machine": other, "device_name": "Other CPU"})  # epochs 0-3
     capsys.readouterr()
     _cut(monkeypatch, cfg, out, 5)
     err = capsys.readouterr().err
-    assert "resumes at epoch 4 on" in err and "epochs 0-3 ran on Other CPU (AVX512; AVX512 kernels)" in err
+    assert "resumes at epoch 4 on" in err
+    assert "epochs 0-3 ran on Other CPU [GenuineIntel family 6 model 143 stepping 8] (AVX512; AVX512 kernels)" in err
     run_or_skip(cfg, out)  # resumed again on this machine: the stretch is kept, no new one, no new warning
     assert "earlier_machines" not in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -255,7 +257,8 @@ def test_a_run_resumed_on_other_kernels_keeps_the_machine_of_its_earlier_epochs(
     assert stretch["epochs"] == [0, 3] and stretch["machine"] == other
     assert manifest["machine"]["cpu_model"] != "Other CPU" and manifest["status"] == "finished"
     [line] = machine_lines(pd.DataFrame({"run_dir": [str(out)]}))
-    assert "(resumed there; epochs 0-3 were computed on Other CPU (AVX512; AVX512 kernels)" in line
+    assert ("(resumed there; epochs 0-3 were computed on Other CPU [GenuineIntel family 6 model 143 stepping 8] "
+            "(AVX512; AVX512 kernels)") in line
 
 
 def test_earlier_machines_are_contiguous_stretches_of_whatever_differed():
@@ -280,6 +283,13 @@ def test_earlier_machines_are_contiguous_stretches_of_whatever_differed():
         return {**on("A"), "machine": {"cpu_model": "A", "pinned_env": {"MKL_CBWR": branch}}}
 
     assert len(earlier_machines(mkl("AVX2"), mkl("COMPATIBLE"), 3)) == 1  # portable mode before and after 2026-12-07
+    def generation(cpu_id: str | None) -> dict:  # one model name, two CPU generations (a VM's "AMD EPYC")
+        machine = {"cpu_model": "A"} | ({"cpu_id": cpu_id} if cpu_id else {})
+        return {**on("A"), "machine": machine}
+
+    zen3, zen4 = "AuthenticAMD family 25 model 1 stepping 1", "AuthenticAMD family 25 model 17 stepping 1"
+    assert [s["machine"]["cpu_id"] for s in earlier_machines(generation(zen3), generation(zen4), 3)] == [zen3]
+    assert earlier_machines(generation(None), generation(zen4), 3) == []  # a manifest from before cpu_id: unknown
     torch_only = earlier_machines(on("A", "2.12.0"), on("A"), 3)
     assert [s["versions"]["torch"] for s in torch_only] == ["2.12.0"]
 

@@ -107,25 +107,40 @@ def device_name(device: torch.device) -> str:
     return cpu_model()
 
 
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_model() -> str:
     """The CPU's model name (``lscpu``'s "Model name"), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """Vendor, family, model and stepping (x86): they tell CPU generations apart where a VM's model name does
+    not ("AMD EPYC" names a Zen 3 and a Zen 4 alike). None where /proc/cpuinfo has no such fields."""
+    info = _cpuinfo(cpuinfo)
+    keys = ("vendor_id", "cpu family", "model", "stepping")
+    if not all(info.get(k) for k in keys):
+        return None
+    return f"{info['vendor_id']} family {info['cpu family']} model {info['model']} stepping {info['stepping']}"
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def native_isa() -> str:
@@ -144,7 +159,7 @@ def machine(device: torch.device | None = None) -> dict:
         gpu = 0 if torch.cuda.is_available() else None
     else:
         gpu = device if device.type == "cuda" else None  # a CPU run on a GPU machine computed nothing there
-    return {"cpu_model": cpu_model(), "cpu_isa": native_isa(), "cpu_count": os.cpu_count(),
+    return {"cpu_model": cpu_model(), "cpu_id": cpu_id(), "cpu_isa": native_isa(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's best)"),
             "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None,
@@ -163,6 +178,15 @@ def kernels(info: dict) -> dict:
             "speed": info.get("speed"), "torch": (info.get("versions") or {}).get("torch")}
 
 
+def same_kernels(a: dict, b: dict) -> bool:
+    """Two manifests' :func:`kernels` agree on every machine field both record (an older gstlab recorded fewer,
+    e.g. no ``cpu_id``: a field only one of them has tells nothing)."""
+    ka, kb = kernels(a), kernels(b)
+    common = ka["machine"].keys() & kb["machine"].keys()
+    return ({**ka, "machine": {k: ka["machine"][k] for k in common}}
+            == {**kb, "machine": {k: kb["machine"][k] for k in common}})
+
+
 def recorded_stretches(info: dict) -> list[dict]:
     """A manifest's ``earlier_machines``: the stretches of epochs other machines or kernels computed."""
     return [s for s in info.get("earlier_machines") or [] if isinstance(s, dict)]
@@ -175,16 +199,17 @@ def earlier_machines(previous: dict, current: dict, start_epoch: int) -> list[di
     one under which no epoch finished."""
     stretches = recorded_stretches(previous)
     first = stretches[-1]["epochs"][1] + 1 if stretches else 0
-    if "machine" in previous and first < start_epoch and kernels(previous) != kernels(current):
+    if "machine" in previous and first < start_epoch and not same_kernels(previous, current):
         stretches.append({"epochs": [first, start_epoch - 1], **{k: previous.get(k) for k in COMPUTED_ON}})
     return stretches
 
 
 def machine_text(info: dict) -> str:
-    """A manifest's (or an earlier stretch's) machine in one line: device, vector ISA and kernels (portable or
-    not), threads, torch and gstlab's commit."""
+    """A manifest's (or an earlier stretch's) machine in one line: device (a CPU with its vendor, family, model and
+    stepping where recorded), vector ISA and kernels (portable or not), threads, torch and gstlab's commit."""
     box = info.get("machine") or {}
-    device = box.get("gpu") or info.get("device_name") or "unknown device"
+    cpu = f" [{box['cpu_id']}]" if box.get("cpu_id") and not box.get("gpu") else ""
+    device = box.get("gpu") or f"{info.get('device_name') or 'unknown device'}{cpu}"
     kernels_ = f"{box.get('aten_capability', '?')} kernels{', portable' if box.get('portable') else ''}"
     torch_version = (info.get("versions") or {}).get("torch", "?")
     commit = str(info.get("git_commit") or "no git commit")[:7]

@@ -25,9 +25,9 @@ TRAIN_BATCH, EVAL_BATCH, MIN_SECONDS = 128, 500, 0.5
 def machine_key() -> str:
     import torch  # noqa: PLC0415
 
-    from gstlab.environment import cpu_model, native_isa  # noqa: PLC0415
+    from gstlab.environment import cpu_id, cpu_model, native_isa  # noqa: PLC0415
 
-    return (f"{cpu_model()} | {native_isa()} | ATen {torch.backends.cpu.get_cpu_capability()} | "
+    return (f"{cpu_model()} | {cpu_id()} | {native_isa()} | ATen {torch.backends.cpu.get_cpu_capability()} | "
             f"torch {torch.__version__}")
 
 
