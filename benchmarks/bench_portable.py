@@ -1,8 +1,8 @@
 """What portable mode costs: CPU seconds of a short `gst run` process in default mode (one thread) and in
 portable mode with each MKL branch (the shipped COMPATIBLE, which Intel documents for Intel and compatible CPUs,
 and AVX2, which is Intel-only), on a mini VGG (GEMMs: the classifier only) and on the MNIST-1D MLP (all GEMMs).
-Alternating rounds; medians of the per-round ratios to portable COMPATIBLE. Each run is a fresh process, as the kernels are pinned
-before torch loads.
+Alternating rounds; medians of the per-round ratios to portable COMPATIBLE. Each run is a fresh process, as the
+kernels are pinned before torch loads.
 
     python benchmarks/bench_portable.py [--rounds 3] [--vgg-epochs 10] [--mlp-epochs 30]
 """
