@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from test_reference_run import judge, needs_x86_avx2, portable_env
 
 REFERENCE = Path(__file__).parent / "data" / "kernel_fingerprint.json"
 
@@ -124,12 +125,9 @@ def fingerprint() -> dict:
 
 
 def portable_fingerprint() -> dict:
-    from gstlab import portable  # noqa: PLC0415
-
-    env = {k: v for k, v in os.environ.items() if k not in portable.PINNED_ENV} | {portable.SWITCH: "1"}
     code = f"import gstlab, json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
            "import test_kernel_fingerprint as t; print(json.dumps(t.fingerprint()))"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], env=portable_env(), capture_output=True, text=True)
     assert proc.returncode == 0, f"the fingerprint exited {proc.returncode}: {proc.stderr[-600:]}"
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -147,25 +145,15 @@ def test_differing_names_the_ops_and_refuses_a_changed_list():
         differing(ref, {"ops": {"a": "1", "b": "2"}})
 
 
+@needs_x86_avx2
 def test_kernel_fingerprint():
-    from gstlab.environment import cpu_id, cpu_model, native_isa  # noqa: PLC0415
-
-    if native_isa() not in ("AVX2", "AVX512"):
-        pytest.skip("portable mode pins x86 AVX2 kernels; this CPU has no AVX2")
     ref, got = json.loads(REFERENCE.read_text()), portable_fingerprint()
     assert got["conditions"]["aten_capability"] == "AVX2"
     again = portable_fingerprint()
     assert again["ops"] == got["ops"], f"not reproducible run to run on this machine: {differing(got, again)}"
     diff = differing(ref, got)
-    if not diff:
-        return
-    want = ref["conditions"]
-    where = (f"reference: {want['cpu_model']} [{want['cpu_id']}] ({want['cpu_isa']}), torch {want['torch']}; this "
-             f"machine: {cpu_model()} [{cpu_id()}] ({native_isa()}), torch {got['conditions']['torch']}")
-    same = (want["torch"], want["cpu_model"], want["cpu_id"]) == (got["conditions"]["torch"], cpu_model(), cpu_id())
-    assert not same, f"portable kernels differ from the reference under its conditions ({where}): {diff}"
-    pytest.skip(f"{len(diff)} of {len(ref['ops'])} portable kernels differ from the reference ({where}): "
-                f"{'; '.join(diff)}; see docs/decisions.md (Where results reproduce)")
+    kernels = f"{len(diff)} of {len(ref['ops'])} differ: {'; '.join(diff)}" if diff else None
+    judge(ref["conditions"], got["conditions"], kernels, "the portable kernels")
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:

@@ -2,7 +2,6 @@
 kernels computed them. That a portable run reproduces bit for bit: tests/test_reference_run.py."""
 
 import json
-import os
 
 import pytest
 
@@ -27,7 +26,9 @@ def test_portable_through_the_python_api(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in portable.PINNED_ENV} | {portable.SWITCH: "1"}
+    from test_reference_run import portable_env
+
+    env = portable_env()
     run = ("from gstlab import api; api.run({'data': {'name': 'synthetic', 'synthetic_shape': [1, 4, 4], "
            "'synthetic_train': 64, 'synthetic_test': 32}, 'model': {'arch': 'mlp', 'hidden': [8]}, "
            "'train': {'epochs': 1, 'batch_size': 32, 'progress': False}}, " + repr(str(tmp_path / "OUT")) + ")")

@@ -39,13 +39,16 @@ SUMMARY_KEYS = ("status", "run_id", "best_test_acc", "best_epoch", "final_test_a
 EPOCH_KEYS = ("train_acc", "train_loss", "test_acc_pre", "test_acc", "test_loss", "units_pruned")
 
 
+def portable_env() -> dict[str, str]:
+    """This process's environment for a fresh process that pins its own kernels (pinned variables out, switch on)."""
+    return {k: v for k, v in os.environ.items() if k not in portable.PINNED_ENV} | {portable.SWITCH: "1"}
+
+
 def portable_run(out: Path) -> dict:
     """Run the reference's configuration in a fresh process in portable mode; its record as compared."""
-    env = {k: v for k, v in os.environ.items() if k not in portable.PINNED_ENV}
-    env[portable.SWITCH] = "1"
     proc = subprocess.run([sys.executable, "-m", "gstlab.cli", "run", "--preset", PRESET, "--scale", SCALE, "--set",
-                           "probes.epochs=[]", "--no-progress", "--out", str(out)], env=env, capture_output=True,
-                          text=True)
+                           "probes.epochs=[]", "--no-progress", "--out", str(out)], env=portable_env(),
+                          capture_output=True, text=True)
     assert proc.returncode == 0, f"the reference run exited {proc.returncode}: {proc.stderr[-600:]}"
     summary = json.loads((out / "summary.json").read_text())
     with open(out / "metrics.csv") as f:
@@ -91,27 +94,32 @@ def test_first_difference_says_whether_training_or_only_evaluation_differs():
     assert first_difference(ref, training) == "final weights differ (training); every recorded value agrees"
 
 
-def _x86_avx2() -> bool:
-    return native_isa() in ("AVX2", "AVX512")
+def judge(want: dict, have: dict, difference: str | None, what: str) -> None:
+    """The policy of the committed references: nothing different passes; under the reference's conditions (same
+    torch, CPU model name and cpu_id) a difference fails; elsewhere it is a skip naming both machines."""
+    if difference is None:
+        return
+    where = (f"reference: {want['cpu_model']} [{want['cpu_id']}] ({want['cpu_isa']}), torch {want['torch']}; this "
+             f"machine: {have['cpu_model']} [{have['cpu_id']}] ({have['cpu_isa']}), torch {have['torch']}")
+    same = all(want[k] == have[k] for k in ("torch", "cpu_model", "cpu_id"))
+    assert not same, f"{what}: not bit-identical to the reference under the reference's conditions ({where}): " \
+                     f"{difference}"
+    pytest.skip(f"{what}: not bit-identical to the reference on another machine type or torch ({where}): "
+                f"{difference}; see docs/decisions.md (Where results reproduce)")
 
 
-@pytest.mark.skipif(not _x86_avx2(), reason="portable mode pins x86 AVX2 kernels; this CPU has no AVX2")
+needs_x86_avx2 = pytest.mark.skipif(native_isa() not in ("AVX2", "AVX512"),
+                                    reason="portable mode pins x86 AVX2 kernels; this CPU has no AVX2")
+
+
+@needs_x86_avx2
 def test_reference_run(tmp_path):
     ref = json.loads(REFERENCE.read_text())
     got = portable_run(tmp_path / "run")
     assert got["conditions"]["portable"] and got["conditions"]["aten_capability"] == "AVX2"
     assert got["conditions"]["torch_threads"] == 1
-    difference = first_difference(ref, got)
-    if difference is None:
-        return
-    want, have = ref["conditions"], got["conditions"]
-    same = want["torch"] == have["torch"] and want["cpu_model"] == cpu_model() and want["cpu_id"] == cpu_id()
-    where = (f"reference: {want['cpu_model']} [{want['cpu_id']}] ({want['cpu_isa']}), torch {want['torch']}; this "
-             f"machine: {have['cpu_model']} [{have['cpu_id']}] ({have['cpu_isa']}), torch {have['torch']}")
-    assert not same, f"portable run differs from the reference under the reference's conditions ({where}): " \
-                     f"{difference}"
-    pytest.skip(f"not bit-identical to the reference on another machine type or torch ({where}): {difference}; "
-                f"see docs/decisions.md (Where results reproduce)")
+    assert (got["conditions"]["cpu_model"], got["conditions"]["cpu_id"]) == (cpu_model(), cpu_id())
+    judge(ref["conditions"], got["conditions"], first_difference(ref, got), "the portable run")
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:

@@ -283,6 +283,7 @@ def test_earlier_machines_are_contiguous_stretches_of_whatever_differed():
         return {**on("A"), "machine": {"cpu_model": "A", "pinned_env": {"MKL_CBWR": branch}}}
 
     assert len(earlier_machines(mkl("AVX2"), mkl("COMPATIBLE"), 3)) == 1  # portable mode before and after 2026-12-07
+
     def generation(cpu_id: str | None) -> dict:  # one model name, two CPU generations (a VM's "AMD EPYC")
         machine = {"cpu_model": "A"} | ({"cpu_id": cpu_id} if cpu_id else {})
         return {**on("A"), "machine": machine}
