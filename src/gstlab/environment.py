@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -107,8 +108,13 @@ def device_name(device: torch.device) -> str:
     return cpu_model()
 
 
-def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.cache
+def _cpuinfo(path: Path) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none); read once per process (a manifest
+    asks for the model, the id and the flags)."""
     fields: dict[str, str] = {}
     try:
         text = path.read_text()
@@ -126,10 +132,10 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
 
 def cpu_model() -> str:
     """The CPU's model name (``lscpu``'s "Model name"), else what ``platform`` knows."""
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+    return _cpuinfo(CPUINFO).get("model name") or platform.processor() or platform.machine()
 
 
-def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+def cpu_id(cpuinfo: Path = CPUINFO) -> str | None:
     """Vendor, family, model and stepping (x86): they tell CPU generations apart where a VM's model name does
     not ("AMD EPYC" names a Zen 3 and a Zen 4 alike). None where /proc/cpuinfo has no such fields."""
     info = _cpuinfo(cpuinfo)
@@ -140,7 +146,7 @@ def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
 
 
 def cpu_flags() -> set[str]:
-    return set(_cpuinfo().get("flags", "").split())
+    return set(_cpuinfo(CPUINFO).get("flags", "").split())
 
 
 def native_isa() -> str:
